@@ -1,0 +1,43 @@
+//! Errors of the worker SDK.
+
+use crate::channel::ChannelError;
+
+/// An error from the worker SDK.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A variable that clusterd sets is missing: the program was not started by clusterd.
+    #[error("{var} is not set: this program must be started by clusterd (`clusterd -- <program>`)")]
+    NotUnderClusterd {
+        /// The missing variable.
+        var: &'static str,
+    },
+    /// A variable that clusterd sets has a value that cannot be parsed.
+    #[error("{var}={value:?} is not a valid value")]
+    BadEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The fd named by `CLUSTERD_IPC_FD` is not a usable IPC socket.
+    #[error("CLUSTERD_IPC_FD={fd} is unusable: {reason}")]
+    BadIpcFd {
+        /// The fd number.
+        fd: i32,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// `Worker::from_env` was called a second time in this process.
+    #[error("the clusterd IPC channel was already taken by an earlier Worker::from_env()")]
+    AlreadyTaken,
+    /// `Worker::from_env` was called outside a Tokio runtime.
+    #[error("Worker::from_env() must be called inside a Tokio runtime")]
+    NoRuntime,
+    /// The IPC channel failed or clusterd closed it.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// clusterd is gone: the IPC channel is closed.
+    #[error("clusterd closed the IPC channel")]
+    Disconnected,
+}

@@ -1,0 +1,38 @@
+//! The worker side of [clusterd](https://github.com/clusterd/clusterd).
+//!
+//! # Theory of operation
+//!
+//! clusterd spawns each worker with one `SOCK_SEQPACKET` socket on the fd named by
+//! `CLUSTERD_IPC_FD` (always 3) and with `CLUSTERD_WORKER_ID`, `CLUSTERD_WORKER_COUNT` and
+//! `CLUSTERD_GENERATION` in its environment. [`Worker::from_env`] claims that socket and greets
+//! clusterd; [`Worker::ready`] tells clusterd the worker can take work (until then it counts as
+//! starting, and one that never gets there is replaced after `--ready-timeout`); and
+//! [`Worker::draining`] resolves when clusterd wants the worker to stop, by a drain frame or by
+//! `SIGTERM` to the worker's process group. After the drain request the worker has `--grace` to
+//! finish and exit before clusterd sends `SIGKILL`.
+//!
+//! ```no_run
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let worker = clusterd_worker::Worker::from_env()?;
+//!     worker.ready().await?;
+//!     worker.draining().await;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The wire protocol lives in [`protocol`] and [`codec`], shared with clusterd itself, and is
+//! documented byte by byte in `PROTOCOL.md`.
+
+#![forbid(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod channel;
+pub mod codec;
+mod error;
+mod fd;
+pub mod protocol;
+mod worker;
+
+pub use error::Error;
+pub use worker::Worker;
