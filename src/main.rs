@@ -1,1 +1,134 @@
-fn main(){}
+//! clusterd: the primary process of a multi-process network server.
+//!
+//! `main` parses, validates (exit 2 on any bad input, nothing started), prepares the process
+//! (fd hygiene, subreaper, control socket) while it is still single-threaded, then runs the
+//! supervisor on a Tokio runtime and maps its outcome to the documented exit status.
+
+mod cli;
+mod config;
+mod control;
+mod duration;
+mod logs;
+mod notify;
+mod signals;
+mod status;
+mod supervisor;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::Cli;
+use crate::config::{Config, LogFormat};
+use crate::control::server::ControlSocket;
+use crate::status::Phase;
+use crate::supervisor::{Inputs, Outcome, Parts};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        let control = cli.control.unwrap_or_else(config::default_control_path);
+        return match control::client::run(command, &control) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("clusterd: {error:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let config = match Config::load(cli.run, cli.control) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("clusterd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    match run(config) {
+        Ok(Outcome::Graceful) => ExitCode::SUCCESS,
+        Ok(Outcome::Immediate(signal)) => ExitCode::from(128 + signal as u8),
+        Ok(Outcome::Fatal(reason)) => {
+            eprintln!("clusterd: {reason}");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("clusterd: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<Outcome> {
+    // Single-threaded still: safe to touch the fd table and the umask.
+    fd_hygiene();
+    if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(%errno, "cannot become a subreaper: orphaned grandchildren will not be reaped by clusterd");
+    }
+    let mut control = ControlSocket::bind(&config.control)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("clusterd").build()?;
+    runtime.block_on(async move {
+        let (spawner, reaper) = supervisor::spawn::start()?;
+        let signals = signals::start(reaper.clone())?;
+        tokio::spawn(reaper.run());
+        let (requests_tx, requests) = mpsc::channel(64);
+        control.serve(requests_tx)?;
+        let logs = logs::LogSink::start(config.log_prefix)?;
+        tracing::info!(
+            pid = std::process::id(),
+            workers = config.workers,
+            auto = config.workers_auto,
+            control = %control.path().display(),
+            "clusterd starting {} worker(s){}",
+            config.workers,
+            if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
+        );
+        let (phase, _) = watch::channel(Phase::Starting);
+        let outcome = supervisor::run(Parts { config, spawner, logs, phase }, Inputs { signals, requests }).await;
+        match &outcome {
+            Outcome::Fatal(_) => {}
+            Outcome::Graceful => tracing::info!("stopped"),
+            Outcome::Immediate(signal) => tracing::warn!("stopped at once ({})", signal.as_str()),
+        }
+        drop(control);
+        Ok(outcome)
+    })
+}
+
+/// Makes sure fds 0–2 are open (so no socket of ours can land on them and be clobbered by a
+/// worker's stdio), and marks every other inherited fd close-on-exec so none leaks into workers.
+fn fd_hygiene() {
+    use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl, open};
+    for fd in 0..3 {
+        // SAFETY: borrowed for the duration of one fcntl call only.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if fcntl(borrowed, FcntlArg::F_GETFD) == Err(nix::errno::Errno::EBADF) {
+            // open() takes the lowest free number, which is this one; keep it open for good.
+            if let Ok(null) = open("/dev/null", OFlag::O_RDWR, nix::sys::stat::Mode::empty()) {
+                std::mem::forget(null);
+            }
+        }
+    }
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<i32> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
+    for fd in fds {
+        // SAFETY: borrowed for the duration of the fcntl calls only; a number that closed since
+        // the listing (the read_dir handle itself) just fails with EBADF.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Ok(bits) = fcntl(borrowed, FcntlArg::F_GETFD) {
+            let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::from_bits_truncate(bits) | FdFlag::FD_CLOEXEC));
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

@@ -1,1 +1,156 @@
-fn main(){}
+//! A worker built on the SDK whose behaviour the integration tests choose with flags. It announces
+//! itself and each step on stdout, so that tests can wait on its lines.
+//!
+//! Flags (any order): `--ready-after MS`, `--never-ready`, `--exit-after MS`, `--exit-code N`,
+//! `--exit-at-start N` (exit before greeting clusterd), `--ignore-drain`, `--drain-delay MS`,
+//! `--orphan MS` (leave a grandchild that outlives this process by MS), `--child` (keep a
+//! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
+//! newline), `--garbage` / `--oversized` (break the protocol on fd 3), `--no-sdk` (never touch
+//! the IPC socket), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+
+use std::io::Write;
+use std::time::Duration;
+
+#[derive(Default)]
+struct Flags {
+    ready_after: u64,
+    never_ready: bool,
+    exit_after: Option<u64>,
+    exit_code: i32,
+    exit_at_start: Option<i32>,
+    ignore_drain: bool,
+    drain_delay: u64,
+    orphan: Option<u64>,
+    child: bool,
+    flood: Option<usize>,
+    garbage: bool,
+    oversized: bool,
+    no_sdk: bool,
+}
+
+fn parse() -> Flags {
+    let mut flags = Flags::default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let slot: Option<String> = std::env::var("CLUSTERD_WORKER_ID").ok();
+    let only = args.iter().position(|a| a == "--only-slot").map(|i| args[i + 1].clone());
+    if only.is_some() && only != slot {
+        return flags;
+    }
+    let mut it = args.iter();
+    let num = |it: &mut std::slice::Iter<'_, String>| -> u64 { it.next().and_then(|v| v.parse().ok()).expect("number") };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--ready-after" => flags.ready_after = num(&mut it),
+            "--never-ready" => flags.never_ready = true,
+            "--exit-after" => flags.exit_after = Some(num(&mut it)),
+            "--exit-code" => flags.exit_code = num(&mut it) as i32,
+            "--exit-at-start" => flags.exit_at_start = Some(num(&mut it) as i32),
+            "--ignore-drain" => flags.ignore_drain = true,
+            "--drain-delay" => flags.drain_delay = num(&mut it),
+            "--orphan" => flags.orphan = Some(num(&mut it)),
+            "--child" => flags.child = true,
+            "--flood" => flags.flood = Some(num(&mut it) as usize),
+            "--garbage" => flags.garbage = true,
+            "--oversized" => flags.oversized = true,
+            "--no-sdk" => flags.no_sdk = true,
+            "--only-slot" => {
+                it.next();
+            }
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    flags
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let flags = parse();
+    if let Some(code) = flags.exit_at_start {
+        say(&format!("exit-at-start {code}"));
+        std::process::exit(code);
+    }
+    let id = std::env::var("CLUSTERD_WORKER_ID").unwrap_or_default();
+    say(&format!(
+        "test-worker id={id} pid={} gen={} count={} notify={} listen_fds={}",
+        std::process::id(),
+        std::env::var("CLUSTERD_GENERATION").unwrap_or_default(),
+        std::env::var("CLUSTERD_WORKER_COUNT").unwrap_or_default(),
+        std::env::var_os("NOTIFY_SOCKET").is_some(),
+        std::env::var_os("LISTEN_FDS").is_some(),
+    ));
+    if let Some(bytes) = flags.flood {
+        let mut out = std::io::stdout().lock();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            let _ = out.write_all(&chunk[..n]);
+            left -= n;
+        }
+        let _ = out.write_all(b"\nflood done\n");
+        let _ = out.flush();
+    }
+    if flags.child {
+        let child = std::process::Command::new("sleep").arg("1000").spawn().expect("spawn sleep");
+        say(&format!("child pid={}", child.id()));
+    }
+    if let Some(ms) = flags.orphan {
+        // sh exits at once; its background sleep is orphaned and reparented to clusterd.
+        let script = format!("sleep {} & echo orphan pid=$!", ms as f64 / 1000.0);
+        let out = std::process::Command::new("sh").args(["-c", &script]).output().expect("spawn sh");
+        say(String::from_utf8_lossy(&out.stdout).trim());
+    }
+    if flags.no_sdk {
+        say("no-sdk: waiting for SIGTERM");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+        term.recv().await;
+        say("no-sdk: exiting");
+        return;
+    }
+    if flags.garbage || flags.oversized {
+        let bytes = if flags.garbage { vec![0xff, 0xfe, 0x00, 0x13, 0x37] } else { vec![0u8; 70 * 1024] };
+        let sent = nix::sys::socket::send(3, &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
+        say(&format!("sent bad frame: {sent:?}"));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+        term.recv().await;
+        say("bad worker: got SIGTERM");
+        return;
+    }
+    let worker = match clusterd_worker::Worker::from_env() {
+        Ok(worker) => worker,
+        Err(error) => {
+            say(&format!("from_env failed: {error}"));
+            std::process::exit(3);
+        }
+    };
+    if !flags.never_ready {
+        tokio::time::sleep(Duration::from_millis(flags.ready_after)).await;
+        worker.ready().await.expect("ready");
+        say(&format!("ready id={}", worker.id()));
+    }
+    let exit_after = async {
+        match flags.exit_after {
+            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = exit_after => {
+            say(&format!("exiting with {}", flags.exit_code));
+            std::process::exit(flags.exit_code);
+        }
+        () = worker.draining() => {}
+    }
+    say(&format!("draining grace={:?}", worker.grace()));
+    if flags.ignore_drain {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(Duration::from_millis(flags.drain_delay)).await;
+    say("drained");
+}

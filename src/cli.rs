@@ -1,0 +1,125 @@
+//! The raw command line, as clap parses it. Every run option is an `Option` so that
+//! [`crate::config`] can layer it: command line > `CLUSTERD_*` variable > config file > default.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Balance, LogFormat, Protocol, ReadyOn, Serialization, Sticky, WorkerCount};
+use crate::duration::parse_duration;
+
+/// The primary process of a multi-process network server.
+///
+/// Forks N workers, restarts them when they die, stops and drains them gracefully, and answers
+/// `status` and `stop` on a control socket.
+#[derive(Debug, Parser)]
+#[command(name = "clusterd", version, args_conflicts_with_subcommands = true, max_term_width = 100)]
+#[command(after_help = "Example: clusterd --workers auto -- ./my-server --its-own-flags")]
+pub struct Cli {
+    /// Control socket to create (when running) or to talk to (subcommands).
+    #[arg(long, global = true, env = "CLUSTERD_CONTROL", value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands that talk to a running clusterd over its control socket.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the phase and the worker table.
+    Status {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker, one by one, with a new generation.
+    Reload,
+    /// Change the pool size at run time.
+    Scale {
+        /// The new number of workers.
+        workers: u32,
+    },
+    /// Stop gracefully: drain every worker, then exit.
+    Stop,
+}
+
+/// Options of the supervisor itself.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pool size: a number, or `auto` for the CPUs this process may use (affinity and cgroup quota).
+    #[arg(short, long, env = "CLUSTERD_WORKERS", value_name = "N|auto")]
+    pub workers: Option<WorkerCount>,
+
+    /// Address to accept connections on: HOST:PORT, [V6]:PORT or unix:/path (repeatable).
+    #[arg(short, long, env = "CLUSTERD_LISTEN", value_name = "ADDR", value_delimiter = ',')]
+    pub listen: Vec<String>,
+
+    /// How to pick a worker for a connection with no sticky owner.
+    #[arg(long, env = "CLUSTERD_BALANCE", value_enum)]
+    pub balance: Option<Balance>,
+
+    /// Session key for stickiness.
+    #[arg(long, env = "CLUSTERD_STICKY", value_enum)]
+    pub sticky: Option<Sticky>,
+
+    /// How workers talk to clusterd.
+    #[arg(long, env = "CLUSTERD_PROTOCOL", value_enum)]
+    pub protocol: Option<Protocol>,
+
+    /// Node channel format (node protocol only).
+    #[arg(long, env = "CLUSTERD_SERIALIZATION", value_enum)]
+    pub serialization: Option<Serialization>,
+
+    /// Drain time a worker gets before SIGKILL [default: 30s].
+    #[arg(long, env = "CLUSTERD_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+
+    /// A new worker must report ready within it, or it is replaced [default: 30s].
+    #[arg(long, env = "CLUSTERD_READY_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub ready_timeout: Option<Duration>,
+
+    /// Deadline of an inter-worker request [default: 5s].
+    #[arg(long, env = "CLUSTERD_REQUESTS_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub requests_timeout: Option<Duration>,
+
+    /// When a worker counts as ready: when it says so (`message`, the SDK's `ready()`), or as soon
+    /// as its program started (`spawn`, for programs that do not use the SDK) [default: message].
+    #[arg(long, env = "CLUSTERD_READY_ON", value_enum)]
+    pub ready_on: Option<ReadyOn>,
+
+    /// Replace a ready SDK worker that sends no heartbeat for this long; 0 disables [default: 30s].
+    #[arg(long, env = "CLUSTERD_HEARTBEAT_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub heartbeat_timeout: Option<Duration>,
+
+    /// A worker that ran at least this long is stable: its slot's backoff and crash count reset
+    /// [default: 10s].
+    #[arg(long, env = "CLUSTERD_STABLE_AFTER", value_name = "DURATION", value_parser = parse_duration)]
+    pub stable_after: Option<Duration>,
+
+    /// Give up (exit 1) after this many consecutive failed starts of one slot; 0 never gives up
+    /// [default: 10].
+    #[arg(long, env = "CLUSTERD_CRASH_LOOP_LIMIT", value_name = "N")]
+    pub crash_loop_limit: Option<u32>,
+
+    /// Do not prefix the lines that workers write with their id.
+    #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX")]
+    pub no_log_prefix: bool,
+
+    /// TOML config file (see config/clusterd.toml).
+    #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Format of clusterd's own log lines (filter them with RUST_LOG).
+    #[arg(long, env = "CLUSTERD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// The worker program and its arguments, after `--`.
+    #[arg(last = true, value_name = "PROGRAM")]
+    pub program: Vec<OsString>,
+}

@@ -1,0 +1,42 @@
+//! The control socket's wire format: one JSON object per line each way.
+//!
+//! Request: `{"command":"status"}`, `{"command":"stop"}`, `{"command":"reload"}`,
+//! `{"command":"scale","workers":4}`. Reply: `{"ok":true,"status":{...}}` or
+//! `{"ok":true}` or `{"ok":false,"error":"..."}`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+
+/// The longest request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ControlRequest {
+    Status,
+    Stop,
+    Reload,
+    Scale { workers: u32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ControlReply {
+    pub fn ok() -> Self {
+        Self { ok: true, status: None, error: None }
+    }
+    pub fn status(status: Status) -> Self {
+        Self { ok: true, status: Some(status), error: None }
+    }
+    pub fn error(message: impl Into<String>) -> Self {
+        Self { ok: false, status: None, error: Some(message.into()) }
+    }
+}

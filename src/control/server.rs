@@ -1,0 +1,150 @@
+//! The control socket server: a Unix stream socket, mode 0600, one JSON request per connection.
+//!
+//! Each connection is served in its own task with a size and time bound, so a silent or
+//! flooding client costs one task and never holds up the dispatcher or other clients.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{ControlReply, ControlRequest, MAX_REQUEST};
+use crate::supervisor::Request;
+
+/// How long a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the dispatcher has to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The control socket could not be set up: clusterd exits 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path} is in use by a running clusterd; stop it or pass --control with another path")]
+    InUse { path: PathBuf },
+    #[error("control socket path {path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("cannot create control socket {path}: {source}")]
+    Bind { path: PathBuf, source: io::Error },
+}
+
+/// A bound control socket; the file is removed on drop if it is still this socket.
+pub struct ControlSocket {
+    listener: Option<StdUnixListener>,
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl ControlSocket {
+    /// Binds `path` with mode 0600. A socket file left by a dead clusterd (connecting is refused)
+    /// is replaced; a live one is not stolen. Call before the runtime starts: it sets the umask.
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        let bind_err = |source| ControlError::Bind { path: path.to_owned(), source };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => return Err(ControlError::NotASocket { path: path.to_owned() }),
+            Ok(_) => match StdUnixStream::connect(path) {
+                Ok(_) => return Err(ControlError::InUse { path: path.to_owned() }),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(path = %path.display(), "replacing a stale control socket");
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                Err(e) => return Err(bind_err(e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::create_dir_all(dir).map_err(bind_err)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(bind_err)?;
+        }
+        // The socket file is created 0600 from the start: no window with looser permissions.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = StdUnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(bind_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        let meta = std::fs::metadata(path).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        Ok(Self { listener: Some(listener), path: path.to_owned(), identity: (meta.dev(), meta.ino()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves requests until the dispatcher goes away.
+    pub fn serve(&mut self, requests: mpsc::Sender<Request>) -> io::Result<()> {
+        let listener = UnixListener::from_std(self.listener.take().ok_or_else(|| io::Error::other("served twice"))?)?;
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve_one(stream, requests.clone()));
+                    }
+                    Err(error) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(%error, "control socket accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                if requests.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        // Remove the file only if it is still ours (not replaced by another instance since).
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+async fn serve_one(stream: UnixStream, requests: mpsc::Sender<Request>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+    let mut line = Vec::new();
+    let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
+        Err(_) => ControlReply::error(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Ok(Err(e)) => ControlReply::error(format!("cannot read the request: {e}")),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST => ControlReply::error(format!("request over {MAX_REQUEST} bytes")),
+        Ok(Ok(_)) => match serde_json::from_slice::<ControlRequest>(&line) {
+            Err(e) => ControlReply::error(format!("malformed request: {e}")),
+            Ok(request) => answer(request, &requests).await,
+        },
+    };
+    let mut bytes = serde_json::to_vec(&reply).unwrap_or_else(|_| br#"{"ok":false,"error":"internal"}"#.to_vec());
+    bytes.push(b'\n');
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&bytes)).await;
+}
+
+async fn answer(request: ControlRequest, requests: &mpsc::Sender<Request>) -> ControlReply {
+    match request {
+        ControlRequest::Status => ask(requests, Request::Status).await.map_or_else(ControlReply::error, ControlReply::status),
+        ControlRequest::Stop => ask(requests, Request::Stop).await.map_or_else(ControlReply::error, |()| ControlReply::ok()),
+        ControlRequest::Reload | ControlRequest::Scale { .. } => {
+            ControlReply::error("reload and scale are not supported by this version of clusterd")
+        }
+    }
+}
+
+async fn ask<T>(requests: &mpsc::Sender<Request>, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    requests.send(make(tx)).await.map_err(|_| "clusterd is shutting down".to_owned())?;
+    match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err("clusterd is shutting down".into()),
+        Err(_) => Err("clusterd did not answer in time".into()),
+    }
+}

@@ -1,0 +1,143 @@
+//! Passing on what workers write: whole lines, prefixed with the worker's id, never blocking clusterd.
+//!
+//! Each pipe has its own reader task that cuts lines (at most [`MAX_LINE`] bytes: a longer run
+//! without a newline is passed on in pieces) and queues them to one writer thread. The queue is
+//! bounded: when clusterd's own stdout is slow, the reader stops reading, the worker's pipe fills
+//! and the worker that floods waits, while clusterd's dispatcher, which never touches these pipes,
+//! carries on. Lines of different workers never interleave inside a line.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+
+/// The longest line passed on in one piece.
+pub const MAX_LINE: usize = 16 * 1024;
+const QUEUE: usize = 1024;
+
+/// Which of clusterd's outputs a line goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Stdout,
+    Stderr,
+}
+
+struct Line {
+    output: Output,
+    bytes: Vec<u8>,
+}
+
+/// The handle through which reader tasks queue lines to the writer thread.
+#[derive(Clone)]
+pub struct LogSink {
+    lines: mpsc::Sender<Line>,
+    prefix: bool,
+}
+
+impl LogSink {
+    /// Starts the writer thread.
+    pub fn start(prefix: bool) -> std::io::Result<Self> {
+        let (lines, mut queue) = mpsc::channel::<Line>(QUEUE);
+        std::thread::Builder::new().name("clusterd-logs".into()).spawn(move || {
+            while let Some(line) = queue.blocking_recv() {
+                // A closed stdout (EPIPE) must not stop clusterd: the line is dropped.
+                let _ = match line.output {
+                    Output::Stdout => std::io::stdout().lock().write_all(&line.bytes),
+                    Output::Stderr => std::io::stderr().lock().write_all(&line.bytes),
+                };
+            }
+        })?;
+        Ok(Self { lines, prefix })
+    }
+
+    /// Forwards one pipe of worker `id` until it closes.
+    pub fn forward(&self, id: u32, output: Output, fd: OwnedFd) {
+        let sink = self.clone();
+        tokio::spawn(async move {
+            let mut pipe = match pipe::Receiver::from_owned_fd(fd) {
+                Ok(pipe) => pipe,
+                Err(error) => {
+                    tracing::warn!(worker = id, %error, "cannot read the worker's output");
+                    return;
+                }
+            };
+            let prefix = if sink.prefix { format!("[w{id}] ").into_bytes() } else { Vec::new() };
+            let mut pending = Vec::with_capacity(4096);
+            let mut chunk = vec![0u8; 8192];
+            loop {
+                let n = match pipe.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                pending.extend_from_slice(&chunk[..n]);
+                for line in cut_lines(&mut pending) {
+                    if sink.send(output, &prefix, &line).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                let _ = sink.send(output, &prefix, &pending).await;
+            }
+        });
+    }
+
+    async fn send(&self, output: Output, prefix: &[u8], line: &[u8]) -> Result<(), ()> {
+        let mut bytes = Vec::with_capacity(prefix.len() + line.len() + 1);
+        bytes.extend_from_slice(prefix);
+        bytes.extend_from_slice(line);
+        bytes.push(b'\n');
+        self.lines.send(Line { output, bytes }).await.map_err(|_| ())
+    }
+}
+
+/// Takes every complete line (without its newline) out of `pending`, and cuts a run of more than
+/// [`MAX_LINE`] bytes without a newline into pieces of that size.
+fn cut_lines(pending: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    loop {
+        let rest = &pending[start..];
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(pos) if pos <= MAX_LINE => {
+                let line = &rest[..pos];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                lines.push(line.to_vec());
+                start += pos + 1;
+            }
+            _ if rest.len() > MAX_LINE => {
+                lines.push(rest[..MAX_LINE].to_vec());
+                start += MAX_LINE;
+            }
+            _ => break,
+        }
+    }
+    pending.drain(..start);
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_complete_lines_and_keeps_the_tail() {
+        let mut pending = b"one\ntwo\r\nthr".to_vec();
+        assert_eq!(cut_lines(&mut pending), vec![b"one".to_vec(), b"two".to_vec()]);
+        assert_eq!(pending, b"thr");
+        pending.extend_from_slice(b"ee\n\n");
+        assert_eq!(cut_lines(&mut pending), vec![b"three".to_vec(), Vec::new()]);
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn a_run_without_newline_is_cut_at_the_limit() {
+        let mut pending = vec![b'x'; MAX_LINE * 2 + 10];
+        let lines = cut_lines(&mut pending);
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.len() == MAX_LINE));
+        assert_eq!(pending.len(), 10);
+    }
+}

@@ -1,0 +1,106 @@
+//! The cluster's observable state: phases, worker states, and the `status` document that the
+//! control socket serves and `clusterd status` prints.
+
+use serde::{Deserialize, Serialize};
+
+/// clusterd's phase, published on a watch channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Initial workers are starting; systemd has not been told READY yet.
+    Starting,
+    /// Every initial worker was ready once; serving.
+    Ready,
+    /// Replacing workers with a new generation.
+    Reloading,
+    /// Graceful stop: workers were asked to drain.
+    Draining,
+    /// Immediate stop: workers were killed.
+    Stopping,
+}
+
+/// A worker slot's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Starting,
+    Ready,
+    Draining,
+    Backoff,
+    Exited,
+}
+
+/// The `status --json` document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub phase: Phase,
+    pub generation: u64,
+    pub listen: Vec<String>,
+    pub program: String,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// One row of the worker table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: u32,
+    /// `null` while the slot has no process (backoff, exited).
+    pub pid: Option<u32>,
+    pub state: WorkerState,
+    pub generation: u64,
+    /// Restarts of this slot since clusterd started.
+    pub restarts: u32,
+    pub connections: u64,
+    pub sessions: u64,
+    /// Milliseconds the current process has run.
+    pub uptime_ms: Option<u64>,
+    /// Consecutive failed starts of this slot.
+    pub failures: u32,
+    pub crash_loop: bool,
+    /// How the slot's previous process ended.
+    pub last_exit: Option<String>,
+}
+
+impl Status {
+    /// The human table of `clusterd status`.
+    pub fn to_table(&self) -> String {
+        let ready = self.workers.iter().filter(|w| w.state == WorkerState::Ready).count();
+        let mut out = format!(
+            "clusterd pid {}  phase {:?}  generation {}  {}/{} workers ready\nprogram: {}\n",
+            self.pid,
+            self.phase,
+            self.generation,
+            ready,
+            self.workers.len(),
+            self.program
+        )
+        .to_lowercase();
+        if !self.listen.is_empty() {
+            out.push_str(&format!("listen: {}\n", self.listen.join(", ")));
+        }
+        out.push_str(&format!(
+            "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10}  {}\n",
+            "ID", "PID", "STATE", "GEN", "RESTARTS", "CONNS", "SESSIONS", "UPTIME", "LAST EXIT"
+        ));
+        for w in &self.workers {
+            let state = format!("{:?}", w.state).to_lowercase() + if w.crash_loop { "!" } else { "" };
+            out.push_str(&format!(
+                "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10}  {}\n",
+                w.id,
+                w.pid.map_or("-".into(), |p| p.to_string()),
+                state,
+                w.generation,
+                w.restarts,
+                w.connections,
+                w.sessions,
+                w.uptime_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                w.last_exit.as_deref().unwrap_or("-"),
+            ));
+        }
+        if self.workers.iter().any(|w| w.crash_loop) {
+            out.push_str("! crash loop: the slot's worker keeps failing to start\n");
+        }
+        out
+    }
+}

@@ -1,0 +1,277 @@
+//! The task that owns one worker process: spawns it, reads its frames, keeps its timers (ready,
+//! heartbeat, grace), signals its process group, and reports to the dispatcher until it is reaped.
+//!
+//! Only this task signals the worker, and only while it is not yet reaped, so a pid is never
+//! signalled after the kernel could have given it to another process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterd_worker::channel::PrimaryChannel;
+use clusterd_worker::protocol::{
+    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, MAX_FRAME, PROTOCOL_VERSION,
+    ToWorker,
+};
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_seqpacket::UnixSeqpacket;
+
+use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
+use super::spawn::{SpawnSpec, Spawner};
+use crate::config::ReadyOn;
+use crate::logs::{LogSink, Output};
+
+/// What every worker of this clusterd shares.
+pub struct Settings {
+    pub program: std::ffi::OsString,
+    pub args: Vec<std::ffi::OsString>,
+    pub ready_on: ReadyOn,
+    pub ready_timeout: Duration,
+    pub heartbeat_timeout: Option<Duration>,
+    pub spawner: Spawner,
+    pub logs: LogSink,
+}
+
+/// One worker to start.
+pub struct Launch {
+    pub slot: u32,
+    pub incarnation: u64,
+    pub generation: u64,
+    pub count: u32,
+}
+
+/// Orders from the dispatcher.
+#[derive(Debug, Clone, Copy)]
+pub enum Command {
+    /// Drain frame and SIGTERM to the group now, SIGKILL after `grace`.
+    Drain { grace: Duration },
+    /// SIGKILL to the group now.
+    Kill,
+}
+
+/// What a worker task reports.
+#[derive(Debug)]
+pub struct Event {
+    pub slot: u32,
+    pub incarnation: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug)]
+pub enum EventKind {
+    Spawned { pid: Pid },
+    SpawnFailed { error: String },
+    Ready,
+    Exited(ExitInfo),
+    /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
+    RestartDue,
+}
+
+/// The dispatcher's handle on a worker task.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    /// Sends a command; a task that already ended has nothing left to act on.
+    pub fn send(&self, command: Command) {
+        // The queue is far larger than the two commands a worker can ever get; if it is full the
+        // task is already acting on a kill.
+        let _ = self.commands.try_send(command);
+    }
+}
+
+/// Starts the task for one worker.
+pub fn launch(settings: Arc<Settings>, launch: Launch, events: mpsc::Sender<Event>) -> Handle {
+    let (commands, rx) = mpsc::channel(16);
+    tokio::spawn(run(settings, launch, rx, events));
+    Handle { commands }
+}
+
+async fn run(settings: Arc<Settings>, launch: Launch, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
+    let report = |kind| {
+        let events = events.clone();
+        let (slot, incarnation) = (launch.slot, launch.incarnation);
+        async move {
+            let _ = events.send(Event { slot, incarnation, kind }).await;
+        }
+    };
+    let started = Instant::now();
+    let (channel, spawned) = match start(&settings, &launch).await {
+        Ok(pair) => pair,
+        Err(error) => return report(EventKind::SpawnFailed { error }).await,
+    };
+    let pid = spawned.pid;
+    let oom_before = oom_kill_count();
+    settings.logs.forward(launch.slot, Output::Stdout, spawned.stdout);
+    settings.logs.forward(launch.slot, Output::Stderr, spawned.stderr);
+    report(EventKind::Spawned { pid }).await;
+
+    let mut exit = spawned.exit;
+    let mut ready = false;
+    if settings.ready_on == ReadyOn::Spawn {
+        ready = true;
+        report(EventKind::Ready).await;
+    }
+    let mut channel_open = true;
+    let mut killed: Option<KillReason> = None;
+    let far = started + Duration::from_secs(86_400 * 365);
+    let ready_deadline = started + settings.ready_timeout;
+    let mut heartbeat_deadline: Option<Instant> = None;
+    let mut kill_deadline: Option<Instant> = None;
+
+    let status = loop {
+        tokio::select! {
+            status = &mut exit => break status.ok(),
+            frame = channel.recv(), if channel_open => match frame {
+                Ok(Some(frame)) => {
+                    if let Some(hb) = settings.heartbeat_timeout {
+                        heartbeat_deadline = Some(Instant::now() + hb);
+                    }
+                    match frame {
+                        FromWorker::Hello { version, .. } if version != PROTOCOL_VERSION => {
+                            let why = format!("speaks protocol {version}, clusterd speaks {PROTOCOL_VERSION}");
+                            channel_open = false;
+                            drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, KillReason::Protocol(why)).await;
+                        }
+                        FromWorker::Ready if !ready && killed.is_none() => {
+                            ready = true;
+                            report(EventKind::Ready).await;
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(None) => channel_open = false,
+                Err(error) => {
+                    channel_open = false;
+                    let reason = KillReason::Protocol(error.to_string());
+                    drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, reason).await;
+                }
+            },
+            command = commands.recv() => match command {
+                Some(Command::Drain { grace }) => {
+                    if killed.is_none() {
+                        killed = Some(KillReason::Stop);
+                        let _ = channel.send(&ToWorker::Drain { grace_ms: millis(grace) }).await;
+                        signal_group(pid, Signal::SIGTERM);
+                    }
+                    let at = Instant::now() + grace;
+                    kill_deadline = Some(kill_deadline.map_or(at, |d| d.min(at)));
+                }
+                Some(Command::Kill) | None => {
+                    killed.get_or_insert(KillReason::Stop);
+                    signal_group(pid, Signal::SIGKILL);
+                    kill_deadline = None;
+                }
+            },
+            () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {:?}: killing it", settings.ready_timeout);
+                killed = Some(KillReason::ReadyTimeout);
+                signal_group(pid, Signal::SIGKILL);
+            }
+            () = sleep_until(heartbeat_deadline.unwrap_or(far)), if ready && killed.is_none() && heartbeat_deadline.is_some() => {
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "no heartbeat within {:?}: killing it", settings.heartbeat_timeout.unwrap_or_default());
+                killed = Some(KillReason::HeartbeatTimeout);
+                signal_group(pid, Signal::SIGKILL);
+            }
+            () = sleep_until(kill_deadline.unwrap_or(far)), if kill_deadline.is_some() => {
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "still running after the grace time: SIGKILL");
+                kill_deadline = None;
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    };
+    // The leader is gone; whatever it left in its process group goes too, before its pid can be
+    // reused (pids are handed out in sequence, so that takes a full wrap).
+    sweep_group(pid);
+    let Some(status) = status.and_then(Status::from_wait) else {
+        tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
+        return;
+    };
+    let oom_evidence = killed.is_none()
+        && status == (Status::Signal { signal: Signal::SIGKILL, core_dumped: false })
+        && matches!((oom_before, oom_kill_count()), (Some(a), Some(b)) if b > a);
+    let info = ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
+    report(EventKind::Exited(info)).await;
+}
+
+/// Asks a misbehaving worker to go: drain frame (it may not understand it), SIGTERM, SIGKILL after
+/// a short grace; its connections deserve the chance to finish.
+async fn drain(
+    channel: &PrimaryChannel,
+    pid: Pid,
+    settings: &Settings,
+    killed: &mut Option<KillReason>,
+    kill_deadline: &mut Option<Instant>,
+    reason: KillReason,
+) {
+    if killed.is_some() {
+        return;
+    }
+    tracing::warn!(pid = pid.as_raw(), "{reason}: replacing the worker");
+    let grace = Duration::from_secs(5).min(settings.ready_timeout);
+    let _ = channel.send(&ToWorker::Drain { grace_ms: millis(grace) }).await;
+    signal_group(pid, Signal::SIGTERM);
+    *killed = Some(reason);
+    *kill_deadline = Some(Instant::now() + grace);
+}
+
+async fn start(settings: &Settings, launch: &Launch) -> Result<(PrimaryChannel, super::spawn::Spawned), String> {
+    // Both ends close-on-exec; the spawner dup2s the worker's end onto fd 3 in the child only.
+    // The worker's end stays blocking (programs without the SDK may use it plainly).
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| format!("cannot create the IPC socket pair: {e}"))?;
+    nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+        .map_err(|e| format!("cannot make the IPC socket non-blocking: {e}"))?;
+    let socket = UnixSeqpacket::try_from(ours).map_err(|e| format!("cannot register the IPC socket: {e}"))?;
+    let channel = PrimaryChannel::new(socket);
+    let heartbeat_ms = settings.heartbeat_timeout.map_or(0, |t| u32::try_from(t.as_millis() / 3).unwrap_or(u32::MAX));
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        worker_id: launch.slot,
+        worker_count: launch.count,
+        generation: launch.generation,
+        heartbeat_ms,
+        max_frame: MAX_FRAME as u32,
+    };
+    // Queued in the socket buffer before the worker runs, so it is always the first frame.
+    channel.send(&ToWorker::Hello(hello)).await.map_err(|e| format!("cannot greet the worker: {e}"))?;
+    let env = vec![
+        (ENV_IPC_FD.to_owned(), IPC_FD.to_string()),
+        (ENV_WORKER_ID.to_owned(), launch.slot.to_string()),
+        (ENV_WORKER_COUNT.to_owned(), launch.count.to_string()),
+        (ENV_GENERATION.to_owned(), launch.generation.to_string()),
+    ];
+    let spec = SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs };
+    let spawned = settings
+        .spawner
+        .spawn(spec)
+        .await
+        .map_err(|e| format!("cannot start {}: {e}", settings.program.to_string_lossy()))?;
+    Ok((channel, spawned))
+}
+
+/// Signals the worker's process group; if the worker left its group (its own `setpgid`), the
+/// leader itself, which is safe because this is only called before the leader is reaped.
+fn signal_group(pid: Pid, signal: Signal) {
+    match killpg(pid, signal) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ESRCH) => {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+        Err(errno) => tracing::warn!(pid = pid.as_raw(), %errno, "cannot send {} to the worker's group", signal.as_str()),
+    }
+}
+
+/// After the leader was reaped: only the group, never the pid alone.
+fn sweep_group(pid: Pid) {
+    let _ = killpg(pid, Signal::SIGKILL);
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
