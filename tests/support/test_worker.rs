@@ -5,7 +5,7 @@
 //! `--exit-at-start N` (exit before greeting clusterd), `--ignore-drain`, `--drain-delay MS`,
 //! `--orphan MS` (leave a grandchild that outlives this process by MS), `--child` (keep a
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
-//! newline), `--garbage` / `--oversized` (break the protocol on fd 3), `--no-sdk` (never touch
+//! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` (break the protocol on fd 3), `--no-sdk` (never touch
 //! the IPC socket), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
@@ -26,6 +26,7 @@ struct Flags {
     garbage: bool,
     oversized: bool,
     no_sdk: bool,
+    freeze_after: Option<u64>,
 }
 
 fn parse() -> Flags {
@@ -53,6 +54,7 @@ fn parse() -> Flags {
             "--garbage" => flags.garbage = true,
             "--oversized" => flags.oversized = true,
             "--no-sdk" => flags.no_sdk = true,
+            "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
             "--only-slot" => {
                 it.next();
             }
@@ -84,18 +86,6 @@ async fn main() {
         std::env::var_os("NOTIFY_SOCKET").is_some(),
         std::env::var_os("LISTEN_FDS").is_some(),
     ));
-    if let Some(bytes) = flags.flood {
-        let mut out = std::io::stdout().lock();
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            let _ = out.write_all(&chunk[..n]);
-            left -= n;
-        }
-        let _ = out.write_all(b"\nflood done\n");
-        let _ = out.flush();
-    }
     if flags.child {
         let child = std::process::Command::new("sleep").arg("1000").spawn().expect("spawn sleep");
         say(&format!("child pid={}", child.id()));
@@ -133,6 +123,25 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(flags.ready_after)).await;
         worker.ready().await.expect("ready");
         say(&format!("ready id={}", worker.id()));
+    }
+    if let Some(bytes) = flags.flood {
+        // Blocking writes on purpose: a flooding worker that clusterd cannot keep up with waits.
+        let mut out = std::io::stdout().lock();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            let _ = out.write_all(&chunk[..n]);
+            left -= n;
+        }
+        let _ = out.write_all(b"\nflood done\n");
+        let _ = out.flush();
+    }
+    if let Some(ms) = flags.freeze_after {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        say("freezing");
+        // Blocks the only runtime thread: the SDK's heartbeat stops, as in a hung event loop.
+        std::thread::sleep(Duration::from_secs(3600));
     }
     let exit_after = async {
         match flags.exit_after {

@@ -1,0 +1,328 @@
+//! The harness of the integration tests: the real `clusterd` binary supervising the real test
+//! worker (`tests/support/test_worker.rs`, a binary of this package), each test in its own temp
+//! dir with its own control socket, with a scrubbed environment. Every wait polls an observable
+//! (a log line, the control socket, /proc) and fails with a message after a timeout.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const CLUSTERD: &str = env!("CARGO_BIN_EXE_clusterd");
+pub const WORKER: &str = env!("CARGO_BIN_EXE_clusterd-test-worker");
+
+/// Generous: CI machines have 2 cores shared by parallel tests.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Lines a child wrote, shared with the threads that read its pipes.
+#[derive(Clone, Default)]
+pub struct Lines {
+    inner: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Lines {
+    fn collect(&self, pipe: impl Read + Send + 'static) {
+        let lines = self.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let (all, cv) = &*lines.inner;
+                all.lock().unwrap().push(line);
+                cv.notify_all();
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().clone()
+    }
+
+    pub fn contains(&self, needle: &str) -> bool {
+        self.snapshot().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits for a line that matches; returns it.
+    pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let (all, cv) = &*self.inner;
+        let mut guard = all.lock().unwrap();
+        loop {
+            if let Some(line) = guard.iter().find(|l| matches(l)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "timed out after {TIMEOUT:?} waiting for {what}; output so far:\n{}", guard.join("\n"));
+            guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn wait_contains(&self, needle: &str) -> String {
+        self.wait_for(&format!("a line containing {needle:?}"), |l| l.contains(needle))
+    }
+}
+
+/// Polls `probe` until it returns `Some`, or fails with `what` after [`TIMEOUT`].
+pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {TIMEOUT:?} waiting for {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A running clusterd; killed (with its workers, by their parent-death signal) on drop.
+pub struct Cluster {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub control: PathBuf,
+    pub output: Lines,
+    exited: Option<ExitStatus>,
+}
+
+/// How to start a clusterd.
+pub struct Builder {
+    args: Vec<String>,
+    program: Vec<String>,
+    env: Vec<(String, String)>,
+    prefix: Vec<String>,
+    dir: tempfile::TempDir,
+    stdout: Option<Stdio>,
+}
+
+impl Builder {
+    pub fn new() -> Self {
+        Self {
+            args: Vec::new(),
+            program: vec![WORKER.to_owned()],
+            env: Vec::new(),
+            prefix: Vec::new(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            stdout: None,
+        }
+    }
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+    /// Arguments of the test worker.
+    pub fn worker_args(mut self, args: &[&str]) -> Self {
+        self.program.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+    /// Another program instead of the test worker.
+    pub fn program(mut self, program: &[&str]) -> Self {
+        self.program = program.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    /// Runs clusterd under another command (for example `unshare`).
+    pub fn under(mut self, prefix: &[&str]) -> Self {
+        self.prefix = prefix.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// clusterd's stdout goes there instead of to the collected lines.
+    pub fn stdout(mut self, stdio: Stdio) -> Self {
+        self.stdout = Some(stdio);
+        self
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn start(self) -> Cluster {
+        let control = self.dir.path().join("control.sock");
+        let mut command = if self.prefix.is_empty() {
+            Command::new(CLUSTERD)
+        } else {
+            let mut c = Command::new(&self.prefix[0]);
+            c.args(&self.prefix[1..]).arg(CLUSTERD);
+            c
+        };
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("--control")
+            .arg(&control)
+            .args(&self.args)
+            .arg("--")
+            .args(&self.program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let piped_stdout = self.stdout.is_none();
+        if let Some(stdio) = self.stdout {
+            command.stdout(stdio);
+        }
+        let mut child = command.spawn().expect("start clusterd");
+        let output = Lines::default();
+        if piped_stdout {
+            output.collect(child.stdout.take().unwrap());
+        }
+        output.collect(child.stderr.take().unwrap());
+        Cluster { child, dir: self.dir, control, output, exited: None }
+    }
+}
+
+impl Cluster {
+    pub fn start(args: &[&str], worker_args: &[&str]) -> Self {
+        Builder::new().args(args).worker_args(worker_args).start()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// One request on the control socket; `None` if it cannot be reached (yet).
+    pub fn request(&self, request: &str) -> Option<Value> {
+        control_request(&self.control, request)
+    }
+
+    pub fn status(&self) -> Option<Value> {
+        let reply = self.request(r#"{"command":"status"}"#)?;
+        reply.get("status").cloned()
+    }
+
+    /// Waits until the status satisfies `pred`.
+    pub fn wait_status(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut last = None;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if let Some(status) = self.status() {
+                if pred(&status) {
+                    return status;
+                }
+                last = Some(status);
+            }
+            if let Ok(Some(exit)) = self.child.try_wait() {
+                panic!("clusterd exited ({exit}) while waiting for {what}; output:\n{}", self.output.snapshot().join("\n"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {TIMEOUT:?} waiting for {what}; last status: {last:#?}\noutput:\n{}",
+                self.output.snapshot().join("\n")
+            );
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every one of `n` workers is ready and the phase is `ready`; returns the status.
+    pub fn wait_ready(&mut self, n: usize) -> Value {
+        self.wait_status(&format!("{n} ready workers"), |s| {
+            s["phase"] == "ready"
+                && s["workers"].as_array().is_some_and(|w| w.len() == n && w.iter().all(|w| w["state"] == "ready"))
+        })
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal clusterd");
+    }
+
+    /// Waits for clusterd to exit; fails with its output after [`TIMEOUT`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.exited {
+            return status;
+        }
+        let status = wait_until("clusterd to exit", || self.child.try_wait().expect("try_wait"));
+        self.exited = Some(status);
+        status
+    }
+
+    pub fn stderr_dump(&self) -> String {
+        self.output.snapshot().join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.exited.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One request line on a control socket, one reply line back.
+pub fn control_request(path: &Path, request: &str) -> Option<Value> {
+    let mut stream = UnixStream::connect(path).ok()?;
+    stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
+    stream.write_all(b"\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    serde_json::from_str(&line).ok()
+}
+
+/// The pid of worker `id` in a status document.
+pub fn worker_pid(status: &Value, id: u64) -> i32 {
+    let w = status["workers"].as_array().unwrap().iter().find(|w| w["id"] == id).expect("worker id");
+    w["pid"].as_i64().expect("worker pid") as i32
+}
+
+pub fn worker(status: &Value, id: u64) -> Value {
+    status["workers"].as_array().unwrap().iter().find(|w| w["id"] == id).expect("worker id").clone()
+}
+
+/// Whether a pid exists at all (a zombie counts: it still exists until reaped).
+pub fn pid_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// `(state, ppid, pgid)` from /proc/<pid>/stat.
+pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    let pgid = fields.next()?.parse().ok()?;
+    Some((state, ppid, pgid))
+}
+
+/// Children of `parent` (any state) and their command names.
+pub fn children_of(parent: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Some((_, ppid, _)) = proc_stat(pid)
+            && ppid == parent
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_owned()));
+        }
+    }
+    out
+}
+
+/// Waits until `pid` is gone entirely: exited *and* reaped.
+pub fn wait_gone(pid: i32, what: &str) {
+    wait_until(&format!("{what} (pid {pid}) to be gone and reaped (state: {:?})", proc_stat(pid)), || {
+        (!pid_exists(pid)).then_some(())
+    });
+}
+
+/// The number in a `key=<n>` token of a line.
+pub fn field(line: &str, key: &str) -> i32 {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}=<n> in {line:?}"))
+}
