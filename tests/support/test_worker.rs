@@ -92,7 +92,7 @@ async fn main() {
     }
     if let Some(ms) = flags.orphan {
         // sh exits at once; its background sleep is orphaned and reparented to clusterd.
-        let script = format!("sleep {} & echo orphan pid=$!", ms as f64 / 1000.0);
+        let script = format!("sleep {} >/dev/null 2>&1 & echo orphan pid=$!", ms as f64 / 1000.0);
         let out = std::process::Command::new("sh").args(["-c", &script]).output().expect("spawn sh");
         say(String::from_utf8_lossy(&out.stdout).trim());
     }

@@ -1,0 +1,65 @@
+# clusterd as a container entrypoint.
+#
+#   docker build -t clusterd .
+#   docker run --rm clusterd --help
+#
+# Build your own image FROM this one (or copy /usr/local/bin/clusterd out of it), add your worker
+# program, and give it after `--`:
+#
+#   FROM clusterd
+#   COPY --chown=clusterd:clusterd my-server /app/my-server
+#   CMD ["--workers", "auto", "--", "/app/my-server"]
+#
+# `docker stop` waits 10s by default, less than clusterd's 30s drain time: use
+# `docker stop -t 40` (compose: `stop_grace_period: 40s`), or set CLUSTERD_GRACE lower.
+
+# ---- build ------------------------------------------------------------------------------------
+# The workspace needs rustc >= 1.94 (rust-version in Cargo.toml).
+FROM rust:1.95-bookworm AS builder
+WORKDIR /src
+
+# Manifests first, with stub sources, so that the dependencies are compiled in a layer that is
+# rebuilt only when Cargo.toml or Cargo.lock change. Every target that Cargo.toml declares gets a
+# stub, so that the manifests load.
+COPY Cargo.toml Cargo.lock ./
+COPY worker-sdk/Cargo.toml worker-sdk/
+RUN mkdir -p src worker-sdk/src tests/support benches \
+ && echo 'fn main() {}' > src/main.rs \
+ && cp src/main.rs tests/support/test_worker.rs \
+ && cp src/main.rs benches/supervisor.rs \
+ && touch worker-sdk/src/lib.rs \
+ && cargo build --release --locked --bin clusterd \
+ && rm -rf src worker-sdk/src tests benches
+
+# Then the sources. COPY keeps their modification times, which can be older than the stubs' build:
+# touch the crate roots so that Cargo rebuilds both crates of the workspace.
+COPY . .
+RUN touch src/main.rs worker-sdk/src/lib.rs \
+ && cargo build --release --locked --bin clusterd
+# The example SDK worker, once examples/hello.rs exists (it then lands in target/release/examples/):
+# RUN cargo build --release --locked --example hello
+
+# ---- run --------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin clusterd
+COPY --from=builder /src/target/release/clusterd /usr/local/bin/clusterd
+# COPY --from=builder /src/target/release/examples/hello /usr/local/bin/hello
+
+# The control socket (mode 0600) at a fixed, writable path, the same for the running clusterd and
+# for `docker exec <container> clusterd status`, whatever the user (the computed default is /run for
+# root and $TMPDIR or /tmp otherwise). With --read-only, mount a tmpfs on /tmp.
+ENV CLUSTERD_CONTROL=/tmp/clusterd.sock
+
+USER clusterd
+
+# No tini or dumb-init: as PID 1, clusterd handles TERM and INT (graceful drain; a second one stops
+# at once) and QUIT (immediate stop) itself, passes the stop on to each worker's process group, and
+# reaps every orphan that is reparented to it (it is also a child subreaper when not PID 1). It
+# exits 0 after a graceful stop, 1 on a fatal error, 2 on bad usage.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["clusterd"]
+CMD ["--help"]
