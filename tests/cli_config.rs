@@ -29,6 +29,9 @@ fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (Option<i3
     (status.code(), stderr)
 }
 
+/// Arguments, environment, and a part of the expected message.
+type BadInput<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_usage_and_configuration_exit_2_with_one_clear_line_and_start_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +40,7 @@ fn bad_usage_and_configuration_exit_2_with_one_clear_line_and_start_nothing() {
     std::fs::write(dir.path().join("broken.toml"), "workers = [\n").unwrap();
     let control = dir.path().join("c.sock");
     let control = control.to_str().unwrap();
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[BadInput] = &[
         (&["--workers", "0", "--", "true"], &[], "at least 1 worker"),
         (&["--workers", "lots", "--", "true"], &[], "a number or `auto`"),
         (&["--grace", "5x", "--", "true"], &[], "unknown unit"),
@@ -125,9 +128,9 @@ fn status_and_stop_subcommands_talk_to_the_control_socket() {
     assert_eq!(code, Some(0));
     assert!(table.contains("phase ready") && table.contains("2/2 workers ready"), "{table}");
 
-    let (code, _, stderr) = cli(&["reload"]);
+    let (code, _, stderr) = cli(&["scale", "0"]);
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("not supported"), "{stderr}");
+    assert!(stderr.contains("the pool size must be 1 to 1024, not 0"), "{stderr}");
 
     let (code, out, _) = cli(&["stop"]);
     assert_eq!((code, out.trim()), (Some(0), "ok"));

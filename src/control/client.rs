@@ -25,7 +25,7 @@ pub fn run(command: Command, control: &Path) -> anyhow::Result<()> {
     match (reply.status, json) {
         (Some(status), true) => println!("{}", serde_json::to_string(&status)?),
         (Some(status), false) => print!("{}", status.to_table()),
-        (None, _) => println!("ok"),
+        (None, _) => println!("{}", reply.message.as_deref().unwrap_or("ok")),
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! Request: `{"command":"status"}`, `{"command":"stop"}`, `{"command":"reload"}`,
 //! `{"command":"scale","workers":4}`. Reply: `{"ok":true,"status":{...}}` or
-//! `{"ok":true}` or `{"ok":false,"error":"..."}`.
+//! `{"ok":true}` or `{"ok":true,"message":"reloading to generation 2"}` or
+//! `{"ok":false,"error":"..."}`.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,16 +28,22 @@ pub struct ControlReply {
     pub status: Option<Status>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What an accepted request started, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl ControlReply {
     pub fn ok() -> Self {
-        Self { ok: true, status: None, error: None }
+        Self { ok: true, status: None, error: None, message: None }
+    }
+    pub fn message(message: String) -> Self {
+        Self { message: Some(message), ..Self::ok() }
     }
     pub fn status(status: Status) -> Self {
-        Self { ok: true, status: Some(status), error: None }
+        Self { status: Some(status), ..Self::ok() }
     }
     pub fn error(message: impl Into<String>) -> Self {
-        Self { ok: false, status: None, error: Some(message.into()) }
+        Self { ok: false, error: Some(message.into()), ..Self::ok() }
     }
 }

@@ -133,8 +133,15 @@ async fn answer(request: ControlRequest, requests: &mpsc::Sender<Request>) -> Co
     match request {
         ControlRequest::Status => ask(requests, Request::Status).await.map_or_else(ControlReply::error, ControlReply::status),
         ControlRequest::Stop => ask(requests, Request::Stop).await.map_or_else(ControlReply::error, |()| ControlReply::ok()),
-        ControlRequest::Reload | ControlRequest::Scale { .. } => {
-            ControlReply::error("reload and scale are not supported by this version of clusterd")
+        ControlRequest::Reload => match ask(requests, Request::Reload).await.and_then(|r| r) {
+            Ok(generation) => ControlReply::message(format!("reloading to generation {generation}")),
+            Err(why) => ControlReply::error(why),
+        },
+        ControlRequest::Scale { workers } => {
+            match ask(requests, |reply| Request::Scale(workers, reply)).await.and_then(|r| r) {
+                Ok(()) => ControlReply::message(format!("scaling to {workers} workers")),
+                Err(why) => ControlReply::error(why),
+            }
         }
     }
 }

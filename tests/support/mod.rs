@@ -199,7 +199,7 @@ impl Cluster {
     }
 
     /// Waits until the status satisfies `pred`.
-    pub fn wait_status(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_status(&mut self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
         let deadline = Instant::now() + TIMEOUT;
         let mut last = None;
         let mut pause = Duration::from_millis(2);

@@ -6,7 +6,7 @@
 //! `--orphan MS` (leave a grandchild that outlives this process by MS), `--child` (keep a
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
 //! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` (break the protocol on fd 3), `--no-sdk` (never touch
-//! the IPC socket), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! the IPC socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -26,6 +26,7 @@ struct Flags {
     garbage: bool,
     oversized: bool,
     no_sdk: bool,
+    fail_generation: Option<u64>,
     freeze_after: Option<u64>,
 }
 
@@ -54,6 +55,7 @@ fn parse() -> Flags {
             "--garbage" => flags.garbage = true,
             "--oversized" => flags.oversized = true,
             "--no-sdk" => flags.no_sdk = true,
+            "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
             "--only-slot" => {
                 it.next();
@@ -73,6 +75,11 @@ fn say(line: &str) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let flags = parse();
+    let generation: Option<u64> = std::env::var("CLUSTERD_GENERATION").ok().and_then(|g| g.parse().ok());
+    if flags.fail_generation.is_some() && flags.fail_generation == generation {
+        say("failing in this generation");
+        std::process::exit(4);
+    }
     if let Some(code) = flags.exit_at_start {
         say(&format!("exit-at-start {code}"));
         std::process::exit(code);
@@ -87,6 +94,8 @@ async fn main() {
         std::env::var_os("LISTEN_FDS").is_some(),
     ));
     if flags.child {
+        // Never waited for on purpose: it must die with the worker's process group.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new("sleep").arg("1000").spawn().expect("spawn sleep");
         say(&format!("child pid={}", child.id()));
     }

@@ -1,0 +1,363 @@
+//! The dispatcher's handlers: events from worker tasks and timers, signals, control requests, the
+//! stop sequence, readiness publication and the status document.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::exit::ExitInfo;
+use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::worker::{self, Command, Event, EventKind, Launch};
+use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
+use crate::signals::SignalEvent;
+use crate::status::{Phase, Status, WorkerState, WorkerStatus};
+
+/// Where an event's process sits in its slot.
+#[derive(Clone, Copy)]
+enum Role {
+    Current,
+    Successor,
+    Retiring(usize),
+}
+
+impl Dispatcher {
+    /// Starts a new process of the current generation in the slot at `index`, as its current one.
+    pub(super) fn start_worker(&mut self, index: usize) {
+        let process = self.launch(index);
+        let slot = &mut self.slots[index];
+        slot.state = WorkerState::Starting;
+        slot.current = Some(process);
+    }
+
+    /// Starts a process of the current generation for the slot at `index`.
+    pub(super) fn launch(&mut self, index: usize) -> Process {
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        let count = self.slots.iter().filter(|s| !s.removing).count() as u32;
+        let slot = &mut self.slots[index];
+        let launch = Launch { slot: slot.id, incarnation, generation: self.generation, count };
+        let handle = worker::launch(Arc::clone(&self.settings), launch, self.events_tx.clone());
+        Process { incarnation, handle, pid: None, started: Instant::now(), ready: false, generation: self.generation }
+    }
+
+    pub(super) fn handle_event(&mut self, event: Event) {
+        let Some(index) = self.slots.iter().position(|s| s.id == event.slot) else { return };
+        if let EventKind::RestartDue = event.kind {
+            let slot = &self.slots[index];
+            if slot.restart_token == event.incarnation && !slot.removing && self.stop.is_none() {
+                if slot.current.is_none() {
+                    self.start_worker(index);
+                } else if slot.successor.is_none() && self.replacing() == Some(slot.id) {
+                    let successor = self.launch(index);
+                    self.slots[index].successor = Some(successor);
+                }
+            }
+            return;
+        }
+        let slot = &mut self.slots[index];
+        let role = if slot.current.as_ref().is_some_and(|p| p.incarnation == event.incarnation) {
+            Role::Current
+        } else if slot.successor.as_ref().is_some_and(|p| p.incarnation == event.incarnation) {
+            Role::Successor
+        } else if let Some(i) = slot.retiring.iter().position(|p| p.incarnation == event.incarnation) {
+            Role::Retiring(i)
+        } else {
+            return;
+        };
+        let process = match role {
+            Role::Current => slot.current.as_mut(),
+            Role::Successor => slot.successor.as_mut(),
+            Role::Retiring(i) => slot.retiring.get_mut(i),
+        };
+        let Some(process) = process else { return };
+        match event.kind {
+            EventKind::Spawned { pid } => {
+                process.pid = u32::try_from(pid.as_raw()).ok();
+                tracing::info!(worker = slot.id, pid = pid.as_raw(), generation = process.generation, "worker started");
+            }
+            EventKind::Ready => {
+                process.ready = true;
+                tracing::info!(worker = slot.id, pid = process.pid, generation = process.generation, "worker ready");
+                match role {
+                    Role::Current => {
+                        if slot.state == WorkerState::Starting {
+                            slot.state = WorkerState::Ready;
+                        }
+                        self.on_current_ready(index);
+                    }
+                    Role::Successor => self.promote_successor(index),
+                    Role::Retiring(_) => {}
+                }
+                self.update_readiness();
+            }
+            EventKind::SpawnFailed { error } => {
+                tracing::error!(worker = slot.id, "{error}");
+                match role {
+                    Role::Current => {
+                        slot.current = None;
+                        self.after_exit(index, Duration::ZERO, false);
+                    }
+                    Role::Successor => {
+                        slot.successor = None;
+                        self.successor_failed(index, Duration::ZERO);
+                    }
+                    Role::Retiring(i) => {
+                        slot.retiring.remove(i);
+                        self.after_retired(index);
+                    }
+                }
+            }
+            EventKind::Exited(info) => match role {
+                Role::Current => self.handle_exit(index, info),
+                Role::Successor => {
+                    slot.successor = None;
+                    tracing::warn!(worker = slot.id, "new-generation worker {info}");
+                    let uptime = info.uptime;
+                    slot.last_exit = Some(info);
+                    self.successor_failed(index, uptime);
+                }
+                Role::Retiring(i) => {
+                    let process = slot.retiring.remove(i);
+                    tracing::info!(worker = slot.id, pid = process.pid, generation = process.generation, "retired worker {info}");
+                    self.after_retired(index);
+                }
+            },
+            EventKind::RestartDue => {}
+        }
+    }
+
+    fn handle_exit(&mut self, index: usize, info: ExitInfo) {
+        let slot = &mut self.slots[index];
+        let pid = slot.current.take().and_then(|c| c.pid);
+        if self.stop.is_some() {
+            tracing::info!(worker = slot.id, pid, "worker {info}");
+        } else {
+            tracing::warn!(worker = slot.id, pid, "worker {info}");
+        }
+        let (uptime, was_ready) = (info.uptime, info.was_ready);
+        slot.last_exit = Some(info);
+        if let Some(successor) = slot.successor.take().filter(|_| self.stop.is_none()) {
+            // The old generation died while its successor starts: the successor takes over.
+            slot.state = if successor.ready { WorkerState::Ready } else { WorkerState::Starting };
+            slot.current = Some(successor);
+            self.update_readiness();
+            return;
+        }
+        self.after_exit(index, uptime, was_ready);
+    }
+
+    /// The slot's current process is gone: restart it, or let it rest while stopping.
+    pub(super) fn after_exit(&mut self, index: usize, uptime: Duration, was_ready: bool) {
+        if self.stop.is_some() || self.slots[index].removing {
+            self.slots[index].state = WorkerState::Exited;
+            self.after_retired(index);
+            return;
+        }
+        let slot = &mut self.slots[index];
+        let decision = self.policy.on_exit(slot.failures, uptime, was_ready);
+        match decision {
+            Decision::Restart { after, failures } => {
+                slot.failures = failures;
+                slot.restarts += 1;
+                slot.state = WorkerState::Backoff;
+                if decision.is_crash_loop() {
+                    tracing::error!(worker = slot.id, failures, "crash loop: restarting in {after:?}");
+                } else {
+                    tracing::info!(worker = slot.id, "restarting in {after:?}");
+                }
+                self.schedule_restart(index, after);
+            }
+            Decision::GiveUp { failures } => {
+                slot.failures = failures;
+                slot.state = WorkerState::Exited;
+                let reason = format!(
+                    "worker {} failed {failures} times in a row (crash loop limit {}); last: {}",
+                    slot.id,
+                    self.config.crash_loop_limit,
+                    slot.last_exit.as_ref().map_or_else(|| "it could not be started".to_owned(), ToString::to_string),
+                );
+                tracing::error!("{reason}; stopping");
+                self.begin_stop(Outcome::Fatal(reason));
+            }
+        }
+        self.update_readiness();
+    }
+
+    /// Sends `RestartDue` for the slot after `after`, unless cancelled by a newer token.
+    pub(super) fn schedule_restart(&mut self, index: usize, after: Duration) {
+        let slot = &mut self.slots[index];
+        slot.restart_token += 1;
+        let (events, id, token) = (self.events_tx.clone(), slot.id, slot.restart_token);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = events.send(Event { slot: id, incarnation: token, kind: EventKind::RestartDue }).await;
+        });
+    }
+
+    /// A retiring process is gone; a removed slot without processes disappears.
+    pub(super) fn after_retired(&mut self, index: usize) {
+        if self.slots[index].removing && self.slots[index].is_empty() {
+            let slot = self.slots.remove(index);
+            tracing::info!(worker = slot.id, "slot removed");
+        }
+        self.update_readiness();
+    }
+
+    pub(super) fn handle_signal(&mut self, signal: SignalEvent) {
+        match signal {
+            SignalEvent::Stop(sig) if self.stop.is_some() => {
+                tracing::warn!("second {}: stopping at once", sig.as_str());
+                self.begin_stop(Outcome::Immediate(sig));
+            }
+            SignalEvent::Stop(sig) => {
+                tracing::info!("{}: stopping gracefully (grace {:?})", sig.as_str(), self.config.grace);
+                self.begin_stop(Outcome::Graceful);
+            }
+            SignalEvent::Quit => {
+                tracing::warn!("SIGQUIT: stopping at once");
+                self.begin_stop(Outcome::Immediate(nix::sys::signal::Signal::SIGQUIT));
+            }
+            SignalEvent::Reload => {
+                if let Err(why) = self.begin_reload() {
+                    tracing::warn!("SIGHUP: {why}");
+                }
+            }
+            SignalEvent::ScaleUp | SignalEvent::ScaleDown => {
+                let active = self.active_slots() as u32;
+                let target = if signal == SignalEvent::ScaleUp { active + 1 } else { active.saturating_sub(1) };
+                if let Err(why) = self.scale(target) {
+                    tracing::warn!("{signal:?}: {why}");
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Request::Stop(reply) => {
+                if self.stop.is_none() {
+                    tracing::info!("stop requested on the control socket");
+                    self.begin_stop(Outcome::Graceful);
+                }
+                let _ = reply.send(());
+            }
+            Request::Reload(reply) => {
+                let _ = reply.send(self.begin_reload());
+            }
+            Request::Scale(workers, reply) => {
+                let _ = reply.send(self.scale(workers));
+            }
+        }
+    }
+
+    /// Graceful: drain frame + SIGTERM to every worker, SIGKILL after the grace time. Immediate:
+    /// SIGKILL now. A fatal outcome keeps its reason even if an immediate stop follows.
+    pub(super) fn begin_stop(&mut self, outcome: Outcome) {
+        let immediate = matches!(outcome, Outcome::Immediate(_));
+        let wait = if immediate { REAP_MARGIN } else { self.config.grace + REAP_MARGIN };
+        let deadline = Instant::now() + wait;
+        match &mut self.stop {
+            Some(stop) => {
+                stop.deadline = stop.deadline.min(deadline);
+                if !matches!(stop.outcome, Outcome::Fatal(_)) {
+                    stop.outcome = outcome;
+                }
+            }
+            None => self.stop = Some(Stop { deadline, outcome }),
+        }
+        self.rollout = None;
+        self.phase.send_replace(if immediate { Phase::Stopping } else { Phase::Draining });
+        let command = if immediate { Command::Kill } else { Command::Drain { grace: self.config.grace } };
+        for slot in &mut self.slots {
+            slot.restart_token += 1;
+            for process in slot.processes() {
+                process.handle.send(command);
+            }
+            slot.state = if slot.is_empty() { WorkerState::Exited } else { WorkerState::Draining };
+        }
+        let running = self.slots.iter().filter(|s| !s.is_empty()).count();
+        self.notifier.stopping(&format!("stopping: {running} workers draining"));
+    }
+
+    /// Slots that are meant to exist (not being scaled away).
+    pub(super) fn active_slots(&self) -> usize {
+        self.slots.iter().filter(|s| !s.removing).count()
+    }
+
+    /// Publishes readiness: READY=1 the first time every slot has a ready worker, STATUS= after.
+    pub(super) fn update_readiness(&mut self) {
+        if self.stop.is_some() {
+            let running = self.slots.iter().filter(|s| !s.is_empty()).count();
+            self.notifier.status(&format!("stopping: {running} workers draining"));
+            return;
+        }
+        let active = self.slots.iter().filter(|s| !s.removing);
+        let ready = active.clone().filter(|s| s.current.as_ref().is_some_and(|c| c.ready)).count();
+        let total = active.clone().count();
+        let crash_looping = active.filter(|s| s.failures >= CRASH_LOOP_AFTER).count();
+        let mut status = format!("{ready}/{total} workers ready");
+        if crash_looping > 0 {
+            status.push_str(&format!(", {crash_looping} crash-looping"));
+        }
+        if let Some(rollout) = &self.rollout {
+            status.push_str(&format!(", reloading to generation {}", rollout.generation));
+        }
+        if *self.phase.borrow() == Phase::Starting && ready == total {
+            tracing::info!("all {total} workers ready");
+            self.phase.send_replace(Phase::Ready);
+            self.notifier.ready(&status);
+        } else {
+            self.notifier.status(&status);
+        }
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let now = Instant::now();
+        let row = |id: u32, state: WorkerState, p: Option<&Process>, slot: &super::Slot| {
+            let stable = p.is_some_and(|c| self.policy.is_stable(now - c.started, c.ready));
+            WorkerStatus {
+                id,
+                pid: p.and_then(|c| c.pid),
+                state,
+                generation: p.map_or(self.generation, |c| c.generation),
+                restarts: slot.restarts,
+                connections: 0,
+                sessions: 0,
+                uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
+                failures: if stable { 0 } else { slot.failures },
+                crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
+                last_exit: slot.last_exit.as_ref().map(ToString::to_string),
+            }
+        };
+        let mut workers = Vec::new();
+        for slot in &self.slots {
+            let state = if slot.removing { WorkerState::Draining } else { slot.state };
+            if slot.current.is_some() || (slot.successor.is_none() && slot.retiring.is_empty()) {
+                workers.push(row(slot.id, state, slot.current.as_ref(), slot));
+            }
+            if let Some(new) = &slot.successor {
+                let state = if new.ready { WorkerState::Ready } else { WorkerState::Starting };
+                workers.push(row(slot.id, state, Some(new), slot));
+            }
+            for old in &slot.retiring {
+                workers.push(row(slot.id, WorkerState::Draining, Some(old), slot));
+            }
+        }
+        Status {
+            pid: std::process::id(),
+            phase: *self.phase.borrow(),
+            generation: self.generation,
+            listen: self.config.listen.iter().map(ToString::to_string).collect(),
+            program: std::iter::once(&self.config.program)
+                .chain(&self.config.args)
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
+            workers,
+        }
+    }
+}

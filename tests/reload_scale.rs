@@ -1,0 +1,120 @@
+//! Changing the pool while it serves: rolling reload (HUP, `clusterd reload`) and scaling
+//! (`clusterd scale`, TTIN, TTOU).
+
+mod support;
+
+use std::process::Command;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+
+fn cli(c: &Cluster, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(CLUSTERD).args(args).arg("--control").arg(&c.control).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+fn rows(status: &Value) -> Vec<Value> {
+    status["workers"].as_array().unwrap().clone()
+}
+
+/// Slots that have a ready process in this status.
+fn ready_slots(status: &Value) -> std::collections::BTreeSet<u64> {
+    rows(status).iter().filter(|w| w["state"] == "ready").map(|w| w["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn reload_replaces_each_worker_only_after_its_successor_is_ready() {
+    let mut c = Cluster::start(&["--workers", "2"], &["--ready-after", "150"]);
+    let before = c.wait_ready(2);
+    let old: Vec<i32> = (0..2).map(|id| worker_pid(&before, id)).collect();
+    let (code, out) = cli(&c, &["reload"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("reloading to generation 2"), "{out}");
+    let (code, out) = cli(&c, &["reload"]);
+    assert_eq!(code, Some(1), "a second reload waits for the first: {out}");
+    assert!(out.contains("already in progress"), "{out}");
+
+    // Sample the pool throughout: every slot has a ready process at every moment.
+    let mut samples = 0;
+    let after = c.wait_status("every worker on generation 2", |s| {
+        samples += 1;
+        assert_eq!(ready_slots(s).len(), 2, "a slot without a ready worker during reload: {s:#}");
+        s["phase"] == "ready" && s["generation"] == 2 && rows(s).len() == 2 && rows(s).iter().all(|w| w["generation"] == 2)
+    });
+    assert!(samples > 1, "the reload was observed while in progress");
+    for id in 0..2u64 {
+        let pid = worker_pid(&after, id);
+        assert!(!old.contains(&pid));
+        c.output.wait_contains(&format!("[w{id}] test-worker id={id} pid={pid} gen=2"));
+        wait_gone(old[id as usize], "an old-generation worker");
+    }
+    // One slot at a time: slot 1's replacement starts only once slot 0's is ready (clusterd's own
+    // log, written in the dispatcher's order).
+    let lines = c.output.snapshot();
+    let pos = |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle:?}"));
+    let ready0 = lines
+        .iter()
+        .position(|l| l.contains("worker ready") && l.contains("worker=0") && l.contains("generation=2"))
+        .expect("slot 0 ready on generation 2");
+    assert!(ready0 < pos("reload: starting the replacement worker=1"), "{lines:#?}");
+    assert!(pos("reload: starting the replacement worker=0") < ready0);
+    c.output.wait_contains("reload complete");
+
+    c.signal(Signal::SIGHUP);
+    c.wait_status("generation 3 after SIGHUP", |s| {
+        s["phase"] == "ready" && rows(s).len() == 2 && rows(s).iter().all(|w| w["generation"] == 3 && w["state"] == "ready")
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn a_new_generation_that_cannot_start_aborts_the_reload_and_the_old_one_keeps_serving() {
+    let mut c = Cluster::start(&["--workers", "2", "--crash-loop-limit", "3"], &["--fail-generation", "2"]);
+    let before = c.wait_ready(2);
+    let (code, out) = cli(&c, &["reload"]);
+    assert_eq!(code, Some(0), "{out}");
+    c.output.wait_contains("reload to generation 2 aborted");
+    let after = c.wait_status("back to ready on generation 1", |s| s["phase"] == "ready" && rows(s).len() == 2);
+    assert_eq!(after["generation"], 1);
+    for id in 0..2 {
+        assert_eq!(worker_pid(&after, id), worker_pid(&before, id), "the old workers were never touched");
+        assert_eq!(worker(&after, id)["state"], "ready");
+    }
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "a failed reload is not a crash loop of the pool");
+}
+
+#[test]
+fn scale_up_and_down_by_command_and_by_signal() {
+    let mut c = Cluster::start(&["--workers", "2"], &[]);
+    let before = c.wait_ready(2);
+    let (code, out) = cli(&c, &["scale", "4"]);
+    assert_eq!((code, out.trim()), (Some(0), "scaling to 4 workers"));
+    let four = c.wait_ready(4);
+    let ids: Vec<u64> = rows(&four).iter().map(|w| w["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [0, 1, 2, 3]);
+    assert_eq!(worker_pid(&four, 0), worker_pid(&before, 0), "existing workers stay");
+    c.output.wait_contains("[w3] test-worker id=3");
+    assert!(c.output.wait_contains("[w3] test-worker id=3").contains("count=4"));
+
+    let (code, _) = cli(&c, &["scale", "1"]);
+    assert_eq!(code, Some(0));
+    c.wait_ready(1);
+    for id in 1..4 {
+        wait_gone(worker_pid(&four, id), "a scaled-away worker");
+    }
+    assert!(c.output.contains("[w3] drained"), "scaled-away workers drain");
+
+    c.signal(Signal::SIGTTIN);
+    c.wait_ready(2);
+    c.signal(Signal::SIGTTOU);
+    c.wait_ready(1);
+    c.signal(Signal::SIGTTOU);
+    c.output.wait_contains("the pool size must be 1 to 1024, not 0");
+    assert_eq!(rows(&c.wait_ready(1)).len(), 1);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
