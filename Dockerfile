@@ -1,7 +1,8 @@
 # clusterd as a container entrypoint.
 #
 #   docker build -t clusterd .
-#   docker run --rm clusterd --help
+#   docker run --rm -p 3000:3000 clusterd      # the bundled `hello` example on every CPU
+#   curl http://127.0.0.1:3000/                # hello from worker <id> (pid <pid>, generation 1)
 #
 # Build your own image FROM this one (or copy /usr/local/bin/clusterd out of it), add your worker
 # program, and give it after `--`:
@@ -20,24 +21,23 @@ WORKDIR /src
 
 # Manifests first, with stub sources, so that the dependencies are compiled in a layer that is
 # rebuilt only when Cargo.toml or Cargo.lock change. Every target that Cargo.toml declares gets a
-# stub, so that the manifests load.
+# stub, so that the manifests load; the `hello` stub pulls in the example's dependencies (axum).
 COPY Cargo.toml Cargo.lock ./
 COPY worker-sdk/Cargo.toml worker-sdk/
-RUN mkdir -p src worker-sdk/src tests/support benches \
+RUN mkdir -p src worker-sdk/src tests/support benches examples \
  && echo 'fn main() {}' > src/main.rs \
  && cp src/main.rs tests/support/test_worker.rs \
  && cp src/main.rs benches/supervisor.rs \
+ && cp src/main.rs examples/hello.rs \
  && touch worker-sdk/src/lib.rs \
- && cargo build --release --locked --bin clusterd \
- && rm -rf src worker-sdk/src tests benches
+ && cargo build --release --locked --bin clusterd --example hello \
+ && rm -rf src worker-sdk/src tests benches examples
 
 # Then the sources. COPY keeps their modification times, which can be older than the stubs' build:
-# touch the crate roots so that Cargo rebuilds both crates of the workspace.
+# touch the crate roots so that Cargo rebuilds the workspace's crates and the example.
 COPY . .
-RUN touch src/main.rs worker-sdk/src/lib.rs \
- && cargo build --release --locked --bin clusterd
-# The example SDK worker, once examples/hello.rs exists (it then lands in target/release/examples/):
-# RUN cargo build --release --locked --example hello
+RUN touch src/main.rs worker-sdk/src/lib.rs examples/hello.rs \
+ && cargo build --release --locked --bin clusterd --example hello
 
 # ---- run --------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -47,19 +47,25 @@ RUN apt-get update \
 RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin clusterd
 COPY --from=builder /src/target/release/clusterd /usr/local/bin/clusterd
-# COPY --from=builder /src/target/release/examples/hello /usr/local/bin/hello
+# The example SDK worker (examples/hello.rs), for the default command below.
+COPY --from=builder /src/target/release/examples/hello /usr/local/bin/hello
 
 # The control socket (mode 0600) at a fixed, writable path, the same for the running clusterd and
-# for `docker exec <container> clusterd status`, whatever the user (the computed default is /run for
-# root and $TMPDIR or /tmp otherwise). With --read-only, mount a tmpfs on /tmp.
+# for `docker exec <container> clusterd status`, whatever the user (the computed default is
+# /run/clusterd for root and $XDG_RUNTIME_DIR or $TMPDIR otherwise). With --read-only, mount a tmpfs
+# on /tmp.
 ENV CLUSTERD_CONTROL=/tmp/clusterd.sock
 
 USER clusterd
 
 # No tini or dumb-init: as PID 1, clusterd handles TERM and INT (graceful drain; a second one stops
 # at once) and QUIT (immediate stop) itself, passes the stop on to each worker's process group, and
-# reaps every orphan that is reparented to it (it is also a child subreaper when not PID 1). It
-# exits 0 after a graceful stop, 1 on a fatal error, 2 on bad usage.
+# reaps every orphan that is reparented to it (it is a child subreaper, so it does so when it is not
+# PID 1 too). It exits 0 after a graceful stop, 128+N after an immediate stop by signal N, 1 on a
+# fatal error, 2 on bad usage.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["clusterd"]
-CMD ["--help"]
+# A demo: every worker binds 0.0.0.0:3000 with SO_REUSEPORT (this version has no --listen yet).
+# Replace it with your own program in a derived image or on `docker run`.
+EXPOSE 3000
+CMD ["--workers", "auto", "--", "/usr/local/bin/hello", "0.0.0.0:3000"]

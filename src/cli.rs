@@ -108,7 +108,7 @@ pub struct RunArgs {
     pub crash_loop_limit: Option<u32>,
 
     /// Do not prefix the lines that workers write with their id.
-    #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX")]
+    #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_log_prefix: bool,
 
     /// TOML config file (see config/clusterd.toml).

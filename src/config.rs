@@ -324,15 +324,15 @@ pub fn auto_workers() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(MAX_WORKERS).min(MAX_WORKERS))
 }
 
-/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else `$XDG_RUNTIME_DIR`, else `/run` for
-/// root, else the temp dir; the file is `clusterd.sock` there.
+/// `$RUNTIME_DIRECTORY` (systemd's `RuntimeDirectory=`), else `/run/clusterd` for root (the same
+/// place as `RuntimeDirectory=clusterd`, so `clusterd status` in a root shell finds a service's
+/// socket), else `$XDG_RUNTIME_DIR`, else the temp dir; the file is `clusterd.sock` there.
 pub fn default_control_path() -> PathBuf {
     let dir = std::env::var_os("RUNTIME_DIRECTORY")
         .and_then(|v| std::env::split_paths(&v).next())
+        .or_else(|| nix::unistd::geteuid().is_root().then(|| PathBuf::from("/run/clusterd")))
         .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            if nix::unistd::geteuid().is_root() { PathBuf::from("/run") } else { std::env::temp_dir() }
-        });
+        .unwrap_or_else(std::env::temp_dir);
     dir.join("clusterd.sock")
 }
 

@@ -83,15 +83,19 @@ fn a_worker_whose_heartbeat_stops_is_replaced() {
 }
 
 #[test]
-fn garbage_and_oversized_frames_get_the_worker_replaced_never_a_crash() {
-    for flag in ["--garbage", "--oversized"] {
+fn garbage_oversized_and_out_of_order_frames_get_the_worker_replaced_never_a_crash() {
+    for flag in ["--garbage", "--oversized", "--skip-hello"] {
         let mut c = Cluster::start(&["--workers", "2", "--crash-loop-limit", "0"], &["--only-slot", "0", flag]);
         let status = c.wait_status(&format!("slot 0 replaced after {flag}"), |s| {
             worker(s, 0)["last_exit"].as_str().is_some_and(|e| e.contains("protocol violation"))
                 && worker(s, 1)["state"] == "ready"
         });
         let exit = worker(&status, 0)["last_exit"].as_str().unwrap().to_owned();
-        let expected = if flag == "--garbage" { "malformed frame" } else { "exceeds the limit" };
+        let expected = match flag {
+            "--garbage" => "malformed frame",
+            "--oversized" => "exceeds the limit",
+            _ => "a frame before Hello",
+        };
         assert!(exit.contains(expected), "{flag}: {exit}");
         // The bad worker got the SIGTERM of a drain, not an abrupt kill.
         c.output.wait_contains("[w0] bad worker: got SIGTERM");

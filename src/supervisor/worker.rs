@@ -118,6 +118,7 @@ async fn run(settings: Arc<Settings>, launch: Launch, mut commands: mpsc::Receiv
         report(EventKind::Ready).await;
     }
     let mut channel_open = true;
+    let mut greeted = false;
     let mut killed: Option<KillReason> = None;
     let far = started + Duration::from_secs(86_400 * 365);
     let ready_deadline = started + settings.ready_timeout;
@@ -132,17 +133,26 @@ async fn run(settings: Arc<Settings>, launch: Launch, mut commands: mpsc::Receiv
                     if let Some(hb) = settings.heartbeat_timeout {
                         heartbeat_deadline = Some(Instant::now() + hb);
                     }
-                    match frame {
+                    let violation = match frame {
                         FromWorker::Hello { version, .. } if version != PROTOCOL_VERSION => {
-                            let why = format!("speaks protocol {version}, clusterd speaks {PROTOCOL_VERSION}");
-                            channel_open = false;
-                            drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, KillReason::Protocol(why)).await;
+                            Some(format!("speaks protocol {version}, clusterd speaks {PROTOCOL_VERSION}"))
                         }
+                        FromWorker::Hello { .. } if greeted => Some("a second Hello".to_owned()),
+                        FromWorker::Hello { .. } => {
+                            greeted = true;
+                            None
+                        }
+                        _ if !greeted => Some("a frame before Hello".to_owned()),
                         FromWorker::Ready if !ready && killed.is_none() => {
                             ready = true;
                             report(EventKind::Ready).await;
+                            None
                         }
-                        _ => {}
+                        _ => None,
+                    };
+                    if let Some(why) = violation {
+                        channel_open = false;
+                        drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, KillReason::Protocol(why)).await;
                     }
                 }
                 Ok(None) => channel_open = false,

@@ -5,7 +5,7 @@
 //! `--exit-at-start N` (exit before greeting clusterd), `--ignore-drain`, `--drain-delay MS`,
 //! `--orphan MS` (leave a grandchild that outlives this process by MS), `--child` (keep a
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
-//! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` (break the protocol on fd 3), `--no-sdk` (never touch
+//! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
 //! the IPC socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
@@ -25,6 +25,7 @@ struct Flags {
     flood: Option<usize>,
     garbage: bool,
     oversized: bool,
+    skip_hello: bool,
     no_sdk: bool,
     fail_generation: Option<u64>,
     freeze_after: Option<u64>,
@@ -54,6 +55,7 @@ fn parse() -> Flags {
             "--flood" => flags.flood = Some(num(&mut it) as usize),
             "--garbage" => flags.garbage = true,
             "--oversized" => flags.oversized = true,
+            "--skip-hello" => flags.skip_hello = true,
             "--no-sdk" => flags.no_sdk = true,
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
@@ -112,8 +114,13 @@ async fn main() {
         say("no-sdk: exiting");
         return;
     }
-    if flags.garbage || flags.oversized {
-        let bytes = if flags.garbage { vec![0xff, 0xfe, 0x00, 0x13, 0x37] } else { vec![0u8; 70 * 1024] };
+    if flags.garbage || flags.oversized || flags.skip_hello {
+        let bytes = match (flags.garbage, flags.oversized) {
+            (true, _) => vec![0xff, 0xfe, 0x00, 0x13, 0x37],
+            (_, true) => vec![0u8; 70 * 1024],
+            // A well-formed Ready frame, but without the Hello that must come first.
+            _ => vec![0x01],
+        };
         let sent = nix::sys::socket::send(3, &bytes, nix::sys::socket::MsgFlags::MSG_NOSIGNAL);
         say(&format!("sent bad frame: {sent:?}"));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");

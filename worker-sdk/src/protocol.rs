@@ -15,7 +15,7 @@
 
 use bincode::{Decode, Encode};
 
-/// The protocol version this crate speaks; clusterd refuses a worker whose major version differs.
+/// The protocol version this crate speaks; clusterd replaces a worker that greets with another one.
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// The largest frame either side may send or will accept, in bytes.
