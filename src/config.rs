@@ -23,7 +23,9 @@ pub enum ConfigError {
     ReadFile { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
-    #[error("no worker program: give one after `--` (clusterd [OPTIONS] -- PROGRAM [ARGS...]) or set `command` in the config file")]
+    #[error(
+        "no worker program: give one after `--` (clusterd [OPTIONS] -- PROGRAM [ARGS...]) or set `command` in the config file"
+    )]
     NoProgram,
     #[error("invalid {what}: {message}")]
     Invalid { what: &'static str, message: String },
@@ -248,8 +250,10 @@ impl Config {
             ready_timeout: run.ready_timeout.or(file.ready_timeout).unwrap_or(Duration::from_secs(30)),
             requests_timeout: run.requests_timeout.or(file.requests_timeout).unwrap_or(Duration::from_secs(5)),
             ready_on: run.ready_on.or(file.ready_on).unwrap_or_default(),
-            heartbeat_timeout: Some(run.heartbeat_timeout.or(file.heartbeat_timeout).unwrap_or(Duration::from_secs(30)))
-                .filter(|d| !d.is_zero()),
+            heartbeat_timeout: Some(
+                run.heartbeat_timeout.or(file.heartbeat_timeout).unwrap_or(Duration::from_secs(30)),
+            )
+            .filter(|d| !d.is_zero()),
             stable_after: run.stable_after.or(file.stable_after).unwrap_or(Duration::from_secs(10)),
             crash_loop_limit: run.crash_loop_limit.or(file.crash_loop_limit).unwrap_or(10),
             log_prefix: !run.no_log_prefix && file.log_prefix.unwrap_or(true),
@@ -284,8 +288,7 @@ impl Config {
         if self.protocol == Protocol::Node {
             return Err(ConfigError::Unsupported { what: "--protocol node".into() });
         }
-        resolve_program(&self.program)
-            .map_err(|message| ConfigError::Invalid { what: "program", message })?;
+        resolve_program(&self.program).map_err(|message| ConfigError::Invalid { what: "program", message })?;
         Ok(())
     }
 }
@@ -294,9 +297,8 @@ impl Config {
 /// that it is an executable file, so that a typo is a usage error and not a crash loop.
 fn resolve_program(program: &std::ffi::OsStr) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |path: &Path| {
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
+    let executable =
+        |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     let shown = program.to_string_lossy();
     if program.as_encoded_bytes().contains(&b'/') {
         let path = PathBuf::from(program);

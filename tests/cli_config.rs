@@ -78,7 +78,8 @@ fn precedence_is_command_line_then_environment_then_file_then_default() {
     let file = b.dir().join("clusterd.toml");
     std::fs::write(&file, "workers = 3\ngrace = \"7s\"\n").unwrap();
     let file = file.to_str().unwrap().to_owned();
-    let count = |c: &mut Cluster| c.wait_status("workers", |s| s["phase"] == "ready")["workers"].as_array().unwrap().len();
+    let count =
+        |c: &mut Cluster| c.wait_status("workers", |s| s["phase"] == "ready")["workers"].as_array().unwrap().len();
 
     let mut c = b.args(&["--config", &file]).start();
     assert_eq!(count(&mut c), 3, "file over default");
@@ -110,7 +111,11 @@ fn status_and_stop_subcommands_talk_to_the_control_socket() {
     let control = c.control.clone();
     let cli = |args: &[&str]| {
         let out = Command::new(CLUSTERD).args(args).arg("--control").arg(&control).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, json, _) = cli(&["status", "--json"]);
     assert_eq!(code, Some(0));

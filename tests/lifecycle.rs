@@ -50,7 +50,8 @@ fn a_crash_loop_past_the_limit_ends_clusterd_with_status_1_and_the_reason() {
 
 #[test]
 fn a_crash_loop_is_visible_in_status_before_the_limit() {
-    let mut c = Cluster::start(&["--workers", "2", "--crash-loop-limit", "0"], &["--only-slot", "1", "--exit-at-start", "2"]);
+    let mut c =
+        Cluster::start(&["--workers", "2", "--crash-loop-limit", "0"], &["--only-slot", "1", "--exit-at-start", "2"]);
     let status = c.wait_status("slot 1 reported as crash-looping", |s| worker(s, 1)["crash_loop"] == true);
     assert!(worker(&status, 1)["failures"].as_u64().unwrap() >= 3);
     assert_eq!(worker(&status, 0)["crash_loop"], false);

@@ -47,7 +47,12 @@ fn a_worker_inherits_stdio_and_the_ipc_socket_only_and_no_private_variables() {
 
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         let vars: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
-        for expected in ["CLUSTERD_IPC_FD=3".to_owned(), format!("CLUSTERD_WORKER_ID={id}"), "CLUSTERD_WORKER_COUNT=2".into(), "CLUSTERD_GENERATION=1".into()] {
+        for expected in [
+            "CLUSTERD_IPC_FD=3".to_owned(),
+            format!("CLUSTERD_WORKER_ID={id}"),
+            "CLUSTERD_WORKER_COUNT=2".into(),
+            "CLUSTERD_GENERATION=1".into(),
+        ] {
             assert!(vars.contains(&expected), "worker {id} lacks {expected}: {vars:?}");
         }
         for private in ["NOTIFY_SOCKET=", "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "WATCHDOG_USEC="] {

@@ -41,7 +41,10 @@ fn reload_replaces_each_worker_only_after_its_successor_is_ready() {
     let after = c.wait_status("every worker on generation 2", |s| {
         samples += 1;
         assert_eq!(ready_slots(s).len(), 2, "a slot without a ready worker during reload: {s:#}");
-        s["phase"] == "ready" && s["generation"] == 2 && rows(s).len() == 2 && rows(s).iter().all(|w| w["generation"] == 2)
+        s["phase"] == "ready"
+            && s["generation"] == 2
+            && rows(s).len() == 2
+            && rows(s).iter().all(|w| w["generation"] == 2)
     });
     assert!(samples > 1, "the reload was observed while in progress");
     for id in 0..2u64 {
@@ -64,7 +67,9 @@ fn reload_replaces_each_worker_only_after_its_successor_is_ready() {
 
     c.signal(Signal::SIGHUP);
     c.wait_status("generation 3 after SIGHUP", |s| {
-        s["phase"] == "ready" && rows(s).len() == 2 && rows(s).iter().all(|w| w["generation"] == 3 && w["state"] == "ready")
+        s["phase"] == "ready"
+            && rows(s).len() == 2
+            && rows(s).iter().all(|w| w["generation"] == 3 && w["state"] == "ready")
     });
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());

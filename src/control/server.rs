@@ -45,7 +45,9 @@ impl ControlSocket {
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
         let bind_err = |source| ControlError::Bind { path: path.to_owned(), source };
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => return Err(ControlError::NotASocket { path: path.to_owned() }),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(ControlError::NotASocket { path: path.to_owned() });
+            }
             Ok(_) => match StdUnixStream::connect(path) {
                 Ok(_) => return Err(ControlError::InUse { path: path.to_owned() }),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
@@ -131,8 +133,12 @@ async fn serve_one(stream: UnixStream, requests: mpsc::Sender<Request>) {
 
 async fn answer(request: ControlRequest, requests: &mpsc::Sender<Request>) -> ControlReply {
     match request {
-        ControlRequest::Status => ask(requests, Request::Status).await.map_or_else(ControlReply::error, ControlReply::status),
-        ControlRequest::Stop => ask(requests, Request::Stop).await.map_or_else(ControlReply::error, |()| ControlReply::ok()),
+        ControlRequest::Status => {
+            ask(requests, Request::Status).await.map_or_else(ControlReply::error, ControlReply::status)
+        }
+        ControlRequest::Stop => {
+            ask(requests, Request::Stop).await.map_or_else(ControlReply::error, |()| ControlReply::ok())
+        }
         ControlRequest::Reload => match ask(requests, Request::Reload).await.and_then(|r| r) {
             Ok(generation) => ControlReply::message(format!("reloading to generation {generation}")),
             Err(why) => ControlReply::error(why),
@@ -146,7 +152,10 @@ async fn answer(request: ControlRequest, requests: &mpsc::Sender<Request>) -> Co
     }
 }
 
-async fn ask<T>(requests: &mpsc::Sender<Request>, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, String> {
+async fn ask<T>(
+    requests: &mpsc::Sender<Request>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Request,
+) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
     requests.send(make(tx)).await.map_err(|_| "clusterd is shutting down".to_owned())?;
     match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {

@@ -119,7 +119,12 @@ impl Dispatcher {
                 }
                 Role::Retiring(i) => {
                     let process = slot.retiring.remove(i);
-                    tracing::info!(worker = slot.id, pid = process.pid, generation = process.generation, "retired worker {info}");
+                    tracing::info!(
+                        worker = slot.id,
+                        pid = process.pid,
+                        generation = process.generation,
+                        "retired worker {info}"
+                    );
                     self.after_retired(index);
                 }
             },
@@ -166,7 +171,12 @@ impl Dispatcher {
                 } else {
                     tracing::info!(worker = slot.id, "restarting in {after:?}");
                 }
-                self.schedule_restart(index, after);
+                if after.is_zero() {
+                    // Straight away: a timer of zero would still wait for the timer wheel's next tick.
+                    self.start_worker(index);
+                } else {
+                    self.schedule_restart(index, after);
+                }
             }
             Decision::GiveUp { failures } => {
                 slot.failures = failures;

@@ -77,7 +77,7 @@ impl fmt::Display for ExitInfo {
             if self.oom_evidence {
                 f.write_str("; the kernel OOM killer killed a process in clusterd's cgroup just now")?;
             } else {
-                f.write_str("; clusterd did not send it: the kernel OOM killer? (see dmesg)")?;
+                f.write_str("; not sent by clusterd: an operator, or the kernel OOM killer (see dmesg)")?;
             }
         }
         Ok(())
@@ -98,9 +98,10 @@ pub fn oom_kill_count() -> Option<u64> {
         } else {
             continue;
         };
-        if let Some(count) = std::fs::read_to_string(&file).ok().and_then(|text| {
-            text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
-        }) {
+        if let Some(count) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())))
+        {
             return Some(count);
         }
     }
@@ -112,15 +113,21 @@ mod tests {
     use super::*;
 
     fn info(status: Status, killed: Option<KillReason>, oom: bool) -> String {
-        ExitInfo { status, uptime: Duration::from_millis(1500), was_ready: true, killed_by_clusterd: killed, oom_evidence: oom }
-            .to_string()
+        ExitInfo {
+            status,
+            uptime: Duration::from_millis(1500),
+            was_ready: true,
+            killed_by_clusterd: killed,
+            oom_evidence: oom,
+        }
+        .to_string()
     }
 
     #[test]
     fn describes_codes_signals_and_oom_hints() {
         assert_eq!(info(Status::Code(3), None, false), "exited with code 3 after 1.5s");
         let kill = Status::Signal { signal: Signal::SIGKILL, core_dumped: false };
-        assert!(info(kill, None, false).contains("OOM killer?"));
+        assert!(info(kill, None, false).contains("an operator, or the kernel OOM killer"));
         assert!(info(kill, None, true).contains("OOM killer killed"));
         assert!(info(kill, Some(KillReason::ReadyTimeout), false).ends_with("not ready within --ready-timeout"));
         let segv = Status::Signal { signal: Signal::SIGSEGV, core_dumped: true };

@@ -182,9 +182,10 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         settings,
         config,
     };
-    for id in 0..d.config.workers {
-        d.slots.push(Slot::new(id));
-        d.start_worker(id as usize);
+    // The whole table first: every worker's CLUSTERD_WORKER_COUNT is the pool size.
+    d.slots = (0..d.config.workers).map(Slot::new).collect();
+    for index in 0..d.slots.len() {
+        d.start_worker(index);
     }
     let watchdog_every = d.notifier.watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));

@@ -23,7 +23,13 @@ pub struct RestartPolicy {
 
 impl RestartPolicy {
     pub fn new(stable_after: Duration, crash_loop_limit: u32) -> Self {
-        Self { initial: Duration::from_millis(100), factor: 1.5, max: Duration::from_secs(15), stable_after, crash_loop_limit }
+        Self {
+            initial: Duration::from_millis(100),
+            factor: 1.5,
+            max: Duration::from_secs(15),
+            stable_after,
+            crash_loop_limit,
+        }
     }
 
     /// Whether a worker that is up counts as stable (it resets its slot's failures).
@@ -82,7 +88,8 @@ mod tests {
         let p = policy(0);
         let ms = |n| p.backoff(n).as_millis();
         assert_eq!([ms(1), ms(2), ms(3), ms(4)], [100, 150, 225, 337]);
-        assert_eq!(p.backoff(13), Duration::from_secs(15), "100ms*1.5^12 = 12.97s < 15s? no: capped");
+        assert_eq!(p.backoff(13).as_millis(), 12_974, "100ms × 1.5^12, just under the cap");
+        assert_eq!(p.backoff(14), Duration::from_secs(15), "100ms × 1.5^13 = 19.5s, capped");
         assert_eq!(p.backoff(1000), Duration::from_secs(15));
         assert_eq!(p.backoff(u32::MAX), Duration::from_secs(15));
         for n in 1..100 {
@@ -93,7 +100,10 @@ mod tests {
     #[test]
     fn a_stable_run_resets_the_failures_and_restarts_at_once() {
         let p = policy(5);
-        assert_eq!(p.on_exit(4, Duration::from_secs(10), true), Decision::Restart { after: Duration::ZERO, failures: 0 });
+        assert_eq!(
+            p.on_exit(4, Duration::from_secs(10), true),
+            Decision::Restart { after: Duration::ZERO, failures: 0 }
+        );
     }
 
     #[test]

@@ -54,10 +54,8 @@ impl Dispatcher {
         if self.slots.iter().any(|s| s.successor.is_some()) {
             return;
         }
-        let next = self
-            .slots
-            .iter()
-            .position(|s| !s.removing && s.current.as_ref().is_some_and(|c| c.generation < target));
+        let next =
+            self.slots.iter().position(|s| !s.removing && s.current.as_ref().is_some_and(|c| c.generation < target));
         match next {
             Some(index) => {
                 let id = self.slots[index].id;
@@ -112,7 +110,8 @@ impl Dispatcher {
         rollout.failures = failures;
         let slot = &self.slots[index];
         if failures >= CRASH_LOOP_AFTER || matches!(decision, Decision::GiveUp { .. }) {
-            let last = slot.last_exit.as_ref().map_or_else(|| "it could not be started".to_owned(), ToString::to_string);
+            let last =
+                slot.last_exit.as_ref().map_or_else(|| "it could not be started".to_owned(), ToString::to_string);
             tracing::error!(
                 worker = slot.id,
                 "reload to generation {} aborted: the new worker failed {failures} times (last: {last}); \

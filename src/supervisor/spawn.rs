@@ -25,7 +25,8 @@ use nix::unistd::Pid;
 use tokio::sync::{Notify, oneshot};
 
 /// Variables that belong to clusterd alone and never reach a worker.
-const PRIVATE_ENV: &[&str] = &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"];
+const PRIVATE_ENV: &[&str] =
+    &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 /// pid → where its exit status goes.
 type Registry = Arc<Mutex<HashMap<i32, oneshot::Sender<WaitStatus>>>>;

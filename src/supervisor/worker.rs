@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clusterd_worker::channel::PrimaryChannel;
 use clusterd_worker::protocol::{
-    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, MAX_FRAME, PROTOCOL_VERSION,
-    ToWorker,
+    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, MAX_FRAME,
+    PROTOCOL_VERSION, ToWorker,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
@@ -62,8 +62,12 @@ pub struct Event {
 
 #[derive(Debug)]
 pub enum EventKind {
-    Spawned { pid: Pid },
-    SpawnFailed { error: String },
+    Spawned {
+        pid: Pid,
+    },
+    SpawnFailed {
+        error: String,
+    },
     Ready,
     Exited(ExitInfo),
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
@@ -92,7 +96,12 @@ pub fn launch(settings: Arc<Settings>, launch: Launch, events: mpsc::Sender<Even
     Handle { commands }
 }
 
-async fn run(settings: Arc<Settings>, launch: Launch, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
+async fn run(
+    settings: Arc<Settings>,
+    launch: Launch,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+) {
     let report = |kind| {
         let events = events.clone();
         let (slot, incarnation) = (launch.slot, launch.incarnation);
@@ -205,7 +214,8 @@ async fn run(settings: Arc<Settings>, launch: Launch, mut commands: mpsc::Receiv
     let oom_evidence = killed.is_none()
         && status == (Status::Signal { signal: Signal::SIGKILL, core_dumped: false })
         && matches!((oom_before, oom_kill_count()), (Some(a), Some(b)) if b > a);
-    let info = ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
+    let info =
+        ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
 }
 
@@ -273,7 +283,9 @@ fn signal_group(pid: Pid, signal: Signal) {
         Err(nix::errno::Errno::ESRCH) => {
             let _ = nix::sys::signal::kill(pid, signal);
         }
-        Err(errno) => tracing::warn!(pid = pid.as_raw(), %errno, "cannot send {} to the worker's group", signal.as_str()),
+        Err(errno) => {
+            tracing::warn!(pid = pid.as_raw(), %errno, "cannot send {} to the worker's group", signal.as_str())
+        }
     }
 }
 

@@ -57,7 +57,11 @@ impl Lines {
                 return line.clone();
             }
             let now = Instant::now();
-            assert!(now < deadline, "timed out after {TIMEOUT:?} waiting for {what}; output so far:\n{}", guard.join("\n"));
+            assert!(
+                now < deadline,
+                "timed out after {TIMEOUT:?} waiting for {what}; output so far:\n{}",
+                guard.join("\n")
+            );
             guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
         }
     }
@@ -211,7 +215,10 @@ impl Cluster {
                 last = Some(status);
             }
             if let Ok(Some(exit)) = self.child.try_wait() {
-                panic!("clusterd exited ({exit}) while waiting for {what}; output:\n{}", self.output.snapshot().join("\n"));
+                panic!(
+                    "clusterd exited ({exit}) while waiting for {what}; output:\n{}",
+                    self.output.snapshot().join("\n")
+                );
             }
             assert!(
                 Instant::now() < deadline,

@@ -40,7 +40,8 @@ fn parse() -> Flags {
         return flags;
     }
     let mut it = args.iter();
-    let num = |it: &mut std::slice::Iter<'_, String>| -> u64 { it.next().and_then(|v| v.parse().ok()).expect("number") };
+    let num =
+        |it: &mut std::slice::Iter<'_, String>| -> u64 { it.next().and_then(|v| v.parse().ok()).expect("number") };
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--ready-after" => flags.ready_after = num(&mut it),

@@ -65,7 +65,10 @@ mod tests {
     use super::*;
     use crate::protocol::{FromWorker, Hello, ToWorker};
 
-    fn vectors() -> (Vec<(ToWorker, Vec<u8>)>, Vec<(FromWorker, Vec<u8>)>) {
+    /// A frame and its exact encoding.
+    type Vector<T> = (T, Vec<u8>);
+
+    fn vectors() -> (Vec<Vector<ToWorker>>, Vec<Vector<FromWorker>>) {
         let to = vec![
             (
                 ToWorker::Hello(Hello {
@@ -81,10 +84,7 @@ mod tests {
             (ToWorker::Drain { grace_ms: 30_000 }, vec![0x01, 0xfb, 0x30, 0x75]),
         ];
         let from = vec![
-            (
-                FromWorker::Hello { version: 1, pid: 4242 },
-                vec![0x00, 0x01, 0xfb, 0x92, 0x10],
-            ),
+            (FromWorker::Hello { version: 1, pid: 4242 }, vec![0x00, 0x01, 0xfb, 0x92, 0x10]),
             (FromWorker::Ready, vec![0x01]),
             (FromWorker::Heartbeat, vec![0x02]),
         ];
@@ -117,10 +117,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        assert!(matches!(
-            decode::<FromWorker>(&[0x01, 0x00]),
-            Err(CodecError::Trailing { used: 1, trailing: 1 })
-        ));
+        assert!(matches!(decode::<FromWorker>(&[0x01, 0x00]), Err(CodecError::Trailing { used: 1, trailing: 1 })));
     }
 
     #[test]
