@@ -3,40 +3,40 @@
 //!
 //! ```text
 //! cargo build --release --examples
-//! target/release/clusterd --workers auto -- target/release/examples/hello 127.0.0.1:3000
-//! curl http://127.0.0.1:3000/    # hello from worker 1 (pid 4242, generation 1)
+//! target/release/clusterd --listen 127.0.0.1:3000 -- target/release/examples/hello
+//! curl http://127.0.0.1:3000/    # hello from worker 1 (pid 4242, generation 1), you are 127.0.0.1:51234
 //! ```
 //!
-//! Until clusterd owns the listening socket (connection handoff), every worker binds the same
-//! address with `SO_REUSEPORT` and the kernel spreads new connections over them. The worker
-//! reports ready once it listens, and on clusterd's drain request stops accepting, finishes the
-//! requests in flight and exits.
-
-use std::net::SocketAddr;
+//! clusterd owns the listening socket; every connection it accepts arrives here through
+//! `worker.listener()`, which is an `axum::serve::Listener`. The worker reports ready once it
+//! serves, and on clusterd's drain request stops taking connections, finishes the requests in
+//! flight and exits.
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::routing::get;
-use clusterd_worker::Worker;
+use clusterd_worker::{ClientAddr, Worker};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::args().nth(1).as_deref().unwrap_or("127.0.0.1:3000").parse()?;
     let worker = Worker::from_env()?;
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(1024)?;
     let app = Router::new().route("/", get(hello)).with_state(worker.clone());
+    let listener = worker.listener()?;
     worker.ready().await?;
-    println!("worker {} listening on http://{addr}/", worker.id());
+    println!("worker {} serving", worker.id());
     let drain = worker.drain_token();
-    axum::serve(listener, app).with_graceful_shutdown(async move { drain.cancelled().await }).await?;
+    axum::serve(listener, app.into_make_service_with_connect_info::<ClientAddr>())
+        .with_graceful_shutdown(async move { drain.cancelled().await })
+        .await?;
     println!("worker {} drained", worker.id());
     Ok(())
 }
 
-async fn hello(State(worker): State<Worker>) -> String {
-    format!("hello from worker {} (pid {}, generation {})\n", worker.id(), std::process::id(), worker.generation())
+async fn hello(State(worker): State<Worker>, ConnectInfo(client): ConnectInfo<ClientAddr>) -> String {
+    format!(
+        "hello from worker {} (pid {}, generation {}), you are {client}\n",
+        worker.id(),
+        std::process::id(),
+        worker.generation()
+    )
 }

@@ -107,6 +107,19 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_CRASH_LOOP_LIMIT", value_name = "N")]
     pub crash_loop_limit: Option<u32>,
 
+    /// A sticky session that no request used for this long is forgotten [default: 5m].
+    #[arg(long, env = "CLUSTERD_SESSION_TTL", value_name = "DURATION", value_parser = parse_duration)]
+    pub session_ttl: Option<Duration>,
+
+    /// The most bytes read from a new connection to find its request line, 256 to 16384
+    /// [default: 8192].
+    #[arg(long, env = "CLUSTERD_SNIFF_BYTES", value_name = "BYTES")]
+    pub sniff_bytes: Option<usize>,
+
+    /// How long a new connection may take to send its request line [default: 5s].
+    #[arg(long, env = "CLUSTERD_SNIFF_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub sniff_timeout: Option<Duration>,
+
     /// Do not prefix the lines that workers write with their id.
     #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_log_prefix: bool,

@@ -16,6 +16,9 @@ use crate::duration::parse_duration;
 /// The most workers a pool may have; far above any machine, low enough to catch a typo.
 pub const MAX_WORKERS: u32 = 1024;
 
+/// The largest `--sniff-bytes`: the bytes read travel in one frame with the connection.
+pub const MAX_SNIFF_BYTES: usize = 16 * 1024;
+
 /// A bad option, variable or config file: clusterd exits 2 and starts nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -161,6 +164,11 @@ struct FileConfig {
     stable_after: Option<Duration>,
     crash_loop_limit: Option<u32>,
     log_prefix: Option<bool>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_ttl: Option<Duration>,
+    sniff_bytes: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    sniff_timeout: Option<Duration>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     command: Option<Vec<String>>,
@@ -181,7 +189,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 
 /// Everything the supervisor needs, validated.
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "balance, sticky and serialization are validated now and read by the connection handoff")]
+#[expect(dead_code, reason = "serialization and requests_timeout are read by the Node protocol and the relay")]
 pub struct Config {
     pub workers: u32,
     pub workers_auto: bool,
@@ -200,6 +208,12 @@ pub struct Config {
     /// 0 never gives up.
     pub crash_loop_limit: u32,
     pub log_prefix: bool,
+    /// A sticky session not used for this long is forgotten.
+    pub session_ttl: Duration,
+    /// The most bytes read from a new connection to find its request line.
+    pub sniff_bytes: usize,
+    /// The longest a new connection may take to send its request line.
+    pub sniff_timeout: Duration,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub program: OsString,
@@ -257,6 +271,9 @@ impl Config {
             stable_after: run.stable_after.or(file.stable_after).unwrap_or(Duration::from_secs(10)),
             crash_loop_limit: run.crash_loop_limit.or(file.crash_loop_limit).unwrap_or(10),
             log_prefix: !run.no_log_prefix && file.log_prefix.unwrap_or(true),
+            session_ttl: run.session_ttl.or(file.session_ttl).unwrap_or(Duration::from_secs(300)),
+            sniff_bytes: run.sniff_bytes.or(file.sniff_bytes).unwrap_or(8 * 1024),
+            sniff_timeout: run.sniff_timeout.or(file.sniff_timeout).unwrap_or(Duration::from_secs(5)),
             control: control.or(file.control).unwrap_or_else(default_control_path),
             log_format: run.log_format.or(file.log_format).unwrap_or_default(),
             program,
@@ -281,10 +298,19 @@ impl Config {
                 message: "must be 0 (off) or at least 300ms".into(),
             });
         }
-        // Refuse what this version cannot do yet rather than accept it and ignore it.
-        if !self.listen.is_empty() {
-            return Err(ConfigError::Unsupported { what: "--listen (connection handoff)".into() });
+        if !(256..=MAX_SNIFF_BYTES).contains(&self.sniff_bytes) {
+            return Err(ConfigError::Invalid {
+                what: "--sniff-bytes",
+                message: format!("must be 256 to {MAX_SNIFF_BYTES}, not {}", self.sniff_bytes),
+            });
         }
+        if self.sniff_timeout.is_zero() {
+            return Err(ConfigError::Invalid { what: "--sniff-timeout", message: "must be more than 0".into() });
+        }
+        if self.session_ttl.is_zero() {
+            return Err(ConfigError::Invalid { what: "--session-ttl", message: "must be more than 0".into() });
+        }
+        // Refuse what this version cannot do yet rather than accept it and ignore it.
         if self.protocol == Protocol::Node {
             return Err(ConfigError::Unsupported { what: "--protocol node".into() });
         }

@@ -4,13 +4,16 @@
 //! (fd hygiene, subreaper, control socket) while it is still single-threaded, then runs the
 //! supervisor on a Tokio runtime and maps its outcome to the documented exit status.
 
+mod balancer;
 mod cli;
 mod config;
 mod control;
 mod duration;
+mod listener;
 mod logs;
 mod notify;
 mod signals;
+mod sniff;
 mod status;
 mod supervisor;
 
@@ -60,12 +63,19 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<Outcome> {
+    // systemd's sockets first, before clusterd opens any fd of its own: fd 3 and up are theirs
+    // only while nothing else has taken a free number.
+    let systemd = if config.listen.is_empty() { listener::from_systemd()? } else { Vec::new() };
     // Single-threaded still: safe to touch the fd table and the umask.
     fd_hygiene();
     if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(%errno, "cannot become a subreaper: orphaned grandchildren will not be reaped by clusterd");
     }
     let mut control = ControlSocket::bind(&config.control)?;
+    // Listening sockets before any worker: a bind error ends clusterd (exit 1) with nothing started.
+    let bound = if config.listen.is_empty() { systemd } else { listener::bind_all(&config.listen)? };
+    let listening: Vec<String> = bound.iter().map(|b| b.addr().to_owned()).collect();
+    let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("clusterd").build()?;
     runtime.block_on(async move {
         let (spawner, reaper) = supervisor::spawn::start()?;
@@ -73,18 +83,30 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);
         control.serve(requests_tx)?;
+        let (routes_tx, routes) = mpsc::channel(1024);
+        let limits = listener::Limits {
+            sniff_bytes: config.sniff_bytes,
+            sniff_timeout: config.sniff_timeout,
+            sticky: config.sticky,
+        };
+        listener::serve(bound, limits, routes_tx)?;
         let logs = logs::LogSink::start(config.log_prefix)?;
         tracing::info!(
             pid = std::process::id(),
             workers = config.workers,
             auto = config.workers_auto,
             control = %control.path().display(),
+            listen = ?listening,
             "clusterd starting {} worker(s){}",
             config.workers,
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let outcome = supervisor::run(Parts { config, spawner, logs, phase }, Inputs { signals, requests }).await;
+        let parts = Parts { config, spawner, logs, phase, listening };
+        let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
+        for path in unix_paths {
+            let _ = std::fs::remove_file(path);
+        }
         match &outcome {
             Outcome::Fatal(_) => {}
             Outcome::Graceful => tracing::info!("stopped"),

@@ -38,6 +38,8 @@ pub struct Status {
     pub generation: u64,
     pub listen: Vec<String>,
     pub program: String,
+    /// Sticky sessions clusterd knows, over all workers.
+    pub sessions: usize,
     pub workers: Vec<WorkerStatus>,
 }
 

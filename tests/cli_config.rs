@@ -56,7 +56,8 @@ fn bad_usage_and_configuration_exit_2_with_one_clear_line_and_start_nothing() {
         (&["--config", "missing.toml", "--", "true"], &[], "cannot read config file"),
         (&["--", "true"], &[("CLUSTERD_GRACE", "5x")], "unknown unit"),
         (&["--", "true"], &[("CLUSTERD_WORKERS", "0")], "at least 1 worker"),
-        (&["--listen", "127.0.0.1:0", "--", "true"], &[], "not supported yet"),
+        (&["--sniff-bytes", "10", "--", "true"], &[], "must be 256 to 16384"),
+        (&["--session-ttl", "0", "--", "true"], &[], "--session-ttl"),
         (&["--listen", "nowhere", "--", "true"], &[], "not HOST:PORT"),
         (&["--protocol", "node", "--", "true"], &[], "not supported yet"),
     ];

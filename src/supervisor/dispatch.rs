@@ -10,6 +10,7 @@ use super::exit::ExitInfo;
 use super::policy::{CRASH_LOOP_AFTER, Decision};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
+use crate::listener::{Route, RouteMsg};
 use crate::signals::SignalEvent;
 use crate::status::{Phase, Status, WorkerState, WorkerStatus};
 
@@ -55,6 +56,10 @@ impl Dispatcher {
             }
             return;
         }
+        if let EventKind::Exited(_) = event.kind {
+            // Its sessions and connections go with it, whatever its place in the slot.
+            self.balancer.remove_worker(event.incarnation);
+        }
         let slot = &mut self.slots[index];
         let role = if slot.current.as_ref().is_some_and(|p| p.incarnation == event.incarnation) {
             Role::Current
@@ -74,6 +79,7 @@ impl Dispatcher {
         match event.kind {
             EventKind::Spawned { pid } => {
                 process.pid = u32::try_from(pid.as_raw()).ok();
+                self.balancer.add_worker(event.incarnation, slot.id);
                 tracing::info!(worker = slot.id, pid = pid.as_raw(), generation = process.generation, "worker started");
             }
             EventKind::Ready => {
@@ -84,6 +90,9 @@ impl Dispatcher {
                         if slot.state == WorkerState::Starting {
                             slot.state = WorkerState::Ready;
                         }
+                        if self.stop.is_none() && !slot.removing {
+                            self.balancer.set_ready(event.incarnation, true);
+                        }
                         self.on_current_ready(index);
                     }
                     Role::Successor => self.promote_successor(index),
@@ -93,6 +102,7 @@ impl Dispatcher {
             }
             EventKind::SpawnFailed { error } => {
                 tracing::error!(worker = slot.id, "{error}");
+                self.balancer.remove_worker(event.incarnation);
                 match role {
                     Role::Current => {
                         slot.current = None;
@@ -108,6 +118,12 @@ impl Dispatcher {
                     }
                 }
             }
+            EventKind::ConnectionClosed => self.balancer.connection_closed(event.incarnation),
+            EventKind::SessionOpen { seq, sid } => {
+                self.balancer.session_open(&sid, event.incarnation, std::time::Instant::now());
+                process.handle.send(Command::SessionAck { seq });
+            }
+            EventKind::SessionClose { sid } => self.balancer.session_close(&sid, event.incarnation),
             EventKind::Exited(info) => match role {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
@@ -264,6 +280,31 @@ impl Dispatcher {
         }
     }
 
+    /// A route task asks for a worker for a new connection, or reports a failed handoff.
+    pub(super) fn handle_route(&mut self, message: RouteMsg) {
+        match message {
+            RouteMsg::Pick { sid, ip, reply } => {
+                let picked = self.balancer.pick(sid.as_deref(), ip, std::time::Instant::now());
+                let route = picked.and_then(|key| {
+                    let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
+                    match process {
+                        Some(p) => Some(Route { key, handoffs: p.handle.handoffs.clone() }),
+                        None => {
+                            // The balancer knows a process the table does not: heal the balancer.
+                            self.balancer.remove_worker(key);
+                            None
+                        }
+                    }
+                });
+                if let Err(Some(route)) = reply.send(route) {
+                    // The route task is gone (its client left): uncount.
+                    self.balancer.connection_closed(route.key);
+                }
+            }
+            RouteMsg::Failed { key } => self.balancer.connection_closed(key),
+        }
+    }
+
     /// Graceful: drain frame + SIGTERM to every worker, SIGKILL after the grace time. Immediate:
     /// SIGKILL now. A fatal outcome keeps its reason even if an immediate stop follows.
     pub(super) fn begin_stop(&mut self, outcome: Outcome) {
@@ -286,6 +327,7 @@ impl Dispatcher {
             slot.restart_token += 1;
             for process in slot.processes() {
                 process.handle.send(command);
+                self.balancer.set_ready(process.incarnation, false);
             }
             slot.state = if slot.is_empty() { WorkerState::Exited } else { WorkerState::Draining };
         }
@@ -335,8 +377,8 @@ impl Dispatcher {
                 state,
                 generation: p.map_or(self.generation, |c| c.generation),
                 restarts: slot.restarts,
-                connections: 0,
-                sessions: 0,
+                connections: p.map_or(0, |c| self.balancer.connections(c.incarnation)),
+                sessions: p.map_or(0, |c| self.balancer.sessions(c.incarnation)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
                 failures: if stable { 0 } else { slot.failures },
                 crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
@@ -361,7 +403,8 @@ impl Dispatcher {
             pid: std::process::id(),
             phase: *self.phase.borrow(),
             generation: self.generation,
-            listen: self.config.listen.iter().map(ToString::to_string).collect(),
+            listen: self.listening.clone(),
+            sessions: self.balancer.session_count(),
             program: std::iter::once(&self.config.program)
                 .chain(&self.config.args)
                 .map(|a| a.to_string_lossy())

@@ -30,7 +30,9 @@ use tokio::time::{Instant, sleep_until};
 use self::exit::ExitInfo;
 use self::policy::RestartPolicy;
 use self::worker::{Event, Settings};
+use crate::balancer::Balancer;
 use crate::config::Config;
+use crate::listener::RouteMsg;
 use crate::logs::LogSink;
 use crate::notify::Notifier;
 use crate::signals::SignalEvent;
@@ -59,10 +61,14 @@ pub enum Request {
     Scale(u32, oneshot::Sender<Result<(), String>>),
 }
 
+/// How often forgotten sticky sessions are expired.
+const EXPIRE_EVERY: Duration = Duration::from_secs(10);
+
 /// Where the dispatcher's inputs come from.
 pub struct Inputs {
     pub signals: mpsc::Receiver<SignalEvent>,
     pub requests: mpsc::Receiver<Request>,
+    pub routes: mpsc::Receiver<RouteMsg>,
 }
 
 /// Everything the supervisor needs to start.
@@ -71,6 +77,8 @@ pub struct Parts {
     pub spawner: spawn::Spawner,
     pub logs: LogSink,
     pub phase: watch::Sender<Phase>,
+    /// What the listeners are bound to, for `status`.
+    pub listening: Vec<String>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -153,12 +161,14 @@ struct Dispatcher {
     events_tx: mpsc::Sender<Event>,
     stop: Option<Stop>,
     rollout: Option<Rollout>,
+    balancer: Balancer,
+    listening: Vec<String>,
 }
 
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase } = parts;
+    let Parts { config, spawner, logs, phase, listening } = parts;
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -179,6 +189,8 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         events_tx,
         stop: None,
         rollout: None,
+        balancer: Balancer::new(config.balance, config.sticky, u64::from(std::process::id()), config.session_ttl),
+        listening,
         settings,
         config,
     };
@@ -189,6 +201,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
     }
     let watchdog_every = d.notifier.watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut expire = tokio::time::interval(EXPIRE_EVERY);
     loop {
         if let Some(stop) = &d.stop
             && d.slots.iter().all(Slot::is_empty)
@@ -200,6 +213,13 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
             Some(event) = events.recv() => d.handle_event(event),
             Some(signal) = inputs.signals.recv() => d.handle_signal(signal),
             Some(request) = inputs.requests.recv() => d.handle_request(request),
+            Some(route) = inputs.routes.recv() => d.handle_route(route),
+            _ = expire.tick() => {
+                let dropped = d.balancer.expire(std::time::Instant::now());
+                if dropped > 0 {
+                    tracing::debug!(dropped, "expired forgotten sticky sessions");
+                }
+            }
             _ = watchdog.tick(), if watchdog_every.is_some() => d.notifier.watchdog(),
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let left: Vec<_> = d.slots.iter().flat_map(Slot::processes).filter_map(|p| p.pid).collect();

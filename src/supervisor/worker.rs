@@ -22,7 +22,11 @@ use tokio_seqpacket::UnixSeqpacket;
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
 use super::spawn::{SpawnSpec, Spawner};
 use crate::config::ReadyOn;
+use crate::listener::Handoff;
 use crate::logs::{LogSink, Output};
+
+/// Connections queued for one worker's IPC socket; the route tasks wait when it is full.
+const HANDOFF_QUEUE: usize = 256;
 
 /// What every worker of this clusterd shares.
 pub struct Settings {
@@ -50,6 +54,8 @@ pub enum Command {
     Drain { grace: Duration },
     /// SIGKILL to the group now.
     Kill,
+    /// clusterd recorded the session of the worker's `SessionOpen {seq}`.
+    SessionAck { seq: u32 },
 }
 
 /// What a worker task reports.
@@ -70,6 +76,15 @@ pub enum EventKind {
     },
     Ready,
     Exited(ExitInfo),
+    /// The worker closed a connection (or a handoff to it failed).
+    ConnectionClosed,
+    SessionOpen {
+        seq: u32,
+        sid: String,
+    },
+    SessionClose {
+        sid: String,
+    },
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
 }
@@ -78,28 +93,32 @@ pub enum EventKind {
 #[derive(Debug, Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
+    /// Where route tasks put connections for this worker.
+    pub handoffs: mpsc::Sender<Handoff>,
 }
 
 impl Handle {
     /// Sends a command; a task that already ended has nothing left to act on.
     pub fn send(&self, command: Command) {
-        // The queue is far larger than the two commands a worker can ever get; if it is full the
-        // task is already acting on a kill.
+        // The queue is far larger than what a healthy task has pending; a full one means the task
+        // is stuck, and a lost session ack only makes the worker's `session_open` time out.
         let _ = self.commands.try_send(command);
     }
 }
 
 /// Starts the task for one worker.
 pub fn launch(settings: Arc<Settings>, launch: Launch, events: mpsc::Sender<Event>) -> Handle {
-    let (commands, rx) = mpsc::channel(16);
-    tokio::spawn(run(settings, launch, rx, events));
-    Handle { commands }
+    let (commands, rx) = mpsc::channel(1024);
+    let (handoffs, handoff_rx) = mpsc::channel(HANDOFF_QUEUE);
+    tokio::spawn(run(settings, launch, rx, handoff_rx, events));
+    Handle { commands, handoffs }
 }
 
 async fn run(
     settings: Arc<Settings>,
     launch: Launch,
     mut commands: mpsc::Receiver<Command>,
+    mut handoffs: mpsc::Receiver<Handoff>,
     events: mpsc::Sender<Event>,
 ) {
     let report = |kind| {
@@ -128,6 +147,7 @@ async fn run(
     }
     let mut channel_open = true;
     let mut greeted = false;
+    let mut next_connection: u64 = 1;
     let mut killed: Option<KillReason> = None;
     let far = started + Duration::from_secs(86_400 * 365);
     let ready_deadline = started + settings.ready_timeout;
@@ -157,6 +177,19 @@ async fn run(
                             report(EventKind::Ready).await;
                             None
                         }
+                        FromWorker::ConnectionClosed { id } if id < next_connection => {
+                            report(EventKind::ConnectionClosed).await;
+                            None
+                        }
+                        FromWorker::ConnectionClosed { id } => Some(format!("closed connection {id}, never handed over")),
+                        FromWorker::SessionOpen { seq, sid } => {
+                            report(EventKind::SessionOpen { seq, sid }).await;
+                            None
+                        }
+                        FromWorker::SessionClose { sid } => {
+                            report(EventKind::SessionClose { sid }).await;
+                            None
+                        }
                         _ => None,
                     };
                     if let Some(why) = violation {
@@ -181,12 +214,33 @@ async fn run(
                     let at = Instant::now() + grace;
                     kill_deadline = Some(kill_deadline.map_or(at, |d| d.min(at)));
                 }
+                Some(Command::SessionAck { seq }) => {
+                    if channel_open {
+                        let _ = channel.send(&ToWorker::SessionAck { seq }).await;
+                    }
+                }
                 Some(Command::Kill) | None => {
                     killed.get_or_insert(KillReason::Stop);
                     signal_group(pid, Signal::SIGKILL);
                     kill_deadline = None;
                 }
             },
+            Some(handoff) = handoffs.recv() => {
+                let id = next_connection;
+                next_connection += 1;
+                let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
+                    id,
+                    peer: handoff.peer,
+                    local: handoff.local,
+                    initial: handoff.initial,
+                });
+                let sent = channel_open && channel.send_with_fd(&frame, std::os::fd::AsFd::as_fd(&handoff.fd)).await.is_ok();
+                // clusterd's copy closes here either way: the client sees FIN when the worker closes.
+                drop(handoff.fd);
+                if !sent {
+                    report(EventKind::ConnectionClosed).await;
+                }
+            }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
                 tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {:?}: killing it", settings.ready_timeout);
                 killed = Some(KillReason::ReadyTimeout);

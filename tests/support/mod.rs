@@ -333,3 +333,55 @@ pub fn field(line: &str, key: &str) -> i32 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {key}=<n> in {line:?}"))
 }
+
+/// The TCP address clusterd listens on (from `status`).
+pub fn listen_addr(status: &Value) -> std::net::SocketAddr {
+    status["listen"][0].as_str().expect("a listen address").parse().expect("a TCP address")
+}
+
+/// A response: status code, and the body as text.
+pub struct Response {
+    pub code: u16,
+    pub body: String,
+}
+
+impl Response {
+    /// The `worker=<n>` the test worker put first in its answer.
+    pub fn worker(&self) -> i32 {
+        field(&self.body, "worker")
+    }
+}
+
+/// Reads one HTTP/1.1 response (status line, headers, `Content-Length` body) from `stream`.
+pub fn read_response(stream: &mut impl Read) -> Option<Response> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(Response { code, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// One `GET` on a new connection with `Connection: close`.
+pub fn get(addr: std::net::SocketAddr, target: &str) -> Response {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    read_response(&mut stream).unwrap_or_else(|| panic!("no response to GET {target}"))
+}
+
+/// The number of open fds of a process.
+pub fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}

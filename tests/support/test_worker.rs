@@ -6,7 +6,8 @@
 //! `--orphan MS` (leave a grandchild that outlives this process by MS), `--child` (keep a
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
 //! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
-//! the IPC socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! the IPC socket), `--serve` (answer HTTP on handed-off connections, see `serve`),
+//! `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -28,6 +29,7 @@ struct Flags {
     skip_hello: bool,
     no_sdk: bool,
     fail_generation: Option<u64>,
+    serve: bool,
     freeze_after: Option<u64>,
 }
 
@@ -58,6 +60,7 @@ fn parse() -> Flags {
             "--oversized" => flags.oversized = true,
             "--skip-hello" => flags.skip_hello = true,
             "--no-sdk" => flags.no_sdk = true,
+            "--serve" => flags.serve = true,
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
             "--only-slot" => {
@@ -136,6 +139,10 @@ async fn main() {
             std::process::exit(3);
         }
     };
+    if flags.serve {
+        let listener = worker.listener().expect("listener");
+        tokio::spawn(serve(worker.clone(), listener));
+    }
     if !flags.never_ready {
         tokio::time::sleep(Duration::from_millis(flags.ready_after)).await;
         worker.ready().await.expect("ready");
@@ -179,4 +186,82 @@ async fn main() {
     }
     tokio::time::sleep(Duration::from_millis(flags.drain_delay)).await;
     say("drained");
+}
+
+/// A small HTTP/1.1 server on handed-off connections, keep-alive included. Every answer starts with
+/// `worker=<id> pid=<pid>`. Paths: `/open?sid=S` reports session S (answers after clusterd's ack),
+/// `/close?sid=S` ends it, `/hold` answers its head at once and keeps the connection open without
+/// a body end until the client leaves, `/echo` answers the request body; anything else answers
+/// the request line.
+async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener) {
+    while let Some(connection) = listener.accept().await {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            let _ = handle(worker, connection).await;
+        });
+    }
+}
+
+async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker::Connection) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let me = format!("worker={} pid={}", worker.id(), std::process::id());
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = connection.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        let target = line.split(' ').nth(1).unwrap_or("/").to_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 65536];
+            let n = connection.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = buf[head_end..head_end + length].to_vec();
+        buf.drain(..head_end + length);
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let sid = query.split('&').find_map(|p| p.strip_prefix("sid=")).unwrap_or_default().to_owned();
+        let answer: Vec<u8> = match path {
+            "/open" => match worker.session_open(&sid).await {
+                Ok(()) => format!("{me} opened {sid}\n").into_bytes(),
+                Err(e) => format!("{me} open failed: {e}\n").into_bytes(),
+            },
+            "/close" => {
+                worker.session_close(&sid);
+                format!("{me} closed {sid}\n").into_bytes()
+            }
+            "/hold" => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n{me} holding\n");
+                connection.write_all(head.as_bytes()).await?;
+                let mut sink = [0u8; 1024];
+                while connection.read(&mut sink).await? > 0 {}
+                return Ok(());
+            }
+            "/echo" => {
+                let mut out = format!("{me} echo ").into_bytes();
+                out.extend_from_slice(&body);
+                out
+            }
+            _ => format!("{me} peer={} line={line}\n", connection.peer_addr()).into_bytes(),
+        };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", answer.len());
+        connection.write_all(head.as_bytes()).await?;
+        connection.write_all(&answer).await?;
+    }
 }

@@ -5,12 +5,14 @@
 //! silently; stray file descriptors are closed when the ancillary reader drops.
 
 use std::marker::PhantomData;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use bincode::{Decode, Encode};
 use tokio_seqpacket::UnixSeqpacket;
+use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
 
 use crate::codec::{self, CodecError};
-use crate::protocol::{FromWorker, MAX_FRAME, ToWorker};
+use crate::protocol::{Frame, FromWorker, MAX_FRAME, ToWorker};
 
 /// Room for the control message of one passed fd, with alignment to spare.
 const ANCILLARY_SPACE: usize = 64;
@@ -47,16 +49,36 @@ impl<Tx, Rx> std::fmt::Debug for Channel<Tx, Rx> {
     }
 }
 
-impl<Tx: Encode, Rx: Decode<()>> Channel<Tx, Rx> {
+impl<Tx: Encode + Frame, Rx: Decode<()> + Frame> Channel<Tx, Rx> {
     /// Wraps a connected seqpacket socket.
     pub fn new(socket: UnixSeqpacket) -> Self {
         Self { socket, _direction: PhantomData }
     }
 
-    /// Sends one frame as one datagram.
+    /// Sends one frame as one datagram. A frame that must carry an fd is refused here.
     pub async fn send(&self, frame: &Tx) -> Result<(), ChannelError> {
+        if frame.fds() != 0 {
+            return Err(ChannelError::Protocol("this frame must carry an fd: use send_with_fd"));
+        }
         let bytes = codec::encode(frame)?;
         self.send_raw(&bytes).await
+    }
+
+    /// Sends one frame with one file descriptor attached (`SCM_RIGHTS`). The caller keeps its copy
+    /// of the fd and should close it as soon as this returns `Ok`.
+    pub async fn send_with_fd(&self, frame: &Tx, fd: BorrowedFd<'_>) -> Result<(), ChannelError> {
+        if frame.fds() != 1 {
+            return Err(ChannelError::Protocol("this frame carries no fd"));
+        }
+        let bytes = codec::encode(frame)?;
+        let mut space = [0u8; ANCILLARY_SPACE];
+        let mut ancillary = AncillaryMessageWriter::new(&mut space);
+        ancillary.add_fds([fd]).map_err(|_| ChannelError::Protocol("no room for the fd"))?;
+        let sent = self.socket.send_with_ancillary(&bytes, &mut ancillary).await?;
+        if sent != bytes.len() {
+            return Err(ChannelError::Protocol("datagram sent short"));
+        }
+        Ok(())
     }
 
     /// Sends pre-encoded bytes as one datagram (tests use it to send garbage on purpose).
@@ -68,8 +90,20 @@ impl<Tx: Encode, Rx: Decode<()>> Channel<Tx, Rx> {
         Ok(())
     }
 
-    /// Receives the next frame; `Ok(None)` when the peer closed its end.
+    /// Receives the next frame of a kind that carries no fd; `Ok(None)` when the peer closed its end.
     pub async fn recv(&self) -> Result<Option<Rx>, ChannelError> {
+        match self.recv_with_fd().await? {
+            None => Ok(None),
+            Some((frame, None)) => Ok(Some(frame)),
+            // Dropping the fd closes it.
+            Some((_, Some(_))) => Err(ChannelError::Protocol("unexpected fd on a frame")),
+        }
+    }
+
+    /// Receives the next frame and the fd it carries, if its kind carries one; `Ok(None)` when the
+    /// peer closed its end. The fd arrives close-on-exec. A frame with the wrong number of fds is
+    /// an error, and any fd that came with it is closed.
+    pub async fn recv_with_fd(&self) -> Result<Option<(Rx, Option<OwnedFd>)>, ChannelError> {
         let mut buf = vec![0u8; MAX_FRAME + 1];
         let mut ancillary = [0u8; ANCILLARY_SPACE];
         let (info, reader) = self.socket.recv_with_ancillary(&mut buf, &mut ancillary).await?;
@@ -85,11 +119,19 @@ impl<Tx: Encode, Rx: Decode<()>> Channel<Tx, Rx> {
         if info.ancillary_truncated() {
             return Err(ChannelError::Protocol("control data truncated (too many fds)"));
         }
-        if !reader.is_empty() {
-            // No frame of this version carries an fd; the reader closes any on drop.
-            return Err(ChannelError::Protocol("unexpected control data on a frame"));
+        let mut fds = Vec::new();
+        for message in reader.into_messages() {
+            match message {
+                OwnedAncillaryMessage::FileDescriptors(received) => fds.extend(received),
+                // Anything else is dropped (and any fd in `fds` closed) on return.
+                _ => return Err(ChannelError::Protocol("unexpected control data on a frame")),
+            }
         }
-        Ok(Some(codec::decode(&buf[..len])?))
+        let frame: Rx = codec::decode(&buf[..len])?;
+        if fds.len() != frame.fds() {
+            return Err(ChannelError::Protocol("wrong number of fds for the frame"));
+        }
+        Ok(Some((frame, fds.pop())))
     }
 
     /// The underlying socket.

@@ -28,8 +28,8 @@ pub enum Error {
         /// Why it cannot be used.
         reason: String,
     },
-    /// `Worker::from_env` was called a second time in this process.
-    #[error("the clusterd IPC channel was already taken by an earlier Worker::from_env()")]
+    /// `Worker::from_env` or `Worker::listener` was called a second time in this process.
+    #[error("already taken: Worker::from_env() and Worker::listener() work once per process")]
     AlreadyTaken,
     /// `Worker::from_env` was called outside a Tokio runtime.
     #[error("Worker::from_env() must be called inside a Tokio runtime")]
@@ -40,4 +40,16 @@ pub enum Error {
     /// clusterd is gone: the IPC channel is closed.
     #[error("clusterd closed the IPC channel")]
     Disconnected,
+    /// A session id that clusterd would not route: 1 to 64 characters of `[A-Za-z0-9_-]`.
+    #[error("{sid:?} is not a valid session id (1 to 64 characters of A-Z a-z 0-9 - _)")]
+    BadSessionId {
+        /// The refused id.
+        sid: String,
+    },
+    /// clusterd did not acknowledge a session in time.
+    #[error("clusterd did not acknowledge session {sid:?} in time")]
+    SessionTimeout {
+        /// The session id.
+        sid: String,
+    },
 }

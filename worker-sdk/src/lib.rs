@@ -31,8 +31,10 @@ pub mod channel;
 pub mod codec;
 mod error;
 mod fd;
+mod listener;
 pub mod protocol;
 mod worker;
 
 pub use error::Error;
+pub use listener::{ClientAddr, Connection, Listener};
 pub use worker::Worker;

@@ -10,6 +10,10 @@
 //!      | <-- FromWorker::Hello {version, pid} --  |   Worker::from_env()
 //!      | <-- FromWorker::Ready -----------------  |   Worker::ready()
 //!      | <-- FromWorker::Heartbeat -------------  |   every Hello::heartbeat_ms
+//!      | -- ToWorker::Connection + fd --------->  |   Worker::listener() yields it
+//!      | <-- FromWorker::ConnectionClosed ------  |   the stream was dropped
+//!      | <-- FromWorker::SessionOpen {seq,sid} -  |   Worker::session_open()
+//!      | -- ToWorker::SessionAck {seq} -------->  |   ... which returns now
 //!      | -- ToWorker::Drain {grace_ms} -------->  |   + SIGTERM to the worker's process group
 //! ```
 
@@ -48,6 +52,94 @@ pub enum ToWorker {
         /// Milliseconds the worker has before SIGKILL.
         grace_ms: u64,
     },
+    /// Tag 2. A client connection handed to this worker. Exactly one file descriptor, the connected
+    /// socket, travels with this frame (`SCM_RIGHTS`); no other frame carries one.
+    Connection(Connection),
+    /// Tag 3. clusterd has recorded the session of [`FromWorker::SessionOpen`] with this `seq`:
+    /// from now on it routes requests carrying that session id to this worker.
+    SessionAck {
+        /// The `seq` of the acknowledged `SessionOpen`.
+        seq: u32,
+    },
+}
+
+/// A handed-off client connection (the socket itself is the frame's file descriptor).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Connection {
+    /// clusterd's id for this connection on this IPC channel; echoed by
+    /// [`FromWorker::ConnectionClosed`].
+    pub id: u64,
+    /// The client's address.
+    pub peer: Address,
+    /// The address the client connected to.
+    pub local: Address,
+    /// Bytes clusterd already read from the socket to route it; the worker reads them before
+    /// anything else from the socket. At most 16 KiB.
+    pub initial: Vec<u8>,
+}
+
+/// A socket address on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Encode, Decode)]
+pub enum Address {
+    /// Tag 0. Not known (an unnamed Unix socket).
+    Unknown,
+    /// Tag 1. IPv4 address and port.
+    V4 {
+        /// The address, in network order.
+        ip: [u8; 4],
+        /// The port.
+        port: u16,
+    },
+    /// Tag 2. IPv6 address and port.
+    V6 {
+        /// The address, in network order.
+        ip: [u8; 16],
+        /// The port.
+        port: u16,
+    },
+    /// Tag 3. A Unix socket path (bytes, not necessarily UTF-8).
+    Unix {
+        /// The path.
+        path: Vec<u8>,
+    },
+}
+
+impl From<std::net::SocketAddr> for Address {
+    fn from(addr: std::net::SocketAddr) -> Self {
+        match addr {
+            std::net::SocketAddr::V4(a) => Self::V4 { ip: a.ip().octets(), port: a.port() },
+            std::net::SocketAddr::V6(a) => Self::V6 { ip: a.ip().octets(), port: a.port() },
+        }
+    }
+}
+
+impl Address {
+    /// The IP socket address, if this is one.
+    pub fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        match *self {
+            Self::V4 { ip, port } => Some((std::net::Ipv4Addr::from(ip), port).into()),
+            Self::V6 { ip, port } => Some((std::net::Ipv6Addr::from(ip), port).into()),
+            Self::Unknown | Self::Unix { .. } => None,
+        }
+    }
+}
+
+/// How many file descriptors travel with a frame.
+pub trait Frame {
+    /// The exact number of fds that must ride with this frame.
+    fn fds(&self) -> usize;
+}
+
+impl Frame for ToWorker {
+    fn fds(&self) -> usize {
+        usize::from(matches!(self, Self::Connection(_)))
+    }
+}
+
+impl Frame for FromWorker {
+    fn fds(&self) -> usize {
+        0
+    }
 }
 
 /// The greeting clusterd sends to a freshly spawned worker.
@@ -82,4 +174,24 @@ pub enum FromWorker {
     Ready,
     /// Tag 2. The worker is alive; sent every [`Hello::heartbeat_ms`].
     Heartbeat,
+    /// Tag 3. The worker is done with the connection of [`ToWorker::Connection`] `id`: it closed it
+    /// (clusterd counts the connections each worker carries for least-connection balancing).
+    ConnectionClosed {
+        /// The connection's id.
+        id: u64,
+    },
+    /// Tag 4. The worker created session `sid` (the Engine.IO session id): route requests carrying
+    /// it here. clusterd answers with [`ToWorker::SessionAck`] once it has recorded it, and the
+    /// worker sends the session id to its client only after that ack.
+    SessionOpen {
+        /// Chosen by the worker; echoed by the ack.
+        seq: u32,
+        /// The session id: 1 to 64 bytes of `[A-Za-z0-9_-]`.
+        sid: String,
+    },
+    /// Tag 5. The session ended.
+    SessionClose {
+        /// The session id.
+        sid: String,
+    },
 }

@@ -1,22 +1,32 @@
 //! [`Worker`]: the worker's handle on clusterd.
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio_seqpacket::UnixSeqpacket;
 use tokio_util::sync::CancellationToken;
 
 use crate::channel::WorkerChannel;
 use crate::codec;
 use crate::error::Error;
+use crate::listener::{Connection, Listener};
 use crate::protocol::{
     ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, PROTOCOL_VERSION, ToWorker,
 };
 
 /// Set once the IPC fd has been claimed, so that a second `from_env` cannot claim it again.
 static TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// Connections handed over before the program takes them with `listener()`.
+const CONNECTION_QUEUE: usize = 1024;
+/// Reports sent from synchronous contexts (a dropped connection, a closed session).
+const REPORT_QUEUE: usize = 8192;
+/// How long `session_open` waits for clusterd's acknowledgement.
+const SESSION_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A worker's connection to clusterd.
 ///
@@ -46,6 +56,15 @@ struct Inner {
     drain: CancellationToken,
     grace: Mutex<Option<Duration>>,
     ready_sent: AtomicBool,
+    reports: mpsc::Sender<FromWorker>,
+    connections: mpsc::Sender<Connection>,
+    listener: Mutex<Option<mpsc::Receiver<Connection>>>,
+    next_seq: AtomicU32,
+    acks: Mutex<HashMap<u32, oneshot::Sender<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Worker {
@@ -77,6 +96,8 @@ impl Worker {
         let socket = UnixSeqpacket::try_from(owned)
             .map_err(|e| Error::BadIpcFd { fd, reason: format!("cannot register with Tokio ({e})") })?;
 
+        let (reports, report_queue) = mpsc::channel(REPORT_QUEUE);
+        let (connections, connection_queue) = mpsc::channel(CONNECTION_QUEUE);
         let inner = Arc::new(Inner {
             id,
             count,
@@ -85,7 +106,13 @@ impl Worker {
             drain: CancellationToken::new(),
             grace: Mutex::new(None),
             ready_sent: AtomicBool::new(false),
+            reports,
+            connections,
+            listener: Mutex::new(Some(connection_queue)),
+            next_seq: AtomicU32::new(1),
+            acks: Mutex::new(HashMap::new()),
         });
+        runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue));
         let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::BadIpcFd { fd, reason: format!("cannot watch SIGTERM ({e})") })?;
         runtime.spawn(watch_sigterm(sigterm, inner.drain.clone()));
@@ -140,8 +167,56 @@ impl Worker {
         *self.inner.grace.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The connections clusterd hands to this worker. Can be taken once; later calls fail with
+    /// [`Error::AlreadyTaken`]. Connections that arrive before this call wait in a queue.
+    pub fn listener(&self) -> Result<Listener, Error> {
+        lock(&self.inner.listener).take().map(Listener::new).ok_or(Error::AlreadyTaken)
+    }
+
+    /// Reports that this worker created the session `sid` (an Engine.IO session id, 1 to 64
+    /// characters of `[A-Za-z0-9_-]`), and returns once clusterd has recorded it. Send the session
+    /// id to the client only after this returns: then the client's next request, whichever
+    /// connection it comes on, is routed here.
+    pub async fn session_open(&self, sid: &str) -> Result<(), Error> {
+        if sid.is_empty() || sid.len() > 64 || !sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::BadSessionId { sid: sid.to_owned() });
+        }
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.acks).insert(seq, tx);
+        let sent = self.send(&FromWorker::SessionOpen { seq, sid: sid.to_owned() }).await;
+        let acked = match sent {
+            Ok(()) => tokio::time::timeout(SESSION_ACK_TIMEOUT, rx).await,
+            Err(error) => {
+                lock(&self.inner.acks).remove(&seq);
+                return Err(error);
+            }
+        };
+        lock(&self.inner.acks).remove(&seq);
+        match acked {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Disconnected),
+            Err(_) => Err(Error::SessionTimeout { sid: sid.to_owned() }),
+        }
+    }
+
+    /// Reports that the session `sid` ended. Never blocks; safe to call from `Drop`.
+    pub fn session_close(&self, sid: &str) {
+        let _ = self.inner.reports.try_send(FromWorker::SessionClose { sid: sid.to_owned() });
+    }
+
     async fn send(&self, frame: &FromWorker) -> Result<(), Error> {
         Ok(self.inner.channel.send(frame).await?)
+    }
+}
+
+/// Sends the reports queued by synchronous code, in order, until the channel fails.
+async fn send_reports(channel: Arc<WorkerChannel>, mut queue: mpsc::Receiver<FromWorker>) {
+    while let Some(frame) = queue.recv().await {
+        if channel.send(&frame).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -168,17 +243,38 @@ async fn watch_sigterm(mut sigterm: tokio::signal::unix::Signal, drain: Cancella
 /// token, and the first Hello starts the heartbeat.
 async fn read_frames(inner: Arc<Inner>) {
     loop {
-        match inner.channel.recv().await {
-            Ok(Some(ToWorker::Hello(hello))) => {
+        match inner.channel.recv_with_fd().await {
+            Ok(Some((ToWorker::Hello(hello), _))) => {
                 if hello.heartbeat_ms > 0 {
                     let every = Duration::from_millis(u64::from(hello.heartbeat_ms));
                     tokio::spawn(heartbeat(Arc::clone(&inner.channel), every, inner.drain.clone()));
                 }
             }
-            Ok(Some(ToWorker::Drain { grace_ms })) => {
-                *inner.grace.lock().unwrap_or_else(|p| p.into_inner()) = Some(Duration::from_millis(grace_ms));
+            Ok(Some((ToWorker::Drain { grace_ms }, _))) => {
+                *lock(&inner.grace) = Some(Duration::from_millis(grace_ms));
                 inner.drain.cancel();
             }
+            Ok(Some((ToWorker::Connection(frame), Some(fd)))) => {
+                let id = frame.id;
+                match Connection::new(frame, fd, inner.reports.clone()) {
+                    // A full queue (nobody accepts) drops the connection, which reports it closed.
+                    Ok(connection) => {
+                        if inner.connections.try_send(connection).is_err() {
+                            tracing::warn!(id, "connection queue full or listener dropped: closing a connection");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(id, %error, "cannot use a handed-off connection");
+                        let _ = inner.reports.try_send(FromWorker::ConnectionClosed { id });
+                    }
+                }
+            }
+            Ok(Some((ToWorker::SessionAck { seq }, _))) => {
+                if let Some(ack) = lock(&inner.acks).remove(&seq) {
+                    let _ = ack.send(());
+                }
+            }
+            Ok(Some((ToWorker::Connection(_), None))) => unreachable!("the channel checks the fd count"),
             Ok(None) => {
                 tracing::warn!("clusterd closed the IPC channel; draining");
                 inner.drain.cancel();

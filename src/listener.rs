@@ -1,0 +1,401 @@
+//! The accept path: listening sockets, the accept loops, and one routing task per connection.
+//!
+//! ```text
+//!   accept loop ──spawn──► route task: read the request line (≤ sniff_bytes, ≤ sniff_timeout)
+//!                              │  Pick {sid, ip} ──► dispatcher (balancer) ──► worker key + handoff queue
+//!                              └──► worker task: Connection frame + fd (SCM_RIGHTS), our copy closed
+//! ```
+//!
+//! The accept loop only accepts and spawns, so a slow or silent client never holds it up. Transient
+//! accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED) back off, capped at one second,
+//! and never end the loop.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clusterd_worker::protocol::Address;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{ListenAddr, Sticky};
+use crate::sniff::{Sniffed, response, sniff};
+
+/// A listening socket could not be set up: clusterd exits 1 before starting any worker.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: io::Error },
+    #[error("listen socket {path} is in use by a running process; refusing to take it over")]
+    InUse { path: PathBuf },
+    #[error("listen path {path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: PathBuf },
+    #[error("the sockets systemd passed (LISTEN_FDS, LISTEN_PID) are unusable: {0}")]
+    Systemd(io::Error),
+    #[error("systemd passed fd {fd} (LISTEN_FDS), which is not an open, listening TCP or Unix stream socket")]
+    NotListening { fd: i32 },
+}
+
+/// A bound listening socket, before the runtime starts.
+pub enum Bound {
+    Tcp { addr: String, listener: std::net::TcpListener },
+    Unix { addr: String, listener: std::os::unix::net::UnixListener, path: Option<PathBuf> },
+}
+
+impl Bound {
+    pub fn addr(&self) -> &str {
+        match self {
+            Self::Tcp { addr, .. } | Self::Unix { addr, .. } => addr,
+        }
+    }
+
+    /// The socket file clusterd created (and removes on exit); not one systemd passed.
+    pub fn unix_path(&self) -> Option<std::path::PathBuf> {
+        match self {
+            Self::Unix { path, .. } => path.clone(),
+            Self::Tcp { .. } => None,
+        }
+    }
+}
+
+/// Binds every `--listen` address.
+pub fn bind_all(addrs: &[ListenAddr]) -> Result<Vec<Bound>, BindError> {
+    addrs.iter().map(bind).collect()
+}
+
+fn bind(addr: &ListenAddr) -> Result<Bound, BindError> {
+    let err = |source| BindError::Bind { addr: addr.to_string(), source };
+    match addr {
+        ListenAddr::Tcp(socket_addr) => {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, setsockopt, socket, sockopt};
+            let family = if socket_addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(|e| err(e.into()))?;
+            setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| err(e.into()))?;
+            if socket_addr.is_ipv6() {
+                // `[::]:80` beside `0.0.0.0:80` must not collide: each family its own socket.
+                setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| err(e.into()))?;
+            }
+            nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(*socket_addr)).map_err(|e| err(e.into()))?;
+            nix::sys::socket::listen(
+                &fd,
+                nix::sys::socket::Backlog::new(1024).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+            )
+            .map_err(|e| err(e.into()))?;
+            let listener = std::net::TcpListener::from(fd);
+            let actual = listener.local_addr().map_err(err)?;
+            Ok(Bound::Tcp { addr: actual.to_string(), listener })
+        }
+        ListenAddr::Unix(path) => {
+            clear_stale_socket(path)?;
+            let listener = std::os::unix::net::UnixListener::bind(path).map_err(err)?;
+            Ok(Bound::Unix { addr: addr.to_string(), listener, path: Some(path.clone()) })
+        }
+    }
+}
+
+/// Removes a socket file nobody answers on; refuses a live one or a file that is not a socket.
+pub fn clear_stale_socket(path: &Path) -> Result<(), BindError> {
+    use std::os::unix::fs::FileTypeExt;
+    let err = |source| BindError::Bind { addr: format!("unix:{}", path.display()), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => Err(BindError::NotASocket { path: path.to_owned() }),
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => Err(BindError::InUse { path: path.to_owned() }),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path).map_err(err),
+            Err(e) => Err(err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// The listening sockets systemd passed (`LISTEN_FDS`, checked against `LISTEN_PID`), if any.
+pub fn from_systemd() -> Result<Vec<Bound>, BindError> {
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
+    let fds = sd_notify::listen_fds().map_err(BindError::Systemd)?;
+    let mut bound = Vec::new();
+    for raw in fds {
+        // SAFETY: borrowed for one fcntl call, which only asks whether the fd is open.
+        let open =
+            nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) }, nix::fcntl::FcntlArg::F_GETFD);
+        if open.is_err() {
+            // Claiming a closed fd would abort the process when it is dropped.
+            return Err(BindError::NotListening { fd: raw });
+        }
+        // SAFETY: the fd is open (checked above), systemd passed it to this process (LISTEN_PID
+        // matched), and nothing else in clusterd claims the fds from 3 to 3 + LISTEN_FDS.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if !getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
+            return Err(BindError::NotListening { fd: raw });
+        }
+        let family = getsockname::<SockaddrStorage>(raw).ok().and_then(|a| a.family());
+        match family {
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                let listener = std::net::TcpListener::from(fd);
+                let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| format!("fd:{raw}"));
+                bound.push(Bound::Tcp { addr, listener });
+            }
+            Some(AddressFamily::Unix) => {
+                let listener = std::os::unix::net::UnixListener::from(fd);
+                let addr = listener
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
+                    .unwrap_or_else(|| format!("fd:{raw}"));
+                bound.push(Bound::Unix { addr, listener, path: None });
+            }
+            _ => return Err(BindError::NotListening { fd: raw }),
+        }
+    }
+    Ok(bound)
+}
+
+/// Routing limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The most bytes read to find the request line.
+    pub sniff_bytes: usize,
+    /// The longest a client may take to send its request line.
+    pub sniff_timeout: Duration,
+    pub sticky: Sticky,
+}
+
+/// A connection ready to go to a worker.
+pub struct Handoff {
+    pub fd: OwnedFd,
+    pub peer: Address,
+    pub local: Address,
+    pub initial: Vec<u8>,
+}
+
+/// Where the dispatcher sends a connection.
+pub struct Route {
+    pub key: u64,
+    pub handoffs: mpsc::Sender<Handoff>,
+}
+
+/// What route tasks ask the dispatcher.
+pub enum RouteMsg {
+    /// Pick a worker (and count the connection on it).
+    Pick { sid: Option<String>, ip: Option<IpAddr>, reply: oneshot::Sender<Option<Route>> },
+    /// The handoff to this worker failed: uncount the connection.
+    Failed { key: u64 },
+}
+
+/// Starts the accept loop of each listener.
+pub fn serve(bound: Vec<Bound>, limits: Limits, routes: mpsc::Sender<RouteMsg>) -> io::Result<()> {
+    for listener in bound {
+        match listener {
+            Bound::Tcp { addr, listener } => {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    accept_loop(
+                        &addr,
+                        || listener.accept(),
+                        |(stream, peer): (tokio::net::TcpStream, _)| {
+                            let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
+                            (stream.into_std().map(OwnedFd::from), Address::from(peer), local, Some(peer.ip()), false)
+                        },
+                        limits,
+                        routes,
+                    )
+                    .await
+                });
+            }
+            Bound::Unix { addr, listener, .. } => {
+                listener.set_nonblocking(true)?;
+                let listener = tokio::net::UnixListener::from_std(listener)?;
+                let routes = routes.clone();
+                tokio::spawn(async move {
+                    accept_loop(
+                        &addr,
+                        || listener.accept(),
+                        |(stream, peer): (tokio::net::UnixStream, tokio::net::unix::SocketAddr)| {
+                            let path = |a: Option<&Path>| {
+                                use std::os::unix::ffi::OsStrExt;
+                                a.map_or(Address::Unknown, |p| Address::Unix {
+                                    path: p.as_os_str().as_bytes().to_vec(),
+                                })
+                            };
+                            let local = stream.local_addr().ok();
+                            let local = path(local.as_ref().and_then(|a| a.as_pathname()));
+                            (stream.into_std().map(OwnedFd::from), path(peer.as_pathname()), local, None, true)
+                        },
+                        limits,
+                        routes,
+                    )
+                    .await
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The socket, the peer and local addresses, the client IP, and whether it is a Unix socket.
+type Accepted = (io::Result<OwnedFd>, Address, Address, Option<IpAddr>, bool);
+
+/// A connection as accepted, before routing.
+struct Incoming {
+    fd: OwnedFd,
+    peer: Address,
+    local: Address,
+    ip: Option<IpAddr>,
+    unix: bool,
+}
+
+/// An accepted client socket while clusterd routes it.
+enum Client {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Client {
+    fn new(fd: OwnedFd, unix: bool) -> io::Result<Self> {
+        Ok(if unix {
+            Self::Unix(tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?)
+        } else {
+            Self::Tcp(tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?)
+        })
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf).await,
+            Self::Unix(s) => s.read(buf).await,
+        }
+    }
+
+    /// Writes a short answer and closes, never waiting long on a client that does not read.
+    async fn reply(mut self, bytes: Vec<u8>) {
+        let write = async {
+            match &mut self {
+                Self::Tcp(s) => {
+                    s.write_all(&bytes).await?;
+                    s.shutdown().await
+                }
+                Self::Unix(s) => {
+                    s.write_all(&bytes).await?;
+                    s.shutdown().await
+                }
+            }
+        };
+        let _: Result<io::Result<()>, _> = tokio::time::timeout(Duration::from_secs(5), write).await;
+    }
+
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        Ok(match self {
+            Self::Tcp(s) => OwnedFd::from(s.into_std()?),
+            Self::Unix(s) => OwnedFd::from(s.into_std()?),
+        })
+    }
+}
+
+async fn accept_loop<S, F, Fut>(
+    addr: &str,
+    mut accept: F,
+    split: impl Fn(S) -> Accepted,
+    limits: Limits,
+    routes: mpsc::Sender<RouteMsg>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<S>>,
+{
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match accept().await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(5);
+                let (fd, peer, local, ip, unix) = split(stream);
+                match fd {
+                    Ok(fd) => {
+                        tokio::spawn(route(Incoming { fd, peer, local, ip, unix }, limits, routes.clone()));
+                    }
+                    Err(error) => tracing::debug!(%error, "dropping an accepted connection"),
+                }
+            }
+            Err(error) if is_transient(&error) => {
+                tracing::warn!(addr, %error, "accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(error) => {
+                // Not expected from a listening socket; keep serving rather than go deaf.
+                tracing::error!(addr, %error, "accept failed; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        if routes.is_closed() {
+            return;
+        }
+    }
+}
+
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
+    )
+}
+
+/// Reads the request line, asks the dispatcher for a worker, and hands the connection over.
+///
+/// Rules (README "Routing"): a complete HTTP/1.x request line is routed by its `sid`, or balanced;
+/// bytes that cannot be HTTP/1.x (TLS, HTTP/2, another protocol) are balanced at once; a client
+/// that sends nothing within the timeout is balanced (protocols where the server speaks first);
+/// a request line that is still incomplete at the timeout gets `408` and is closed, one longer than
+/// the byte limit gets `414` and is closed. With no ready worker, HTTP gets `503`, anything else
+/// is closed.
+async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
+    let Incoming { fd, peer, local, ip, unix } = accepted;
+    let Ok(mut client) = Client::new(fd, unix) else { return };
+    let mut initial = Vec::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
+    let sniffed = loop {
+        let verdict = sniff(&initial, limits.sniff_bytes);
+        if verdict != Sniffed::Incomplete {
+            break verdict;
+        }
+        let mut chunk = [0u8; 4096];
+        let want = chunk.len().min(limits.sniff_bytes - initial.len());
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return, // the client left
+            Ok(Ok(n)) => initial.extend_from_slice(&chunk[..n]),
+            Err(_) if initial.is_empty() => break Sniffed::NotHttp,
+            Err(_) => return client.reply(response(408, "Request Timeout", "request line not received in time")).await,
+        }
+    };
+    let (http, sid) = match sniffed {
+        Sniffed::Http { sid } => (true, sid),
+        Sniffed::NotHttp => (false, None),
+        Sniffed::TooLong => return client.reply(response(414, "URI Too Long", "request line too long")).await,
+        Sniffed::Incomplete => unreachable!("the loop only ends on a verdict"),
+    };
+    let sid = if limits.sticky == Sticky::Sid { sid } else { None };
+    let ip = if limits.sticky == Sticky::Ip { ip } else { None };
+    let Ok(fd) = client.into_fd() else { return };
+    let mut handoff = Handoff { fd, peer, local, initial };
+    // A worker that dies between the pick and the handoff costs only that attempt.
+    for _ in 0..3 {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if routes.send(RouteMsg::Pick { sid: sid.clone(), ip, reply: reply_tx }).await.is_err() {
+            return;
+        }
+        let Ok(Some(route)) = reply_rx.await else { break };
+        match route.handoffs.send(handoff).await {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(back)) => {
+                handoff = back;
+                let _ = routes.send(RouteMsg::Failed { key: route.key }).await;
+            }
+        }
+    }
+    // No ready worker: HTTP hears why at once; anything else is closed (dropping the fd).
+    if http && let Ok(client) = Client::new(handoff.fd, unix) {
+        client.reply(response(503, "Service Unavailable", "no worker is ready")).await;
+    }
+}

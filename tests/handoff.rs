@@ -1,0 +1,280 @@
+//! Connection handoff: clusterd accepts, reads the request line, picks a worker and passes the
+//! socket; real clients, real workers (the test worker's `--serve` HTTP server).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+fn start(args: &[&str], worker_args: &[&str]) -> (Cluster, std::net::SocketAddr) {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let mut worker = vec!["--serve"];
+    worker.extend_from_slice(worker_args);
+    let mut c = Cluster::start(&all, &worker);
+    let status = c.wait_status("listening", |s| s["listen"].as_array().is_some_and(|l| !l.is_empty()));
+    let addr = listen_addr(&status);
+    (c, addr)
+}
+
+fn connections(status: &serde_json::Value) -> Vec<u64> {
+    status["workers"].as_array().unwrap().iter().map(|w| w["connections"].as_u64().unwrap()).collect()
+}
+
+/// Opens a `/hold` connection and returns it with the worker that holds it.
+fn hold(addr: std::net::SocketAddr) -> (TcpStream, i32) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"holding\n") {
+        assert_ne!(stream.read(&mut byte).unwrap(), 0, "closed while holding");
+        seen.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let worker = field(text.lines().last().unwrap(), "worker");
+    (stream, worker)
+}
+
+#[test]
+fn a_burst_spreads_one_connection_per_worker_and_the_counts_come_back_to_zero() {
+    let (mut c, addr) = start(&["--workers", "3"], &[]);
+    c.wait_ready(3);
+    // Three connections at once, none closed: least-connection counts each at pick time.
+    let held: Vec<(TcpStream, i32)> = (0..3).map(|_| hold(addr)).collect();
+    let mut workers: Vec<i32> = held.iter().map(|h| h.1).collect();
+    workers.sort();
+    assert_eq!(workers, [0, 1, 2], "one per worker");
+    c.wait_status("one connection each", |s| connections(s) == [1, 1, 1]);
+    drop(held);
+    c.wait_status("counts back to zero", |s| connections(s) == [0, 0, 0]);
+    // Ties rotate: six quick requests, two per worker.
+    let mut per = [0; 3];
+    for _ in 0..6 {
+        per[get(addr, "/").worker() as usize] += 1;
+    }
+    assert_eq!(per, [2, 2, 2]);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn round_robin_cycles_and_the_client_address_reaches_the_worker() {
+    let (mut c, addr) = start(&["--workers", "3", "--balance", "round-robin"], &[]);
+    c.wait_ready(3);
+    let order: Vec<i32> = (0..6).map(|_| get(addr, "/").worker()).collect();
+    assert_eq!(&order[..3], &order[3..], "a cycle repeats: {order:?}");
+    let mut first: Vec<i32> = order[..3].to_vec();
+    first.sort();
+    assert_eq!(first, [0, 1, 2]);
+    let response = get(addr, "/who?x=1");
+    assert!(response.body.contains("peer=127.0.0.1:"), "{}", response.body);
+    assert!(response.body.contains("line=GET /who?x=1 HTTP/1.1"), "{}", response.body);
+}
+
+#[test]
+fn with_no_ready_worker_http_gets_503_at_once_and_other_protocols_a_close() {
+    let (mut c, addr) = start(&["--workers", "1"], &["--never-ready"]);
+    c.wait_status("worker started", |s| s["workers"][0]["pid"].is_number());
+    let started = Instant::now();
+    let response = get(addr, "/");
+    assert_eq!(response.code, 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "503 comes at once");
+    let mut tls = TcpStream::connect(addr).unwrap();
+    tls.set_read_timeout(Some(TIMEOUT)).unwrap();
+    tls.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(tls.read(&mut buf).unwrap(), 0, "a non-HTTP client is closed");
+}
+
+#[test]
+fn slow_silent_garbage_and_oversized_clients_never_hold_up_the_others() {
+    let (mut c, addr) = start(&["--workers", "2", "--sniff-timeout", "400ms", "--sniff-bytes", "1024"], &[]);
+    c.wait_ready(2);
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut drip = TcpStream::connect(addr).unwrap();
+    drip.set_read_timeout(Some(TIMEOUT)).unwrap();
+    drip.write_all(b"GE").unwrap();
+    let mut garbage = TcpStream::connect(addr).unwrap();
+    garbage.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0x00]).unwrap();
+    let mut long = TcpStream::connect(addr).unwrap();
+    long.set_read_timeout(Some(TIMEOUT)).unwrap();
+    long.write_all(format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(2000)).as_bytes()).unwrap();
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(get(addr, "/").code, 200);
+        assert!(started.elapsed() < Duration::from_secs(2), "served while hostile clients wait");
+    }
+    assert_eq!(read_response(&mut long).map(|r| r.code), Some(414), "an over-long request line");
+    assert_eq!(read_response(&mut drip).map(|r| r.code), Some(408), "a request line not finished in time");
+    drop((silent, garbage));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn a_session_sticks_to_its_owner_and_moves_when_the_owner_dies() {
+    let (mut c, addr) = start(&["--workers", "3"], &[]);
+    let status = c.wait_ready(3);
+    let sid = "CucdsEyTiqO-9vwA";
+    let opened = get(addr, &format!("/open?sid={sid}"));
+    assert!(opened.body.contains(&format!("opened {sid}")), "{}", opened.body);
+    let owner = opened.worker();
+    let status_after = c.wait_status("the session known", |s| s["sessions"] == 1);
+    assert_eq!(worker(&status_after, owner as u64)["sessions"], 1);
+    for _ in 0..30 {
+        assert_eq!(get(addr, &format!("/poll?EIO=4&transport=polling&sid={sid}")).worker(), owner);
+    }
+    // An unknown sid is balanced like no sid.
+    let others: std::collections::HashSet<i32> =
+        (0..6).map(|_| get(addr, "/?sid=unknown0000000000").worker()).collect();
+    assert!(others.len() > 1, "unknown sids are balanced: {others:?}");
+
+    let pid = worker_pid(&status, owner as u64);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    c.wait_status("the owner replaced and its session dropped", |s| {
+        s["sessions"] == 0 && worker(s, owner as u64)["state"] == "ready" && worker_pid(s, owner as u64) != pid
+    });
+    let moved = get(addr, &format!("/poll?sid={sid}"));
+    assert_eq!(moved.code, 200, "the session's next request reaches a live worker");
+
+    let closed = get(addr, "/open?sid=second00000000000001");
+    let w = closed.worker();
+    get(addr, "/close?sid=second00000000000001");
+    c.wait_status("session closed", |s| worker(s, w as u64)["sessions"] == 0);
+}
+
+#[test]
+fn sticky_ip_keeps_a_client_on_one_worker() {
+    let (mut c, addr) = start(&["--workers", "3", "--sticky", "ip"], &[]);
+    c.wait_ready(3);
+    let first = get(addr, "/").worker();
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/").worker(), first);
+    }
+}
+
+#[test]
+fn the_worker_reads_exactly_the_bytes_the_client_sent() {
+    let (mut c, addr) = start(&["--workers", "2"], &[]);
+    c.wait_ready(2);
+    let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26).collect();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The request line arrives in pieces: clusterd reads what it needs, the worker gets all of it.
+    stream.write_all(b"POST /echo HT").unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // a real client pausing mid-line, not a synchronisation
+    stream.write_all(format!("TP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).unwrap();
+    stream.write_all(&body).unwrap();
+    let response = read_response(&mut stream).unwrap();
+    let echoed = response.body.split_once(" echo ").unwrap().1;
+    assert_eq!(echoed.len(), body.len());
+    assert!(echoed.as_bytes() == body.as_slice(), "byte for byte");
+    // Keep-alive: the next request on the same connection goes to the same worker, not via clusterd.
+    stream.write_all(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let again = read_response(&mut stream).unwrap();
+    assert_eq!(again.worker(), response.worker());
+}
+
+#[test]
+fn clusterd_keeps_no_fd_of_a_handed_off_connection() {
+    let (mut c, addr) = start(&["--workers", "2"], &[]);
+    c.wait_ready(2);
+    get(addr, "/");
+    let baseline = fd_count(c.pid());
+    for _ in 0..200 {
+        assert_eq!(get(addr, "/").code, 200);
+    }
+    let held: Vec<(TcpStream, i32)> = (0..10).map(|_| hold(addr)).collect();
+    assert_eq!(fd_count(c.pid()), baseline, "held connections live in the workers only");
+    // A worker dies holding connections: its clients see the close, clusterd's fds stay put.
+    let status = c.status().unwrap();
+    let victim = held[0].1;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker_pid(&status, victim as u64)), Signal::SIGKILL).unwrap();
+    for (mut stream, w) in held {
+        if w == victim {
+            let mut buf = [0u8; 16];
+            assert_eq!(stream.read(&mut buf).unwrap_or(0), 0, "the client sees the close");
+        }
+    }
+    c.wait_ready(2);
+    wait_until("clusterd's fds back to the baseline", || (fd_count(c.pid()) == baseline).then_some(()));
+}
+
+#[test]
+fn a_unix_socket_listener_serves_and_is_removed_on_exit() {
+    let b = Builder::new();
+    let path = b.dir().join("app.sock");
+    let mut c =
+        b.args(&["--workers", "2", "--listen", &format!("unix:{}", path.display())]).worker_args(&["--serve"]).start();
+    c.wait_ready(2);
+    let mut stream = UnixStream::connect(&path).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"GET /over-unix HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let response = read_response(&mut stream).unwrap();
+    assert_eq!(response.code, 200);
+    assert!(response.body.contains("line=GET /over-unix"), "{}", response.body);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0));
+    assert!(!path.exists(), "the socket file is removed on exit");
+}
+
+#[test]
+fn a_bind_error_exits_1_with_the_address_and_the_reason_before_any_worker_starts() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut c = Builder::new().args(&["--workers", "2", "--listen", &addr]).worker_args(&["--serve"]).start();
+    assert_eq!(c.wait_exit().code(), Some(1));
+    let err = c.output.wait_contains("cannot listen on");
+    assert!(err.contains(&addr) && err.contains("in use"), "{err}");
+    assert!(!c.output.contains("[w0]"), "no worker started");
+}
+
+#[test]
+fn systemd_socket_activation_serves_the_passed_socket() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("c.sock");
+    let raw = listener.as_raw_fd();
+    let mut command = std::process::Command::new("sh");
+    command
+        .args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=http exec \"$0\" \"$@\""])
+        .arg(CLUSTERD)
+        .args(["--workers", "2", "--control"])
+        .arg(&control)
+        .args(["--", WORKER, "--serve"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; it puts the listening socket on fd 3, as systemd does.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead.
+            let ok = if raw == 3 { libc::fcntl(3, libc::F_SETFD, 0) == 0 } else { libc::dup2(raw, 3) >= 0 };
+            if ok { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+        });
+    }
+    let mut child = command.spawn().unwrap();
+    drop(listener);
+    let status = wait_until("clusterd ready on the passed socket", || {
+        control_request(&control, r#"{"command":"status"}"#)
+            .and_then(|r| r.get("status").cloned())
+            .filter(|s| s["phase"] == "ready")
+    });
+    assert_eq!(status["listen"][0], addr.to_string());
+    assert_eq!(get(addr, "/").code, 200);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = wait_until("clusterd to exit", || child.try_wait().unwrap());
+    assert_eq!(exit.code(), Some(0));
+}

@@ -1,0 +1,248 @@
+//! Handed-off client connections, as ordinary Tokio streams.
+//!
+//! clusterd accepts every client connection, reads the first bytes to route it, and passes the
+//! socket to one worker together with those bytes. A [`Connection`] yields exactly what the client
+//! sent, in order: first the bytes clusterd read, then the socket's own. Dropping it closes the
+//! socket and tells clusterd, which counts the connections each worker carries.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+
+use crate::protocol::{Address, FromWorker};
+
+/// A client's (or a listening socket's) address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientAddr {
+    /// A TCP peer.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket, with its path when it has one.
+    Unix(Option<PathBuf>),
+    /// Not known.
+    Unknown,
+}
+
+impl From<&Address> for ClientAddr {
+    fn from(address: &Address) -> Self {
+        use std::os::unix::ffi::OsStrExt;
+        match address {
+            Address::Unix { path } if path.is_empty() => Self::Unix(None),
+            Address::Unix { path } => Self::Unix(Some(std::ffi::OsStr::from_bytes(path).into())),
+            Address::Unknown => Self::Unknown,
+            other => other.socket_addr().map_or(Self::Unknown, Self::Tcp),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(Some(path)) => write!(f, "unix:{}", path.display()),
+            Self::Unix(None) => f.write_str("unix:(unnamed)"),
+            Self::Unknown => f.write_str("(unknown)"),
+        }
+    }
+}
+
+enum Socket {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// One client connection handed to this worker by clusterd.
+pub struct Connection {
+    initial: Vec<u8>,
+    consumed: usize,
+    socket: Socket,
+    peer: ClientAddr,
+    local: ClientAddr,
+    report: Option<(u64, mpsc::Sender<FromWorker>)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("peer", &self.peer).field("local", &self.local).finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Builds the stream from the frame's fields and fd. Needs a Tokio runtime.
+    pub(crate) fn new(
+        frame: crate::protocol::Connection,
+        fd: OwnedFd,
+        report: mpsc::Sender<FromWorker>,
+    ) -> io::Result<Self> {
+        let family =
+            getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(io::Error::from)?.family();
+        let socket = match family {
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                let std = std::net::TcpStream::from(fd);
+                std.set_nonblocking(true)?;
+                Socket::Tcp(tokio::net::TcpStream::from_std(std)?)
+            }
+            Some(AddressFamily::Unix) => {
+                let std = std::os::unix::net::UnixStream::from(fd);
+                std.set_nonblocking(true)?;
+                Socket::Unix(tokio::net::UnixStream::from_std(std)?)
+            }
+            other => return Err(io::Error::other(format!("handed-off socket of family {other:?}"))),
+        };
+        Ok(Self {
+            initial: frame.initial,
+            consumed: 0,
+            socket,
+            peer: (&frame.peer).into(),
+            local: (&frame.local).into(),
+            report: Some((frame.id, report)),
+        })
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> &ClientAddr {
+        &self.peer
+    }
+
+    /// The address the client connected to.
+    pub fn local_addr(&self) -> &ClientAddr {
+        &self.local
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some((id, report)) = self.report.take() {
+            // A full queue means clusterd is not reading; its count heals when this worker exits.
+            let _ = report.try_send(FromWorker::ConnectionClosed { id });
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.consumed < this.initial.len() {
+            let rest = &this.initial[this.consumed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.consumed += n;
+            if this.consumed == this.initial.len() {
+                this.initial = Vec::new();
+                this.consumed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.socket {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connections clusterd hands to this worker, from [`crate::Worker::listener`].
+///
+/// With the `axum` feature it is an `axum::serve::Listener`, with the client's [`ClientAddr`]
+/// available to handlers through `ConnectInfo`:
+///
+/// ```ignore
+/// axum::serve(worker.listener()?, app.into_make_service_with_connect_info::<ClientAddr>())
+///     .with_graceful_shutdown(worker.drain_token().cancelled_owned())
+///     .await?;
+/// ```
+#[derive(Debug)]
+pub struct Listener {
+    connections: mpsc::Receiver<Connection>,
+    local: ClientAddr,
+}
+
+impl Listener {
+    pub(crate) fn new(connections: mpsc::Receiver<Connection>) -> Self {
+        Self { connections, local: ClientAddr::Unknown }
+    }
+
+    /// The next connection; `None` once clusterd has closed the IPC channel (no more will come).
+    pub async fn accept(&mut self) -> Option<Connection> {
+        let connection = self.connections.recv().await?;
+        self.local = connection.local.clone();
+        Some(connection)
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_support {
+    use super::{ClientAddr, Connection, Listener};
+
+    impl axum::serve::Listener for Listener {
+        type Io = Connection;
+        type Addr = ClientAddr;
+
+        async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+            match Listener::accept(self).await {
+                Some(connection) => {
+                    let peer = connection.peer_addr().clone();
+                    (connection, peer)
+                }
+                // No connection will ever come; axum's graceful shutdown ends the server.
+                None => std::future::pending().await,
+            }
+        }
+
+        fn local_addr(&self) -> std::io::Result<Self::Addr> {
+            Ok(self.local.clone())
+        }
+    }
+
+    impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>> for ClientAddr {
+        fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Self {
+            stream.remote_addr().clone()
+        }
+    }
+}
