@@ -17,7 +17,8 @@ use axum::extract::{ConnectInfo, State};
 use axum::routing::get;
 use clusterd_worker::{ClientAddr, Worker};
 
-#[tokio::main]
+// One thread per worker process: clusterd runs one worker per CPU, as a Node.js cluster does.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let worker = Worker::from_env()?;
     let app = Router::new().route("/", get(hello)).with_state(worker.clone());

@@ -198,7 +198,7 @@ pub fn serve(bound: Vec<Bound>, limits: Limits, routes: mpsc::Sender<RouteMsg>) 
                         || listener.accept(),
                         |(stream, peer): (tokio::net::TcpStream, _)| {
                             let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
-                            (stream.into_std().map(OwnedFd::from), Address::from(peer), local, Some(peer.ip()), false)
+                            (Client::Tcp(stream), Address::from(peer), local, Some(peer.ip()))
                         },
                         limits,
                         routes,
@@ -223,7 +223,7 @@ pub fn serve(bound: Vec<Bound>, limits: Limits, routes: mpsc::Sender<RouteMsg>) 
                             };
                             let local = stream.local_addr().ok();
                             let local = path(local.as_ref().and_then(|a| a.as_pathname()));
-                            (stream.into_std().map(OwnedFd::from), path(peer.as_pathname()), local, None, true)
+                            (Client::Unix(stream), path(peer.as_pathname()), local, None)
                         },
                         limits,
                         routes,
@@ -236,16 +236,15 @@ pub fn serve(bound: Vec<Bound>, limits: Limits, routes: mpsc::Sender<RouteMsg>) 
     Ok(())
 }
 
-/// The socket, the peer and local addresses, the client IP, and whether it is a Unix socket.
-type Accepted = (io::Result<OwnedFd>, Address, Address, Option<IpAddr>, bool);
+/// The socket, the peer and local addresses, and the client IP.
+type Accepted = (Client, Address, Address, Option<IpAddr>);
 
 /// A connection as accepted, before routing.
 struct Incoming {
-    fd: OwnedFd,
+    client: Client,
     peer: Address,
     local: Address,
     ip: Option<IpAddr>,
-    unix: bool,
 }
 
 /// An accepted client socket while clusterd routes it.
@@ -263,10 +262,12 @@ impl Client {
         })
     }
 
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads what has arrived into the spare capacity of `buf` (no zeroing), about `want` bytes.
+    async fn read_some(&mut self, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+        buf.reserve_exact(want);
         match self {
-            Self::Tcp(s) => s.read(buf).await,
-            Self::Unix(s) => s.read(buf).await,
+            Self::Tcp(s) => s.read_buf(buf).await,
+            Self::Unix(s) => s.read_buf(buf).await,
         }
     }
 
@@ -310,13 +311,8 @@ async fn accept_loop<S, F, Fut>(
         match accept().await {
             Ok(stream) => {
                 backoff = Duration::from_millis(5);
-                let (fd, peer, local, ip, unix) = split(stream);
-                match fd {
-                    Ok(fd) => {
-                        tokio::spawn(route(Incoming { fd, peer, local, ip, unix }, limits, routes.clone()));
-                    }
-                    Err(error) => tracing::debug!(%error, "dropping an accepted connection"),
-                }
+                let (client, peer, local, ip) = split(stream);
+                tokio::spawn(route(Incoming { client, peer, local, ip }, limits, routes.clone()));
             }
             Err(error) if is_transient(&error) => {
                 tracing::warn!(addr, %error, "accept failed; retrying in {backoff:?}");
@@ -351,8 +347,8 @@ fn is_transient(error: &io::Error) -> bool {
 /// the byte limit gets `414` and is closed. With no ready worker, HTTP gets `503`, anything else
 /// is closed.
 async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
-    let Incoming { fd, peer, local, ip, unix } = accepted;
-    let Ok(mut client) = Client::new(fd, unix) else { return };
+    let Incoming { mut client, peer, local, ip } = accepted;
+    let unix = matches!(client, Client::Unix(_));
     let mut initial = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
     let sniffed = loop {
@@ -360,11 +356,10 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
         if verdict != Sniffed::Incomplete {
             break verdict;
         }
-        let mut chunk = [0u8; 4096];
-        let want = chunk.len().min(limits.sniff_bytes - initial.len());
-        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
+        let want = limits.sniff_bytes.saturating_sub(initial.len()).clamp(1, 4096);
+        match tokio::time::timeout_at(deadline, client.read_some(&mut initial, want)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return, // the client left
-            Ok(Ok(n)) => initial.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
             Err(_) if initial.is_empty() => break Sniffed::NotHttp,
             Err(_) => return client.reply(response(408, "Request Timeout", "request line not received in time")).await,
         }

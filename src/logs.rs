@@ -9,9 +9,12 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
+use std::time::Duration;
+
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 /// The longest line passed on in one piece.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -24,9 +27,13 @@ pub enum Output {
     Stderr,
 }
 
-struct Line {
-    output: Output,
-    bytes: Vec<u8>,
+enum Line {
+    Text {
+        output: Output,
+        bytes: Vec<u8>,
+    },
+    /// Answered once every line queued before it has been written.
+    Flushed(oneshot::Sender<()>),
 }
 
 /// The handle through which reader tasks queue lines to the writer thread.
@@ -34,6 +41,7 @@ struct Line {
 pub struct LogSink {
     lines: mpsc::Sender<Line>,
     prefix: bool,
+    readers: TaskTracker,
 }
 
 impl LogSink {
@@ -43,19 +51,40 @@ impl LogSink {
         std::thread::Builder::new().name("clusterd-logs".into()).spawn(move || {
             while let Some(line) = queue.blocking_recv() {
                 // A closed stdout (EPIPE) must not stop clusterd: the line is dropped.
-                let _ = match line.output {
-                    Output::Stdout => std::io::stdout().lock().write_all(&line.bytes),
-                    Output::Stderr => std::io::stderr().lock().write_all(&line.bytes),
+                let _ = match line {
+                    Line::Text { output: Output::Stdout, bytes } => std::io::stdout().lock().write_all(&bytes),
+                    Line::Text { output: Output::Stderr, bytes } => std::io::stderr().lock().write_all(&bytes),
+                    Line::Flushed(done) => {
+                        let _ = done.send(());
+                        Ok(())
+                    }
                 };
             }
         })?;
-        Ok(Self { lines, prefix })
+        Ok(Self { lines, prefix, readers: TaskTracker::new() })
+    }
+
+    /// At exit: waits until every worker pipe has reached its end (the workers are gone) and
+    /// every line is written, for at most `limit` (a grandchild that kept a pipe open, or a stuck
+    /// stdout, must not hold clusterd forever).
+    pub async fn finish(&self, limit: Duration) {
+        self.readers.close();
+        let drained = async {
+            self.readers.wait().await;
+            let (done, flushed) = oneshot::channel();
+            if self.lines.send(Line::Flushed(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        };
+        if tokio::time::timeout(limit, drained).await.is_err() {
+            tracing::warn!("worker output not fully passed on within {limit:?}");
+        }
     }
 
     /// Forwards one pipe of worker `id` until it closes.
     pub fn forward(&self, id: u32, output: Output, fd: OwnedFd) {
         let sink = self.clone();
-        tokio::spawn(async move {
+        self.readers.spawn(async move {
             let mut pipe = match pipe::Receiver::from_owned_fd(fd) {
                 Ok(pipe) => pipe,
                 Err(error) => {
@@ -89,7 +118,7 @@ impl LogSink {
         bytes.extend_from_slice(prefix);
         bytes.extend_from_slice(line);
         bytes.push(b'\n');
-        self.lines.send(Line { output, bytes }).await.map_err(|_| ())
+        self.lines.send(Line::Text { output, bytes }).await.map_err(|_| ())
     }
 }
 

@@ -76,7 +76,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     let bound = if config.listen.is_empty() { systemd } else { listener::bind_all(&config.listen)? };
     let listening: Vec<String> = bound.iter().map(|b| b.addr().to_owned()).collect();
     let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("clusterd").build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let (spawner, reaper) = supervisor::spawn::start()?;
         let signals = signals::start(reaper.clone())?;
@@ -102,8 +102,10 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let parts = Parts { config, spawner, logs, phase, listening };
+        let parts = Parts { config, spawner, logs: logs.clone(), phase, listening };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
+        // Every worker is reaped: pass on the last lines they wrote before exiting.
+        logs.finish(std::time::Duration::from_secs(2)).await;
         for path in unix_paths {
             let _ = std::fs::remove_file(path);
         }

@@ -193,7 +193,9 @@ fn clusterd_keeps_no_fd_of_a_handed_off_connection() {
         assert_eq!(get(addr, "/").code, 200);
     }
     let held: Vec<(TcpStream, i32)> = (0..10).map(|_| hold(addr)).collect();
-    assert_eq!(fd_count(c.pid()), baseline, "held connections live in the workers only");
+    // (A control connection of the status polling may still be closing at the baseline: the
+    // count may be lower, never higher.)
+    assert!(fd_count(c.pid()) <= baseline, "held connections live in the workers only");
     // A worker dies holding connections: its clients see the close, clusterd's fds stay put.
     let status = c.status().unwrap();
     let victim = held[0].1;
@@ -205,7 +207,7 @@ fn clusterd_keeps_no_fd_of_a_handed_off_connection() {
         }
     }
     c.wait_ready(2);
-    wait_until("clusterd's fds back to the baseline", || (fd_count(c.pid()) == baseline).then_some(()));
+    wait_until("clusterd's fds back to the baseline", || (fd_count(c.pid()) <= baseline).then_some(()));
 }
 
 #[test]

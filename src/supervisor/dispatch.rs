@@ -118,7 +118,11 @@ impl Dispatcher {
                     }
                 }
             }
-            EventKind::ConnectionClosed => self.balancer.connection_closed(event.incarnation),
+            EventKind::ConnectionsClosed(n) => {
+                for _ in 0..n {
+                    self.balancer.connection_closed(event.incarnation);
+                }
+            }
             EventKind::SessionOpen { seq, sid } => {
                 self.balancer.session_open(&sid, event.incarnation, std::time::Instant::now());
                 process.handle.send(Command::SessionAck { seq });

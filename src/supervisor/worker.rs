@@ -76,8 +76,8 @@ pub enum EventKind {
     },
     Ready,
     Exited(ExitInfo),
-    /// The worker closed a connection (or a handoff to it failed).
-    ConnectionClosed,
+    /// The worker closed this many connections (or a handoff to it failed).
+    ConnectionsClosed(usize),
     SessionOpen {
         seq: u32,
         sid: String,
@@ -177,11 +177,11 @@ async fn run(
                             report(EventKind::Ready).await;
                             None
                         }
-                        FromWorker::ConnectionClosed { id } if id < next_connection => {
-                            report(EventKind::ConnectionClosed).await;
+                        FromWorker::ConnectionsClosed { ids } if ids.iter().all(|&id| id < next_connection) => {
+                            report(EventKind::ConnectionsClosed(ids.len())).await;
                             None
                         }
-                        FromWorker::ConnectionClosed { id } => Some(format!("closed connection {id}, never handed over")),
+                        FromWorker::ConnectionsClosed { .. } => Some("closed a connection never handed over".to_owned()),
                         FromWorker::SessionOpen { seq, sid } => {
                             report(EventKind::SessionOpen { seq, sid }).await;
                             None
@@ -238,7 +238,7 @@ async fn run(
                 // clusterd's copy closes here either way: the client sees FIN when the worker closes.
                 drop(handoff.fd);
                 if !sent {
-                    report(EventKind::ConnectionClosed).await;
+                    report(EventKind::ConnectionsClosed(1)).await;
                 }
             }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {

@@ -40,7 +40,24 @@ pub enum ChannelError {
 /// A connected IPC socket that sends `Tx` frames and receives `Rx` frames.
 pub struct Channel<Tx, Rx> {
     socket: UnixSeqpacket,
+    /// The receive buffer, kept between calls: zeroing 64 KiB per frame costs more than the
+    /// syscall. `None` while a `recv` holds it (a second, concurrent `recv` allocates its own).
+    buffer: std::sync::Mutex<Option<Vec<u8>>>,
     _direction: PhantomData<fn(Tx) -> Rx>,
+}
+
+/// Gives the receive buffer back to its channel when a `recv` ends, however it ends.
+struct Lease<'a> {
+    slot: &'a std::sync::Mutex<Option<Vec<u8>>>,
+    buffer: Option<Vec<u8>>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(buffer);
+        }
+    }
 }
 
 impl<Tx, Rx> std::fmt::Debug for Channel<Tx, Rx> {
@@ -52,7 +69,7 @@ impl<Tx, Rx> std::fmt::Debug for Channel<Tx, Rx> {
 impl<Tx: Encode + Frame, Rx: Decode<()> + Frame> Channel<Tx, Rx> {
     /// Wraps a connected seqpacket socket.
     pub fn new(socket: UnixSeqpacket) -> Self {
-        Self { socket, _direction: PhantomData }
+        Self { socket, buffer: std::sync::Mutex::new(None), _direction: PhantomData }
     }
 
     /// Sends one frame as one datagram. A frame that must carry an fd is refused here.
@@ -104,9 +121,11 @@ impl<Tx: Encode + Frame, Rx: Decode<()> + Frame> Channel<Tx, Rx> {
     /// peer closed its end. The fd arrives close-on-exec. A frame with the wrong number of fds is
     /// an error, and any fd that came with it is closed.
     pub async fn recv_with_fd(&self) -> Result<Option<(Rx, Option<OwnedFd>)>, ChannelError> {
-        let mut buf = vec![0u8; MAX_FRAME + 1];
+        let held = self.buffer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut lease = Lease { slot: &self.buffer, buffer: Some(held.unwrap_or_else(|| vec![0u8; MAX_FRAME + 1])) };
+        let buf = lease.buffer.as_mut().expect("set above");
         let mut ancillary = [0u8; ANCILLARY_SPACE];
-        let (info, reader) = self.socket.recv_with_ancillary(&mut buf, &mut ancillary).await?;
+        let (info, reader) = self.socket.recv_with_ancillary(buf, &mut ancillary).await?;
         let len = info.bytes_read();
         if len == 0 && !info.truncated() && reader.is_empty() {
             // A zero-length read on a seqpacket socket is the peer's orderly shutdown; the

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
-use crate::protocol::{Address, FromWorker};
+use crate::protocol::Address;
+use crate::worker::Report;
 
 /// A client's (or a listening socket's) address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -64,7 +64,7 @@ pub struct Connection {
     socket: Socket,
     peer: ClientAddr,
     local: ClientAddr,
-    report: Option<(u64, mpsc::Sender<FromWorker>)>,
+    report: Option<(u64, mpsc::Sender<Report>)>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -78,22 +78,22 @@ impl Connection {
     pub(crate) fn new(
         frame: crate::protocol::Connection,
         fd: OwnedFd,
-        report: mpsc::Sender<FromWorker>,
+        report: mpsc::Sender<Report>,
     ) -> io::Result<Self> {
-        let family =
-            getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(io::Error::from)?.family();
-        let socket = match family {
-            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+        // The frame says what kind of socket it is. clusterd accepted it non-blocking (the flag
+        // belongs to the open file, which this fd shares); setting it again costs one syscall
+        // and keeps Tokio safe whatever sent the fd.
+        let socket = match frame.local {
+            Address::V4 { .. } | Address::V6 { .. } => {
                 let std = std::net::TcpStream::from(fd);
                 std.set_nonblocking(true)?;
                 Socket::Tcp(tokio::net::TcpStream::from_std(std)?)
             }
-            Some(AddressFamily::Unix) => {
+            Address::Unix { .. } | Address::Unknown => {
                 let std = std::os::unix::net::UnixStream::from(fd);
                 std.set_nonblocking(true)?;
                 Socket::Unix(tokio::net::UnixStream::from_std(std)?)
             }
-            other => return Err(io::Error::other(format!("handed-off socket of family {other:?}"))),
         };
         Ok(Self {
             initial: frame.initial,
@@ -120,7 +120,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         if let Some((id, report)) = self.report.take() {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
-            let _ = report.try_send(FromWorker::ConnectionClosed { id });
+            let _ = report.try_send(Report::Closed(id));
         }
     }
 }

@@ -11,7 +11,7 @@
 //!      | <-- FromWorker::Ready -----------------  |   Worker::ready()
 //!      | <-- FromWorker::Heartbeat -------------  |   every Hello::heartbeat_ms
 //!      | -- ToWorker::Connection + fd --------->  |   Worker::listener() yields it
-//!      | <-- FromWorker::ConnectionClosed ------  |   the stream was dropped
+//!      | <-- FromWorker::ConnectionsClosed -----  |   streams were dropped
 //!      | <-- FromWorker::SessionOpen {seq,sid} -  |   Worker::session_open()
 //!      | -- ToWorker::SessionAck {seq} -------->  |   ... which returns now
 //!      | -- ToWorker::Drain {grace_ms} -------->  |   + SIGTERM to the worker's process group
@@ -27,6 +27,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// It stays well below the default `SO_SNDBUF` (212 992 bytes), which caps a `SOCK_SEQPACKET`
 /// datagram; bulk payloads are split by the sender.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// The most connection ids in one [`FromWorker::ConnectionsClosed`] (well inside [`MAX_FRAME`]).
+pub const MAX_CLOSED_PER_FRAME: usize = 4096;
 
 /// Environment variable naming the inherited fd of the worker's IPC socket.
 pub const ENV_IPC_FD: &str = "CLUSTERD_IPC_FD";
@@ -174,11 +177,12 @@ pub enum FromWorker {
     Ready,
     /// Tag 2. The worker is alive; sent every [`Hello::heartbeat_ms`].
     Heartbeat,
-    /// Tag 3. The worker is done with the connection of [`ToWorker::Connection`] `id`: it closed it
-    /// (clusterd counts the connections each worker carries for least-connection balancing).
-    ConnectionClosed {
-        /// The connection's id.
-        id: u64,
+    /// Tag 3. The worker is done with these connections of [`ToWorker::Connection`]: it closed
+    /// them (clusterd counts the connections each worker carries for least-connection balancing).
+    /// The SDK sends one frame for all the closes queued at that moment.
+    ConnectionsClosed {
+        /// The connections' ids, at most [`MAX_CLOSED_PER_FRAME`].
+        ids: Vec<u64>,
     },
     /// Tag 4. The worker created session `sid` (the Engine.IO session id): route requests carrying
     /// it here. clusterd answers with [`ToWorker::SessionAck`] once it has recorded it, and the

@@ -15,7 +15,8 @@ use crate::codec;
 use crate::error::Error;
 use crate::listener::{Connection, Listener};
 use crate::protocol::{
-    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, PROTOCOL_VERSION, ToWorker,
+    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, MAX_CLOSED_PER_FRAME, PROTOCOL_VERSION,
+    ToWorker,
 };
 
 /// Set once the IPC fd has been claimed, so that a second `from_env` cannot claim it again.
@@ -56,7 +57,7 @@ struct Inner {
     drain: CancellationToken,
     grace: Mutex<Option<Duration>>,
     ready_sent: AtomicBool,
-    reports: mpsc::Sender<FromWorker>,
+    reports: mpsc::Sender<Report>,
     connections: mpsc::Sender<Connection>,
     listener: Mutex<Option<mpsc::Receiver<Connection>>>,
     next_seq: AtomicU32,
@@ -203,7 +204,7 @@ impl Worker {
 
     /// Reports that the session `sid` ended. Never blocks; safe to call from `Drop`.
     pub fn session_close(&self, sid: &str) {
-        let _ = self.inner.reports.try_send(FromWorker::SessionClose { sid: sid.to_owned() });
+        let _ = self.inner.reports.try_send(Report::Frame(FromWorker::SessionClose { sid: sid.to_owned() }));
     }
 
     async fn send(&self, frame: &FromWorker) -> Result<(), Error> {
@@ -211,13 +212,35 @@ impl Worker {
     }
 }
 
-/// Sends the reports queued by synchronous code, in order, until the channel fails.
-async fn send_reports(channel: Arc<WorkerChannel>, mut queue: mpsc::Receiver<FromWorker>) {
-    while let Some(frame) = queue.recv().await {
-        if channel.send(&frame).await.is_err() {
+/// Sends the reports queued by synchronous code until the channel fails. Connection closes queued
+/// together go out as one frame: under load, one datagram reports many.
+async fn send_reports(channel: Arc<WorkerChannel>, mut queue: mpsc::Receiver<Report>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, MAX_CLOSED_PER_FRAME).await > 0 {
+        let mut ids = Vec::new();
+        for report in batch.drain(..) {
+            match report {
+                Report::Closed(id) => ids.push(id),
+                Report::Frame(frame) => {
+                    if channel.send(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if !ids.is_empty() && channel.send(&FromWorker::ConnectionsClosed { ids }).await.is_err() {
             return;
         }
     }
+}
+
+/// What synchronous code queues for clusterd.
+#[derive(Debug)]
+pub(crate) enum Report {
+    /// A connection was dropped.
+    Closed(u64),
+    /// Any other frame.
+    Frame(FromWorker),
 }
 
 fn env_parse<T: std::str::FromStr>(var: &'static str) -> Result<T, Error> {
@@ -265,7 +288,7 @@ async fn read_frames(inner: Arc<Inner>) {
                     }
                     Err(error) => {
                         tracing::warn!(id, %error, "cannot use a handed-off connection");
-                        let _ = inner.reports.try_send(FromWorker::ConnectionClosed { id });
+                        let _ = inner.reports.try_send(Report::Closed(id));
                     }
                 }
             }
