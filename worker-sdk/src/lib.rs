@@ -29,12 +29,16 @@
 
 pub mod channel;
 pub mod codec;
+#[cfg(feature = "socketioxide")]
+mod engineio;
 mod error;
 mod fd;
 mod listener;
 pub mod protocol;
 mod worker;
 
+#[cfg(feature = "socketioxide")]
+pub use engineio::{BoxError, SessionLayer, SessionService};
 pub use error::Error;
 pub use listener::{ClientAddr, Connection, Listener};
 pub use worker::Worker;

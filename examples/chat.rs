@@ -1,0 +1,106 @@
+//! `chat`: the classic Socket.IO chat, on axum + socketioxide, served by several workers through
+//! clusterd. The page at `/` says which worker serves it; a message sent with `"chat message"` is
+//! emitted to every client of the worker (`io.emit`).
+//!
+//! ```text
+//! cargo build --release --examples
+//! target/release/clusterd --listen 127.0.0.1:3000 -- target/release/examples/chat
+//! # open http://127.0.0.1:3000/ in two browser tabs
+//! ```
+//!
+//! The SDK's `SessionLayer` makes Engine.IO sessions sticky: long-polling clients always reach the
+//! worker that holds their session. Reaching the clients of the *other* workers needs the
+//! inter-worker relay (a cluster adapter), which this version of clusterd does not have yet: until
+//! then `io.emit` reaches the clients of the emitting worker only.
+//!
+//! Events: `"chat message"` (string, broadcast), `"whoami"` (ack: `{worker, pid, transport}`).
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use clusterd_worker::{ClientAddr, SessionLayer, Worker};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Data, SocketRef};
+
+// One thread per worker process: clusterd runs one worker per CPU.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let worker = Worker::from_env()?;
+    let (id, pid) = (worker.id(), std::process::id());
+    let (io_layer, io) = SocketIo::new_layer();
+    io.ns("/", async move |socket: SocketRef| {
+        socket.on("chat message", async |io: SocketIo, Data::<String>(text): Data<String>| {
+            let _ = io.emit("chat message", &text).await;
+        });
+        socket.on("whoami", async move |socket: SocketRef, ack: AckSender| {
+            let transport = format!("{:?}", socket.transport_type()).to_lowercase();
+            let _ = ack.send(&serde_json::json!({ "worker": id, "pid": pid, "transport": transport }));
+        });
+    });
+    let page = PAGE.replace("{worker}", &id.to_string()).replace("{pid}", &pid.to_string());
+    let app = Router::new()
+        .route("/", get(move || async move { Html(page) }))
+        .layer(io_layer)
+        .layer(SessionLayer::new(worker.clone()));
+    let listener = worker.listener()?;
+    worker.ready().await?;
+    println!("worker {id} serving the chat");
+    let drain = worker.drain_token();
+    axum::serve(listener, app.into_make_service_with_connect_info::<ClientAddr>())
+        .with_graceful_shutdown(async move { drain.cancelled().await })
+        .await?;
+    println!("worker {id} drained");
+    Ok(())
+}
+
+/// The chat page, with a small Socket.IO client over WebSocket (Engine.IO 4, Socket.IO 5) so that
+/// the example needs no JavaScript download.
+const PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>clusterd chat</title>
+<style>
+  body { font: 16px system-ui, sans-serif; margin: 0; display: flex; flex-direction: column; height: 100vh; }
+  header { padding: .5rem 1rem; background: #223; color: #eee; }
+  #messages { flex: 1; overflow-y: auto; list-style: none; margin: 0; padding: 0; }
+  #messages li { padding: .4rem 1rem; border-bottom: 1px solid #eee; }
+  form { display: flex; padding: .5rem; gap: .5rem; background: #f4f4f4; }
+  input { flex: 1; padding: .5rem; font: inherit; }
+</style>
+</head>
+<body>
+<header>clusterd chat: this page came from worker {worker} (pid {pid}); <span id="state">connecting</span></header>
+<ul id="messages"></ul>
+<form id="form"><input id="input" autocomplete="off" placeholder="Say something"><button>Send</button></form>
+<script>
+const messages = document.getElementById("messages"), state = document.getElementById("state");
+function show(text) { const li = document.createElement("li"); li.textContent = text; messages.appendChild(li); li.scrollIntoView(); }
+let ws, acks = {}, nextAck = 0;
+function emit(event, data, ack) {
+  let id = "";
+  if (ack) { id = String(nextAck++); acks[id] = ack; }
+  ws.send("42" + id + JSON.stringify(data === undefined ? [event] : [event, data]));
+}
+function connect() {
+  ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/socket.io/?EIO=4&transport=websocket");
+  ws.onmessage = (m) => {
+    const p = m.data;
+    if (p[0] === "0") ws.send("40");                       // Engine.IO open: join the default namespace
+    else if (p === "2") ws.send("3");                       // ping -> pong
+    else if (p.startsWith("40")) emit("whoami", undefined, (me) => { state.textContent = "connected to worker " + me.worker + " (pid " + me.pid + ")"; });
+    else if (p.startsWith("42")) { const [event, text] = JSON.parse(p.slice(2)); if (event === "chat message") show(text); }
+    else if (p.startsWith("43")) { const i = p.indexOf("["); const cb = acks[p.slice(2, i)]; delete acks[p.slice(2, i)]; if (cb) cb(...JSON.parse(p.slice(i))); }
+  };
+  ws.onclose = () => { state.textContent = "disconnected, reconnecting"; setTimeout(connect, 1000); };
+}
+connect();
+document.getElementById("form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const input = document.getElementById("input");
+  if (input.value) { emit("chat message", input.value); input.value = ""; }
+});
+</script>
+</body>
+</html>
+"#;

@@ -1,0 +1,190 @@
+//! Socket.IO through clusterd: the real npm `socket.io-client` (tests/node/) against the `chat`
+//! example (socketioxide workers with the SDK's SessionLayer).
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+
+fn node_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "tests/node/node_modules is missing: run ./scripts/test (it installs the npm packages), or `npm ci --prefix tests/node`"
+    );
+    dir
+}
+
+fn start_chat(workers: &str) -> (Cluster, String) {
+    let chat = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("chat");
+    assert!(chat.exists(), "{} is missing: `cargo test` builds the examples", chat.display());
+    let mut c = Builder::new()
+        .args(&["--workers", workers, "--listen", "127.0.0.1:0"])
+        .program(&[chat.to_str().unwrap()])
+        .start();
+    let status = c.wait_ready(workers.parse().unwrap());
+    let url = format!("http://{}", listen_addr(&status));
+    (c, url)
+}
+
+/// Runs tests/node/clients.mjs and returns its JSON result.
+fn clients(url: &str, mode: &str, count: usize, asks: usize) -> Value {
+    let out = Command::new("node")
+        .arg(node_dir().join("clients.mjs"))
+        .args([url, mode, &count.to_string(), &asks.to_string()])
+        .output()
+        .expect("node (Node.js) must be installed to run the Socket.IO interop tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "{mode}: {result:#}");
+    result
+}
+
+/// Every client was served by exactly one worker, over the expected transport; returns how many
+/// clients each worker served.
+fn served(result: &Value, transport: &str, workers: usize) -> Vec<usize> {
+    let mut per = vec![0; workers];
+    for client in result["clients"].as_array().unwrap() {
+        let ids = client["workers"].as_array().unwrap();
+        assert_eq!(ids.len(), 1, "a session moved between workers: {client}");
+        assert_eq!(client["transport"], transport, "{client}");
+        per[ids[0].as_u64().unwrap() as usize] += 1;
+    }
+    per
+}
+
+#[test]
+fn long_polling_sessions_always_reach_their_owner() {
+    let (mut c, url) = start_chat("2");
+    // 8 clients × 40 acks: every one of those polling requests is a new connection routed by sid.
+    let result = clients(&url, "polling", 8, 40);
+    assert_eq!(served(&result, "polling", 2), [4, 4], "the burst spreads evenly");
+    assert!(result["chat_received"].as_u64().unwrap() >= 1);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn websocket_only_and_the_default_upgrade_work_through_clusterd() {
+    let (mut c, url) = start_chat("2");
+    let result = clients(&url, "websocket", 6, 10);
+    assert_eq!(served(&result, "websocket", 2), [3, 3]);
+    // Default: polling first, then the upgrade request, routed by its sid to the same worker.
+    let result = clients(&url, "default", 6, 10);
+    assert_eq!(served(&result, "websocket", 2).iter().sum::<usize>(), 6);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn clients_of_a_killed_worker_reconnect_to_a_live_one() {
+    let (mut c, url) = start_chat("2");
+    for mode in ["polling", "websocket"] {
+        let mut node = Command::new("node")
+            .arg(node_dir().join("reconnect.mjs"))
+            .args([&url, mode])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node");
+        let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+        let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(first["phase"], "connected", "{first}");
+        let pid = first["pid"].as_i64().unwrap() as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        writeln!(node.stdin.as_mut().unwrap(), "killed").unwrap();
+        let second: Value = serde_json::from_str(&lines.next().expect("a reconnection").unwrap()).unwrap();
+        assert_eq!(second["phase"], "reconnected", "{second}");
+        assert_ne!(second["pid"].as_i64().unwrap() as i32, pid, "{mode}: served by a live worker");
+        assert!(node.wait().unwrap().success());
+        c.wait_ready(2);
+    }
+}
+
+/// A client that keeps one connection for as long as the server keeps it open (HTTP/1.1
+/// keep-alive, as browsers, agents and proxies do).
+struct KeepAliveClient {
+    addr: std::net::SocketAddr,
+    connection: Option<TcpStream>,
+}
+
+impl KeepAliveClient {
+    /// Sends a request; returns (status, body, whether the server closed the connection).
+    fn send(&mut self, method: &str, target: &str, body: &str) -> (u16, String, bool) {
+        let addr = self.addr;
+        let stream = self.connection.get_or_insert_with(|| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            s
+        });
+        write!(
+            stream,
+            "{method} {target} HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "response cut short");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let length: usize =
+            head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        let closed = head.lines().any(|l| l.trim() == "connection: close");
+        if closed {
+            self.connection = None;
+        }
+        (code, String::from_utf8_lossy(&body).into_owned(), closed)
+    }
+}
+
+/// The sticky failure of `@socket.io/sticky` (its issues 8 and 17): a kept-alive connection,
+/// routed to one worker, brings a request of a session that lives on another worker.
+#[test]
+fn a_keep_alive_client_using_two_sessions_on_two_workers_never_reaches_the_wrong_one() {
+    let (mut c, url) = start_chat("2");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let mut client = KeepAliveClient { addr, connection: None };
+    // Open sessions until two live on different workers (the owner is where clusterd counts it).
+    let mut sessions: Vec<(String, u64)> = Vec::new();
+    let mut before: Vec<u64> = vec![0, 0];
+    while sessions.len() < 2 {
+        let (code, body, _) = client.send("GET", "/socket.io/?EIO=4&transport=polling", "");
+        assert_eq!(code, 200, "{body}");
+        let sid = body.split("\"sid\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+        let status =
+            c.wait_status("the session registered", |s| s["sessions"].as_u64().unwrap() as usize > sessions.len());
+        let now: Vec<u64> = (0..2).map(|id| worker(&status, id)["sessions"].as_u64().unwrap()).collect();
+        let owner = (0..2).find(|&id| now[id as usize] > before[id as usize]).unwrap();
+        before = now;
+        if sessions.iter().all(|(_, o)| *o != owner) {
+            sessions.push((sid, owner));
+        }
+    }
+    for (sid, _) in &sessions {
+        let (code, body, _) = client.send("POST", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), "40");
+        assert_eq!((code, body.as_str()), (200, "ok"), "joining the namespace");
+    }
+    // Alternate the two sessions on the client's connection: every request must reach its owner
+    // (another worker answers 400 "Session ID unknown").
+    for round in 0..20 {
+        let (sid, _) = &sessions[round % 2];
+        let event = format!("42[\"chat message\",\"round {round}\"]");
+        let (code, body, closed) =
+            client.send("POST", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), &event);
+        assert_eq!((code, body.as_str()), (200, "ok"), "round {round}");
+        assert!(closed, "polling responses close the connection: the next request is routed by its sid");
+    }
+}

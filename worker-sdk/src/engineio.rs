@@ -1,0 +1,203 @@
+//! Sticky Engine.IO sessions (socketioxide, or any tower HTTP service that speaks Engine.IO).
+//!
+//! socketioxide creates the Engine.IO session id itself and has no hook for it, so this layer
+//! watches the HTTP traffic instead:
+//!
+//! - On a polling handshake (`GET ...?EIO=4&transport=polling` without `sid`), it reads the
+//!   session id from the open packet in the response body and reports it to clusterd with
+//!   [`Worker::session_open`](crate::Worker::session_open), **before** the response leaves. The
+//!   client cannot send a request with that id before clusterd knows where it lives.
+//! - Every polling response carries `Connection: close`. clusterd routes a connection by its
+//!   first request, so a kept-alive connection could otherwise bring a later request of a
+//!   session that lives on another worker (the failure of `@socket.io/sticky`'s issues 8 and
+//!   17). The next poll comes on a new connection, and clusterd routes it by its `sid`.
+//!
+//! WebSocket clients need neither: the upgrade request carries the `sid` (or starts a session
+//! that lives on that one connection). Sessions that end are forgotten by clusterd after
+//! `--session-ttl` without requests.
+//!
+//! ```ignore
+//! let (io_layer, io) = socketioxide::SocketIo::new_layer();
+//! let app = axum::Router::new()
+//!     .layer(io_layer)
+//!     .layer(clusterd_worker::SessionLayer::new(worker.clone()));
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+use crate::Worker;
+
+/// The error type of the bodies this layer returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The largest handshake body read to find the session id.
+const MAX_HANDSHAKE: usize = 16 * 1024;
+
+/// A tower layer that makes Engine.IO sessions sticky under clusterd (see the module docs).
+#[derive(Clone, Debug)]
+pub struct SessionLayer {
+    worker: Worker,
+}
+
+impl SessionLayer {
+    /// The layer for this worker.
+    pub fn new(worker: Worker) -> Self {
+        Self { worker }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService { inner, worker: self.worker.clone() }
+    }
+}
+
+/// The service of [`SessionLayer`].
+#[derive(Clone, Debug)]
+pub struct SessionService<S> {
+    inner: S,
+    worker: Worker,
+}
+
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for SessionService<S>
+where
+    S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<UnsyncBoxBody<Bytes, BoxError>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let kind = Kind::of(request.uri().query().unwrap_or(""));
+        // The clone that was driven to readiness serves this call (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let worker = self.worker.clone();
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            if kind == Kind::Other {
+                return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
+            }
+            let (mut parts, body) = response.into_parts();
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            if kind != Kind::Handshake || !parts.status.is_success() || body.size_hint().lower() > MAX_HANDSHAKE as u64
+            {
+                return Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()));
+            }
+            let bytes = match http_body_util::Limited::new(body, MAX_HANDSHAKE).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read an Engine.IO handshake response");
+                    Bytes::new()
+                }
+            };
+            if let Some(sid) = open_packet_sid(&bytes)
+                && let Err(error) = worker.session_open(sid).await
+            {
+                // The session still works while its client stays on this connection's worker;
+                // clusterd balances its next request instead of routing it here.
+                tracing::warn!(%error, sid, "cannot register the session with clusterd");
+            }
+            Ok(Response::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync()))
+        })
+    }
+}
+
+/// What kind of Engine.IO request a query string makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A polling request that opens a session: no `sid`.
+    Handshake,
+    /// A polling request of an open session.
+    Polling,
+    /// Anything else (WebSocket, other routes).
+    Other,
+}
+
+impl Kind {
+    fn of(query: &str) -> Self {
+        let mut engine_io = false;
+        let mut polling = false;
+        let mut sid = false;
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "EIO" => engine_io = true,
+                "transport" => polling = value == "polling",
+                "sid" => sid = true,
+                _ => {}
+            }
+        }
+        match (engine_io && polling, sid) {
+            (true, false) => Self::Handshake,
+            (true, true) => Self::Polling,
+            (false, _) => Self::Other,
+        }
+    }
+}
+
+/// The `sid` of an Engine.IO open packet (`0{"sid":"...",...}`), the first packet of a polling
+/// handshake response (v4 separates packets with 0x1e; v3 prefixes a length).
+fn open_packet_sid(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("0{")? + 1;
+    let open = &text[start..];
+    let at = open.find("\"sid\"")? + 5;
+    let rest = open[at..].trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let sid = &rest[..rest.find('"')?];
+    (!sid.is_empty() && sid.len() <= 64 && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then_some(sid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_kinds() {
+        assert_eq!(Kind::of("EIO=4&transport=polling&t=abc"), Kind::Handshake);
+        assert_eq!(Kind::of("EIO=4&transport=polling&sid=CucdsEyTiqO-9vwA"), Kind::Polling);
+        assert_eq!(Kind::of("EIO=4&transport=websocket"), Kind::Other);
+        assert_eq!(Kind::of("EIO=4&transport=websocket&sid=x"), Kind::Other);
+        assert_eq!(Kind::of(""), Kind::Other);
+        assert_eq!(Kind::of("transport=polling"), Kind::Other);
+    }
+
+    #[test]
+    fn sid_of_open_packets() {
+        let v4 = br#"0{"sid":"CucdsEyTiqO-9vwA","upgrades":["websocket"],"pingInterval":25000,"pingTimeout":20000,"maxPayload":100000}"#;
+        assert_eq!(open_packet_sid(v4), Some("CucdsEyTiqO-9vwA"));
+        let v3 = br#"96:0{"sid":"uOKvLkhAjSpgMRGjAAAB","upgrades":["websocket"],"pingInterval":25000}2:40"#;
+        assert_eq!(open_packet_sid(v3), Some("uOKvLkhAjSpgMRGjAAAB"));
+        assert_eq!(open_packet_sid(br#"0{"sid" : "spaced_1"}"#), Some("spaced_1"));
+        for bad in [
+            &b""[..],
+            b"0{}",
+            b"4hello",
+            br#"0{"sid":""}"#,
+            br#"0{"sid":"a b"}"#,
+            br#"0{"sid":"unterminated"#,
+            b"\xff\xfe",
+        ] {
+            assert_eq!(open_packet_sid(bad), None, "{bad:?}");
+        }
+    }
+}
