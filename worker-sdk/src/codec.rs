@@ -63,7 +63,7 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
 mod tests {
     //! Byte-level test vectors; `PROTOCOL.md` shows the same bytes. A change here is a protocol change.
     use super::*;
-    use crate::protocol::{FromWorker, Hello, ToWorker};
+    use crate::protocol::{Address, Connection, FromWorker, Hello, ToWorker};
 
     /// A frame and its exact encoding.
     type Vector<T> = (T, Vec<u8>);
@@ -82,11 +82,31 @@ mod tests {
                 vec![0x00, 0x01, 0x02, 0x04, 0x01, 0xfb, 0xe8, 0x03, 0xfc, 0x00, 0x00, 0x01, 0x00],
             ),
             (ToWorker::Drain { grace_ms: 30_000 }, vec![0x01, 0xfb, 0x30, 0x75]),
+            (
+                ToWorker::Connection(Connection {
+                    id: 7,
+                    peer: Address::V4 { ip: [127, 0, 0, 1], port: 50_000 },
+                    local: Address::V6 { ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], port: 3000 },
+                    initial: b"GET / HTTP/1.1\r\n".to_vec(),
+                }),
+                [
+                    &[0x02, 0x07][..],
+                    &[0x01, 0x7f, 0x00, 0x00, 0x01, 0xfb, 0x50, 0xc3],
+                    &[0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xfb, 0xb8, 0x0b],
+                    &[0x10],
+                    b"GET / HTTP/1.1\r\n",
+                ]
+                .concat(),
+            ),
+            (ToWorker::SessionAck { seq: 5 }, vec![0x03, 0x05]),
         ];
         let from = vec![
             (FromWorker::Hello { version: 1, pid: 4242 }, vec![0x00, 0x01, 0xfb, 0x92, 0x10]),
             (FromWorker::Ready, vec![0x01]),
             (FromWorker::Heartbeat, vec![0x02]),
+            (FromWorker::ConnectionsClosed { ids: vec![1, 300] }, vec![0x03, 0x02, 0x01, 0xfb, 0x2c, 0x01]),
+            (FromWorker::SessionOpen { seq: 1, sid: "abc".into() }, vec![0x04, 0x01, 0x03, b'a', b'b', b'c']),
+            (FromWorker::SessionClose { sid: "abc".into() }, vec![0x05, 0x03, b'a', b'b', b'c']),
         ];
         (to, from)
     }
