@@ -204,3 +204,15 @@ fn the_sdk_says_clearly_when_a_program_was_not_started_by_clusterd() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("CLUSTERD_IPC_FD is not set: this program must be started by clusterd"), "{stdout}");
 }
+
+#[test]
+fn the_example_config_file_is_valid() {
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/clusterd.toml");
+    let mut c = Builder::new()
+        .args(&["--config", file, "--workers", "1", "--ready-on", "spawn"])
+        .program(&["sleep", "1000"])
+        .start();
+    c.wait_ready(1);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
