@@ -11,7 +11,7 @@
 //! and never end the loop.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -164,6 +164,8 @@ pub struct Limits {
 
 /// A connection ready to go to a worker.
 pub struct Handoff {
+    /// The listener group (a listener workers asked for), or `None` for clusterd's own.
+    pub group: Option<u32>,
     pub fd: OwnedFd,
     pub peer: Address,
     pub local: Address,
@@ -173,64 +175,74 @@ pub struct Handoff {
 /// Where the dispatcher sends a connection.
 pub struct Route {
     pub key: u64,
+    pub group: Option<u32>,
     pub handoffs: mpsc::Sender<Handoff>,
 }
 
 /// What route tasks ask the dispatcher.
 pub enum RouteMsg {
     /// Pick a worker (and count the connection on it).
-    Pick { sid: Option<String>, ip: Option<IpAddr>, reply: oneshot::Sender<Option<Route>> },
+    Pick { group: Option<u32>, sid: Option<String>, ip: Option<IpAddr>, reply: oneshot::Sender<Option<Route>> },
     /// The handoff to this worker failed: uncount the connection.
-    Failed { key: u64 },
+    Failed { key: u64, group: Option<u32> },
 }
 
-/// Starts the accept loop of each listener.
+/// Starts the accept loop of each of clusterd's own listeners.
 pub fn serve(bound: Vec<Bound>, limits: Limits, routes: mpsc::Sender<RouteMsg>) -> io::Result<()> {
     for listener in bound {
-        match listener {
-            Bound::Tcp { addr, listener } => {
-                listener.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                let routes = routes.clone();
-                tokio::spawn(async move {
-                    accept_loop(
-                        &addr,
-                        || listener.accept(),
-                        |(stream, peer): (tokio::net::TcpStream, _)| {
-                            let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
-                            (Client::Tcp(stream), Address::from(peer), local, Some(peer.ip()))
-                        },
-                        limits,
-                        routes,
-                    )
-                    .await
-                });
-            }
-            Bound::Unix { addr, listener, .. } => {
-                listener.set_nonblocking(true)?;
-                let listener = tokio::net::UnixListener::from_std(listener)?;
-                let routes = routes.clone();
-                tokio::spawn(async move {
-                    accept_loop(
-                        &addr,
-                        || listener.accept(),
-                        |(stream, peer): (tokio::net::UnixStream, tokio::net::unix::SocketAddr)| {
-                            let path = |a: Option<&Path>| {
-                                use std::os::unix::ffi::OsStrExt;
-                                a.map_or(Address::Unknown, |p| Address::Unix {
-                                    path: p.as_os_str().as_bytes().to_vec(),
-                                })
-                            };
-                            let local = stream.local_addr().ok();
-                            let local = path(local.as_ref().and_then(|a| a.as_pathname()));
-                            (Client::Unix(stream), path(peer.as_pathname()), local, None)
-                        },
-                        limits,
-                        routes,
-                    )
-                    .await
-                });
-            }
+        serve_one(listener, None, limits, routes.clone())?;
+    }
+    Ok(())
+}
+
+/// Starts the accept loop of one listener; its connections go to the pool of `group`.
+pub fn serve_one(
+    listener: Bound,
+    group: Option<u32>,
+    limits: Limits,
+    routes: mpsc::Sender<RouteMsg>,
+) -> io::Result<()> {
+    match listener {
+        Bound::Tcp { addr, listener } => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::spawn(async move {
+                accept_loop(
+                    &addr,
+                    group,
+                    || listener.accept(),
+                    |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
+                        let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
+                        (Client::Tcp(stream), Address::from(peer), local, Some(peer.ip()))
+                    },
+                    limits,
+                    routes,
+                )
+                .await
+            });
+        }
+        Bound::Unix { addr, listener, .. } => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::UnixListener::from_std(listener)?;
+            tokio::spawn(async move {
+                accept_loop(
+                    &addr,
+                    group,
+                    || listener.accept(),
+                    |(stream, peer): (tokio::net::UnixStream, tokio::net::unix::SocketAddr)| {
+                        let path = |a: Option<&Path>| {
+                            use std::os::unix::ffi::OsStrExt;
+                            a.map_or(Address::Unknown, |p| Address::Unix { path: p.as_os_str().as_bytes().to_vec() })
+                        };
+                        let local = stream.local_addr().ok();
+                        let local = path(local.as_ref().and_then(|a| a.as_pathname()));
+                        (Client::Unix(stream), path(peer.as_pathname()), local, None)
+                    },
+                    limits,
+                    routes,
+                )
+                .await
+            });
         }
     }
     Ok(())
@@ -241,6 +253,7 @@ type Accepted = (Client, Address, Address, Option<IpAddr>);
 
 /// A connection as accepted, before routing.
 struct Incoming {
+    group: Option<u32>,
     client: Client,
     peer: Address,
     local: Address,
@@ -298,6 +311,7 @@ impl Client {
 
 async fn accept_loop<S, F, Fut>(
     addr: &str,
+    group: Option<u32>,
     mut accept: F,
     split: impl Fn(S) -> Accepted,
     limits: Limits,
@@ -312,7 +326,7 @@ async fn accept_loop<S, F, Fut>(
             Ok(stream) => {
                 backoff = Duration::from_millis(5);
                 let (client, peer, local, ip) = split(stream);
-                tokio::spawn(route(Incoming { client, peer, local, ip }, limits, routes.clone()));
+                tokio::spawn(route(Incoming { group, client, peer, local, ip }, limits, routes.clone()));
             }
             Err(error) if is_transient(&error) => {
                 tracing::warn!(addr, %error, "accept failed; retrying in {backoff:?}");
@@ -347,7 +361,7 @@ fn is_transient(error: &io::Error) -> bool {
 /// the byte limit gets `414` and is closed. With no ready worker, HTTP gets `503`, anything else
 /// is closed.
 async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
-    let Incoming { mut client, peer, local, ip } = accepted;
+    let Incoming { group, mut client, peer, local, ip } = accepted;
     let unix = matches!(client, Client::Unix(_));
     let mut initial = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
@@ -373,11 +387,11 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    let mut handoff = Handoff { fd, peer, local, initial };
+    let mut handoff = Handoff { group, fd, peer, local, initial };
     // A worker that dies between the pick and the handoff costs only that attempt.
     for _ in 0..3 {
         let (reply_tx, reply_rx) = oneshot::channel();
-        if routes.send(RouteMsg::Pick { sid: sid.clone(), ip, reply: reply_tx }).await.is_err() {
+        if routes.send(RouteMsg::Pick { group, sid: sid.clone(), ip, reply: reply_tx }).await.is_err() {
             return;
         }
         let Ok(Some(route)) = reply_rx.await else { break };
@@ -385,7 +399,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             Ok(()) => return,
             Err(mpsc::error::SendError(back)) => {
                 handoff = back;
-                let _ = routes.send(RouteMsg::Failed { key: route.key }).await;
+                let _ = routes.send(RouteMsg::Failed { key: route.key, group }).await;
             }
         }
     }

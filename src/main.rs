@@ -89,7 +89,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             sniff_timeout: config.sniff_timeout,
             sticky: config.sticky,
         };
-        listener::serve(bound, limits, routes_tx)?;
+        listener::serve(bound, limits, routes_tx.clone())?;
         let logs = logs::LogSink::start(config.log_prefix)?;
         tracing::info!(
             pid = std::process::id(),
@@ -102,7 +102,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let parts = Parts { config, spawner, logs: logs.clone(), phase, listening };
+        let parts = Parts { config, spawner, logs: logs.clone(), phase, listening, limits, routes: routes_tx };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
         // Every worker is reaped: pass on the last lines they wrote before exiting.
         logs.finish(std::time::Duration::from_secs(2)).await;

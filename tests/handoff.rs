@@ -280,3 +280,44 @@ fn systemd_socket_activation_serves_the_passed_socket() {
     let exit = wait_until("clusterd to exit", || child.try_wait().unwrap());
     assert_eq!(exit.code(), Some(0));
 }
+
+#[test]
+fn workers_that_ask_clusterd_to_listen_share_one_socket_balanced_over_them() {
+    // No --listen: the program chooses its port, as `clusterd -- ./my-server` is meant to work.
+    let mut c = Cluster::start(&["--workers", "2"], &["--serve", "--listen-self", "127.0.0.1:0"]);
+    let status = c.wait_ready(2);
+    let first = c.output.wait_contains("[w0] listening on 127.0.0.1:");
+    let second = c.output.wait_contains("[w1] listening on 127.0.0.1:");
+    let addr: std::net::SocketAddr = first.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(
+        second.rsplit(' ').next().unwrap(),
+        addr.to_string(),
+        "both workers share one socket (port 0 resolved once)"
+    );
+    assert_eq!(status["listen"][0], addr.to_string());
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(get(addr, "/").worker());
+    }
+    assert_eq!(seen.len(), 2, "balanced over both workers");
+
+    // A restarted worker asks again and is served again; the socket stayed bound meanwhile.
+    let pid = worker_pid(&status, 0);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    c.wait_status("slot 0 back", |s| worker(s, 0)["state"] == "ready" && worker_pid(s, 0) != pid);
+    let mut seen = std::collections::HashSet::new();
+    wait_until("both workers served again", || {
+        seen.insert(get(addr, "/").worker());
+        (seen.len() == 2).then_some(())
+    });
+
+    // A worker asking for an address clusterd cannot bind gets the reason.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let mut c2 = Cluster::start(&["--workers", "1"], &["--serve", "--listen-self", &taken_addr]);
+    c2.wait_ready(1);
+    let failed = c2.output.wait_contains("[w0] listen failed:");
+    assert!(failed.contains(&taken_addr) && failed.contains("in use"), "{failed}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

@@ -10,9 +10,11 @@ use super::exit::ExitInfo;
 use super::policy::{CRASH_LOOP_AFTER, Decision};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
+use crate::config::ListenAddr;
 use crate::listener::{Route, RouteMsg};
 use crate::signals::SignalEvent;
 use crate::status::{Phase, Status, WorkerState, WorkerStatus};
+use clusterd_worker::protocol::ListenResult;
 
 /// Where an event's process sits in its slot.
 #[derive(Clone, Copy)]
@@ -58,7 +60,7 @@ impl Dispatcher {
         }
         if let EventKind::Exited(_) = event.kind {
             // Its sessions and connections go with it, whatever its place in the slot.
-            self.balancer.remove_worker(event.incarnation);
+            self.pools.remove_worker(event.incarnation);
         }
         let slot = &mut self.slots[index];
         let role = if slot.current.as_ref().is_some_and(|p| p.incarnation == event.incarnation) {
@@ -79,7 +81,7 @@ impl Dispatcher {
         match event.kind {
             EventKind::Spawned { pid } => {
                 process.pid = u32::try_from(pid.as_raw()).ok();
-                self.balancer.add_worker(event.incarnation, slot.id);
+                self.pools.add_worker(event.incarnation, slot.id);
                 tracing::info!(worker = slot.id, pid = pid.as_raw(), generation = process.generation, "worker started");
             }
             EventKind::Ready => {
@@ -91,7 +93,7 @@ impl Dispatcher {
                             slot.state = WorkerState::Ready;
                         }
                         if self.stop.is_none() && !slot.removing {
-                            self.balancer.set_ready(event.incarnation, true);
+                            self.pools.set_ready(event.incarnation, true);
                         }
                         self.on_current_ready(index);
                     }
@@ -102,7 +104,7 @@ impl Dispatcher {
             }
             EventKind::SpawnFailed { error } => {
                 tracing::error!(worker = slot.id, "{error}");
-                self.balancer.remove_worker(event.incarnation);
+                self.pools.remove_worker(event.incarnation);
                 match role {
                     Role::Current => {
                         slot.current = None;
@@ -118,16 +120,22 @@ impl Dispatcher {
                     }
                 }
             }
-            EventKind::ConnectionsClosed(n) => {
-                for _ in 0..n {
-                    self.balancer.connection_closed(event.incarnation);
+            EventKind::ConnectionsClosed(groups) => {
+                for group in groups {
+                    self.pools.connection_closed(group, event.incarnation);
                 }
             }
+            EventKind::Listen { seq, addr } => {
+                let ready = process.ready && self.stop.is_none() && !slot.removing;
+                let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());
+                let result = self.listen_for(key, slot_id, ready, &addr);
+                handle.send(Command::Listening { seq, result });
+            }
             EventKind::SessionOpen { seq, sid } => {
-                self.balancer.session_open(&sid, event.incarnation, std::time::Instant::now());
+                self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
                 process.handle.send(Command::SessionAck { seq });
             }
-            EventKind::SessionClose { sid } => self.balancer.session_close(&sid, event.incarnation),
+            EventKind::SessionClose { sid } => self.pools.session_close(&sid, event.incarnation),
             EventKind::Exited(info) => match role {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
@@ -287,25 +295,28 @@ impl Dispatcher {
     /// A route task asks for a worker for a new connection, or reports a failed handoff.
     pub(super) fn handle_route(&mut self, message: RouteMsg) {
         match message {
-            RouteMsg::Pick { sid, ip, reply } => {
-                let picked = self.balancer.pick(sid.as_deref(), ip, std::time::Instant::now());
+            RouteMsg::Pick { group, sid, ip, reply } => {
+                let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
                 let route = picked.and_then(|key| {
+                    let key_group = (key, group);
                     let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
                     match process {
-                        Some(p) => Some(Route { key, handoffs: p.handle.handoffs.clone() }),
+                        Some(p) => {
+                            Some(Route { key: key_group.0, group: key_group.1, handoffs: p.handle.handoffs.clone() })
+                        }
                         None => {
                             // The balancer knows a process the table does not: heal the balancer.
-                            self.balancer.remove_worker(key);
+                            self.pools.remove_worker(key);
                             None
                         }
                     }
                 });
                 if let Err(Some(route)) = reply.send(route) {
                     // The route task is gone (its client left): uncount.
-                    self.balancer.connection_closed(route.key);
+                    self.pools.connection_closed(route.group, route.key);
                 }
             }
-            RouteMsg::Failed { key } => self.balancer.connection_closed(key),
+            RouteMsg::Failed { key, group } => self.pools.connection_closed(group, key),
         }
     }
 
@@ -330,8 +341,8 @@ impl Dispatcher {
         for slot in &mut self.slots {
             slot.restart_token += 1;
             for process in slot.processes() {
-                process.handle.send(command);
-                self.balancer.set_ready(process.incarnation, false);
+                process.handle.send(command.clone());
+                self.pools.set_ready(process.incarnation, false);
             }
             slot.state = if slot.is_empty() { WorkerState::Exited } else { WorkerState::Draining };
         }
@@ -381,8 +392,8 @@ impl Dispatcher {
                 state,
                 generation: p.map_or(self.generation, |c| c.generation),
                 restarts: slot.restarts,
-                connections: p.map_or(0, |c| self.balancer.connections(c.incarnation)),
-                sessions: p.map_or(0, |c| self.balancer.sessions(c.incarnation)),
+                connections: p.map_or(0, |c| self.pools.connections(c.incarnation)),
+                sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
                 failures: if stable { 0 } else { slot.failures },
                 crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
@@ -407,8 +418,8 @@ impl Dispatcher {
             pid: std::process::id(),
             phase: *self.phase.borrow(),
             generation: self.generation,
-            listen: self.listening.clone(),
-            sessions: self.balancer.session_count(),
+            listen: self.listening.iter().map(String::as_str).chain(self.pools.bound()).map(str::to_owned).collect(),
+            sessions: self.pools.session_count(),
             program: std::iter::once(&self.config.program)
                 .chain(&self.config.args)
                 .map(|a| a.to_string_lossy())
@@ -416,5 +427,39 @@ impl Dispatcher {
                 .join(" "),
             workers,
         }
+    }
+}
+
+impl Dispatcher {
+    /// A worker asks clusterd to listen on `addr`: join the listener already serving it, or bind
+    /// it and start its accept loop.
+    fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str) -> ListenResult {
+        let asked: ListenAddr = match addr.parse() {
+            Ok(asked) => asked,
+            Err(reason) => return ListenResult::Failed { reason },
+        };
+        if let Some((group, bound)) = self.pools.find_group(&asked) {
+            self.pools.join(group, key, slot, ready);
+            return ListenResult::Bound { addr: bound };
+        }
+        if self.listening.iter().any(|l| *l == asked.to_string()) {
+            // clusterd already serves it to every worker (--listen).
+            return ListenResult::Bound { addr: asked.to_string() };
+        }
+        let bound = match crate::listener::bind_all(std::slice::from_ref(&asked)) {
+            Ok(mut bound) => bound.remove(0),
+            Err(error) => {
+                tracing::warn!(worker = slot, "{error}");
+                return ListenResult::Failed { reason: error.to_string() };
+            }
+        };
+        let (addr, unix_path) = (bound.addr().to_owned(), bound.unix_path());
+        let group = self.pools.add_group(asked, addr.clone(), unix_path);
+        if let Err(error) = crate::listener::serve_one(bound, Some(group), self.limits, self.routes.clone()) {
+            return ListenResult::Failed { reason: error.to_string() };
+        }
+        tracing::info!(worker = slot, %addr, "listening for the workers that ask");
+        self.pools.join(group, key, slot, ready);
+        ListenResult::Bound { addr }
     }
 }

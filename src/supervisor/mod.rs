@@ -16,6 +16,7 @@
 mod dispatch;
 pub mod exit;
 pub mod policy;
+mod pools;
 mod rollout;
 pub mod spawn;
 mod worker;
@@ -29,10 +30,10 @@ use tokio::time::{Instant, sleep_until};
 
 use self::exit::ExitInfo;
 use self::policy::RestartPolicy;
+use self::pools::Pools;
 use self::worker::{Event, Settings};
-use crate::balancer::Balancer;
 use crate::config::Config;
-use crate::listener::RouteMsg;
+use crate::listener::{Limits, RouteMsg};
 use crate::logs::LogSink;
 use crate::notify::Notifier;
 use crate::signals::SignalEvent;
@@ -79,6 +80,9 @@ pub struct Parts {
     pub phase: watch::Sender<Phase>,
     /// What the listeners are bound to, for `status`.
     pub listening: Vec<String>,
+    /// For listeners that workers ask for: their routing limits, and where their route tasks ask.
+    pub limits: Limits,
+    pub routes: mpsc::Sender<RouteMsg>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -161,14 +165,16 @@ struct Dispatcher {
     events_tx: mpsc::Sender<Event>,
     stop: Option<Stop>,
     rollout: Option<Rollout>,
-    balancer: Balancer,
+    pools: Pools,
     listening: Vec<String>,
+    limits: Limits,
+    routes: mpsc::Sender<RouteMsg>,
 }
 
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes } = parts;
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -189,8 +195,10 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         events_tx,
         stop: None,
         rollout: None,
-        balancer: Balancer::new(config.balance, config.sticky, u64::from(std::process::id()), config.session_ttl),
+        pools: Pools::new(config.balance, config.sticky, config.session_ttl),
         listening,
+        limits,
+        routes,
         settings,
         config,
     };
@@ -206,6 +214,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         if let Some(stop) = &d.stop
             && d.slots.iter().all(Slot::is_empty)
         {
+            d.remove_socket_files();
             return stop.outcome.clone();
         }
         let deadline = d.stop.as_ref().map(|s| s.deadline);
@@ -215,7 +224,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
             Some(request) = inputs.requests.recv() => d.handle_request(request),
             Some(route) = inputs.routes.recv() => d.handle_route(route),
             _ = expire.tick() => {
-                let dropped = d.balancer.expire(std::time::Instant::now());
+                let dropped = d.pools.expire(std::time::Instant::now());
                 if dropped > 0 {
                     tracing::debug!(dropped, "expired forgotten sticky sessions");
                 }
@@ -224,8 +233,18 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let left: Vec<_> = d.slots.iter().flat_map(Slot::processes).filter_map(|p| p.pid).collect();
                 tracing::error!(?left, "workers were not reaped {REAP_MARGIN:?} after SIGKILL; exiting anyway");
+                d.remove_socket_files();
                 return d.stop.take().map_or(Outcome::Graceful, |s| s.outcome);
             }
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Socket files of the listeners workers asked for go with clusterd.
+    fn remove_socket_files(&self) {
+        for path in self.pools.unix_paths() {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

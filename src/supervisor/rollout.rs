@@ -79,9 +79,9 @@ impl Dispatcher {
         let grace = self.config.grace;
         let slot = &mut self.slots[index];
         let Some(successor) = slot.successor.take() else { return };
-        self.balancer.set_ready(successor.incarnation, true);
+        self.pools.set_ready(successor.incarnation, true);
         if let Some(old) = slot.current.replace(successor) {
-            self.balancer.set_ready(old.incarnation, false);
+            self.pools.set_ready(old.incarnation, false);
             old.handle.send(Command::Drain { grace });
             slot.retiring.push(old);
         }
@@ -173,7 +173,7 @@ impl Dispatcher {
                 slot.restart_token += 1;
                 slot.state = WorkerState::Draining;
                 for process in slot.current.take().into_iter().chain(slot.successor.take()) {
-                    self.balancer.set_ready(process.incarnation, false);
+                    self.pools.set_ready(process.incarnation, false);
                     process.handle.send(Command::Drain { grace });
                     slot.retiring.push(process);
                 }

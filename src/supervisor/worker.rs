@@ -48,7 +48,7 @@ pub struct Launch {
 }
 
 /// Orders from the dispatcher.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Command {
     /// Drain frame and SIGTERM to the group now, SIGKILL after `grace`.
     Drain { grace: Duration },
@@ -56,6 +56,8 @@ pub enum Command {
     Kill,
     /// clusterd recorded the session of the worker's `SessionOpen {seq}`.
     SessionAck { seq: u32 },
+    /// The answer to the worker's `Listen {seq}`.
+    Listening { seq: u32, result: clusterd_worker::protocol::ListenResult },
 }
 
 /// What a worker task reports.
@@ -76,8 +78,12 @@ pub enum EventKind {
     },
     Ready,
     Exited(ExitInfo),
-    /// The worker closed this many connections (or a handoff to it failed).
-    ConnectionsClosed(usize),
+    /// The worker closed connections (or a handoff to it failed): the listener group of each.
+    ConnectionsClosed(Vec<Option<u32>>),
+    Listen {
+        seq: u32,
+        addr: String,
+    },
     SessionOpen {
         seq: u32,
         sid: String,
@@ -148,6 +154,8 @@ async fn run(
     let mut channel_open = true;
     let mut greeted = false;
     let mut next_connection: u64 = 1;
+    // Connections that came through a listener a worker asked for, by id: their closes count there.
+    let mut grouped: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
     let mut killed: Option<KillReason> = None;
     let far = started + Duration::from_secs(86_400 * 365);
     let ready_deadline = started + settings.ready_timeout;
@@ -178,7 +186,12 @@ async fn run(
                             None
                         }
                         FromWorker::ConnectionsClosed { ids } if ids.iter().all(|&id| id < next_connection) => {
-                            report(EventKind::ConnectionsClosed(ids.len())).await;
+                            let groups = ids.iter().map(|id| grouped.remove(id)).collect();
+                            report(EventKind::ConnectionsClosed(groups)).await;
+                            None
+                        }
+                        FromWorker::Listen { seq, addr } => {
+                            report(EventKind::Listen { seq, addr }).await;
                             None
                         }
                         FromWorker::ConnectionsClosed { .. } => Some("closed a connection never handed over".to_owned()),
@@ -219,6 +232,11 @@ async fn run(
                         let _ = channel.send(&ToWorker::SessionAck { seq }).await;
                     }
                 }
+                Some(Command::Listening { seq, result }) => {
+                    if channel_open {
+                        let _ = channel.send(&ToWorker::Listening { seq, result }).await;
+                    }
+                }
                 Some(Command::Kill) | None => {
                     killed.get_or_insert(KillReason::Stop);
                     signal_group(pid, Signal::SIGKILL);
@@ -228,6 +246,7 @@ async fn run(
             Some(handoff) = handoffs.recv() => {
                 let id = next_connection;
                 next_connection += 1;
+                let group = handoff.group;
                 let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
                     id,
                     peer: handoff.peer,
@@ -238,7 +257,9 @@ async fn run(
                 // clusterd's copy closes here either way: the client sees FIN when the worker closes.
                 drop(handoff.fd);
                 if !sent {
-                    report(EventKind::ConnectionsClosed(1)).await;
+                    report(EventKind::ConnectionsClosed(vec![group])).await;
+                } else if let Some(group) = group {
+                    grouped.insert(id, group);
                 }
             }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {

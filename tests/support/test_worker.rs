@@ -7,7 +7,7 @@
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
 //! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
 //! the IPC socket), `--serve` (answer HTTP on handed-off connections, see `serve`),
-//! `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -30,6 +30,7 @@ struct Flags {
     no_sdk: bool,
     fail_generation: Option<u64>,
     serve: bool,
+    listen_self: Option<String>,
     freeze_after: Option<u64>,
 }
 
@@ -61,6 +62,7 @@ fn parse() -> Flags {
             "--skip-hello" => flags.skip_hello = true,
             "--no-sdk" => flags.no_sdk = true,
             "--serve" => flags.serve = true,
+            "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
             "--only-slot" => {
@@ -139,6 +141,12 @@ async fn main() {
             std::process::exit(3);
         }
     };
+    if let Some(addr) = &flags.listen_self {
+        match worker.listen(addr).await {
+            Ok(bound) => say(&format!("listening on {bound}")),
+            Err(error) => say(&format!("listen failed: {error}")),
+        }
+    }
     if flags.serve {
         let listener = worker.listener().expect("listener");
         tokio::spawn(serve(worker.clone(), listener));

@@ -63,7 +63,7 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
 mod tests {
     //! Byte-level test vectors; `PROTOCOL.md` shows the same bytes. A change here is a protocol change.
     use super::*;
-    use crate::protocol::{Address, Connection, FromWorker, Hello, ToWorker};
+    use crate::protocol::{Address, Connection, FromWorker, Hello, ListenResult, ToWorker};
 
     /// A frame and its exact encoding.
     type Vector<T> = (T, Vec<u8>);
@@ -99,6 +99,14 @@ mod tests {
                 .concat(),
             ),
             (ToWorker::SessionAck { seq: 5 }, vec![0x03, 0x05]),
+            (
+                ToWorker::Listening { seq: 2, result: ListenResult::Bound { addr: "127.0.0.1:3000".into() } },
+                [&[0x04, 0x02, 0x00, 0x0e][..], b"127.0.0.1:3000"].concat(),
+            ),
+            (
+                ToWorker::Listening { seq: 3, result: ListenResult::Failed { reason: "in use".into() } },
+                [&[0x04, 0x03, 0x01, 0x06][..], b"in use"].concat(),
+            ),
         ];
         let from = vec![
             (FromWorker::Hello { version: 1, pid: 4242 }, vec![0x00, 0x01, 0xfb, 0x92, 0x10]),
@@ -107,6 +115,10 @@ mod tests {
             (FromWorker::ConnectionsClosed { ids: vec![1, 300] }, vec![0x03, 0x02, 0x01, 0xfb, 0x2c, 0x01]),
             (FromWorker::SessionOpen { seq: 1, sid: "abc".into() }, vec![0x04, 0x01, 0x03, b'a', b'b', b'c']),
             (FromWorker::SessionClose { sid: "abc".into() }, vec![0x05, 0x03, b'a', b'b', b'c']),
+            (
+                FromWorker::Listen { seq: 2, addr: "127.0.0.1:0".into() },
+                [&[0x06, 0x02, 0x0b][..], b"127.0.0.1:0"].concat(),
+            ),
         ];
         (to, from)
     }

@@ -46,6 +46,14 @@ pub enum Error {
         /// The refused id.
         sid: String,
     },
+    /// clusterd could not listen on an address the worker asked for.
+    #[error("clusterd cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
     /// clusterd did not acknowledge a session in time.
     #[error("clusterd did not acknowledge session {sid:?} in time")]
     SessionTimeout {

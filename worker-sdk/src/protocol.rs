@@ -64,6 +64,29 @@ pub enum ToWorker {
         /// The `seq` of the acknowledged `SessionOpen`.
         seq: u32,
     },
+    /// Tag 4. The answer to [`FromWorker::Listen`] with this `seq`.
+    Listening {
+        /// The `seq` of the request.
+        seq: u32,
+        /// What clusterd did.
+        result: ListenResult,
+    },
+}
+
+/// The outcome of a worker's listen request.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum ListenResult {
+    /// Tag 0. clusterd listens on this address (the actual one: a port 0 is resolved) and hands its
+    /// connections to the workers that asked for it.
+    Bound {
+        /// The address, in `--listen` syntax.
+        addr: String,
+    },
+    /// Tag 1. clusterd could not listen.
+    Failed {
+        /// Why, for the worker's error message.
+        reason: String,
+    },
 }
 
 /// A handed-off client connection (the socket itself is the frame's file descriptor).
@@ -197,5 +220,15 @@ pub enum FromWorker {
     SessionClose {
         /// The session id.
         sid: String,
+    },
+    /// Tag 6. Listen on `addr` (`HOST:PORT`, `[V6]:PORT` or `unix:/path`) for this worker, as
+    /// Node's `server.listen` does in a `cluster` worker: clusterd binds the address once and
+    /// balances its connections over every worker that asked. clusterd answers with
+    /// [`ToWorker::Listening`].
+    Listen {
+        /// Chosen by the worker; echoed by the answer.
+        seq: u32,
+        /// The address.
+        addr: String,
     },
 }

@@ -14,6 +14,7 @@ use crate::channel::WorkerChannel;
 use crate::codec;
 use crate::error::Error;
 use crate::listener::{Connection, Listener};
+use crate::protocol::ListenResult;
 use crate::protocol::{
     ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, MAX_CLOSED_PER_FRAME, PROTOCOL_VERSION,
     ToWorker,
@@ -62,6 +63,7 @@ struct Inner {
     listener: Mutex<Option<mpsc::Receiver<Connection>>>,
     next_seq: AtomicU32,
     acks: Mutex<HashMap<u32, oneshot::Sender<()>>>,
+    listens: Mutex<HashMap<u32, oneshot::Sender<ListenResult>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl Worker {
             listener: Mutex::new(Some(connection_queue)),
             next_seq: AtomicU32::new(1),
             acks: Mutex::new(HashMap::new()),
+            listens: Mutex::new(HashMap::new()),
         });
         runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue));
         let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -199,6 +202,29 @@ impl Worker {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Disconnected),
             Err(_) => Err(Error::SessionTimeout { sid: sid.to_owned() }),
+        }
+    }
+
+    /// Asks clusterd to listen on `addr` (`HOST:PORT`, `[V6]:PORT` or `unix:/path`) for this
+    /// worker, as `server.listen` does in a Node.js `cluster` worker: clusterd binds the address
+    /// once, and balances its connections over every worker that asked for it. They arrive through
+    /// [`Worker::listener`] like all handed-off connections ([`Connection::local_addr`] tells which
+    /// address a client used). Returns the address clusterd listens on (a port 0 is resolved).
+    ///
+    /// A worker that restarts asks again (its program runs anew); the socket stays bound in
+    /// clusterd meanwhile, so no connection is refused while no worker is ready (they get a 503).
+    pub async fn listen(&self, addr: &str) -> Result<String, Error> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.listens).insert(seq, tx);
+        if let Err(error) = self.send(&FromWorker::Listen { seq, addr: addr.to_owned() }).await {
+            lock(&self.inner.listens).remove(&seq);
+            return Err(error);
+        }
+        match rx.await {
+            Ok(ListenResult::Bound { addr }) => Ok(addr),
+            Ok(ListenResult::Failed { reason }) => Err(Error::Listen { addr: addr.to_owned(), reason }),
+            Err(_) => Err(Error::Disconnected),
         }
     }
 
@@ -290,6 +316,11 @@ async fn read_frames(inner: Arc<Inner>) {
                         tracing::warn!(id, %error, "cannot use a handed-off connection");
                         let _ = inner.reports.try_send(Report::Closed(id));
                     }
+                }
+            }
+            Ok(Some((ToWorker::Listening { seq, result }, _))) => {
+                if let Some(answer) = lock(&inner.listens).remove(&seq) {
+                    let _ = answer.send(result);
                 }
             }
             Ok(Some((ToWorker::SessionAck { seq }, _))) => {

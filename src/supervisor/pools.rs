@@ -1,0 +1,137 @@
+//! The balancers of the dispatcher: one for the listeners clusterd was given (`--listen`,
+//! systemd), where every worker takes connections, and one per address that workers asked
+//! clusterd to listen on (`Worker::listen`), where only the workers that asked do.
+//!
+//! Readiness, sessions and deaths apply to every balancer that knows the worker (the others
+//! ignore unknown workers); connection counts belong to the balancer whose listener accepted.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::balancer::{Balancer, WorkerKey};
+use crate::config::{Balance, ListenAddr, Sticky};
+
+/// A listener that workers asked for.
+struct Group {
+    /// What the workers asked for, and what was bound (port 0 resolved).
+    asked: ListenAddr,
+    bound: String,
+    unix_path: Option<PathBuf>,
+    balancer: Balancer,
+}
+
+pub struct Pools {
+    main: Balancer,
+    groups: Vec<Group>,
+    method: Balance,
+    sticky: Sticky,
+    ttl: Duration,
+}
+
+impl Pools {
+    pub fn new(method: Balance, sticky: Sticky, ttl: Duration) -> Self {
+        let seed = u64::from(std::process::id());
+        Self { main: Balancer::new(method, sticky, seed, ttl), groups: Vec::new(), method, sticky, ttl }
+    }
+
+    fn all(&mut self) -> impl Iterator<Item = &mut Balancer> {
+        std::iter::once(&mut self.main).chain(self.groups.iter_mut().map(|g| &mut g.balancer))
+    }
+
+    fn pool(&mut self, group: Option<u32>) -> Option<&mut Balancer> {
+        match group {
+            None => Some(&mut self.main),
+            Some(id) => self.groups.get_mut(id as usize).map(|g| &mut g.balancer),
+        }
+    }
+
+    /// A new worker process takes connections of the main listeners.
+    pub fn add_worker(&mut self, key: WorkerKey, slot: u32) {
+        self.main.add_worker(key, slot);
+    }
+
+    pub fn set_ready(&mut self, key: WorkerKey, ready: bool) {
+        self.all().for_each(|b| b.set_ready(key, ready));
+    }
+
+    pub fn remove_worker(&mut self, key: WorkerKey) {
+        self.all().for_each(|b| b.remove_worker(key));
+    }
+
+    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) {
+        self.all().for_each(|b| b.session_open(sid, key, now));
+    }
+
+    pub fn session_close(&mut self, sid: &str, key: WorkerKey) {
+        self.all().for_each(|b| b.session_close(sid, key));
+    }
+
+    pub fn pick(
+        &mut self,
+        group: Option<u32>,
+        sid: Option<&str>,
+        ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Option<WorkerKey> {
+        self.pool(group)?.pick(sid, ip, now)
+    }
+
+    pub fn connection_closed(&mut self, group: Option<u32>, key: WorkerKey) {
+        if let Some(pool) = self.pool(group) {
+            pool.connection_closed(key);
+        }
+    }
+
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.all().map(|b| b.expire(now)).sum()
+    }
+
+    /// Connections a worker carries, over every listener.
+    pub fn connections(&self, key: WorkerKey) -> u64 {
+        self.main.connections(key) + self.groups.iter().map(|g| g.balancer.connections(key)).sum::<u64>()
+    }
+
+    /// Sessions are mirrored in every balancer: the main one has them all.
+    pub fn sessions(&self, key: WorkerKey) -> u64 {
+        self.main.sessions(key)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.main.session_count()
+    }
+
+    /// The group already serving `asked` (same address asked, or the same address bound).
+    pub fn find_group(&self, asked: &ListenAddr) -> Option<(u32, String)> {
+        self.groups
+            .iter()
+            .position(|g| &g.asked == asked || g.bound == asked.to_string())
+            .map(|i| (i as u32, self.groups[i].bound.clone()))
+    }
+
+    /// A new group for a bound listener; returns its id.
+    pub fn add_group(&mut self, asked: ListenAddr, bound: String, unix_path: Option<PathBuf>) -> u32 {
+        let seed = u64::from(std::process::id()) ^ (self.groups.len() as u64 + 1);
+        let balancer = Balancer::new(self.method, self.sticky, seed, self.ttl);
+        self.groups.push(Group { asked, bound, unix_path, balancer });
+        self.groups.len() as u32 - 1
+    }
+
+    /// The worker takes connections of this group from now on.
+    pub fn join(&mut self, group: u32, key: WorkerKey, slot: u32, ready: bool) {
+        if let Some(g) = self.groups.get_mut(group as usize) {
+            g.balancer.add_worker(key, slot);
+            g.balancer.set_ready(key, ready);
+        }
+    }
+
+    /// The addresses of the groups' listeners.
+    pub fn bound(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().map(|g| g.bound.as_str())
+    }
+
+    /// Socket files the groups created, to remove at exit.
+    pub fn unix_paths(&self) -> Vec<PathBuf> {
+        self.groups.iter().filter_map(|g| g.unix_path.clone()).collect()
+    }
+}
