@@ -1,15 +1,15 @@
 # clusterd as a container entrypoint.
 #
 #   docker build -t clusterd .
-#   docker run --rm -p 3000:3000 clusterd      # the bundled `hello` example on every CPU
-#   curl http://127.0.0.1:3000/                # hello from worker <id> (pid <pid>, generation 1)
+#   docker run --rm -p 3000:3000 clusterd      # the bundled chat example, one worker per CPU
+#   open http://127.0.0.1:3000/                # the page says which worker serves it
 #
 # Build your own image FROM this one (or copy /usr/local/bin/clusterd out of it), add your worker
 # program, and give it after `--`:
 #
 #   FROM clusterd
 #   COPY --chown=clusterd:clusterd my-server /app/my-server
-#   CMD ["--workers", "auto", "--", "/app/my-server"]
+#   CMD ["--workers", "auto", "--listen", "0.0.0.0:3000", "--", "/app/my-server"]
 #
 # `docker stop` waits 10s by default, less than clusterd's 30s drain time: use
 # `docker stop -t 40` (compose: `stop_grace_period: 40s`), or set CLUSTERD_GRACE lower.
@@ -21,23 +21,22 @@ WORKDIR /src
 
 # Manifests first, with stub sources, so that the dependencies are compiled in a layer that is
 # rebuilt only when Cargo.toml or Cargo.lock change. Every target that Cargo.toml declares gets a
-# stub, so that the manifests load; the `hello` stub pulls in the example's dependencies (axum).
+# stub, so that the manifests load; the `chat` stub pulls in the example's dependencies (axum,
+# socketioxide).
 COPY Cargo.toml Cargo.lock ./
 COPY worker-sdk/Cargo.toml worker-sdk/
 RUN mkdir -p src worker-sdk/src tests/support benches examples \
- && echo 'fn main() {}' > src/main.rs \
- && cp src/main.rs tests/support/test_worker.rs \
- && cp src/main.rs benches/supervisor.rs \
- && cp src/main.rs examples/hello.rs \
+ && for target in src/main.rs tests/support/test_worker.rs examples/chat.rs \
+        $(grep -o 'benches/[A-Za-z0-9_]*\.rs' Cargo.toml); do echo 'fn main() {}' > "$target"; done \
  && touch worker-sdk/src/lib.rs \
- && cargo build --release --locked --bin clusterd --example hello \
+ && cargo build --release --locked --bin clusterd --example chat \
  && rm -rf src worker-sdk/src tests benches examples
 
 # Then the sources. COPY keeps their modification times, which can be older than the stubs' build:
 # touch the crate roots so that Cargo rebuilds the workspace's crates and the example.
 COPY . .
-RUN touch src/main.rs worker-sdk/src/lib.rs examples/hello.rs \
- && cargo build --release --locked --bin clusterd --example hello
+RUN touch src/main.rs worker-sdk/src/lib.rs examples/*.rs \
+ && cargo build --release --locked --bin clusterd --example chat --example hello
 
 # ---- run --------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -47,7 +46,8 @@ RUN apt-get update \
 RUN useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin clusterd
 COPY --from=builder /src/target/release/clusterd /usr/local/bin/clusterd
-# The example SDK worker (examples/hello.rs), for the default command below.
+# The example SDK workers (examples/chat.rs for the default command below, examples/hello.rs).
+COPY --from=builder /src/target/release/examples/chat /usr/local/bin/chat
 COPY --from=builder /src/target/release/examples/hello /usr/local/bin/hello
 
 # The control socket (mode 0600) at a fixed, writable path, the same for the running clusterd and
@@ -65,7 +65,7 @@ USER clusterd
 # fatal error, 2 on bad usage.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["clusterd"]
-# A demo: every worker binds 0.0.0.0:3000 with SO_REUSEPORT (this version has no --listen yet).
-# Replace it with your own program in a derived image or on `docker run`.
+# A demo: clusterd listens on 0.0.0.0:3000 and hands each connection to a chat worker. Replace it
+# with your own program in a derived image or on `docker run`.
 EXPOSE 3000
-CMD ["--workers", "auto", "--", "/usr/local/bin/hello", "0.0.0.0:3000"]
+CMD ["--workers", "auto", "--listen", "0.0.0.0:3000", "--", "/usr/local/bin/chat"]
