@@ -268,8 +268,10 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
             }
             _ => format!("{me} peer={} line={line}\n", connection.peer_addr()).into_bytes(),
         };
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", answer.len());
-        connection.write_all(head.as_bytes()).await?;
-        connection.write_all(&answer).await?;
+        // One write per answer: a head and a body in two writes would wait on the client's
+        // delayed ACK (Nagle) on every keep-alive request.
+        let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", answer.len()).into_bytes();
+        out.extend_from_slice(&answer);
+        connection.write_all(&out).await?;
     }
 }

@@ -1,0 +1,1326 @@
+//! clusterd against the Node.js primary it replaces: the classic recipe of `benches/node/primary.cjs`
+//! (a `cluster` primary with `@socket.io/sticky`'s `setupMaster` least-connection and
+//! `@socket.io/cluster-adapter`'s `setupPrimary`, `serialization: "advanced"`, 2 Node workers with an
+//! http server and a Socket.IO server) measured side by side with clusterd and 2 Rust workers on the
+//! same machine, over loopback. It prints a Markdown table and the exact commands.
+//!
+//! Run it with `cargo build --release --workspace --examples && cargo bench --bench node_primary`.
+//! Cargo builds the package's binaries (`clusterd`, `clusterd-test-worker`) before its benches but
+//! not the examples: the bench finds `target/release/examples/{hello,chat}` and stops with a clear
+//! message when they are missing (and warns when one is older than its sources). It needs `wrk` and
+//! `node`/`npm` in `PATH`; when `benches/node/node_modules` is missing it runs `npm ci` there
+//! (from the committed `package-lock.json`) first.
+//!
+//! What is measured, in one run, interleaved (for each round: new-connection Node, clusterd, then
+//! polling sessions Node, clusterd; [`ROUNDS`] rounds), each load run against a freshly started
+//! server on a fresh loopback port:
+//!
+//! 1. **New connection per request**: `wrk -t2 -c64 -d5s -H 'Connection: close'`: clusterd + 2
+//!    `hello` workers against the Node primary + 2 Node workers (the issue's target: clusterd
+//!    ≥ [`CLOSE_TARGET`]× the Node primary).
+//! 2. **Socket.IO polling sessions established per second**: `benches/node/polling_load.mjs`
+//!    (socket.io-client, `transports: ["polling"]`, [`LOAD_CONCURRENCY`] loops for
+//!    [`LOAD_SECONDS`] s, each: connect, one `whoami` ack, disconnect): clusterd + 2 `chat` workers
+//!    (socketioxide behind the SDK's `SessionLayer`) against the Node primary + 2 Node Socket.IO
+//!    workers. Every error is counted by kind; "Session ID unknown" (HTTP 400: a request of a
+//!    session reached a worker that does not hold it) is the Node primary's known misrouting, and
+//!    clusterd must show none.
+//! 3. **clusterd's memory with [`SESSIONS`] open sticky sessions**, once: clusterd + 2
+//!    `clusterd-test-worker --serve` workers, whose `GET /open?sid=S` registers session S with
+//!    clusterd and answers after clusterd's ack. [`SESSIONS`] distinct 16-character sids are opened
+//!    over 4 keep-alive connections (sequential requests on each), `status` must then show exactly
+//!    that many sessions, and clusterd's `VmRSS`/`VmHWM` are read (target: RSS below
+//!    [`RSS_TARGET_MIB`] MiB), against the same figures before the first session.
+//!
+//! For each load run the main process's CPU (clusterd, or the Node primary: utime + stime from
+//! `/proc/<pid>/stat`) and its memory after the run are recorded too. A server is used only once
+//! it is ready: clusterd's `status` shows every worker ready, the Node primary printed its
+//! `listening` line and every worker its `ready` line (read from its stdout, with a timeout); then
+//! one plain GET through the port must answer 200 from the app. Everything is loopback; every wait
+//! has a timeout; every process the bench starts is stopped (SIGTERM, then SIGKILL to its process
+//! group), also when it panics, and gets SIGTERM from the kernel if the bench itself is killed.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// A/B rounds of each test.
+const ROUNDS: usize = 3;
+const WRK_SECONDS: u64 = 5;
+const WRK_THREADS: usize = 2;
+const WRK_CONNECTIONS: usize = 64;
+/// Workers behind each primary.
+const WORKERS: usize = 2;
+/// polling_load.mjs: concurrent loops and seconds.
+const LOAD_CONCURRENCY: usize = 16;
+const LOAD_SECONDS: u64 = 5;
+/// Open sticky sessions for the memory figure, and the keep-alive connections that open them.
+const SESSIONS: usize = 10_000;
+const SESSION_CONNECTIONS: usize = 4;
+/// The issue's targets: clusterd / Node primary for new connections; clusterd's RSS with
+/// [`SESSIONS`] sessions.
+const CLOSE_TARGET: f64 = 5.0;
+const RSS_TARGET_MIB: f64 = 20.0;
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a load generator may run beyond its duration before it is killed.
+const LOAD_SLACK: Duration = Duration::from_secs(25);
+const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
+const POLL_EVERY: Duration = Duration::from_millis(5);
+/// "Other CPU" (busy time not charged to the servers or the load generator) above this share of one
+/// core during a run is called out: something else was running.
+const OTHER_CPU_WARNING: f64 = 0.10;
+
+const BUILD_HINT: &str = "run `cargo build --release --workspace --examples` first";
+
+fn main() {
+    let tools = Tools::find();
+    let bins = Binaries::locate();
+    let stale = bins.stale();
+    for warning in &stale {
+        eprintln!("warning: {warning}");
+    }
+    ensure_node_modules(&tools);
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for round in 1..=ROUNDS {
+        for test in [Test::Close, Test::Polling] {
+            for setup in [Setup::Node, Setup::Clusterd] {
+                let run = measure(&bins, &tools, round, test, setup);
+                eprintln!(
+                    "round {round}/{ROUNDS} {} {}: {:.0} {}{}",
+                    test.label(),
+                    setup.label(),
+                    run.rate,
+                    test.unit(),
+                    if run.errors > 0 { format!(", {} errors", run.errors) } else { String::new() }
+                );
+                runs.push(run);
+            }
+        }
+    }
+    let memory = measure_sessions(&bins);
+    eprintln!(
+        "memory: {} sessions, clusterd VmRSS {:.1} MiB (before {:.1} MiB)",
+        memory.sessions,
+        mib(memory.with.0),
+        mib(memory.before.0)
+    );
+    report(&runs, &memory, &tools, &stale, started.elapsed());
+}
+
+/// The external programs: wrk, node, npm.
+struct Tools {
+    wrk: PathBuf,
+    node: PathBuf,
+    npm: PathBuf,
+}
+
+impl Tools {
+    fn find() -> Self {
+        let need = |name: &str, hint: &str| {
+            find_in_path(name).unwrap_or_else(|| {
+                eprintln!("error: `{name}` is not in PATH; this bench needs it. {hint}");
+                std::process::exit(1);
+            })
+        };
+        Self {
+            wrk: need("wrk", "Install it with `apt-get install wrk` (Debian package)."),
+            node: need("node", "Install Node.js 20 or later (with npm)."),
+            npm: need("npm", "Install npm (it comes with Node.js)."),
+        }
+    }
+}
+
+/// `name` from `PATH`, if it is there and executable.
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/node")
+}
+
+/// Runs `npm ci` in benches/node when its node_modules is missing (bounded in time).
+fn ensure_node_modules(tools: &Tools) {
+    let dir = node_dir();
+    let installed = ["socket.io", "socket.io-client", "@socket.io/sticky", "@socket.io/cluster-adapter"]
+        .iter()
+        .all(|p| dir.join("node_modules").join(p).join("package.json").is_file());
+    if installed {
+        return;
+    }
+    eprintln!("benches/node/node_modules is missing: running `npm ci` in {}", dir.display());
+    let mut command = Command::new(&tools.npm);
+    command.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).stdin(Stdio::null());
+    die_with_bench(&mut command);
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start npm: {e}"));
+    match wait_timeout(&mut child, NPM_CI_TIMEOUT) {
+        Some(status) if status.success() => {}
+        Some(status) => {
+            eprintln!("error: `npm ci` in {} failed ({status}); run it by hand and try again", dir.display());
+            std::process::exit(1);
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("error: `npm ci` in {} did not finish within {NPM_CI_TIMEOUT:?}", dir.display());
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The release binaries under test.
+struct Binaries {
+    clusterd: PathBuf,
+    test_worker: PathBuf,
+    hello: PathBuf,
+    chat: PathBuf,
+}
+
+impl Binaries {
+    fn locate() -> Self {
+        let exe = std::env::current_exe().expect("cannot find the path of the bench executable");
+        // The bench runs as target/<profile>/deps/node_primary-<hash>.
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| panic!("the bench executable {} is not in target/<profile>/deps/", exe.display()));
+        let binary = |name: &str| {
+            let path = dir.join(name);
+            assert!(
+                path.is_file(),
+                "{} is missing: run `cargo build --release` first (`cargo bench --bench node_primary` builds it \
+                 by itself; this happens when the bench executable is run by hand)",
+                path.display()
+            );
+            path
+        };
+        let example = |name: &str| {
+            let path = dir.join("examples").join(name);
+            if !path.is_file() {
+                eprintln!("error: {} is missing: {BUILD_HINT} (`cargo bench` does not build examples)", path.display());
+                std::process::exit(1);
+            }
+            path
+        };
+        Self {
+            clusterd: binary("clusterd"),
+            test_worker: binary("clusterd-test-worker"),
+            hello: example("hello"),
+            chat: example("chat"),
+        }
+    }
+
+    /// Warnings for example binaries older than a source they are built from.
+    fn stale(&self) -> Vec<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut sdk: Vec<PathBuf> = std::fs::read_dir(root.join("worker-sdk/src"))
+            .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        sdk.push(root.join("worker-sdk/Cargo.toml"));
+        sdk.push(root.join("Cargo.lock"));
+        let mut warnings = Vec::new();
+        for (binary, source) in [(&self.hello, "examples/hello.rs"), (&self.chat, "examples/chat.rs")] {
+            let Some(built) = modified(binary) else { continue };
+            let newer: Vec<String> = std::iter::once(root.join(source))
+                .chain(sdk.iter().cloned())
+                .filter(|s| modified(s).is_some_and(|m| m > built))
+                .map(|s| s.strip_prefix(root).unwrap_or(&s).display().to_string())
+                .collect();
+            if !newer.is_empty() {
+                warnings.push(format!(
+                    "{} is older than {}: {BUILD_HINT} to measure the current code",
+                    binary.display(),
+                    newer.join(", ")
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Removes what would change how clusterd or the workers behave: clusterd reads every `CLUSTERD_*`
+/// variable as an option, and would talk to a service manager through `NOTIFY_SOCKET` or take over
+/// sockets passed with `LISTEN_FDS`. `DEBUG` would make the Node packages log every request.
+fn clean_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let Some(name) = key.to_str() else { continue };
+        if name.starts_with("CLUSTERD_")
+            || name.starts_with("LISTEN_")
+            || name.starts_with("WATCHDOG_")
+            || name.starts_with("NODE_")
+            || name == "NOTIFY_SOCKET"
+            || name == "DEBUG"
+        {
+            command.env_remove(&key);
+        }
+    }
+    command.env("RUST_LOG", "info");
+}
+
+/// The child gets SIGTERM when the bench dies: a panic stops the servers through the `Drop` guards,
+/// but a bench killed by a signal would leave them (and the load generators) running without this.
+fn die_with_bench(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid has no preconditions.
+    let bench = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, getppid, _exit); it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The bench died before the prctl took effect.
+            if libc::getppid() != bench {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Test {
+    /// A new connection per request (`Connection: close`), wrk.
+    Close,
+    /// Socket.IO polling-only sessions, polling_load.mjs.
+    Polling,
+}
+
+impl Test {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Close => "new connection per request",
+            Self::Polling => "Socket.IO polling sessions",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Close => "req/s",
+            Self::Polling => "sessions/s",
+        }
+    }
+
+    /// The clusterd worker program for this test.
+    fn app(self) -> App {
+        match self {
+            Self::Close => App::Hello,
+            Self::Polling => App::Chat,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Node,
+    Clusterd,
+}
+
+impl Setup {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Node => "Node primary",
+            Self::Clusterd => "clusterd",
+        }
+    }
+}
+
+/// What runs behind clusterd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum App {
+    Hello,
+    Chat,
+    /// `clusterd-test-worker --serve`.
+    Sessions,
+}
+
+/// One row of the status document's worker table.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    id: u64,
+    pid: Option<u32>,
+    state: String,
+    generation: u64,
+    sessions: u64,
+}
+
+/// Part of a `status` reply.
+struct Status {
+    workers: Vec<Row>,
+    sessions: u64,
+}
+
+/// A running server under test (the Node primary and its workers, or clusterd and its workers);
+/// stopped on drop if [`Server::stop`] was not called (a panic).
+struct Server {
+    setup: Setup,
+    app: Option<App>,
+    child: Option<Child>,
+    pid: i32,
+    port: u16,
+    socket: PathBuf,
+    log: PathBuf,
+    command: String,
+    /// Worker pids once all were ready.
+    workers: Vec<i32>,
+    // Last, so that it is removed after the server has stopped.
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start_clusterd(bins: &Binaries, app: App) -> Self {
+        let (dir, socket, log, port) = scratch();
+        let mut args = vec![
+            "--workers".to_owned(),
+            WORKERS.to_string(),
+            "--control".into(),
+            socket.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--".into(),
+        ];
+        match app {
+            App::Hello => args.push(bins.hello.display().to_string()),
+            App::Chat => args.push(bins.chat.display().to_string()),
+            App::Sessions => args.extend([bins.test_worker.display().to_string(), "--serve".into()]),
+        }
+        let out = File::create(&log).expect("cannot create the server's log file");
+        let err = out.try_clone().expect("cannot duplicate the log file handle");
+        let mut command = Command::new(&bins.clusterd);
+        command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = spawn_server(&mut command);
+        let pid = i32::try_from(child.id()).expect("pid out of range");
+        let command = format!("RUST_LOG=info {} {}", bins.clusterd.display(), args.join(" "));
+        let mut server = Self {
+            setup: Setup::Clusterd,
+            app: Some(app),
+            child: Some(child),
+            pid,
+            port,
+            socket,
+            log,
+            command,
+            workers: Vec::new(),
+            dir,
+        };
+        let rows = server.wait_for_ready_workers();
+        server.workers = rows.iter().filter_map(|r| r.pid).filter_map(|p| i32::try_from(p).ok()).collect();
+        if app != App::Sessions {
+            server.check_get();
+        }
+        server
+    }
+
+    fn start_node(tools: &Tools) -> Self {
+        let (dir, socket, log, port) = scratch();
+        let script = node_dir().join("primary.cjs");
+        let args = vec![script.display().to_string(), port.to_string(), WORKERS.to_string()];
+        let err = File::create(&log).expect("cannot create the server's log file");
+        let mut command = Command::new(&tools.node);
+        command.args(&args).current_dir(node_dir()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+        let mut child = spawn_server(&mut command);
+        let pid = i32::try_from(child.id()).expect("pid out of range");
+        // The primary's and its workers' stdout: each line goes to the channel (for the ready
+        // lines) and to the log (appended after stderr's, which opened the file first).
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        let mut copy = std::fs::OpenOptions::new().append(true).open(&log).expect("cannot open the log file");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(copy, "{line}");
+                let _ = tx.send(line);
+            }
+        });
+        let command = format!("(cd {} && {} {})", node_dir().display(), tools.node.display(), args.join(" "));
+        let mut server = Self {
+            setup: Setup::Node,
+            app: None,
+            child: Some(child),
+            pid,
+            port,
+            socket,
+            log,
+            command,
+            workers: Vec::new(),
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut listening = false;
+        while !listening || server.workers.len() < WORKERS {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("primary ") && line.contains(" listening on ") => listening = true,
+                Ok(line) => {
+                    // `ready worker <id> pid <pid>`
+                    if let Some(pid) = line.strip_prefix("ready worker ").and_then(|r| r.split(" pid ").nth(1)) {
+                        server.workers.push(pid.trim().parse().unwrap_or(0));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
+                    "the Node primary and its {WORKERS} workers were not ready within {START_TIMEOUT:?} \
+                     (listening: {listening}, workers ready: {})",
+                    server.workers.len()
+                )),
+                Err(mpsc::RecvTimeoutError::Disconnected) => server.fail("the Node primary closed its stdout"),
+            }
+        }
+        server.check_get();
+        server
+    }
+
+    /// Panics with `what`, the server's exit status if it is gone, and the end of its log.
+    fn fail(&mut self, what: &str) -> ! {
+        let exited = self.exited();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        let state = exited.map_or("still running".to_owned(), |s| format!("exited: {s}"));
+        panic!("{what}\n{} ({state}): {}\nlast lines of its log:\n{tail}", self.setup.label(), self.command);
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// One `GET /` must answer 200 with the app's body.
+    fn check_get(&mut self) {
+        let (code, body) = match http_get(self.port) {
+            Ok(answer) => answer,
+            Err(error) => self.fail(&format!("GET / failed: {error}")),
+        };
+        let expected = match self.app {
+            None | Some(App::Hello) => body.starts_with("hello from worker "),
+            Some(App::Chat) => body.contains("clusterd chat"),
+            Some(App::Sessions) => true,
+        };
+        if code != 200 || !expected {
+            self.fail(&format!("GET / answered {code} {body:?}, not the app's 200"));
+        }
+    }
+
+    /// One `status` request.
+    fn status(&self) -> Result<Status, String> {
+        let mut stream = UnixStream::connect(&self.socket)
+            .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+        stream.write_all(b"{\"command\":\"status\"}\n").map_err(|e| format!("cannot send the request: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).map_err(|e| format!("no reply: {e}"))?;
+        let reply: Value = serde_json::from_str(&line).map_err(|e| format!("unreadable reply {line:?}: {e}"))?;
+        if reply["ok"] != Value::Bool(true) {
+            return Err(format!("clusterd refused: {line}"));
+        }
+        let status = &reply["status"];
+        let workers = status["workers"].as_array().ok_or_else(|| format!("no worker table in {line:?}"))?;
+        let workers = workers
+            .iter()
+            .map(|w| {
+                Ok(Row {
+                    id: w["id"].as_u64().ok_or("a worker without an id")?,
+                    pid: w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+                    state: w["state"].as_str().ok_or("a worker without a state")?.to_owned(),
+                    generation: w["generation"].as_u64().ok_or("a worker without a generation")?,
+                    sessions: w["sessions"].as_u64().unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<Row>, String>>()?;
+        let sessions = status["sessions"].as_u64().unwrap_or_else(|| workers.iter().map(|w| w.sessions).sum());
+        Ok(Status { workers, sessions })
+    }
+
+    /// Polls `status` until every worker is ready; panics after [`START_TIMEOUT`]. Errors are
+    /// retried: the socket appears only once clusterd is up.
+    fn wait_for_ready_workers(&mut self) -> Vec<Row> {
+        self.wait_for_status(START_TIMEOUT, &format!("all {WORKERS} workers to be ready"), |s| {
+            s.workers.len() == WORKERS && s.workers.iter().all(|r| r.state == "ready" && r.pid.is_some())
+        })
+        .workers
+    }
+
+    fn wait_for_status(&mut self, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.status() {
+                Ok(status) if done(&status) => return status,
+                Ok(status) => format!("sessions {}, workers {:?}", status.sessions, status.workers),
+                Err(error) => error,
+            };
+            if let Some(status) = self.exited() {
+                self.fail(&format!("clusterd exited ({status}) while waiting for {what}"));
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("timed out after {timeout:?} waiting for {what}; last: {last}"));
+            }
+            thread::sleep(POLL_EVERY);
+        }
+    }
+
+    /// SIGTERM, then wait; SIGKILL to the process group (the Node workers too) if it has not exited
+    /// within [`STOP_TIMEOUT`].
+    fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
+        if let Some(status) = wait_timeout(&mut child, STOP_TIMEOUT) {
+            return Some(status);
+        }
+        eprintln!("{} did not exit within {STOP_TIMEOUT:?} of SIGTERM: sending SIGKILL", self.setup.label());
+        // The server leads its own process group (not yet reaped, so the group id is still its):
+        // the Node workers go with their primary; clusterd's workers get SIGKILL from the kernel
+        // when clusterd dies.
+        let _ = kill(Pid::from_raw(-self.pid), Signal::SIGKILL);
+        child.wait().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A temporary directory, a control socket path and a log path in it, and a free port.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, u16) {
+    let dir = tempfile::Builder::new()
+        .prefix("clusterd-node-primary-")
+        .tempdir()
+        .expect("cannot create a temporary directory");
+    let socket = dir.path().join("c.sock");
+    let log = dir.path().join("server.log");
+    (dir, socket, log, free_port())
+}
+
+/// Spawns a server in a process group of its own, in a clean environment, dying with the bench.
+fn spawn_server(command: &mut Command) -> Child {
+    use std::os::unix::process::CommandExt;
+    clean_env(command);
+    command.process_group(0);
+    die_with_bench(command);
+    command.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()))
+}
+
+/// `Child::wait` with a deadline; `None` if the child is still running (or cannot be waited for).
+fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// A loopback port nobody listens on now: bind port 0, read what the kernel chose, close.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0");
+    listener.local_addr().expect("no local address").port()
+}
+
+/// One `GET /` with `Connection: close`; the status code and the body.
+fn http_get(port: u16) -> Result<(u16, String), String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no complete response: {text:?}"))?;
+    Ok((status_code(head).ok_or_else(|| format!("no status line: {text:?}"))?, body.to_owned()))
+}
+
+fn status_code(head: &str) -> Option<u16> {
+    head.lines().next()?.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// One load run against one freshly started server.
+struct Run {
+    round: usize,
+    test: Test,
+    setup: Setup,
+    /// req/s (wrk) or sessions/s (polling_load.mjs).
+    rate: f64,
+    /// Requests or sessions completed.
+    done: u64,
+    errors: u64,
+    /// The errors by kind, as text.
+    error_detail: String,
+    /// Completed sessions per worker (polling runs).
+    spread: String,
+    load_command: String,
+    server_command: String,
+    /// CPU seconds of the main process (clusterd or the Node primary) during the load, and the
+    /// load's wall time.
+    main_cpu: f64,
+    seconds: f64,
+    /// CPU seconds of each worker and of the load generator during the load.
+    worker_cpu: Vec<f64>,
+    load_cpu: f64,
+    /// Busy share of all cores, 0..1, and busy CPU seconds charged to none of the above (another
+    /// process running beside the bench skews the figures).
+    machine_busy: f64,
+    other_cpu: f64,
+    /// VmRSS / VmHWM of the main process after the run, KiB.
+    memory: (u64, u64),
+    exit: Option<ExitStatus>,
+}
+
+fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setup) -> Run {
+    let mut server = match setup {
+        Setup::Node => Server::start_node(tools),
+        Setup::Clusterd => Server::start_clusterd(bins, test.app()),
+    };
+    let url = format!("http://127.0.0.1:{}/", server.port);
+    let (program, args, cwd): (&Path, Vec<String>, Option<PathBuf>) = match test {
+        Test::Close => {
+            let args = vec![
+                format!("-t{WRK_THREADS}"),
+                format!("-c{WRK_CONNECTIONS}"),
+                format!("-d{WRK_SECONDS}s"),
+                "-H".to_owned(),
+                "Connection: close".to_owned(),
+                url,
+            ];
+            (&tools.wrk, args, None)
+        }
+        Test::Polling => {
+            let script = node_dir().join("polling_load.mjs").display().to_string();
+            (&tools.node, vec![script, url, LOAD_CONCURRENCY.to_string(), LOAD_SECONDS.to_string()], Some(node_dir()))
+        }
+    };
+    let name = program.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let load_command = format!(
+        "{}{name} {}",
+        cwd.as_ref().map_or(String::new(), |d| format!("cd {} && ", d.display())),
+        args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { a.clone() }).collect::<Vec<_>>().join(" ")
+    );
+    let out_path = server.dir.path().join("load.out");
+    let err_path = server.dir.path().join("load.err");
+    let out = File::create(&out_path).expect("cannot create the load's output file");
+    let err = File::create(&err_path).expect("cannot create the load's error file");
+    let mut command = Command::new(program);
+    command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
+    if let Some(dir) = &cwd {
+        command.current_dir(dir);
+    }
+    die_with_bench(&mut command);
+    let before = sample(server.pid, &server.workers);
+    let started = Instant::now();
+    let mut child = command.spawn().unwrap_or_else(|e| server.fail(&format!("cannot start {load_command}: {e}")));
+    let duration = Duration::from_secs(if test == Test::Close { WRK_SECONDS } else { LOAD_SECONDS });
+    let status = wait_timeout(&mut child, duration + LOAD_SLACK);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let after = sample(server.pid, &server.workers);
+    let hz = clock_ticks_per_second() as f64;
+    let main_cpu = (after.main_ticks - before.main_ticks) as f64 / hz;
+    let worker_cpu: Vec<f64> =
+        after.worker_ticks.iter().zip(&before.worker_ticks).map(|(a, b)| a.saturating_sub(*b) as f64 / hz).collect();
+    let load_cpu = (after.children - before.children).as_secs_f64();
+    let (busy, total) = (after.machine.0 - before.machine.0, after.machine.1 - before.machine.1);
+    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let Some(status) = status else {
+        server.fail(&format!("{load_command} did not finish within {LOAD_SLACK:?} of its duration:\n{output}{errors}"))
+    };
+    if !status.success() {
+        server.fail(&format!("{load_command} failed ({status}):\n{output}{errors}"));
+    }
+    let memory = proc_memory(server.pid);
+    let mut run = Run {
+        round,
+        test,
+        setup,
+        rate: 0.0,
+        done: 0,
+        errors: 0,
+        error_detail: String::new(),
+        spread: String::new(),
+        load_command,
+        server_command: server.command.clone(),
+        main_cpu,
+        seconds: wall,
+        machine_busy: if total == 0 { 0.0 } else { busy as f64 / total as f64 },
+        other_cpu: busy as f64 / hz - main_cpu - worker_cpu.iter().sum::<f64>() - load_cpu,
+        worker_cpu,
+        load_cpu,
+        memory,
+        exit: None,
+    };
+    let parsed = match test {
+        Test::Close => read_wrk(&output, &mut run),
+        Test::Polling => read_load(&output, &mut run),
+    };
+    if let Err(e) = parsed {
+        server.fail(&format!("cannot read the load's output ({e}):\n{output}{errors}"));
+    }
+    if setup == Setup::Clusterd {
+        let status = server.status().unwrap_or_else(|e| server.fail(&format!("status after the run failed: {e}")));
+        let pids: Vec<i32> =
+            status.workers.iter().filter_map(|w| w.pid).filter_map(|p| i32::try_from(p).ok()).collect();
+        if pids != server.workers {
+            run.error_detail.push_str(&format!(" workers changed: {:?} → {pids:?}", server.workers));
+        }
+    }
+    if let Some(status) = server.exited() {
+        server.fail(&format!("the server exited during the run ({status})"));
+    }
+    run.exit = server.stop();
+    run
+}
+
+/// wrk's `Requests/sec`, request count, non-2xx and socket errors.
+fn read_wrk(text: &str, run: &mut Run) -> Result<(), String> {
+    let mut rps = None;
+    let (mut non_2xx, mut socket) = (0, [0u64; 4]);
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = v.trim().parse().map_err(|_| format!("bad line {line:?}"))?;
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            for (i, part) in v.split(',').enumerate().take(4) {
+                let n = part.split_whitespace().nth(1).and_then(|n| n.parse().ok());
+                socket[i] = n.ok_or_else(|| format!("bad line {line:?}"))?;
+            }
+        } else if let Some((n, _)) = line.split_once(" requests in ") {
+            run.done = n.trim().parse().map_err(|_| format!("bad line {line:?}"))?;
+        }
+    }
+    run.rate = rps.ok_or("no `Requests/sec:` line")?;
+    if run.done == 0 {
+        return Err("no `N requests in` line, or no request completed".into());
+    }
+    run.errors = non_2xx + socket.iter().sum::<u64>();
+    if run.errors > 0 {
+        let [c, r, w, t] = socket;
+        run.error_detail = format!("non-2xx {non_2xx}, socket connect {c} read {r} write {w} timeout {t}");
+    }
+    Ok(())
+}
+
+/// polling_load.mjs's JSON line.
+fn read_load(text: &str, run: &mut Run) -> Result<(), String> {
+    let line = text.lines().rev().find(|l| l.starts_with('{')).ok_or("no JSON line")?;
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON {line:?}: {e}"))?;
+    run.done = v["sessions"].as_u64().ok_or("no `sessions`")?;
+    run.errors = v["errors"].as_u64().ok_or("no `errors`")?;
+    let seconds = v["seconds"].as_f64().filter(|s| *s > 0.0).ok_or("no `seconds`")?;
+    run.rate = run.done as f64 / seconds;
+    let kinds = |key: &str| {
+        v[key]
+            .as_object()
+            .map_or(String::new(), |m| m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "))
+    };
+    run.spread = kinds("workers");
+    if run.errors > 0 {
+        let samples: Vec<&str> =
+            v["error_samples"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).take(3).collect());
+        run.error_detail = format!("{} (e.g. {})", kinds("error_kinds"), samples.join("; "));
+    }
+    Ok(())
+}
+
+/// clusterd's memory with [`SESSIONS`] open sticky sessions.
+struct Memory {
+    /// VmRSS / VmHWM in KiB: all workers ready, no session yet; then with every session open.
+    before: (u64, u64),
+    with: (u64, u64),
+    /// Sessions `status` showed, in all and per worker.
+    sessions: u64,
+    per_worker: Vec<u64>,
+    /// Seconds it took to open them all.
+    open_seconds: f64,
+    command: String,
+    exit: Option<ExitStatus>,
+}
+
+fn measure_sessions(bins: &Binaries) -> Memory {
+    let mut server = Server::start_clusterd(bins, App::Sessions);
+    let before = proc_memory(server.pid);
+    let port = server.port;
+    let started = Instant::now();
+    let per_connection = SESSIONS / SESSION_CONNECTIONS;
+    // The connections stay open (each holds its sessions' worker) until the status has been read.
+    let (done_tx, done_rx) = mpsc::channel::<Result<TcpStream, String>>();
+    let mut threads = Vec::new();
+    for c in 0..SESSION_CONNECTIONS {
+        let done_tx = done_tx.clone();
+        let count = if c + 1 == SESSION_CONNECTIONS { SESSIONS - per_connection * c } else { per_connection };
+        threads.push(thread::spawn(move || {
+            let _ = done_tx.send(open_sessions(port, c * per_connection, count));
+        }));
+    }
+    drop(done_tx);
+    let mut failures = Vec::new();
+    let mut streams = Vec::new();
+    for _ in 0..SESSION_CONNECTIONS {
+        match done_rx.recv_timeout(START_TIMEOUT * 3) {
+            Ok(Ok(stream)) => streams.push(stream),
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push("a connection did not finish in time".to_owned()),
+        }
+    }
+    let open_seconds = started.elapsed().as_secs_f64();
+    if !failures.is_empty() {
+        server.fail(&format!("opening {SESSIONS} sessions failed: {}", failures.join("; ")));
+    }
+    let status =
+        server.wait_for_status(START_TIMEOUT, &format!("{SESSIONS} sessions"), |s| s.sessions == SESSIONS as u64);
+    let with = proc_memory(server.pid);
+    drop(streams);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let exit = server.stop();
+    Memory {
+        before,
+        with,
+        sessions: status.sessions,
+        per_worker: status.workers.iter().map(|w| w.sessions).collect(),
+        open_seconds,
+        command: server.command.clone(),
+        exit,
+    }
+}
+
+/// Opens `count` sessions with sids `first..first + count` over one keep-alive connection; each
+/// answer must say `opened <sid>`. Returns the stream (kept open by the caller). The requests are
+/// pipelined (a writer thread sends them all, this thread reads the answers in order; the worker
+/// serves them one after the other): one at a time, each would wait out the 40 ms delayed ACK, as the
+/// test worker writes an answer's head and body in two writes on a socket with Nagle's algorithm on.
+fn open_sessions(port: u16, first: usize, count: usize) -> Result<TcpStream, String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    // 16 characters, distinct.
+    let sid = |i: usize| format!("bench{i:011}");
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = std::io::BufWriter::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let sender = thread::spawn(move || -> Result<(), String> {
+        for i in first..first + count {
+            let request = format!("GET /open?sid={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n", sid(i));
+            writer.write_all(request.as_bytes()).map_err(|e| format!("send {}: {e}", sid(i)))?;
+        }
+        writer.flush().map_err(|e| format!("send: {e}"))
+    });
+    for i in first..first + count {
+        let sid = sid(i);
+        let mut head = String::new();
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).map_err(|e| format!("read {sid}: {e}"))? == 0 {
+                return Err(format!("connection closed before the answer for {sid}"));
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().map_err(|_| format!("bad header {line:?}"))?;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).map_err(|e| format!("read the body for {sid}: {e}"))?;
+        let body = String::from_utf8_lossy(&body);
+        if status_code(&head) != Some(200) || !body.contains(&format!("opened {sid}")) {
+            return Err(format!("GET /open?sid={sid} answered {head:?} {body:?}"));
+        }
+    }
+    sender.join().map_err(|_| "the sending thread panicked".to_owned())??;
+    Ok(stream)
+}
+
+/// utime + stime of the whole process (live and exited threads), in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
+    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    // Field 3 (state) is fields[0]; utime and stime are fields 14 and 15.
+    let field = |i: usize| -> u64 {
+        fields.get(i).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("bad /proc/{pid}/stat: {stat}"))
+    };
+    field(11) + field(12)
+}
+
+/// utime + stime in clock ticks, 0 for a process that is gone.
+fn cpu_ticks_or_0(pid: i32) -> u64 {
+    if std::fs::metadata(format!("/proc/{pid}")).is_ok() { cpu_ticks(pid) } else { 0 }
+}
+
+/// Busy and total jiffies of all CPUs, from the `cpu` line of `/proc/stat`.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("cannot read /proc/stat");
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).expect("no cpu line in /proc/stat");
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let values: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    let total: u64 = values.iter().sum();
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// User + system time of the bench's children that have been waited for.
+fn children_cpu() -> Duration {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage failed");
+    let micros = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0).unsigned_abs()) + Duration::from_micros(t.tv_usec().max(0).unsigned_abs())
+    };
+    micros(usage.user_time()) + micros(usage.system_time())
+}
+
+/// CPU counters at one instant.
+struct Sample {
+    main_ticks: u64,
+    /// Per worker.
+    worker_ticks: Vec<u64>,
+    machine: (u64, u64),
+    children: Duration,
+}
+
+fn sample(main: i32, workers: &[i32]) -> Sample {
+    Sample {
+        main_ticks: cpu_ticks(main),
+        worker_ticks: workers.iter().map(|&p| cpu_ticks_or_0(p)).collect(),
+        machine: machine_jiffies(),
+        children: children_cpu(),
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+fn proc_memory(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS"), field("VmHWM"))
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf reads a system constant; it has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).expect("sysconf(_SC_CLK_TCK) failed")
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The median of a non-empty sample (the mean of the middle two for an even count).
+fn median(sample: impl IntoIterator<Item = f64>) -> f64 {
+    let mut sample: Vec<f64> = sample.into_iter().collect();
+    assert!(!sample.is_empty(), "median of nothing");
+    sample.sort_by(f64::total_cmp);
+    let n = sample.len();
+    if n % 2 == 1 { sample[n / 2] } else { (sample[n / 2 - 1] + sample[n / 2]) / 2.0 }
+}
+
+fn of(runs: &[Run], test: Test, setup: Setup) -> Vec<&Run> {
+    runs.iter().filter(|r| r.test == test && r.setup == setup).collect()
+}
+
+fn list(values: impl IntoIterator<Item = f64>, precision: usize) -> String {
+    values.into_iter().map(|v| format!("{v:.precision$}")).collect::<Vec<_>>().join(" / ")
+}
+
+fn version(program: &Path, arg: &str) -> String {
+    Command::new(program)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
+        .and_then(|l| l.split(" Copyright").next().map(str::to_owned))
+        .unwrap_or_else(|| "(version unknown)".to_owned())
+}
+
+/// The installed version of an npm package of benches/node.
+fn package_version(name: &str) -> String {
+    let path = node_dir().join("node_modules").join(name).join("package.json");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: Duration) {
+    println!();
+    println!("## clusterd against the Node.js primary");
+    println!();
+    println!(
+        "Node primary: `benches/node/primary.cjs` (cluster + @socket.io/sticky {} least-connection + \
+         @socket.io/cluster-adapter {}, serialization \"advanced\", socket.io {}) with {WORKERS} Node workers; \
+         clusterd: `--workers {WORKERS} --listen` with the `hello` / `chat` examples. Load over loopback on the \
+         same {}-CPU machine; {ROUNDS} interleaved rounds, medians.",
+        package_version("@socket.io/sticky"),
+        package_version("@socket.io/cluster-adapter"),
+        package_version("socket.io"),
+        thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("| measurement | Node primary | clusterd | clusterd / Node |");
+    println!("|---|---|---|---|");
+    for test in [Test::Close, Test::Polling] {
+        let node = of(runs, test, Setup::Node);
+        let clusterd = of(runs, test, Setup::Clusterd);
+        let (n, c) = (median(node.iter().map(|r| r.rate)), median(clusterd.iter().map(|r| r.rate)));
+        let ratio = c / n;
+        let verdict = match test {
+            Test::Close if ratio >= CLOSE_TARGET => format!(" (meets the ≥ {CLOSE_TARGET:.0}× target)"),
+            Test::Close => format!(" (MISSES the ≥ {CLOSE_TARGET:.0}× target)"),
+            Test::Polling => String::new(),
+        };
+        let what = match test {
+            Test::Close => format!("new connection per request (wrk -c{WRK_CONNECTIONS}, Connection: close): req/s"),
+            Test::Polling => {
+                format!("Socket.IO polling sessions established ({LOAD_CONCURRENCY} concurrent): sessions/s")
+            }
+        };
+        println!(
+            "| {what}, median (runs) | {n:.0} ({}) | {c:.0} ({}) | **{ratio:.2}×**{verdict} |",
+            list(node.iter().map(|r| r.rate), 0),
+            list(clusterd.iter().map(|r| r.rate), 0),
+        );
+        let errors = |runs: &[&Run]| runs.iter().map(|r| r.errors).sum::<u64>();
+        let done = |runs: &[&Run]| runs.iter().map(|r| r.done).sum::<u64>();
+        let share = |runs: &[&Run]| {
+            let d = done(runs) + errors(runs);
+            if d == 0 { 0.0 } else { errors(runs) as f64 * 100.0 / d as f64 }
+        };
+        let noun = if test == Test::Close { "requests" } else { "sessions" };
+        println!(
+            "| {}: errors, all runs | {} of {} {noun} ({:.2} %) | {} of {} ({:.2} %) | |",
+            test.unit(),
+            errors(&node),
+            done(&node) + errors(&node),
+            share(&node),
+            errors(&clusterd),
+            done(&clusterd) + errors(&clusterd),
+            share(&clusterd)
+        );
+        let cores = |runs: &[&Run]| median(runs.iter().map(|r| r.main_cpu / r.seconds * 100.0));
+        let rss = |runs: &[&Run]| runs.iter().map(|r| r.memory.1).max().unwrap_or(0);
+        println!(
+            "| {}: primary's CPU (% of one core, median); its VmHWM (max) | {:.0} %; {:.1} MiB | {:.0} %; {:.1} MiB | |",
+            test.unit(),
+            cores(&node),
+            mib(rss(&node)),
+            cores(&clusterd),
+            mib(rss(&clusterd))
+        );
+    }
+    let rss = mib(memory.with.0);
+    let verdict = if rss < RSS_TARGET_MIB { "meets" } else { "MISSES" };
+    println!(
+        "| clusterd VmRSS with {} open sticky sessions (VmHWM) | | **{rss:.1} MiB** ({:.1} MiB); before: {:.1} MiB \
+         ({:.1}); +{:.1} MiB | {verdict} the < {RSS_TARGET_MIB:.0} MiB target |",
+        memory.sessions,
+        mib(memory.with.1),
+        mib(memory.before.0),
+        mib(memory.before.1),
+        mib(memory.with.0.saturating_sub(memory.before.0)),
+    );
+
+    println!();
+    println!("Every run:");
+    println!();
+    println!(
+        "| round | test | setup | rate | completed | errors | sessions per worker | CPU s: primary (% of a core) / \
+         each worker / load generator | machine busy; other CPU | primary VmRSS / VmHWM |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        println!(
+            "| {} | {} | {} | {:.0} {} | {} | {}{} | {} | {:.2} ({:.0} %) / {} / {:.2} | {:.0} %; {:.2} s | {:.1} / \
+             {:.1} MiB |",
+            r.round,
+            r.test.label(),
+            r.setup.label(),
+            r.rate,
+            r.test.unit(),
+            r.done,
+            r.errors,
+            if r.error_detail.is_empty() { String::new() } else { format!(": {}", r.error_detail.trim()) },
+            r.spread,
+            r.main_cpu,
+            r.main_cpu / r.seconds * 100.0,
+            r.worker_cpu.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" + "),
+            r.load_cpu,
+            r.machine_busy * 100.0,
+            r.other_cpu,
+            mib(r.memory.0),
+            mib(r.memory.1)
+        );
+    }
+
+    println!();
+    println!("Notes:");
+    let troubled: Vec<&Run> = runs.iter().filter(|r| r.errors > 0 || !r.error_detail.is_empty()).collect();
+    if troubled.is_empty() {
+        println!("- No run had an error.");
+    }
+    for r in troubled {
+        println!(
+            "- **Errors** in round {} {} {}: {} ({}).",
+            r.round,
+            r.test.label(),
+            r.setup.label(),
+            r.errors,
+            r.error_detail.trim()
+        );
+    }
+    let clusterd_errors: u64 = runs.iter().filter(|r| r.setup == Setup::Clusterd).map(|r| r.errors).sum();
+    println!(
+        "- clusterd's runs had {clusterd_errors} errors in all{}.",
+        if clusterd_errors == 0 { " (the issue requires 0)" } else { ": **the issue requires 0**" }
+    );
+    println!(
+        "- Sessions: {} opened over {SESSION_CONNECTIONS} keep-alive connections in {:.2} s ({:.0}/s); per worker \
+         {:?}; clusterd {}.",
+        memory.sessions,
+        memory.open_seconds,
+        memory.sessions as f64 / memory.open_seconds,
+        memory.per_worker,
+        describe(memory.exit)
+    );
+    let bad_exits: Vec<String> = runs
+        .iter()
+        .filter(|r| !r.exit.is_some_and(|s| s.success()))
+        .map(|r| format!("round {} {} {}: {}", r.round, r.test.label(), r.setup.label(), describe(r.exit)))
+        .collect();
+    if bad_exits.is_empty() {
+        println!("- Every server exited 0 after SIGTERM.");
+    } else {
+        println!("- **Servers that did not exit 0** after SIGTERM: {}.", bad_exits.join("; "));
+    }
+    // Uneven workers: one got less than a tenth of the workers' CPU.
+    let uneven: Vec<String> = runs
+        .iter()
+        .filter(|r| {
+            let total: f64 = r.worker_cpu.iter().sum();
+            r.worker_cpu.len() > 1 && r.worker_cpu.iter().any(|&c| c < 0.1 * total)
+        })
+        .map(|r| format!("round {} {} {}", r.round, r.test.label(), r.setup.label()))
+        .collect();
+    if !uneven.is_empty() {
+        println!(
+            "- **One worker did nearly all the work** (see the CPU per worker) in: {}. @socket.io/sticky's \
+             least-connection counts Socket.IO sessions only; plain HTTP requests open none, so every count \
+             stays 0 and the first worker wins every tie.",
+            uneven.join(", ")
+        );
+    }
+    let client_bound: Vec<String> = runs
+        .iter()
+        .filter(|r| r.load_cpu > r.seconds)
+        .map(|r| {
+            format!("round {} {} {} ({:.2} cores)", r.round, r.test.label(), r.setup.label(), r.load_cpu / r.seconds)
+        })
+        .collect();
+    if !client_bound.is_empty() {
+        println!(
+            "- The load generator used more than one core in: {}. On this machine those runs are bounded by the \
+             client as much as by the server: the rate (and a ratio) is a lower bound of what the server can take.",
+            client_bound.join(", ")
+        );
+    }
+    let busy_elsewhere: Vec<String> = runs
+        .iter()
+        .filter(|r| r.other_cpu > OTHER_CPU_WARNING * r.seconds)
+        .map(|r| format!("round {} {} {} ({:.2} s)", r.round, r.test.label(), r.setup.label(), r.other_cpu))
+        .collect();
+    if !busy_elsewhere.is_empty() {
+        println!(
+            "- **Warning**: the machine was busy beyond the servers and the load generator (more than {:.0} % of \
+             one core) in: {}. Another process was probably running; those figures are skewed.",
+            OTHER_CPU_WARNING * 100.0,
+            busy_elsewhere.join(", ")
+        );
+    }
+    for warning in stale {
+        println!("- **Warning**: {warning}.");
+    }
+    println!(
+        "- Each load run gets a freshly started server on a free loopback port, used once it is ready (clusterd: \
+         `status` shows all {WORKERS} workers ready; Node: the primary's `listening` and {WORKERS} `ready worker` \
+         lines) and one GET / answered 200 from the app. Order in a round: new-connection Node, clusterd, polling \
+         Node, clusterd. The load generator shares the cores with the servers, so figures are machine-saturated."
+    );
+    println!(
+        "- CPU = utime+stime from `/proc/<pid>/stat` over the load run (primary = clusterd or the Node primary; \
+         workers = the ones ready at the start); the load generator's is getrusage(RUSAGE_CHILDREN) around it. \
+         Other CPU = machine busy time (`/proc/stat`) less all of those. The primary's memory is read right \
+         after the run."
+    );
+    println!(
+        "- {}; node {}; socket.io-client {}; whole bench {:.1} s.",
+        version(&tools.wrk, "-v"),
+        version(&tools.node, "--version"),
+        package_version("socket.io-client"),
+        took.as_secs_f64()
+    );
+    println!();
+    println!("Commands:");
+    println!();
+    println!("```");
+    println!("cargo build --release --workspace --examples && cargo bench --bench node_primary");
+    for r in runs.iter().filter(|r| r.round == 1) {
+        println!("# {}, {}", r.test.label(), r.setup.label());
+        println!("{} &", r.server_command);
+        println!("{}", r.load_command);
+    }
+    println!(
+        "# {} open sticky sessions (GET /open?sid=benchNNNNNNNNNNN over {SESSION_CONNECTIONS} keep-alive connections)",
+        SESSIONS
+    );
+    println!("{} &", memory.command);
+    println!("```");
+    println!();
+    println!("(Ports and temporary control-socket paths differ in every run.)");
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    status.map_or_else(|| "unknown (killed after the timeout)".to_owned(), |s| format!("exited: {s}"))
+}
