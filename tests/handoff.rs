@@ -321,3 +321,28 @@ fn workers_that_ask_clusterd_to_listen_share_one_socket_balanced_over_them() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+#[test]
+fn running_out_of_fds_backs_off_and_never_ends_the_accept_loop() {
+    // clusterd may hold only a few fds: silent clients in the routing phase use them all, accept
+    // fails with EMFILE, and clusterd keeps going; once the silent ones are routed (the sniff
+    // timeout), a normal client is served.
+    let mut c = Builder::new()
+        .under(&["prlimit", "--nofile=40:40"])
+        .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--sniff-timeout", "1s"])
+        .worker_args(&["--serve"])
+        .start();
+    let status = c.wait_ready(1);
+    let addr = listen_addr(&status);
+    let silent: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    c.output.wait_contains("accept failed; retrying in");
+    wait_until("a normal client served after the exhaustion", || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /after HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").ok()?;
+        read_response(&mut stream).filter(|r| r.code == 200)
+    });
+    drop(silent);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

@@ -216,6 +216,16 @@ impl Listener {
     }
 }
 
+/// The connections as a stream, for servers that take one (hyper's accept loops, tonic's
+/// `serve_with_incoming`); it ends when clusterd closes the IPC channel.
+impl futures_core::Stream for Listener {
+    type Item = io::Result<Connection>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.connections.poll_recv(cx).map(|next| next.map(Ok))
+    }
+}
+
 #[cfg(feature = "axum")]
 mod axum_support {
     use super::{ClientAddr, Connection, Listener};
