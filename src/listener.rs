@@ -152,6 +152,9 @@ pub fn from_systemd() -> Result<Vec<Bound>, BindError> {
     Ok(bound)
 }
 
+/// How long a connection waits for room in a worker's handoff queue before another is tried.
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
+
 /// Routing limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -387,7 +390,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    let mut handoff = Handoff { group, fd, peer, local, initial };
+    let handoff = Handoff { group, fd, peer, local, initial };
     // A worker that dies between the pick and the handoff costs only that attempt.
     for _ in 0..3 {
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -395,10 +398,13 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             return;
         }
         let Ok(Some(route)) = reply_rx.await else { break };
-        match route.handoffs.send(handoff).await {
-            Ok(()) => return,
-            Err(mpsc::error::SendError(back)) => {
-                handoff = back;
+        // A worker whose queue stays full is not taking connections: try another one.
+        match tokio::time::timeout(HANDOFF_WAIT, route.handoffs.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(handoff);
+                return;
+            }
+            Ok(Err(_)) | Err(_) => {
                 let _ = routes.send(RouteMsg::Failed { key: route.key, group }).await;
             }
         }

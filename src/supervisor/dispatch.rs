@@ -298,12 +298,9 @@ impl Dispatcher {
             RouteMsg::Pick { group, sid, ip, reply } => {
                 let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
                 let route = picked.and_then(|key| {
-                    let key_group = (key, group);
                     let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
                     match process {
-                        Some(p) => {
-                            Some(Route { key: key_group.0, group: key_group.1, handoffs: p.handle.handoffs.clone() })
-                        }
+                        Some(p) => Some(Route { key, group, handoffs: p.handle.handoffs.clone() }),
                         None => {
                             // The balancer knows a process the table does not: heal the balancer.
                             self.pools.remove_worker(key);

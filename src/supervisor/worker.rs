@@ -28,6 +28,22 @@ use crate::logs::{LogSink, Output};
 /// Connections queued for one worker's IPC socket; the route tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
 
+/// The longest a frame may wait for room in a worker's IPC socket. A worker that does not read
+/// for this long (its 200 KiB socket buffer full) loses that frame; this task must stay free to
+/// act on its timers and on kill orders.
+const SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.
+async fn send_bounded(channel: &PrimaryChannel, frame: &ToWorker, fd: Option<std::os::fd::BorrowedFd<'_>>) -> bool {
+    let send = async {
+        match fd {
+            Some(fd) => channel.send_with_fd(frame, fd).await,
+            None => channel.send(frame).await,
+        }
+    };
+    matches!(tokio::time::timeout(SEND_WAIT, send).await, Ok(Ok(())))
+}
+
 /// What every worker of this clusterd shares.
 pub struct Settings {
     pub program: std::ffi::OsString,
@@ -221,7 +237,7 @@ async fn run(
                 Some(Command::Drain { grace }) => {
                     if killed.is_none() {
                         killed = Some(KillReason::Stop);
-                        let _ = channel.send(&ToWorker::Drain { grace_ms: millis(grace) }).await;
+                        send_bounded(&channel, &ToWorker::Drain { grace_ms: millis(grace) }, None).await;
                         signal_group(pid, Signal::SIGTERM);
                     }
                     let at = Instant::now() + grace;
@@ -229,12 +245,12 @@ async fn run(
                 }
                 Some(Command::SessionAck { seq }) => {
                     if channel_open {
-                        let _ = channel.send(&ToWorker::SessionAck { seq }).await;
+                        send_bounded(&channel, &ToWorker::SessionAck { seq }, None).await;
                     }
                 }
                 Some(Command::Listening { seq, result }) => {
                     if channel_open {
-                        let _ = channel.send(&ToWorker::Listening { seq, result }).await;
+                        send_bounded(&channel, &ToWorker::Listening { seq, result }, None).await;
                     }
                 }
                 Some(Command::Kill) | None => {
@@ -253,7 +269,7 @@ async fn run(
                     local: handoff.local,
                     initial: handoff.initial,
                 });
-                let sent = channel_open && channel.send_with_fd(&frame, std::os::fd::AsFd::as_fd(&handoff.fd)).await.is_ok();
+                let sent = channel_open && send_bounded(&channel, &frame, Some(std::os::fd::AsFd::as_fd(&handoff.fd))).await;
                 // clusterd's copy closes here either way: the client sees FIN when the worker closes.
                 drop(handoff.fd);
                 if !sent {
@@ -309,7 +325,7 @@ async fn drain(
     }
     tracing::warn!(pid = pid.as_raw(), "{reason}: replacing the worker");
     let grace = Duration::from_secs(5).min(settings.ready_timeout);
-    let _ = channel.send(&ToWorker::Drain { grace_ms: millis(grace) }).await;
+    send_bounded(channel, &ToWorker::Drain { grace_ms: millis(grace) }, None).await;
     signal_group(pid, Signal::SIGTERM);
     *killed = Some(reason);
     *kill_deadline = Some(Instant::now() + grace);
