@@ -346,3 +346,16 @@ fn running_out_of_fds_backs_off_and_never_ends_the_accept_loop() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+#[test]
+fn a_program_without_the_sdk_gets_no_connections_and_clients_hear_503() {
+    // `--ready-on spawn` supervises it, but it cannot receive sockets: it never greeted clusterd.
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--ready-on", "spawn", "--listen", "127.0.0.1:0"])
+        .program(&["sleep", "1000"])
+        .start();
+    let status = c.wait_ready(1);
+    let started = std::time::Instant::now();
+    assert_eq!(get(listen_addr(&status), "/").code, 503);
+    assert!(started.elapsed() < Duration::from_secs(2), "at once, not after handoff timeouts");
+}

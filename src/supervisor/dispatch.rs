@@ -41,7 +41,15 @@ impl Dispatcher {
         let slot = &mut self.slots[index];
         let launch = Launch { slot: slot.id, incarnation, generation: self.generation, count };
         let handle = worker::launch(Arc::clone(&self.settings), launch, self.events_tx.clone());
-        Process { incarnation, handle, pid: None, started: Instant::now(), ready: false, generation: self.generation }
+        Process {
+            incarnation,
+            handle,
+            pid: None,
+            started: Instant::now(),
+            ready: false,
+            greeted: false,
+            generation: self.generation,
+        }
     }
 
     pub(super) fn handle_event(&mut self, event: Event) {
@@ -92,7 +100,7 @@ impl Dispatcher {
                         if slot.state == WorkerState::Starting {
                             slot.state = WorkerState::Ready;
                         }
-                        if self.stop.is_none() && !slot.removing {
+                        if self.stop.is_none() && !slot.removing && process.routable() {
                             self.pools.set_ready(event.incarnation, true);
                         }
                         self.on_current_ready(index);
@@ -120,13 +128,20 @@ impl Dispatcher {
                     }
                 }
             }
+            EventKind::Greeted => {
+                process.greeted = true;
+                // A worker counted ready at spawn (--ready-on spawn) takes connections from now.
+                if matches!(role, Role::Current) && self.stop.is_none() && !slot.removing && process.routable() {
+                    self.pools.set_ready(event.incarnation, true);
+                }
+            }
             EventKind::ConnectionsClosed(groups) => {
                 for group in groups {
                     self.pools.connection_closed(group, event.incarnation);
                 }
             }
             EventKind::Listen { seq, addr } => {
-                let ready = process.ready && self.stop.is_none() && !slot.removing;
+                let ready = process.routable() && self.stop.is_none() && !slot.removing;
                 let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());
                 let result = self.listen_for(key, slot_id, ready, &addr);
                 handle.send(Command::Listening { seq, result });

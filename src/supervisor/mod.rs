@@ -92,7 +92,16 @@ struct Process {
     pid: Option<u32>,
     started: Instant,
     ready: bool,
+    /// It greeted clusterd (speaks the protocol): only such a worker can take connections.
+    greeted: bool,
     generation: u64,
+}
+
+impl Process {
+    /// Whether the balancer may give it new connections (when its slot is serving).
+    fn routable(&self) -> bool {
+        self.ready && self.greeted
+    }
 }
 
 struct Slot {

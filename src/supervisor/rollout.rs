@@ -79,7 +79,7 @@ impl Dispatcher {
         let grace = self.config.grace;
         let slot = &mut self.slots[index];
         let Some(successor) = slot.successor.take() else { return };
-        self.pools.set_ready(successor.incarnation, true);
+        self.pools.set_ready(successor.incarnation, successor.routable());
         if let Some(old) = slot.current.replace(successor) {
             self.pools.set_ready(old.incarnation, false);
             old.handle.send(Command::Drain { grace });

@@ -89,6 +89,8 @@ pub enum EventKind {
     Spawned {
         pid: Pid,
     },
+    /// The worker greeted clusterd: it speaks the protocol, so it can take connections.
+    Greeted,
     SpawnFailed {
         error: String,
     },
@@ -193,6 +195,7 @@ async fn run(
                         FromWorker::Hello { .. } if greeted => Some("a second Hello".to_owned()),
                         FromWorker::Hello { .. } => {
                             greeted = true;
+                            report(EventKind::Greeted).await;
                             None
                         }
                         _ if !greeted => Some("a frame before Hello".to_owned()),
