@@ -15,7 +15,7 @@ use crate::duration::parse_duration;
 /// Forks N workers, restarts them when they die, stops and drains them gracefully, and answers
 /// `status` and `stop` on a control socket.
 #[derive(Debug, Parser)]
-#[command(name = "clusterd", version, args_conflicts_with_subcommands = true, max_term_width = 100)]
+#[command(name = "clusterd", version, subcommand_negates_reqs = true, max_term_width = 100)]
 #[command(after_help = "Example: clusterd --workers auto -- ./my-server --its-own-flags")]
 pub struct Cli {
     /// Control socket to create (when running) or to talk to (subcommands).

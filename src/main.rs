@@ -19,7 +19,8 @@ mod supervisor;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::Cli;
@@ -29,8 +30,17 @@ use crate::status::Phase;
 use crate::supervisor::{Inputs, Outcome, Parts};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     if let Some(command) = cli.command {
+        // `--control` is global (before or after the subcommand); the options of a run are not.
+        let given = matches
+            .ids()
+            .find(|id| id.as_str() != "control" && matches.value_source(id.as_str()) == Some(ValueSource::CommandLine));
+        if let Some(id) = given {
+            eprintln!("clusterd: `{id}` is an option of a run, not of a subcommand (which takes only --control)");
+            return ExitCode::from(2);
+        }
         let control = cli.control.unwrap_or_else(config::default_control_path);
         return match control::client::run(command, &control) {
             Ok(()) => ExitCode::SUCCESS,

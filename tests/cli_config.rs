@@ -133,6 +133,12 @@ fn status_and_stop_subcommands_talk_to_the_control_socket() {
     let (code, table, _) = cli(&["status"]);
     assert_eq!(code, Some(0));
     assert!(table.contains("phase ready") && table.contains("2/2 workers ready"), "{table}");
+    // --control before the subcommand works too; an option of a run does not belong there.
+    let out = Command::new(CLUSTERD).arg("--control").arg(&control).arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(CLUSTERD).args(["-w", "3", "status", "--control"]).arg(&control).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`workers` is an option of a run"));
 
     let (code, _, stderr) = cli(&["scale", "0"]);
     assert_eq!(code, Some(1));
