@@ -324,9 +324,9 @@ fn workers_that_ask_clusterd_to_listen_share_one_socket_balanced_over_them() {
 
 #[test]
 fn running_out_of_fds_backs_off_and_never_ends_the_accept_loop() {
-    // clusterd may hold only a few fds: silent clients in the routing phase use them all, accept
+    // clusterd may hold only a few fds: slow clients in the routing phase use them all, accept
     // fails with EMFILE, and clusterd keeps going; once the silent ones are routed (the sniff
-    // timeout), a normal client is served.
+    // timeout: 408), a normal client is served.
     let mut c = Builder::new()
         .under(&["prlimit", "--nofile=40:40"])
         .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--sniff-timeout", "1s"])
@@ -334,7 +334,15 @@ fn running_out_of_fds_backs_off_and_never_ends_the_accept_loop() {
         .start();
     let status = c.wait_ready(1);
     let addr = listen_addr(&status);
-    let silent: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // Each sends a partial request line, so it is accepted at once (TCP_DEFER_ACCEPT) and then
+    // held in the routing phase until the sniff timeout.
+    let silent: Vec<TcpStream> = (0..60)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(b"GE").unwrap();
+            s
+        })
+        .collect();
     c.output.wait_contains("accept failed; retrying in");
     wait_until("a normal client served after the exhaustion", || {
         let mut stream = TcpStream::connect(addr).ok()?;
