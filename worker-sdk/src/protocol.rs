@@ -93,7 +93,7 @@ pub enum ListenResult {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Connection {
     /// clusterd's id for this connection on this IPC channel; echoed by
-    /// [`FromWorker::ConnectionClosed`].
+    /// [`FromWorker::ConnectionsClosed`].
     pub id: u64,
     /// The client's address.
     pub peer: Address,
