@@ -40,26 +40,22 @@
 //! has a timeout; every process the bench starts is stopped (SIGTERM, then SIGKILL to its process
 //! group), also when it panics, and gets SIGTERM from the kernel if the bench itself is killed.
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use nix::sys::resource::{UsageWho, getrusage};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{IO_TIMEOUT, Process, Status, WRK_CONNECTIONS, WRK_SECONDS, WrkResult, mib};
 use serde_json::Value;
 
 /// A/B rounds of each test.
 const ROUNDS: usize = 3;
-const WRK_SECONDS: u64 = 5;
-const WRK_THREADS: usize = 2;
-const WRK_CONNECTIONS: usize = 64;
 /// Workers behind each primary.
 const WORKERS: usize = 2;
 /// polling_load.mjs: concurrent loops and seconds.
@@ -74,8 +70,6 @@ const CLOSE_TARGET: f64 = 5.0;
 const RSS_TARGET_MIB: f64 = 20.0;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a load generator may run beyond its duration before it is killed.
 const LOAD_SLACK: Duration = Duration::from_secs(25);
 const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
@@ -83,8 +77,6 @@ const POLL_EVERY: Duration = Duration::from_millis(5);
 /// "Other CPU" (busy time not charged to the servers or the load generator) above this share of one
 /// core during a run is called out: something else was running.
 const OTHER_CPU_WARNING: f64 = 0.10;
-
-const BUILD_HINT: &str = "run `cargo build --release --workspace --examples` first";
 
 fn main() {
     let tools = Tools::find();
@@ -132,7 +124,7 @@ struct Tools {
 impl Tools {
     fn find() -> Self {
         let need = |name: &str, hint: &str| {
-            find_in_path(name).unwrap_or_else(|| {
+            common::find_in_path(name).unwrap_or_else(|| {
                 eprintln!("error: `{name}` is not in PATH; this bench needs it. {hint}");
                 std::process::exit(1);
             })
@@ -143,15 +135,6 @@ impl Tools {
             npm: need("npm", "Install npm (it comes with Node.js)."),
         }
     }
-}
-
-/// `name` from `PATH`, if it is there and executable.
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 fn node_dir() -> PathBuf {
@@ -170,9 +153,9 @@ fn ensure_node_modules(tools: &Tools) {
     eprintln!("benches/node/node_modules is missing: running `npm ci` in {}", dir.display());
     let mut command = Command::new(&tools.npm);
     command.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).stdin(Stdio::null());
-    die_with_bench(&mut command);
+    common::die_with_bench(&mut command);
     let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start npm: {e}"));
-    match wait_timeout(&mut child, NPM_CI_TIMEOUT) {
+    match common::wait_timeout(&mut child, NPM_CI_TIMEOUT) {
         Some(status) if status.success() => {}
         Some(status) => {
             eprintln!("error: `npm ci` in {} failed ({status}); run it by hand and try again", dir.display());
@@ -197,108 +180,27 @@ struct Binaries {
 
 impl Binaries {
     fn locate() -> Self {
-        let exe = std::env::current_exe().expect("cannot find the path of the bench executable");
-        // The bench runs as target/<profile>/deps/node_primary-<hash>.
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or_else(|| panic!("the bench executable {} is not in target/<profile>/deps/", exe.display()));
-        let binary = |name: &str| {
-            let path = dir.join(name);
-            assert!(
-                path.is_file(),
-                "{} is missing: run `cargo build --release` first (`cargo bench --bench node_primary` builds it \
-                 by itself; this happens when the bench executable is run by hand)",
-                path.display()
-            );
-            path
-        };
-        let example = |name: &str| {
-            let path = dir.join("examples").join(name);
-            if !path.is_file() {
-                eprintln!("error: {} is missing: {BUILD_HINT} (`cargo bench` does not build examples)", path.display());
-                std::process::exit(1);
-            }
-            path
-        };
+        let dir = common::target_dir();
         Self {
-            clusterd: binary("clusterd"),
-            test_worker: binary("clusterd-test-worker"),
-            hello: example("hello"),
-            chat: example("chat"),
+            clusterd: common::binary(&dir, "node_primary", "clusterd"),
+            test_worker: common::binary(&dir, "node_primary", "clusterd-test-worker"),
+            hello: common::example(&dir, "hello"),
+            chat: common::example(&dir, "chat"),
         }
     }
 
     /// Warnings for example binaries older than a source they are built from.
     fn stale(&self) -> Vec<String> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut sdk: Vec<PathBuf> = std::fs::read_dir(root.join("worker-sdk/src"))
-            .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        sdk.push(root.join("worker-sdk/Cargo.toml"));
+        let mut sdk = common::sdk_sources(root);
         sdk.push(root.join("Cargo.lock"));
-        let mut warnings = Vec::new();
-        for (binary, source) in [(&self.hello, "examples/hello.rs"), (&self.chat, "examples/chat.rs")] {
-            let Some(built) = modified(binary) else { continue };
-            let newer: Vec<String> = std::iter::once(root.join(source))
-                .chain(sdk.iter().cloned())
-                .filter(|s| modified(s).is_some_and(|m| m > built))
-                .map(|s| s.strip_prefix(root).unwrap_or(&s).display().to_string())
-                .collect();
-            if !newer.is_empty() {
-                warnings.push(format!(
-                    "{} is older than {}: {BUILD_HINT} to measure the current code",
-                    binary.display(),
-                    newer.join(", ")
-                ));
-            }
-        }
-        warnings
-    }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
-/// Removes what would change how clusterd or the workers behave: clusterd reads every `CLUSTERD_*`
-/// variable as an option, and would talk to a service manager through `NOTIFY_SOCKET` or take over
-/// sockets passed with `LISTEN_FDS`. `DEBUG` would make the Node packages log every request.
-fn clean_env(command: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(name) = key.to_str() else { continue };
-        if name.starts_with("CLUSTERD_")
-            || name.starts_with("LISTEN_")
-            || name.starts_with("WATCHDOG_")
-            || name.starts_with("NODE_")
-            || name == "NOTIFY_SOCKET"
-            || name == "DEBUG"
-        {
-            command.env_remove(&key);
-        }
-    }
-    command.env("RUST_LOG", "info");
-}
-
-/// The child gets SIGTERM when the bench dies: a panic stops the servers through the `Drop` guards,
-/// but a bench killed by a signal would leave them (and the load generators) running without this.
-fn die_with_bench(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: getpid has no preconditions.
-    let bench = unsafe { libc::getpid() };
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, _exit); it allocates nothing.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The bench died before the prctl took effect.
-            if libc::getppid() != bench {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        [(&self.hello, "examples/hello.rs"), (&self.chat, "examples/chat.rs")]
+            .iter()
+            .filter_map(|(binary, source)| {
+                let sources: Vec<PathBuf> = std::iter::once(root.join(source)).chain(sdk.iter().cloned()).collect();
+                common::stale_warning(root, binary, &sources)
+            })
+            .collect()
     }
 }
 
@@ -358,33 +260,13 @@ enum App {
     Sessions,
 }
 
-/// One row of the status document's worker table.
-#[derive(Debug, Clone, PartialEq)]
-struct Row {
-    id: u64,
-    pid: Option<u32>,
-    state: String,
-    generation: u64,
-    sessions: u64,
-}
-
-/// Part of a `status` reply.
-struct Status {
-    workers: Vec<Row>,
-    sessions: u64,
-}
-
 /// A running server under test (the Node primary and its workers, or clusterd and its workers);
-/// stopped on drop if [`Server::stop`] was not called (a panic).
+/// stopped on drop if [`Process::stop`] was not called (a panic).
 struct Server {
-    setup: Setup,
     app: Option<App>,
-    child: Option<Child>,
-    pid: i32,
+    process: Process,
     port: u16,
     socket: PathBuf,
-    log: PathBuf,
-    command: String,
     /// Worker pids once all were ready.
     workers: Vec<i32>,
     // Last, so that it is removed after the server has stopped.
@@ -408,27 +290,20 @@ impl Server {
             App::Chat => args.push(bins.chat.display().to_string()),
             App::Sessions => args.extend([bins.test_worker.display().to_string(), "--serve".into()]),
         }
-        let out = File::create(&log).expect("cannot create the server's log file");
-        let err = out.try_clone().expect("cannot duplicate the log file handle");
         let mut command = Command::new(&bins.clusterd);
-        command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
+        command.args(&args);
+        common::log_to(&mut command, &log, "the server");
         let child = spawn_server(&mut command);
-        let pid = i32::try_from(child.id()).expect("pid out of range");
         let command = format!("RUST_LOG=info {} {}", bins.clusterd.display(), args.join(" "));
         let mut server = Self {
-            setup: Setup::Clusterd,
             app: Some(app),
-            child: Some(child),
-            pid,
+            process: Process::new(Setup::Clusterd.label(), child, log, command, true),
             port,
             socket,
-            log,
-            command,
             workers: Vec::new(),
             dir,
         };
-        let rows = server.wait_for_ready_workers();
-        server.workers = rows.iter().filter_map(|r| r.pid).filter_map(|p| i32::try_from(p).ok()).collect();
+        server.workers = server.wait_for_ready_workers().pids();
         if app != App::Sessions {
             server.check_get();
         }
@@ -443,7 +318,6 @@ impl Server {
         let mut command = Command::new(&tools.node);
         command.args(&args).current_dir(node_dir()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
         let mut child = spawn_server(&mut command);
-        let pid = i32::try_from(child.id()).expect("pid out of range");
         // The primary's and its workers' stdout: each line goes to the channel (for the ready
         // lines) and to the log (appended after stderr's, which opened the file first).
         let stdout = child.stdout.take().expect("piped stdout");
@@ -458,14 +332,10 @@ impl Server {
         });
         let command = format!("(cd {} && {} {})", node_dir().display(), tools.node.display(), args.join(" "));
         let mut server = Self {
-            setup: Setup::Node,
             app: None,
-            child: Some(child),
-            pid,
+            process: Process::new(Setup::Node.label(), child, log, command, true),
             port,
             socket,
-            log,
-            command,
             workers: Vec::new(),
             dir,
         };
@@ -481,37 +351,23 @@ impl Server {
                         server.workers.push(pid.trim().parse().unwrap_or(0));
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => server.fail(&format!(
+                Err(mpsc::RecvTimeoutError::Timeout) => server.process.fail(&format!(
                     "the Node primary and its {WORKERS} workers were not ready within {START_TIMEOUT:?} \
                      (listening: {listening}, workers ready: {})",
                     server.workers.len()
                 )),
-                Err(mpsc::RecvTimeoutError::Disconnected) => server.fail("the Node primary closed its stdout"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => server.process.fail("the Node primary closed its stdout"),
             }
         }
         server.check_get();
         server
     }
 
-    /// Panics with `what`, the server's exit status if it is gone, and the end of its log.
-    fn fail(&mut self, what: &str) -> ! {
-        let exited = self.exited();
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        let state = exited.map_or("still running".to_owned(), |s| format!("exited: {s}"));
-        panic!("{what}\n{} ({state}): {}\nlast lines of its log:\n{tail}", self.setup.label(), self.command);
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
     /// One `GET /` must answer 200 with the app's body.
     fn check_get(&mut self) {
-        let (code, body) = match http_get(self.port) {
+        let (code, body) = match common::http_get(self.port) {
             Ok(answer) => answer,
-            Err(error) => self.fail(&format!("GET / failed: {error}")),
+            Err(error) => self.process.fail(&format!("GET / failed: {error}")),
         };
         let expected = match self.app {
             None | Some(App::Hello) => body.starts_with("hello from worker "),
@@ -519,146 +375,35 @@ impl Server {
             Some(App::Sessions) => true,
         };
         if code != 200 || !expected {
-            self.fail(&format!("GET / answered {code} {body:?}, not the app's 200"));
+            self.process.fail(&format!("GET / answered {code} {body:?}, not the app's 200"));
         }
     }
 
-    /// One `status` request.
-    fn status(&self) -> Result<Status, String> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.write_all(b"{\"command\":\"status\"}\n").map_err(|e| format!("cannot send the request: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).map_err(|e| format!("no reply: {e}"))?;
-        let reply: Value = serde_json::from_str(&line).map_err(|e| format!("unreadable reply {line:?}: {e}"))?;
-        if reply["ok"] != Value::Bool(true) {
-            return Err(format!("clusterd refused: {line}"));
-        }
-        let status = &reply["status"];
-        let workers = status["workers"].as_array().ok_or_else(|| format!("no worker table in {line:?}"))?;
-        let workers = workers
-            .iter()
-            .map(|w| {
-                Ok(Row {
-                    id: w["id"].as_u64().ok_or("a worker without an id")?,
-                    pid: w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
-                    state: w["state"].as_str().ok_or("a worker without a state")?.to_owned(),
-                    generation: w["generation"].as_u64().ok_or("a worker without a generation")?,
-                    sessions: w["sessions"].as_u64().unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<Row>, String>>()?;
-        let sessions = status["sessions"].as_u64().unwrap_or_else(|| workers.iter().map(|w| w.sessions).sum());
-        Ok(Status { workers, sessions })
+    /// Polls `status` until every worker is ready; panics after [`START_TIMEOUT`].
+    fn wait_for_ready_workers(&mut self) -> Status {
+        self.wait_for_status(START_TIMEOUT, &format!("all {WORKERS} workers to be ready"), |s| s.all_ready(WORKERS))
     }
 
-    /// Polls `status` until every worker is ready; panics after [`START_TIMEOUT`]. Errors are
-    /// retried: the socket appears only once clusterd is up.
-    fn wait_for_ready_workers(&mut self) -> Vec<Row> {
-        self.wait_for_status(START_TIMEOUT, &format!("all {WORKERS} workers to be ready"), |s| {
-            s.workers.len() == WORKERS && s.workers.iter().all(|r| r.state == "ready" && r.pid.is_some())
-        })
-        .workers
-    }
-
+    /// Polls `status` until `done` holds; panics after `timeout`.
     fn wait_for_status(&mut self, timeout: Duration, what: &str, done: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.status() {
-                Ok(status) if done(&status) => return status,
-                Ok(status) => format!("sessions {}, workers {:?}", status.sessions, status.workers),
-                Err(error) => error,
-            };
-            if let Some(status) = self.exited() {
-                self.fail(&format!("clusterd exited ({status}) while waiting for {what}"));
-            }
-            if Instant::now() >= deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}; last: {last}"));
-            }
-            thread::sleep(POLL_EVERY);
-        }
-    }
-
-    /// SIGTERM, then wait; SIGKILL to the process group (the Node workers too) if it has not exited
-    /// within [`STOP_TIMEOUT`].
-    fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-        if let Some(status) = wait_timeout(&mut child, STOP_TIMEOUT) {
-            return Some(status);
-        }
-        eprintln!("{} did not exit within {STOP_TIMEOUT:?} of SIGTERM: sending SIGKILL", self.setup.label());
-        // The server leads its own process group (not yet reaped, so the group id is still its):
-        // the Node workers go with their primary; clusterd's workers get SIGKILL from the kernel
-        // when clusterd dies.
-        let _ = kill(Pid::from_raw(-self.pid), Signal::SIGKILL);
-        child.wait().ok()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
+        common::wait_for_status(&mut self.process, &self.socket, (timeout, POLL_EVERY), what, done)
     }
 }
 
 /// A temporary directory, a control socket path and a log path in it, and a free port.
 fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf, u16) {
-    let dir = tempfile::Builder::new()
-        .prefix("clusterd-node-primary-")
-        .tempdir()
-        .expect("cannot create a temporary directory");
-    let socket = dir.path().join("c.sock");
-    let log = dir.path().join("server.log");
-    (dir, socket, log, free_port())
+    let (dir, socket, log) = common::scratch("clusterd-node-primary-", "server.log");
+    (dir, socket, log, common::free_port())
 }
 
 /// Spawns a server in a process group of its own, in a clean environment, dying with the bench.
 fn spawn_server(command: &mut Command) -> Child {
     use std::os::unix::process::CommandExt;
-    clean_env(command);
+    // `DEBUG` would make the Node packages log every request.
+    common::clean_env(command, |name| name.starts_with("NODE_") || name == "DEBUG");
     command.process_group(0);
-    die_with_bench(command);
+    common::die_with_bench(command);
     command.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()))
-}
-
-/// `Child::wait` with a deadline; `None` if the child is still running (or cannot be waited for).
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-            Ok(None) | Err(_) => return None,
-        }
-    }
-}
-
-/// A loopback port nobody listens on now: bind port 0, read what the kernel chose, close.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind 127.0.0.1:0");
-    listener.local_addr().expect("no local address").port()
-}
-
-/// One `GET /` with `Connection: close`; the status code and the body.
-fn http_get(port: u16) -> Result<(u16, String), String> {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no complete response: {text:?}"))?;
-    Ok((status_code(head).ok_or_else(|| format!("no status line: {text:?}"))?, body.to_owned()))
-}
-
-fn status_code(head: &str) -> Option<u16> {
-    head.lines().next()?.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
 
 /// One load run against one freshly started server.
@@ -700,17 +445,7 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
     };
     let url = format!("http://127.0.0.1:{}/", server.port);
     let (program, args, cwd): (&Path, Vec<String>, Option<PathBuf>) = match test {
-        Test::Close => {
-            let args = vec![
-                format!("-t{WRK_THREADS}"),
-                format!("-c{WRK_CONNECTIONS}"),
-                format!("-d{WRK_SECONDS}s"),
-                "-H".to_owned(),
-                "Connection: close".to_owned(),
-                url,
-            ];
-            (&tools.wrk, args, None)
-        }
+        Test::Close => (&tools.wrk, common::wrk_args(url, true), None),
         Test::Polling => {
             let script = node_dir().join("polling_load.mjs").display().to_string();
             (&tools.node, vec![script, url, LOAD_CONCURRENCY.to_string(), LOAD_SECONDS.to_string()], Some(node_dir()))
@@ -720,7 +455,7 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
     let load_command = format!(
         "{}{name} {}",
         cwd.as_ref().map_or(String::new(), |d| format!("cd {} && ", d.display())),
-        args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { a.clone() }).collect::<Vec<_>>().join(" ")
+        common::shell_join(&args)
     );
     let out_path = server.dir.path().join("load.out");
     let err_path = server.dir.path().join("load.err");
@@ -731,19 +466,20 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
     if let Some(dir) = &cwd {
         command.current_dir(dir);
     }
-    die_with_bench(&mut command);
-    let before = sample(server.pid, &server.workers);
+    common::die_with_bench(&mut command);
+    let before = sample(server.process.pid, &server.workers);
     let started = Instant::now();
-    let mut child = command.spawn().unwrap_or_else(|e| server.fail(&format!("cannot start {load_command}: {e}")));
+    let mut child =
+        command.spawn().unwrap_or_else(|e| server.process.fail(&format!("cannot start {load_command}: {e}")));
     let duration = Duration::from_secs(if test == Test::Close { WRK_SECONDS } else { LOAD_SECONDS });
-    let status = wait_timeout(&mut child, duration + LOAD_SLACK);
+    let status = common::wait_timeout(&mut child, duration + LOAD_SLACK);
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
     let wall = started.elapsed().as_secs_f64();
-    let after = sample(server.pid, &server.workers);
-    let hz = clock_ticks_per_second() as f64;
+    let after = sample(server.process.pid, &server.workers);
+    let hz = common::clock_ticks_per_second() as f64;
     let main_cpu = (after.main_ticks - before.main_ticks) as f64 / hz;
     let worker_cpu: Vec<f64> =
         after.worker_ticks.iter().zip(&before.worker_ticks).map(|(a, b)| a.saturating_sub(*b) as f64 / hz).collect();
@@ -752,12 +488,14 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
     let Some(status) = status else {
-        server.fail(&format!("{load_command} did not finish within {LOAD_SLACK:?} of its duration:\n{output}{errors}"))
+        server
+            .process
+            .fail(&format!("{load_command} did not finish within {LOAD_SLACK:?} of its duration:\n{output}{errors}"))
     };
     if !status.success() {
-        server.fail(&format!("{load_command} failed ({status}):\n{output}{errors}"));
+        server.process.fail(&format!("{load_command} failed ({status}):\n{output}{errors}"));
     }
-    let memory = proc_memory(server.pid);
+    let memory = common::proc_memory(server.process.pid);
     let mut run = Run {
         round,
         test,
@@ -768,7 +506,7 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
         error_detail: String::new(),
         spread: String::new(),
         load_command,
-        server_command: server.command.clone(),
+        server_command: server.process.command.clone(),
         main_cpu,
         seconds: wall,
         machine_busy: if total == 0 { 0.0 } else { busy as f64 / total as f64 },
@@ -783,50 +521,30 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
         Test::Polling => read_load(&output, &mut run),
     };
     if let Err(e) = parsed {
-        server.fail(&format!("cannot read the load's output ({e}):\n{output}{errors}"));
+        server.process.fail(&format!("cannot read the load's output ({e}):\n{output}{errors}"));
     }
     if setup == Setup::Clusterd {
-        let status = server.status().unwrap_or_else(|e| server.fail(&format!("status after the run failed: {e}")));
-        let pids: Vec<i32> =
-            status.workers.iter().filter_map(|w| w.pid).filter_map(|p| i32::try_from(p).ok()).collect();
+        let status = common::status(&server.socket)
+            .unwrap_or_else(|e| server.process.fail(&format!("status after the run failed: {e}")));
+        let pids = status.pids();
         if pids != server.workers {
             run.error_detail.push_str(&format!(" workers changed: {:?} → {pids:?}", server.workers));
         }
     }
-    if let Some(status) = server.exited() {
-        server.fail(&format!("the server exited during the run ({status})"));
+    if let Some(status) = server.process.exited() {
+        server.process.fail(&format!("the server exited during the run ({status})"));
     }
-    run.exit = server.stop();
+    run.exit = server.process.stop();
     run
 }
 
 /// wrk's `Requests/sec`, request count, non-2xx and socket errors.
 fn read_wrk(text: &str, run: &mut Run) -> Result<(), String> {
-    let mut rps = None;
-    let (mut non_2xx, mut socket) = (0, [0u64; 4]);
-    for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse().ok();
-        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            non_2xx = v.trim().parse().map_err(|_| format!("bad line {line:?}"))?;
-        } else if let Some(v) = line.strip_prefix("Socket errors:") {
-            // "connect 0, read 0, write 0, timeout 0"
-            for (i, part) in v.split(',').enumerate().take(4) {
-                let n = part.split_whitespace().nth(1).and_then(|n| n.parse().ok());
-                socket[i] = n.ok_or_else(|| format!("bad line {line:?}"))?;
-            }
-        } else if let Some((n, _)) = line.split_once(" requests in ") {
-            run.done = n.trim().parse().map_err(|_| format!("bad line {line:?}"))?;
-        }
-    }
-    run.rate = rps.ok_or("no `Requests/sec:` line")?;
-    if run.done == 0 {
-        return Err("no `N requests in` line, or no request completed".into());
-    }
-    run.errors = non_2xx + socket.iter().sum::<u64>();
+    let wrk = WrkResult::parse(text)?;
+    (run.rate, run.done, run.errors) = (wrk.rps, wrk.requests, wrk.errors());
     if run.errors > 0 {
-        let [c, r, w, t] = socket;
-        run.error_detail = format!("non-2xx {non_2xx}, socket connect {c} read {r} write {w} timeout {t}");
+        let [c, r, w, t] = wrk.socket_errors;
+        run.error_detail = format!("non-2xx {}, socket connect {c} read {r} write {w} timeout {t}", wrk.non_2xx);
     }
     Ok(())
 }
@@ -869,7 +587,7 @@ struct Memory {
 
 fn measure_sessions(bins: &Binaries) -> Memory {
     let mut server = Server::start_clusterd(bins, App::Sessions);
-    let before = proc_memory(server.pid);
+    let before = common::proc_memory(server.process.pid);
     let port = server.port;
     let started = Instant::now();
     let per_connection = SESSIONS / SESSION_CONNECTIONS;
@@ -895,23 +613,23 @@ fn measure_sessions(bins: &Binaries) -> Memory {
     }
     let open_seconds = started.elapsed().as_secs_f64();
     if !failures.is_empty() {
-        server.fail(&format!("opening {SESSIONS} sessions failed: {}", failures.join("; ")));
+        server.process.fail(&format!("opening {SESSIONS} sessions failed: {}", failures.join("; ")));
     }
     let status =
         server.wait_for_status(START_TIMEOUT, &format!("{SESSIONS} sessions"), |s| s.sessions == SESSIONS as u64);
-    let with = proc_memory(server.pid);
+    let with = common::proc_memory(server.process.pid);
     drop(streams);
     for thread in threads {
         let _ = thread.join();
     }
-    let exit = server.stop();
+    let exit = server.process.stop();
     Memory {
         before,
         with,
         sessions: status.sessions,
         per_worker: status.workers.iter().map(|w| w.sessions).collect(),
         open_seconds,
-        command: server.command.clone(),
+        command: server.process.command.clone(),
         exit,
     }
 }
@@ -958,7 +676,7 @@ fn open_sessions(port: u16, first: usize, count: usize) -> Result<TcpStream, Str
         let mut body = vec![0; length];
         reader.read_exact(&mut body).map_err(|e| format!("read the body for {sid}: {e}"))?;
         let body = String::from_utf8_lossy(&body);
-        if status_code(&head) != Some(200) || !body.contains(&format!("opened {sid}")) {
+        if common::status_code(&head) != Some(200) || !body.contains(&format!("opened {sid}")) {
             return Err(format!("GET /open?sid={sid} answered {head:?} {body:?}"));
         }
     }
@@ -966,42 +684,9 @@ fn open_sessions(port: u16, first: usize, count: usize) -> Result<TcpStream, Str
     Ok(stream)
 }
 
-/// utime + stime of the whole process (live and exited threads), in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
-    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    // Field 3 (state) is fields[0]; utime and stime are fields 14 and 15.
-    let field = |i: usize| -> u64 {
-        fields.get(i).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("bad /proc/{pid}/stat: {stat}"))
-    };
-    field(11) + field(12)
-}
-
 /// utime + stime in clock ticks, 0 for a process that is gone.
 fn cpu_ticks_or_0(pid: i32) -> u64 {
-    if std::fs::metadata(format!("/proc/{pid}")).is_ok() { cpu_ticks(pid) } else { 0 }
-}
-
-/// Busy and total jiffies of all CPUs, from the `cpu` line of `/proc/stat`.
-fn machine_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").expect("cannot read /proc/stat");
-    let line = stat.lines().find(|l| l.starts_with("cpu ")).expect("no cpu line in /proc/stat");
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let values: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
-    let total: u64 = values.iter().sum();
-    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
-    (total - idle, total)
-}
-
-/// User + system time of the bench's children that have been waited for.
-fn children_cpu() -> Duration {
-    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage failed");
-    let micros = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec().max(0).unsigned_abs()) + Duration::from_micros(t.tv_usec().max(0).unsigned_abs())
-    };
-    micros(usage.user_time()) + micros(usage.system_time())
+    if std::fs::metadata(format!("/proc/{pid}")).is_ok() { common::cpu_ticks(pid) } else { 0 }
 }
 
 /// CPU counters at one instant.
@@ -1015,64 +700,15 @@ struct Sample {
 
 fn sample(main: i32, workers: &[i32]) -> Sample {
     Sample {
-        main_ticks: cpu_ticks(main),
+        main_ticks: common::cpu_ticks(main),
         worker_ticks: workers.iter().map(|&p| cpu_ticks_or_0(p)).collect(),
-        machine: machine_jiffies(),
-        children: children_cpu(),
+        machine: common::machine_jiffies(),
+        children: common::children_cpu(),
     }
-}
-
-/// `VmRSS` and `VmHWM` of a process, in KiB.
-fn proc_memory(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS"), field("VmHWM"))
-}
-
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf reads a system constant; it has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|&t| t > 0).expect("sysconf(_SC_CLK_TCK) failed")
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
-/// The median of a non-empty sample (the mean of the middle two for an even count).
-fn median(sample: impl IntoIterator<Item = f64>) -> f64 {
-    let mut sample: Vec<f64> = sample.into_iter().collect();
-    assert!(!sample.is_empty(), "median of nothing");
-    sample.sort_by(f64::total_cmp);
-    let n = sample.len();
-    if n % 2 == 1 { sample[n / 2] } else { (sample[n / 2 - 1] + sample[n / 2]) / 2.0 }
 }
 
 fn of(runs: &[Run], test: Test, setup: Setup) -> Vec<&Run> {
     runs.iter().filter(|r| r.test == test && r.setup == setup).collect()
-}
-
-fn list(values: impl IntoIterator<Item = f64>, precision: usize) -> String {
-    values.into_iter().map(|v| format!("{v:.precision$}")).collect::<Vec<_>>().join(" / ")
-}
-
-fn version(program: &Path, arg: &str) -> String {
-    Command::new(program)
-        .arg(arg)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
-        .and_then(|l| l.split(" Copyright").next().map(str::to_owned))
-        .unwrap_or_else(|| "(version unknown)".to_owned())
 }
 
 /// The installed version of an npm package of benches/node.
@@ -1105,7 +741,7 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
     for test in [Test::Close, Test::Polling] {
         let node = of(runs, test, Setup::Node);
         let clusterd = of(runs, test, Setup::Clusterd);
-        let (n, c) = (median(node.iter().map(|r| r.rate)), median(clusterd.iter().map(|r| r.rate)));
+        let (n, c) = (common::median(node.iter().map(|r| r.rate)), common::median(clusterd.iter().map(|r| r.rate)));
         let ratio = c / n;
         let verdict = match test {
             Test::Close if ratio >= CLOSE_TARGET => format!(" (meets the ≥ {CLOSE_TARGET:.0}× target)"),
@@ -1120,8 +756,8 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
         };
         println!(
             "| {what}, median (runs) | {n:.0} ({}) | {c:.0} ({}) | **{ratio:.2}×**{verdict} |",
-            list(node.iter().map(|r| r.rate), 0),
-            list(clusterd.iter().map(|r| r.rate), 0),
+            common::list(node.iter().map(|r| r.rate), 0),
+            common::list(clusterd.iter().map(|r| r.rate), 0),
         );
         let errors = |runs: &[&Run]| runs.iter().map(|r| r.errors).sum::<u64>();
         let done = |runs: &[&Run]| runs.iter().map(|r| r.done).sum::<u64>();
@@ -1140,7 +776,7 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
             done(&clusterd) + errors(&clusterd),
             share(&clusterd)
         );
-        let cores = |runs: &[&Run]| median(runs.iter().map(|r| r.main_cpu / r.seconds * 100.0));
+        let cores = |runs: &[&Run]| common::median(runs.iter().map(|r| r.main_cpu / r.seconds * 100.0));
         let rss = |runs: &[&Run]| runs.iter().map(|r| r.memory.1).max().unwrap_or(0);
         println!(
             "| {}: primary's CPU (% of one core, median); its VmHWM (max) | {:.0} %; {:.1} MiB | {:.0} %; {:.1} MiB | |",
@@ -1296,8 +932,8 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
     );
     println!(
         "- {}; node {}; socket.io-client {}; whole bench {:.1} s.",
-        version(&tools.wrk, "-v"),
-        version(&tools.node, "--version"),
+        common::version(&tools.wrk, "-v").unwrap_or_else(|| "(version unknown)".to_owned()),
+        common::version(&tools.node, "--version").unwrap_or_else(|| "(version unknown)".to_owned()),
         package_version("socket.io-client"),
         took.as_secs_f64()
     );

@@ -31,18 +31,18 @@
 //! loopback only. Every wait has a timeout and clusterd is always stopped with SIGTERM (SIGKILL if
 //! it does not exit in time), also when the bench panics.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Process, Row};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::Value;
 
 /// Kills of worker 0 that are timed.
 const RESTARTS: usize = 30;
@@ -63,8 +63,6 @@ const SETTLE: Duration = Duration::from_secs(1);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_LINE_TIMEOUT: Duration = Duration::from_secs(5);
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() {
     let bins = Binaries::locate();
@@ -83,173 +81,49 @@ struct Binaries {
 
 impl Binaries {
     fn locate() -> Self {
-        let exe = std::env::current_exe().expect("cannot find the path of the bench executable");
-        // The bench runs as target/<profile>/deps/supervisor-<hash>.
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or_else(|| panic!("the bench executable {} is not in target/<profile>/deps/", exe.display()));
-        let find = |name: &str| {
-            let path = dir.join(name);
-            assert!(
-                path.is_file(),
-                "{} is missing: run `cargo build --release` first (`cargo bench --bench supervisor` \
-                 builds it by itself; this happens when the bench executable is run by hand)",
-                path.display()
-            );
-            path
-        };
+        let dir = common::target_dir();
+        let find = |name: &str| common::binary(&dir, "supervisor", name);
         Self { clusterd: find("clusterd"), worker: find("clusterd-test-worker") }
     }
 }
 
-/// Removes what would change how clusterd or the worker behave: clusterd reads every `CLUSTERD_*`
-/// variable as an option, and would talk to a service manager through `NOTIFY_SOCKET`.
-fn clean_env(command: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let Some(name) = key.to_str() else { continue };
-        if name.starts_with("CLUSTERD_")
-            || name.starts_with("LISTEN_")
-            || name.starts_with("WATCHDOG_")
-            || name == "NOTIFY_SOCKET"
-        {
-            command.env_remove(&key);
-        }
-    }
-    command.env("RUST_LOG", "info");
-}
-
-/// One row of the status document's worker table.
-#[derive(Debug, Clone, PartialEq)]
-struct Row {
-    id: u64,
-    pid: Option<u32>,
-    state: String,
-}
-
-/// A running clusterd; stopped on drop if [`Cluster::stop`] was not called (a panic).
+/// A running clusterd; stopped on drop if [`Process::stop`] was not called (a panic).
 struct Cluster {
-    child: Option<Child>,
-    pid: i32,
+    process: Process,
     socket: PathBuf,
-    log: PathBuf,
-    command: String,
     // Last, so that it is removed after clusterd has stopped.
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start(bins: &Binaries, workers: usize, options: &[&str]) -> Self {
-        let dir =
-            tempfile::Builder::new().prefix("clusterd-bench-").tempdir().expect("cannot create a temporary directory");
-        let socket = dir.path().join("c.sock");
-        let log = dir.path().join("clusterd.log");
+        let (dir, socket, log) = common::scratch("clusterd-bench-", "clusterd.log");
         let mut args: Vec<String> = vec!["--workers".into(), workers.to_string()];
         args.extend(["--control".into(), socket.display().to_string()]);
         args.extend(options.iter().map(|o| (*o).to_owned()));
         args.extend(["--".into(), bins.worker.display().to_string()]);
-        let out = File::create(&log).expect("cannot create clusterd's log file");
-        let err = out.try_clone().expect("cannot duplicate the log file handle");
         let mut command = Command::new(&bins.clusterd);
-        command.args(&args).stdin(Stdio::null()).stdout(out).stderr(err);
-        clean_env(&mut command);
+        command.args(&args);
+        common::log_to(&mut command, &log, "clusterd");
+        common::clean_env(&mut command, |_| false);
         let child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bins.clusterd.display()));
-        let pid = i32::try_from(child.id()).expect("pid out of range");
         let command = format!("RUST_LOG=info {} {}", bins.clusterd.display(), args.join(" "));
-        Self { child: Some(child), pid, socket, log, command, _dir: dir }
-    }
-
-    /// Panics with `what`, clusterd's exit status if it is gone, and the end of its log.
-    fn fail(&mut self, what: &str) -> ! {
-        let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        let state = exited.map_or("still running".to_owned(), |s| format!("exited: {s}"));
-        panic!("{what}\nclusterd ({state}): {}\nlast lines of its log:\n{tail}", self.command);
+        Self { process: Process::new("clusterd", child, log, command, false), socket, _dir: dir }
     }
 
     /// One `status` request; the worker rows of the reply.
     fn status(&self) -> Result<Vec<Row>, String> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .map_err(|e| format!("cannot connect to {}: {e}", self.socket.display()))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
-        stream.write_all(b"{\"command\":\"status\"}\n").map_err(|e| format!("cannot send the request: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line).map_err(|e| format!("no reply: {e}"))?;
-        let reply: Value = serde_json::from_str(&line).map_err(|e| format!("unreadable reply {line:?}: {e}"))?;
-        if reply["ok"] != Value::Bool(true) {
-            return Err(format!("clusterd refused: {line}"));
-        }
-        let workers = reply["status"]["workers"].as_array().ok_or_else(|| format!("no worker table in {line:?}"))?;
-        workers
-            .iter()
-            .map(|w| {
-                Ok(Row {
-                    id: w["id"].as_u64().ok_or("a worker without an id")?,
-                    pid: w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
-                    state: w["state"].as_str().ok_or("a worker without a state")?.to_owned(),
-                })
-            })
-            .collect()
+        common::status(&self.socket).map(|s| s.workers)
     }
 
-    /// Polls `status` every [`POLL_EVERY`] until `done` holds; panics after `timeout`. Returns the
-    /// rows that satisfied it. Errors are retried: the socket appears only once clusterd is up.
-    fn wait_for(&mut self, timeout: Duration, what: &str, done: impl Fn(&[Row]) -> bool) -> Vec<Row> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = match self.status() {
-                Ok(rows) if done(&rows) => return rows,
-                Ok(rows) => format!("{rows:?}"),
-                Err(error) => error,
-            };
-            if let Some(Some(status)) = self.child.as_mut().map(Child::try_wait).and_then(Result::ok) {
-                self.fail(&format!("clusterd exited ({status}) while waiting for {what}"));
-            }
-            if Instant::now() >= deadline {
-                self.fail(&format!("timed out after {timeout:?} waiting for {what}; last: {last}"));
-            }
-            thread::sleep(POLL_EVERY);
-        }
-    }
-
-    /// SIGTERM, then wait; SIGKILL if it has not exited within [`STOP_TIMEOUT`].
-    fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGTERM);
-        if let Some(status) = wait_timeout(&mut child, STOP_TIMEOUT) {
-            return Some(status);
-        }
-        eprintln!("clusterd did not exit within {STOP_TIMEOUT:?} of SIGTERM: sending SIGKILL");
-        let _ = child.kill();
-        child.wait().ok()
+    /// Polls `status` every [`POLL_EVERY`] until `count` workers are ready; panics after `timeout`.
+    fn wait_for(&mut self, timeout: Duration, what: &str, count: usize) -> Vec<Row> {
+        common::wait_for_status(&mut self.process, &self.socket, (timeout, POLL_EVERY), what, |s| s.all_ready(count))
+            .workers
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// `Child::wait` with a deadline; `None` if the child is still running (or cannot be waited for).
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
-            Ok(None) | Err(_) => return None,
-        }
-    }
-}
-
-fn all_ready(count: usize) -> impl Fn(&[Row]) -> bool {
-    move |rows| rows.len() == count && rows.iter().all(|r| r.state == "ready" && r.pid.is_some())
-}
-
+/// The row of slot `id`.
 fn slot(rows: &[Row], id: u64) -> Option<&Row> {
     rows.iter().find(|r| r.id == id)
 }
@@ -269,18 +143,18 @@ struct Restarts {
 
 fn measure_restarts(bins: &Binaries) -> Restarts {
     let mut cluster = Cluster::start(bins, 2, &["--stable-after", "0s"]);
-    let mut rows = cluster.wait_for(START_TIMEOUT, "both workers to be ready", all_ready(2));
+    let mut rows = cluster.wait_for(START_TIMEOUT, "both workers to be ready", 2);
     let round_trip = (0..ROUND_TRIPS)
         .map(|_| {
             let t0 = Instant::now();
             if let Err(error) = cluster.status() {
-                cluster.fail(&format!("status request failed: {error}"));
+                cluster.process.fail(&format!("status request failed: {error}"));
             }
             t0.elapsed()
         })
         .collect();
     let mut result = Restarts {
-        command: cluster.command.clone(),
+        command: cluster.process.command.clone(),
         ready: Vec::new(),
         gone: Vec::new(),
         spawned: Vec::new(),
@@ -293,7 +167,7 @@ fn measure_restarts(bins: &Binaries) -> Restarts {
         let target = Pid::from_raw(i32::try_from(old).expect("pid out of range"));
         let t0 = Instant::now();
         if let Err(errno) = kill(target, Signal::SIGKILL) {
-            cluster.fail(&format!("cannot SIGKILL worker 0 (pid {old}): {errno}"));
+            cluster.process.fail(&format!("cannot SIGKILL worker 0 (pid {old}): {errno}"));
         }
         let deadline = t0 + RESTART_TIMEOUT;
         let (mut gone, mut spawned, mut polls) = (None, None, 0);
@@ -314,11 +188,11 @@ fn measure_restarts(bins: &Binaries) -> Restarts {
                         }
                     }
                 }
-                Ok(None) => cluster.fail("the status has no slot 0"),
-                Err(error) => cluster.fail(&format!("restart {round}: status failed: {error}")),
+                Ok(None) => cluster.process.fail("the status has no slot 0"),
+                Err(error) => cluster.process.fail(&format!("restart {round}: status failed: {error}")),
             }
             if Instant::now() >= deadline {
-                cluster.fail(&format!(
+                cluster.process.fail(&format!(
                     "restart {round}: slot 0 had no new ready worker {RESTART_TIMEOUT:?} after \
                      SIGKILL of pid {old}; last: {now:?}"
                 ));
@@ -329,9 +203,9 @@ fn measure_restarts(bins: &Binaries) -> Restarts {
         result.spawned.extend(spawned);
         result.polls.push(polls);
         thread::sleep(BETWEEN_KILLS);
-        rows = cluster.wait_for(RESTART_TIMEOUT, "both workers to be ready again", all_ready(2));
+        rows = cluster.wait_for(RESTART_TIMEOUT, "both workers to be ready again", 2);
     }
-    result.exit = cluster.stop();
+    result.exit = cluster.process.stop();
     result
 }
 
@@ -343,7 +217,7 @@ fn measure_baseline(worker: &Path) -> Vec<Duration> {
 fn first_line(worker: &Path) -> Duration {
     let mut command = Command::new(worker);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-    clean_env(&mut command);
+    common::clean_env(&mut command, |_| false);
     let t0 = Instant::now();
     let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", worker.display()));
     let stdout = child.stdout.take().expect("piped stdout");
@@ -358,7 +232,7 @@ fn first_line(worker: &Path) -> Duration {
     });
     let outcome = rx.recv_timeout(FIRST_LINE_TIMEOUT);
     let status = match &outcome {
-        Ok(_) => wait_timeout(&mut child, FIRST_LINE_TIMEOUT),
+        Ok(_) => common::wait_timeout(&mut child, FIRST_LINE_TIMEOUT),
         Err(_) => None,
     };
     if status.is_none() {
@@ -393,80 +267,31 @@ struct Idle {
 fn measure_idle(bins: &Binaries) -> Idle {
     let mut cluster = Cluster::start(bins, IDLE_WORKERS, &[]);
     let what = format!("all {IDLE_WORKERS} workers to be ready");
-    let rows = cluster.wait_for(START_TIMEOUT, &what, all_ready(IDLE_WORKERS));
+    let rows = cluster.wait_for(START_TIMEOUT, &what, IDLE_WORKERS);
     thread::sleep(SETTLE);
-    let pid = cluster.pid;
-    let (ticks_before, run_before) = (cpu_ticks(pid), run_ns(pid));
+    let pid = cluster.process.pid;
+    let (ticks_before, run_before) = (common::cpu_ticks(pid), common::run_ns(pid));
     let t0 = Instant::now();
     thread::sleep(IDLE_WINDOW);
-    let (ticks_after, run_after) = (cpu_ticks(pid), run_ns(pid));
+    let (ticks_after, run_after) = (common::cpu_ticks(pid), common::run_ns(pid));
     let window = t0.elapsed();
-    let memory = proc_status(pid);
-    let field = |name: &str| {
-        memory
-            .iter()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    let (rss_kib, hwm_kib, threads) = (field("VmRSS"), field("VmHWM"), field("Threads"));
-    let after = cluster.status().unwrap_or_else(|e| cluster.fail(&format!("status failed: {e}")));
+    let [rss_kib, hwm_kib, threads] = common::proc_status(pid, ["VmRSS", "VmHWM", "Threads"]);
+    let after = cluster.status().unwrap_or_else(|e| cluster.process.fail(&format!("status failed: {e}")));
     if after != rows {
-        cluster.fail(&format!("workers changed during the idle window: {rows:?} → {after:?}"));
+        cluster.process.fail(&format!("workers changed during the idle window: {rows:?} → {after:?}"));
     }
-    let exit = cluster.stop();
+    let exit = cluster.process.stop();
     Idle {
-        command: cluster.command.clone(),
+        command: cluster.process.command.clone(),
         window,
         ticks: ticks_after - ticks_before,
-        clock_ticks_per_s: clock_ticks_per_second(),
+        clock_ticks_per_s: common::clock_ticks_per_second(),
         run_ns: run_before.zip(run_after).map(|(b, a)| a.saturating_sub(b)),
         rss_kib,
         hwm_kib,
         threads,
         exit,
     }
-}
-
-/// utime + stime of the whole process (live and exited threads), in clock ticks.
-fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
-    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-    // Field 3 (state) is fields[0]; utime and stime are fields 14 and 15.
-    let field = |i: usize| -> u64 {
-        fields.get(i).and_then(|f| f.parse().ok()).unwrap_or_else(|| panic!("bad /proc/{pid}/stat: {stat}"))
-    };
-    field(11) + field(12)
-}
-
-/// Time on CPU of the live threads, in nanoseconds, from `schedstat`; `None` where the kernel does
-/// not provide it. Finer than clock ticks, but blind to threads that exit in between.
-fn run_ns(pid: i32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
-    for task in tasks {
-        let path = task.ok()?.path().join("schedstat");
-        let mut text = String::new();
-        File::open(path).ok()?.read_to_string(&mut text).ok()?;
-        total += text.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(total)
-}
-
-fn proc_status(pid: i32) -> Vec<(String, String)> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"))
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.to_owned(), v.trim().to_owned())))
-        .collect()
-}
-
-fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf reads a system constant; it has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).ok().filter(|&t| t > 0).expect("sysconf(_SC_CLK_TCK) failed")
 }
 
 /// Nearest-rank percentile of a sorted sample.
@@ -498,7 +323,6 @@ fn report(restart: &Restarts, baseline: &[Duration], idle: &Idle, took: Duration
     let window = idle.window.as_secs_f64();
     let tick_pct = idle.ticks as f64 / idle.clock_ticks_per_s as f64 / window * 100.0;
     let tick_resolution = 100.0 / idle.clock_ticks_per_s as f64 / window;
-    let mib = |kib: u64| kib as f64 / 1024.0;
 
     println!();
     println!("## clusterd supervisor benchmark");
@@ -548,8 +372,8 @@ fn report(restart: &Restarts, baseline: &[Duration], idle: &Idle, took: Duration
     }
     println!(
         "| clusterd memory, {IDLE_WORKERS} workers: VmRSS / VmHWM; threads | {:.1} / {:.1} MiB; {} |",
-        mib(idle.rss_kib),
-        mib(idle.hwm_kib),
+        common::mib(idle.rss_kib),
+        common::mib(idle.hwm_kib),
         idle.threads
     );
     println!();
@@ -569,8 +393,8 @@ fn report(restart: &Restarts, baseline: &[Duration], idle: &Idle, took: Duration
     );
     println!(
         "- clusterd exit status after SIGTERM: restart run {}, idle run {}.",
-        describe(restart.exit),
-        describe(idle.exit)
+        common::describe(restart.exit),
+        common::describe(idle.exit)
     );
     println!("- Whole bench: {:.1} s.", took.as_secs_f64());
     println!();
@@ -581,8 +405,4 @@ fn report(restart: &Restarts, baseline: &[Duration], idle: &Idle, took: Duration
     println!("{}", restart.command);
     println!("{}", idle.command);
     println!("```");
-}
-
-fn describe(status: Option<ExitStatus>) -> String {
-    status.map_or_else(|| "unknown (killed after the timeout)".to_owned(), |s| s.to_string())
 }
