@@ -196,6 +196,11 @@ pub struct Handoff {
     pub peer: Address,
     pub local: Address,
     pub initial: Vec<u8>,
+    /// How it was routed, to route it again if its worker started draining meanwhile.
+    pub sid: Option<String>,
+    pub ip: Option<IpAddr>,
+    pub http: bool,
+    pub unix: bool,
 }
 
 /// Where the dispatcher sends a connection.
@@ -413,8 +418,20 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    let handoff = Handoff { group, fd, peer, local, initial };
-    // A worker that dies between the pick and the handoff costs only that attempt.
+    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix }, routes).await;
+}
+
+/// Hands a connection that a draining worker did not take to another worker.
+pub fn reroute(handoff: Handoff, routes: mpsc::Sender<RouteMsg>) {
+    tokio::spawn(deliver(handoff, routes));
+}
+
+/// Asks the dispatcher for a worker and queues the connection for it; `503` or a close when none
+/// takes it.
+async fn deliver(handoff: Handoff, routes: mpsc::Sender<RouteMsg>) {
+    let (group, sid, ip, http, unix) = (handoff.group, handoff.sid.clone(), handoff.ip, handoff.http, handoff.unix);
+    // A worker that dies (or starts draining) between the pick and the handoff costs only that
+    // attempt.
     for _ in 0..3 {
         let (reply_tx, reply_rx) = oneshot::channel();
         if routes.send(RouteMsg::Pick { group, sid: sid.clone(), ip, reply: reply_tx }).await.is_err() {

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::process::Command;
 
 use nix::sys::signal::Signal;
@@ -122,4 +123,56 @@ fn scale_up_and_down_by_command_and_by_signal() {
     assert_eq!(rows(&c.wait_ready(1)).len(), 1);
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Requests keep coming during a reload: not one may fail (the old workers drain what they were
+/// handed, the new ones take the rest).
+#[test]
+fn a_reload_under_load_loses_no_request() {
+    let hello = std::path::PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("hello");
+    let mut c =
+        Builder::new().args(&["--workers", "2", "--listen", "127.0.0.1:0"]).program(&[hello.to_str().unwrap()]).start();
+    let addr = listen_addr(&c.wait_ready(2));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 100_000 {
+                    let result = std::net::TcpStream::connect(addr).and_then(|mut s| {
+                        s.set_read_timeout(Some(TIMEOUT))?;
+                        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+                        read_response(&mut s).ok_or_else(|| std::io::Error::other("no response"))
+                    });
+                    match result {
+                        Ok(r) if r.code == 200 => ok += 1,
+                        Ok(r) => failed.push(format!("status {}", r.code)),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for generation in 2..=6 {
+        let (code, out) = cli(&c, &["reload"]);
+        assert_eq!(code, Some(0), "{out}");
+        c.wait_status(&format!("generation {generation} serving"), |s| {
+            s["phase"] == "ready" && rows(s).len() == 2 && rows(s).iter().all(|w| w["generation"] == generation)
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed) = client.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} failed requests during the reloads, e.g. {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        total += ok;
+    }
+    assert!(total >= 50, "the load ran during the reloads ({total} requests)");
 }

@@ -128,6 +128,7 @@ impl Dispatcher {
                     }
                 }
             }
+            EventKind::Draining => self.pools.remove_worker(event.incarnation),
             EventKind::Greeted => {
                 process.greeted = true;
                 // A worker counted ready at spawn (--ready-on spawn) takes connections from now.
@@ -354,7 +355,9 @@ impl Dispatcher {
             slot.restart_token += 1;
             for process in slot.processes() {
                 process.handle.send(command.clone());
-                self.pools.set_ready(process.incarnation, false);
+                // A draining worker takes no connection at all, sticky ones included: its
+                // server stops accepting, and its sessions end with it.
+                self.pools.remove_worker(process.incarnation);
             }
             slot.state = if slot.is_empty() { WorkerState::Exited } else { WorkerState::Draining };
         }

@@ -192,6 +192,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         heartbeat_timeout: config.heartbeat_timeout,
         spawner,
         logs,
+        routes: routes.clone(),
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {

@@ -81,7 +81,7 @@ impl Dispatcher {
         let Some(successor) = slot.successor.take() else { return };
         self.pools.set_ready(successor.incarnation, successor.routable());
         if let Some(old) = slot.current.replace(successor) {
-            self.pools.set_ready(old.incarnation, false);
+            self.pools.remove_worker(old.incarnation);
             old.handle.send(Command::Drain { grace });
             slot.retiring.push(old);
         }
@@ -173,7 +173,7 @@ impl Dispatcher {
                 slot.restart_token += 1;
                 slot.state = WorkerState::Draining;
                 for process in slot.current.take().into_iter().chain(slot.successor.take()) {
-                    self.pools.set_ready(process.incarnation, false);
+                    self.pools.remove_worker(process.incarnation);
                     process.handle.send(Command::Drain { grace });
                     slot.retiring.push(process);
                 }

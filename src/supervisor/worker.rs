@@ -53,6 +53,8 @@ pub struct Settings {
     pub heartbeat_timeout: Option<Duration>,
     pub spawner: Spawner,
     pub logs: LogSink,
+    /// Where connections go that reach this worker after it started draining.
+    pub routes: mpsc::Sender<crate::listener::RouteMsg>,
 }
 
 /// One worker to start.
@@ -91,6 +93,9 @@ pub enum EventKind {
     },
     /// The worker greeted clusterd: it speaks the protocol, so it can take connections.
     Greeted,
+    /// The task started draining the worker on its own (protocol violation, timeouts): route
+    /// nothing more to it.
+    Draining,
     SpawnFailed {
         error: String,
     },
@@ -227,6 +232,7 @@ async fn run(
                     if let Some(why) = violation {
                         channel_open = false;
                         drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, KillReason::Protocol(why)).await;
+                        report(EventKind::Draining).await;
                     }
                 }
                 Ok(None) => channel_open = false,
@@ -234,12 +240,18 @@ async fn run(
                     channel_open = false;
                     let reason = KillReason::Protocol(error.to_string());
                     drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, reason).await;
+                    report(EventKind::Draining).await;
                 }
             },
             command = commands.recv() => match command {
                 Some(Command::Drain { grace }) => {
                     if killed.is_none() {
                         killed = Some(KillReason::Stop);
+                        // Connections queued before the drain go first: the worker takes everything
+                        // it was handed before the drain frame.
+                        while let Ok(handoff) = handoffs.try_recv() {
+                            hand_over(&channel, channel_open, handoff, &mut next_connection, &mut grouped, &report).await;
+                        }
                         send_bounded(&channel, &ToWorker::Drain { grace_ms: millis(grace) }, None).await;
                         signal_group(pid, Signal::SIGTERM);
                     }
@@ -263,32 +275,24 @@ async fn run(
                 }
             },
             Some(handoff) = handoffs.recv() => {
-                let id = next_connection;
-                next_connection += 1;
-                let group = handoff.group;
-                let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
-                    id,
-                    peer: handoff.peer,
-                    local: handoff.local,
-                    initial: handoff.initial,
-                });
-                let sent = channel_open && send_bounded(&channel, &frame, Some(std::os::fd::AsFd::as_fd(&handoff.fd))).await;
-                // clusterd's copy closes here either way: the client sees FIN when the worker closes.
-                drop(handoff.fd);
-                if !sent {
-                    report(EventKind::ConnectionsClosed(vec![group])).await;
-                } else if let Some(group) = group {
-                    grouped.insert(id, group);
+                if killed.is_some() {
+                    // Picked before the drain began: it goes to a worker that takes connections.
+                    report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
+                    crate::listener::reroute(handoff, settings.routes.clone());
+                } else {
+                    hand_over(&channel, channel_open, handoff, &mut next_connection, &mut grouped, &report).await;
                 }
             }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
                 tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {:?}: killing it", settings.ready_timeout);
                 killed = Some(KillReason::ReadyTimeout);
+                report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
             }
             () = sleep_until(heartbeat_deadline.unwrap_or(far)), if ready && killed.is_none() && heartbeat_deadline.is_some() => {
                 tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "no heartbeat within {:?}: killing it", settings.heartbeat_timeout.unwrap_or_default());
                 killed = Some(KillReason::HeartbeatTimeout);
+                report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
             }
             () = sleep_until(kill_deadline.unwrap_or(far)), if kill_deadline.is_some() => {
@@ -311,6 +315,37 @@ async fn run(
     let info =
         ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
+}
+
+/// Sends one connection to the worker (frame + fd); clusterd's copy of the fd closes either way.
+async fn hand_over<F, Fut>(
+    channel: &PrimaryChannel,
+    channel_open: bool,
+    handoff: Handoff,
+    next_connection: &mut u64,
+    grouped: &mut std::collections::HashMap<u64, u32>,
+    report: &F,
+) where
+    F: Fn(EventKind) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let id = *next_connection;
+    *next_connection += 1;
+    let group = handoff.group;
+    let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
+        id,
+        peer: handoff.peer,
+        local: handoff.local,
+        initial: handoff.initial,
+    });
+    let sent = channel_open && send_bounded(channel, &frame, Some(std::os::fd::AsFd::as_fd(&handoff.fd))).await;
+    // The client sees FIN when the worker closes: clusterd keeps no copy.
+    drop(handoff.fd);
+    if !sent {
+        report(EventKind::ConnectionsClosed(vec![group])).await;
+    } else if let Some(group) = group {
+        grouped.insert(id, group);
+    }
 }
 
 /// Asks a misbehaving worker to go: drain frame (it may not understand it), SIGTERM, SIGKILL after

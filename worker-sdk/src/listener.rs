@@ -9,6 +9,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -65,6 +66,21 @@ pub struct Connection {
     peer: ClientAddr,
     local: ClientAddr,
     report: Option<(u64, mpsc::Sender<Report>)>,
+    /// Counted until the application first reads: a drain waits for that (see `Worker::draining`).
+    unread: Option<Arc<Unread>>,
+}
+
+/// Handed-over connections the application has not read from yet.
+#[derive(Debug, Default)]
+pub(crate) struct Unread {
+    count: std::sync::atomic::AtomicUsize,
+    pub(crate) changed: tokio::sync::Notify,
+}
+
+impl Unread {
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl std::fmt::Debug for Connection {
@@ -79,6 +95,7 @@ impl Connection {
         frame: crate::protocol::Connection,
         fd: OwnedFd,
         report: mpsc::Sender<Report>,
+        unread: Arc<Unread>,
     ) -> io::Result<Self> {
         // The frame says what kind of socket it is. clusterd accepted it non-blocking (the flag
         // belongs to the open file, which this fd shares); setting it again costs one syscall
@@ -102,7 +119,19 @@ impl Connection {
             peer: (&frame.peer).into(),
             local: (&frame.local).into(),
             report: Some((frame.id, report)),
+            unread: {
+                unread.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some(unread)
+            },
         })
+    }
+
+    /// The application has started with this connection (or dropped it).
+    fn mark_read(&mut self) {
+        if let Some(unread) = self.unread.take() {
+            unread.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            unread.changed.notify_one();
+        }
     }
 
     /// The client's address.
@@ -118,6 +147,7 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        self.mark_read();
         if let Some((id, report)) = self.report.take() {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
             let _ = report.try_send(Report::Closed(id));
@@ -128,6 +158,7 @@ impl Drop for Connection {
 impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        this.mark_read();
         if this.consumed < this.initial.len() {
             let rest = &this.initial[this.consumed..];
             let n = rest.len().min(buf.remaining());
@@ -201,17 +232,19 @@ impl AsyncWrite for Connection {
 pub struct Listener {
     connections: mpsc::Receiver<Connection>,
     local: ClientAddr,
+    accepted: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Listener {
-    pub(crate) fn new(connections: mpsc::Receiver<Connection>) -> Self {
-        Self { connections, local: ClientAddr::Unknown }
+    pub(crate) fn new(connections: mpsc::Receiver<Connection>, accepted: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        Self { connections, local: ClientAddr::Unknown, accepted }
     }
 
     /// The next connection; `None` once clusterd has closed the IPC channel (no more will come).
     pub async fn accept(&mut self) -> Option<Connection> {
         let connection = self.connections.recv().await?;
         self.local = connection.local.clone();
+        self.accepted.notify_one();
         Some(connection)
     }
 }
@@ -222,7 +255,11 @@ impl futures_core::Stream for Listener {
     type Item = io::Result<Connection>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.connections.poll_recv(cx).map(|next| next.map(Ok))
+        let next = self.connections.poll_recv(cx);
+        if let Poll::Ready(Some(_)) = &next {
+            self.accepted.notify_one();
+        }
+        next.map(|next| next.map(Ok))
     }
 }
 

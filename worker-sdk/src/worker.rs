@@ -29,6 +29,11 @@ const CONNECTION_QUEUE: usize = 1024;
 const REPORT_QUEUE: usize = 8192;
 /// How long `session_open` waits for clusterd's acknowledgement.
 const SESSION_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// After `SIGTERM`, how long the SDK waits for clusterd's drain frame (which follows every
+/// connection clusterd handed over) before it signals the drain anyway.
+const DRAIN_FRAME_WAIT: Duration = Duration::from_secs(1);
+/// How long the application gets to accept the connections handed over before the drain request.
+const DRAIN_ACCEPT_WAIT: Duration = Duration::from_secs(2);
 
 /// A worker's connection to clusterd.
 ///
@@ -56,6 +61,15 @@ struct Inner {
     generation: u64,
     channel: Arc<WorkerChannel>,
     drain: CancellationToken,
+    /// Set when clusterd's drain frame was read (or the channel ended): every connection handed
+    /// over before it is in the listener queue.
+    asked: CancellationToken,
+    draining_started: AtomicBool,
+    /// Signalled by the listener each time the application takes a connection.
+    accepted: Arc<tokio::sync::Notify>,
+    /// Connections taken but not read from yet.
+    unread: Arc<crate::listener::Unread>,
+    listener_taken: AtomicBool,
     grace: Mutex<Option<Duration>>,
     ready_sent: AtomicBool,
     reports: mpsc::Sender<Report>,
@@ -107,6 +121,11 @@ impl Worker {
             generation,
             channel: Arc::new(WorkerChannel::new(socket)),
             drain: CancellationToken::new(),
+            asked: CancellationToken::new(),
+            draining_started: AtomicBool::new(false),
+            accepted: Arc::new(tokio::sync::Notify::new()),
+            unread: Arc::default(),
+            listener_taken: AtomicBool::new(false),
             grace: Mutex::new(None),
             ready_sent: AtomicBool::new(false),
             reports,
@@ -119,7 +138,7 @@ impl Worker {
         runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue));
         let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::BadIpcFd { fd, reason: format!("cannot watch SIGTERM ({e})") })?;
-        runtime.spawn(watch_sigterm(sigterm, inner.drain.clone()));
+        runtime.spawn(watch_sigterm(sigterm, Arc::clone(&inner)));
         runtime.spawn(read_frames(Arc::clone(&inner)));
         Ok(Self { inner })
     }
@@ -152,6 +171,10 @@ impl Worker {
 
     /// Resolves when clusterd asks this worker to drain: a drain frame, `SIGTERM`, or clusterd's
     /// end of the IPC channel closing (clusterd is gone, so nobody will route work here).
+    ///
+    /// It resolves only once the application has taken every connection clusterd handed over
+    /// before the request (bounded: at most a few seconds), so a server that stops accepting when
+    /// this resolves loses no client.
     pub async fn draining(&self) {
         self.inner.drain.cancelled().await
     }
@@ -174,7 +197,9 @@ impl Worker {
     /// The connections clusterd hands to this worker. Can be taken once; later calls fail with
     /// [`Error::AlreadyTaken`]. Connections that arrive before this call wait in a queue.
     pub fn listener(&self) -> Result<Listener, Error> {
-        lock(&self.inner.listener).take().map(Listener::new).ok_or(Error::AlreadyTaken)
+        let queue = lock(&self.inner.listener).take().ok_or(Error::AlreadyTaken)?;
+        self.inner.listener_taken.store(true, Ordering::SeqCst);
+        Ok(Listener::new(queue, Arc::clone(&self.inner.accepted)))
     }
 
     /// Reports that this worker created the session `sid` (an Engine.IO session id, 1 to 64
@@ -281,11 +306,41 @@ fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> nix::Result<()> {
     Ok(())
 }
 
-async fn watch_sigterm(mut sigterm: tokio::signal::unix::Signal, drain: CancellationToken) {
+async fn watch_sigterm(mut sigterm: tokio::signal::unix::Signal, inner: Arc<Inner>) {
     if sigterm.recv().await.is_some() {
         tracing::debug!("SIGTERM: draining");
-        drain.cancel();
+        start_drain(&inner);
     }
+}
+
+/// Starts the drain sequence once: wait for clusterd's drain frame (the connections it handed
+/// over come before it on the socket), let the application take them, then signal the drain.
+fn start_drain(inner: &Arc<Inner>) {
+    if inner.draining_started.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_FRAME_WAIT, inner.asked.cancelled()).await;
+        if inner.listener_taken.load(Ordering::SeqCst) {
+            let deadline = tokio::time::Instant::now() + DRAIN_ACCEPT_WAIT;
+            while inner.connections.max_capacity() > inner.connections.capacity() {
+                if tokio::time::timeout_at(deadline, inner.accepted.notified()).await.is_err() {
+                    tracing::warn!("the application did not take every handed-over connection before draining");
+                    break;
+                }
+            }
+            // A server that shuts down gracefully closes connections it sees as idle: one it took
+            // but has not read from yet would lose its request. Wait until it has read from each.
+            while inner.unread.count() > 0 {
+                if tokio::time::timeout_at(deadline, inner.unread.changed.notified()).await.is_err() {
+                    tracing::warn!("the application did not read every handed-over connection before draining");
+                    break;
+                }
+            }
+        }
+        inner.drain.cancel();
+    });
 }
 
 /// Reads clusterd's frames until the channel closes; a drain frame or the close cancels the drain
@@ -301,11 +356,12 @@ async fn read_frames(inner: Arc<Inner>) {
             }
             Ok(Some((ToWorker::Drain { grace_ms }, _))) => {
                 *lock(&inner.grace) = Some(Duration::from_millis(grace_ms));
-                inner.drain.cancel();
+                inner.asked.cancel();
+                start_drain(&inner);
             }
             Ok(Some((ToWorker::Connection(frame), Some(fd)))) => {
                 let id = frame.id;
-                match Connection::new(frame, fd, inner.reports.clone()) {
+                match Connection::new(frame, fd, inner.reports.clone(), Arc::clone(&inner.unread)) {
                     // A full queue (nobody accepts) drops the connection, which reports it closed.
                     Ok(connection) => {
                         if inner.connections.try_send(connection).is_err() {
@@ -331,12 +387,14 @@ async fn read_frames(inner: Arc<Inner>) {
             Ok(Some((ToWorker::Connection(_), None))) => unreachable!("the channel checks the fd count"),
             Ok(None) => {
                 tracing::warn!("clusterd closed the IPC channel; draining");
-                inner.drain.cancel();
+                inner.asked.cancel();
+                start_drain(&inner);
                 return;
             }
             Err(error) => {
                 tracing::error!(%error, "IPC channel failed; draining");
-                inner.drain.cancel();
+                inner.asked.cancel();
+                start_drain(&inner);
                 return;
             }
         }
