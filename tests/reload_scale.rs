@@ -133,28 +133,7 @@ fn a_reload_under_load_loses_no_request() {
     let mut c =
         Builder::new().args(&["--workers", "2", "--listen", "127.0.0.1:0"]).program(&[hello.to_str().unwrap()]).start();
     let addr = listen_addr(&c.wait_ready(2));
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let (mut ok, mut failed) = (0u32, Vec::new());
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 100_000 {
-                    let result = std::net::TcpStream::connect(addr).and_then(|mut s| {
-                        s.set_read_timeout(Some(TIMEOUT))?;
-                        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-                        read_response(&mut s).ok_or_else(|| std::io::Error::other("no response"))
-                    });
-                    match result {
-                        Ok(r) if r.code == 200 => ok += 1,
-                        Ok(r) => failed.push(format!("status {}", r.code)),
-                        Err(e) => failed.push(e.to_string()),
-                    }
-                }
-                (ok, failed)
-            })
-        })
-        .collect();
+    let load = Load::start(addr);
     for generation in 2..=6 {
         let (code, out) = cli(&c, &["reload"]);
         assert_eq!(code, Some(0), "{out}");
@@ -162,17 +141,71 @@ fn a_reload_under_load_loses_no_request() {
             s["phase"] == "ready" && rows(s).len() == 2 && rows(s).iter().all(|w| w["generation"] == generation)
         });
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut total = 0;
-    for client in clients {
-        let (ok, failed) = client.join().unwrap();
-        assert!(
-            failed.is_empty(),
-            "{} failed requests during the reloads, e.g. {:?}",
-            failed.len(),
-            &failed[..failed.len().min(5)]
-        );
-        total += ok;
+    load.finish("the reloads");
+}
+
+/// Clients making one request per connection, as fast as they can, until `finish`.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    clients: Vec<std::thread::JoinHandle<(u32, Vec<String>)>>,
+}
+
+impl Load {
+    fn start(addr: std::net::SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let clients = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0u32, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 100_000 {
+                        let result = std::net::TcpStream::connect(addr).and_then(|mut s| {
+                            s.set_read_timeout(Some(TIMEOUT))?;
+                            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+                            read_response(&mut s).ok_or_else(|| std::io::Error::other("no response"))
+                        });
+                        match result {
+                            Ok(r) if r.code == 200 => ok += 1,
+                            Ok(r) => failed.push(format!("status {}", r.code)),
+                            Err(e) => failed.push(e.to_string()),
+                        }
+                    }
+                    (ok, failed)
+                })
+            })
+            .collect();
+        Self { stop, clients }
     }
-    assert!(total >= 50, "the load ran during the reloads ({total} requests)");
+
+    /// Stops the clients; fails if any request failed, or if too few ran to mean anything.
+    fn finish(self, during: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for client in self.clients {
+            let (ok, failed) = client.join().unwrap();
+            assert!(
+                failed.is_empty(),
+                "{} failed requests during {during}, e.g. {:?}",
+                failed.len(),
+                &failed[..failed.len().min(5)]
+            );
+            total += ok;
+        }
+        assert!(total >= 50, "the load ran during {during} ({total} requests)");
+    }
+}
+
+#[test]
+fn scaling_down_and_up_under_load_loses_no_request() {
+    let hello = std::path::PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("hello");
+    let mut c =
+        Builder::new().args(&["--workers", "3", "--listen", "127.0.0.1:0"]).program(&[hello.to_str().unwrap()]).start();
+    let addr = listen_addr(&c.wait_ready(3));
+    let load = Load::start(addr);
+    for workers in [1, 3, 2, 1, 3] {
+        let (code, out) = cli(&c, &["scale", &workers.to_string()]);
+        assert_eq!(code, Some(0), "{out}");
+        c.wait_ready(workers);
+    }
+    load.finish("the scaling");
 }
