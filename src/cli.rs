@@ -120,6 +120,11 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_SNIFF_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub sniff_timeout: Option<Duration>,
 
+    /// Bytes of bus messages clusterd queues for one worker; a message that does not fit (the
+    /// worker does not read) is dropped for that worker and counted [default: 64MiB as 67108864].
+    #[arg(long, env = "CLUSTERD_BUS_QUEUE", value_name = "BYTES")]
+    pub bus_queue: Option<usize>,
+
     /// Do not prefix the lines that workers write with their id.
     #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_log_prefix: bool,

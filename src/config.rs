@@ -169,6 +169,7 @@ struct FileConfig {
     sniff_bytes: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     sniff_timeout: Option<Duration>,
+    bus_queue: Option<usize>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     command: Option<Vec<String>>,
@@ -214,6 +215,8 @@ pub struct Config {
     pub sniff_bytes: usize,
     /// The longest a new connection may take to send its request line.
     pub sniff_timeout: Duration,
+    /// Bytes of bus messages queued for one worker before messages to it are dropped.
+    pub bus_queue: usize,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub program: OsString,
@@ -274,6 +277,7 @@ impl Config {
             session_ttl: run.session_ttl.or(file.session_ttl).unwrap_or(Duration::from_secs(300)),
             sniff_bytes: run.sniff_bytes.or(file.sniff_bytes).unwrap_or(8 * 1024),
             sniff_timeout: run.sniff_timeout.or(file.sniff_timeout).unwrap_or(Duration::from_secs(5)),
+            bus_queue: run.bus_queue.or(file.bus_queue).unwrap_or(64 * 1024 * 1024),
             control: control.or(file.control).unwrap_or_else(default_control_path),
             log_format: run.log_format.or(file.log_format).unwrap_or_default(),
             program,
@@ -302,6 +306,15 @@ impl Config {
             return Err(ConfigError::Invalid {
                 what: "--sniff-bytes",
                 message: format!("must be 256 to {MAX_SNIFF_BYTES}, not {}", self.sniff_bytes),
+            });
+        }
+        if self.bus_queue < clusterd_worker::bus_protocol::MAX_BUS_FRAME / 16 {
+            return Err(ConfigError::Invalid {
+                what: "--bus-queue",
+                message: format!(
+                    "must be at least {} bytes (2 MiB)",
+                    clusterd_worker::bus_protocol::MAX_BUS_FRAME / 16
+                ),
             });
         }
         if self.sniff_timeout.is_zero() {

@@ -12,6 +12,7 @@ mod duration;
 mod listener;
 mod logs;
 mod notify;
+mod relay;
 mod signals;
 mod sniff;
 mod status;
@@ -112,7 +113,8 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let parts = Parts { config, spawner, logs: logs.clone(), phase, listening, limits, routes: routes_tx };
+        let relay = relay::start(config.bus_queue);
+        let parts = Parts { config, spawner, logs: logs.clone(), phase, listening, limits, routes: routes_tx, relay };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
         // Every worker is reaped: pass on the last lines they wrote before exiting.
         logs.finish(std::time::Duration::from_secs(2)).await;

@@ -55,6 +55,8 @@ pub struct WorkerStatus {
     pub restarts: u32,
     pub connections: u64,
     pub sessions: u64,
+    /// Bus messages clusterd dropped for this worker because it did not read them.
+    pub dropped: u64,
     /// Milliseconds the current process has run.
     pub uptime_ms: Option<u64>,
     /// Consecutive failed starts of this slot.

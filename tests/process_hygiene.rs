@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use support::*;
 
 #[test]
-fn a_worker_inherits_stdio_and_the_ipc_socket_only_and_no_private_variables() {
+fn a_worker_inherits_stdio_and_its_two_sockets_only_and_no_private_variables() {
     // A descriptor without close-on-exec, given to clusterd the way a careless parent would.
     let leaky = std::fs::File::open("/dev/null").unwrap();
     nix::fcntl::fcntl(&leaky, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
@@ -40,15 +40,16 @@ fn a_worker_inherits_stdio_and_the_ipc_socket_only_and_no_private_variables() {
             .collect();
         fds.sort();
         let numbers: Vec<i32> = fds.iter().map(|f| f.0).collect();
-        assert_eq!(numbers, [0, 1, 2, 3], "worker {id} fds: {fds:?}");
+        assert_eq!(numbers, [0, 1, 2, 3, 4], "worker {id} fds: {fds:?}");
         assert_eq!(fds[0].1, "/dev/null", "stdin");
         assert!(fds[1].1.starts_with("pipe:") && fds[2].1.starts_with("pipe:"), "{fds:?}");
-        assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
+        assert!(fds[3].1.starts_with("socket:") && fds[4].1.starts_with("socket:"), "IPC and bus sockets: {fds:?}");
 
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         let vars: Vec<String> = environ.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
         for expected in [
             "CLUSTERD_IPC_FD=3".to_owned(),
+            "CLUSTERD_BUS_FD=4".to_owned(),
             format!("CLUSTERD_WORKER_ID={id}"),
             "CLUSTERD_WORKER_COUNT=2".into(),
             "CLUSTERD_GENERATION=1".into(),

@@ -39,7 +39,9 @@ impl Dispatcher {
         self.next_incarnation += 1;
         let count = self.slots.iter().filter(|s| !s.removing).count() as u32;
         let slot = &mut self.slots[index];
-        let launch = Launch { slot: slot.id, incarnation, generation: self.generation, count };
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let launch =
+            Launch { slot: slot.id, incarnation, generation: self.generation, count, dropped: Arc::clone(&dropped) };
         let handle = worker::launch(Arc::clone(&self.settings), launch, self.events_tx.clone());
         Process {
             incarnation,
@@ -48,6 +50,7 @@ impl Dispatcher {
             started: Instant::now(),
             ready: false,
             greeted: false,
+            dropped,
             generation: self.generation,
         }
     }
@@ -409,6 +412,7 @@ impl Dispatcher {
                 restarts: slot.restarts,
                 connections: p.map_or(0, |c| self.pools.connections(c.incarnation)),
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
+                dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
                 failures: if stable { 0 } else { slot.failures },
                 crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,

@@ -83,6 +83,7 @@ pub struct Parts {
     /// For listeners that workers ask for: their routing limits, and where their route tasks ask.
     pub limits: Limits,
     pub routes: mpsc::Sender<RouteMsg>,
+    pub relay: mpsc::Sender<crate::relay::Input>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -94,6 +95,8 @@ struct Process {
     ready: bool,
     /// It greeted clusterd (speaks the protocol): only such a worker can take connections.
     greeted: bool,
+    /// Bus messages dropped for it.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
     generation: u64,
 }
 
@@ -183,7 +186,7 @@ struct Dispatcher {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay } = parts;
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -193,6 +196,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         spawner,
         logs,
         routes: routes.clone(),
+        relay,
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {

@@ -18,6 +18,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 
+use clusterd_worker::bus_protocol::BUS_FD;
 use clusterd_worker::protocol::IPC_FD;
 use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -42,6 +43,8 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     /// The worker's end of the IPC socket; it becomes fd 3 in the worker and is closed here.
     pub ipc: OwnedFd,
+    /// The worker's end of the bus socket; it becomes fd 4 in the worker and is closed here.
+    pub bus: OwnedFd,
 }
 
 /// A started worker process.
@@ -95,10 +98,12 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
     }
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let ipc = spec.ipc.as_raw_fd();
+    let bus = spec.bus.as_raw_fd();
     let parent = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
     // calls (setpgid, prctl, getppid, raise, fcntl, dup2, sigemptyset, pthread_sigmask); it
-    // allocates nothing and touches no lock.
+    // allocates nothing and touches no lock. The IPC fd goes to 3 before the bus fd goes to 4:
+    // if the IPC fd was 4, it is no longer needed when 4 is overwritten.
     unsafe {
         command.pre_exec(move || {
             // Its own process group: clusterd signals the whole worker tree, and a Ctrl-C on
@@ -114,13 +119,23 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
                 // clusterd died between fork and prctl: the signal will never come.
                 libc::raise(libc::SIGKILL);
             }
-            if ipc == IPC_FD {
-                // dup2 onto itself would keep close-on-exec: clear it instead.
-                if libc::fcntl(ipc, libc::F_SETFD, 0) != 0 {
+            // The bus socket must not sit where the IPC socket goes: move it away first.
+            let mut bus = bus;
+            if bus == IPC_FD {
+                bus = libc::fcntl(bus, libc::F_DUPFD_CLOEXEC, 10);
+                if bus < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(ipc, IPC_FD) < 0 {
-                return Err(io::Error::last_os_error());
+            }
+            for (fd, target) in [(ipc, IPC_FD), (bus, BUS_FD)] {
+                if fd == target {
+                    // dup2 onto itself would keep close-on-exec: clear it instead.
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterd_worker::bus_protocol::{BUS_FD, BusFromWorker, ENV_BUS_FD, decode_frame};
 use clusterd_worker::channel::PrimaryChannel;
 use clusterd_worker::protocol::{
     ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, MAX_FRAME,
@@ -55,6 +56,8 @@ pub struct Settings {
     pub logs: LogSink,
     /// Where connections go that reach this worker after it started draining.
     pub routes: mpsc::Sender<crate::listener::RouteMsg>,
+    /// The relay, for the worker's bus.
+    pub relay: mpsc::Sender<crate::relay::Input>,
 }
 
 /// One worker to start.
@@ -63,6 +66,8 @@ pub struct Launch {
     pub incarnation: u64,
     pub generation: u64,
     pub count: u32,
+    /// Bus messages the relay dropped for this worker (its queue was full).
+    pub dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Orders from the dispatcher.
@@ -158,8 +163,8 @@ async fn run(
         }
     };
     let started = Instant::now();
-    let (channel, spawned) = match start(&settings, &launch).await {
-        Ok(pair) => pair,
+    let (channel, spawned, mut bus) = match start(&settings, &launch).await {
+        Ok(parts) => parts,
         Err(error) => return report(EventKind::SpawnFailed { error }).await,
     };
     let pid = spawned.pid;
@@ -274,6 +279,19 @@ async fn run(
                     kill_deadline = None;
                 }
             },
+            frame = bus.next(), if bus.open => match frame {
+                Ok(Some(frame)) => {
+                    let _ = settings.relay.send(crate::relay::Input::Frame { key: launch.incarnation, frame }).await;
+                }
+                Ok(None) => bus.open = false,
+                Err(error) => {
+                    bus.open = false;
+                    channel_open = false;
+                    let reason = KillReason::Protocol(format!("bus: {error}"));
+                    drain(&channel, pid, &settings, &mut killed, &mut kill_deadline, reason).await;
+                    report(EventKind::Draining).await;
+                }
+            },
             Some(handoff) = handoffs.recv() => {
                 if killed.is_some() {
                     // Picked before the drain began: it goes to a worker that takes connections.
@@ -305,6 +323,7 @@ async fn run(
     // The leader is gone; whatever it left in its process group goes too, before its pid can be
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
+    let _ = settings.relay.send(crate::relay::Input::Leave { key: launch.incarnation }).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
         return;
@@ -369,7 +388,35 @@ async fn drain(
     *kill_deadline = Some(Instant::now() + grace);
 }
 
-async fn start(settings: &Settings, launch: &Launch) -> Result<(PrimaryChannel, super::spawn::Spawned), String> {
+/// The bus socket's read half, with what was read of an incomplete frame.
+struct BusReader {
+    read: tokio::net::unix::OwnedReadHalf,
+    buffer: Vec<u8>,
+    open: bool,
+}
+
+impl BusReader {
+    /// The next frame; `None` at the end. Cancel-safe: what was read stays in the buffer.
+    async fn next(&mut self) -> Result<Option<BusFromWorker>, String> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = decode_frame(&mut self.buffer).map_err(|e| e.to_string())? {
+                return Ok(Some(frame));
+            }
+            self.buffer.reserve(64 * 1024);
+            match self.read.read_buf(&mut self.buffer).await {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+}
+
+async fn start(
+    settings: &Settings,
+    launch: &Launch,
+) -> Result<(PrimaryChannel, super::spawn::Spawned, BusReader), String> {
     // Both ends close-on-exec; the spawner dup2s the worker's end onto fd 3 in the child only.
     // The worker's end stays blocking (programs without the SDK may use it plainly).
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
@@ -377,6 +424,13 @@ async fn start(settings: &Settings, launch: &Launch) -> Result<(PrimaryChannel, 
     nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
         .map_err(|e| format!("cannot make the IPC socket non-blocking: {e}"))?;
     let socket = UnixSeqpacket::try_from(ours).map_err(|e| format!("cannot register the IPC socket: {e}"))?;
+    let (bus_ours, bus_theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| format!("cannot create the bus socket pair: {e}"))?;
+    let bus_stream = std::os::unix::net::UnixStream::from(bus_ours);
+    bus_stream.set_nonblocking(true).map_err(|e| format!("cannot make the bus socket non-blocking: {e}"))?;
+    let (bus_read, bus_write) = tokio::net::UnixStream::from_std(bus_stream)
+        .map_err(|e| format!("cannot register the bus socket: {e}"))?
+        .into_split();
     let channel = PrimaryChannel::new(socket);
     let heartbeat_ms = settings.heartbeat_timeout.map_or(0, |t| u32::try_from(t.as_millis() / 3).unwrap_or(u32::MAX));
     let hello = Hello {
@@ -394,14 +448,23 @@ async fn start(settings: &Settings, launch: &Launch) -> Result<(PrimaryChannel, 
         (ENV_WORKER_ID.to_owned(), launch.slot.to_string()),
         (ENV_WORKER_COUNT.to_owned(), launch.count.to_string()),
         (ENV_GENERATION.to_owned(), launch.generation.to_string()),
+        (ENV_BUS_FD.to_owned(), BUS_FD.to_string()),
     ];
-    let spec = SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs };
+    let spec =
+        SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs, bus: bus_theirs };
     let spawned = settings
         .spawner
         .spawn(spec)
         .await
         .map_err(|e| format!("cannot start {}: {e}", settings.program.to_string_lossy()))?;
-    Ok((channel, spawned))
+    let join = crate::relay::Input::Join {
+        key: launch.incarnation,
+        slot: launch.slot,
+        writer: bus_write,
+        dropped: Arc::clone(&launch.dropped),
+    };
+    let _ = settings.relay.send(join).await;
+    Ok((channel, spawned, BusReader { read: bus_read, buffer: Vec::new(), open: true }))
 }
 
 /// Signals the worker's process group; if the worker left its group (its own `setpgid`), the

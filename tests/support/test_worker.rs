@@ -7,7 +7,10 @@
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
 //! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
 //! the IPC socket), `--serve` (answer HTTP on handed-off connections, see `serve`),
-//! `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! bus: `--bus-sub CH` (print every message of CH), `--bus-stuck CH` (subscribe, never read),
+//! `--bus-pub CH N` (publish N numbered messages once `--bus-wait W` workers subscribe to CH),
+//! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
+//! direct messages and events), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -30,6 +33,13 @@ struct Flags {
     no_sdk: bool,
     fail_generation: Option<u64>,
     serve: bool,
+    bus_sub: Option<String>,
+    bus_stuck: Option<String>,
+    bus_pub: Option<(String, u64)>,
+    bus_big: Option<usize>,
+    bus_big_times: u64,
+    bus_wait: u32,
+    bus_send: Vec<u32>,
     listen_self: Option<String>,
     freeze_after: Option<u64>,
 }
@@ -62,6 +72,16 @@ fn parse() -> Flags {
             "--skip-hello" => flags.skip_hello = true,
             "--no-sdk" => flags.no_sdk = true,
             "--serve" => flags.serve = true,
+            "--bus-sub" => flags.bus_sub = it.next().cloned(),
+            "--bus-stuck" => flags.bus_stuck = it.next().cloned(),
+            "--bus-pub" => {
+                let channel = it.next().cloned().expect("channel");
+                flags.bus_pub = Some((channel, num(&mut it)));
+            }
+            "--bus-big" => flags.bus_big = Some(num(&mut it) as usize),
+            "--bus-big-times" => flags.bus_big_times = num(&mut it),
+            "--bus-wait" => flags.bus_wait = num(&mut it) as u32,
+            "--bus-send" => flags.bus_send.push(num(&mut it) as u32),
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
@@ -151,6 +171,7 @@ async fn main() {
         let listener = worker.listener().expect("listener");
         tokio::spawn(serve(worker.clone(), listener));
     }
+    bus_modes(&worker, &flags).await;
     if !flags.never_ready {
         tokio::time::sleep(Duration::from_millis(flags.ready_after)).await;
         worker.ready().await.expect("ready");
@@ -274,4 +295,74 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
         out.extend_from_slice(&answer);
         connection.write_all(&out).await?;
     }
+}
+
+/// A small checksum of a payload, printed instead of megabytes.
+fn checksum(payload: &[u8]) -> u64 {
+    payload.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
+    if flags.bus_sub.is_none() && flags.bus_stuck.is_none() && flags.bus_pub.is_none() && flags.bus_send.is_empty() {
+        return;
+    }
+    let bus = worker.bus().expect("bus");
+    let mut events = bus.events().expect("events");
+    let mut direct = bus.direct_messages().expect("direct");
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            say(&format!("bus event {event:?}"));
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(m) = direct.recv().await {
+            say(&format!("bus direct from={} payload={}", m.from, String::from_utf8_lossy(&m.payload)));
+        }
+    });
+    if let Some(channel) = &flags.bus_sub {
+        let mut subscription = bus.subscribe(channel).await.expect("subscribe");
+        tokio::spawn(async move {
+            while let Some(m) = subscription.next().await {
+                if m.payload.len() > 64 {
+                    say(&format!("bus big from={} len={} sum={}", m.from, m.payload.len(), checksum(&m.payload)));
+                } else {
+                    say(&format!("bus got from={} {}", m.from, String::from_utf8_lossy(&m.payload)));
+                }
+            }
+        });
+    }
+    if let Some(channel) = &flags.bus_stuck {
+        // Subscribed, never read: the SDK's queue fills, then clusterd's for this worker.
+        std::mem::forget(bus.subscribe(channel).await.expect("subscribe"));
+        say("bus stuck");
+    }
+    let bus2 = bus.clone();
+    let (publish, big, wait, sends) = (flags.bus_pub.clone(), flags.bus_big, flags.bus_wait, flags.bus_send.clone());
+    let times = flags.bus_big_times.max(1);
+    let wait_channel = publish.as_ref().map(|(c, _)| c.clone()).or_else(|| flags.bus_sub.clone());
+    tokio::spawn(async move {
+        // Until `wait` workers subscribe to the channel, they have not all joined the bus.
+        if let Some(channel) = &wait_channel {
+            while bus2.subscribers(channel).await.expect("count") < wait {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        for to in sends {
+            bus2.send(to, format!("hello from {}", std::env::var("CLUSTERD_WORKER_ID").unwrap_or_default()))
+                .await
+                .expect("send");
+        }
+        let Some((channel, count)) = publish else { return };
+        for n in 0..count {
+            bus2.publish(&channel, format!("n={n}")).await.expect("publish");
+        }
+        if let Some(size) = big {
+            let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            say(&format!("bus sending big len={} sum={}", payload.len(), checksum(&payload)));
+            for _ in 0..times {
+                bus2.publish(&channel, payload.clone()).await.expect("publish big");
+            }
+        }
+        say(&format!("bus published {count}"));
+    });
 }

@@ -12,6 +12,11 @@ use crate::error::Error;
 /// The caller must call this at most once per process for a given fd: the fd number comes from
 /// the environment that clusterd set, and nothing else in the process should claim it.
 pub(crate) fn take_ipc_fd(fd: RawFd) -> Result<OwnedFd, Error> {
+    take_socket_fd(fd, SockType::SeqPacket)
+}
+
+/// As [`take_ipc_fd`], for a socket of type `expected` (the bus is a stream socket).
+pub(crate) fn take_socket_fd(fd: RawFd, expected: SockType) -> Result<OwnedFd, Error> {
     // Check that the fd is open before claiming it, so that a bogus number never produces an
     // OwnedFd that would close somebody else's descriptor later.
     let flags = nix::fcntl::fcntl(
@@ -24,11 +29,11 @@ pub(crate) fn take_ipc_fd(fd: RawFd) -> Result<OwnedFd, Error> {
     // `Worker::from_env` is the only code that takes it, once (guarded by a process-wide flag).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     match getsockopt(&owned, sockopt::SockType) {
-        Ok(SockType::SeqPacket) => {}
+        Ok(kind) if kind == expected => {}
         Ok(other) => {
             // Not ours to close: give the fd back untouched.
             std::mem::forget(owned);
-            return Err(Error::BadIpcFd { fd, reason: format!("socket type is {other:?}, not SeqPacket") });
+            return Err(Error::BadIpcFd { fd, reason: format!("socket type is {other:?}, not {expected:?}") });
         }
         Err(errno) => {
             std::mem::forget(owned);

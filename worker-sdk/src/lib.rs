@@ -27,6 +27,8 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod bus;
+pub mod bus_protocol;
 pub mod channel;
 pub mod codec;
 #[cfg(feature = "socketioxide")]
@@ -37,6 +39,7 @@ mod listener;
 pub mod protocol;
 mod worker;
 
+pub use bus::{Bus, BusEvent, BusMessage, Subscription};
 #[cfg(feature = "socketioxide")]
 pub use engineio::{BoxError, SessionLayer, SessionService};
 pub use error::Error;

@@ -78,6 +78,7 @@ struct Inner {
     next_seq: AtomicU32,
     acks: Mutex<HashMap<u32, oneshot::Sender<()>>>,
     listens: Mutex<HashMap<u32, oneshot::Sender<ListenResult>>>,
+    bus: Option<crate::bus::Bus>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -113,6 +114,16 @@ impl Worker {
         let socket = UnixSeqpacket::try_from(owned)
             .map_err(|e| Error::BadIpcFd { fd, reason: format!("cannot register with Tokio ({e})") })?;
 
+        // The bus socket, when clusterd gave one (CLUSTERD_BUS_FD).
+        let bus = match std::env::var(crate::bus_protocol::ENV_BUS_FD) {
+            Ok(value) => {
+                let bus_fd: i32 =
+                    value.trim().parse().map_err(|_| Error::BadEnv { var: crate::bus_protocol::ENV_BUS_FD, value })?;
+                let owned = crate::fd::take_socket_fd(bus_fd, nix::sys::socket::SockType::Stream)?;
+                Some(crate::bus::Bus::start(owned).map_err(|e| Error::BadIpcFd { fd: bus_fd, reason: e.to_string() })?)
+            }
+            Err(_) => None,
+        };
         let (reports, report_queue) = mpsc::channel(REPORT_QUEUE);
         let (connections, connection_queue) = mpsc::channel(CONNECTION_QUEUE);
         let inner = Arc::new(Inner {
@@ -134,6 +145,7 @@ impl Worker {
             next_seq: AtomicU32::new(1),
             acks: Mutex::new(HashMap::new()),
             listens: Mutex::new(HashMap::new()),
+            bus,
         });
         runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue));
         let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -251,6 +263,11 @@ impl Worker {
             Ok(ListenResult::Failed { reason }) => Err(Error::Listen { addr: addr.to_owned(), reason }),
             Err(_) => Err(Error::Disconnected),
         }
+    }
+
+    /// The bus: messages to and from the other workers, relayed by clusterd.
+    pub fn bus(&self) -> Result<crate::bus::Bus, Error> {
+        self.inner.bus.clone().ok_or(Error::NotUnderClusterd { var: crate::bus_protocol::ENV_BUS_FD })
     }
 
     /// Reports that the session `sid` ended. Never blocks; safe to call from `Drop`.

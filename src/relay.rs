@@ -1,0 +1,228 @@
+//! The relay: publish/subscribe, sends to one worker, and subscriber counts between workers.
+//!
+//! ```text
+//!   worker task (reads its worker's bus) ──► Input::Frame ──► relay task (subscriptions)
+//!                                                              │ one encoded copy per message
+//!                                                              ▼
+//!                             per-worker writer task ◄── bounded queue (bytes budget) ──► bus socket
+//! ```
+//!
+//! The relay task alone owns who is on the bus and who subscribes to what. Each member has a
+//! writer task that writes queued frames in batches (many per syscall).
+//!
+//! Overflow policy: when a member's queue is full (`--bus-queue` bytes waiting), the relay waits
+//! for room: it stops taking frames, so the publishers' `publish` waits too (backpressure), and a
+//! live worker that reads loses nothing. A member that makes no room for [`STUCK_AFTER`] is
+//! *stuck*: from then on, messages to it are dropped and counted (`dropped` in `status`) without
+//! waiting, until its queue has drained to half. A stuck worker costs the others one pause of
+//! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// Frames that may wait for one member (a second bound, for many small messages).
+const QUEUE: usize = 16 * 1024;
+/// How long a member's full queue may stay full before the member counts as stuck.
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the relay hears.
+pub enum Input {
+    /// A worker process is on the bus (its socket's write half is the relay's from now on).
+    Join { key: u64, slot: u32, writer: tokio::net::unix::OwnedWriteHalf, dropped: Arc<AtomicU64> },
+    /// It is gone.
+    Leave { key: u64 },
+    /// It sent a frame.
+    Frame { key: u64, frame: BusFromWorker },
+}
+
+struct Member {
+    slot: u32,
+    budget: usize,
+    queue: mpsc::Sender<Arc<[u8]>>,
+    queued: Arc<AtomicUsize>,
+    /// Signalled by the writer each time it wrote.
+    room: Arc<tokio::sync::Notify>,
+    stuck: bool,
+    dropped: Arc<AtomicU64>,
+}
+
+struct Relay {
+    members: HashMap<u64, Member>,
+    subscriptions: HashMap<String, BTreeSet<u64>>,
+    budget: usize,
+}
+
+/// Starts the relay task; `budget` is the bytes queued for one member before drops.
+pub fn start(budget: usize) -> mpsc::Sender<Input> {
+    let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    tokio::spawn(async move {
+        let mut relay = Relay { members: HashMap::new(), subscriptions: HashMap::new(), budget };
+        while let Some(input) = rx.recv().await {
+            relay.handle(input).await;
+        }
+    });
+    tx
+}
+
+fn encode(frame: &BusToWorker) -> Option<Arc<[u8]>> {
+    let mut bytes = Vec::new();
+    encode_frame(frame, &mut bytes).ok()?;
+    Some(bytes.into())
+}
+
+impl Relay {
+    async fn handle(&mut self, input: Input) {
+        match input {
+            Input::Join { key, slot, writer, dropped } => self.join(key, slot, writer, dropped).await,
+            Input::Leave { key } => self.leave(key).await,
+            Input::Frame { key, frame } => self.frame(key, frame).await,
+        }
+    }
+
+    /// Queues `bytes` for each of `keys` (see the overflow policy).
+    async fn send_to(&mut self, keys: &[u64], bytes: Arc<[u8]>) {
+        for key in keys {
+            if let Some(member) = self.members.get_mut(key) {
+                enqueue(member, Arc::clone(&bytes)).await;
+            }
+        }
+    }
+
+    async fn join(&mut self, key: u64, slot: u32, writer: tokio::net::unix::OwnedWriteHalf, dropped: Arc<AtomicU64>) {
+        let (queue, frames) = mpsc::channel(QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let room = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(write_frames(writer, frames, Arc::clone(&queued), Arc::clone(&room)));
+        let mut member = Member { slot, queue, queued, room, stuck: false, dropped, budget: self.budget };
+        // The newcomer learns who is there; the others learn of it.
+        let present: Vec<u32> = self.members.values().map(|m| m.slot).collect();
+        for other in present {
+            if let Some(bytes) = encode(&BusToWorker::Joined { worker: other }) {
+                enqueue(&mut member, bytes).await;
+            }
+        }
+        if let Some(bytes) = encode(&BusToWorker::Joined { worker: slot }) {
+            let keys: Vec<u64> = self.members.keys().copied().collect();
+            self.send_to(&keys, bytes).await;
+        }
+        self.members.insert(key, member);
+    }
+
+    async fn leave(&mut self, key: u64) {
+        let Some(member) = self.members.remove(&key) else { return };
+        self.subscriptions.retain(|_, keys| {
+            keys.remove(&key);
+            !keys.is_empty()
+        });
+        if let Some(bytes) = encode(&BusToWorker::Left { worker: member.slot }) {
+            let keys: Vec<u64> = self.members.keys().copied().collect();
+            self.send_to(&keys, bytes).await;
+        }
+    }
+
+    async fn frame(&mut self, key: u64, frame: BusFromWorker) {
+        let Some(from) = self.members.get(&key).map(|m| m.slot) else { return };
+        match frame {
+            BusFromWorker::Subscribe { channel } => {
+                self.subscriptions.entry(channel).or_default().insert(key);
+            }
+            BusFromWorker::Unsubscribe { channel } => {
+                if let Some(keys) = self.subscriptions.get_mut(&channel) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.subscriptions.remove(&channel);
+                    }
+                }
+            }
+            BusFromWorker::Publish { channel, payload, echo } => {
+                let Some(subscribers) = self.subscriptions.get(&channel) else { return };
+                let targets: Vec<u64> = subscribers.iter().copied().filter(|&k| echo || k != key).collect();
+                let Some(bytes) = encode(&BusToWorker::Message { channel, from, payload }) else { return };
+                self.send_to(&targets, bytes).await;
+            }
+            BusFromWorker::Send { to, payload } => {
+                // The newest process of the slot (during a reload, the one taking over).
+                let target = self.members.iter().filter(|(_, m)| m.slot == to).map(|(k, _)| *k).max();
+                let (frame, recipient) = match target {
+                    Some(target) => (BusToWorker::Direct { from, payload }, target),
+                    None => (BusToWorker::Undeliverable { to }, key),
+                };
+                if let Some(bytes) = encode(&frame) {
+                    self.send_to(&[recipient], bytes).await;
+                }
+            }
+            BusFromWorker::Subscribers { seq, channel } => {
+                let count = self.subscriptions.get(&channel).map_or(0, |keys| keys.len() as u32);
+                if let Some(bytes) = encode(&BusToWorker::Subscribers { seq, count }) {
+                    self.send_to(&[key], bytes).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Queues a frame for a member: waits for room while the member makes progress, drops (and
+/// counts) once it is stuck.
+async fn enqueue(member: &mut Member, bytes: Arc<[u8]>) {
+    let size = bytes.len();
+    let fits = |m: &Member| m.queued.load(Ordering::Relaxed) + size <= m.budget.max(size);
+    if member.stuck {
+        if member.queued.load(Ordering::Relaxed) > member.budget / 2 {
+            member.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        member.stuck = false;
+        tracing::info!(worker = member.slot, "bus: the worker reads again");
+    }
+    let deadline = tokio::time::Instant::now() + STUCK_AFTER;
+    while !fits(member) {
+        // Register before checking again, so that a write in between is not missed.
+        let room = Arc::clone(&member.room);
+        let notified = room.notified();
+        if fits(member) {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
+            member.stuck = true;
+            member.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    // Counted before the writer can see it, so that the writer never subtracts first.
+    member.queued.fetch_add(size, Ordering::Relaxed);
+    if !matches!(tokio::time::timeout_at(deadline, member.queue.send(bytes)).await, Ok(Ok(()))) {
+        // The writer is gone (the worker left) or the queue stayed full: count it.
+        member.queued.fetch_sub(size, Ordering::Relaxed);
+        member.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes a member's frames, as many per syscall as are queued.
+async fn write_frames(
+    mut socket: tokio::net::unix::OwnedWriteHalf,
+    mut frames: mpsc::Receiver<Arc<[u8]>>,
+    queued: Arc<AtomicUsize>,
+    room: Arc<tokio::sync::Notify>,
+) {
+    let mut batch = Vec::new();
+    let mut bytes = Vec::new();
+    while frames.recv_many(&mut batch, 256).await > 0 {
+        for frame in batch.drain(..) {
+            bytes.extend_from_slice(&frame);
+        }
+        let written = bytes.len();
+        if socket.write_all(&bytes).await.is_err() {
+            return;
+        }
+        queued.fetch_sub(written, Ordering::Relaxed);
+        room.notify_one();
+        bytes.clear();
+    }
+}

@@ -1,0 +1,298 @@
+//! [`Bus`]: publish/subscribe, sends to one worker, and subscriber counts, relayed by clusterd.
+//!
+//! ```no_run
+//! # async fn run(worker: clusterd_worker::Worker) -> Result<(), clusterd_worker::Error> {
+//! let bus = worker.bus()?;
+//! let mut news = bus.subscribe("news").await?;
+//! bus.publish("news", b"hello, other workers".to_vec()).await?;
+//! while let Some(message) = news.next().await {
+//!     println!("worker {} says {:?}", message.from, message.payload);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Guarantees (clusterd's relay, README "Messaging"): messages from one worker to another arrive
+//! in the order sent; nothing is lost to a live worker that keeps reading; a publisher does not
+//! get its own messages unless it asks (`publish_with_echo`). A worker that stops reading its bus
+//! does not hold up the others: clusterd drops what it cannot queue for that worker and counts it.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bus_protocol::{BusFromWorker, BusToWorker, decode_frame, encode_frame};
+use crate::error::Error;
+
+/// Frames queued for clusterd; `publish` waits when it is full.
+const OUT_QUEUE: usize = 1024;
+/// Messages queued for one subscription (or the direct messages, or the events).
+const IN_QUEUE: usize = 1024;
+
+/// A message from another worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    /// The channel it was published on; `None` for a message sent to this worker.
+    pub channel: Option<String>,
+    /// The sender's worker id.
+    pub from: u32,
+    /// The message.
+    pub payload: Vec<u8>,
+}
+
+/// Something that happened on the bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BusEvent {
+    /// A worker joined the bus.
+    Joined(u32),
+    /// A worker left the bus (it exited).
+    Left(u32),
+    /// A message this worker sent could not be delivered: no live worker has that id.
+    Undeliverable(u32),
+}
+
+/// This worker's handle on the bus. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+/// A channel's local subscriptions: id and queue.
+type Subscribers = Vec<(u64, mpsc::Sender<BusMessage>)>;
+/// A queue whose receiving end can be taken once.
+type Takeable<T> = Mutex<(Option<mpsc::Sender<T>>, Option<mpsc::Receiver<T>>)>;
+
+#[derive(Debug)]
+struct Inner {
+    out: mpsc::Sender<Vec<u8>>,
+    subscriptions: Mutex<HashMap<String, Subscribers>>,
+    next_subscription: AtomicU64,
+    next_seq: AtomicU32,
+    counts: Mutex<HashMap<u32, oneshot::Sender<u32>>>,
+    direct: Takeable<BusMessage>,
+    events: Takeable<BusEvent>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Bus {
+    /// Starts the bus on the inherited stream socket. Needs a Tokio runtime.
+    pub(crate) fn start(fd: OwnedFd) -> std::io::Result<Self> {
+        let std = std::os::unix::net::UnixStream::from(fd);
+        std.set_nonblocking(true)?;
+        let (read, write) = tokio::net::UnixStream::from_std(std)?.into_split();
+        let (out, queue) = mpsc::channel(OUT_QUEUE);
+        let (direct_tx, direct_rx) = mpsc::channel(IN_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(IN_QUEUE);
+        let inner = Arc::new(Inner {
+            out,
+            subscriptions: Mutex::default(),
+            next_subscription: AtomicU64::new(1),
+            next_seq: AtomicU32::new(1),
+            counts: Mutex::default(),
+            direct: Mutex::new((Some(direct_tx), Some(direct_rx))),
+            events: Mutex::new((Some(events_tx), Some(events_rx))),
+        });
+        tokio::spawn(write_frames(write, queue));
+        tokio::spawn(read_frames(read, Arc::clone(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// Publishes `payload` to every other worker subscribed to `channel`.
+    pub async fn publish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.queue(&BusFromWorker::Publish { channel: channel.to_owned(), payload: payload.into(), echo: false }).await
+    }
+
+    /// Publishes `payload` to every worker subscribed to `channel`, this one included.
+    pub async fn publish_with_echo(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.queue(&BusFromWorker::Publish { channel: channel.to_owned(), payload: payload.into(), echo: true }).await
+    }
+
+    /// Sends `payload` to the worker with id `to`. If no live worker has that id, the
+    /// [`events`](Bus::events) stream says [`BusEvent::Undeliverable`].
+    pub async fn send(&self, to: u32, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        self.queue(&BusFromWorker::Send { to, payload: payload.into() }).await
+    }
+
+    /// Subscribes to `channel`; the subscription ends when the returned value is dropped.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
+        let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(IN_QUEUE);
+        let first = {
+            let mut subscriptions = lock(&self.inner.subscriptions);
+            let list = subscriptions.entry(channel.to_owned()).or_default();
+            list.push((id, tx));
+            list.len() == 1
+        };
+        if first {
+            self.queue(&BusFromWorker::Subscribe { channel: channel.to_owned() }).await?;
+        }
+        Ok(Subscription { channel: channel.to_owned(), id, messages: rx, bus: self.clone() })
+    }
+
+    /// The number of live workers subscribed to `channel` (clusterd knows who is alive).
+    pub async fn subscribers(&self, channel: &str) -> Result<u32, Error> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.counts).insert(seq, tx);
+        self.queue(&BusFromWorker::Subscribers { seq, channel: channel.to_owned() }).await?;
+        rx.await.map_err(|_| Error::Disconnected)
+    }
+
+    /// The messages sent to this worker with [`Bus::send`]. Can be taken once.
+    pub fn direct_messages(&self) -> Result<mpsc::Receiver<BusMessage>, Error> {
+        lock(&self.inner.direct).1.take().ok_or(Error::AlreadyTaken)
+    }
+
+    /// Workers joining and leaving, and undeliverable sends. Can be taken once.
+    pub fn events(&self) -> Result<mpsc::Receiver<BusEvent>, Error> {
+        lock(&self.inner.events).1.take().ok_or(Error::AlreadyTaken)
+    }
+
+    async fn queue(&self, frame: &BusFromWorker) -> Result<(), Error> {
+        let mut bytes = Vec::new();
+        encode_frame(frame, &mut bytes).map_err(crate::channel::ChannelError::from)?;
+        self.inner.out.send(bytes).await.map_err(|_| Error::Disconnected)
+    }
+
+    fn unsubscribe(&self, channel: &str, id: u64) {
+        let last = {
+            let mut subscriptions = lock(&self.inner.subscriptions);
+            let Some(list) = subscriptions.get_mut(channel) else { return };
+            list.retain(|(i, _)| *i != id);
+            let last = list.is_empty();
+            if last {
+                subscriptions.remove(channel);
+            }
+            last
+        };
+        if last {
+            let mut bytes = Vec::new();
+            if encode_frame(&BusFromWorker::Unsubscribe { channel: channel.to_owned() }, &mut bytes).is_ok() {
+                let _ = self.inner.out.try_send(bytes);
+            }
+        }
+    }
+}
+
+/// The messages of one channel, in the order they were published. Unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    channel: String,
+    id: u64,
+    messages: mpsc::Receiver<BusMessage>,
+    bus: Bus,
+}
+
+impl Subscription {
+    /// The next message; `None` once the bus is closed (clusterd is gone).
+    pub async fn next(&mut self) -> Option<BusMessage> {
+        self.messages.recv().await
+    }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = BusMessage;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<BusMessage>> {
+        self.messages.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.bus.unsubscribe(&self.channel, self.id);
+    }
+}
+
+/// Writes queued frames, as many per syscall as are queued.
+async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::new();
+    let mut bytes = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        for frame in batch.drain(..) {
+            if bytes.is_empty() {
+                bytes = frame;
+            } else {
+                bytes.extend_from_slice(&frame);
+            }
+        }
+        if socket.write_all(&bytes).await.is_err() {
+            return;
+        }
+        bytes.clear();
+    }
+}
+
+/// Reads clusterd's frames and hands each to whoever waits for it.
+async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: Arc<Inner>) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    loop {
+        loop {
+            let frame = match decode_frame::<BusToWorker>(&mut buffer) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::error!(%error, "bad frame on the bus; closing it");
+                    return;
+                }
+            };
+            deliver(&inner, frame).await;
+        }
+        buffer.reserve(64 * 1024);
+        match socket.read_buf(&mut buffer).await {
+            Ok(0) | Err(_) => return, // clusterd is gone: subscriptions end.
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn deliver(inner: &Inner, frame: BusToWorker) {
+    match frame {
+        BusToWorker::Message { channel, from, payload } => {
+            let targets: Vec<mpsc::Sender<BusMessage>> = lock(&inner.subscriptions)
+                .get(&channel)
+                .map(|list| list.iter().map(|(_, tx)| tx.clone()).collect())
+                .unwrap_or_default();
+            let message = BusMessage { channel: Some(channel), from, payload };
+            // A subscription that is slow to read holds the others up (backpressure, nothing lost).
+            for target in targets {
+                let _ = target.send(message.clone()).await;
+            }
+        }
+        BusToWorker::Direct { from, payload } => {
+            let target = lock(&inner.direct).0.clone();
+            if let Some(target) = target {
+                let _ = target.send(BusMessage { channel: None, from, payload }).await;
+            }
+        }
+        BusToWorker::Subscribers { seq, count } => {
+            if let Some(answer) = lock(&inner.counts).remove(&seq) {
+                let _ = answer.send(count);
+            }
+        }
+        BusToWorker::Joined { worker } => event(inner, BusEvent::Joined(worker)),
+        BusToWorker::Left { worker } => event(inner, BusEvent::Left(worker)),
+        BusToWorker::Undeliverable { to } => event(inner, BusEvent::Undeliverable(to)),
+    }
+}
+
+/// Events nobody reads are dropped: they are news, not data.
+fn event(inner: &Inner, event: BusEvent) {
+    if let Some(events) = &lock(&inner.events).0 {
+        let _ = events.try_send(event);
+    }
+}
