@@ -190,7 +190,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 
 /// Everything the supervisor needs, validated.
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "serialization and requests_timeout are read by the Node protocol and the relay")]
+#[expect(dead_code, reason = "serialization is read by the Node protocol")]
 pub struct Config {
     pub workers: u32,
     pub workers_auto: bool,

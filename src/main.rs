@@ -113,7 +113,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let relay = relay::start(config.bus_queue);
+        let relay = relay::start(config.bus_queue, config.requests_timeout);
         let parts = Parts { config, spawner, logs: logs.clone(), phase, listening, limits, routes: routes_tx, relay };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
         // Every worker is reaped: pass on the last lines they wrote before exiting.

@@ -32,6 +32,8 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the relay hears.
 pub enum Input {
+    /// A request's deadline passed.
+    Deadline { request: u64 },
     /// A worker process is on the bus (its socket's write half is the relay's from now on).
     Join { key: u64, slot: u32, writer: tokio::net::unix::OwnedWriteHalf, dropped: Arc<AtomicU64> },
     /// It is gone.
@@ -55,13 +57,37 @@ struct Relay {
     members: HashMap<u64, Member>,
     subscriptions: HashMap<String, BTreeSet<u64>>,
     budget: usize,
+    requests: HashMap<u64, Pending>,
+    next_request: u64,
+    default_timeout: std::time::Duration,
+    /// The relay's own input, for deadlines.
+    input: mpsc::WeakSender<Input>,
 }
 
-/// Starts the relay task; `budget` is the bytes queued for one member before drops.
-pub fn start(budget: usize) -> mpsc::Sender<Input> {
+/// A request whose answers are being gathered.
+struct Pending {
+    asker: u64,
+    asker_id: u64,
+    waiting: BTreeSet<u64>,
+    answers: Vec<(u32, Vec<u8>)>,
+    missing: Vec<u32>,
+}
+
+/// Starts the relay task; `budget` is the bytes queued for one member before drops, and
+/// `default_timeout` the deadline of a request that names none.
+pub fn start(budget: usize, default_timeout: std::time::Duration) -> mpsc::Sender<Input> {
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
+    let input = tx.downgrade();
     tokio::spawn(async move {
-        let mut relay = Relay { members: HashMap::new(), subscriptions: HashMap::new(), budget };
+        let mut relay = Relay {
+            members: HashMap::new(),
+            subscriptions: HashMap::new(),
+            budget,
+            requests: HashMap::new(),
+            next_request: 1,
+            default_timeout,
+            input,
+        };
         while let Some(input) = rx.recv().await {
             relay.handle(input).await;
         }
@@ -81,6 +107,44 @@ impl Relay {
             Input::Join { key, slot, writer, dropped } => self.join(key, slot, writer, dropped).await,
             Input::Leave { key } => self.leave(key).await,
             Input::Frame { key, frame } => self.frame(key, frame).await,
+            Input::Deadline { request } => {
+                if let Some(mut pending) = self.requests.remove(&request) {
+                    for key in std::mem::take(&mut pending.waiting) {
+                        if let Some(member) = self.members.get(&key) {
+                            pending.missing.push(member.slot);
+                        }
+                    }
+                    self.answer(pending).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a finished request's answers to its asker.
+    async fn answer(&mut self, pending: Pending) {
+        let frame = BusToWorker::Answers { id: pending.asker_id, answers: pending.answers, missing: pending.missing };
+        if let Some(bytes) = encode(&frame) {
+            self.send_to(&[pending.asker], bytes).await;
+        }
+    }
+
+    /// A worker that is gone answers nothing: requests that wait only for it are answered now.
+    async fn forget_in_requests(&mut self, key: u64, slot: u32) {
+        self.requests.retain(|_, p| p.asker != key);
+        let done: Vec<u64> = self
+            .requests
+            .iter_mut()
+            .filter_map(|(id, p)| {
+                if p.waiting.remove(&key) {
+                    p.missing.push(slot);
+                }
+                p.waiting.is_empty().then_some(*id)
+            })
+            .collect();
+        for id in done {
+            if let Some(pending) = self.requests.remove(&id) {
+                self.answer(pending).await;
+            }
         }
     }
 
@@ -119,6 +183,7 @@ impl Relay {
             keys.remove(&key);
             !keys.is_empty()
         });
+        self.forget_in_requests(key, member.slot).await;
         if let Some(bytes) = encode(&BusToWorker::Left { worker: member.slot }) {
             let keys: Vec<u64> = self.members.keys().copied().collect();
             self.send_to(&keys, bytes).await;
@@ -154,6 +219,55 @@ impl Relay {
                 };
                 if let Some(bytes) = encode(&frame) {
                     self.send_to(&[recipient], bytes).await;
+                }
+            }
+            BusFromWorker::Request { id, channel, payload, timeout_ms } => {
+                let waiting: BTreeSet<u64> = match &channel {
+                    Some(channel) => self.subscriptions.get(channel).cloned().unwrap_or_default(),
+                    None => self.members.keys().copied().collect(),
+                }
+                .into_iter()
+                .filter(|&k| k != key)
+                .collect();
+                let request = self.next_request;
+                self.next_request += 1;
+                let pending = Pending {
+                    asker: key,
+                    asker_id: id,
+                    waiting: waiting.clone(),
+                    answers: Vec::new(),
+                    missing: Vec::new(),
+                };
+                if waiting.is_empty() {
+                    return self.answer(pending).await;
+                }
+                self.requests.insert(request, pending);
+                let timeout = if timeout_ms == 0 {
+                    self.default_timeout
+                } else {
+                    std::time::Duration::from_millis(u64::from(timeout_ms))
+                };
+                let input = self.input.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    if let Some(input) = input.upgrade() {
+                        let _ = input.send(Input::Deadline { request }).await;
+                    }
+                });
+                if let Some(bytes) = encode(&BusToWorker::Request { id: request, from, payload }) {
+                    let targets: Vec<u64> = waiting.into_iter().collect();
+                    self.send_to(&targets, bytes).await;
+                }
+            }
+            BusFromWorker::Reply { id, payload } => {
+                let Some(pending) = self.requests.get_mut(&id) else { return };
+                if pending.waiting.remove(&key) {
+                    pending.answers.push((from, payload));
+                }
+                if pending.waiting.is_empty()
+                    && let Some(pending) = self.requests.remove(&id)
+                {
+                    self.answer(pending).await;
                 }
             }
             BusFromWorker::Subscribers { seq, channel } => {

@@ -110,3 +110,48 @@ fn a_burst_larger_than_the_queues_is_slowed_down_not_lost() {
     let status = c.status().unwrap();
     assert_eq!(worker(&status, 1)["dropped"], 0);
 }
+
+/// The `ms=` of the line.
+fn millis(line: &str) -> u64 {
+    line.rsplit("ms=").next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_request_gathers_the_answers_of_every_other_worker() {
+    let c = start("3", &[("0", "--bus-sub q --bus-answer --bus-ask --bus-wait 3"), ("*", "--bus-sub q --bus-answer")]);
+    let line = c.output.wait_contains("[w0] bus answers");
+    assert!(line.contains("from=[1, 2] missing=[]"), "{line}");
+}
+
+#[test]
+fn a_worker_that_dies_while_asked_is_reported_missing_at_once() {
+    // The deadline is 30 s; the answer must come as soon as worker 2 is gone.
+    let mut c = start_with(
+        "3",
+        &["--requests-timeout", "30s"],
+        &[
+            ("0", "--bus-sub q --bus-ask --bus-wait 3"),
+            ("1", "--bus-sub q --bus-answer"),
+            ("2", "--bus-sub q --bus-ignore-requests"),
+        ],
+    );
+    // Worker 2 holds the request (it was asked), then dies.
+    c.output.wait_contains("[w2] bus ignoring a request");
+    let status = c.wait_ready(3);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker_pid(&status, 2)), Signal::SIGKILL).unwrap();
+    let line = c.output.wait_contains("[w0] bus answers");
+    assert!(line.contains("from=[1] missing=[2]"), "{line}");
+    assert!(millis(&line) < 10_000, "answered long before the 30 s deadline: {line}");
+}
+
+#[test]
+fn at_the_deadline_the_asker_gets_what_arrived_and_who_is_missing() {
+    let c = start_with(
+        "3",
+        &["--requests-timeout", "300ms"],
+        &[("0", "--bus-sub q --bus-ask --bus-wait 3"), ("1", "--bus-sub q --bus-answer"), ("2", "--bus-sub q")],
+    );
+    let line = c.output.wait_contains("[w0] bus answers");
+    assert!(line.contains("from=[1] missing=[2]"), "{line}");
+    assert!(millis(&line) >= 300, "not before the deadline: {line}");
+}

@@ -407,6 +407,8 @@ impl BusReader {
             match self.read.read_buf(&mut self.buffer).await {
                 Ok(0) => return Ok(None),
                 Ok(_) => {}
+                // The worker died with bytes unread on its side: the end of the bus, not a fault.
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
                 Err(error) => return Err(error.to_string()),
             }
         }

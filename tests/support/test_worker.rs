@@ -10,7 +10,9 @@
 //! bus: `--bus-sub CH` (print every message of CH), `--bus-stuck CH` (subscribe, never read),
 //! `--bus-pub CH N` (publish N numbered messages once `--bus-wait W` workers subscribe to CH),
 //! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
-//! direct messages and events), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
+//! them, print, never answer), `--bus-ask` (ask the others
+//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -40,6 +42,9 @@ struct Flags {
     bus_big_times: u64,
     bus_wait: u32,
     bus_send: Vec<u32>,
+    bus_answer: bool,
+    bus_ignore: bool,
+    bus_ask: bool,
     listen_self: Option<String>,
     freeze_after: Option<u64>,
 }
@@ -82,6 +87,9 @@ fn parse() -> Flags {
             "--bus-big-times" => flags.bus_big_times = num(&mut it),
             "--bus-wait" => flags.bus_wait = num(&mut it) as u32,
             "--bus-send" => flags.bus_send.push(num(&mut it) as u32),
+            "--bus-answer" => flags.bus_answer = true,
+            "--bus-ignore-requests" => flags.bus_ignore = true,
+            "--bus-ask" => flags.bus_ask = true,
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
@@ -306,6 +314,22 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
     if flags.bus_sub.is_none() && flags.bus_stuck.is_none() && flags.bus_pub.is_none() && flags.bus_send.is_empty() {
         return;
     }
+    if flags.bus_answer || flags.bus_ignore {
+        let mut requests = worker.bus().expect("bus").requests().expect("requests");
+        let (me, answer) = (worker.id(), flags.bus_answer);
+        tokio::spawn(async move {
+            let mut ignored = Vec::new();
+            while let Some(request) = requests.recv().await {
+                if answer {
+                    let text = format!("answer from {me} to {}", String::from_utf8_lossy(&request.payload));
+                    let _ = request.reply(text).await;
+                } else {
+                    say("bus ignoring a request");
+                    ignored.push(request);
+                }
+            }
+        });
+    }
     let bus = worker.bus().expect("bus");
     let mut events = bus.events().expect("events");
     let mut direct = bus.direct_messages().expect("direct");
@@ -339,6 +363,7 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
     let bus2 = bus.clone();
     let (publish, big, wait, sends) = (flags.bus_pub.clone(), flags.bus_big, flags.bus_wait, flags.bus_send.clone());
     let times = flags.bus_big_times.max(1);
+    let ask = flags.bus_ask;
     let wait_channel = publish.as_ref().map(|(c, _)| c.clone()).or_else(|| flags.bus_sub.clone());
     tokio::spawn(async move {
         // Until `wait` workers subscribe to the channel, they have not all joined the bus.
@@ -351,6 +376,16 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
             bus2.send(to, format!("hello from {}", std::env::var("CLUSTERD_WORKER_ID").unwrap_or_default()))
                 .await
                 .expect("send");
+        }
+        if ask {
+            say("bus asking");
+            let started = std::time::Instant::now();
+            let answers = bus2.request(b"q".to_vec()).await.expect("request");
+            let mut from: Vec<u32> = answers.answers.iter().map(|(id, _)| *id).collect();
+            from.sort();
+            let mut missing = answers.missing.clone();
+            missing.sort();
+            say(&format!("bus answers from={from:?} missing={missing:?} ms={}", started.elapsed().as_millis()));
         }
         let Some((channel, count)) = publish else { return };
         for n in 0..count {

@@ -45,6 +45,36 @@ pub struct BusMessage {
     pub payload: Vec<u8>,
 }
 
+/// The gathered answers to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answers {
+    /// Each answer, with the id of the worker that gave it.
+    pub answers: Vec<(u32, Vec<u8>)>,
+    /// The workers asked that did not answer: they left, or the deadline passed.
+    pub missing: Vec<u32>,
+}
+
+/// A question from another worker; answer it with [`IncomingRequest::reply`].
+#[derive(Debug)]
+pub struct IncomingRequest {
+    id: u64,
+    /// The asking worker's id.
+    pub from: u32,
+    /// The question.
+    pub payload: Vec<u8>,
+    out: mpsc::Sender<Vec<u8>>,
+}
+
+impl IncomingRequest {
+    /// Sends the answer. A request never answered counts as missing at its deadline.
+    pub async fn reply(self, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
+        let mut bytes = Vec::new();
+        encode_frame(&BusFromWorker::Reply { id: self.id, payload: payload.into() }, &mut bytes)
+            .map_err(crate::channel::ChannelError::from)?;
+        self.out.send(bytes).await.map_err(|_| Error::Disconnected)
+    }
+}
+
 /// Something that happened on the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -77,6 +107,9 @@ struct Inner {
     counts: Mutex<HashMap<u32, oneshot::Sender<u32>>>,
     direct: Takeable<BusMessage>,
     events: Takeable<BusEvent>,
+    requests: Takeable<IncomingRequest>,
+    next_ask: AtomicU64,
+    asks: Mutex<HashMap<u64, oneshot::Sender<Answers>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -92,6 +125,7 @@ impl Bus {
         let (out, queue) = mpsc::channel(OUT_QUEUE);
         let (direct_tx, direct_rx) = mpsc::channel(IN_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(IN_QUEUE);
+        let (requests_tx, requests_rx) = mpsc::channel(IN_QUEUE);
         let inner = Arc::new(Inner {
             out,
             subscriptions: Mutex::default(),
@@ -100,6 +134,9 @@ impl Bus {
             counts: Mutex::default(),
             direct: Mutex::new((Some(direct_tx), Some(direct_rx))),
             events: Mutex::new((Some(events_tx), Some(events_rx))),
+            requests: Mutex::new((Some(requests_tx), Some(requests_rx))),
+            next_ask: AtomicU64::new(1),
+            asks: Mutex::default(),
         });
         tokio::spawn(write_frames(write, queue));
         tokio::spawn(read_frames(read, Arc::clone(&inner)));
@@ -145,6 +182,50 @@ impl Bus {
         lock(&self.inner.counts).insert(seq, tx);
         self.queue(&BusFromWorker::Subscribers { seq, channel: channel.to_owned() }).await?;
         rx.await.map_err(|_| Error::Disconnected)
+    }
+
+    /// Asks every other live worker and returns their answers, gathered by clusterd: once all
+    /// answered or left, or at clusterd's `--requests-timeout` with what arrived.
+    pub async fn request(&self, payload: impl Into<Vec<u8>>) -> Result<Answers, Error> {
+        self.ask(None, payload.into(), std::time::Duration::ZERO).await
+    }
+
+    /// As [`Bus::request`], asking only the other subscribers of `channel`.
+    pub async fn request_channel(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<Answers, Error> {
+        self.ask(Some(channel.to_owned()), payload.into(), std::time::Duration::ZERO).await
+    }
+
+    /// As [`Bus::request`] (or [`Bus::request_channel`]), with this deadline.
+    pub async fn request_with_timeout(
+        &self,
+        channel: Option<&str>,
+        payload: impl Into<Vec<u8>>,
+        timeout: std::time::Duration,
+    ) -> Result<Answers, Error> {
+        self.ask(channel.map(str::to_owned), payload.into(), timeout.max(std::time::Duration::from_millis(1))).await
+    }
+
+    async fn ask(
+        &self,
+        channel: Option<String>,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Answers, Error> {
+        let id = self.inner.next_ask.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.asks).insert(id, tx);
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        if let Err(error) = self.queue(&BusFromWorker::Request { id, channel, payload, timeout_ms }).await {
+            lock(&self.inner.asks).remove(&id);
+            return Err(error);
+        }
+        rx.await.map_err(|_| Error::Disconnected)
+    }
+
+    /// The questions other workers ask this one. Can be taken once; while nobody takes them, this
+    /// worker counts as missing in their answers at the deadline.
+    pub fn requests(&self) -> Result<mpsc::Receiver<IncomingRequest>, Error> {
+        lock(&self.inner.requests).1.take().ok_or(Error::AlreadyTaken)
     }
 
     /// The messages sent to this worker with [`Bus::send`]. Can be taken once.
@@ -282,6 +363,17 @@ async fn deliver(inner: &Inner, frame: BusToWorker) {
         BusToWorker::Subscribers { seq, count } => {
             if let Some(answer) = lock(&inner.counts).remove(&seq) {
                 let _ = answer.send(count);
+            }
+        }
+        BusToWorker::Request { id, from, payload } => {
+            let target = lock(&inner.requests).0.clone();
+            if let Some(target) = target {
+                let _ = target.send(IncomingRequest { id, from, payload, out: inner.out.clone() }).await;
+            }
+        }
+        BusToWorker::Answers { id, answers, missing } => {
+            if let Some(waiter) = lock(&inner.asks).remove(&id) {
+                let _ = waiter.send(Answers { answers, missing });
             }
         }
         BusToWorker::Joined { worker } => event(inner, BusEvent::Joined(worker)),

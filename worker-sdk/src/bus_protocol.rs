@@ -55,6 +55,25 @@ pub enum BusFromWorker {
         /// The channel name.
         channel: String,
     },
+    /// Tag 5. Ask every other live worker (or, with `channel`, every other subscriber of it);
+    /// clusterd gathers the replies into one [`BusToWorker::Answers`].
+    Request {
+        /// Chosen by the worker; echoed by the answers.
+        id: u64,
+        /// Ask only this channel's subscribers.
+        channel: Option<String>,
+        /// The question.
+        payload: Vec<u8>,
+        /// The deadline in milliseconds; 0 means clusterd's `--requests-timeout`.
+        timeout_ms: u32,
+    },
+    /// Tag 6. The answer to a [`BusToWorker::Request`].
+    Reply {
+        /// The request's id, as clusterd gave it.
+        id: u64,
+        /// The answer.
+        payload: Vec<u8>,
+    },
 }
 
 /// Bus frames that clusterd sends to a worker.
@@ -98,6 +117,25 @@ pub enum BusToWorker {
     Undeliverable {
         /// The id it was sent to.
         to: u32,
+    },
+    /// Tag 6. Another worker asks; answer with [`BusFromWorker::Reply`] and this `id`.
+    Request {
+        /// clusterd's id for the request.
+        id: u64,
+        /// The asking worker.
+        from: u32,
+        /// The question.
+        payload: Vec<u8>,
+    },
+    /// Tag 7. The gathered answers to this worker's [`BusFromWorker::Request`]: once every
+    /// worker asked has answered or left, or at the deadline.
+    Answers {
+        /// The request's id, as the worker chose it.
+        id: u64,
+        /// Each answer, with the id of the worker that gave it.
+        answers: Vec<(u32, Vec<u8>)>,
+        /// The workers asked that did not answer (they left, or the deadline passed).
+        missing: Vec<u32>,
     },
 }
 

@@ -39,7 +39,7 @@ mod listener;
 pub mod protocol;
 mod worker;
 
-pub use bus::{Bus, BusEvent, BusMessage, Subscription};
+pub use bus::{Answers, Bus, BusEvent, BusMessage, IncomingRequest, Subscription};
 #[cfg(feature = "socketioxide")]
 pub use engineio::{BoxError, SessionLayer, SessionService};
 pub use error::Error;
