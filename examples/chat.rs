@@ -1,6 +1,6 @@
 //! `chat`: the classic Socket.IO chat, on axum + socketioxide, served by several workers through
 //! clusterd. The page at `/` says which worker serves it; a message sent with `"chat message"` is
-//! emitted to every client of the worker (`io.emit`).
+//! emitted to every client, on every worker (`io.emit`).
 //!
 //! ```text
 //! cargo build --release --examples
@@ -9,34 +9,39 @@
 //! ```
 //!
 //! The SDK's `SessionLayer` makes Engine.IO sessions sticky: long-polling clients always reach the
-//! worker that holds their session. Reaching the clients of the *other* workers needs the
-//! inter-worker relay (a cluster adapter), which this version of clusterd does not have yet: until
-//! then `io.emit` reaches the clients of the emitting worker only.
+//! worker that holds their session. The SDK's cluster adapter carries `io.emit` over clusterd's bus
+//! to the clients of every worker.
 //!
 //! Events: `"chat message"` (string, broadcast), `"whoami"` (ack: `{worker, pid, transport}`).
 
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
-use clusterd_worker::{ClientAddr, SessionLayer, Worker};
-use socketioxide::SocketIo;
+use clusterd_worker::{ClientAddr, ClusterAdapter, SessionLayer, Worker, cluster_adapter};
+use socketioxide::adapter::Emitter;
 use socketioxide::extract::{AckSender, Data, SocketRef};
+
+/// socketioxide's adapter over clusterd's bus: emits reach every worker's clients.
+type Adapter = ClusterAdapter<Emitter>;
+type SocketIo = socketioxide::SocketIo<Adapter>;
 
 // One thread per worker process: clusterd runs one worker per CPU.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let worker = Worker::from_env()?;
     let (id, pid) = (worker.id(), std::process::id());
-    let (io_layer, io) = SocketIo::new_layer();
-    io.ns("/", async move |socket: SocketRef| {
+    let (io_layer, io) =
+        socketioxide::SocketIo::builder().with_adapter::<Adapter>(cluster_adapter(&worker)?).build_layer();
+    io.ns("/", async move |socket: SocketRef<Adapter>| {
         socket.on("chat message", async |io: SocketIo, Data::<String>(text): Data<String>| {
             let _ = io.emit("chat message", &text).await;
         });
-        socket.on("whoami", async move |socket: SocketRef, ack: AckSender| {
+        socket.on("whoami", async move |socket: SocketRef<Adapter>, ack: AckSender<Adapter>| {
             let transport = format!("{:?}", socket.transport_type()).to_lowercase();
             let _ = ack.send(&serde_json::json!({ "worker": id, "pid": pid, "transport": transport }));
         });
-    });
+    })
+    .await?;
     let page = PAGE.replace("{worker}", &id.to_string()).replace("{pid}", &pid.to_string());
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))

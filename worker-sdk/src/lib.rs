@@ -27,6 +27,8 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "socketioxide")]
+mod adapter;
 mod bus;
 pub mod bus_protocol;
 pub mod channel;
@@ -39,6 +41,8 @@ mod listener;
 pub mod protocol;
 mod worker;
 
+#[cfg(feature = "socketioxide")]
+pub use adapter::{BusDriver, ClusterAdapter, cluster_adapter};
 pub use bus::{Answers, Bus, BusEvent, BusMessage, IncomingRequest, Subscription};
 #[cfg(feature = "socketioxide")]
 pub use engineio::{BoxError, SessionLayer, SessionService};
