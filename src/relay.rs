@@ -325,18 +325,40 @@ async fn write_frames(
     queued: Arc<AtomicUsize>,
     room: Arc<tokio::sync::Notify>,
 ) {
-    let mut batch = Vec::new();
-    let mut bytes = Vec::new();
+    let mut batch: Vec<Arc<[u8]>> = Vec::new();
     while frames.recv_many(&mut batch, 256).await > 0 {
-        for frame in batch.drain(..) {
-            bytes.extend_from_slice(&frame);
-        }
-        let written = bytes.len();
-        if socket.write_all(&bytes).await.is_err() {
+        // The shared frames go out as they are (vectored), without copying them into one buffer.
+        let written: usize = batch.iter().map(|f| f.len()).sum();
+        if write_all_vectored(&mut socket, &batch).await.is_err() {
             return;
         }
+        batch.clear();
         queued.fetch_sub(written, Ordering::Relaxed);
         room.notify_one();
-        bytes.clear();
     }
+}
+
+/// Writes every frame, as few syscalls as the socket allows.
+async fn write_all_vectored(
+    socket: &mut tokio::net::unix::OwnedWriteHalf,
+    frames: &[Arc<[u8]>],
+) -> std::io::Result<()> {
+    let (mut index, mut offset) = (0, 0);
+    while index < frames.len() {
+        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(std::io::IoSlice::new(&frames[index][offset..]))
+            .chain(frames[index + 1..].iter().map(|f| std::io::IoSlice::new(f)))
+            .take(64)
+            .collect();
+        let mut written = socket.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while index < frames.len() && written >= frames[index].len() - offset {
+            written -= frames[index].len() - offset;
+            index += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
 }

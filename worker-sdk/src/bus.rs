@@ -302,19 +302,26 @@ impl Drop for Subscription {
 /// Writes queued frames, as many per syscall as are queued.
 async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
-    let mut bytes = Vec::new();
     while queue.recv_many(&mut batch, 256).await > 0 {
-        for frame in batch.drain(..) {
-            if bytes.is_empty() {
-                bytes = frame;
-            } else {
-                bytes.extend_from_slice(&frame);
+        // Vectored: the frames go out as they are, not copied into one buffer first.
+        let (mut index, mut offset) = (0, 0);
+        while index < batch.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(std::io::IoSlice::new(&batch[index][offset..]))
+                .chain(batch[index + 1..].iter().map(|f| std::io::IoSlice::new(f)))
+                .take(64)
+                .collect();
+            let mut written = match socket.write_vectored(&slices).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while index < batch.len() && written >= batch[index].len() - offset {
+                written -= batch[index].len() - offset;
+                index += 1;
+                offset = 0;
             }
+            offset += written;
         }
-        if socket.write_all(&bytes).await.is_err() {
-            return;
-        }
-        bytes.clear();
+        batch.clear();
     }
 }
 
@@ -350,8 +357,12 @@ async fn deliver(inner: &Inner, frame: BusToWorker) {
                 .unwrap_or_default();
             let message = BusMessage { channel: Some(channel), from, payload };
             // A subscription that is slow to read holds the others up (backpressure, nothing lost).
-            for target in targets {
-                let _ = target.send(message.clone()).await;
+            // The last one gets the message itself, the others a copy.
+            if let Some((last, others)) = targets.split_last() {
+                for target in others {
+                    let _ = target.send(message.clone()).await;
+                }
+                let _ = last.send(message).await;
             }
         }
         BusToWorker::Direct { from, payload } => {
