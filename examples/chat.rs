@@ -12,7 +12,9 @@
 //! worker that holds their session. The SDK's cluster adapter carries `io.emit` over clusterd's bus
 //! to the clients of every worker.
 //!
-//! Events: `"chat message"` (string, broadcast), `"whoami"` (ack: `{worker, pid, transport}`).
+//! Events: `"chat message"` (string, broadcast), `"whoami"` (ack: `{worker, pid, transport}`),
+//! `"join"` (room name; ack), `"room message"` (room, text: to that room's clients),
+//! `"clients"` (ack: how many clients all workers have, from `fetch_sockets`).
 
 use axum::Router;
 use axum::response::Html;
@@ -35,6 +37,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     io.ns("/", async move |socket: SocketRef<Adapter>| {
         socket.on("chat message", async |io: SocketIo, Data::<String>(text): Data<String>| {
             let _ = io.emit("chat message", &text).await;
+        });
+        // Rooms and the socket list work across workers too (the cluster adapter).
+        socket.on(
+            "join",
+            async |socket: SocketRef<Adapter>, Data::<String>(room): Data<String>, ack: AckSender<Adapter>| {
+                socket.join(room);
+                let _ = ack.send(&"joined");
+            },
+        );
+        socket.on(
+            "room message",
+            async |io: SocketIo, Data::<(String, String)>((room, text)): Data<(String, String)>| {
+                let _ = io.to(room).emit("room message", &text).await;
+            },
+        );
+        socket.on("clients", async |io: SocketIo, ack: AckSender<Adapter>| {
+            let count = io.fetch_sockets().await.map_or(0, |sockets| sockets.len());
+            let _ = ack.send(&count);
         });
         socket.on("whoami", async move |socket: SocketRef<Adapter>, ack: AckSender<Adapter>| {
             let transport = format!("{:?}", socket.transport_type()).to_lowercase();

@@ -210,3 +210,18 @@ fn a_broadcast_from_a_client_on_one_worker_reaches_the_clients_on_every_worker()
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+#[test]
+fn rooms_and_fetch_sockets_work_across_workers() {
+    let (mut c, url) = start_chat("2");
+    let out = Command::new("node").arg(node_dir().join("rooms.mjs")).arg(&url).output().expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "{result}");
+    let workers: std::collections::HashSet<u64> =
+        result["workers"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "clients on both workers: {result}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
