@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 /// Frames that may wait for one member (a second bound, for many small messages).
@@ -329,36 +328,11 @@ async fn write_frames(
     while frames.recv_many(&mut batch, 256).await > 0 {
         // The shared frames go out as they are (vectored), without copying them into one buffer.
         let written: usize = batch.iter().map(|f| f.len()).sum();
-        if write_all_vectored(&mut socket, &batch).await.is_err() {
+        if clusterd_worker::bus_protocol::write_frames(&mut socket, &batch).await.is_err() {
             return;
         }
         batch.clear();
         queued.fetch_sub(written, Ordering::Relaxed);
         room.notify_one();
     }
-}
-
-/// Writes every frame, as few syscalls as the socket allows.
-async fn write_all_vectored(
-    socket: &mut tokio::net::unix::OwnedWriteHalf,
-    frames: &[Arc<[u8]>],
-) -> std::io::Result<()> {
-    let (mut index, mut offset) = (0, 0);
-    while index < frames.len() {
-        let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(std::io::IoSlice::new(&frames[index][offset..]))
-            .chain(frames[index + 1..].iter().map(|f| std::io::IoSlice::new(f)))
-            .take(64)
-            .collect();
-        let mut written = socket.write_vectored(&slices).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while index < frames.len() && written >= frames[index].len() - offset {
-            written -= frames[index].len() - offset;
-            index += 1;
-            offset = 0;
-        }
-        offset += written;
-    }
-    Ok(())
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus_protocol::{BusFromWorker, BusToWorker, decode_frame, encode_frame};
@@ -303,23 +303,8 @@ impl Drop for Subscription {
 async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 256).await > 0 {
-        // Vectored: the frames go out as they are, not copied into one buffer first.
-        let (mut index, mut offset) = (0, 0);
-        while index < batch.len() {
-            let slices: Vec<std::io::IoSlice<'_>> = std::iter::once(std::io::IoSlice::new(&batch[index][offset..]))
-                .chain(batch[index + 1..].iter().map(|f| std::io::IoSlice::new(f)))
-                .take(64)
-                .collect();
-            let mut written = match socket.write_vectored(&slices).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            while index < batch.len() && written >= batch[index].len() - offset {
-                written -= batch[index].len() - offset;
-                index += 1;
-                offset = 0;
-            }
-            offset += written;
+        if crate::bus_protocol::write_frames(&mut socket, &batch).await.is_err() {
+            return;
         }
         batch.clear();
     }

@@ -175,6 +175,35 @@ pub fn decode_frame<T: Decode<()>>(buffer: &mut Vec<u8>) -> Result<Option<T>, cr
     Ok(Some(frame))
 }
 
+/// Writes every frame with as few syscalls as the socket allows (vectored), without copying
+/// them into one buffer first. Both sides of the bus write their batches with it.
+pub async fn write_frames<W, F>(writer: &mut W, frames: &[F]) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    F: AsRef<[u8]>,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut index, mut offset) = (0, 0);
+    while index < frames.len() {
+        let slices: Vec<std::io::IoSlice<'_>> =
+            std::iter::once(std::io::IoSlice::new(&frames[index].as_ref()[offset..]))
+                .chain(frames[index + 1..].iter().map(|f| std::io::IoSlice::new(f.as_ref())))
+                .take(64)
+                .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while index < frames.len() && written >= frames[index].as_ref().len() - offset {
+            written -= frames[index].as_ref().len() - offset;
+            index += 1;
+            offset = 0;
+        }
+        offset += written;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
