@@ -119,18 +119,13 @@ fn defer_accept(fd: &OwnedFd) {
 }
 
 /// Removes a socket file nobody answers on; refuses a live one or a file that is not a socket.
-pub fn clear_stale_socket(path: &Path) -> Result<(), BindError> {
-    use std::os::unix::fs::FileTypeExt;
-    let err = |source| BindError::Bind { addr: format!("unix:{}", path.display()), source };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => Err(BindError::NotASocket { path: path.to_owned() }),
-        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => Err(BindError::InUse { path: path.to_owned() }),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path).map_err(err),
-            Err(e) => Err(err(e)),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(err(e)),
+fn clear_stale_socket(path: &Path) -> Result<(), BindError> {
+    use crate::socketfile::Occupied;
+    match crate::socketfile::clear_stale(path) {
+        Ok(_) => Ok(()),
+        Err(Occupied::InUse) => Err(BindError::InUse { path: path.to_owned() }),
+        Err(Occupied::NotASocket) => Err(BindError::NotASocket { path: path.to_owned() }),
+        Err(Occupied::Io(source)) => Err(BindError::Bind { addr: format!("unix:{}", path.display()), source }),
     }
 }
 

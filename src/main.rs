@@ -15,6 +15,7 @@ mod notify;
 mod relay;
 mod signals;
 mod sniff;
+mod socketfile;
 mod status;
 mod supervisor;
 

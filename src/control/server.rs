@@ -4,8 +4,8 @@
 //! flooding client costs one task and never holds up the dispatcher or other clients.
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{ControlReply, ControlRequest, MAX_REQUEST};
+use crate::socketfile::Occupied;
 use crate::supervisor::Request;
 
 /// How long a client has to send its request.
@@ -44,20 +45,12 @@ impl ControlSocket {
     /// is replaced; a live one is not stolen. Call before the runtime starts: it sets the umask.
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
         let bind_err = |source| ControlError::Bind { path: path.to_owned(), source };
-        match std::fs::symlink_metadata(path) {
-            Ok(meta) if !meta.file_type().is_socket() => {
-                return Err(ControlError::NotASocket { path: path.to_owned() });
-            }
-            Ok(_) => match StdUnixStream::connect(path) {
-                Ok(_) => return Err(ControlError::InUse { path: path.to_owned() }),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    tracing::info!(path = %path.display(), "replacing a stale control socket");
-                    std::fs::remove_file(path).map_err(bind_err)?;
-                }
-                Err(e) => return Err(bind_err(e)),
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(bind_err(e)),
+        match crate::socketfile::clear_stale(path) {
+            Ok(true) => tracing::info!(path = %path.display(), "replacing a stale control socket"),
+            Ok(false) => {}
+            Err(Occupied::InUse) => return Err(ControlError::InUse { path: path.to_owned() }),
+            Err(Occupied::NotASocket) => return Err(ControlError::NotASocket { path: path.to_owned() }),
+            Err(Occupied::Io(e)) => return Err(bind_err(e)),
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
