@@ -87,7 +87,7 @@ fn a_worker_that_stops_reading_holds_up_nobody_and_its_losses_are_counted() {
     let flags = [
         ("0", "--bus-pub load 0 --bus-wait 2 --bus-big 1048576 --bus-big-times 12"),
         ("1", "--bus-sub load"),
-        ("2", "--bus-sub load --freeze-after 100"),
+        ("2", "--bus-sub load --freeze"),
     ];
     let c = start_with("3", &["--bus-queue", "4194304"], &flags);
     c.output.wait_contains("[w2] freezing");

@@ -73,7 +73,7 @@ fn a_worker_that_never_reports_ready_is_killed_after_the_ready_timeout() {
 
 #[test]
 fn a_worker_whose_heartbeat_stops_is_replaced() {
-    let mut c = Cluster::start(&["--workers", "1", "--heartbeat-timeout", "600ms"], &["--freeze-after", "100"]);
+    let mut c = Cluster::start(&["--workers", "1", "--heartbeat-timeout", "600ms"], &["--freeze"]);
     let status = c.wait_status("a heartbeat-timeout exit", |s| {
         worker(s, 0)["last_exit"].as_str().is_some_and(|e| e.contains("no heartbeat"))
     });

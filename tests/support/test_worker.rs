@@ -5,7 +5,7 @@
 //! `--exit-at-start N` (exit before greeting clusterd), `--ignore-drain`, `--drain-delay MS`,
 //! `--orphan MS` (leave a grandchild that outlives this process by MS), `--child` (keep a
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
-//! newline, after ready), `--freeze-after MS` (block the runtime after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
+//! newline, after ready), `--freeze` (block the runtime right after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
 //! the IPC socket), `--serve` (answer HTTP on handed-off connections, see `serve`),
 //! bus: `--bus-sub CH` (print every message of CH), `--bus-stuck CH` (subscribe, never read),
 //! `--bus-pub CH N` (publish N numbered messages once `--bus-wait W` workers subscribe to CH),
@@ -46,7 +46,7 @@ struct Flags {
     bus_ignore: bool,
     bus_ask: bool,
     listen_self: Option<String>,
-    freeze_after: Option<u64>,
+    freeze: bool,
 }
 
 fn parse() -> Flags {
@@ -92,7 +92,7 @@ fn parse() -> Flags {
             "--bus-ask" => flags.bus_ask = true,
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
-            "--freeze-after" => flags.freeze_after = Some(num(&mut it)),
+            "--freeze" => flags.freeze = true,
             "--only-slot" => {
                 it.next();
             }
@@ -181,6 +181,7 @@ async fn main() {
     }
     bus_modes(&worker, &flags).await;
     if !flags.never_ready {
+        // A slow start is the behaviour under test here (tests watch the states in between).
         tokio::time::sleep(Duration::from_millis(flags.ready_after)).await;
         worker.ready().await.expect("ready");
         say(&format!("ready id={}", worker.id()));
@@ -198,8 +199,7 @@ async fn main() {
         let _ = out.write_all(b"\nflood done\n");
         let _ = out.flush();
     }
-    if let Some(ms) = flags.freeze_after {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+    if flags.freeze {
         say("freezing");
         // Blocks the only runtime thread: the SDK's heartbeat stops, as in a hung event loop.
         std::thread::sleep(Duration::from_secs(3600));
@@ -345,6 +345,9 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
     });
     if let Some(channel) = &flags.bus_sub {
         let mut subscription = bus.subscribe(channel).await.expect("subscribe");
+        // A round trip through the relay: the subscription is in place before this worker goes on
+        // (it may freeze next, with frames still queued).
+        bus.subscribers(channel).await.expect("count");
         tokio::spawn(async move {
             while let Some(m) = subscription.next().await {
                 if m.payload.len() > 64 {
