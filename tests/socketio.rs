@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -133,23 +133,11 @@ impl KeepAliveClient {
             body.len()
         )
         .unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(stream.read(&mut byte).unwrap(), 1, "response cut short");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let length: usize =
-            head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
-        let mut body = vec![0u8; length];
-        stream.read_exact(&mut body).unwrap();
-        let closed = head.lines().any(|l| l.trim() == "connection: close");
-        if closed {
+        let response = read_response(stream).expect("a response");
+        if response.close {
             self.connection = None;
         }
-        (code, String::from_utf8_lossy(&body).into_owned(), closed)
+        (response.code, response.body, response.close)
     }
 }
 

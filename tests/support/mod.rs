@@ -343,6 +343,8 @@ pub fn listen_addr(status: &Value) -> std::net::SocketAddr {
 pub struct Response {
     pub code: u16,
     pub body: String,
+    /// The server said `Connection: close`.
+    pub close: bool,
 }
 
 impl Response {
@@ -368,9 +370,10 @@ pub fn read_response(stream: &mut impl Read) -> Option<Response> {
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
         .unwrap_or(0);
+    let close = head.lines().any(|l| l.trim().eq_ignore_ascii_case("connection: close"));
     let mut body = vec![0u8; length];
     stream.read_exact(&mut body).ok()?;
-    Some(Response { code, body: String::from_utf8_lossy(&body).into_owned() })
+    Some(Response { code, body: String::from_utf8_lossy(&body).into_owned(), close })
 }
 
 /// One `GET` on a new connection with `Connection: close`.
