@@ -42,6 +42,8 @@
 
 mod common;
 
+use common::Setup;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -72,7 +74,6 @@ const RSS_TARGET_MIB: f64 = 20.0;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a load generator may run beyond its duration before it is killed.
 const LOAD_SLACK: Duration = Duration::from_secs(25);
-const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL_EVERY: Duration = Duration::from_millis(5);
 /// "Other CPU" (busy time not charged to the servers or the load generator) above this share of one
 /// core during a run is called out: something else was running.
@@ -85,7 +86,10 @@ fn main() {
     for warning in &stale {
         eprintln!("warning: {warning}");
     }
-    ensure_node_modules(&tools);
+    common::ensure_node_modules(
+        &tools.npm,
+        &["socket.io", "socket.io-client", "@socket.io/sticky", "@socket.io/cluster-adapter"],
+    );
     let started = Instant::now();
     let mut runs = Vec::new();
     for round in 1..=ROUNDS {
@@ -133,39 +137,6 @@ impl Tools {
             wrk: need("wrk", "Install it with `apt-get install wrk` (Debian package)."),
             node: need("node", "Install Node.js 20 or later (with npm)."),
             npm: need("npm", "Install npm (it comes with Node.js)."),
-        }
-    }
-}
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/node")
-}
-
-/// Runs `npm ci` in benches/node when its node_modules is missing (bounded in time).
-fn ensure_node_modules(tools: &Tools) {
-    let dir = node_dir();
-    let installed = ["socket.io", "socket.io-client", "@socket.io/sticky", "@socket.io/cluster-adapter"]
-        .iter()
-        .all(|p| dir.join("node_modules").join(p).join("package.json").is_file());
-    if installed {
-        return;
-    }
-    eprintln!("benches/node/node_modules is missing: running `npm ci` in {}", dir.display());
-    let mut command = Command::new(&tools.npm);
-    command.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).stdin(Stdio::null());
-    common::die_with_bench(&mut command);
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start npm: {e}"));
-    match common::wait_timeout(&mut child, NPM_CI_TIMEOUT) {
-        Some(status) if status.success() => {}
-        Some(status) => {
-            eprintln!("error: `npm ci` in {} failed ({status}); run it by hand and try again", dir.display());
-            std::process::exit(1);
-        }
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("error: `npm ci` in {} did not finish within {NPM_CI_TIMEOUT:?}", dir.display());
-            std::process::exit(1);
         }
     }
 }
@@ -236,21 +207,6 @@ impl Test {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Setup {
-    Node,
-    Clusterd,
-}
-
-impl Setup {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Node => "Node primary",
-            Self::Clusterd => "clusterd",
-        }
-    }
-}
-
 /// What runs behind clusterd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum App {
@@ -312,11 +268,11 @@ impl Server {
 
     fn start_node(tools: &Tools) -> Self {
         let (dir, socket, log, port) = scratch();
-        let script = node_dir().join("primary.cjs");
+        let script = common::node_dir().join("primary.cjs");
         let args = vec![script.display().to_string(), port.to_string(), WORKERS.to_string()];
         let err = File::create(&log).expect("cannot create the server's log file");
         let mut command = Command::new(&tools.node);
-        command.args(&args).current_dir(node_dir()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+        command.args(&args).current_dir(common::node_dir()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
         let mut child = spawn_server(&mut command);
         // The primary's and its workers' stdout: each line goes to the channel (for the ready
         // lines) and to the log (appended after stderr's, which opened the file first).
@@ -330,7 +286,7 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let command = format!("(cd {} && {} {})", node_dir().display(), tools.node.display(), args.join(" "));
+        let command = format!("(cd {} && {} {})", common::node_dir().display(), tools.node.display(), args.join(" "));
         let mut server = Self {
             app: None,
             process: Process::new(Setup::Node.label(), child, log, command, true),
@@ -447,8 +403,12 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
     let (program, args, cwd): (&Path, Vec<String>, Option<PathBuf>) = match test {
         Test::Close => (&tools.wrk, common::wrk_args(url, true), None),
         Test::Polling => {
-            let script = node_dir().join("polling_load.mjs").display().to_string();
-            (&tools.node, vec![script, url, LOAD_CONCURRENCY.to_string(), LOAD_SECONDS.to_string()], Some(node_dir()))
+            let script = common::node_dir().join("polling_load.mjs").display().to_string();
+            (
+                &tools.node,
+                vec![script, url, LOAD_CONCURRENCY.to_string(), LOAD_SECONDS.to_string()],
+                Some(common::node_dir()),
+            )
         }
     };
     let name = program.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
@@ -713,7 +673,7 @@ fn of(runs: &[Run], test: Test, setup: Setup) -> Vec<&Run> {
 
 /// The installed version of an npm package of benches/node.
 fn package_version(name: &str) -> String {
-    let path = node_dir().join("node_modules").join(name).join("package.json");
+    let path = common::node_dir().join("node_modules").join(name).join("package.json");
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())

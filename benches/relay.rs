@@ -19,8 +19,10 @@
 
 mod common;
 
+use common::Setup;
+
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -38,22 +40,6 @@ const TARGET: f64 = 10.0;
 
 /// How long one run (start, publish, receive) may take before the bench gives up.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
-const NPM_CI_TIMEOUT: Duration = Duration::from_secs(300);
-
-#[derive(Clone, Copy, PartialEq)]
-enum Setup {
-    Node,
-    Clusterd,
-}
-
-impl Setup {
-    fn label(self) -> &'static str {
-        match self {
-            Setup::Node => "Node primary",
-            Setup::Clusterd => "clusterd",
-        }
-    }
-}
 
 /// One subscriber's `relay done` line.
 #[derive(Debug, Clone, Copy)]
@@ -106,7 +92,13 @@ fn main() {
         eprintln!("error: `node` is not in PATH; this bench needs Node.js 20 or later (with npm)");
         std::process::exit(1);
     });
-    ensure_node_modules();
+    common::ensure_node_modules(
+        &common::find_in_path("npm").unwrap_or_else(|| {
+            eprintln!("error: `npm` is not in PATH");
+            std::process::exit(1);
+        }),
+        &["@socket.io/cluster-adapter"],
+    );
     let started = Instant::now();
     let mut runs = Vec::new();
     for round in 1..=ROUNDS {
@@ -130,36 +122,6 @@ fn main() {
         }
     }
     report(&runs, &node, started.elapsed());
-}
-
-fn node_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/node")
-}
-
-/// Runs `npm ci` in benches/node when @socket.io/cluster-adapter is missing (bounded in time).
-fn ensure_node_modules() {
-    let dir = node_dir();
-    if dir.join("node_modules/@socket.io/cluster-adapter/package.json").is_file() {
-        return;
-    }
-    let npm = common::find_in_path("npm").unwrap_or_else(|| {
-        eprintln!("error: benches/node/node_modules is missing and `npm` is not in PATH");
-        std::process::exit(1);
-    });
-    eprintln!("benches/node/node_modules is missing: running `npm ci` in {}", dir.display());
-    let mut command = Command::new(npm);
-    command.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).stdin(Stdio::null());
-    common::die_with_bench(&mut command);
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start npm: {e}"));
-    match common::wait_timeout(&mut child, NPM_CI_TIMEOUT) {
-        Some(status) if status.success() => {}
-        other => {
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("error: `npm ci` in {} failed or timed out ({other:?})", dir.display());
-            std::process::exit(1);
-        }
-    }
 }
 
 fn run_clusterd(clusterd: &Path, worker: &Path, size: usize, count: u64) -> Run {
@@ -186,17 +148,17 @@ fn run_clusterd(clusterd: &Path, worker: &Path, size: usize, count: u64) -> Run 
 
 fn run_node(node: &Path, size: usize, count: u64) -> Run {
     let (dir, _socket, log) = common::scratch("clusterd-relay-node-", "node.log");
-    let script = node_dir().join("relay_primary.cjs");
+    let script = common::node_dir().join("relay_primary.cjs");
     let mut command = Command::new(node);
     command
         .arg(&script)
         .arg(WORKERS.to_string())
-        .current_dir(node_dir())
+        .current_dir(common::node_dir())
         .env("RELAY_SIZE", size.to_string())
         .env("RELAY_COUNT", count.to_string());
     let text = format!(
         "(cd {} && RELAY_SIZE={size} RELAY_COUNT={count} {} relay_primary.cjs {WORKERS})",
-        node_dir().display(),
+        common::node_dir().display(),
         node.display()
     );
     let run = measure(Setup::Node, command, &log, text, size, count);

@@ -522,3 +522,51 @@ pub fn list(values: impl IntoIterator<Item = f64>, precision: usize) -> String {
 pub fn describe(status: Option<ExitStatus>) -> String {
     status.map_or_else(|| "unknown (killed after the timeout)".to_owned(), |s| s.to_string())
 }
+
+/// benches/node: the Node.js side of the comparisons.
+pub fn node_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/node")
+}
+
+/// Runs `npm ci` in benches/node unless `packages` are installed, within 5 minutes; exits the
+/// bench with a clear message when it fails.
+pub fn ensure_node_modules(npm: &Path, packages: &[&str]) {
+    let dir = node_dir();
+    if packages.iter().all(|p| dir.join("node_modules").join(p).join("package.json").is_file()) {
+        return;
+    }
+    eprintln!("benches/node/node_modules is missing: running `npm ci` in {}", dir.display());
+    let mut command = Command::new(npm);
+    command.args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir).stdin(Stdio::null());
+    die_with_bench(&mut command);
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start npm: {e}"));
+    match wait_timeout(&mut child, Duration::from_secs(300)) {
+        Some(status) if status.success() => {}
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "error: `npm ci` in {} failed or timed out ({other:?}); run it by hand and try again",
+                dir.display()
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The two primaries the Node comparisons measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    Node,
+    Clusterd,
+}
+
+impl Setup {
+    /// Its name in the tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Node => "Node primary",
+            Self::Clusterd => "clusterd",
+        }
+    }
+}

@@ -18,6 +18,7 @@ const http = require("http");
 const { Server } = require("socket.io");
 const { setupMaster, setupWorker } = require("@socket.io/sticky");
 const { createAdapter, setupPrimary } = require("@socket.io/cluster-adapter");
+const stopOnSignals = require("./stop.cjs");
 
 const port = Number(process.argv[2]);
 const workers = Number(process.argv[3] || 2);
@@ -33,7 +34,7 @@ if (cluster.isPrimary) {
   setupPrimary();
   cluster.setupPrimary({ serialization: "advanced" });
 
-  let stopping = false;
+  const stopping = stopOnSignals(() => httpServer.close());
   httpServer.on("error", (e) => {
     console.error(`primary: ${e.message}`);
     process.exit(1);
@@ -43,24 +44,13 @@ if (cluster.isPrimary) {
     for (let i = 0; i < workers; i++) cluster.fork();
   });
   cluster.on("exit", (worker, code, signal) => {
-    if (stopping) {
+    if (stopping()) {
       if (Object.keys(cluster.workers).length === 0) process.exit(0);
       return;
     }
     console.log(`worker ${worker.id} (pid ${worker.process.pid}) died (${signal || code}): forking another`);
     cluster.fork();
   });
-  const stop = () => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    httpServer.close();
-    const live = Object.values(cluster.workers);
-    if (live.length === 0) process.exit(0);
-    for (const worker of live) worker.process.kill("SIGTERM");
-    setTimeout(() => process.exit(1), 5000).unref();
-  };
-  process.on("SIGTERM", stop);
-  process.on("SIGINT", stop);
 } else {
   const id = cluster.worker.id;
   const httpServer = http.createServer((req, res) => {

@@ -11,6 +11,7 @@
 const cluster = require("cluster");
 const path = require("path");
 const { setupPrimary } = require("@socket.io/cluster-adapter");
+const stopOnSignals = require("./stop.cjs");
 
 const workers = Number(process.argv[2] || 3);
 if (!Number.isInteger(workers) || workers < 2) {
@@ -21,7 +22,7 @@ if (!Number.isInteger(workers) || workers < 2) {
 setupPrimary();
 cluster.setupPrimary({ exec: path.join(__dirname, "relay_worker.cjs"), serialization: "advanced" });
 
-let stopping = false;
+const stopping = stopOnSignals();
 // The publisher starts once every subscriber said it listens (its "subscribed" message).
 let subscribed = 0;
 const publisher = cluster.fork({ RELAY_ROLE: "publisher", RELAY_SUBSCRIBERS: String(workers - 1) });
@@ -34,19 +35,9 @@ cluster.on("message", (worker, message) => {
 });
 console.log(`primary ${process.pid} forked ${workers} workers`);
 cluster.on("exit", (worker, code, signal) => {
-  if (stopping) {
+  if (stopping()) {
     if (Object.keys(cluster.workers).length === 0) process.exit(0);
     return;
   }
   console.log(`worker ${worker.id} (pid ${worker.process.pid}) died (${signal || code})`);
 });
-const stop = () => {
-  if (stopping) process.exit(1);
-  stopping = true;
-  const live = Object.values(cluster.workers);
-  if (live.length === 0) process.exit(0);
-  for (const worker of live) worker.process.kill("SIGTERM");
-  setTimeout(() => process.exit(1), 5000).unref();
-};
-process.on("SIGTERM", stop);
-process.on("SIGINT", stop);
