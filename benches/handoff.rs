@@ -3,7 +3,7 @@
 //! app accepting on the port itself (`examples/hello_direct.rs`), loaded by `wrk` over loopback.
 //! It prints a Markdown table.
 //!
-//! Run it with `cargo build --release --workspace --examples && cargo bench --bench handoff`. Cargo
+//! Run it with `cargo build --release --workspace --bins --examples && cargo bench --bench handoff`. Cargo
 //! builds the package's binaries before its benches, so `clusterd` is fresh, but it does not build
 //! examples: the bench finds `target/release/examples/{hello,hello_direct}` and stops with a clear
 //! message when they are missing (and warns when one is older than its sources). It needs `wrk`
@@ -628,7 +628,7 @@ fn report(runs: &[Run], wrk: &Path, stale: &[String], took: Duration) {
     println!("Commands:");
     println!();
     println!("```");
-    println!("cargo build --release --workspace --examples && cargo bench --bench handoff");
+    println!("cargo build --release --workspace --bins --examples && cargo bench --bench handoff");
     for r in runs.iter().filter(|r| r.round == 1) {
         println!("# {}, {}", r.test.label(), r.setup.label());
         println!("{} &", r.server_command);

@@ -4,7 +4,7 @@
 //! http server and a Socket.IO server) measured side by side with clusterd and 2 Rust workers on the
 //! same machine, over loopback. It prints a Markdown table and the exact commands.
 //!
-//! Run it with `cargo build --release --workspace --examples && cargo bench --bench node_primary`.
+//! Run it with `cargo build --release --workspace --bins --examples && cargo bench --bench node_primary`.
 //! Cargo builds the package's binaries (`clusterd`, `clusterd-test-worker`) before its benches but
 //! not the examples: the bench finds `target/release/examples/{hello,chat}` and stops with a clear
 //! message when they are missing (and warns when one is older than its sources). It needs `wrk` and
@@ -901,7 +901,7 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
     println!("Commands:");
     println!();
     println!("```");
-    println!("cargo build --release --workspace --examples && cargo bench --bench node_primary");
+    println!("cargo build --release --workspace --bins --examples && cargo bench --bench node_primary");
     for r in runs.iter().filter(|r| r.round == 1) {
         println!("# {}, {}", r.test.label(), r.setup.label());
         println!("{} &", r.server_command);

@@ -1,6 +1,6 @@
 //! clusterd's message relay against the Node.js cluster primary's: one publisher, two subscribers.
 //!
-//! Run it with `cargo build --release --workspace --examples && cargo bench --bench relay`.
+//! Run it with `cargo build --release --workspace --bins --examples && cargo bench --bench relay`.
 //!
 //! 1. **clusterd**: `clusterd --workers 3 -- target/release/examples/relay_worker`: slot 0 publishes
 //!    `COUNT` messages of `SIZE` bytes on the bus channel "bench" once both other workers subscribe;

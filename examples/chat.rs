@@ -3,7 +3,7 @@
 //! emitted to every client, on every worker (`io.emit`).
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --workspace --bins --examples
 //! target/release/clusterd --listen 127.0.0.1:3000 -- target/release/examples/chat
 //! # open http://127.0.0.1:3000/ in two browser tabs
 //! ```

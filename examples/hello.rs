@@ -2,7 +2,7 @@
 //! the worker that answered:
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --workspace --bins --examples
 //! target/release/clusterd --listen 127.0.0.1:3000 -- target/release/examples/hello
 //! curl http://127.0.0.1:3000/    # hello from worker 1 (pid 4242, generation 1), you are 127.0.0.1:51234
 //! ```

@@ -3,7 +3,7 @@
 //! `tokio::net::TcpListener`; there is no SDK, so the worker id and generation are 0:
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --workspace --bins --examples
 //! target/release/examples/hello_direct 127.0.0.1:3000 2   # address, Tokio worker threads (default 2)
 //! curl http://127.0.0.1:3000/    # hello from worker 0 (pid 4242, generation 0), you are 127.0.0.1:51234
 //! ```

@@ -2,7 +2,7 @@
 //! `RELAY_SIZE` bytes on the bus channel "bench"; every other worker subscribes and measures.
 //!
 //! ```text
-//! cargo build --release --examples
+//! cargo build --release --workspace --bins --examples
 //! RELAY_SIZE=100 RELAY_COUNT=200000 target/release/clusterd --workers 3 -- target/release/examples/relay_worker
 //! ```
 //!

@@ -26,7 +26,7 @@ pub const WRK_CONNECTIONS: usize = 64;
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub const BUILD_HINT: &str = "run `cargo build --release --workspace --examples` first";
+pub const BUILD_HINT: &str = "run `cargo build --release --workspace --bins --examples` first";
 
 /// The directory of the release binaries: the bench runs as target/<profile>/deps/<bench>-<hash>.
 pub fn target_dir() -> PathBuf {
