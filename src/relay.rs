@@ -15,13 +15,15 @@
 //! live worker that reads loses nothing. A member that makes no room for [`STUCK_AFTER`] is
 //! *stuck*: from then on, messages to it are dropped and counted (`dropped` in `status`) without
 //! waiting, until its queue has drained to half. A stuck worker costs the others one pause of
-//! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget.
+//! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget (twice its budget,
+//! counting the read chunks that the payloads it waits for were sliced from).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame};
+use bytes::Bytes;
+use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame, message_head};
 use tokio::sync::mpsc;
 
 /// Frames that may wait for one member (a second bound, for many small messages).
@@ -38,13 +40,35 @@ pub enum Input {
     /// It is gone.
     Leave { key: u64 },
     /// It sent a frame.
-    Frame { key: u64, frame: BusFromWorker },
+    Frame { key: u64, frame: Incoming },
+}
+
+/// A frame from a worker, as its reader hands it over.
+pub enum Incoming {
+    /// A publish, parsed in place: its payload goes to every subscriber without another copy.
+    Publish { channel: String, payload: Bytes, echo: bool },
+    /// Any other frame.
+    Other(BusFromWorker),
+}
+
+/// A frame queued for a member: its start, then the payload it may share with other members'
+/// queues, written one after the other (vectored).
+#[derive(Clone)]
+struct Outgoing {
+    head: Bytes,
+    payload: Bytes,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        self.head.len() + self.payload.len()
+    }
 }
 
 struct Member {
     slot: u32,
     budget: usize,
-    queue: mpsc::Sender<Arc<[u8]>>,
+    queue: mpsc::Sender<Outgoing>,
     queued: Arc<AtomicUsize>,
     /// Signalled by the writer each time it wrote.
     room: Arc<tokio::sync::Notify>,
@@ -94,10 +118,10 @@ pub fn start(budget: usize, default_timeout: std::time::Duration) -> mpsc::Sende
     tx
 }
 
-fn encode(frame: &BusToWorker) -> Option<Arc<[u8]>> {
+fn encode(frame: &BusToWorker) -> Option<Outgoing> {
     let mut bytes = Vec::new();
     encode_frame(frame, &mut bytes).ok()?;
-    Some(bytes.into())
+    Some(Outgoing { head: Bytes::from(bytes), payload: Bytes::new() })
 }
 
 impl Relay {
@@ -148,10 +172,10 @@ impl Relay {
     }
 
     /// Queues `bytes` for each of `keys` (see the overflow policy).
-    async fn send_to(&mut self, keys: &[u64], bytes: Arc<[u8]>) {
+    async fn send_to(&mut self, keys: &[u64], bytes: Outgoing) {
         for key in keys {
             if let Some(member) = self.members.get_mut(key) {
-                enqueue(member, Arc::clone(&bytes)).await;
+                enqueue(member, bytes.clone()).await;
             }
         }
     }
@@ -189,8 +213,14 @@ impl Relay {
         }
     }
 
-    async fn frame(&mut self, key: u64, frame: BusFromWorker) {
+    async fn frame(&mut self, key: u64, frame: Incoming) {
         let Some(from) = self.members.get(&key).map(|m| m.slot) else { return };
+        let frame = match frame {
+            Incoming::Publish { channel, payload, echo } => {
+                return self.publish(key, from, &channel, payload, echo).await;
+            }
+            Incoming::Other(frame) => frame,
+        };
         match frame {
             BusFromWorker::Subscribe { channel } => {
                 self.subscriptions.entry(channel).or_default().insert(key);
@@ -204,10 +234,7 @@ impl Relay {
                 }
             }
             BusFromWorker::Publish { channel, payload, echo } => {
-                let Some(subscribers) = self.subscriptions.get(&channel) else { return };
-                let targets: Vec<u64> = subscribers.iter().copied().filter(|&k| echo || k != key).collect();
-                let Some(bytes) = encode(&BusToWorker::Message { channel, from, payload }) else { return };
-                self.send_to(&targets, bytes).await;
+                self.publish(key, from, &channel, Bytes::from(payload), echo).await;
             }
             BusFromWorker::Send { to, payload } => {
                 // The newest process of the slot (during a reload, the one taking over).
@@ -280,10 +307,27 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
+    async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
+        let Some(subscribers) = self.subscriptions.get(channel) else { return };
+        let targets: Vec<u64> = subscribers.iter().copied().filter(|&k| echo || k != key).collect();
+        let mut head = Vec::with_capacity(16 + channel.len());
+        message_head(channel, from, payload.len(), &mut head);
+        self.send_to(&targets, Outgoing { head: Bytes::from(head), payload }).await;
+    }
+}
+
 /// Queues a frame for a member: waits for room while the member makes progress, drops (and
 /// counts) once it is stuck.
-async fn enqueue(member: &mut Member, bytes: Arc<[u8]>) {
+async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     let size = bytes.len();
+    if member.queued.load(Ordering::Relaxed) > member.budget / 16 && !bytes.payload.is_empty() {
+        // A payload shared with the chunk it was read into keeps that chunk alive (up to 16
+        // times its size, `bus_reader.rs`). A member that falls behind gets its own copy, so
+        // what it holds stays within twice its budget.
+        bytes.payload = Bytes::copy_from_slice(&bytes.payload);
+    }
     let fits = |m: &Member| m.queued.load(Ordering::Relaxed) + size <= m.budget.max(size);
     if member.stuck {
         if member.queued.load(Ordering::Relaxed) > member.budget / 2 {
@@ -320,15 +364,17 @@ async fn enqueue(member: &mut Member, bytes: Arc<[u8]>) {
 /// Writes a member's frames, as many per syscall as are queued.
 async fn write_frames(
     mut socket: tokio::net::unix::OwnedWriteHalf,
-    mut frames: mpsc::Receiver<Arc<[u8]>>,
+    mut frames: mpsc::Receiver<Outgoing>,
     queued: Arc<AtomicUsize>,
     room: Arc<tokio::sync::Notify>,
 ) {
-    let mut batch: Vec<Arc<[u8]>> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     while frames.recv_many(&mut batch, 256).await > 0 {
         // The shared frames go out as they are (vectored), without copying them into one buffer.
-        let written: usize = batch.iter().map(|f| f.len()).sum();
-        if clusterd_worker::bus_protocol::write_frames(&mut socket, &batch).await.is_err() {
+        let written: usize = batch.iter().map(Outgoing::len).sum();
+        let parts: Vec<&[u8]> =
+            batch.iter().flat_map(|f| [&f.head[..], &f.payload[..]]).filter(|part| !part.is_empty()).collect();
+        if clusterd_worker::bus_protocol::write_frames(&mut socket, &parts).await.is_err() {
             return;
         }
         batch.clear();

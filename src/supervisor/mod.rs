@@ -13,6 +13,7 @@
 //! new generation starting while the current one still serves), and any number of *retiring*
 //! processes (draining after their successor became ready, or after a scale-down).
 
+mod bus_reader;
 mod dispatch;
 pub mod exit;
 pub mod policy;

@@ -23,10 +23,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus_protocol::{BusFromWorker, BusToWorker, decode_frame, encode_frame};
+use crate::bus_protocol::{BusFromWorker, BusToWorker, FrameBuffer, MAX_BUS_FRAME, encode_frame, publish_head};
+use crate::codec::CodecError;
 use crate::error::Error;
 
 /// Frames queued for clusterd; `publish` waits when it is full.
@@ -62,7 +62,7 @@ pub struct IncomingRequest {
     pub from: u32,
     /// The question.
     pub payload: Vec<u8>,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Outgoing>,
 }
 
 impl IncomingRequest {
@@ -71,7 +71,7 @@ impl IncomingRequest {
         let mut bytes = Vec::new();
         encode_frame(&BusFromWorker::Reply { id: self.id, payload: payload.into() }, &mut bytes)
             .map_err(crate::channel::ChannelError::from)?;
-        self.out.send(bytes).await.map_err(|_| Error::Disconnected)
+        self.out.send(bytes.into()).await.map_err(|_| Error::Disconnected)
     }
 }
 
@@ -100,7 +100,7 @@ type Takeable<T> = Mutex<(Option<mpsc::Sender<T>>, Option<mpsc::Receiver<T>>)>;
 
 #[derive(Debug)]
 struct Inner {
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Outgoing>,
     subscriptions: Mutex<HashMap<String, Subscribers>>,
     next_subscription: AtomicU64,
     next_seq: AtomicU32,
@@ -145,12 +145,12 @@ impl Bus {
 
     /// Publishes `payload` to every other worker subscribed to `channel`.
     pub async fn publish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
-        self.queue(&BusFromWorker::Publish { channel: channel.to_owned(), payload: payload.into(), echo: false }).await
+        self.queue_publish(channel, payload.into(), false).await
     }
 
     /// Publishes `payload` to every worker subscribed to `channel`, this one included.
     pub async fn publish_with_echo(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
-        self.queue(&BusFromWorker::Publish { channel: channel.to_owned(), payload: payload.into(), echo: true }).await
+        self.queue_publish(channel, payload.into(), true).await
     }
 
     /// Sends `payload` to the worker with id `to`. If no live worker has that id, the
@@ -241,7 +241,20 @@ impl Bus {
     async fn queue(&self, frame: &BusFromWorker) -> Result<(), Error> {
         let mut bytes = Vec::new();
         encode_frame(frame, &mut bytes).map_err(crate::channel::ChannelError::from)?;
-        self.inner.out.send(bytes).await.map_err(|_| Error::Disconnected)
+        self.inner.out.send(bytes.into()).await.map_err(|_| Error::Disconnected)
+    }
+
+    /// Queues a publish without copying its payload: the writer sends the frame's head, the
+    /// payload and the echo byte together.
+    async fn queue_publish(&self, channel: &str, payload: Vec<u8>, echo: bool) -> Result<(), Error> {
+        let size = 4 + 16 + channel.len() + payload.len();
+        if size > MAX_BUS_FRAME {
+            return Err(crate::channel::ChannelError::from(CodecError::Oversized { size }).into());
+        }
+        let mut head = Vec::with_capacity(16 + channel.len());
+        publish_head(channel, payload.len(), &mut head);
+        let tail: &'static [u8] = if echo { &[1] } else { &[0] };
+        self.inner.out.send(Outgoing { head, payload, tail }).await.map_err(|_| Error::Disconnected)
     }
 
     fn unsubscribe(&self, channel: &str, id: u64) {
@@ -258,7 +271,7 @@ impl Bus {
         if last {
             let mut bytes = Vec::new();
             if encode_frame(&BusFromWorker::Unsubscribe { channel: channel.to_owned() }, &mut bytes).is_ok() {
-                let _ = self.inner.out.try_send(bytes);
+                let _ = self.inner.out.try_send(bytes.into());
             }
         }
     }
@@ -299,11 +312,30 @@ impl Drop for Subscription {
     }
 }
 
+/// A frame queued for clusterd: its start, then (for a publish) the payload and the echo byte,
+/// written one after the other (vectored), so that a payload is never copied.
+struct Outgoing {
+    head: Vec<u8>,
+    payload: Vec<u8>,
+    tail: &'static [u8],
+}
+
+impl From<Vec<u8>> for Outgoing {
+    fn from(frame: Vec<u8>) -> Self {
+        Self { head: frame, payload: Vec::new(), tail: &[] }
+    }
+}
+
 /// Writes queued frames, as many per syscall as are queued.
-async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: mpsc::Receiver<Outgoing>) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 256).await > 0 {
-        if crate::bus_protocol::write_frames(&mut socket, &batch).await.is_err() {
+        let parts: Vec<&[u8]> = batch
+            .iter()
+            .flat_map(|f: &Outgoing| [&f.head[..], &f.payload[..], f.tail])
+            .filter(|part| !part.is_empty())
+            .collect();
+        if crate::bus_protocol::write_frames(&mut socket, &parts).await.is_err() {
             return;
         }
         batch.clear();
@@ -312,10 +344,10 @@ async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: m
 
 /// Reads clusterd's frames and hands each to whoever waits for it.
 async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: Arc<Inner>) {
-    let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut buffer = FrameBuffer::new();
     loop {
         loop {
-            let frame = match decode_frame::<BusToWorker>(&mut buffer) {
+            let frame = match buffer.next_frame::<BusToWorker>() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {
@@ -325,8 +357,7 @@ async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: Arc<Inn
             };
             deliver(&inner, frame).await;
         }
-        buffer.reserve(64 * 1024);
-        match socket.read_buf(&mut buffer).await {
+        match buffer.read_from(&mut socket).await {
             Ok(0) | Err(_) => return, // clusterd is gone: subscriptions end.
             Ok(_) => {}
         }

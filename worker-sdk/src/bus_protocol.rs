@@ -139,40 +139,213 @@ pub enum BusToWorker {
     },
 }
 
-/// Appends one frame (length prefix and body) to `out`.
+/// Appends one frame (length prefix and body) to `out`, encoding the body in place.
 pub fn encode_frame<T: Encode>(frame: &T, out: &mut Vec<u8>) -> Result<(), crate::codec::CodecError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     let config = bincode::config::standard();
-    let body = bincode::encode_to_vec(frame, config).map_err(|e| crate::codec::CodecError::Malformed(e.to_string()))?;
-    if body.len() > MAX_BUS_FRAME {
+    if let Err(error) = bincode::encode_into_std_write(frame, out, config) {
         out.truncate(start);
-        return Err(crate::codec::CodecError::Oversized { size: body.len() });
+        return Err(crate::codec::CodecError::Malformed(error.to_string()));
     }
-    out.extend_from_slice(&body);
-    out[start..start + 4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    let length = out.len() - start - 4;
+    if length > MAX_BUS_FRAME {
+        out.truncate(start);
+        return Err(crate::codec::CodecError::Oversized { size: length });
+    }
+    out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
     Ok(())
 }
 
-/// Takes the next whole frame off the front of `buffer`, if it holds one. A declared length over
-/// [`MAX_BUS_FRAME`] is an error before anything is allocated for it.
-pub fn decode_frame<T: Decode<()>>(buffer: &mut Vec<u8>) -> Result<Option<T>, crate::codec::CodecError> {
-    let Some(header) = buffer.get(..4) else { return Ok(None) };
-    let length = u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize;
-    if length > MAX_BUS_FRAME {
-        return Err(crate::codec::CodecError::Oversized { size: length });
+/// How much a [`FrameBuffer`] reads at a time (at least).
+const READ_SIZE: usize = 256 * 1024;
+
+/// The bytes read from a bus socket, from which whole frames are taken.
+///
+/// Taking a frame moves a cursor instead of shifting the rest of the buffer, so a read that
+/// brought many frames costs one copy of each; only the unfinished frame at the end is moved, and
+/// only once it is all that is left.
+#[derive(Debug, Default)]
+pub struct FrameBuffer {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl FrameBuffer {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Self::default()
     }
-    if buffer.len() < 4 + length {
-        return Ok(None);
+
+    /// Bytes read and not yet taken as frames.
+    pub fn pending(&self) -> &[u8] {
+        &self.bytes[self.start..]
     }
+
+    /// Appends bytes as if they had been read (for tests and for readers of other sources).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+
+    /// Takes the next whole frame, if the buffer holds one. A declared length over
+    /// [`MAX_BUS_FRAME`] is an error before anything is allocated for it.
+    pub fn next_frame<T: Decode<()>>(&mut self) -> Result<Option<T>, crate::codec::CodecError> {
+        let Some(body) = self.next_body()? else { return Ok(None) };
+        decode_body(body).map(Some)
+    }
+
+    /// Takes the next whole frame's body undecoded (see [`parse_publish`] and [`decode_body`]).
+    pub fn next_body(&mut self) -> Result<Option<&[u8]>, crate::codec::CodecError> {
+        let Some(length) = self.declared_length()? else { return Ok(None) };
+        if self.pending().len() < 4 + length {
+            return Ok(None);
+        }
+        let body = self.start + 4..self.start + 4 + length;
+        self.start = body.end;
+        Ok(Some(&self.bytes[body]))
+    }
+
+    /// The body length announced by the next frame's header, once the header is there.
+    fn declared_length(&self) -> Result<Option<usize>, crate::codec::CodecError> {
+        let Some(header) = self.pending().get(..4) else { return Ok(None) };
+        let length = u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize;
+        if length > MAX_BUS_FRAME {
+            return Err(crate::codec::CodecError::Oversized { size: length });
+        }
+        Ok(Some(length))
+    }
+
+    /// Reads what `reader` has (at least one byte, or 0 at its end) after the pending bytes.
+    /// Cancel-safe: bytes read are kept. Make room first with [`FrameBuffer::next_frame`] taking
+    /// every whole frame, or the buffer grows.
+    pub async fn read_from<R: tokio::io::AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        // What the unfinished frame still needs, so that a large frame is read into one
+        // allocation instead of growing it step by step.
+        let missing = match self.declared_length() {
+            Ok(Some(length)) => (4 + length).saturating_sub(self.pending().len()),
+            _ => 0,
+        };
+        let wanted = missing.max(READ_SIZE);
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        } else if self.start > 0 && self.bytes.capacity() - self.bytes.len() < wanted {
+            // Only the unfinished frame is left: move it to the front.
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        self.bytes.reserve(wanted);
+        reader.read_buf(&mut self.bytes).await
+    }
+}
+
+/// Decodes one frame body, which must be used whole.
+pub fn decode_body<T: Decode<()>>(body: &[u8]) -> Result<T, crate::codec::CodecError> {
     let config = bincode::config::standard().with_limit::<MAX_BUS_FRAME>();
-    let (frame, used) = bincode::decode_from_slice(&buffer[4..4 + length], config)
-        .map_err(|e| crate::codec::CodecError::Malformed(e.to_string()))?;
-    if used != length {
-        return Err(crate::codec::CodecError::Trailing { used, trailing: length - used });
+    let (frame, used) =
+        bincode::decode_from_slice(body, config).map_err(|e| crate::codec::CodecError::Malformed(e.to_string()))?;
+    if used != body.len() {
+        return Err(crate::codec::CodecError::Trailing { used, trailing: body.len() - used });
     }
-    buffer.drain(..4 + length);
-    Ok(Some(frame))
+    Ok(frame)
+}
+
+/// A [`BusFromWorker::Publish`] frame read in place: its payload is not copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRef<'a> {
+    /// The channel name.
+    pub channel: &'a str,
+    /// The message.
+    pub payload: &'a [u8],
+    /// Whether the sender gets its own message.
+    pub echo: bool,
+}
+
+/// Reads a frame body as a [`BusFromWorker::Publish`] without copying its payload: `None` when
+/// the body is another frame, an error when it is a malformed publish (exactly when decoding it
+/// as [`BusFromWorker`] would fail).
+pub fn parse_publish(body: &[u8]) -> Option<Result<PublishRef<'_>, crate::codec::CodecError>> {
+    const PUBLISH: u8 = 2;
+    if body.first() != Some(&PUBLISH) {
+        return None;
+    }
+    let malformed = |what: &str| crate::codec::CodecError::Malformed(format!("publish: {what}"));
+    let mut rest = &body[1..];
+    let mut take = |n: usize| -> Result<&[u8], crate::codec::CodecError> {
+        if rest.len() < n {
+            return Err(malformed("truncated"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let parsed = (|| {
+        let length = read_varint(&mut take)?;
+        let channel = std::str::from_utf8(take(length)?).map_err(|_| malformed("channel is not UTF-8"))?;
+        let length = read_varint(&mut take)?;
+        let payload = take(length)?;
+        let echo = match take(1)?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err(malformed("echo is not a bool")),
+        };
+        Ok(PublishRef { channel, payload, echo })
+    })();
+    Some(parsed.and_then(|publish| {
+        if rest.is_empty() {
+            Ok(publish)
+        } else {
+            Err(crate::codec::CodecError::Trailing { used: body.len() - rest.len(), trailing: rest.len() })
+        }
+    }))
+}
+
+/// bincode's `standard()` variable-length integer, as a length (at most [`MAX_BUS_FRAME`]).
+fn read_varint<'a>(
+    take: &mut impl FnMut(usize) -> Result<&'a [u8], crate::codec::CodecError>,
+) -> Result<usize, crate::codec::CodecError> {
+    let wide = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |value, &byte| value << 8 | u64::from(byte));
+    let value = match take(1)?[0] {
+        byte @ 0..=250 => u64::from(byte),
+        251 => Some(wide(take(2)?)).filter(|&v| v >= 251).ok_or_else(non_canonical)?,
+        252 => Some(wide(take(4)?)).filter(|&v| v > u64::from(u16::MAX)).ok_or_else(non_canonical)?,
+        253 => Some(wide(take(8)?)).filter(|&v| v > u64::from(u32::MAX)).ok_or_else(non_canonical)?,
+        _ => return Err(crate::codec::CodecError::Malformed("publish: bad length".into())),
+    };
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v <= MAX_BUS_FRAME)
+        .ok_or(crate::codec::CodecError::Oversized { size: usize::try_from(value).unwrap_or(usize::MAX) })
+}
+
+fn non_canonical() -> crate::codec::CodecError {
+    crate::codec::CodecError::Malformed("publish: length not in its shortest form".into())
+}
+
+/// The start of a [`BusToWorker::Message`] frame (length prefix, tag, channel, sender, payload
+/// length) whose payload follows separately: writing this and then the payload puts on the wire
+/// exactly what [`encode_frame`] of the whole message would, without copying the payload.
+pub fn message_head(channel: &str, from: u32, payload_len: usize, out: &mut Vec<u8>) {
+    const MESSAGE: u32 = 0;
+    frame_head((MESSAGE, channel, from, payload_len as u64), payload_len, out);
+}
+
+/// The start of a [`BusFromWorker::Publish`] frame whose payload, then the `echo` byte (0 or 1),
+/// follow separately: together exactly what [`encode_frame`] of the whole publish writes.
+pub fn publish_head(channel: &str, payload_len: usize, out: &mut Vec<u8>) {
+    const PUBLISH: u32 = 2;
+    frame_head((PUBLISH, channel, payload_len as u64), payload_len + 1, out);
+}
+
+/// Length prefix and `fields` (a frame's tag and its fields up to its payload's length), for a
+/// frame whose remaining `rest` bytes follow separately.
+fn frame_head(fields: impl Encode, rest: usize, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    bincode::encode_into_std_write(fields, out, bincode::config::standard()).expect("writing to a Vec cannot fail");
+    let length = out.len() - start - 4 + rest;
+    out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
 }
 
 /// Writes every frame with as few syscalls as the socket allows (vectored), without copying
@@ -229,28 +402,109 @@ mod tests {
             encode_frame(f, &mut wire).unwrap();
         }
         for chunk in [1, 3, 7, 64, wire.len()] {
-            let mut buffer = Vec::new();
+            let mut buffer = FrameBuffer::new();
             let mut decoded = Vec::new();
             for piece in wire.chunks(chunk) {
-                buffer.extend_from_slice(piece);
-                while let Some(frame) = decode_frame::<BusToWorker>(&mut buffer).unwrap() {
+                buffer.extend(piece);
+                while let Some(frame) = buffer.next_frame::<BusToWorker>().unwrap() {
                     decoded.push(frame);
                 }
             }
             assert_eq!(decoded, frames, "chunks of {chunk}");
-            assert!(buffer.is_empty());
+            assert!(buffer.pending().is_empty());
+        }
+    }
+
+    #[test]
+    fn publishes_parse_in_place_exactly_as_bincode_decodes_them() {
+        let cases = [
+            BusFromWorker::Publish { channel: String::new(), payload: vec![], echo: false },
+            BusFromWorker::Publish { channel: "ab".into(), payload: vec![7; 250], echo: true },
+            BusFromWorker::Publish { channel: "é".repeat(200), payload: vec![1; 251], echo: false },
+            BusFromWorker::Publish { channel: "c".into(), payload: vec![2; 70_000], echo: true },
+        ];
+        for case in &cases {
+            let mut wire = Vec::new();
+            encode_frame(case, &mut wire).unwrap();
+            let parsed = parse_publish(&wire[4..]).unwrap().unwrap();
+            let BusFromWorker::Publish { channel, payload, echo } = case else { unreachable!() };
+            assert_eq!((parsed.channel, parsed.payload, parsed.echo), (channel.as_str(), &payload[..], *echo));
+        }
+        let mut other = Vec::new();
+        encode_frame(&BusFromWorker::Subscribe { channel: "x".into() }, &mut other).unwrap();
+        assert!(parse_publish(&other[4..]).is_none());
+    }
+
+    #[test]
+    fn parse_publish_agrees_with_bincode_on_mangled_bodies() {
+        let mut wire = Vec::new();
+        encode_frame(&BusFromWorker::Publish { channel: "chan".into(), payload: vec![5; 300], echo: true }, &mut wire)
+            .unwrap();
+        let body = wire[4..].to_vec();
+        // Cuts, and each byte replaced by a few telling values.
+        let mut bodies: Vec<Vec<u8>> = (1..body.len()).map(|n| body[..n].to_vec()).collect();
+        for i in 1..body.len().min(12) {
+            for value in [0, 1, 2, 0x80, 0xff, 250, 251, 252, 253, 254] {
+                let mut mangled = body.clone();
+                mangled[i] = value;
+                bodies.push(mangled);
+            }
+        }
+        let mut trailing = body.clone();
+        trailing.push(0);
+        bodies.push(trailing);
+        for mangled in bodies {
+            let ours =
+                parse_publish(&mangled).expect("tag 2").map(|p| (p.channel.to_owned(), p.payload.to_vec(), p.echo));
+            let theirs = decode_body::<BusFromWorker>(&mangled).map(|frame| match frame {
+                BusFromWorker::Publish { channel, payload, echo } => (channel, payload, echo),
+                other => panic!("decoded as {other:?}"),
+            });
+            assert_eq!(ours.is_ok(), theirs.is_ok(), "{mangled:?}: {ours:?} vs {theirs:?}");
+            if let (Ok(ours), Ok(theirs)) = (ours, theirs) {
+                assert_eq!(ours, theirs);
+            }
+        }
+    }
+
+    #[test]
+    fn heads_and_their_payloads_are_the_whole_frames() {
+        for (channel, size) in [("", 0), ("room", 250), ("é", 251), ("c", 70_000), ("x", 5_000_000)] {
+            let payload = vec![3u8; size];
+            let mut whole = Vec::new();
+            encode_frame(
+                &BusToWorker::Message { channel: channel.into(), from: 300, payload: payload.clone() },
+                &mut whole,
+            )
+            .unwrap();
+            let mut split = Vec::new();
+            message_head(channel, 300, size, &mut split);
+            split.extend_from_slice(&payload);
+            assert_eq!(split, whole, "{channel:?} {size}");
+            for echo in [false, true] {
+                let mut whole = Vec::new();
+                let publish = BusFromWorker::Publish { channel: channel.into(), payload: payload.clone(), echo };
+                encode_frame(&publish, &mut whole).unwrap();
+                let mut split = Vec::new();
+                publish_head(channel, size, &mut split);
+                split.extend_from_slice(&payload);
+                split.push(u8::from(echo));
+                assert_eq!(split, whole, "publish {channel:?} {size} {echo}");
+            }
         }
     }
 
     #[test]
     fn an_oversized_declared_length_is_refused_before_allocation() {
-        let mut buffer = ((MAX_BUS_FRAME + 1) as u32).to_le_bytes().to_vec();
-        assert!(decode_frame::<BusToWorker>(&mut buffer).is_err());
+        let mut buffer = FrameBuffer::new();
+        buffer.extend(&((MAX_BUS_FRAME + 1) as u32).to_le_bytes());
+        assert!(buffer.next_frame::<BusToWorker>().is_err());
     }
 
     #[test]
     fn garbage_bodies_are_errors() {
-        let mut buffer = vec![2, 0, 0, 0, 0x7f, 0x00];
-        assert!(decode_frame::<BusToWorker>(&mut buffer).is_err());
+        let mut buffer = FrameBuffer::new();
+        buffer.extend(&[2, 0, 0, 0, 0x7f, 0x00]);
+        assert!(buffer.next_frame::<BusToWorker>().is_err());
     }
 }
