@@ -169,6 +169,11 @@ impl Balancer {
         Some(worker.key)
     }
 
+    /// Whether some worker owns session `sid`.
+    pub fn knows_sid(&self, sid: &str) -> bool {
+        self.sessions.contains_key(sid)
+    }
+
     /// A connection of `key` ended (or its handoff failed): -1, saturating at 0 so that a late or duplicate
     /// report cannot wrap. Unknown key: no-op.
     pub fn connection_closed(&mut self, key: WorkerKey) {

@@ -32,8 +32,6 @@ pub enum ConfigError {
     NoProgram,
     #[error("invalid {what}: {message}")]
     Invalid { what: &'static str, message: String },
-    #[error("{what} is not supported yet in this version of clusterd")]
-    Unsupported { what: String },
 }
 
 /// The pool size as given: a number or `auto`.
@@ -190,7 +188,6 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
 
 /// Everything the supervisor needs, validated.
 #[derive(Debug, Clone)]
-#[expect(dead_code, reason = "serialization is read by the Node protocol")]
 pub struct Config {
     pub workers: u32,
     pub workers_auto: bool,
@@ -322,10 +319,6 @@ impl Config {
         }
         if self.session_ttl.is_zero() {
             return Err(ConfigError::Invalid { what: "--session-ttl", message: "must be more than 0".into() });
-        }
-        // Refuse what this version cannot do yet rather than accept it and ignore it.
-        if self.protocol == Protocol::Node {
-            return Err(ConfigError::Unsupported { what: "--protocol node".into() });
         }
         resolve_program(&self.program).map_err(|message| ConfigError::Invalid { what: "program", message })?;
         Ok(())

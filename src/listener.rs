@@ -181,7 +181,15 @@ pub struct Limits {
     /// The longest a client may take to send its request line.
     pub sniff_timeout: Duration,
     pub sticky: Sticky,
+    /// Read the whole request (headers, and a body of known length up to
+    /// [`WHOLE_REQUEST_MAX`]) before the handoff: Node workers get it in their `sticky:connection`
+    /// message.
+    pub whole_request: bool,
 }
+
+/// The most bytes of one request clusterd reads for a Node worker; the rest reaches the worker
+/// through the socket itself.
+pub const WHOLE_REQUEST_MAX: usize = 1024 * 1024;
 
 /// A connection ready to go to a worker.
 pub struct Handoff {
@@ -410,6 +418,19 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
         Sniffed::TooLong => return client.reply(response(414, "URI Too Long", "request line too long")).await,
         Sniffed::Incomplete => unreachable!("the loop only ends on a verdict"),
     };
+    if http && limits.whole_request && group.is_none() {
+        // Best effort within the same deadline: what is not read by then flows through the fd.
+        while crate::sniff::request_length(&initial).is_none_or(|length| initial.len() < length)
+            && initial.len() < WHOLE_REQUEST_MAX
+        {
+            let want = WHOLE_REQUEST_MAX - initial.len();
+            match tokio::time::timeout_at(deadline, client.read_some(&mut initial, want.min(64 * 1024))).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => break,
+            }
+        }
+    }
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };

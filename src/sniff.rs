@@ -206,6 +206,25 @@ pub fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The length of the HTTP/1.x request at the start of `buf` (headers, and the body a
+/// `Content-Length` announces), once its headers are complete; `None` before. A chunked body is
+/// not waited for (the headers' length).
+pub fn request_length(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let headers = &buf[..end];
+    let body = headers
+        .split(|&b| b == b'\n')
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (name, value) = line.split_at(colon);
+            name.eq_ignore_ascii_case(b"content-length").then(|| std::str::from_utf8(&value[1..]).ok())?
+        })
+        .find_map(|value| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    Some(end.saturating_add(body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,5 +690,19 @@ mod tests {
             assert!(!headers.iter().any(|(k, _)| *k == "X-Injected"), "{text:?}");
             assert!(sent.ends_with('\n') && sent.matches('\n').count() == 1 && !sent.contains('\r'), "{sent:?}");
         }
+    }
+
+    #[test]
+    fn request_length_waits_for_headers_and_the_announced_body() {
+        assert_eq!(request_length(b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(request_length(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), Some(27));
+        let post = b"POST /socket.io/?EIO=4&transport=polling&sid=abc HTTP/1.1\r\ncOnTeNt-LeNgTh: 5\r\n\r\n";
+        assert_eq!(request_length(post), Some(post.len() + 5));
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(request_length(bad), Some(bad.len()), "an unparsable length counts as none");
+        let huge = b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        assert_eq!(request_length(huge), Some(huge.len()), "so does one that does not fit");
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(request_length(&[&chunked[..], b"5\r\n"].concat()), Some(chunked.len()));
     }
 }

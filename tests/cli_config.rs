@@ -59,7 +59,7 @@ fn bad_usage_and_configuration_exit_2_with_one_clear_line_and_start_nothing() {
         (&["--sniff-bytes", "10", "--", "true"], &[], "must be 256 to 16384"),
         (&["--session-ttl", "0", "--", "true"], &[], "--session-ttl"),
         (&["--listen", "nowhere", "--", "true"], &[], "not HOST:PORT"),
-        (&["--protocol", "node", "--", "true"], &[], "not supported yet"),
+        (&["--protocol", "node", "--serialization", "yaml", "--", "true"], &[], "invalid value 'yaml'"),
     ];
     for (args, env, expected) in cases {
         let mut full = vec!["--control", control];

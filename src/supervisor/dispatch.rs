@@ -16,6 +16,11 @@ use crate::signals::SignalEvent;
 use crate::status::{Phase, Status, WorkerState, WorkerStatus};
 use clusterd_worker::protocol::ListenResult;
 
+/// How long a request naming a session nobody reported waits for the report (Node workers).
+const HOLD_UNKNOWN_SID: Duration = Duration::from_millis(500);
+/// The most requests held at once; more are routed without waiting.
+const MAX_HELD: usize = 4096;
+
 /// Where an event's process sits in its slot.
 #[derive(Clone, Copy)]
 enum Role {
@@ -147,12 +152,15 @@ impl Dispatcher {
             EventKind::Listen { seq, addr } => {
                 let ready = process.routable() && self.stop.is_none() && !slot.removing;
                 let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());
-                let result = self.listen_for(key, slot_id, ready, &addr);
-                handle.send(Command::Listening { seq, result });
+                let (result, group) = self.listen_for(key, slot_id, ready, &addr);
+                handle.send(Command::Listening { seq, result, group });
             }
             EventKind::SessionOpen { seq, sid } => {
                 self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
-                process.handle.send(Command::SessionAck { seq });
+                if let Some(seq) = seq {
+                    process.handle.send(Command::SessionAck { seq });
+                }
+                self.release_held(Some(&sid));
             }
             EventKind::SessionClose { sid } => self.pools.session_close(&sid, event.incarnation),
             EventKind::Exited(info) => match role {
@@ -315,6 +323,43 @@ impl Dispatcher {
     pub(super) fn handle_route(&mut self, message: RouteMsg) {
         match message {
             RouteMsg::Pick { group, sid, ip, reply } => {
+                if let Some(sid) = &sid
+                    && self.config.protocol == crate::config::Protocol::Node
+                    && self.held.len() < MAX_HELD
+                    && !self.pools.knows_sid(group, sid)
+                {
+                    // A Node worker reports a session after answering its handshake, so the
+                    // session's next request can arrive first: wait for the report, briefly.
+                    let until = Instant::now() + HOLD_UNKNOWN_SID;
+                    self.held.push(super::HeldPick { sid: sid.clone(), group, ip, reply, until });
+                    return;
+                }
+                self.answer_pick(group, sid, ip, reply);
+            }
+            RouteMsg::Failed { key, group } => self.pools.connection_closed(group, key),
+        }
+    }
+
+    /// Answers the held picks of `sid` (its session was reported), or every held pick whose time
+    /// is up (`sid` is `None`).
+    pub(super) fn release_held(&mut self, sid: Option<&str>) {
+        let now = Instant::now();
+        let (release, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|held| sid.map_or(held.until <= now, |sid| held.sid == sid));
+        self.held = keep;
+        for held in release {
+            self.answer_pick(held.group, Some(held.sid), held.ip, held.reply);
+        }
+    }
+
+    fn answer_pick(
+        &mut self,
+        group: Option<u32>,
+        sid: Option<String>,
+        ip: Option<std::net::IpAddr>,
+        reply: tokio::sync::oneshot::Sender<Option<Route>>,
+    ) {
                 let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
                 let route = picked.and_then(|key| {
                     let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
@@ -331,9 +376,6 @@ impl Dispatcher {
                     // The route task is gone (its client left): uncount.
                     self.pools.connection_closed(route.group, route.key);
                 }
-            }
-            RouteMsg::Failed { key, group } => self.pools.connection_closed(group, key),
-        }
     }
 
     /// Graceful: drain frame + SIGTERM to every worker, SIGKILL after the grace time. Immediate:
@@ -452,33 +494,33 @@ impl Dispatcher {
 impl Dispatcher {
     /// A worker asks clusterd to listen on `addr`: join the listener already serving it, or bind
     /// it and start its accept loop.
-    fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str) -> ListenResult {
+    fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str) -> (ListenResult, Option<u32>) {
         let asked: ListenAddr = match addr.parse() {
             Ok(asked) => asked,
-            Err(reason) => return ListenResult::Failed { reason },
+            Err(reason) => return (ListenResult::Failed { reason }, None),
         };
         if let Some((group, bound)) = self.pools.find_group(&asked) {
             self.pools.join(group, key, slot, ready);
-            return ListenResult::Bound { addr: bound };
+            return (ListenResult::Bound { addr: bound }, Some(group));
         }
         if self.listening.iter().any(|l| *l == asked.to_string()) {
             // clusterd already serves it to every worker (--listen).
-            return ListenResult::Bound { addr: asked.to_string() };
+            return (ListenResult::Bound { addr: asked.to_string() }, None);
         }
         let bound = match crate::listener::bind_all(std::slice::from_ref(&asked)) {
             Ok(mut bound) => bound.remove(0),
             Err(error) => {
                 tracing::warn!(worker = slot, "{error}");
-                return ListenResult::Failed { reason: error.to_string() };
+                return (ListenResult::Failed { reason: error.to_string() }, None);
             }
         };
         let (addr, unix_path) = (bound.addr().to_owned(), bound.unix_path());
         let group = self.pools.add_group(asked, addr.clone(), unix_path);
         if let Err(error) = crate::listener::serve_one(bound, Some(group), self.limits, self.routes.clone()) {
-            return ListenResult::Failed { reason: error.to_string() };
+            return (ListenResult::Failed { reason: error.to_string() }, None);
         }
         tracing::info!(worker = slot, %addr, "listening for the workers that ask");
         self.pools.join(group, key, slot, ready);
-        ListenResult::Bound { addr }
+        (ListenResult::Bound { addr }, Some(group))
     }
 }

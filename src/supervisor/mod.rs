@@ -16,11 +16,13 @@
 mod bus_reader;
 mod dispatch;
 pub mod exit;
+pub mod link;
+mod native;
 pub mod policy;
 mod pools;
 mod rollout;
 pub mod spawn;
-mod worker;
+pub mod worker;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,12 +184,25 @@ struct Dispatcher {
     listening: Vec<String>,
     limits: Limits,
     routes: mpsc::Sender<RouteMsg>,
+    /// Requests waiting for their session to be reported (Node workers).
+    held: Vec<HeldPick>,
+}
+
+/// A request that names a session no worker reported yet.
+struct HeldPick {
+    sid: String,
+    group: Option<u32>,
+    ip: Option<std::net::IpAddr>,
+    reply: tokio::sync::oneshot::Sender<Option<crate::listener::Route>>,
+    until: Instant,
 }
 
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
     let Parts { config, spawner, logs, phase, listening, limits, routes, relay } = parts;
+    let node_relay = (config.protocol == crate::config::Protocol::Node)
+        .then(|| crate::node::relay::start(config.bus_queue, config.serialization));
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -198,6 +213,9 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         logs,
         routes: routes.clone(),
         relay,
+        protocol: config.protocol,
+        serialization: config.serialization,
+        node_relay,
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {
@@ -214,6 +232,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         listening,
         limits,
         routes,
+        held: Vec::new(),
         settings,
         config,
     };
@@ -233,6 +252,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
             return stop.outcome.clone();
         }
         let deadline = d.stop.as_ref().map(|s| s.deadline);
+        let held_until = d.held.iter().map(|h| h.until).min();
         tokio::select! {
             Some(event) = events.recv() => d.handle_event(event),
             Some(signal) = inputs.signals.recv() => d.handle_signal(signal),
@@ -245,6 +265,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
                 }
             }
             _ = watchdog.tick(), if watchdog_every.is_some() => d.notifier.watchdog(),
+            () = sleep_until(held_until.unwrap_or_else(Instant::now)), if held_until.is_some() => d.release_held(None),
             () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let left: Vec<_> = d.slots.iter().flat_map(Slot::processes).filter_map(|p| p.pid).collect();
                 tracing::error!(?left, "workers were not reaped {REAP_MARGIN:?} after SIGKILL; exiting anyway");

@@ -77,6 +77,11 @@ impl Pools {
         self.pool(group)?.pick(sid, ip, now)
     }
 
+    /// Whether a worker of the group's pool owns session `sid`.
+    pub fn knows_sid(&mut self, group: Option<u32>, sid: &str) -> bool {
+        self.pool(group).is_some_and(|pool| pool.knows_sid(sid))
+    }
+
     pub fn connection_closed(&mut self, group: Option<u32>, key: WorkerKey) {
         if let Some(pool) = self.pool(group) {
             pool.connection_closed(key);

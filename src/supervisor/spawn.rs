@@ -43,8 +43,9 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     /// The worker's end of the IPC socket; it becomes fd 3 in the worker and is closed here.
     pub ipc: OwnedFd,
-    /// The worker's end of the bus socket; it becomes fd 4 in the worker and is closed here.
-    pub bus: OwnedFd,
+    /// The worker's end of the bus socket, if it has one; it becomes fd 4 in the worker and is
+    /// closed here.
+    pub bus: Option<OwnedFd>,
 }
 
 /// A started worker process.
@@ -98,7 +99,7 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
     }
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let ipc = spec.ipc.as_raw_fd();
-    let bus = spec.bus.as_raw_fd();
+    let bus = spec.bus.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     let parent = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
     // calls (setpgid, prctl, getppid, raise, fcntl, dup2, sigemptyset, pthread_sigmask); it
@@ -128,6 +129,9 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
                 }
             }
             for (fd, target) in [(ipc, IPC_FD), (bus, BUS_FD)] {
+                if fd < 0 {
+                    continue;
+                }
                 if fd == target {
                     // dup2 onto itself would keep close-on-exec: clear it instead.
                     if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {

@@ -1,0 +1,15 @@
+//! `--protocol node`: clusterd as the primary of unmodified Node.js workers (`cluster`,
+//! `@socket.io/sticky`, `@socket.io/cluster-adapter`).
+//!
+//! - `value`, `v8`, `json`, `frame`: the channel's messages (V8 serialization or JSON lines);
+//! - `link`: one worker's channel (what it says, connections, drains);
+//! - `writer`: the channel's writing half (handles one at a time, until acknowledged);
+//! - `relay`: the cluster adapter's messages between workers.
+
+pub mod frame;
+pub mod json;
+pub mod link;
+pub mod relay;
+pub mod v8;
+pub mod value;
+pub mod writer;

@@ -1,0 +1,199 @@
+//! The relay between Node workers: `@socket.io/cluster-adapter`'s `setupPrimary`, both versions.
+//!
+//! Messages travel as the bytes they came in (every worker speaks the same serialization); only
+//! the routing fields are read (`type`, `uid`, `nsp`, `requesterUid`, `data.workerId`).
+//!
+//! - **0.3.x** (messages carry a `uid`, one per adapter instance): responses (types 8 and 10) go to
+//!   the worker that announced `requesterUid`; everything else to every other worker. When a
+//!   worker exits, each survivor on 0.3.x gets an `ADAPTER_CLOSE` (type 13) for every (uid,
+//!   namespace) the dead worker used, so pending `fetchSockets` and `serverSideEmit` answer at
+//!   once instead of after the heartbeat timeout.
+//! - **0.2.x** (no `uid`): responses (types 9 and 11) go to the worker whose id is
+//!   `data.workerId`; everything else to every other worker; a worker's exit is announced to
+//!   the survivors on 0.2.x as `WORKER_EXIT` (type 3) with its id. Type 13 means something else
+//!   there (`BROADCAST_ACK`) and is never sent to them.
+//!
+//! A worker that does not read keeps its queue: messages over `--bus-queue` bytes queued for it,
+//! or that wait over [`STUCK_AFTER`] for room, are dropped and counted (`dropped` in `status`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::frame::{Frame, Mode};
+use super::value::Value;
+use super::writer::Out;
+use crate::relay::STUCK_AFTER;
+
+const SOURCE: &str = "_sio_adapter";
+
+pub enum Input {
+    Join { key: u64, worker_id: u64, out: mpsc::Sender<Out>, queued: Arc<AtomicUsize>, dropped: Arc<AtomicU64> },
+    Leave { key: u64 },
+    Frame { key: u64, frame: Frame },
+}
+
+/// Which adapter a worker speaks, once it has said something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    V02,
+    V03,
+}
+
+struct Member {
+    worker_id: u64,
+    out: mpsc::Sender<Out>,
+    queued: Arc<AtomicUsize>,
+    dropped: Arc<AtomicU64>,
+    stuck: bool,
+    version: Option<Version>,
+    /// The adapter instances (uid, namespace) of this worker (0.3.x).
+    adapters: BTreeSet<(String, String)>,
+}
+
+struct Relay {
+    members: BTreeMap<u64, Member>,
+    budget: usize,
+    mode: Mode,
+}
+
+pub fn start(budget: usize, serialization: crate::config::Serialization) -> mpsc::Sender<Input> {
+    let (tx, mut rx) = mpsc::channel(4096);
+    let mode = match serialization {
+        crate::config::Serialization::Advanced => Mode::Advanced,
+        crate::config::Serialization::Json => Mode::Json,
+    };
+    tokio::spawn(async move {
+        let mut relay = Relay { members: BTreeMap::new(), budget, mode };
+        while let Some(input) = rx.recv().await {
+            match input {
+                Input::Join { key, worker_id, out, queued, dropped } => {
+                    let member = Member {
+                        worker_id,
+                        out,
+                        queued,
+                        dropped,
+                        stuck: false,
+                        version: None,
+                        adapters: BTreeSet::new(),
+                    };
+                    relay.members.insert(key, member);
+                }
+                Input::Leave { key } => relay.leave(key).await,
+                Input::Frame { key, frame } => relay.frame(key, frame).await,
+            }
+        }
+    });
+    tx
+}
+
+impl Relay {
+    async fn frame(&mut self, key: u64, frame: Frame) {
+        let fields = frame.select(&[&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"]]);
+        let Ok([kind, uid, nsp, requester, worker_id]) = fields else { return };
+        let kind = kind.as_ref().and_then(Value::as_i64);
+        let Some(member) = self.members.get_mut(&key) else { return };
+        let targets: Vec<u64> = match uid.as_ref().and_then(Value::as_str) {
+            Some(uid) => {
+                member.version = Some(Version::V03);
+                let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
+                member.adapters.insert((uid.to_owned(), nsp.to_owned()));
+                if matches!(kind, Some(8 | 10)) {
+                    // A response: to the worker that owns the requesting adapter, only.
+                    let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();
+                    self.members
+                        .iter()
+                        .find(|(_, m)| m.adapters.iter().any(|(u, _)| u == requester))
+                        .map(|(k, _)| *k)
+                        .into_iter()
+                        .collect()
+                } else {
+                    self.others(key)
+                }
+            }
+            None => {
+                member.version = Some(Version::V02);
+                if matches!(kind, Some(9 | 11)) {
+                    let to = worker_id.as_ref().and_then(Value::as_f64);
+                    self.members.iter().filter(|(_, m)| Some(m.worker_id as f64) == to).map(|(k, _)| *k).collect()
+                } else {
+                    self.others(key)
+                }
+            }
+        };
+        let bytes = Bytes::from(frame.into_raw());
+        for target in targets {
+            self.deliver(target, bytes.clone()).await;
+        }
+    }
+
+    fn others(&self, key: u64) -> Vec<u64> {
+        self.members.keys().copied().filter(|&k| k != key).collect()
+    }
+
+    /// Tells the survivors that the worker's adapters are gone, in each one's dialect.
+    async fn leave(&mut self, key: u64) {
+        let Some(dead) = self.members.remove(&key) else { return };
+        let mut notices: Vec<(Version, Bytes)> = Vec::new();
+        for (uid, nsp) in &dead.adapters {
+            let close = Value::object([
+                ("type", Value::from(13)),
+                ("uid", Value::from(uid.as_str())),
+                ("nsp", Value::from(nsp.as_str())),
+                ("source", Value::from(SOURCE)),
+            ]);
+            if let Ok(frame) = Frame::encode(self.mode, &close) {
+                notices.push((Version::V03, frame.into_raw().into()));
+            }
+        }
+        if dead.version != Some(Version::V03) {
+            let exit = Value::object([
+                ("source", Value::from(SOURCE)),
+                ("type", Value::from(3)),
+                ("data", Value::from(dead.worker_id)),
+            ]);
+            if let Ok(frame) = Frame::encode(self.mode, &exit) {
+                notices.push((Version::V02, frame.into_raw().into()));
+            }
+        }
+        let survivors: Vec<(u64, Option<Version>)> = self.members.iter().map(|(k, m)| (*k, m.version)).collect();
+        for (survivor, version) in survivors {
+            for (dialect, bytes) in &notices {
+                if version == Some(*dialect) {
+                    self.deliver(survivor, bytes.clone()).await;
+                }
+            }
+        }
+    }
+
+    /// Queues a message for a worker, or drops and counts it (see the module's overflow policy).
+    async fn deliver(&mut self, key: u64, bytes: Bytes) {
+        let Some(member) = self.members.get_mut(&key) else { return };
+        let size = bytes.len();
+        let queued = member.queued.load(Ordering::Relaxed);
+        if queued + size > self.budget.max(size)
+            || (member.stuck && member.out.capacity() < member.out.max_capacity() / 2)
+        {
+            member.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        member.queued.fetch_add(size, Ordering::Relaxed);
+        match tokio::time::timeout(STUCK_AFTER, member.out.send(Out::Relayed(bytes))).await {
+            Ok(Ok(())) => member.stuck = false,
+            _ => {
+                member.queued.fetch_sub(size, Ordering::Relaxed);
+                member.dropped.fetch_add(1, Ordering::Relaxed);
+                if !member.stuck {
+                    tracing::warn!(
+                        worker = member.worker_id,
+                        "node relay: the worker does not read; dropping its messages until it does"
+                    );
+                }
+                member.stuck = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! The protocol a worker task speaks with its worker: clusterd's own (`native.rs`) or Node's IPC
+//! channel (`crate::node::link`). The worker task (`worker.rs`) keeps the timers, signals and
+//! reports; a link turns what the worker says into [`Said`] and carries connections, drains and
+//! answers to it.
+
+use std::time::Duration;
+
+use crate::listener::Handoff;
+
+/// What a worker said, in the terms the worker task acts on.
+#[derive(Debug)]
+pub enum Said {
+    /// It speaks the protocol: it can take connections.
+    Greeted,
+    Ready,
+    /// A sign of life (resets the heartbeat deadline, like everything it says).
+    Alive,
+    /// Connections it was handed closed (or could not be handed over): the listener group of each.
+    Closed(Vec<Option<u32>>),
+    /// It asks clusterd to listen on `addr` for it; answered with [`Link::listening`].
+    Listen {
+        seq: u32,
+        addr: String,
+    },
+    /// It opened a session; `seq` is answered with [`Link::session_ack`] when the protocol has acks.
+    SessionOpen {
+        seq: Option<u32>,
+        sid: String,
+    },
+    SessionClose {
+        sid: String,
+    },
+}
+
+/// What reading a link gave.
+#[derive(Debug)]
+pub enum Heard {
+    Said(Said),
+    /// The worker broke the protocol: it is drained and replaced.
+    Violation(String),
+    /// Nothing more will come (the worker closed its end).
+    End,
+}
+
+/// One worker's link, in either protocol.
+pub enum Link {
+    Native(super::native::NativeLink),
+    Node(crate::node::link::NodeLink),
+}
+
+impl Link {
+    /// Whether anything more can be heard.
+    pub fn open(&self) -> bool {
+        match self {
+            Link::Native(link) => link.open(),
+            Link::Node(link) => link.open(),
+        }
+    }
+
+    /// The next thing the worker said. Cancel-safe.
+    pub async fn next(&mut self) -> Heard {
+        match self {
+            Link::Native(link) => link.next().await,
+            Link::Node(link) => link.next().await,
+        }
+    }
+
+    /// Sends one connection to the worker; clusterd's copy of the fd closes once it is handed over
+    /// (or could not be). Returns the group of a connection that could not be handed over (it
+    /// counts as closed at once); what closes later is heard as [`Said::Closed`].
+    pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
+        match self {
+            Link::Native(link) => link.hand_over(handoff).await,
+            Link::Node(link) => link.hand_over(handoff).await,
+        }
+    }
+
+    /// Tells the worker to drain within `grace`; `true` if it should get SIGTERM as well.
+    pub async fn drain(&mut self, grace: Duration) -> bool {
+        match self {
+            Link::Native(link) => link.drain(grace).await,
+            Link::Node(link) => link.drain(grace).await,
+        }
+    }
+
+    /// Whether a draining worker gets SIGTERM once it has closed its channel (rather than when
+    /// the drain begins).
+    pub fn term_after_close(&self) -> bool {
+        matches!(self, Link::Node(_))
+    }
+
+    /// clusterd recorded the session the worker announced with `seq`.
+    pub async fn session_ack(&mut self, seq: u32) {
+        if let Link::Native(link) = self {
+            link.session_ack(seq).await;
+        }
+    }
+
+    /// The worker process is gone: it leaves its relay.
+    pub async fn gone(&mut self, settings: &super::worker::Settings, key: u64) {
+        match self {
+            Link::Native(_) => {
+                let _ = settings.relay.send(crate::relay::Input::Leave { key }).await;
+            }
+            Link::Node(link) => link.gone().await,
+        }
+    }
+
+    /// The answer to the worker's [`Said::Listen`].
+    /// `group` is the listener group that serves it, if any.
+    pub async fn listening(&mut self, seq: u32, result: clusterd_worker::protocol::ListenResult, group: Option<u32>) {
+        match self {
+            Link::Native(link) => link.listening(seq, result).await,
+            Link::Node(link) => link.listening(seq, result, group).await,
+        }
+    }
+}

@@ -1,0 +1,256 @@
+//! clusterd's own protocol with a worker: frames and connections on the IPC socket (fd 3), bus
+//! messages on the bus socket (fd 4), relayed by `crate::relay`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterd_worker::bus_protocol::{BUS_FD, ENV_BUS_FD};
+use clusterd_worker::channel::PrimaryChannel;
+use clusterd_worker::protocol::{
+    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, ListenResult, MAX_FRAME,
+    PROTOCOL_VERSION, ToWorker,
+};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use tokio::sync::mpsc;
+use tokio_seqpacket::UnixSeqpacket;
+
+use super::bus_reader::BusReader;
+use super::link::{Heard, Said};
+use super::spawn::{SpawnSpec, Spawned};
+use super::worker::{Launch, Settings, millis};
+use crate::listener::Handoff;
+use crate::relay::Input;
+
+/// The longest a frame may wait for room in a worker's IPC socket. A worker that does not read
+/// for this long (its 200 KiB socket buffer full) loses that frame; the worker task must stay
+/// free to act on its timers and on kill orders.
+const SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// The send buffer asked for on both ends of each bus socket, in bytes. Larger than the default
+/// (about 200 KiB): fewer wake-ups per byte under load. Best effort: the kernel caps it at
+/// net.core.wmem_max.
+const BUS_SOCKET_BUFFER: usize = 1024 * 1024;
+
+pub struct NativeLink {
+    channel: PrimaryChannel,
+    channel_open: bool,
+    greeted: bool,
+    bus: BusReader,
+    relay: mpsc::Sender<Input>,
+    key: u64,
+    next_connection: u64,
+    /// Connections that came through a listener a worker asked for, by id: their closes count there.
+    grouped: HashMap<u64, u32>,
+}
+
+impl NativeLink {
+    /// Creates the worker's sockets, greets it (the Hello waits in its socket) and spawns it.
+    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), String> {
+        // Both ends close-on-exec; the spawner dup2s the worker's end onto fd 3 in the child only.
+        // The worker's end stays blocking (programs without the SDK may use it plainly).
+        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| format!("cannot create the IPC socket pair: {e}"))?;
+        nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(|e| format!("cannot make the IPC socket non-blocking: {e}"))?;
+        let socket = UnixSeqpacket::try_from(ours).map_err(|e| format!("cannot register the IPC socket: {e}"))?;
+        let (bus_ours, bus_theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+            .map_err(|e| format!("cannot create the bus socket pair: {e}"))?;
+        for end in [&bus_ours, &bus_theirs] {
+            let _ = nix::sys::socket::setsockopt(end, nix::sys::socket::sockopt::SndBuf, &BUS_SOCKET_BUFFER);
+        }
+        let bus_stream = std::os::unix::net::UnixStream::from(bus_ours);
+        bus_stream.set_nonblocking(true).map_err(|e| format!("cannot make the bus socket non-blocking: {e}"))?;
+        let (bus_read, bus_write) = tokio::net::UnixStream::from_std(bus_stream)
+            .map_err(|e| format!("cannot register the bus socket: {e}"))?
+            .into_split();
+        let channel = PrimaryChannel::new(socket);
+        let heartbeat_ms =
+            settings.heartbeat_timeout.map_or(0, |t| u32::try_from(t.as_millis() / 3).unwrap_or(u32::MAX));
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            worker_id: launch.slot,
+            worker_count: launch.count,
+            generation: launch.generation,
+            heartbeat_ms,
+            max_frame: MAX_FRAME as u32,
+        };
+        // Queued in the socket buffer before the worker runs, so it is always the first frame.
+        channel.send(&ToWorker::Hello(hello)).await.map_err(|e| format!("cannot greet the worker: {e}"))?;
+        let env = vec![
+            (ENV_IPC_FD.to_owned(), IPC_FD.to_string()),
+            (ENV_WORKER_ID.to_owned(), launch.slot.to_string()),
+            (ENV_WORKER_COUNT.to_owned(), launch.count.to_string()),
+            (ENV_GENERATION.to_owned(), launch.generation.to_string()),
+            (ENV_BUS_FD.to_owned(), BUS_FD.to_string()),
+        ];
+        let spec = SpawnSpec {
+            program: settings.program.clone(),
+            args: settings.args.clone(),
+            env,
+            ipc: theirs,
+            bus: Some(bus_theirs),
+        };
+        let spawned = settings
+            .spawner
+            .spawn(spec)
+            .await
+            .map_err(|e| format!("cannot start {}: {e}", settings.program.to_string_lossy()))?;
+        let join = Input::Join {
+            key: launch.incarnation,
+            slot: launch.slot,
+            writer: bus_write,
+            dropped: Arc::clone(&launch.dropped),
+        };
+        let _ = settings.relay.send(join).await;
+        let link = Self {
+            channel,
+            channel_open: true,
+            greeted: false,
+            bus: BusReader::new(bus_read),
+            relay: settings.relay.clone(),
+            key: launch.incarnation,
+            next_connection: 1,
+            grouped: HashMap::new(),
+        };
+        Ok((link, spawned))
+    }
+
+    pub fn open(&self) -> bool {
+        self.channel_open || self.bus.open
+    }
+
+    /// The next frame worth reporting; bus frames go to the relay on the way.
+    pub async fn next(&mut self) -> Heard {
+        loop {
+            tokio::select! {
+                frame = self.channel.recv(), if self.channel_open => return self.frame(frame),
+                relayed = relay_one(&mut self.bus, &self.relay, self.key), if self.bus.open => {
+                    if let Err(error) = relayed {
+                        self.channel_open = false;
+                        return Heard::Violation(format!("bus: {error}"));
+                    }
+                    if !self.open() {
+                        return Heard::End;
+                    }
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, frame: Result<Option<FromWorker>, clusterd_worker::channel::ChannelError>) -> Heard {
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.channel_open = false;
+                return Heard::End;
+            }
+            Err(error) => {
+                self.channel_open = false;
+                return Heard::Violation(error.to_string());
+            }
+        };
+        let said = match frame {
+            FromWorker::Hello { version, .. } if version != PROTOCOL_VERSION => {
+                Err(format!("speaks protocol {version}, clusterd speaks {PROTOCOL_VERSION}"))
+            }
+            FromWorker::Hello { .. } if self.greeted => Err("a second Hello".to_owned()),
+            FromWorker::Hello { .. } => {
+                self.greeted = true;
+                Ok(Said::Greeted)
+            }
+            _ if !self.greeted => Err("a frame before Hello".to_owned()),
+            FromWorker::Ready => Ok(Said::Ready),
+            FromWorker::ConnectionsClosed { ids } if ids.iter().all(|&id| id < self.next_connection) => {
+                Ok(Said::Closed(ids.iter().map(|id| self.grouped.remove(id)).collect()))
+            }
+            FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
+            FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr }),
+            FromWorker::SessionOpen { seq, sid } => Ok(Said::SessionOpen { seq: Some(seq), sid }),
+            FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
+            _ => Ok(Said::Alive),
+        };
+        match said {
+            Ok(said) => Heard::Said(said),
+            Err(why) => {
+                self.channel_open = false;
+                Heard::Violation(why)
+            }
+        }
+    }
+
+    /// Sends one connection (frame + fd); clusterd's copy of the fd closes either way. Returns the
+    /// group of a connection that could not be sent (it counts as closed at once).
+    pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
+        let id = self.next_connection;
+        self.next_connection += 1;
+        let group = handoff.group;
+        let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
+            id,
+            peer: handoff.peer,
+            local: handoff.local,
+            initial: handoff.initial,
+        });
+        let sent =
+            self.channel_open && send_bounded(&self.channel, &frame, Some(std::os::fd::AsFd::as_fd(&handoff.fd))).await;
+        // The client sees FIN when the worker closes: clusterd keeps no copy.
+        drop(handoff.fd);
+        if !sent {
+            return Some(group);
+        }
+        if let Some(group) = group {
+            self.grouped.insert(id, group);
+        }
+        None
+    }
+
+    pub async fn drain(&mut self, grace: Duration) -> bool {
+        send_bounded(&self.channel, &ToWorker::Drain { grace_ms: millis(grace) }, None).await;
+        true
+    }
+
+    pub async fn session_ack(&mut self, seq: u32) {
+        if self.channel_open {
+            send_bounded(&self.channel, &ToWorker::SessionAck { seq }, None).await;
+        }
+    }
+
+    pub async fn listening(&mut self, seq: u32, result: ListenResult) {
+        if self.channel_open {
+            send_bounded(&self.channel, &ToWorker::Listening { seq, result }, None).await;
+        }
+    }
+}
+
+/// Reads one bus frame and hands it to the relay. Cancel-safe: room in the relay's queue is
+/// reserved before a frame is taken off the socket.
+async fn relay_one(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64) -> Result<(), String> {
+    let permit = relay.reserve().await.ok();
+    match bus.next().await {
+        Ok(Some(frame)) => {
+            if let Some(permit) = permit {
+                permit.send(Input::Frame { key, frame });
+            }
+            Ok(())
+        }
+        Ok(None) => {
+            bus.open = false;
+            Ok(())
+        }
+        Err(error) => {
+            bus.open = false;
+            Err(error)
+        }
+    }
+}
+
+/// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.
+async fn send_bounded(channel: &PrimaryChannel, frame: &ToWorker, fd: Option<std::os::fd::BorrowedFd<'_>>) -> bool {
+    let send = async {
+        match fd {
+            Some(fd) => channel.send_with_fd(frame, fd).await,
+            None => channel.send(frame).await,
+        }
+    };
+    matches!(tokio::time::timeout(SEND_WAIT, send).await, Ok(Ok(())))
+}

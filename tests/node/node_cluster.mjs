@@ -1,0 +1,90 @@
+// Real socket.io-client peers against unmodified Node workers (workers/socketio-worker.cjs) under
+// `clusterd --protocol node`. Connects N clients (half polling-only, half polling then WebSocket),
+// checks that every request of a session reaches the same worker, then exercises what the
+// cluster adapter carries between workers through clusterd: a broadcast with a Buffer,
+// fetchSockets, serverSideEmit with acks, a broadcast with acks, socketsJoin.
+// Prints one JSON line; exits 1 on error, 2 on timeout.
+//
+//   node node_cluster.mjs <url> <clients> [after-kill]
+//
+// With `after-kill`, the clients connect, print {"ready": true, ...} and wait for a line on stdin
+// (the test kills a worker meanwhile); then the clients of the surviving workers ask fetchSockets
+// and serverSideEmit, timed.
+import { io } from "socket.io-client";
+import { createInterface } from "node:readline";
+
+const [url, count = "6", phase = ""] = process.argv.slice(2);
+if (!url) {
+  console.error("usage: node node_cluster.mjs <url> <clients> [after-kill]");
+  process.exit(64);
+}
+const timer = setTimeout(() => {
+  console.log(JSON.stringify({ ok: false, error: "timed out after 40s" }));
+  process.exit(2);
+}, 40_000);
+
+const errors = [];
+const ask = (socket, event, ...args) =>
+  new Promise((resolve, reject) =>
+    socket.timeout(10_000).emit(event, ...args, (err, answer) => (err ? reject(new Error(`${event}: ${err.message}`)) : resolve(answer))),
+  );
+
+async function connect(index) {
+  const transports = index % 2 === 0 ? ["polling"] : ["polling", "websocket"];
+  const socket = io(url, { transports, forceNew: true, reconnection: false });
+  socket.on("connect_error", (e) => errors.push(`client ${index}: connect_error ${e.message}`));
+  socket.on("question", (ack) => ack({ index }));
+  await new Promise((resolve) => socket.once("connect", resolve));
+  const workers = new Set();
+  for (let i = 0; i < 5; i++) workers.add((await ask(socket, "whoami")).worker);
+  if (transports.length === 2 && socket.io.engine.transport.name !== "websocket") {
+    await new Promise((resolve) => socket.io.engine.once("upgrade", resolve));
+  }
+  for (let i = 0; i < 3; i++) workers.add((await ask(socket, "whoami")).worker);
+  return { index, socket, workers: [...workers], transport: socket.io.engine.transport.name };
+}
+
+async function timed(promise) {
+  const started = Date.now();
+  const value = await promise;
+  return { value, ms: Date.now() - started };
+}
+
+try {
+  const clients = await Promise.all(Array.from({ length: Number(count) }, (_, i) => connect(i)));
+  const summary = clients.map((c) => ({ index: c.index, workers: c.workers, transport: c.transport }));
+  const result = { ok: true, errors, clients: summary };
+  if (phase === "after-kill") {
+    for (const c of clients) c.socket.on("disconnect", () => {});
+    console.log(JSON.stringify({ ready: true, clients: summary }));
+    const line = createInterface({ input: process.stdin });
+    const dead = Number(await new Promise((resolve) => line.once("line", resolve)));
+    line.close();
+    const survivor = clients.find((c) => c.workers[0] !== dead);
+    const fetch = await timed(ask(survivor.socket, "fetch"));
+    const serverAsk = await timed(ask(survivor.socket, "server ask"));
+    Object.assign(result, { dead, fetch, serverAsk });
+  } else {
+    // A broadcast with a Buffer from one client reaches every client, as binary.
+    const payload = Buffer.from([1, 2, 3, 250]);
+    const received = Promise.all(
+      clients.map((c) => new Promise((resolve) => c.socket.once("broadcast", (data, from) => resolve({ binary: Buffer.isBuffer(data) || data instanceof ArrayBuffer, bytes: [...new Uint8Array(Buffer.isBuffer(data) ? data : data instanceof ArrayBuffer ? data : [])], from })))),
+    );
+    clients[0].socket.emit("broadcast", payload);
+    result.broadcast = await received;
+    result.fetch = await ask(clients[1].socket, "fetch");
+    result.serverAsk = await ask(clients[0].socket, "server ask");
+    result.askAll = await ask(clients[1].socket, "ask all");
+    await ask(clients[0].socket, "join all", "everyone");
+    result.roomCount = await ask(clients[1].socket, "room count", "everyone");
+    result.ids = clients.map((c) => c.socket.id);
+  }
+  for (const c of clients) c.socket.disconnect();
+  result.ok = errors.length === 0;
+  console.log(JSON.stringify(result));
+  clearTimeout(timer);
+  process.exit(result.ok ? 0 : 1);
+} catch (e) {
+  console.log(JSON.stringify({ ok: false, error: String(e && e.stack), errors }));
+  process.exit(1);
+}

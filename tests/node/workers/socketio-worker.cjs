@@ -1,0 +1,53 @@
+// The worker half of Socket.IO's documented cluster recipe ("Using Node.js Cluster",
+// socket.io/docs/v4/cluster-adapter): an http server that never listens, a Socket.IO server with
+// `io.adapter(createAdapter())` and `setupWorker(io)`. It runs unmodified under
+// `clusterd --protocol node`: clusterd is its primary.
+//
+// Only the packages vary (env STICKY=1|2, ADAPTER=0.2|0.3, both from tests/node/package.json),
+// and the handlers below give the tests something to ask:
+//   whoami -> {worker, pid}; "broadcast" (payload) -> io.emit("broadcast", payload, worker);
+//   "fetch" -> ack(ids of io.fetchSockets()); "server ask" -> serverSideEmit with acks;
+//   "ask all" -> io.timeout().emit("question") acks; "join all" (room) -> io.socketsJoin(room).
+"use strict";
+const http = require("http");
+const { Server } = require("socket.io");
+const { setupWorker } = require(process.env.STICKY === "1" ? "sticky1" : "@socket.io/sticky");
+const { createAdapter } = require(process.env.ADAPTER === "0.2" ? "cluster-adapter-02" : "@socket.io/cluster-adapter");
+
+const worker = Number(process.env.NODE_APP_INSTANCE);
+const httpServer = http.createServer();
+const io = new Server(httpServer);
+io.adapter(createAdapter());
+setupWorker(io);
+
+io.on("connection", (socket) => {
+  socket.on("whoami", (ack) => ack({ worker, pid: process.pid }));
+  socket.on("broadcast", (payload) => io.emit("broadcast", payload, worker));
+  socket.on("fetch", async (ack) => {
+    try {
+      const sockets = await io.fetchSockets();
+      ack({ ids: sockets.map((s) => s.id) });
+    } catch (e) {
+      ack({ error: String(e && e.message) });
+    }
+  });
+  socket.on("server ask", (ack) => {
+    io.serverSideEmit("server question", worker, (err, answers) =>
+      ack({ error: err ? String(err.message || err) : null, answers: answers || [] }),
+    );
+  });
+  socket.on("ask all", (ack) => {
+    io.timeout(4000).emit("question", (err, answers) =>
+      ack({ error: err ? String(err.message || err) : null, answers: answers || [] }),
+    );
+  });
+  socket.on("join all", async (room, ack) => {
+    io.socketsJoin(room);
+    ack(true);
+  });
+  socket.on("room count", async (room, ack) => {
+    const sockets = await io.in(room).fetchSockets();
+    ack(sockets.length);
+  });
+});
+io.on("server question", (from, ack) => ack({ from, answeredBy: worker }));
