@@ -181,10 +181,10 @@ pub struct Limits {
     /// The longest a client may take to send its request line.
     pub sniff_timeout: Duration,
     pub sticky: Sticky,
-    /// Read the whole request (headers, and a body of known length up to
-    /// [`WHOLE_REQUEST_MAX`]) before the handoff: Node workers get it in their `sticky:connection`
-    /// message.
-    pub whole_request: bool,
+    /// Node workers: on clusterd's own listeners, read the whole request (headers, and a body of
+    /// known length up to [`WHOLE_REQUEST_MAX`]) before the handoff, for the `sticky:connection`
+    /// message; on listeners workers asked for, read nothing (a `newconn` carries no bytes).
+    pub node: bool,
 }
 
 /// The most bytes of one request clusterd reads for a Node worker; the rest reaches the worker
@@ -397,6 +397,11 @@ fn is_transient(error: &io::Error) -> bool {
 async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
     let Incoming { group, mut client, peer, local, ip } = accepted;
     let unix = matches!(client, Client::Unix(_));
+    if limits.node && group.is_some() {
+        let Ok(fd) = client.into_fd() else { return };
+        let handoff = Handoff { group, fd, peer, local, initial: Vec::new(), sid: None, ip: None, http: false, unix };
+        return deliver(handoff, routes).await;
+    }
     let mut initial = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
     let sniffed = loop {
@@ -418,7 +423,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
         Sniffed::TooLong => return client.reply(response(414, "URI Too Long", "request line too long")).await,
         Sniffed::Incomplete => unreachable!("the loop only ends on a verdict"),
     };
-    if http && limits.whole_request && group.is_none() {
+    if http && limits.node {
         // Best effort within the same deadline: what is not read by then flows through the fd.
         while crate::sniff::request_length(&initial).is_none_or(|length| initial.len() < length)
             && initial.len() < WHOLE_REQUEST_MAX

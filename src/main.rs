@@ -101,7 +101,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             sniff_bytes: config.sniff_bytes,
             sniff_timeout: config.sniff_timeout,
             sticky: config.sticky,
-            whole_request: config.protocol == config::Protocol::Node,
+            node: config.protocol == config::Protocol::Node,
         };
         listener::serve(bound, limits, routes_tx.clone())?;
         let logs = logs::LogSink::start(config.log_prefix)?;

@@ -6,10 +6,14 @@
 //! - `writer`: the channel's writing half (handles one at a time, until acknowledged);
 //! - `relay`: the cluster adapter's messages between workers.
 
+#[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod frame;
+#[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod json;
 pub mod link;
 pub mod relay;
+#[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod v8;
+#[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod value;
 pub mod writer;

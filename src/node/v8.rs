@@ -54,8 +54,8 @@
 //! # Relaying
 //!
 //! [`select`] and [`top_level_fields`] read a few fields of a message without decoding the rest: other
-//! values are walked (their object ids still counted, nothing allocated), so a relay can route a frame
-//! by its `type` and `uid` and forward the original bytes.
+//! values are walked (their object ids still counted, nothing copied), so a relay can route a frame by
+//! its `type` and `uid` and forward the original bytes.
 
 mod read;
 mod write;
@@ -239,8 +239,9 @@ pub fn deserialize_with(bytes: &[u8], dialect: Dialect) -> Result<Value, Error> 
 /// Each path is a list of property names from the top-level value. The result is what
 /// `deserialize(bytes)?.pointer(path).cloned()` gives (the last of repeated keys wins, numeric keys
 /// match their decimal names), without decoding the rest: plain objects along a path are walked, the
-/// values at the paths are decoded, everything else is skipped without allocating. A wanted value that
-/// refers back into a skipped one is still resolved. An empty path decodes the whole value.
+/// values at the paths are decoded, and everything else is skipped: no string or buffer is copied,
+/// only a small record per object is kept, so that a wanted value that refers back into a skipped one
+/// is still resolved. An empty path decodes the whole value.
 pub fn select<const N: usize>(bytes: &[u8], paths: &[&[&str]; N]) -> Result<[Option<Value>; N], Error> {
     let mut reader = read::Reader::new(bytes, Dialect::ChildProcess)?;
     let wanted: Vec<(usize, &[&str])> = paths.iter().copied().enumerate().collect();

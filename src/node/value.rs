@@ -59,7 +59,8 @@ pub enum Value {
     /// An array in V8's sparse form (`a` length, key/value pairs, `@` count length): V8 writes every
     /// array with holes this way. Dense arrays that have extra non-index properties (`arr.foo = 1`) are
     /// decoded to this form too, with their elements as index entries, which JavaScript cannot tell
-    /// apart. `length` may be far larger than the number of entries.
+    /// apart. `length` may be far larger than the number of entries; the decoders make it cover every
+    /// index key, as JavaScript does.
     SparseArray {
         /// The array's `length`.
         length: u32,
@@ -462,6 +463,18 @@ impl Key {
         }
     }
 
+    /// The array index this key names, if it names one (0 to 2^32 − 2).
+    pub fn array_index(&self) -> Option<u32> {
+        match self {
+            Key::String(s) => array_index(s),
+            Key::Utf16(_) => None,
+            Key::Int(n) => u32::try_from(*n).ok(),
+            // In range and integral, so the cast is exact.
+            Key::Number(n) if n.fract() == 0.0 && (0.0..4_294_967_295.0).contains(n) => Some(*n as u32),
+            Key::Number(_) => None,
+        }
+    }
+
     /// The key as JavaScript sees it, a string (lossy for [`Key::Utf16`]).
     pub fn to_js_string(&self) -> Cow<'_, str> {
         match self {
@@ -716,6 +729,10 @@ mod tests {
         assert!(!Key::Utf16(vec![0xd800]).matches("\u{fffd}"));
         assert!(Key::from("7").same_property(&Key::Int(7)));
         assert_eq!(array_index("4294967294"), Some(4_294_967_294));
+        assert_eq!(Key::Number(4_294_967_294.0).array_index(), Some(4_294_967_294));
+        assert_eq!(Key::Number(4_294_967_295.0).array_index(), None);
+        assert_eq!(Key::Int(-1).array_index(), None);
+        assert_eq!(Key::from("12").array_index(), Some(12));
         assert_eq!(array_index("4294967295"), None);
         assert_eq!(array_index("01"), None);
         assert_eq!(array_index(""), None);

@@ -360,22 +360,22 @@ impl Dispatcher {
         ip: Option<std::net::IpAddr>,
         reply: tokio::sync::oneshot::Sender<Option<Route>>,
     ) {
-                let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
-                let route = picked.and_then(|key| {
-                    let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
-                    match process {
-                        Some(p) => Some(Route { key, group, handoffs: p.handle.handoffs.clone() }),
-                        None => {
-                            // The balancer knows a process the table does not: heal the balancer.
-                            self.pools.remove_worker(key);
-                            None
-                        }
-                    }
-                });
-                if let Err(Some(route)) = reply.send(route) {
-                    // The route task is gone (its client left): uncount.
-                    self.pools.connection_closed(route.group, route.key);
+        let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
+        let route = picked.and_then(|key| {
+            let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
+            match process {
+                Some(p) => Some(Route { key, group, handoffs: p.handle.handoffs.clone() }),
+                None => {
+                    // The balancer knows a process the table does not: heal the balancer.
+                    self.pools.remove_worker(key);
+                    None
                 }
+            }
+        });
+        if let Err(Some(route)) = reply.send(route) {
+            // The route task is gone (its client left): uncount.
+            self.pools.connection_closed(route.group, route.key);
+        }
     }
 
     /// Graceful: drain frame + SIGTERM to every worker, SIGKILL after the grace time. Immediate:

@@ -5,11 +5,12 @@
 // fetchSockets, serverSideEmit with acks, a broadcast with acks, socketsJoin.
 // Prints one JSON line; exits 1 on error, 2 on timeout.
 //
-//   node node_cluster.mjs <url> <clients> [after-kill]
+//   node node_cluster.mjs <url> <clients> [after-kill|load]
 //
 // With `after-kill`, the clients connect, print {"ready": true, ...} and wait for a line on stdin
 // (the test kills a worker meanwhile); then the clients of the surviving workers ask fetchSockets
-// and serverSideEmit, timed.
+// and serverSideEmit, timed. With `load`, the clients (polling and WebSocket) all start at once
+// and each asks `whoami` several times; any lost request or session is a failure.
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
 
@@ -44,6 +45,29 @@ async function connect(index) {
   return { index, socket, workers: [...workers], transport: socket.io.engine.transport.name };
 }
 
+async function loadClient(index) {
+  const websocket = index % 2 === 1;
+  const socket = io(url, { transports: websocket ? ["websocket"] : ["polling"], forceNew: true, reconnection: false });
+  try {
+    const failed = new Promise((_, reject) => {
+      socket.on("connect_error", (e) => reject(new Error(`connect_error ${e.message}`)));
+      socket.on("disconnect", (reason) => reject(new Error(`disconnected (${reason})`)));
+    });
+    failed.catch(() => {});
+    await Promise.race([new Promise((resolve) => socket.once("connect", resolve)), failed]);
+    const first = await Promise.race([ask(socket, "whoami"), failed]);
+    for (let i = 0; i < (websocket ? 2 : 10); i++) {
+      const me = await Promise.race([ask(socket, "whoami"), failed]);
+      if (me.worker !== first.worker) throw new Error(`session moved from worker ${first.worker} to ${me.worker}`);
+    }
+    return true;
+  } catch (e) {
+    return `client ${index} (${websocket ? "websocket" : "polling"}): ${e.message}`;
+  } finally {
+    socket.disconnect();
+  }
+}
+
 async function timed(promise) {
   const started = Date.now();
   const value = await promise;
@@ -51,6 +75,16 @@ async function timed(promise) {
 }
 
 try {
+  if (phase === "load") {
+    // Many sessions at once, as fast as they go: every polling request must reach its session's
+    // worker ("Session ID unknown" is a failure), and a WebSocket client's first message, sent
+    // the moment it connects, must be answered.
+    const load = await Promise.all(Array.from({ length: Number(count) }, (_, i) => loadClient(i)));
+    const failures = load.filter((r) => r !== true);
+    console.log(JSON.stringify({ ok: failures.length === 0 && errors.length === 0, sessions: load.length, failures, errors }));
+    clearTimeout(timer);
+    process.exit(failures.length === 0 && errors.length === 0 ? 0 : 1);
+  }
   const clients = await Promise.all(Array.from({ length: Number(count) }, (_, i) => connect(i)));
   const summary = clients.map((c) => ({ index: c.index, workers: c.workers, transport: c.transport }));
   const result = { ok: true, errors, clients: summary };

@@ -388,3 +388,13 @@ pub fn get(addr: std::net::SocketAddr, target: &str) -> Response {
 pub fn fd_count(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
+
+/// The npm packages of the interop tests (`tests/node`), installed by `scripts/test`.
+pub fn node_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "tests/node/node_modules is missing: run ./scripts/test (it installs the npm packages), or `npm ci --prefix tests/node`"
+    );
+    dir
+}

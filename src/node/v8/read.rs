@@ -391,7 +391,7 @@ impl<'a> Reader<'a> {
             return Err(self.invalid("sparse array count or length mismatch"));
         }
         self.close(id);
-        Ok(Value::SparseArray { length, entries })
+        Ok(sparse_array(length, entries))
     }
 
     fn array_buffer(&mut self, t: u8, start: usize) -> Result<Value> {
@@ -528,7 +528,7 @@ impl<'a> Reader<'a> {
         let mut entries: Vec<(Key, Value)> =
             (0u32..).zip(items).filter(|(_, v)| !matches!(v, Value::Hole)).map(|(i, v)| (Key::from(i), v)).collect();
         entries.extend(props);
-        Ok(Value::SparseArray { length, entries })
+        Ok(sparse_array(length, entries))
     }
 
     fn map(&mut self, _: u8, start: usize) -> Result<Value> {
@@ -767,4 +767,11 @@ impl<'a> Reader<'a> {
         self.leave();
         Ok(())
     }
+}
+
+/// An array in its general form. An index property at or beyond the stated length lengthens the array
+/// in JavaScript, which V8 allows while reading; the length says so here too.
+fn sparse_array(length: u32, entries: Vec<(Key, Value)>) -> Value {
+    let length = entries.iter().filter_map(|(key, _)| key.array_index()).map(|i| i + 1).fold(length, u32::max);
+    Value::SparseArray { length, entries }
 }

@@ -312,10 +312,14 @@ impl Rng {
                     .map(|_| if self.below(5) == 0 { Value::Hole } else { self.value(depth - 1) })
                     .collect(),
             ),
-            11 => Value::SparseArray {
-                length: 10 + self.below(5) as u32,
-                entries: (0..self.below(3)).map(|_| (self.key(), self.value(depth - 1))).collect(),
-            },
+            11 => {
+                let entries: Vec<(Key, Value)> =
+                    (0..self.below(3)).map(|_| (self.key(), self.value(depth - 1))).collect();
+                // The length covers every index, as in JavaScript.
+                let indices = entries.iter().filter_map(|(key, _)| key.array_index());
+                let length = indices.map(|i| i + 1).fold(10 + self.below(5) as u32, u32::max);
+                Value::SparseArray { length, entries }
+            }
             12 => Value::Map((0..self.below(3)).map(|_| (self.value(depth - 1), self.value(depth - 1))).collect()),
             13 => Value::Set((0..self.below(3)).map(|_| self.value(depth - 1)).collect()),
             14 => Value::Error(Box::new(JsError {

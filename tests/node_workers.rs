@@ -1,0 +1,221 @@
+//! `--protocol node`: unmodified Node.js workers (the Socket.IO documentation's worker:
+//! `@socket.io/sticky` `setupWorker` and `@socket.io/cluster-adapter`) under clusterd, with the
+//! real npm `socket.io-client` (tests/node/node_cluster.mjs). The packages (sticky 1.x and 2.x,
+//! adapter 0.2.x and 0.3.x) are pinned in tests/node/package.json and installed by scripts/test.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::*;
+
+/// clusterd with `workers` Node workers running tests/node/workers/socketio-worker.cjs.
+fn start(workers: usize, sticky: &str, adapter: &str, serialization: &str) -> (Cluster, String) {
+    let script = node_dir().join("workers/socketio-worker.cjs");
+    let mut c = Builder::new()
+        .args(&[
+            "--protocol",
+            "node",
+            "--serialization",
+            serialization,
+            "--workers",
+            &workers.to_string(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .program(&["node", script.to_str().unwrap()])
+        .env("STICKY", sticky)
+        .env("ADAPTER", adapter)
+        // The workers find their packages in tests/node.
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    let status = c.wait_ready(workers);
+    let url = format!("http://{}", listen_addr(&status));
+    (c, url)
+}
+
+/// Runs tests/node/node_cluster.mjs and returns its JSON line, which must say `"ok": true`.
+fn run_clients(url: &str, clients: usize, phase: &str) -> Value {
+    let out = Command::new("node")
+        .arg(node_dir().join("node_cluster.mjs"))
+        .args([url, &clients.to_string(), phase])
+        .output()
+        .expect("node (Node.js) must be installed to run the Node interop tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "{result:#}");
+    result
+}
+
+fn len(value: &Value) -> usize {
+    value.as_array().map_or(0, Vec::len)
+}
+
+/// Everything the adapter carries, across 2 workers, for one combination of packages.
+fn interop(sticky: &str, adapter: &str, serialization: &str) {
+    let (mut c, url) = start(2, sticky, adapter, serialization);
+    let result = run_clients(&url, 6, "");
+    let mut used = BTreeSet::new();
+    for (i, client) in result["clients"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(len(&client["workers"]), 1, "a session moved between workers: {client}");
+        used.insert(client["workers"][0].as_u64().unwrap());
+        let transport = if i % 2 == 0 { "polling" } else { "websocket" };
+        assert_eq!(client["transport"], transport, "{client}");
+    }
+    assert_eq!(used.len(), 2, "a burst of new sessions spreads over both workers: {result}");
+    // The broadcast reached every client, on both workers; with `advanced` the Buffer stays binary
+    // everywhere (with `json`, Node's JSON turns it into an object on the way between workers).
+    let broadcast = result["broadcast"].as_array().unwrap();
+    assert_eq!(broadcast.len(), 6);
+    let sender = result["clients"][0]["workers"][0].clone();
+    for (i, got) in broadcast.iter().enumerate() {
+        let same_worker = result["clients"][i]["workers"][0] == sender;
+        if serialization == "advanced" || same_worker {
+            assert_eq!(got["binary"], true, "client {i}: {got}");
+            assert_eq!(got["bytes"], serde_json::json!([1, 2, 3, 250]), "client {i}: {got}");
+        }
+    }
+    assert_eq!(len(&result["fetch"]["ids"]), 6, "fetchSockets sees every client: {result}");
+    let mut ids: Vec<&Value> = result["fetch"]["ids"].as_array().unwrap().iter().collect();
+    let mut expected: Vec<&Value> = result["ids"].as_array().unwrap().iter().collect();
+    ids.sort_by_key(|v| v.to_string());
+    expected.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, expected);
+    assert_eq!(result["serverAsk"]["error"], Value::Null, "{result}");
+    assert_eq!(len(&result["serverAsk"]["answers"]), 1, "the other worker answers serverSideEmit: {result}");
+    assert_eq!(result["askAll"]["error"], Value::Null, "{result}");
+    assert_eq!(len(&result["askAll"]["answers"]), 6, "every client acks the broadcast: {result}");
+    assert_eq!(result["roomCount"], 6, "socketsJoin reached every worker: {result}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn sticky_2_and_adapter_0_3_with_advanced_serialization() {
+    interop("2", "0.3", "advanced");
+}
+
+#[test]
+fn sticky_2_and_adapter_0_3_with_json_serialization() {
+    interop("2", "0.3", "json");
+}
+
+#[test]
+fn sticky_1_and_adapter_0_3() {
+    interop("1", "0.3", "advanced");
+}
+
+#[test]
+fn sticky_2_and_adapter_0_2() {
+    interop("2", "0.2", "advanced");
+}
+
+#[test]
+fn sticky_1_and_adapter_0_2_with_json_serialization() {
+    interop("1", "0.2", "json");
+}
+
+/// A worker is SIGKILLed while clients are connected: the survivors' fetchSockets and
+/// serverSideEmit answer at once (clusterd tells them the dead worker's adapters are gone), not
+/// after the adapter's 5 s timeout; the dead worker is replaced.
+fn killed_worker(adapter: &str) {
+    let (mut c, url) = start(3, "2", adapter, "advanced");
+    let mut node = Command::new("node")
+        .arg(node_dir().join("node_cluster.mjs"))
+        .args([&url, "6", "after-kill"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut stdout = BufReader::new(node.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| panic!("node said: {line}"));
+    assert_eq!(ready["ready"], true, "{ready}");
+    let victim = ready["clients"][0]["workers"][0].as_u64().unwrap();
+    let on_victim = ready["clients"].as_array().unwrap().iter().filter(|c| c["workers"][0] == victim).count();
+    let status = c.status().unwrap();
+    let pid = nix::unistd::Pid::from_raw(worker_pid(&status, victim));
+    if adapter == "0.3" {
+        // Stopped first, so that a request sent before the kill waits for a worker that will
+        // never answer: clusterd's ADAPTER_CLOSE resolves it.
+        nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+        writeln!(node.stdin.as_mut().unwrap(), "{victim}").unwrap();
+        nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+    } else {
+        // 0.2.x cannot resolve a pending request when a worker exits (its WORKER_EXIT only drops
+        // the worker from later counts, with Node's primary too): ask once clusterd saw the exit.
+        nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
+        c.wait_status("clusterd saw the exit", |s| worker(s, victim)["pid"].as_i64() != Some(pid.as_raw().into()));
+        writeln!(node.stdin.as_mut().unwrap(), "{victim}").unwrap();
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(node.wait().unwrap().success(), "{rest}");
+    let result: Value = serde_json::from_str(rest.trim()).unwrap_or_else(|_| panic!("node said: {rest}"));
+    let fetch_ms = result["fetch"]["ms"].as_u64().unwrap();
+    let ask_ms = result["serverAsk"]["ms"].as_u64().unwrap();
+    assert!(fetch_ms < 2000 && ask_ms < 2000, "answers took {fetch_ms} ms and {ask_ms} ms: {result:#}");
+    assert_eq!(len(&result["fetch"]["value"]["ids"]), 6 - on_victim, "the survivors' clients: {result:#}");
+    assert_eq!(result["serverAsk"]["value"]["error"], Value::Null, "{result:#}");
+    assert_eq!(len(&result["serverAsk"]["value"]["answers"]), 1, "the other survivor answers: {result:#}");
+    c.wait_status("the killed worker replaced", |s| {
+        s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "ready")
+            && worker(s, victim)["pid"].as_i64().is_some_and(|p| p != i64::from(pid.as_raw()))
+    });
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn a_killed_worker_does_not_stall_adapter_0_3_requests() {
+    killed_worker("0.3");
+}
+
+#[test]
+fn a_killed_worker_does_not_stall_adapter_0_2_requests() {
+    killed_worker("0.2");
+}
+
+/// 60 sessions at once (polling and WebSocket), each asking several times: no request reaches
+/// a worker that does not know its session, no first WebSocket message is lost.
+#[test]
+fn no_session_is_lost_under_a_burst() {
+    let (mut c, url) = start(2, "2", "0.3", "advanced");
+    let result = run_clients(&url, 60, "load");
+    assert_eq!(result["sessions"], 60, "{result}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Workers that call `server.listen(0)` share one port that clusterd listens on, and both get
+/// connections.
+#[test]
+fn workers_that_listen_get_connections_through_clusterd() {
+    let script = node_dir().join("workers/listen-worker.cjs");
+    let mut c = Builder::new()
+        .args(&["--protocol", "node", "--workers", "2"])
+        .program(&["node", script.to_str().unwrap()])
+        .start();
+    c.wait_ready(2);
+    let port = |line: &str| line.rsplit(' ').next().and_then(|p| p.trim().parse::<u16>().ok());
+    let first = c.output.wait_for("a worker listening", |l| l.contains("listening on "));
+    let second = c.output.wait_for("both workers listening", |l| {
+        l.contains("listening on ") && l != first.as_str() && port(l) == port(&first)
+    });
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", port(&second).unwrap()).parse().unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..20 {
+        let response = get(addr, "/");
+        assert_eq!(response.code, 200);
+        seen.insert(response.body.split_whitespace().nth(1).unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 2, "connections go to both workers: {seen:?}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
