@@ -83,6 +83,12 @@ impl Link {
         }
     }
 
+    /// Whether the worker sends heartbeats (Node workers do not: `--heartbeat-timeout` does not
+    /// apply to them).
+    pub fn heartbeats(&self) -> bool {
+        matches!(self, Link::Native(_))
+    }
+
     /// Whether a draining worker gets SIGTERM once it has closed its channel (rather than when
     /// the drain begins).
     pub fn term_after_close(&self) -> bool {

@@ -179,7 +179,7 @@ async fn run(
             status = &mut exit => break status.ok(),
             heard = link.next(), if link.open() => match heard {
                 Heard::Said(said) => {
-                    if let Some(hb) = settings.heartbeat_timeout {
+                    if let Some(hb) = settings.heartbeat_timeout.filter(|_| link.heartbeats()) {
                         heartbeat_deadline = Some(Instant::now() + hb);
                     }
                     let kind = match said {
