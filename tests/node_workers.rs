@@ -164,6 +164,10 @@ fn killed_worker(adapter: &str) {
     assert_eq!(len(&result["fetch"]["value"]["ids"]), 6 - on_victim, "the survivors' clients: {result:#}");
     assert_eq!(result["serverAsk"]["value"]["error"], Value::Null, "{result:#}");
     assert_eq!(len(&result["serverAsk"]["value"]["answers"]), 1, "the other survivor answers: {result:#}");
+    let reconnected = result["reconnected"].as_array().unwrap();
+    assert_eq!(reconnected.len(), on_victim, "{result:#}");
+    let killed = i64::from(pid.as_raw());
+    assert!(reconnected.iter().all(|p| p.as_i64().is_some_and(|p| p != killed)), "on a live worker: {result:#}");
     c.wait_status("the killed worker replaced", |s| {
         s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "ready")
             && worker(s, victim)["pid"].as_i64().is_some_and(|p| p != i64::from(pid.as_raw()))

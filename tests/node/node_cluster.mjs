@@ -9,7 +9,7 @@
 //
 // With `after-kill`, the clients connect, print {"ready": true, ...} and wait for a line on stdin
 // (the test kills a worker meanwhile); then the clients of the surviving workers ask fetchSockets
-// and serverSideEmit, timed. With `load`, the clients (polling and WebSocket) all start at once
+// and serverSideEmit, timed, and the dead worker's clients connect again. With `load`, the clients (polling and WebSocket) all start at once
 // and each asks `whoami` several times; any lost request or session is a failure.
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
@@ -97,7 +97,16 @@ try {
     const survivor = clients.find((c) => c.workers[0] !== dead);
     const fetch = await timed(ask(survivor.socket, "fetch"));
     const serverAsk = await timed(ask(survivor.socket, "server ask"));
-    Object.assign(result, { dead, fetch, serverAsk });
+    // The dead worker's clients connect again (a new session) and reach a live worker (its pid).
+    const reconnected = await Promise.all(
+      clients.filter((c) => c.workers[0] === dead).map(async (c) => {
+        if (c.socket.connected) await new Promise((resolve) => c.socket.once("disconnect", resolve));
+        c.socket.connect();
+        await new Promise((resolve) => c.socket.once("connect", resolve));
+        return (await ask(c.socket, "whoami")).pid;
+      }),
+    );
+    Object.assign(result, { dead, fetch, serverAsk, reconnected });
   } else {
     // A broadcast with a Buffer from one client reaches every client, as binary.
     const payload = Buffer.from([1, 2, 3, 250]);
