@@ -196,7 +196,6 @@ impl NodeLink {
     /// Acts on one message, queueing what the worker task must hear.
     fn frame(&mut self, frame: Frame) -> Result<(), String> {
         let [cmd, source, kind] = frame.select(&[&["cmd"], &["source"], &["type"]]).map_err(|e| e.to_string())?;
-        self.pending.push_back(Said::Alive);
         if source.as_ref().and_then(Value::as_str) == Some("_sio_adapter") {
             if let Some(relay) = &self.relay {
                 // The relay's queue is deep; a full one means it is far behind, and the adapter's

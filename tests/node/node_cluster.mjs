@@ -119,7 +119,10 @@ try {
     result.serverAsk = await ask(clients[0].socket, "server ask");
     result.askAll = await ask(clients[1].socket, "ask all");
     await ask(clients[0].socket, "join all", "everyone");
-    result.roomCount = await ask(clients[1].socket, "room count", "everyone");
+    // Asked on the same worker: its fetch request follows its join message to the other workers
+    // on the same ordered path, so the count includes every join (another worker might count
+    // before the join reached it).
+    result.roomCount = await ask(clients[0].socket, "room count", "everyone");
     result.ids = clients.map((c) => c.socket.id);
   }
   for (const c of clients) c.socket.disconnect();
