@@ -223,3 +223,28 @@ fn workers_that_listen_get_connections_through_clusterd() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// A worker that writes garbage on its channel (a length over the limit; a line that is not
+/// JSON) is drained and replaced; clusterd carries on.
+#[test]
+fn garbage_on_the_channel_replaces_the_worker() {
+    let script = node_dir().join("workers/garbage-worker.cjs");
+    for (serialization, garbage) in [("advanced", "ffffffff010203"), ("json", "6e6f74206a736f6e0a")] {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("sent");
+        let mut c = Builder::new()
+            .args(&["--protocol", "node", "--serialization", serialization, "--workers", "1"])
+            .program(&["node", script.to_str().unwrap()])
+            .env("GARBAGE_MARKER", marker.to_str().unwrap())
+            .env("GARBAGE_BYTES", garbage)
+            .start();
+        c.output.wait_for("the violation", |l| l.contains("node channel:") && l.contains("replacing the worker"));
+        let status = c.wait_status("the replacement ready", |s| {
+            s["workers"][0]["state"] == "ready" && s["workers"][0]["restarts"].as_u64().unwrap_or(0) >= 1
+        });
+        let first: i32 = std::fs::read_to_string(&marker).unwrap().parse().unwrap();
+        assert_ne!(worker_pid(&status, 0), first, "{serialization}: a new process");
+        c.signal(Signal::SIGTERM);
+        assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    }
+}
