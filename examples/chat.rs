@@ -14,22 +14,41 @@
 //!
 //! Events: `"chat message"` (string, broadcast), `"whoami"` (ack: `{worker, pid, transport}`),
 //! `"join"` (room name; ack), `"room message"` (room, text: to that room's clients),
-//! `"clients"` (ack: how many clients all workers have, from `fetch_sockets`).
+//! `"clients"` (ack: how many clients all workers have, from `fetch_sockets`), `"sockets"` (ack:
+//! the ids of all the clients of all workers), `"ask all"` (any value; ack: `{answers, errors}`,
+//! the answers of every client of every worker to a `"question"` with that value, from a
+//! broadcast with acknowledgements).
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
+
+use std::io::IsTerminal;
+use std::time::Duration;
 
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
 use clusterd_worker::{ClientAddr, ClusterAdapter, SessionLayer, Worker, cluster_adapter};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
 use socketioxide::adapter::Emitter;
 use socketioxide::extract::{AckSender, Data, SocketRef};
+use tracing_subscriber::EnvFilter;
 
 /// socketioxide's adapter over clusterd's bus: emits reach every worker's clients.
 type Adapter = ClusterAdapter<Emitter>;
 type SocketIo = socketioxide::SocketIo<Adapter>;
 
+/// How long `"ask all"` waits for the clients' answers.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
 // One thread per worker process: clusterd runs one worker per CPU.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let worker = Worker::from_env()?;
     let (id, pid) = (worker.id(), std::process::id());
     let (io_layer, io) =
@@ -56,6 +75,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let count = io.fetch_sockets().await.map_or(0, |sockets| sockets.len());
             let _ = ack.send(&count);
         });
+        socket.on("sockets", async |io: SocketIo, ack: AckSender<Adapter>| {
+            let ids: Vec<String> = io
+                .fetch_sockets()
+                .await
+                .map(|sockets| sockets.iter().map(|s| s.data().id.to_string()).collect())
+                .unwrap_or_default();
+            let _ = ack.send(&ids);
+        });
+        // A broadcast with acknowledgements: every client, on every worker, answers.
+        socket.on("ask all", async |io: SocketIo, Data::<Value>(question): Data<Value>, ack: AckSender<Adapter>| {
+            let _ = ack.send(&ask_all(&io, &question).await);
+        });
         socket.on("whoami", async move |socket: SocketRef<Adapter>, ack: AckSender<Adapter>| {
             let transport = format!("{:?}", socket.transport_type()).to_lowercase();
             let _ = ack.send(&serde_json::json!({ "worker": id, "pid": pid, "transport": transport }));
@@ -76,6 +107,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("worker {id} drained");
     Ok(())
+}
+
+/// Asks every client `"question"` and gathers the answers: `{answers: [..], errors: [..]}`.
+async fn ask_all(io: &SocketIo, question: &Value) -> Value {
+    let (mut answers, mut errors) = (Vec::new(), Vec::new());
+    match io.timeout(ASK_TIMEOUT).emit_with_ack::<_, Value>("question", question).await {
+        Ok(stream) => {
+            let mut stream = std::pin::pin!(stream);
+            while let Some((sid, answer)) = stream.next().await {
+                match answer {
+                    Ok(answer) => answers.push(answer),
+                    Err(error) => errors.push(format!("{sid}: {error}")),
+                }
+            }
+        }
+        Err(error) => errors.push(error.to_string()),
+    }
+    json!({ "answers": answers, "errors": errors })
 }
 
 /// The chat page, with a small Socket.IO client over WebSocket (Engine.IO 4, Socket.IO 5) so that

@@ -3,10 +3,12 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -22,12 +24,19 @@ fn node_dir() -> PathBuf {
 }
 
 fn start_chat(workers: &str) -> (Cluster, String) {
+    start_chat_with(workers, &[])
+}
+
+/// The chat example under clusterd, with more environment (for clusterd and its workers).
+fn start_chat_with(workers: &str, env: &[(&str, &str)]) -> (Cluster, String) {
     let chat = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("chat");
     assert!(chat.exists(), "{} is missing: `cargo test` builds the examples", chat.display());
-    let mut c = Builder::new()
-        .args(&["--workers", workers, "--listen", "127.0.0.1:0"])
-        .program(&[chat.to_str().unwrap()])
-        .start();
+    let mut builder =
+        Builder::new().args(&["--workers", workers, "--listen", "127.0.0.1:0"]).program(&[chat.to_str().unwrap()]);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let mut c = builder.start();
     let status = c.wait_ready(workers.parse().unwrap());
     let url = format!("http://{}", listen_addr(&status));
     (c, url)
@@ -45,6 +54,21 @@ fn clients(url: &str, mode: &str, count: usize, asks: usize) -> Value {
         .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
     assert!(out.status.success() && result["ok"] == true, "{mode}: {result:#}");
     result
+}
+
+/// Runs a tests/node script that prints one JSON line with `"ok"`, and returns that line.
+fn node_json(script: &str, args: &[&str]) -> Value {
+    let out = Command::new("node").arg(node_dir().join(script)).args(args).output().expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node {script} said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "{script}: {result}");
+    result
+}
+
+/// The distinct workers in a script's `"workers"` list.
+fn distinct_workers(result: &Value) -> HashSet<u64> {
+    result["workers"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect()
 }
 
 /// Every client was served by exactly one worker, over the expected transport; returns how many
@@ -184,16 +208,9 @@ fn a_keep_alive_client_using_two_sessions_on_two_workers_never_reaches_the_wrong
 fn a_broadcast_from_a_client_on_one_worker_reaches_the_clients_on_every_worker() {
     let (mut c, url) = start_chat("2");
     for mode in ["websocket", "polling"] {
-        let out =
-            Command::new("node").arg(node_dir().join("broadcast.mjs")).args([&url, mode, "6"]).output().expect("node");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let result: Value = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
-        assert!(out.status.success() && result["ok"] == true, "{mode}: {result}");
+        let result = node_json("broadcast.mjs", &[&url, mode, "6"]);
         assert_eq!(result["received"], 6, "{mode}: every client got it");
-        let workers: std::collections::HashSet<u64> =
-            result["workers"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
-        assert_eq!(workers.len(), 2, "{mode}: the clients were on both workers: {result}");
+        assert_eq!(distinct_workers(&result).len(), 2, "{mode}: the clients were on both workers: {result}");
     }
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
@@ -202,14 +219,111 @@ fn a_broadcast_from_a_client_on_one_worker_reaches_the_clients_on_every_worker()
 #[test]
 fn rooms_and_fetch_sockets_work_across_workers() {
     let (mut c, url) = start_chat("2");
-    let out = Command::new("node").arg(node_dir().join("rooms.mjs")).arg(&url).output().expect("node");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let result: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
-    assert!(out.status.success() && result["ok"] == true, "{result}");
-    let workers: std::collections::HashSet<u64> =
-        result["workers"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap()).collect();
-    assert_eq!(workers.len(), 2, "clients on both workers: {result}");
+    let result = node_json("rooms.mjs", &[&url]);
+    assert_eq!(distinct_workers(&result).len(), 2, "clients on both workers: {result}");
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Issue #4: `io.timeout(..).emit_with_ack(..)` on one worker (socketioxide's broadcast with
+/// acknowledgements) reaches the clients of every worker, and the caller gets every answer.
+#[test]
+fn a_broadcast_with_acks_gets_the_answer_of_every_client_on_every_worker() {
+    let (mut c, url) = start_chat("3");
+    let result = node_json("ask_all.mjs", &[&url, "9"]);
+    assert_eq!(distinct_workers(&result).len(), 3, "clients on all three workers: {result}");
+    assert_eq!(result["answers"], 9, "one answer per client: {result}");
+    // Each client answered once, with its own id (the script checks the question too).
+    assert_eq!(result["answered"], result["ids"], "{result}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Waits until a line that the worker `id` wrote after the first `seen` lines contains `needle`.
+fn wait_worker_line(c: &Cluster, seen: usize, id: u64, needle: &str, what: &str) {
+    let prefix = format!("[w{id}] ");
+    wait_until(what, || {
+        c.output.snapshot()[seen..].iter().any(|l| l.starts_with(&prefix) && l.contains(needle)).then_some(())
+    });
+}
+
+/// Runs `event` ("sockets" or "ask all") from a client while the worker it must ask dies:
+/// stopped first (alive and subscribed, it cannot answer), killed once the request reached the
+/// other live worker. Checks that the answer comes at once, with the ids of the live workers'
+/// clients, and that the asker completed the request because the victim left.
+fn a_worker_dies_during(event: &str) {
+    // The adapter's debug lines tell when the request reached a worker and how it completed.
+    let (c, url) = start_chat_with("3", &[("RUST_LOG", "info,clusterd_worker::adapter=debug")]);
+    let mut node = Command::new("node")
+        .arg(node_dir().join("dies_during_request.mjs"))
+        .args([&url, "6"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut next_line = |what: &str| -> Value {
+        let line = lines.next().unwrap_or_else(|| panic!("node ended before {what}")).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("node said {line:?} instead of {what}"))
+    };
+    let connected = next_line("the clients' list");
+    assert_eq!(connected["phase"], "connected", "{connected}");
+    // worker -> (pid, the ids of its clients)
+    let mut workers: BTreeMap<u64, (i32, BTreeSet<String>)> = BTreeMap::new();
+    for client in connected["clients"].as_array().unwrap() {
+        let entry = workers
+            .entry(client["worker"].as_u64().unwrap())
+            .or_insert_with(|| (client["pid"].as_i64().unwrap() as i32, BTreeSet::new()));
+        entry.1.insert(client["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(workers.len(), 3, "clients on all three workers: {connected}");
+    let asker = connected["clients"][0]["worker"].as_u64().unwrap();
+    let mut others = workers.keys().copied().filter(|&w| w != asker);
+    let (victim, witness) = (others.next().unwrap(), others.next().unwrap());
+    let victim_pid = workers[&victim].0;
+
+    // If the test fails before the kill, the cluster's drop kills clusterd, and the stopped
+    // victim gets its parent-death signal, SIGKILL.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid), Signal::SIGSTOP).unwrap();
+    wait_until("the victim to stop", || (proc_stat(victim_pid)?.0 == 'T').then_some(()));
+    let seen = c.output.snapshot().len();
+    writeln!(node.stdin.as_mut().unwrap(), "ask 0 {event}").unwrap();
+    // The witness got the request, so clusterd asked the victim too: the death lands during it.
+    wait_worker_line(&c, seen, witness, "socket.io request to answer", "the request to reach the live worker");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid), Signal::SIGKILL).unwrap();
+    let killed = Instant::now();
+    let answered = next_line("the answer");
+    let after_kill = killed.elapsed();
+    assert_eq!(answered["phase"], "answered", "{event}: {answered}");
+    let ms = answered["ms"].as_u64().unwrap();
+    assert!(
+        ms < 2000 && after_kill < Duration::from_secs(2),
+        "{event} took {ms} ms, {after_kill:?} after the kill (the adapter's timeout: 5 s, 10 s for acks); output:\n{}",
+        c.output.snapshot()[seen..].join("\n")
+    );
+    let got: BTreeSet<String> =
+        answered["ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect();
+    let live: BTreeSet<String> = workers[&asker].1.union(&workers[&witness].1).cloned().collect();
+    assert_eq!(got, live, "{event}: the clients of the live workers, and only them");
+    assert_eq!(answered["ids"].as_array().unwrap().len(), live.len(), "{event}: each once: {answered}");
+    assert_eq!(answered["errors"], serde_json::json!([]), "{event}: {answered}");
+    // It came early because the asker learned that the victim left, not by luck of timing.
+    wait_worker_line(&c, seen, asker, "completing it with what arrived", "the asker to complete the request");
+    assert!(node.wait().unwrap().success());
+    eprintln!("{event}: answered in {ms} ms, {after_kill:?} after the kill");
+}
+
+/// Issue #4: a worker that dies while asked for its sockets does not hold `fetch_sockets` until
+/// socketioxide-redis's request timeout (5 s): clusterd reports it gone at once, and the caller
+/// gets the sockets of the live workers.
+#[test]
+fn fetch_sockets_answers_at_once_when_an_asked_worker_dies() {
+    a_worker_dies_during("sockets");
+}
+
+/// The same for a broadcast with acknowledgements: the caller gets the answers of the live
+/// workers' clients at once, not after the request and acknowledgement timeouts.
+#[test]
+fn a_broadcast_with_acks_answers_at_once_when_an_asked_worker_dies() {
+    a_worker_dies_during("ask all");
 }

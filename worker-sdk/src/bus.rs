@@ -110,6 +110,18 @@ struct Inner {
     requests: Takeable<IncomingRequest>,
     next_ask: AtomicU64,
     asks: Mutex<HashMap<u64, oneshot::Sender<Answers>>>,
+    hooks: Mutex<Vec<Hook>>,
+}
+
+/// A [`RequestHook`] and the payload prefix of its requests.
+type Hook = (&'static [u8], Arc<dyn RequestHook>);
+
+/// A taker, inside the SDK, of the requests whose payload starts with a reserved prefix: such a
+/// request goes to it instead of [`Bus::requests`], which stays the application's. Called on the
+/// bus's reading task, so it must not block.
+pub(crate) trait RequestHook: std::any::Any + Send + Sync + std::fmt::Debug {
+    /// Takes one request.
+    fn handle(&self, request: IncomingRequest);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -137,6 +149,7 @@ impl Bus {
             requests: Mutex::new((Some(requests_tx), Some(requests_rx))),
             next_ask: AtomicU64::new(1),
             asks: Mutex::default(),
+            hooks: Mutex::default(),
         });
         tokio::spawn(write_frames(write, queue));
         tokio::spawn(read_frames(read, Arc::clone(&inner)));
@@ -211,6 +224,17 @@ impl Bus {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Answers, Error> {
+        self.queue_request(channel, payload, timeout).await?.await.map_err(|_| Error::Disconnected)
+    }
+
+    /// Queues a request (`timeout` zero: clusterd's default) and returns the receiver of its
+    /// answers; whatever this worker queues afterwards reaches clusterd after the request.
+    pub(crate) async fn queue_request(
+        &self,
+        channel: Option<String>,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<oneshot::Receiver<Answers>, Error> {
         let id = self.inner.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.asks).insert(id, tx);
@@ -219,7 +243,23 @@ impl Bus {
             lock(&self.inner.asks).remove(&id);
             return Err(error);
         }
-        rx.await.map_err(|_| Error::Disconnected)
+        Ok(rx)
+    }
+
+    /// The hook that takes the requests whose payload starts with `prefix`: the one installed
+    /// already (every user of the prefix shares it), else the one `make` builds.
+    pub(crate) fn request_hook<H: RequestHook>(&self, prefix: &'static [u8], make: impl FnOnce() -> H) -> Arc<H> {
+        let mut hooks = lock(&self.inner.hooks);
+        if let Some((_, hook)) = hooks.iter().find(|(p, _)| *p == prefix) {
+            let any: Arc<dyn std::any::Any + Send + Sync> = Arc::<dyn RequestHook>::clone(hook);
+            if let Ok(hook) = any.downcast::<H>() {
+                return hook;
+            }
+        }
+        let hook = Arc::new(make());
+        hooks.retain(|(p, _)| *p != prefix);
+        hooks.push((prefix, Arc::clone(&hook) as Arc<dyn RequestHook>));
+        hook
     }
 
     /// The questions other workers ask this one. Can be taken once; while nobody takes them, this
@@ -393,6 +433,10 @@ async fn deliver(inner: &Inner, frame: BusToWorker) {
             }
         }
         BusToWorker::Request { id, from, payload } => {
+            let hook = lock(&inner.hooks).iter().find(|(p, _)| payload.starts_with(p)).map(|(_, h)| Arc::clone(h));
+            if let Some(hook) = hook {
+                return hook.handle(IncomingRequest { id, from, payload, out: inner.out.clone() });
+            }
             let target = lock(&inner.requests).0.clone();
             if let Some(target) = target {
                 let _ = target.send(IncomingRequest { id, from, payload, out: inner.out.clone() }).await;
