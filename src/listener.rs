@@ -246,6 +246,11 @@ pub fn serve_one(
                     group,
                     || listener.accept(),
                     |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
+                        // Socket options go with the fd to the worker. Without TCP_NODELAY, a
+                        // small response written in pieces waits for the client's delayed ACK
+                        // (Nagle): 40 ms stalls that capped Socket.IO broadcasts (what axum's and
+                        // Node's own listeners set too).
+                        let _ = stream.set_nodelay(true);
                         let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
                         (Client::Tcp(stream), Address::from(peer), local, Some(peer.ip()))
                     },
