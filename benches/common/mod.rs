@@ -1,6 +1,7 @@
-//! Harness code shared by the bench binaries (`supervisor`, `handoff`, `node_primary`): finding the
-//! release binaries, starting and stopping processes, clusterd's control socket, `/proc` figures,
-//! wrk, and small statistics. Each bench includes it with `mod common;`.
+//! Harness code shared by the bench binaries (`supervisor`, `handoff`, `node_primary`, `relay`,
+//! `fanout`, …): finding the release binaries, starting and stopping processes, clusterd's control
+//! socket, the Node.js primaries, `/proc` figures, wrk, and small statistics. Each bench includes it
+//! with `mod common;`.
 
 // Each bench binary uses a different subset of this module.
 #![allow(dead_code)]
@@ -569,4 +570,121 @@ impl Setup {
             Self::Clusterd => "clusterd",
         }
     }
+}
+
+/// Spawns `command` in a process group of its own (so that a SIGKILL to the group takes its children
+/// too), in a clean environment ([`clean_env`], plus the variables `also` selects), dying with the
+/// bench.
+pub fn spawn_group(command: &mut Command, also: impl Fn(&str) -> bool) -> Child {
+    use std::os::unix::process::CommandExt;
+    clean_env(command, also);
+    command.process_group(0);
+    die_with_bench(command);
+    command.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()))
+}
+
+/// Takes the child's piped stdout: a thread sends each line to the returned channel and appends it
+/// to `log` too. The channel disconnects when the child's stdout closes.
+pub fn forward_lines(child: &mut Child, log: &Path) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("the child's stdout is not piped");
+    let mut copy = std::fs::OpenOptions::new().append(true).open(log).expect("cannot open the log file");
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(copy, "{line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Starts clusterd with `workers` workers running `program` on `127.0.0.1:port`, its control socket
+/// at `socket` and its output in `log`, and waits (at most `timeout`) until `status` shows every
+/// worker ready. Returns the process (its command line as typed, `RUST_LOG=info` first) and the
+/// worker pids.
+pub fn start_clusterd(
+    clusterd: &Path,
+    (workers, program): (usize, &[String]),
+    (port, socket, log): (u16, &Path, &Path),
+    timeout: Duration,
+) -> (Process, Vec<i32>) {
+    let mut args = vec![
+        "--workers".to_owned(),
+        workers.to_string(),
+        "--control".into(),
+        socket.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--".into(),
+    ];
+    args.extend(program.iter().cloned());
+    let mut command = Command::new(clusterd);
+    command.args(&args);
+    log_to(&mut command, log, "clusterd");
+    let child = spawn_group(&mut command, |_| false);
+    let text = format!("RUST_LOG=info {} {}", clusterd.display(), shell_join(&args));
+    let mut process = Process::new(Setup::Clusterd.label(), child, log.to_path_buf(), text, true);
+    let what = format!("all {workers} workers to be ready");
+    let status =
+        wait_for_status(&mut process, socket, (timeout, Duration::from_millis(5)), &what, |s| s.all_ready(workers));
+    (process, status.pids())
+}
+
+/// Starts `node benches/node/<script> <port> <workers>` (a primary in the style of `primary.cjs`,
+/// which prints `primary <pid> listening on …` once the port is bound and `ready worker <id> pid
+/// <pid>` from each worker) with its output in `log`, and waits at most `timeout` for all those
+/// lines. Returns the process (its command line as typed) and the worker pids.
+pub fn start_node_primary(
+    node: &Path,
+    (script, port, workers): (&str, u16, usize),
+    log: &Path,
+    timeout: Duration,
+) -> (Process, Vec<i32>) {
+    let dir = node_dir();
+    let args = vec![script.to_owned(), port.to_string(), workers.to_string()];
+    let err = File::create(log).expect("cannot create the Node primary's log file");
+    let mut command = Command::new(node);
+    command.args(&args).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+    // `DEBUG` would make the Node packages log every request.
+    let mut child = spawn_group(&mut command, |name| name.starts_with("NODE_") || name == "DEBUG");
+    let lines = forward_lines(&mut child, log);
+    let text = format!("(cd {} && {} {})", dir.display(), node.display(), args.join(" "));
+    let mut process = Process::new(Setup::Node.label(), child, log.to_path_buf(), text, true);
+    let deadline = Instant::now() + timeout;
+    let (mut listening, mut pids) = (false, Vec::new());
+    while !listening || pids.len() < workers {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.starts_with("primary ") && line.contains(" listening on ") => listening = true,
+            Ok(line) => {
+                if let Some(pid) = line.strip_prefix("ready worker ").and_then(|r| r.split(" pid ").nth(1)) {
+                    pids.push(pid.trim().parse().unwrap_or(0));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => process.fail(&format!(
+                "the Node primary and its {workers} workers were not ready within {timeout:?} (listening: \
+                 {listening}, workers ready: {})",
+                pids.len()
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => process.fail("the Node primary closed its stdout"),
+        }
+    }
+    (process, pids)
+}
+
+/// utime + stime in clock ticks, 0 for a process that is gone.
+pub fn cpu_ticks_or_0(pid: i32) -> u64 {
+    if Path::new(&format!("/proc/{pid}")).exists() { cpu_ticks(pid) } else { 0 }
+}
+
+/// The installed version of an npm package of benches/node, "?" if unknown.
+pub fn package_version(name: &str) -> String {
+    let path = node_dir().join("node_modules").join(name).join("package.json");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }

@@ -3,8 +3,9 @@
 // (sticky by Engine.IO sid) and @socket.io/cluster-adapter's `setupPrimary()`, `serialization:
 // "advanced"`, N forked workers. Each worker runs one http server that answers plain GETs with a
 // short text (like examples/hello.rs) and carries a Socket.IO server (`io.adapter(createAdapter())`,
-// `setupWorker(io)`) whose "whoami" event acks {worker, pid}. It is the baseline of
-// benches/node_primary.rs.
+// `setupWorker(io)`) whose "whoami" event acks {worker, pid, transport} and whose "chat message"
+// event (a string) is emitted to every client of every worker (`io.emit`), as in examples/chat.rs.
+// It is the baseline of benches/node_primary.rs and benches/fanout.rs.
 //
 //   node primary.cjs <port> [workers=2] [host=127.0.0.1]
 //
@@ -67,6 +68,9 @@ if (cluster.isPrimary) {
   io.adapter(createAdapter());
   setupWorker(io);
   io.on("connection", (socket) => {
+    socket.on("chat message", (text) => {
+      if (typeof text === "string") io.emit("chat message", text);
+    });
     socket.on("whoami", (ack) => {
       if (typeof ack === "function") ack({ worker: id, pid: process.pid, transport: socket.conn.transport.name });
     });
