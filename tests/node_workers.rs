@@ -248,3 +248,43 @@ fn garbage_on_the_channel_replaces_the_worker() {
         assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
     }
 }
+
+/// A graceful stop while connections keep coming: each worker gets its `disconnect` only after
+/// the connections it was handed (Node's order), so no worker dies of an acknowledgement on a
+/// closed channel (`ERR_INTERNAL_ASSERTION`, exit 1): every one is stopped by clusterd.
+#[test]
+fn a_graceful_stop_under_load_stops_every_worker_cleanly() {
+    let (mut c, url) = start(2, "2", "0.3", "advanced");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, served) = (stop.clone(), served.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + TIMEOUT;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let Ok(mut stream) = std::net::TcpStream::connect(addr) else { continue };
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+                    let request =
+                        "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+                    if stream.write_all(request.as_bytes()).is_ok() && read_response(&mut stream).is_some() {
+                        served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until("handshakes served under load", || {
+        (served.load(std::sync::atomic::Ordering::Relaxed) >= 200).then_some(())
+    });
+    c.signal(Signal::SIGTERM);
+    let exit = c.wait_exit();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    let output = c.output.snapshot().join("\n");
+    assert_eq!(exit.code(), Some(0), "{output}");
+    assert!(!output.contains("ERR_INTERNAL_ASSERTION") && !output.contains("exited with code"), "{output}");
+}

@@ -1,8 +1,8 @@
 //! The writing half of a Node worker's channel: one task per worker that writes messages in the
-//! order they were queued, and connections (`NODE_HANDLE` with the fd as `SCM_RIGHTS`) one at a
-//! time: the next handle waits for the worker's `NODE_HANDLE_ACK`; a `NODE_HANDLE_NACK` sends the
-//! same one again, up to three times (Node's own rule). clusterd's copy of a connection's fd is
-//! closed once the worker has acknowledged it.
+//! order they were queued. A connection (`NODE_HANDLE` with the fd as `SCM_RIGHTS`) is in flight
+//! until the worker's `NODE_HANDLE_ACK`, and everything queued after it waits until then, as
+//! Node's own sender does; a `NODE_HANDLE_NACK` sends the same one again, up to three times.
+//! clusterd's copy of a connection's fd is closed once the worker has acknowledged it.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -72,7 +72,10 @@ async fn run(
     queued: Arc<AtomicUsize>,
 ) {
     let mut in_flight: Option<InFlight> = None;
-    let mut held: VecDeque<InFlight> = VecDeque::new();
+    // Everything queued after the handle in flight, in order: it waits for the ACK, as in Node
+    // (a disconnect written before a held handle would make the worker acknowledge on a closed
+    // channel, which Node treats as an internal error).
+    let mut pending: VecDeque<Out> = VecDeque::new();
     let mut batch = Vec::new();
     loop {
         let result = tokio::select! {
@@ -80,57 +83,57 @@ async fn run(
             control = controls.recv() => {
                 let Some(control) = control else { return };
                 match (control, in_flight.take()) {
-                    (Control::Ack, _) => {
-                        // The fd of the acknowledged handle closes here.
-                        match held.pop_front() {
-                            Some(next) => send_handle(&mut socket, next, &mut in_flight).await,
-                            None => Ok(()),
-                        }
-                    }
+                    // The fd of the acknowledged handle closes here.
+                    (Control::Ack, _) | (Control::Nack, None) => Ok(()),
                     (Control::Nack, Some(refused)) if refused.sent <= MAX_RETRANSMISSIONS => {
                         send_handle(&mut socket, refused, &mut in_flight).await
                     }
-                    (Control::Nack, refused) => {
-                        if let Some(refused) = refused {
-                            tracing::warn!("a Node worker refused a connection {} times; closing it", refused.sent);
-                            let _ = failed.send(refused.group);
-                        }
-                        match held.pop_front() {
-                            Some(next) => send_handle(&mut socket, next, &mut in_flight).await,
-                            None => Ok(()),
-                        }
+                    (Control::Nack, Some(refused)) => {
+                        tracing::warn!("a Node worker refused a connection {} times; closing it", refused.sent);
+                        let _ = failed.send(refused.group);
+                        Ok(())
                     }
                 }
             }
-            count = outs.recv_many(&mut batch, 256) => {
+            count = outs.recv_many(&mut batch, 256), if pending.len() < QUEUE => {
                 if count == 0 {
                     return;
                 }
-                write_batch(&mut socket, &mut batch, &mut in_flight, &mut held, &queued).await
+                pending.extend(batch.drain(..));
+                Ok(())
             }
+        };
+        let result = match result {
+            Ok(()) if in_flight.is_none() => write_in_order(&mut socket, &mut pending, &mut in_flight, &queued).await,
+            other => other,
         };
         if result.is_err() {
             // The worker is gone or stopped reading for good: its task sees the end on the other
             // half. What is still queued closes with this task (fds included).
-            for handle in in_flight.into_iter().chain(held) {
-                let _ = failed.send(handle.group);
+            let held = pending.into_iter().filter_map(|out| match out {
+                Out::Handle { group, .. } => Some(group),
+                _ => None,
+            });
+            for group in in_flight.map(|h| h.group).into_iter().chain(held) {
+                let _ = failed.send(group);
             }
             return;
         }
     }
 }
 
-/// Writes queued messages (vectored, in runs) and the handles among them in order.
-async fn write_batch(
+/// Writes pending messages in order (vectored, in runs) up to and including the next handle,
+/// which then waits in flight for its acknowledgement with everything after it.
+async fn write_in_order(
     socket: &mut OwnedWriteHalf,
-    batch: &mut Vec<Out>,
+    pending: &mut VecDeque<Out>,
     in_flight: &mut Option<InFlight>,
-    held: &mut VecDeque<InFlight>,
     queued: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut run: Vec<Bytes> = Vec::new();
     let mut relayed = 0;
-    for out in batch.drain(..) {
+    let mut handle = None;
+    while let Some(out) = pending.pop_front() {
         match out {
             Out::Frame(bytes) => run.push(bytes),
             Out::Relayed(bytes) => {
@@ -138,20 +141,17 @@ async fn write_batch(
                 run.push(bytes);
             }
             Out::Handle { frame, fd, group } => {
-                clusterd_worker::bus_protocol::write_frames(socket, &run).await?;
-                run.clear();
-                let handle = InFlight { frame, fd, group, sent: 0 };
-                if in_flight.is_some() {
-                    held.push_back(handle);
-                } else {
-                    send_handle(socket, handle, in_flight).await?;
-                }
+                handle = Some(InFlight { frame, fd, group, sent: 0 });
+                break;
             }
         }
     }
     clusterd_worker::bus_protocol::write_frames(socket, &run).await?;
     queued.fetch_sub(relayed, Ordering::Relaxed);
-    Ok(())
+    match handle {
+        Some(handle) => send_handle(socket, handle, in_flight).await,
+        None => Ok(()),
+    }
 }
 
 /// Writes a handle message with its fd attached to the first bytes, and keeps it in flight.
