@@ -1,0 +1,50 @@
+// The classic Node.js cluster primary of benches/node_workers.rs, forking the very worker script
+// that clusterd runs (`worker.cjs`, through `cluster.setupPrimary({ exec })`): `cluster` with
+// @socket.io/sticky's `setupMaster(httpServer, { loadBalancingMethod: "least-connection" })` (it
+// owns the port and passes each connection to a worker, sticky by Engine.IO sid) and
+// @socket.io/cluster-adapter's `setupPrimary()` (it relays the adapters' messages),
+// `serialization: "advanced"`.
+//
+//   node node_primary_exec.cjs <port> [workers=2] [host=127.0.0.1]
+//
+// Prints `primary <pid> listening on <host>:<port>` once the port is bound (the workers print
+// their `ready worker <id> pid <pid>`). On SIGTERM or SIGINT it stops its workers and exits 0; a
+// dead worker is replaced.
+"use strict";
+const cluster = require("cluster");
+const http = require("http");
+const path = require("path");
+const { setupMaster } = require("@socket.io/sticky");
+const { setupPrimary } = require("@socket.io/cluster-adapter");
+const stopOnSignals = require("./stop.cjs");
+
+const port = Number(process.argv[2]);
+const workers = Number(process.argv[3] || 2);
+const host = process.argv[4] || "127.0.0.1";
+if (!Number.isInteger(port) || port <= 0 || !Number.isInteger(workers) || workers <= 0) {
+  console.error("usage: node node_primary_exec.cjs <port> [workers=2] [host=127.0.0.1]");
+  process.exit(64);
+}
+
+const httpServer = http.createServer();
+setupMaster(httpServer, { loadBalancingMethod: "least-connection" });
+setupPrimary();
+cluster.setupPrimary({ exec: path.join(__dirname, "worker.cjs"), serialization: "advanced" });
+
+const stopping = stopOnSignals(() => httpServer.close());
+httpServer.on("error", (e) => {
+  console.error(`primary: ${e.message}`);
+  process.exit(1);
+});
+httpServer.listen(port, host, () => {
+  console.log(`primary ${process.pid} listening on ${host}:${port}`);
+  for (let i = 0; i < workers; i++) cluster.fork();
+});
+cluster.on("exit", (worker, code, signal) => {
+  if (stopping()) {
+    if (Object.keys(cluster.workers).length === 0) process.exit(0);
+    return;
+  }
+  console.log(`worker ${worker.id} (pid ${worker.process.pid}) died (${signal || code}): forking another`);
+  cluster.fork();
+});
