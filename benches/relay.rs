@@ -33,8 +33,8 @@ use common::Process;
 const ROUNDS: usize = 3;
 const WORKERS: usize = 3;
 const SUBSCRIBERS: usize = WORKERS - 1;
-/// Payload sizes and message counts (each clusterd run takes about 1 s).
-const SIZES: [(usize, u64); 2] = [(100, 200_000), (10 * 1024, 50_000)];
+/// Payload sizes and message counts (each clusterd run takes about 1 to 2 s).
+const SIZES: [(usize, u64); 2] = [(100, 400_000), (10 * 1024, 150_000)];
 /// The target: clusterd delivers at least this many times Node's messages per second.
 const TARGET: f64 = 10.0;
 

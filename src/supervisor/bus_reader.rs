@@ -13,8 +13,10 @@ use tokio::io::AsyncReadExt;
 
 use crate::relay::Incoming;
 
-/// How much one read asks for, at least.
-pub const READ_SIZE: usize = 128 * 1024;
+/// How much one read asks for, at least. Below glibc's mmap threshold (128 KiB): chunks that
+/// are sliced and freed often must come from the heap, not from mmap and munmap with page faults
+/// (measured: 10.4 against 8.3 µs of clusterd CPU per 10 KiB message relayed to two workers).
+pub const READ_SIZE: usize = 64 * 1024;
 /// Publishes with payloads this large or larger are relayed from the chunk they were read into.
 pub const SHARE_FROM: usize = READ_SIZE / 16;
 

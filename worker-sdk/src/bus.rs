@@ -25,7 +25,9 @@ use std::task::{Context, Poll};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bus_protocol::{BusFromWorker, BusToWorker, FrameBuffer, MAX_BUS_FRAME, encode_frame, publish_head};
+use crate::bus_protocol::{
+    BusFromWorker, BusToWorker, FrameBuffer, MAX_BUS_FRAME, decode_body, encode_frame, parse_message, publish_head,
+};
 use crate::codec::CodecError;
 use crate::error::Error;
 
@@ -387,7 +389,20 @@ async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: Arc<Inn
     let mut buffer = FrameBuffer::new();
     loop {
         loop {
-            let frame = match buffer.next_frame::<BusToWorker>() {
+            // A message (the bulk of the traffic) is read in place: its payload is copied once,
+            // into the message, without bincode zeroing a buffer for it first.
+            let next = buffer.next_body().and_then(|body| {
+                body.map(|body| match parse_message(body) {
+                    Some(message) => message.map(|m| BusToWorker::Message {
+                        channel: m.channel.to_owned(),
+                        from: m.from,
+                        payload: m.payload.to_vec(),
+                    }),
+                    None => decode_body(body),
+                })
+                .transpose()
+            });
+            let frame = match next {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => {

@@ -305,18 +305,71 @@ pub fn parse_publish(body: &[u8]) -> Option<Result<PublishRef<'_>, crate::codec:
 fn read_varint<'a>(
     take: &mut impl FnMut(usize) -> Result<&'a [u8], crate::codec::CodecError>,
 ) -> Result<usize, crate::codec::CodecError> {
-    let wide = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |value, &byte| value << 8 | u64::from(byte));
-    let value = match take(1)?[0] {
-        byte @ 0..=250 => u64::from(byte),
-        251 => Some(wide(take(2)?)).filter(|&v| v >= 251).ok_or_else(non_canonical)?,
-        252 => Some(wide(take(4)?)).filter(|&v| v > u64::from(u16::MAX)).ok_or_else(non_canonical)?,
-        253 => Some(wide(take(8)?)).filter(|&v| v > u64::from(u32::MAX)).ok_or_else(non_canonical)?,
-        _ => return Err(crate::codec::CodecError::Malformed("publish: bad length".into())),
-    };
+    let value = read_varint_u64(take)?;
     usize::try_from(value)
         .ok()
         .filter(|&v| v <= MAX_BUS_FRAME)
         .ok_or(crate::codec::CodecError::Oversized { size: usize::try_from(value).unwrap_or(usize::MAX) })
+}
+
+/// bincode's `standard()` variable-length integer, in its shortest form (bincode refuses others).
+fn read_varint_u64<'a>(
+    take: &mut impl FnMut(usize) -> Result<&'a [u8], crate::codec::CodecError>,
+) -> Result<u64, crate::codec::CodecError> {
+    let wide = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |value, &byte| value << 8 | u64::from(byte));
+    Ok(match take(1)?[0] {
+        byte @ 0..=250 => u64::from(byte),
+        251 => Some(wide(take(2)?)).filter(|&v| v >= 251).ok_or_else(non_canonical)?,
+        252 => Some(wide(take(4)?)).filter(|&v| v > u64::from(u16::MAX)).ok_or_else(non_canonical)?,
+        253 => Some(wide(take(8)?)).filter(|&v| v > u64::from(u32::MAX)).ok_or_else(non_canonical)?,
+        _ => return Err(crate::codec::CodecError::Malformed("bad integer".into())),
+    })
+}
+
+/// A [`BusToWorker::Message`] frame read in place: its payload is not copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    /// The channel name.
+    pub channel: &'a str,
+    /// The publisher's worker id.
+    pub from: u32,
+    /// The message.
+    pub payload: &'a [u8],
+}
+
+/// Reads a frame body as a [`BusToWorker::Message`] without copying its payload: `None` when the
+/// body is another frame, an error when it is a malformed message (exactly when decoding it as
+/// [`BusToWorker`] would fail).
+pub fn parse_message(body: &[u8]) -> Option<Result<MessageRef<'_>, crate::codec::CodecError>> {
+    const MESSAGE: u8 = 0;
+    if body.first() != Some(&MESSAGE) {
+        return None;
+    }
+    let malformed = |what: &str| crate::codec::CodecError::Malformed(format!("message: {what}"));
+    let mut rest = &body[1..];
+    let mut take = |n: usize| -> Result<&[u8], crate::codec::CodecError> {
+        if rest.len() < n {
+            return Err(malformed("truncated"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let parsed = (|| {
+        let length = read_varint(&mut take)?;
+        let channel = std::str::from_utf8(take(length)?).map_err(|_| malformed("channel is not UTF-8"))?;
+        let from = u32::try_from(read_varint_u64(&mut take)?).map_err(|_| malformed("sender id over u32"))?;
+        let length = read_varint(&mut take)?;
+        let payload = take(length)?;
+        Ok(MessageRef { channel, from, payload })
+    })();
+    Some(parsed.and_then(|message| {
+        if rest.is_empty() {
+            Ok(message)
+        } else {
+            Err(crate::codec::CodecError::Trailing { used: body.len() - rest.len(), trailing: rest.len() })
+        }
+    }))
 }
 
 fn non_canonical() -> crate::codec::CodecError {
@@ -465,6 +518,48 @@ mod tests {
                 assert_eq!(ours, theirs);
             }
         }
+    }
+
+    #[test]
+    fn messages_parse_in_place_exactly_as_bincode_decodes_them() {
+        let cases = [
+            BusToWorker::Message { channel: String::new(), from: 0, payload: vec![] },
+            BusToWorker::Message { channel: "é".repeat(200), from: 251, payload: vec![1; 251] },
+            BusToWorker::Message { channel: "c".into(), from: u32::MAX, payload: vec![2; 70_000] },
+        ];
+        for case in &cases {
+            let mut wire = Vec::new();
+            encode_frame(case, &mut wire).unwrap();
+            let parsed = parse_message(&wire[4..]).unwrap().unwrap();
+            let BusToWorker::Message { channel, from, payload } = case else { unreachable!() };
+            assert_eq!((parsed.channel, parsed.from, parsed.payload), (channel.as_str(), *from, &payload[..]));
+            // Cuts and a few telling bytes: both readers agree on what is malformed.
+            let body = wire[4..].to_vec();
+            let mut bodies: Vec<Vec<u8>> = (1..body.len().min(300)).map(|n| body[..n].to_vec()).collect();
+            for i in 1..body.len().min(12) {
+                for value in [0, 1, 0x80, 0xff, 250, 251, 252, 253, 254] {
+                    let mut mangled = body.clone();
+                    mangled[i] = value;
+                    bodies.push(mangled);
+                }
+            }
+            bodies.push([&body[..], &[0]].concat());
+            for mangled in bodies {
+                let ours =
+                    parse_message(&mangled).expect("tag 0").map(|m| (m.channel.to_owned(), m.from, m.payload.to_vec()));
+                let theirs = decode_body::<BusToWorker>(&mangled).map(|frame| match frame {
+                    BusToWorker::Message { channel, from, payload } => (channel, from, payload),
+                    other => panic!("decoded as {other:?}"),
+                });
+                assert_eq!(ours.is_ok(), theirs.is_ok(), "{mangled:?}: {ours:?} vs {theirs:?}");
+                if let (Ok(ours), Ok(theirs)) = (ours, theirs) {
+                    assert_eq!(ours, theirs);
+                }
+            }
+        }
+        let mut other = Vec::new();
+        encode_frame(&BusToWorker::Joined { worker: 1 }, &mut other).unwrap();
+        assert!(parse_message(&other[4..]).is_none());
     }
 
     #[test]
