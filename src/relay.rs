@@ -171,6 +171,15 @@ impl Relay {
         }
     }
 
+    /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
+    async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
+        let Some(subscribers) = self.subscriptions.get(channel) else { return };
+        let targets: Vec<u64> = subscribers.iter().copied().filter(|&k| echo || k != key).collect();
+        let mut head = Vec::with_capacity(16 + channel.len());
+        message_head(channel, from, payload.len(), &mut head);
+        self.send_to(&targets, Outgoing { head: Bytes::from(head), payload }).await;
+    }
+
     /// Queues `bytes` for each of `keys` (see the overflow policy).
     async fn send_to(&mut self, keys: &[u64], bytes: Outgoing) {
         for key in keys {
@@ -304,17 +313,6 @@ impl Relay {
             }
             _ => {}
         }
-    }
-}
-
-impl Relay {
-    /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
-    async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
-        let Some(subscribers) = self.subscriptions.get(channel) else { return };
-        let targets: Vec<u64> = subscribers.iter().copied().filter(|&k| echo || k != key).collect();
-        let mut head = Vec::with_capacity(16 + channel.len());
-        message_head(channel, from, payload.len(), &mut head);
-        self.send_to(&targets, Outgoing { head: Bytes::from(head), payload }).await;
     }
 }
 
