@@ -250,6 +250,7 @@ impl Bus {
 
     /// The hook that takes the requests whose payload starts with `prefix`: the one installed
     /// already (every user of the prefix shares it), else the one `make` builds.
+    #[cfg(feature = "socketioxide")]
     pub(crate) fn request_hook<H: RequestHook>(&self, prefix: &'static [u8], make: impl FnOnce() -> H) -> Arc<H> {
         let mut hooks = lock(&self.inner.hooks);
         if let Some((_, hook)) = hooks.iter().find(|(p, _)| *p == prefix) {
