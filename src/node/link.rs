@@ -433,7 +433,17 @@ impl NodeLink {
     /// servers and its channel), SIGTERM once the channel is closed, SIGKILL at the end of the
     /// grace time.
     pub async fn drain(&mut self, _grace: Duration) -> bool {
-        self.send_cluster(vec![("act", Value::from("disconnect"))]);
+        let seq = self.next_seq();
+        let message =
+            Value::object([("cmd", Value::from("NODE_CLUSTER")), ("act", Value::from("disconnect")), ("seq", seq)]);
+        // Waits (bounded) for room rather than lose the one message that makes the worker go;
+        // without it, the grace time's SIGKILL still ends the worker.
+        if let Ok(frame) = Frame::encode(self.mode, &message) {
+            let out = Out::Frame(frame.into_raw().into());
+            if self.out.send_timeout(out, Duration::from_secs(1)).await.is_err() {
+                tracing::warn!(worker = self.slot, "node channel: could not send the disconnect");
+            }
+        }
         false
     }
 
