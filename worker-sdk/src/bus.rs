@@ -113,6 +113,17 @@ struct Inner {
     next_ask: AtomicU64,
     asks: Mutex<HashMap<u64, oneshot::Sender<Answers>>>,
     hooks: Mutex<Vec<Hook>>,
+    /// Set when clusterd's end of the bus is gone: nothing waits for an answer any more.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    /// clusterd is gone: every question still waiting fails with [`Error::Disconnected`].
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        lock(&self.counts).clear();
+        lock(&self.asks).clear();
+    }
 }
 
 /// A [`RequestHook`] and the payload prefix of its requests.
@@ -152,9 +163,14 @@ impl Bus {
             next_ask: AtomicU64::new(1),
             asks: Mutex::default(),
             hooks: Mutex::default(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(write_frames(write, queue));
-        tokio::spawn(read_frames(read, Arc::clone(&inner)));
+        let reading = Arc::clone(&inner);
+        tokio::spawn(async move {
+            read_frames(read, &reading).await;
+            reading.close();
+        });
         Ok(Self { inner })
     }
 
@@ -195,6 +211,10 @@ impl Bus {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.counts).insert(seq, tx);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            lock(&self.inner.counts).remove(&seq);
+            return Err(Error::Disconnected);
+        }
         self.queue(&BusFromWorker::Subscribers { seq, channel: channel.to_owned() }).await?;
         rx.await.map_err(|_| Error::Disconnected)
     }
@@ -240,6 +260,10 @@ impl Bus {
         let id = self.inner.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.asks).insert(id, tx);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            lock(&self.inner.asks).remove(&id);
+            return Err(Error::Disconnected);
+        }
         let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
         if let Err(error) = self.queue(&BusFromWorker::Request { id, channel, payload, timeout_ms }).await {
             lock(&self.inner.asks).remove(&id);
@@ -386,7 +410,7 @@ async fn write_frames(mut socket: tokio::net::unix::OwnedWriteHalf, mut queue: m
 }
 
 /// Reads clusterd's frames and hands each to whoever waits for it.
-async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: Arc<Inner>) {
+async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: &Inner) {
     let mut buffer = FrameBuffer::new();
     loop {
         loop {
@@ -411,7 +435,7 @@ async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: Arc<Inn
                     return;
                 }
             };
-            deliver(&inner, frame).await;
+            deliver(inner, frame).await;
         }
         match buffer.read_from(&mut socket).await {
             Ok(0) | Err(_) => return, // clusterd is gone: subscriptions end.
@@ -473,5 +497,40 @@ async fn deliver(inner: &Inner, frame: BusToWorker) {
 fn event(inner: &Inner, event: BusEvent) {
     if let Some(events) = &lock(&inner.events).0 {
         let _ = events.try_send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bus whose clusterd end is `peer`.
+    fn bus() -> (Bus, std::os::unix::net::UnixStream) {
+        let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        (Bus::start(OwnedFd::from(ours)).unwrap(), peer)
+    }
+
+    #[tokio::test]
+    async fn questions_fail_instead_of_waiting_forever_when_clusterd_is_gone() {
+        let (bus, peer) = bus();
+        // Asked while clusterd is there (it never answers), then clusterd goes away.
+        let pending = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.request(b"anyone?".to_vec()).await }
+        });
+        let counting = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.subscribers("news").await }
+        });
+        tokio::task::yield_now().await;
+        drop(peer);
+        let wait = std::time::Duration::from_secs(5);
+        let answer = tokio::time::timeout(wait, pending).await.expect("the pending request ends").unwrap();
+        assert!(matches!(answer, Err(Error::Disconnected)), "{answer:?}");
+        let count = tokio::time::timeout(wait, counting).await.expect("the pending count ends").unwrap();
+        assert!(matches!(count, Err(Error::Disconnected)), "{count:?}");
+        // Asked after: fails at once.
+        let late = tokio::time::timeout(wait, bus.request(b"still there?".to_vec())).await.expect("no wait");
+        assert!(matches!(late, Err(Error::Disconnected)), "{late:?}");
     }
 }
