@@ -48,7 +48,7 @@
 //!
 //! A fan-out handshake step without an answer within [`STEP_TIMEOUT`] (the Node primary loses
 //! the first bytes a client sends after the upgrade, now and then) is started again, at most
-//! [`MAX_STALLS`] times per run, and counted. Before each run the bench waits (at most
+//! [`sio_client::MAX_STALLS`] times per run, and counted. Before each run the bench waits (at most
 //! [`QUIET_WAIT`]) for the machine to be quiet (other builds skew the figures; how busy it was is
 //! printed).
 //!
@@ -63,9 +63,11 @@
 
 mod common;
 
+use common::broadcast::{self, Pace, Phase, Shared, broadcast};
+use common::cpu::{Cpu, CpuSample, LoadIn, cores_online as cores};
+use common::sio_client::{self, Connected, STEP_TIMEOUT};
 use common::{Process, Setup, WrkResult, mib};
 
-use std::cell::{Cell, RefCell};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -75,10 +77,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 
 /// Interleaved rounds.
 const ROUNDS: usize = 3;
@@ -95,10 +93,10 @@ const PAYLOAD: usize = 64;
 const WINDOW: usize = 16;
 /// Broadcasts before the measured phases (Node's JIT, the buffers).
 const WARMUP: usize = 300;
-/// The paced phase: broadcasts, their rate, and the most in flight before sending waits.
+/// The paced phase: broadcasts and their rate (the most in flight before sending waits:
+/// [`broadcast::PACED_BACKLOG`]).
 const PACED: usize = 500;
 const PACED_RATE: f64 = 200.0;
-const PACED_BACKLOG: usize = 64;
 
 /// The targets of issue #5: clusterd / Node primary.
 const HANDOFF_TARGET: f64 = 2.5;
@@ -109,14 +107,6 @@ const RSS_TARGET: f64 = 0.2;
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a load generator may run beyond its duration before it is killed.
 const LOAD_SLACK: Duration = Duration::from_secs(25);
-/// Connecting every fan-out client; each handshake step; each phase.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
-const STEP_TIMEOUT: Duration = Duration::from_secs(1);
-const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Handshakes that may stall (no answer within [`STEP_TIMEOUT`]: started again) in one run.
-const MAX_STALLS: usize = 20;
-/// The largest WebSocket message the clients accept.
-const MAX_MESSAGE: usize = 1 << 20;
 /// Before each run, wait at most [`QUIET_WAIT`] for the machine to be less than [`QUIET_BUSY`] busy
 /// (share of all cores over [`QUIET_SAMPLE`]).
 const QUIET_WAIT: Duration = Duration::from_secs(15);
@@ -369,81 +359,6 @@ impl Run {
     }
 }
 
-/// CPU seconds over a load: the primary, each worker, the load generator, the rest of the
-/// machine; and the wall time.
-#[derive(Debug, Default, Clone)]
-struct Cpu {
-    primary: f64,
-    workers: Vec<f64>,
-    load: f64,
-    other: f64,
-    seconds: f64,
-}
-
-impl Cpu {
-    /// Share of one core, in %.
-    fn pct(&self, seconds: f64) -> f64 {
-        if self.seconds > 0.0 { seconds / self.seconds * 100.0 } else { 0.0 }
-    }
-}
-
-/// The counters a [`Cpu`] is the difference of.
-struct CpuSample {
-    at: Instant,
-    primary: u64,
-    workers: Vec<u64>,
-    children: Duration,
-    thread: Duration,
-    machine: (u64, u64),
-}
-
-impl CpuSample {
-    fn take(primary: i32, workers: &[i32]) -> Self {
-        Self {
-            at: Instant::now(),
-            primary: common::cpu_ticks_or_0(primary),
-            workers: workers.iter().map(|&w| common::cpu_ticks_or_0(w)).collect(),
-            children: common::children_cpu(),
-            thread: thread_cpu(),
-            machine: common::machine_jiffies(),
-        }
-    }
-
-    /// From `self` to `later`; the load is the waited-for children's time (`external`) or this
-    /// thread's (the fan-out clients).
-    fn until(&self, later: &Self, external: bool) -> Cpu {
-        let hz = common::clock_ticks_per_second() as f64;
-        let ticks = |a: u64, b: u64| a.saturating_sub(b) as f64 / hz;
-        let primary = ticks(later.primary, self.primary);
-        let workers: Vec<f64> = later.workers.iter().zip(&self.workers).map(|(a, b)| ticks(*a, *b)).collect();
-        let load = if external { later.children - self.children } else { later.thread - self.thread }.as_secs_f64();
-        let busy = ticks(later.machine.0, self.machine.0);
-        Cpu {
-            primary,
-            other: (busy - primary - workers.iter().sum::<f64>() - load).max(0.0),
-            workers,
-            load,
-            seconds: later.at.duration_since(self.at).as_secs_f64(),
-        }
-    }
-}
-
-/// The CPUs online (the `/proc/stat` figures cover them all).
-fn cores() -> f64 {
-    // SAFETY: sysconf reads a system constant; it has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n > 0 { n as f64 } else { 1.0 }
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_THREAD).expect("getrusage failed");
-    let time = |t: nix::sys::time::TimeVal| {
-        Duration::from_secs(t.tv_sec().max(0).unsigned_abs()) + Duration::from_micros(t.tv_usec().max(0).unsigned_abs())
-    };
-    time(usage.user_time()) + time(usage.system_time())
-}
-
 fn measure(tools: &Tools, clusterd: &Path, round: usize, test: Test, setup: Setup) -> Run {
     let busy_before = wait_for_quiet();
     let mut server = Server::start(tools, clusterd, setup);
@@ -558,7 +473,7 @@ fn external_load(tools: &Tools, server: &mut Server, run: &mut Run) {
         let _ = child.kill();
         let _ = child.wait();
     }
-    run.cpu = before.until(&CpuSample::take(server.process.pid, &server.workers), true);
+    run.cpu = before.until(&CpuSample::take(server.process.pid, &server.workers), LoadIn::Children);
     let output = std::fs::read_to_string(&out_path).unwrap_or_default();
     let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
     match status {
@@ -672,501 +587,39 @@ struct Outcome {
     sample: Option<String>,
 }
 
-/// One phase's deliveries.
-#[derive(Debug, Default, Clone)]
-struct Phase {
-    /// Broadcasts that reached every client before the deadline.
-    completed: usize,
-    deliveries: u64,
-    /// First send → last receipt.
-    seconds: f64,
-    /// Latency percentiles, µs.
-    p50: u32,
-    p99: u32,
-}
-
-impl Phase {
-    fn rate(&self) -> f64 {
-        if self.seconds > 0.0 { self.deliveries as f64 / self.seconds } else { 0.0 }
-    }
-}
-
-/// What every client task shares (one thread: never borrowed across an await).
-struct Shared {
-    base: Instant,
-    clients: u32,
-    /// The phase being measured; deliveries of another one are ignored.
-    phase: Cell<u64>,
-    /// For each broadcast of the phase, the clients that have yet to receive it.
-    remaining: RefCell<Vec<u32>>,
-    completed: Cell<usize>,
-    deliveries: Cell<u64>,
-    last_receipt_us: Cell<u64>,
-    latencies: RefCell<Vec<u32>>,
-    unexpected: Cell<u64>,
-    sample: RefCell<Option<String>>,
-    /// Woken when a broadcast has reached every client.
-    progress: Notify,
-}
-
-/// A broadcast as it arrives: the event and the start of its text.
-const BROADCAST_PREFIX: &[u8] = br#"42["chat message",""#;
-
-impl Shared {
-    fn now_us(&self) -> u64 {
-        u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-
-    /// A text message from the server, read at `now_us`; replies go to `out`.
-    fn on_text(&self, text: &[u8], now_us: u64, out: &mut Vec<u8>) {
-        let known = match text.strip_prefix(BROADCAST_PREFIX) {
-            Some(rest) => self.on_broadcast(rest, now_us).is_some(),
-            // An Engine.IO ping.
-            None if text == b"2" => {
-                out.extend(client_frame(OP_TEXT, b"3"));
-                true
-            }
-            None => false,
-        };
-        if !known {
-            self.unexpected.set(self.unexpected.get() + 1);
-            self.sample
-                .borrow_mut()
-                .get_or_insert_with(|| String::from_utf8_lossy(&text[..text.len().min(100)]).into());
-        }
-    }
-
-    /// `<phase>:<seq>:<sent µs>:xxx…"]`; `None` if malformed or a duplicate.
-    fn on_broadcast(&self, rest: &[u8], now_us: u64) -> Option<()> {
-        let mut fields = rest.splitn(4, |&b| b == b':');
-        let mut number = || -> Option<u64> { std::str::from_utf8(fields.next()?).ok()?.parse().ok() };
-        let (phase, seq, sent) = (number()?, number()?, number()?);
-        if phase != self.phase.get() {
-            return Some(());
-        }
-        let mut remaining = self.remaining.borrow_mut();
-        let left = remaining.get_mut(usize::try_from(seq).ok()?)?;
-        *left = left.checked_sub(1)?;
-        if *left == 0 {
-            self.completed.set(self.completed.get() + 1);
-            self.progress.notify_one();
-        }
-        self.deliveries.set(self.deliveries.get() + 1);
-        self.last_receipt_us.set(now_us);
-        self.latencies.borrow_mut().push(u32::try_from(now_us.saturating_sub(sent)).unwrap_or(u32::MAX));
-        Some(())
-    }
-
-    fn begin(&self, phase: u64, broadcasts: usize) {
-        self.phase.set(phase);
-        *self.remaining.borrow_mut() = vec![self.clients; broadcasts];
-        self.completed.set(0);
-        self.deliveries.set(0);
-        self.latencies.borrow_mut().clear();
-    }
-}
-
-/// How a phase sends.
-#[derive(Debug, Clone, Copy)]
-enum Pace {
-    /// As fast as broadcasts complete, at most [`WINDOW`] in flight.
-    Window,
-    /// At this rate per second, at most [`PACED_BACKLOG`] in flight.
-    Rate(f64),
-}
-
 /// Connects the clients one after the other, then runs the phases.
 async fn clients(port: u16, fanout: Fanout, (primary, workers): (i32, Vec<i32>)) -> Result<Outcome, String> {
-    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-    let mut connected: Vec<Client> = Vec::with_capacity(fanout.clients);
-    let mut stalls = 0;
-    while connected.len() < fanout.clients {
-        let i = connected.len();
-        let attempt = tokio::time::timeout_at(deadline, Client::connect(port))
-            .await
-            .map_err(|_| format!("{i} of {} clients connected within {CONNECT_TIMEOUT:?}", fanout.clients))?;
-        match attempt {
-            Ok(client) => connected.push(client),
-            Err(Handshake::Stalled(_)) if stalls < MAX_STALLS => stalls += 1,
-            Err(Handshake::Stalled(step)) => {
-                return Err(format!("client {i}: no answer {step} within {STEP_TIMEOUT:?}, {MAX_STALLS} times"));
-            }
-            Err(Handshake::Failed(error)) => return Err(format!("client {i}: {error}")),
-        }
-    }
-    let mut spread: Vec<(u64, usize)> = Vec::new();
-    for client in &connected {
-        match spread.iter_mut().find(|(id, _)| *id == client.worker) {
-            Some((_, n)) => *n += 1,
-            None => spread.push((client.worker, 1)),
-        }
-    }
-    spread.sort_unstable();
-
-    let shared = Rc::new(Shared {
-        base: Instant::now(),
-        clients: u32::try_from(fanout.clients).expect("client count"),
-        phase: Cell::new(0),
-        remaining: RefCell::new(Vec::new()),
-        completed: Cell::new(0),
-        deliveries: Cell::new(0),
-        last_receipt_us: Cell::new(0),
-        latencies: RefCell::new(Vec::new()),
-        unexpected: Cell::new(0),
-        sample: RefCell::new(None),
-        progress: Notify::new(),
-    });
+    let Connected { clients, stalls, spread } = sio_client::connect_all(port, fanout.clients).await?;
     // The senders: the first clients of each worker, in turn, so that they alternate workers.
     let per_worker = SENDERS.div_ceil(spread.len().max(1));
-    let mut chosen: Vec<usize> = Vec::new();
+    let mut senders: Vec<usize> = Vec::new();
     for rank in 0..per_worker {
         for &(worker, _) in &spread {
-            if let Some(i) = connected.iter().enumerate().filter(|(_, c)| c.worker == worker).nth(rank).map(|(i, _)| i)
-            {
-                chosen.push(i);
+            if let Some(i) = clients.iter().enumerate().filter(|(_, c)| c.worker == worker).nth(rank).map(|(i, _)| i) {
+                senders.push(i);
             }
         }
     }
-    chosen.truncate(SENDERS);
-    let stop = CancellationToken::new();
-    let mut senders = vec![None; chosen.len()];
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, client) in connected.into_iter().enumerate() {
-        let outgoing = chosen.iter().position(|&c| c == i).map(|slot| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            senders[slot] = Some(tx);
-            rx
-        });
-        tasks.spawn_local(client.run(Rc::clone(&shared), outgoing, stop.clone()));
-    }
-    let senders: Vec<_> = senders.into_iter().flatten().collect();
-
-    let phases = async {
-        broadcast(&shared, &senders, (1, WARMUP), Pace::Window).await;
+    senders.truncate(SENDERS);
+    let shared = Rc::new(Shared::new(fanout.clients, 1, 100));
+    let (burst, cpu, paced) = broadcast::run_clients(clients, Rc::clone(&shared), &senders, async |shared, senders| {
+        broadcast(shared, senders, (1, WARMUP), Pace::Window(WINDOW), PAYLOAD).await?;
         let before = CpuSample::take(primary, &workers);
-        let burst = broadcast(&shared, &senders, (2, fanout.broadcasts), Pace::Window).await;
-        let cpu = before.until(&CpuSample::take(primary, &workers), false);
-        let paced = broadcast(&shared, &senders, (3, PACED), Pace::Rate(PACED_RATE)).await;
-        (burst, cpu, paced)
-    };
-    // A client that fails (the server closed it, a bad frame) ends the run at once.
-    let (burst, cpu, paced) = tokio::select! {
-        outcome = phases => outcome,
-        Some(ended) = tasks.join_next() => {
-            let why = ended.map_err(|e| e.to_string()).and_then(|r| r).err().unwrap_or_else(|| "ended".into());
-            return Err(format!("a client stopped during the run: {why}"));
-        }
-    };
-    stop.cancel();
-    while let Some(ended) = tasks.join_next().await {
-        ended.map_err(|e| e.to_string())?.map_err(|e| format!("a client failed: {e}"))?;
-    }
-    let sample = shared.sample.borrow().clone();
-    Ok(Outcome { spread, stalls, burst, paced, cpu, unexpected: shared.unexpected.get(), sample })
-}
-
-/// Phase `id`: `count` broadcasts, the senders taking turns, paced by `pace`; returns when every
-/// client has every broadcast, or at the phase's deadline (then some are missing).
-async fn broadcast(
-    shared: &Shared,
-    senders: &[mpsc::UnboundedSender<Vec<u8>>],
-    (id, count): (u64, usize),
-    pace: Pace,
-) -> Phase {
-    shared.begin(id, count);
-    let start = tokio::time::Instant::now();
-    let deadline = start + PHASE_TIMEOUT;
-    let first_send_us = shared.now_us();
-    let window = match pace {
-        Pace::Window => WINDOW,
-        Pace::Rate(_) => PACED_BACKLOG,
-    };
-    let mut sent = 0;
-    'sending: while sent < count {
-        if let Pace::Rate(rate) = pace {
-            tokio::time::sleep_until(start + Duration::from_secs_f64(sent as f64 / rate)).await;
-        }
-        while sent - shared.completed.get() >= window {
-            if tokio::time::timeout_at(deadline, shared.progress.notified()).await.is_err() {
-                break 'sending;
-            }
-        }
-        let packet = chat_message(id, sent as u64, shared.now_us());
-        // A sender whose connection is gone ends its task, and the run with it.
-        let _ = senders[sent % senders.len()].send(client_frame(OP_TEXT, &packet));
-        sent += 1;
-    }
-    while shared.completed.get() < count {
-        if tokio::time::timeout_at(deadline, shared.progress.notified()).await.is_err() {
-            break;
-        }
-    }
-    let mut latencies = std::mem::take(&mut *shared.latencies.borrow_mut());
-    latencies.sort_unstable();
-    let at = |q: f64| -> u32 {
-        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len().max(1));
-        latencies.get(rank - 1).copied().unwrap_or(0)
-    };
-    Phase {
-        completed: shared.completed.get(),
-        deliveries: shared.deliveries.get(),
-        seconds: shared.last_receipt_us.get().saturating_sub(first_send_us) as f64 / 1e6,
-        p50: at(0.50),
-        p99: at(0.99),
-    }
-}
-
-/// `42["chat message","<phase>:<seq>:<sent µs>:xxx…"]`, the text padded with `x` to [`PAYLOAD`]
-/// bytes.
-fn chat_message(phase: u64, seq: u64, sent_us: u64) -> Vec<u8> {
-    let head = format!("{phase}:{seq}:{sent_us}:");
-    let mut packet = Vec::with_capacity(BROADCAST_PREFIX.len() + PAYLOAD.max(head.len()) + 2);
-    packet.extend_from_slice(BROADCAST_PREFIX);
-    packet.extend_from_slice(head.as_bytes());
-    packet.resize(packet.len() + PAYLOAD.saturating_sub(head.len()), b'x');
-    packet.extend_from_slice(br#""]"#);
-    packet
-}
-
-// WebSocket opcodes (RFC 6455).
-const OP_CONTINUATION: u8 = 0;
-const OP_TEXT: u8 = 1;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
-const OP_PONG: u8 = 10;
-
-/// Client frames must be masked; the server cannot tell one key from another.
-const MASK: [u8; 4] = [0x3c, 0xa5, 0x5a, 0xc3];
-
-/// One final, masked client frame.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 14);
-    frame.push(0x80 | opcode);
-    match payload.len() {
-        n @ 0..=125 => frame.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&MASK);
-    frame.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
-    frame
-}
-
-/// The server frame at the start of `buf` (FIN, opcode, where its payload is), `None` if it is
-/// not all there yet.
-fn parse_frame(buf: &[u8]) -> Result<Option<(bool, u8, std::ops::Range<usize>)>, String> {
-    let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b1 & 0x80 != 0 {
-        return Err("the server sent a masked frame".into());
-    }
-    let (len, header) = match b1 & 0x7f {
-        126 => match buf.get(2..4) {
-            Some(n) => (usize::from(u16::from_be_bytes([n[0], n[1]])), 4),
-            None => return Ok(None),
-        },
-        127 => match buf.get(2..10) {
-            Some(n) => (usize::try_from(u64::from_be_bytes(n.try_into().expect("8 bytes"))).unwrap_or(usize::MAX), 10),
-            None => return Ok(None),
-        },
-        n => (usize::from(n), 2),
-    };
-    if len > MAX_MESSAGE {
-        return Err(format!("a {len}-byte frame from the server (more than {MAX_MESSAGE})"));
-    }
-    Ok((buf.len() >= header + len).then(|| (b0 & 0x80 != 0, b0 & 0x0f, header..header + len)))
-}
-
-/// How a client's handshake failed.
-enum Handshake {
-    /// No answer to this step within [`STEP_TIMEOUT`]: worth starting again.
-    Stalled(&'static str),
-    Failed(String),
-}
-
-/// One Socket.IO client over WebSocket, connected to the default namespace.
-struct Client {
-    stream: TcpStream,
-    /// Bytes read and not yet parsed.
-    buf: Vec<u8>,
-    /// The fragments of a message not yet complete.
-    partial: Vec<u8>,
-    /// The worker that serves it (its `whoami` answer).
-    worker: u64,
-}
-
-impl Client {
-    /// The WebSocket upgrade, Engine.IO open, Socket.IO connect, then `whoami`, whose answer must
-    /// say "websocket". Each answer must come within [`STEP_TIMEOUT`].
-    async fn connect(port: u16) -> Result<Self, Handshake> {
-        let failed = |what: &str, e: std::io::Error| Handshake::Failed(format!("{what}: {e}"));
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| failed("connect", e))?;
-        stream.set_nodelay(true).map_err(|e| failed("TCP_NODELAY", e))?;
-        let mut client = Self { stream, buf: Vec::with_capacity(16 * 1024), partial: Vec::new(), worker: 0 };
-        let request = format!(
-            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        client.stream.write_all(request.as_bytes()).await.map_err(|e| failed("send the upgrade", e))?;
-        let head_end = loop {
-            if let Some(i) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            if client.buf.len() > 8192 {
-                return Err(Handshake::Failed("no end of the upgrade response within 8 KiB".into()));
-            }
-            client.read_within("to the upgrade request").await?;
-        };
-        if !client.buf.starts_with(b"HTTP/1.1 101") {
-            let line = String::from_utf8_lossy(&client.buf[..head_end]).lines().next().unwrap_or("").to_owned();
-            return Err(Handshake::Failed(format!("the upgrade was answered {line:?}")));
-        }
-        client.buf.drain(..head_end);
-        let open = client.next_text("after the upgrade (Engine.IO open)").await?;
-        expect(&open, b"0{", "the Engine.IO open packet")?;
-        client.send(b"40").await?;
-        let connected = client.next_text("to the namespace connect (40)").await?;
-        expect(&connected, b"40", "the namespace connect")?;
-        client.send(br#"420["whoami"]"#).await?;
-        let answer = client.next_text("to whoami").await?;
-        expect(&answer, b"430", "the whoami ack")?;
-        let me: Value = serde_json::from_slice(&answer[3..])
-            .map_err(|e| Handshake::Failed(format!("a bad whoami ack ({e}): {}", String::from_utf8_lossy(&answer))))?;
-        if me[0]["transport"] != "websocket" {
-            return Err(Handshake::Failed(format!("whoami says the transport is {}", me[0]["transport"])));
-        }
-        client.worker = me[0]["worker"].as_u64().ok_or_else(|| Handshake::Failed(format!("no worker id in {me}")))?;
-        Ok(client)
-    }
-
-    /// Reads more of the handshake within [`STEP_TIMEOUT`]; `step` names what is awaited.
-    async fn read_within(&mut self, step: &'static str) -> Result<(), Handshake> {
-        self.buf.reserve(16 * 1024);
-        match tokio::time::timeout(STEP_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
-            Err(_) => Err(Handshake::Stalled(step)),
-            Ok(Ok(0)) => {
-                Err(Handshake::Failed(format!("the server closed the connection (awaiting an answer {step})")))
-            }
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(Handshake::Failed(format!("read: {e}"))),
-        }
-    }
-
-    async fn send(&mut self, text: &[u8]) -> Result<(), Handshake> {
-        self.stream.write_all(&client_frame(OP_TEXT, text)).await.map_err(|e| Handshake::Failed(format!("send: {e}")))
-    }
-
-    /// The next text message of the handshake (answering pings on the way): the server sends
-    /// nothing else before the step is answered.
-    async fn next_text(&mut self, step: &'static str) -> Result<Vec<u8>, Handshake> {
-        loop {
-            let mut first = None;
-            let mut out = Vec::new();
-            self.parse(&mut out, |text, out| {
-                if text == b"2" {
-                    out.extend(client_frame(OP_TEXT, b"3"));
-                } else if first.is_none() {
-                    first = Some(text.to_vec());
-                }
-            })
-            .map_err(Handshake::Failed)?;
-            if !out.is_empty() {
-                self.stream.write_all(&out).await.map_err(|e| Handshake::Failed(format!("send: {e}")))?;
-            }
-            if let Some(text) = first {
-                return Ok(text);
-            }
-            self.read_within(step).await?;
-        }
-    }
-
-    /// Every complete frame buffered: text messages go to `on_text`, pings are answered (into
-    /// `out`), a close is an error.
-    fn parse(&mut self, out: &mut Vec<u8>, mut on_text: impl FnMut(&[u8], &mut Vec<u8>)) -> Result<(), String> {
-        let mut at = 0;
-        while let Some((fin, opcode, payload)) = parse_frame(&self.buf[at..])? {
-            let body = &self.buf[at + payload.start..at + payload.end];
-            match opcode {
-                OP_TEXT | OP_CONTINUATION if fin && self.partial.is_empty() => on_text(body, out),
-                OP_TEXT | OP_CONTINUATION => {
-                    self.partial.extend_from_slice(body);
-                    if self.partial.len() > MAX_MESSAGE {
-                        return Err("a fragmented message larger than the limit".into());
-                    }
-                    if fin {
-                        on_text(&self.partial, out);
-                        self.partial.clear();
-                    }
-                }
-                OP_PING => out.extend(client_frame(OP_PONG, body)),
-                OP_PONG => {}
-                OP_CLOSE => {
-                    return Err(format!("the server closed the WebSocket ({:?})", String::from_utf8_lossy(body)));
-                }
-                other => return Err(format!("an unexpected frame (opcode {other})")),
-            }
-            at += payload.end;
-        }
-        self.buf.drain(..at);
-        Ok(())
-    }
-
-    /// Receives until `stop`, every text to `shared`; writes the frames `outgoing` brings (a
-    /// sender's).
-    async fn run(
-        mut self,
-        shared: Rc<Shared>,
-        mut outgoing: Option<mpsc::UnboundedReceiver<Vec<u8>>>,
-        stop: CancellationToken,
-    ) -> Result<(), String> {
-        let mut out = Vec::new();
-        loop {
-            self.buf.reserve(16 * 1024);
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return Ok(()),
-                Some(frame) = next_frame(&mut outgoing) => {
-                    self.stream.write_all(&frame).await.map_err(|e| format!("send: {e}"))?;
-                }
-                read = self.stream.read_buf(&mut self.buf) => {
-                    match read {
-                        Ok(0) => return Err("the server closed the connection".into()),
-                        Ok(_) => {}
-                        Err(e) => return Err(format!("read: {e}")),
-                    }
-                    // Every message of this read had arrived by now.
-                    let now = shared.now_us();
-                    self.parse(&mut out, |text, out| shared.on_text(text, now, out))?;
-                    if !out.is_empty() {
-                        self.stream.write_all(&out).await.map_err(|e| format!("send: {e}"))?;
-                        out.clear();
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// `Failed` unless `text` starts with `prefix`.
-fn expect(text: &[u8], prefix: &[u8], what: &str) -> Result<(), Handshake> {
-    if text.starts_with(prefix) {
-        Ok(())
-    } else {
-        Err(Handshake::Failed(format!("expected {what}, got {:?}", String::from_utf8_lossy(text))))
-    }
-}
-
-/// The next frame a sender must write; pending for ever for the other clients.
-async fn next_frame(outgoing: &mut Option<mpsc::UnboundedReceiver<Vec<u8>>>) -> Option<Vec<u8>> {
-    match outgoing {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
+        let burst = broadcast(shared, senders, (2, fanout.broadcasts), Pace::Window(WINDOW), PAYLOAD).await?;
+        let cpu = before.until(&CpuSample::take(primary, &workers), LoadIn::Thread);
+        let paced = broadcast(shared, senders, (3, PACED), Pace::Rate(PACED_RATE), PAYLOAD).await?;
+        Ok((burst, cpu, paced))
+    })
+    .await?;
+    Ok(Outcome {
+        spread,
+        stalls: stalls.len(),
+        burst,
+        paced,
+        cpu,
+        unexpected: shared.unexpected_count(),
+        sample: shared.samples().into_iter().next(),
+    })
 }
 
 // ---- The report -----------------------------------------------------------------------------------

@@ -3,8 +3,12 @@
 //! socket, the Node.js primaries, `/proc` figures, wrk, and small statistics. Each bench includes it
 //! with `mod common;`.
 
-// Each bench binary uses a different subset of this module.
+// Each bench binary uses a different subset of this module (and of its submodules).
 #![allow(dead_code)]
+
+pub mod broadcast;
+pub mod cpu;
+pub mod sio_client;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
