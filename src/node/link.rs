@@ -69,6 +69,8 @@ pub struct NodeLink {
     /// Read buffer.
     chunk: Vec<u8>,
     slot: u32,
+    /// Messages of this worker's that were dropped (`dropped` in `status`).
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// A `queryServer` being answered.
@@ -140,6 +142,7 @@ impl NodeLink {
             pending: VecDeque::new(),
             chunk: Vec::with_capacity(64 * 1024),
             slot: launch.slot,
+            dropped: std::sync::Arc::clone(&launch.dropped),
         };
         Ok((link, spawned))
     }
@@ -199,9 +202,11 @@ impl NodeLink {
         if source.as_ref().and_then(Value::as_str) == Some("_sio_adapter") {
             if let Some(relay) = &self.relay {
                 // The relay's queue is deep; a full one means it is far behind, and the adapter's
-                // own timeouts cover a lost message.
-                if relay.try_send(super::relay::Input::Frame { key: self.key, frame }).is_err() {
-                    tracing::warn!(worker = self.slot, "node relay: queue full, an adapter message was dropped");
+                // own timeouts cover a lost message. Counted with the worker's drops; said once.
+                if relay.try_send(super::relay::Input::Frame { key: self.key, frame }).is_err()
+                    && self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
+                {
+                    tracing::warn!(worker = self.slot, "node relay: queue full, adapter messages are dropped");
                 }
             }
             return Ok(());
