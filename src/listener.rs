@@ -239,6 +239,11 @@ pub fn serve_one(
     match listener {
         Bound::Tcp { addr, listener } => {
             listener.set_nonblocking(true)?;
+            // Accepted sockets inherit TCP_NODELAY from the listener (Linux), and it travels with
+            // the fd to the worker. Without it, a response written in pieces waits for the
+            // client's delayed ACK (Nagle): 40 ms stalls that capped Socket.IO broadcasts. axum's
+            // and Node's own listeners set it too. Best effort: a socket from systemd may refuse.
+            let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tokio::spawn(async move {
                 accept_loop(
@@ -246,11 +251,6 @@ pub fn serve_one(
                     group,
                     || listener.accept(),
                     |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
-                        // Socket options go with the fd to the worker. Without TCP_NODELAY, a
-                        // small response written in pieces waits for the client's delayed ACK
-                        // (Nagle): 40 ms stalls that capped Socket.IO broadcasts (what axum's and
-                        // Node's own listeners set too).
-                        let _ = stream.set_nodelay(true);
                         let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
                         (Client::Tcp(stream), Address::from(peer), local, Some(peer.ip()))
                     },

@@ -33,32 +33,49 @@ impl BusReader {
         Self { read, buffer: BytesMut::new(), open: true }
     }
 
-    /// The next frame; `None` at the end. Cancel-safe: what was read stays in the buffer.
-    pub async fn next(&mut self) -> Result<Option<Incoming>, String> {
+    /// Waits until a whole frame is buffered (`true`; take it with [`BusReader::take`]) or the
+    /// worker closed its end (`false`). Cancel-safe: what was read stays in the buffer.
+    pub async fn fill(&mut self) -> Result<bool, String> {
         loop {
             let mut wanted = READ_SIZE;
-            if let Some(header) = self.buffer.get(..4) {
-                let length = u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize;
-                if length > MAX_BUS_FRAME {
-                    return Err(format!("frame of {length} bytes exceeds the limit of {MAX_BUS_FRAME} bytes"));
-                }
+            if let Some(length) = self.declared_length()? {
                 if self.buffer.len() >= 4 + length {
-                    let mut frame = self.buffer.split_to(4 + length).freeze();
-                    frame.advance(4);
-                    return parse(frame).map(Some);
+                    return Ok(true);
                 }
                 // A large frame is read into one allocation instead of growing step by step.
                 wanted = wanted.max(4 + length - self.buffer.len());
             }
             self.buffer.reserve(wanted);
             match self.read.read_buf(&mut self.buffer).await {
-                Ok(0) => return Ok(None),
+                Ok(0) => return Ok(false),
                 Ok(_) => {}
                 // The worker died with bytes unread on its side: the end of the bus, not a fault.
-                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
                 Err(error) => return Err(error.to_string()),
             }
         }
+    }
+
+    /// Takes the frame [`BusReader::fill`] found, if there is one.
+    pub fn take(&mut self) -> Result<Option<Incoming>, String> {
+        match self.declared_length()? {
+            Some(length) if self.buffer.len() >= 4 + length => {
+                let mut frame = self.buffer.split_to(4 + length).freeze();
+                frame.advance(4);
+                parse(frame).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The body length the next frame's header announces, once the header is there.
+    fn declared_length(&self) -> Result<Option<usize>, String> {
+        let Some(header) = self.buffer.get(..4) else { return Ok(None) };
+        let length = u32::from_le_bytes(header.try_into().expect("4 bytes")) as usize;
+        if length > MAX_BUS_FRAME {
+            return Err(format!("frame of {length} bytes exceeds the limit of {MAX_BUS_FRAME} bytes"));
+        }
+        Ok(Some(length))
     }
 }
 

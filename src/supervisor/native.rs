@@ -223,25 +223,27 @@ impl NativeLink {
 }
 
 /// Reads one bus frame and hands it to the relay. Cancel-safe: room in the relay's queue is
-/// reserved before a frame is taken off the socket.
+/// reserved once a whole frame is buffered, and only then is the frame taken; an idle bus costs
+/// no reservation.
 async fn relay_one(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64) -> Result<(), String> {
-    let permit = relay.reserve().await.ok();
-    match bus.next().await {
-        Ok(Some(frame)) => {
-            if let Some(permit) = permit {
-                permit.send(Input::Frame { key, frame });
-            }
-            Ok(())
-        }
-        Ok(None) => {
+    let result = async {
+        if !bus.fill().await? {
             bus.open = false;
-            Ok(())
+            return Ok(());
         }
-        Err(error) => {
-            bus.open = false;
-            Err(error)
+        let permit = relay.reserve().await.ok();
+        if let Some(frame) = bus.take()?
+            && let Some(permit) = permit
+        {
+            permit.send(Input::Frame { key, frame });
         }
+        Ok(())
     }
+    .await;
+    if result.is_err() {
+        bus.open = false;
+    }
+    result
 }
 
 /// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.
