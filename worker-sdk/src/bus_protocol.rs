@@ -267,63 +267,86 @@ pub struct PublishRef<'a> {
 /// as [`BusFromWorker`] would fail).
 pub fn parse_publish(body: &[u8]) -> Option<Result<PublishRef<'_>, crate::codec::CodecError>> {
     const PUBLISH: u8 = 2;
-    if body.first() != Some(&PUBLISH) {
-        return None;
-    }
-    let malformed = |what: &str| crate::codec::CodecError::Malformed(format!("publish: {what}"));
-    let mut rest = &body[1..];
-    let mut take = |n: usize| -> Result<&[u8], crate::codec::CodecError> {
-        if rest.len() < n {
-            return Err(malformed("truncated"));
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let parsed = (|| {
-        let length = read_varint(&mut take)?;
-        let channel = std::str::from_utf8(take(length)?).map_err(|_| malformed("channel is not UTF-8"))?;
-        let length = read_varint(&mut take)?;
-        let payload = take(length)?;
-        let echo = match take(1)?[0] {
+    let mut cursor = Cursor::after_tag(body, PUBLISH, "publish")?;
+    Some((|| {
+        let channel = cursor.string()?;
+        let payload = cursor.bytes()?;
+        let echo = match cursor.take(1)?[0] {
             0 => false,
             1 => true,
-            _ => return Err(malformed("echo is not a bool")),
+            _ => return Err(cursor.malformed("echo is not a bool")),
         };
-        Ok(PublishRef { channel, payload, echo })
-    })();
-    Some(parsed.and_then(|publish| {
-        if rest.is_empty() {
-            Ok(publish)
-        } else {
-            Err(crate::codec::CodecError::Trailing { used: body.len() - rest.len(), trailing: rest.len() })
+        cursor.finish(PublishRef { channel, payload, echo })
+    })())
+}
+
+/// Reads a frame body in place, the way bincode's `standard()` configuration decodes it, for the
+/// frames that are read without copying their payload ([`parse_publish`], [`parse_message`]).
+struct Cursor<'a> {
+    body: &'a [u8],
+    rest: &'a [u8],
+    /// The frame's name, for error messages.
+    what: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor past the one-byte `tag`, if the body starts with it.
+    fn after_tag(body: &'a [u8], tag: u8, what: &'static str) -> Option<Self> {
+        (body.first() == Some(&tag)).then(|| Self { body, rest: &body[1..], what })
+    }
+
+    fn malformed(&self, why: &str) -> crate::codec::CodecError {
+        crate::codec::CodecError::Malformed(format!("{}: {why}", self.what))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], crate::codec::CodecError> {
+        if self.rest.len() < n {
+            return Err(self.malformed("truncated"));
         }
-    }))
-}
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
 
-/// bincode's `standard()` variable-length integer, as a length (at most [`MAX_BUS_FRAME`]).
-fn read_varint<'a>(
-    take: &mut impl FnMut(usize) -> Result<&'a [u8], crate::codec::CodecError>,
-) -> Result<usize, crate::codec::CodecError> {
-    let value = read_varint_u64(take)?;
-    usize::try_from(value)
-        .ok()
-        .filter(|&v| v <= MAX_BUS_FRAME)
-        .ok_or(crate::codec::CodecError::Oversized { size: usize::try_from(value).unwrap_or(usize::MAX) })
-}
+    /// A variable-length integer in its shortest form (bincode refuses others).
+    fn varint(&mut self) -> Result<u64, crate::codec::CodecError> {
+        let wide = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |value, &byte| value << 8 | u64::from(byte));
+        let (value, floor) = match self.take(1)?[0] {
+            byte @ 0..=250 => return Ok(u64::from(byte)),
+            251 => (wide(self.take(2)?), 251),
+            252 => (wide(self.take(4)?), u64::from(u16::MAX) + 1),
+            253 => (wide(self.take(8)?), u64::from(u32::MAX) + 1),
+            _ => return Err(self.malformed("bad integer")),
+        };
+        if value < floor {
+            return Err(self.malformed("integer not in its shortest form"));
+        }
+        Ok(value)
+    }
 
-/// bincode's `standard()` variable-length integer, in its shortest form (bincode refuses others).
-fn read_varint_u64<'a>(
-    take: &mut impl FnMut(usize) -> Result<&'a [u8], crate::codec::CodecError>,
-) -> Result<u64, crate::codec::CodecError> {
-    let wide = |bytes: &[u8]| bytes.iter().rev().fold(0u64, |value, &byte| value << 8 | u64::from(byte));
-    Ok(match take(1)?[0] {
-        byte @ 0..=250 => u64::from(byte),
-        251 => Some(wide(take(2)?)).filter(|&v| v >= 251).ok_or_else(non_canonical)?,
-        252 => Some(wide(take(4)?)).filter(|&v| v > u64::from(u16::MAX)).ok_or_else(non_canonical)?,
-        253 => Some(wide(take(8)?)).filter(|&v| v > u64::from(u32::MAX)).ok_or_else(non_canonical)?,
-        _ => return Err(crate::codec::CodecError::Malformed("bad integer".into())),
-    })
+    /// A length prefix, at most [`MAX_BUS_FRAME`], then that many bytes.
+    fn bytes(&mut self) -> Result<&'a [u8], crate::codec::CodecError> {
+        let value = self.varint()?;
+        let length = usize::try_from(value)
+            .ok()
+            .filter(|&v| v <= MAX_BUS_FRAME)
+            .ok_or(crate::codec::CodecError::Oversized { size: usize::try_from(value).unwrap_or(usize::MAX) })?;
+        self.take(length)
+    }
+
+    fn string(&mut self) -> Result<&'a str, crate::codec::CodecError> {
+        let bytes = self.bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| self.malformed("a string is not UTF-8"))
+    }
+
+    /// `value`, if the whole body was used.
+    fn finish<T>(&self, value: T) -> Result<T, crate::codec::CodecError> {
+        if self.rest.is_empty() {
+            return Ok(value);
+        }
+        let used = self.body.len() - self.rest.len();
+        Err(crate::codec::CodecError::Trailing { used, trailing: self.rest.len() })
+    }
 }
 
 /// A [`BusToWorker::Message`] frame read in place: its payload is not copied.
@@ -342,38 +365,13 @@ pub struct MessageRef<'a> {
 /// [`BusToWorker`] would fail).
 pub fn parse_message(body: &[u8]) -> Option<Result<MessageRef<'_>, crate::codec::CodecError>> {
     const MESSAGE: u8 = 0;
-    if body.first() != Some(&MESSAGE) {
-        return None;
-    }
-    let malformed = |what: &str| crate::codec::CodecError::Malformed(format!("message: {what}"));
-    let mut rest = &body[1..];
-    let mut take = |n: usize| -> Result<&[u8], crate::codec::CodecError> {
-        if rest.len() < n {
-            return Err(malformed("truncated"));
-        }
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Ok(head)
-    };
-    let parsed = (|| {
-        let length = read_varint(&mut take)?;
-        let channel = std::str::from_utf8(take(length)?).map_err(|_| malformed("channel is not UTF-8"))?;
-        let from = u32::try_from(read_varint_u64(&mut take)?).map_err(|_| malformed("sender id over u32"))?;
-        let length = read_varint(&mut take)?;
-        let payload = take(length)?;
-        Ok(MessageRef { channel, from, payload })
-    })();
-    Some(parsed.and_then(|message| {
-        if rest.is_empty() {
-            Ok(message)
-        } else {
-            Err(crate::codec::CodecError::Trailing { used: body.len() - rest.len(), trailing: rest.len() })
-        }
-    }))
-}
-
-fn non_canonical() -> crate::codec::CodecError {
-    crate::codec::CodecError::Malformed("publish: length not in its shortest form".into())
+    let mut cursor = Cursor::after_tag(body, MESSAGE, "message")?;
+    Some((|| {
+        let channel = cursor.string()?;
+        let from = u32::try_from(cursor.varint()?).map_err(|_| cursor.malformed("sender id over u32"))?;
+        let payload = cursor.bytes()?;
+        cursor.finish(MessageRef { channel, from, payload })
+    })())
 }
 
 /// The start of a [`BusToWorker::Message`] frame (length prefix, tag, channel, sender, payload
