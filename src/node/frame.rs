@@ -25,6 +25,15 @@ pub enum Mode {
     Advanced,
 }
 
+impl From<crate::config::Serialization> for Mode {
+    fn from(serialization: crate::config::Serialization) -> Self {
+        match serialization {
+            crate::config::Serialization::Advanced => Mode::Advanced,
+            crate::config::Serialization::Json => Mode::Json,
+        }
+    }
+}
+
 impl Mode {
     /// The mode of a `NODE_CHANNEL_SERIALIZATION_MODE` value (`json` or `advanced`).
     pub fn from_env_value(value: &str) -> Option<Mode> {

@@ -91,10 +91,7 @@ impl NodeLink {
         let (read, write) = tokio::net::UnixStream::from_std(stream)
             .map_err(|e| format!("cannot register the IPC socket: {e}"))?
             .into_split();
-        let mode = match settings.serialization {
-            crate::config::Serialization::Advanced => Mode::Advanced,
-            crate::config::Serialization::Json => Mode::Json,
-        };
+        let mode = Mode::from(settings.serialization);
         let env = vec![
             ("NODE_CHANNEL_FD".to_owned(), CHANNEL_FD.to_string()),
             ("NODE_CHANNEL_SERIALIZATION_MODE".to_owned(), mode.as_str().to_owned()),

@@ -62,10 +62,7 @@ struct Relay {
 
 pub fn start(budget: usize, serialization: crate::config::Serialization) -> mpsc::Sender<Input> {
     let (tx, mut rx) = mpsc::channel(4096);
-    let mode = match serialization {
-        crate::config::Serialization::Advanced => Mode::Advanced,
-        crate::config::Serialization::Json => Mode::Json,
-    };
+    let mode = Mode::from(serialization);
     tokio::spawn(async move {
         let mut relay = Relay { members: BTreeMap::new(), budget, mode };
         while let Some(input) = rx.recv().await {
