@@ -12,7 +12,7 @@
 //!
 //! The two primaries, each with [`WORKERS`] workers, each started fresh on a free loopback port for
 //! every load run (both from `benches/node`):
-//! - **Node primary**: `node node_primary_exec.cjs <port> 2`: `cluster` + `@socket.io/sticky`
+//! - **Node primary**: `node primary.cjs <port> 2`: `cluster` + `@socket.io/sticky`
 //!   `setupMaster` least-connection + `@socket.io/cluster-adapter` `setupPrimary`,
 //!   `serialization: "advanced"`, forking `worker.cjs` through `cluster.setupPrimary({ exec })`;
 //! - **clusterd**: `clusterd --protocol node --workers 2 --listen 127.0.0.1:<port> -- node worker.cjs`.
@@ -234,7 +234,7 @@ impl Server {
         let port = common::free_port();
         let (process, workers) = match setup {
             Setup::Node => {
-                common::start_node_primary(&tools.node, ("node_primary_exec.cjs", port, WORKERS), &log, START_TIMEOUT)
+                common::start_node_primary(&tools.node, ("primary.cjs", port, WORKERS), &log, START_TIMEOUT)
             }
             Setup::Clusterd => start_clusterd(clusterd, &tools.node, (port, &socket, &log)),
         };

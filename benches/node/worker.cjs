@@ -1,6 +1,6 @@
 // The worker of Socket.IO's documented cluster recipe ("Using Node.js Cluster",
 // socket.io/docs/v4/cluster-adapter), unmodified between the two primaries of
-// benches/node_workers.rs: the Node.js primary (node_primary_exec.cjs forks it with
+// benches/node_workers.rs: the Node.js primary (primary.cjs forks it with
 // `cluster.setupPrimary({ exec })`) and `clusterd --protocol node -- node worker.cjs`.
 //
 // An http server that never listens (the primary owns the port and passes each connection with
