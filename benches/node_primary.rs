@@ -53,7 +53,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{IO_TIMEOUT, Process, Status, WRK_CONNECTIONS, WRK_SECONDS, WrkResult, mib};
+use common::{IO_TIMEOUT, Process, Status, WRK_CONNECTIONS, WRK_SECONDS, mib};
 use serde_json::Value;
 
 /// A/B rounds of each test.
@@ -477,8 +477,8 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
         exit: None,
     };
     let parsed = match test {
-        Test::Close => read_wrk(&output, &mut run),
-        Test::Polling => read_load(&output, &mut run),
+        Test::Close => take_outcome(common::LoadOutcome::from_wrk(&output), &mut run),
+        Test::Polling => take_outcome(common::LoadOutcome::from_polling_load(&output), &mut run),
     };
     if let Err(e) = parsed {
         server.process.fail(&format!("cannot read the load's output ({e}):\n{output}{errors}"));
@@ -496,39 +496,6 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
     }
     run.exit = server.process.stop();
     run
-}
-
-/// wrk's `Requests/sec`, request count, non-2xx and socket errors.
-fn read_wrk(text: &str, run: &mut Run) -> Result<(), String> {
-    let wrk = WrkResult::parse(text)?;
-    (run.rate, run.done, run.errors) = (wrk.rps, wrk.requests, wrk.errors());
-    if run.errors > 0 {
-        let [c, r, w, t] = wrk.socket_errors;
-        run.error_detail = format!("non-2xx {}, socket connect {c} read {r} write {w} timeout {t}", wrk.non_2xx);
-    }
-    Ok(())
-}
-
-/// polling_load.mjs's JSON line.
-fn read_load(text: &str, run: &mut Run) -> Result<(), String> {
-    let line = text.lines().rev().find(|l| l.starts_with('{')).ok_or("no JSON line")?;
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON {line:?}: {e}"))?;
-    run.done = v["sessions"].as_u64().ok_or("no `sessions`")?;
-    run.errors = v["errors"].as_u64().ok_or("no `errors`")?;
-    let seconds = v["seconds"].as_f64().filter(|s| *s > 0.0).ok_or("no `seconds`")?;
-    run.rate = run.done as f64 / seconds;
-    let kinds = |key: &str| {
-        v[key]
-            .as_object()
-            .map_or(String::new(), |m| m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "))
-    };
-    run.spread = kinds("workers");
-    if run.errors > 0 {
-        let samples: Vec<&str> =
-            v["error_samples"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).take(3).collect());
-        run.error_detail = format!("{} (e.g. {})", kinds("error_kinds"), samples.join("; "));
-    }
-    Ok(())
 }
 
 /// clusterd's memory with [`SESSIONS`] open sticky sessions.
@@ -919,4 +886,17 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
 
 fn describe(status: Option<ExitStatus>) -> String {
     status.map_or_else(|| "unknown (killed after the timeout)".to_owned(), |s| format!("exited: {s}"))
+}
+
+/// Copies a load run's outcome into the run.
+fn take_outcome(outcome: Result<common::LoadOutcome, String>, run: &mut Run) -> Result<(), String> {
+    let outcome = outcome?;
+    (run.rate, run.done, run.errors) = (outcome.rate, outcome.done, outcome.errors);
+    if outcome.errors > 0 {
+        run.error_detail = outcome.error_detail;
+    }
+    if !outcome.spread.is_empty() {
+        run.spread = outcome.spread;
+    }
+    Ok(())
 }

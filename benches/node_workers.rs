@@ -66,7 +66,7 @@ mod common;
 use common::broadcast::{self, Pace, Phase, Shared, broadcast};
 use common::cpu::{Cpu, CpuSample, LoadIn, cores_online as cores};
 use common::sio_client::{self, Connected, STEP_TIMEOUT};
-use common::{Process, Setup, WrkResult, mib};
+use common::{Process, Setup, mib};
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -75,8 +75,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
 
 /// Interleaved rounds.
 const ROUNDS: usize = 3;
@@ -233,9 +231,7 @@ impl Server {
         let (dir, socket, log) = common::scratch("clusterd-node-workers-", "server.log");
         let port = common::free_port();
         let (process, workers) = match setup {
-            Setup::Node => {
-                common::start_node_primary(&tools.node, ("primary.cjs", port, WORKERS), &log, START_TIMEOUT)
-            }
+            Setup::Node => common::start_node_primary(&tools.node, ("primary.cjs", port, WORKERS), &log, START_TIMEOUT),
             Setup::Clusterd => start_clusterd(clusterd, &tools.node, (port, &socket, &log)),
         };
         let mut server = Self { process, port, workers, socket, dir };
@@ -487,45 +483,12 @@ fn external_load(tools: &Tools, server: &mut Server, run: &mut Run) {
         Some(_) => {}
     }
     let parsed = match run.test {
-        Test::Handoff => read_wrk(&output, run),
-        _ => read_polling(&output, run),
+        Test::Handoff => take_outcome(common::LoadOutcome::from_wrk(&output), run),
+        _ => take_outcome(common::LoadOutcome::from_polling_load(&output), run),
     };
     if let Err(e) = parsed {
         server.process.fail(&format!("cannot read the load's output ({e}):\n{output}{errors}"));
     }
-}
-
-/// wrk's `Requests/sec`, request count, non-2xx and socket errors.
-fn read_wrk(text: &str, run: &mut Run) -> Result<(), String> {
-    let wrk = WrkResult::parse(text)?;
-    (run.rate, run.done, run.errors) = (wrk.rps, wrk.requests, wrk.errors());
-    if run.errors > 0 {
-        let [c, r, w, t] = wrk.socket_errors;
-        run.error_detail = format!("non-2xx {}, socket errors connect {c} read {r} write {w} timeout {t}", wrk.non_2xx);
-    }
-    Ok(())
-}
-
-/// polling_load.mjs's JSON line.
-fn read_polling(text: &str, run: &mut Run) -> Result<(), String> {
-    let line = text.lines().rev().find(|l| l.starts_with('{')).ok_or("no JSON line")?;
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON {line:?}: {e}"))?;
-    run.done = v["sessions"].as_u64().ok_or("no `sessions`")?;
-    run.errors = v["errors"].as_u64().ok_or("no `errors`")?;
-    let seconds = v["seconds"].as_f64().filter(|s| *s > 0.0).ok_or("no `seconds`")?;
-    run.rate = run.done as f64 / seconds;
-    let kinds = |key: &str| {
-        v[key]
-            .as_object()
-            .map_or(String::new(), |m| m.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "))
-    };
-    run.spread = kinds("workers");
-    if run.errors > 0 {
-        let samples: Vec<&str> =
-            v["error_samples"].as_array().map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).take(2).collect());
-        run.error_detail = format!("{} (e.g. {})", kinds("error_kinds"), samples.join("; "));
-    }
-    Ok(())
 }
 
 /// The fan-out clients, on a current-thread runtime on this thread.
@@ -974,4 +937,17 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
     println!("```");
     println!();
     println!("(Ports and temporary control-socket paths differ in every run.)");
+}
+
+/// Copies a load run's outcome into the run.
+fn take_outcome(outcome: Result<common::LoadOutcome, String>, run: &mut Run) -> Result<(), String> {
+    let outcome = outcome?;
+    (run.rate, run.done, run.errors) = (outcome.rate, outcome.done, outcome.errors);
+    if outcome.errors > 0 {
+        run.error_detail = outcome.error_detail;
+    }
+    if !outcome.spread.is_empty() {
+        run.spread = outcome.spread;
+    }
+    Ok(())
 }

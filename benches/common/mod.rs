@@ -692,3 +692,51 @@ pub fn package_version(name: &str) -> String {
         .and_then(|v| v["version"].as_str().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned())
 }
+
+/// What one load run reported: its rate, what it completed, its errors (and what they were), and
+/// how the work spread over the workers, where the load generator says so.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    pub rate: f64,
+    pub done: u64,
+    pub errors: u64,
+    pub error_detail: String,
+    pub spread: String,
+}
+
+impl LoadOutcome {
+    /// wrk's `Requests/sec`, request count, non-2xx and socket errors.
+    pub fn from_wrk(text: &str) -> Result<Self, String> {
+        let wrk = WrkResult::parse(text)?;
+        let mut outcome = Self { rate: wrk.rps, done: wrk.requests, errors: wrk.errors(), ..Self::default() };
+        if outcome.errors > 0 {
+            let [c, r, w, t] = wrk.socket_errors;
+            outcome.error_detail =
+                format!("non-2xx {}, socket errors connect {c} read {r} write {w} timeout {t}", wrk.non_2xx);
+        }
+        Ok(outcome)
+    }
+
+    /// benches/node/polling_load.mjs's JSON line: sessions, errors, seconds, per-worker counts.
+    pub fn from_polling_load(text: &str) -> Result<Self, String> {
+        let line = text.lines().rev().find(|l| l.starts_with('{')).ok_or("no JSON line")?;
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("bad JSON {line:?}: {e}"))?;
+        let done = v["sessions"].as_u64().ok_or("no `sessions`")?;
+        let errors = v["errors"].as_u64().ok_or("no `errors`")?;
+        let seconds = v["seconds"].as_f64().filter(|s| *s > 0.0).ok_or("no `seconds`")?;
+        let kinds = |key: &str| {
+            v[key]
+                .as_object()
+                .map_or(String::new(), |m| m.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "))
+        };
+        let mut outcome =
+            Self { rate: done as f64 / seconds, done, errors, spread: kinds("workers"), ..Self::default() };
+        if errors > 0 {
+            let samples: Vec<&str> = v["error_samples"]
+                .as_array()
+                .map_or(Vec::new(), |a| a.iter().filter_map(Value::as_str).take(3).collect());
+            outcome.error_detail = format!("{} (e.g. {})", kinds("error_kinds"), samples.join("; "));
+        }
+        Ok(outcome)
+    }
+}
