@@ -197,6 +197,22 @@ fn no_session_is_lost_under_a_burst() {
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
 
+/// One worker takes every connection, so several handles are in flight to it at once while it is
+/// busy: 30 polling clients at once echo 200 B and 150 KiB payloads (POST bodies handed over with
+/// their connection, larger than one read of the channel). Every answer is the payload sent: no
+/// handle reaches the wrong message, none is refused or lost.
+#[test]
+fn pipelined_handles_carry_large_requests_intact() {
+    for (sticky, serialization) in [("2", "advanced"), ("1", "json")] {
+        let (mut c, url) = start(1, sticky, "0.3", serialization);
+        let result = run_clients(&url, 30, "big");
+        assert_eq!(result["sessions"], 30, "{serialization}: {result}");
+        c.signal(Signal::SIGTERM);
+        assert_eq!(c.wait_exit().code(), Some(0), "{serialization}: {}", c.stderr_dump());
+        assert!(!c.stderr_dump().contains("refused a connection"), "{}", c.stderr_dump());
+    }
+}
+
 /// Workers that call `server.listen(0)` share one port that clusterd listens on, and both get
 /// connections.
 #[test]

@@ -10,8 +10,8 @@
 //!   its connections come as `newconn` handles; `exitedAfterDisconnect` is acknowledged; a drain
 //!   is `act: "disconnect"`.
 //! - connections go as `NODE_HANDLE` messages (`net.Socket`, `{type: "sticky:connection", data:
-//!   <the request clusterd read>}`), one in flight until the worker's `NODE_HANDLE_ACK`
-//!   (`writer.rs`);
+//!   <the request clusterd read>}`), several in flight, each until the worker's
+//!   `NODE_HANDLE_ACK` (`writer.rs`);
 //! - `{type: "sticky:connection" | "sticky:disconnection", data: <sid>}` feed the session table;
 //! - `@socket.io/cluster-adapter` messages (`source: "_sio_adapter"`) go to the relay
 //!   (`relay.rs`) as the bytes they came in.
@@ -441,7 +441,7 @@ impl NodeLink {
         // Waits (bounded) for room rather than lose the one message that makes the worker go;
         // without it, the grace time's SIGKILL still ends the worker.
         if let Ok(frame) = Frame::encode(self.mode, &message) {
-            let out = Out::Frame(frame.into_raw().into());
+            let out = Out::Last(frame.into_raw().into());
             if self.out.send_timeout(out, Duration::from_secs(1)).await.is_err() {
                 tracing::warn!(worker = self.slot, "node channel: could not send the disconnect");
             }

@@ -5,18 +5,21 @@
 // fetchSockets, serverSideEmit with acks, a broadcast with acks, socketsJoin.
 // Prints one JSON line; exits 1 on error, 2 on timeout.
 //
-//   node node_cluster.mjs <url> <clients> [after-kill|load]
+//   node node_cluster.mjs <url> <clients> [after-kill|load|big]
 //
 // With `after-kill`, the clients connect, print {"ready": true, ...} and wait for a line on stdin
 // (the test kills a worker meanwhile); then the clients of the surviving workers ask fetchSockets
 // and serverSideEmit, timed, and the dead worker's clients connect again. With `load`, the clients (polling and WebSocket) all start at once
 // and each asks `whoami` several times; any lost request or session is a failure.
+// With `big`, polling-only clients all start at once and each echoes payloads of alternating
+// sizes (200 B and 150 KiB: a POST body clusterd hands over with the connection, larger than
+// one read of the worker's channel); every answer must be the payload sent.
 import { io } from "socket.io-client";
 import { createInterface } from "node:readline";
 
 const [url, count = "6", phase = ""] = process.argv.slice(2);
 if (!url) {
-  console.error("usage: node node_cluster.mjs <url> <clients> [after-kill]");
+  console.error("usage: node node_cluster.mjs <url> <clients> [after-kill|load|big]");
   process.exit(64);
 }
 const timer = setTimeout(() => {
@@ -68,6 +71,29 @@ async function loadClient(index) {
   }
 }
 
+async function bigClient(index) {
+  const socket = io(url, { transports: ["polling"], forceNew: true, reconnection: false });
+  try {
+    const failed = new Promise((_, reject) => {
+      socket.on("connect_error", (e) => reject(new Error(`connect_error ${e.message}`)));
+      socket.on("disconnect", (reason) => reject(new Error(`disconnected (${reason})`)));
+    });
+    failed.catch(() => {});
+    await Promise.race([new Promise((resolve) => socket.once("connect", resolve)), failed]);
+    for (let i = 0; i < 4; i++) {
+      const size = (index + i) % 2 === 0 ? 200 : 150 * 1024;
+      const payload = `${index}:${i}:`.padEnd(size, String.fromCharCode(97 + ((index + i) % 26)));
+      const echoed = await Promise.race([ask(socket, "echo", payload), failed]);
+      if (echoed !== payload) throw new Error(`echo ${i}: ${String(echoed).length} bytes back for ${size}`);
+    }
+    return true;
+  } catch (e) {
+    return `client ${index}: ${e.message}`;
+  } finally {
+    socket.disconnect();
+  }
+}
+
 async function timed(promise) {
   const started = Date.now();
   const value = await promise;
@@ -82,6 +108,13 @@ try {
     const load = await Promise.all(Array.from({ length: Number(count) }, (_, i) => loadClient(i)));
     const failures = load.filter((r) => r !== true);
     console.log(JSON.stringify({ ok: failures.length === 0 && errors.length === 0, sessions: load.length, failures, errors }));
+    clearTimeout(timer);
+    process.exit(failures.length === 0 && errors.length === 0 ? 0 : 1);
+  }
+  if (phase === "big") {
+    const big = await Promise.all(Array.from({ length: Number(count) }, (_, i) => bigClient(i)));
+    const failures = big.filter((r) => r !== true);
+    console.log(JSON.stringify({ ok: failures.length === 0 && errors.length === 0, sessions: big.length, failures, errors }));
     clearTimeout(timer);
     process.exit(failures.length === 0 && errors.length === 0 ? 0 : 1);
   }

@@ -5,7 +5,7 @@
 //
 // Only the packages vary (env STICKY=1|2, ADAPTER=0.2|0.3, both from tests/node/package.json),
 // and the handlers below give the tests something to ask:
-//   whoami -> {worker, pid}; "broadcast" (payload) -> io.emit("broadcast", payload, worker);
+//   whoami -> {worker, pid}; "echo" (payload) -> ack(payload); "broadcast" (payload) -> io.emit("broadcast", payload, worker);
 //   "fetch" -> ack(ids of io.fetchSockets()); "server ask" -> serverSideEmit with acks;
 //   "ask all" -> io.timeout().emit("question") acks; "join all" (room) -> io.socketsJoin(room).
 "use strict";
@@ -22,6 +22,7 @@ setupWorker(io);
 
 io.on("connection", (socket) => {
   socket.on("whoami", (ack) => ack({ worker, pid: process.pid }));
+  socket.on("echo", (payload, ack) => ack(payload));
   socket.on("broadcast", (payload) => io.emit("broadcast", payload, worker));
   socket.on("fetch", async (ack) => {
     try {
