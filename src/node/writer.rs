@@ -100,14 +100,8 @@ async fn run(
     failed: mpsc::UnboundedSender<Option<u32>>,
     queued: Arc<AtomicUsize>,
 ) {
-    let mut channel = Channel {
-        socket,
-        pending: VecDeque::new(),
-        in_flight: VecDeque::new(),
-        closing: false,
-        failed,
-        queued,
-    };
+    let mut channel =
+        Channel { socket, pending: VecDeque::new(), in_flight: VecDeque::new(), closing: false, failed, queued };
     let mut batch = Vec::new();
     loop {
         let result = tokio::select! {
