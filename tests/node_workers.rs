@@ -213,6 +213,46 @@ fn pipelined_handles_carry_large_requests_intact() {
     }
 }
 
+/// Node workers in a rolling reload (SIGHUP) and scaled up (SIGTTIN) and down (SIGTTOU): every
+/// slot gets a new process that is online before the old one is told to go, the old processes
+/// leave cleanly, and the new pool carries everything the adapter does, across workers that
+/// never met the old ones.
+#[test]
+fn node_workers_reload_and_scale() {
+    let (mut c, url) = start(2, "2", "0.3", "advanced");
+    let before = c.status().unwrap();
+    let old: Vec<i32> = (0..2).map(|id| worker_pid(&before, id)).collect();
+    c.signal(Signal::SIGHUP);
+    let rows = |s: &Value| s["workers"].as_array().cloned().unwrap_or_default();
+    let after = c.wait_status("both Node workers on generation 2", |s| {
+        s["phase"] == "ready"
+            && rows(s).len() == 2
+            && rows(s).iter().all(|w| w["generation"] == 2 && w["state"] == "ready")
+    });
+    for (id, pid) in old.iter().enumerate() {
+        assert_ne!(worker_pid(&after, id as u64), *pid);
+        wait_gone(*pid, "an old-generation Node worker");
+    }
+    let result = run_clients(&url, 4, "");
+    assert_eq!(len(&result["fetch"]["ids"]), 4, "{result}");
+
+    c.signal(Signal::SIGTTIN);
+    c.wait_status("a third Node worker", |s| rows(s).len() == 3 && rows(s).iter().all(|w| w["state"] == "ready"));
+    let result = run_clients(&url, 6, "");
+    let workers: BTreeSet<u64> =
+        result["clients"].as_array().unwrap().iter().map(|c| c["workers"][0].as_u64().unwrap()).collect();
+    assert_eq!(workers.len(), 3, "new sessions reach all three workers: {result}");
+    assert_eq!(len(&result["askAll"]["answers"]), 6, "{result}");
+
+    c.signal(Signal::SIGTTOU);
+    c.wait_status("back to two Node workers", |s| rows(s).len() == 2);
+    run_clients(&url, 4, "");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    let log = c.stderr_dump();
+    assert!(!log.contains("ERR_") && !log.contains("exited with status 1"), "{log}");
+}
+
 /// Workers that call `server.listen(0)` share one port that clusterd listens on, and both get
 /// connections.
 #[test]

@@ -13,6 +13,11 @@
 //!   the survivors on 0.2.x as `WORKER_EXIT` (type 3) with its id. Type 13 means something else
 //!   there (`BROADCAST_ACK`) and is never sent to them.
 //!
+//! A worker that has not said anything yet (it is starting) has an unknown dialect: the notices
+//! for a worker that leaves meanwhile wait until it speaks, and it gets those of its dialect. It
+//! may already hold messages of the one that left (a rolling reload starts each new worker while
+//! the old ones still run), and a `BROADCAST_ACK` without data would crash a 0.2.x worker.
+//!
 //! A worker that does not read keeps its queue: messages over `--bus-queue` bytes queued for it,
 //! or that wait over [`STUCK_AFTER`] for room, are dropped and counted (`dropped` in `status`).
 
@@ -29,6 +34,9 @@ use super::writer::Out;
 use crate::relay::STUCK_AFTER;
 
 const SOURCE: &str = "_sio_adapter";
+/// Notices kept for a worker that has not spoken yet; beyond that its adapter's own heartbeat
+/// timeout (0.3.x) has to do.
+const MAX_DEFERRED: usize = 1024;
 
 pub enum Input {
     Join { key: u64, worker_id: u64, out: mpsc::Sender<Out>, queued: Arc<AtomicUsize>, dropped: Arc<AtomicU64> },
@@ -52,6 +60,8 @@ struct Member {
     version: Option<Version>,
     /// The adapter instances (uid, namespace) of this worker (0.3.x).
     adapters: BTreeSet<(String, String)>,
+    /// Departure notices that came while this worker's dialect was unknown.
+    deferred: Vec<(Version, Bytes)>,
 }
 
 struct Relay {
@@ -76,6 +86,7 @@ pub fn start(budget: usize, serialization: crate::config::Serialization) -> mpsc
                         stuck: false,
                         version: None,
                         adapters: BTreeSet::new(),
+                        deferred: Vec::new(),
                     };
                     relay.members.insert(key, member);
                 }
@@ -93,9 +104,13 @@ impl Relay {
         let Ok([kind, uid, nsp, requester, worker_id]) = fields else { return };
         let kind = kind.as_ref().and_then(Value::as_i64);
         let Some(member) = self.members.get_mut(&key) else { return };
+        let version = if uid.is_some() { Version::V03 } else { Version::V02 };
+        let deferred = match member.version.replace(version) {
+            None => std::mem::take(&mut member.deferred),
+            Some(_) => Vec::new(),
+        };
         let targets: Vec<u64> = match uid.as_ref().and_then(Value::as_str) {
             Some(uid) => {
-                member.version = Some(Version::V03);
                 let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
                 member.adapters.insert((uid.to_owned(), nsp.to_owned()));
                 if matches!(kind, Some(8 | 10)) {
@@ -112,7 +127,6 @@ impl Relay {
                 }
             }
             None => {
-                member.version = Some(Version::V02);
                 if matches!(kind, Some(9 | 11)) {
                     let to = worker_id.as_ref().and_then(Value::as_f64);
                     self.members.iter().filter(|(_, m)| Some(m.worker_id as f64) == to).map(|(k, _)| *k).collect()
@@ -121,6 +135,9 @@ impl Relay {
                 }
             }
         };
+        for (_, notice) in deferred.into_iter().filter(|(dialect, _)| *dialect == version) {
+            self.deliver(key, notice).await;
+        }
         let bytes = Bytes::from(frame.into_raw());
         for target in targets {
             self.deliver(target, bytes.clone()).await;
@@ -159,8 +176,15 @@ impl Relay {
         let survivors: Vec<(u64, Option<Version>)> = self.members.iter().map(|(k, m)| (*k, m.version)).collect();
         for (survivor, version) in survivors {
             for (dialect, bytes) in &notices {
-                if version == Some(*dialect) {
-                    self.deliver(survivor, bytes.clone()).await;
+                match version {
+                    Some(version) if version == *dialect => self.deliver(survivor, bytes.clone()).await,
+                    Some(_) => {}
+                    None => {
+                        let Some(member) = self.members.get_mut(&survivor) else { continue };
+                        if member.deferred.len() < MAX_DEFERRED {
+                            member.deferred.push((*dialect, bytes.clone()));
+                        }
+                    }
                 }
             }
         }
