@@ -18,7 +18,7 @@
 //! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget (twice its budget,
 //! counting the read chunks that the payloads it waits for were sliced from).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -46,7 +46,7 @@ pub enum Input {
 /// A frame from a worker, as its reader hands it over.
 pub enum Incoming {
     /// A publish, parsed in place: its payload goes to every subscriber without another copy.
-    Publish { channel: String, payload: Bytes, echo: bool },
+    Publish { channel: Arc<str>, payload: Bytes, echo: bool },
     /// Any other frame.
     Other(BusFromWorker),
 }
@@ -55,13 +55,48 @@ pub enum Incoming {
 /// queues, written one after the other (vectored).
 #[derive(Clone)]
 struct Outgoing {
-    head: Bytes,
+    head: Head,
     payload: Bytes,
 }
 
 impl Outgoing {
     fn len(&self) -> usize {
         self.head.len() + self.payload.len()
+    }
+}
+
+/// The longest frame start kept inline: a message's head on a channel of up to 30 bytes.
+const INLINE_HEAD: usize = 46;
+
+/// A frame's start. Short ones (the head of a message, on a channel of a usual name) are kept
+/// inline, so that relaying a message allocates nothing for its head.
+#[derive(Clone)]
+enum Head {
+    Inline { len: u8, bytes: [u8; INLINE_HEAD] },
+    Shared(Bytes),
+}
+
+impl Head {
+    fn new(head: &[u8]) -> Self {
+        match u8::try_from(head.len()) {
+            Ok(len) if head.len() <= INLINE_HEAD => {
+                let mut bytes = [0; INLINE_HEAD];
+                bytes[..head.len()].copy_from_slice(head);
+                Self::Inline { len, bytes }
+            }
+            _ => Self::Shared(Bytes::copy_from_slice(head)),
+        }
+    }
+}
+
+impl std::ops::Deref for Head {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Shared(bytes) => bytes,
+        }
     }
 }
 
@@ -77,7 +112,8 @@ struct Member {
 }
 
 struct Relay {
-    members: HashMap<u64, Member>,
+    /// By key; a map without hashing, for the lookups of every relayed message.
+    members: BTreeMap<u64, Member>,
     subscriptions: HashMap<String, BTreeSet<u64>>,
     budget: usize,
     requests: HashMap<u64, Pending>,
@@ -85,6 +121,8 @@ struct Relay {
     default_timeout: std::time::Duration,
     /// The relay's own input, for deadlines.
     input: mpsc::WeakSender<Input>,
+    /// Where each message's head is encoded (kept, so that it is allocated once).
+    head: Vec<u8>,
 }
 
 /// A request whose answers are being gathered.
@@ -103,13 +141,14 @@ pub fn start(budget: usize, default_timeout: std::time::Duration) -> mpsc::Sende
     let input = tx.downgrade();
     tokio::spawn(async move {
         let mut relay = Relay {
-            members: HashMap::new(),
+            members: BTreeMap::new(),
             subscriptions: HashMap::new(),
             budget,
             requests: HashMap::new(),
             next_request: 1,
             default_timeout,
             input,
+            head: Vec::new(),
         };
         while let Some(input) = rx.recv().await {
             relay.handle(input).await;
@@ -121,7 +160,7 @@ pub fn start(budget: usize, default_timeout: std::time::Duration) -> mpsc::Sende
 fn encode(frame: &BusToWorker) -> Option<Outgoing> {
     let mut bytes = Vec::new();
     encode_frame(frame, &mut bytes).ok()?;
-    Some(Outgoing { head: Bytes::from(bytes), payload: Bytes::new() })
+    Some(Outgoing { head: Head::Shared(Bytes::from(bytes)), payload: Bytes::new() })
 }
 
 impl Relay {
@@ -174,10 +213,14 @@ impl Relay {
     /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
     async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
         let Some(subscribers) = self.subscriptions.get(channel) else { return };
-        let targets: Vec<u64> = subscribers.iter().copied().filter(|&k| echo || k != key).collect();
-        let mut head = Vec::with_capacity(16 + channel.len());
-        message_head(channel, from, payload.len(), &mut head);
-        self.send_to(&targets, Outgoing { head: Bytes::from(head), payload }).await;
+        self.head.clear();
+        message_head(channel, from, payload.len(), &mut self.head);
+        let message = Outgoing { head: Head::new(&self.head), payload };
+        for target in subscribers.iter().filter(|&&k| echo || k != key) {
+            if let Some(member) = self.members.get_mut(target) {
+                enqueue(member, message.clone()).await;
+            }
+        }
     }
 
     /// Queues `bytes` for each of `keys` (see the overflow policy).
@@ -335,7 +378,9 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
         member.stuck = false;
         tracing::info!(worker = member.slot, "bus: the worker reads again");
     }
-    let deadline = tokio::time::Instant::now() + STUCK_AFTER;
+    // The clock is read only when the member's queue is full: most frames find room at once.
+    let mut first_wait = None;
+    let mut deadline = || *first_wait.get_or_insert_with(|| tokio::time::Instant::now() + STUCK_AFTER);
     while !fits(member) {
         // Register before checking again, so that a write in between is not missed.
         let room = Arc::clone(&member.room);
@@ -343,7 +388,7 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
         if fits(member) {
             break;
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        if tokio::time::timeout_at(deadline(), notified).await.is_err() {
             tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
             member.stuck = true;
             member.dropped.fetch_add(1, Ordering::Relaxed);
@@ -352,7 +397,14 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     }
     // Counted before the writer can see it, so that the writer never subtracts first.
     member.queued.fetch_add(size, Ordering::Relaxed);
-    if !matches!(tokio::time::timeout_at(deadline, member.queue.send(bytes)).await, Ok(Ok(()))) {
+    let sent = match member.queue.try_send(bytes) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(bytes)) => {
+            matches!(tokio::time::timeout_at(deadline(), member.queue.send(bytes)).await, Ok(Ok(())))
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    };
+    if !sent {
         // The writer is gone (the worker left) or the queue stayed full: count it.
         member.queued.fetch_sub(size, Ordering::Relaxed);
         member.dropped.fetch_add(1, Ordering::Relaxed);

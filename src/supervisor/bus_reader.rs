@@ -7,6 +7,8 @@
 //! `READ_SIZE / SHARE_FROM` times its own size; the relay copies payloads for a member that falls
 //! behind (see `relay.rs`), which bounds that cost.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
 use clusterd_worker::bus_protocol::{MAX_BUS_FRAME, PublishRef, decode_body, parse_publish};
 use tokio::io::AsyncReadExt;
@@ -24,13 +26,16 @@ pub const SHARE_FROM: usize = READ_SIZE / 16;
 pub struct BusReader {
     read: tokio::net::unix::OwnedReadHalf,
     buffer: BytesMut,
+    /// The channel of the last publish: a worker mostly publishes on the same few channels, so
+    /// the next publish usually shares it instead of allocating its own.
+    channel: Option<Arc<str>>,
     /// False once the worker closed its end (or broke the protocol).
     pub open: bool,
 }
 
 impl BusReader {
     pub fn new(read: tokio::net::unix::OwnedReadHalf) -> Self {
-        Self { read, buffer: BytesMut::new(), open: true }
+        Self { read, buffer: BytesMut::new(), channel: None, open: true }
     }
 
     /// Waits until a whole frame is buffered (`true`; take it with [`BusReader::take`]) or the
@@ -62,7 +67,7 @@ impl BusReader {
             Some(length) if self.buffer.len() >= 4 + length => {
                 let mut frame = self.buffer.split_to(4 + length).freeze();
                 frame.advance(4);
-                parse(frame).map(Some)
+                self.parse(frame).map(Some)
             }
             _ => Ok(None),
         }
@@ -77,14 +82,19 @@ impl BusReader {
         }
         Ok(Some(length))
     }
-}
 
-/// One frame's body: a publish keeps (or copies, when small) its payload; others are decoded.
-fn parse(body: Bytes) -> Result<Incoming, String> {
-    let Some(publish) = parse_publish(&body) else {
-        return decode_body(&body).map(Incoming::Other).map_err(|e| e.to_string());
-    };
-    let PublishRef { channel, payload, echo } = publish.map_err(|e| e.to_string())?;
-    let payload = if payload.len() >= SHARE_FROM { body.slice_ref(payload) } else { Bytes::copy_from_slice(payload) };
-    Ok(Incoming::Publish { channel: channel.to_owned(), payload, echo })
+    /// One frame's body: a publish keeps (or copies, when small) its payload; others are decoded.
+    fn parse(&mut self, body: Bytes) -> Result<Incoming, String> {
+        let Some(publish) = parse_publish(&body) else {
+            return decode_body(&body).map(Incoming::Other).map_err(|e| e.to_string());
+        };
+        let PublishRef { channel, payload, echo } = publish.map_err(|e| e.to_string())?;
+        let payload =
+            if payload.len() >= SHARE_FROM { body.slice_ref(payload) } else { Bytes::copy_from_slice(payload) };
+        let channel = match &self.channel {
+            Some(last) if **last == *channel => Arc::clone(last),
+            _ => Arc::clone(self.channel.insert(Arc::from(channel))),
+        };
+        Ok(Incoming::Publish { channel, payload, echo })
+    }
 }

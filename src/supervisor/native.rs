@@ -125,7 +125,7 @@ impl NativeLink {
         loop {
             tokio::select! {
                 frame = self.channel.recv(), if self.channel_open => return self.frame(frame),
-                relayed = relay_one(&mut self.bus, &self.relay, self.key), if self.bus.open => {
+                relayed = relay_frames(&mut self.bus, &self.relay, self.key), if self.bus.open => {
                     if let Err(error) = relayed {
                         self.channel_open = false;
                         return Heard::Violation(format!("bus: {error}"));
@@ -222,20 +222,27 @@ impl NativeLink {
     }
 }
 
-/// Reads one bus frame and hands it to the relay. Cancel-safe: room in the relay's queue is
-/// reserved once a whole frame is buffered, and only then is the frame taken; an idle bus costs
-/// no reservation.
-async fn relay_one(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64) -> Result<(), String> {
+/// Reads bus frames and hands them to the relay: every whole frame buffered, as long as the
+/// relay's queue has room, so that one turn of the link's `select!` passes on a whole read, not
+/// one frame. Cancel-safe: room in the relay's queue is reserved once a whole frame is buffered,
+/// and only then is the frame taken; an idle bus costs no reservation.
+async fn relay_frames(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64) -> Result<(), String> {
     let result = async {
         if !bus.fill().await? {
             bus.open = false;
             return Ok(());
         }
-        let permit = relay.reserve().await.ok();
-        if let Some(frame) = bus.take()?
-            && let Some(permit) = permit
-        {
-            permit.send(Input::Frame { key, frame });
+        let mut permit = relay.reserve().await.ok();
+        // Without a relay (clusterd is stopping), frames are taken and dropped.
+        while let Some(frame) = bus.take()? {
+            if let Some(permit) = permit {
+                permit.send(Input::Frame { key, frame });
+            }
+            permit = match relay.try_reserve() {
+                Ok(permit) => Some(permit),
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                Err(mpsc::error::TrySendError::Closed(())) => None,
+            };
         }
         Ok(())
     }
