@@ -514,7 +514,7 @@ fn parse_tracker(payload: &[u8]) -> Option<(Sid, Duration)> {
 async fn forward(mut subscription: Subscription, tx: mpsc::Sender<ChanItem>) {
     let name = subscription.channel().to_owned();
     while let Some(message) = subscription.next().await {
-        if tx.send((name.clone(), message.payload)).await.is_err() {
+        if tx.send((name.clone(), message.payload.into())).await.is_err() {
             return;
         }
     }
@@ -541,13 +541,14 @@ async fn forward_answers(
             message = subscription.next() => {
                 let Some(message) = message else { return };
                 let mut out = Vec::with_capacity(2);
-                match shared.route(&message.payload) {
-                    Route::Forward => out.push(message.payload),
+                let payload: Vec<u8> = message.payload.into();
+                match shared.route(&payload) {
+                    Route::Forward => out.push(payload),
                     Route::ForwardAndRelease(id) => {
-                        out.push(message.payload);
+                        out.push(payload);
                         out.extend(held.remove(&id).map(|(ack, _)| ack));
                     }
-                    Route::Hold(id, until) => out.extend(held.insert(id, (message.payload, until)).map(|(ack, _)| ack)),
+                    Route::Hold(id, until) => out.extend(held.insert(id, (payload, until)).map(|(ack, _)| ack)),
                 }
                 out
             }

@@ -8,6 +8,7 @@
 //! frames per syscall under load.
 
 use bincode::{Decode, Encode};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// Environment variable naming the inherited fd of the worker's bus socket.
 pub const ENV_BUS_FD: &str = "CLUSTERD_BUS_FD";
@@ -158,17 +159,16 @@ pub fn encode_frame<T: Encode>(frame: &T, out: &mut Vec<u8>) -> Result<(), crate
 }
 
 /// How much a [`FrameBuffer`] reads at a time (at least).
-const READ_SIZE: usize = 256 * 1024;
+pub const READ_SIZE: usize = 64 * 1024;
 
 /// The bytes read from a bus socket, from which whole frames are taken.
 ///
-/// Taking a frame moves a cursor instead of shifting the rest of the buffer, so a read that
-/// brought many frames costs one copy of each; only the unfinished frame at the end is moved, and
-/// only once it is all that is left.
+/// A frame's body is split off the read chunk without copying ([`FrameBuffer::next_body`]): it
+/// shares the chunk, which lives as long as any body taken from it. Only the unfinished frame at
+/// the end is moved, into the next chunk.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
-    bytes: Vec<u8>,
-    start: usize,
+    bytes: BytesMut,
 }
 
 impl FrameBuffer {
@@ -179,7 +179,7 @@ impl FrameBuffer {
 
     /// Bytes read and not yet taken as frames.
     pub fn pending(&self) -> &[u8] {
-        &self.bytes[self.start..]
+        &self.bytes
     }
 
     /// Appends bytes as if they had been read (for tests and for readers of other sources).
@@ -191,18 +191,19 @@ impl FrameBuffer {
     /// [`MAX_BUS_FRAME`] is an error before anything is allocated for it.
     pub fn next_frame<T: Decode<()>>(&mut self) -> Result<Option<T>, crate::codec::CodecError> {
         let Some(body) = self.next_body()? else { return Ok(None) };
-        decode_body(body).map(Some)
+        decode_body(&body).map(Some)
     }
 
-    /// Takes the next whole frame's body undecoded (see [`parse_publish`] and [`decode_body`]).
-    pub fn next_body(&mut self) -> Result<Option<&[u8]>, crate::codec::CodecError> {
+    /// Takes the next whole frame's body undecoded (see [`parse_publish`], [`parse_message`] and
+    /// [`decode_body`]), sharing the chunk it was read into.
+    pub fn next_body(&mut self) -> Result<Option<Bytes>, crate::codec::CodecError> {
         let Some(length) = self.declared_length()? else { return Ok(None) };
-        if self.pending().len() < 4 + length {
+        if self.bytes.len() < 4 + length {
             return Ok(None);
         }
-        let body = self.start + 4..self.start + 4 + length;
-        self.start = body.end;
-        Ok(Some(&self.bytes[body]))
+        let mut frame = self.bytes.split_to(4 + length).freeze();
+        frame.advance(4);
+        Ok(Some(frame))
     }
 
     /// The body length announced by the next frame's header, once the header is there.
@@ -226,16 +227,9 @@ impl FrameBuffer {
             Ok(Some(length)) => (4 + length).saturating_sub(self.pending().len()),
             _ => 0,
         };
-        let wanted = missing.max(READ_SIZE);
-        if self.start == self.bytes.len() {
-            self.bytes.clear();
-            self.start = 0;
-        } else if self.start > 0 && self.bytes.capacity() - self.bytes.len() < wanted {
-            // Only the unfinished frame is left: move it to the front.
-            self.bytes.drain(..self.start);
-            self.start = 0;
-        }
-        self.bytes.reserve(wanted);
+        // A new chunk when this one is full (the unfinished frame moves into it), or this one
+        // again once every body taken from it is gone.
+        self.bytes.reserve(missing.max(READ_SIZE));
         reader.read_buf(&mut self.bytes).await
     }
 }
