@@ -472,6 +472,7 @@ async fn read_frames(mut socket: tokio::net::unix::OwnedReadHalf, inner: &Inner)
 /// Hands a message to every subscription of its channel. A subscription that is slow to read
 /// holds the others up (backpressure, nothing lost).
 async fn to_subscribers(inner: &Inner, message: BusMessage, targets: &mut Vec<mpsc::Sender<BusMessage>>) {
+    targets.clear();
     if let Some(channel) = message.channel.as_deref()
         && let Some(list) = lock(&inner.subscriptions).get(channel)
     {
@@ -484,7 +485,6 @@ async fn to_subscribers(inner: &Inner, message: BusMessage, targets: &mut Vec<mp
         }
         let _ = last.send(message).await;
     }
-    targets.clear();
 }
 
 /// A frame from clusterd, as the reader takes it.
@@ -494,7 +494,8 @@ enum Incoming {
     Other(BusToWorker),
 }
 
-/// Hands a frame to whoever waits for it; `targets` is room for a message's subscriptions.
+/// Hands a frame to whoever waits for it; `targets` is room for a message's subscriptions (kept
+/// between messages so that it is allocated once).
 async fn deliver(inner: &Inner, frame: Incoming, targets: &mut Vec<mpsc::Sender<BusMessage>>) {
     let frame = match frame {
         Incoming::Message(message) => return to_subscribers(inner, message, targets).await,
