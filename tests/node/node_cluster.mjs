@@ -48,16 +48,23 @@ async function connect(index) {
   return { index, socket, workers: [...workers], transport: socket.io.engine.transport.name };
 }
 
+// Connects a client that must stay connected: resolves once it is, with `{ failed }`, a promise
+// that rejects if it cannot connect or is disconnected (race every later step against it).
+async function connected(socket) {
+  const failed = new Promise((_, reject) => {
+    socket.on("connect_error", (e) => reject(new Error(`connect_error ${e.message}`)));
+    socket.on("disconnect", (reason) => reject(new Error(`disconnected (${reason})`)));
+  });
+  failed.catch(() => {});
+  await Promise.race([new Promise((resolve) => socket.once("connect", resolve)), failed]);
+  return { failed };
+}
+
 async function loadClient(index) {
   const websocket = index % 2 === 1;
   const socket = io(url, { transports: websocket ? ["websocket"] : ["polling"], forceNew: true, reconnection: false });
   try {
-    const failed = new Promise((_, reject) => {
-      socket.on("connect_error", (e) => reject(new Error(`connect_error ${e.message}`)));
-      socket.on("disconnect", (reason) => reject(new Error(`disconnected (${reason})`)));
-    });
-    failed.catch(() => {});
-    await Promise.race([new Promise((resolve) => socket.once("connect", resolve)), failed]);
+    const { failed } = await connected(socket);
     const first = await Promise.race([ask(socket, "whoami"), failed]);
     for (let i = 0; i < (websocket ? 2 : 10); i++) {
       const me = await Promise.race([ask(socket, "whoami"), failed]);
@@ -74,12 +81,7 @@ async function loadClient(index) {
 async function bigClient(index) {
   const socket = io(url, { transports: ["polling"], forceNew: true, reconnection: false });
   try {
-    const failed = new Promise((_, reject) => {
-      socket.on("connect_error", (e) => reject(new Error(`connect_error ${e.message}`)));
-      socket.on("disconnect", (reason) => reject(new Error(`disconnected (${reason})`)));
-    });
-    failed.catch(() => {});
-    await Promise.race([new Promise((resolve) => socket.once("connect", resolve)), failed]);
+    const { failed } = await connected(socket);
     for (let i = 0; i < 4; i++) {
       const size = (index + i) % 2 === 0 ? 200 : 150 * 1024;
       const payload = `${index}:${i}:`.padEnd(size, String.fromCharCode(97 + ((index + i) % 26)));
@@ -101,22 +103,17 @@ async function timed(promise) {
 }
 
 try {
-  if (phase === "load") {
-    // Many sessions at once, as fast as they go: every polling request must reach its session's
-    // worker ("Session ID unknown" is a failure), and a WebSocket client's first message, sent
-    // the moment it connects, must be answered.
-    const load = await Promise.all(Array.from({ length: Number(count) }, (_, i) => loadClient(i)));
-    const failures = load.filter((r) => r !== true);
-    console.log(JSON.stringify({ ok: failures.length === 0 && errors.length === 0, sessions: load.length, failures, errors }));
+  // `load`: many sessions at once, as fast as they go: every polling request must reach its
+  // session's worker ("Session ID unknown" is a failure), and a WebSocket client's first message,
+  // sent the moment it connects, must be answered. `big`: large and small echoes at once.
+  const perClient = { load: loadClient, big: bigClient }[phase];
+  if (perClient) {
+    const outcomes = await Promise.all(Array.from({ length: Number(count) }, (_, i) => perClient(i)));
+    const failures = outcomes.filter((r) => r !== true);
+    const ok = failures.length === 0 && errors.length === 0;
+    console.log(JSON.stringify({ ok, sessions: outcomes.length, failures, errors }));
     clearTimeout(timer);
-    process.exit(failures.length === 0 && errors.length === 0 ? 0 : 1);
-  }
-  if (phase === "big") {
-    const big = await Promise.all(Array.from({ length: Number(count) }, (_, i) => bigClient(i)));
-    const failures = big.filter((r) => r !== true);
-    console.log(JSON.stringify({ ok: failures.length === 0 && errors.length === 0, sessions: big.length, failures, errors }));
-    clearTimeout(timer);
-    process.exit(failures.length === 0 && errors.length === 0 ? 0 : 1);
+    process.exit(ok ? 0 : 1);
   }
   const clients = await Promise.all(Array.from({ length: Number(count) }, (_, i) => connect(i)));
   const summary = clients.map((c) => ({ index: c.index, workers: c.workers, transport: c.transport }));
