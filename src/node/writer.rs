@@ -182,29 +182,29 @@ impl Channel {
         let Some(mut handle) = handle else {
             return clusterd_worker::bus_protocol::write_frames(&mut self.socket, &run).await;
         };
-        let last = handle.frame.len() - 1;
-        run.push(handle.frame.slice(..last));
+        // In flight from here on: if a write fails, `give_up` reports it with the others.
+        handle.sent += 1;
+        let (frame, fd) = (handle.frame.clone(), handle.fd.as_raw_fd());
+        self.in_flight.push_back(handle);
+        let last = frame.len() - 1;
+        run.push(frame.slice(..last));
         clusterd_worker::bus_protocol::write_frames(&mut self.socket, &run).await?;
         let stream = self.socket.as_ref();
-        let fd = handle.fd.as_raw_fd();
         loop {
             stream.writable().await?;
             let sent = stream.try_io(Interest::WRITABLE, || {
                 let fds = [fd];
                 let cmsg = [ControlMessage::ScmRights(&fds)];
-                let byte = [IoSlice::new(&handle.frame[last..])];
+                let byte = [IoSlice::new(&frame[last..])];
                 sendmsg::<()>(stream.as_raw_fd(), &byte, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
                     .map_err(std::io::Error::from)
             });
             match sent {
-                Ok(_) => break,
+                Ok(_) => return Ok(()),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(error) => return Err(error),
             }
         }
-        handle.sent += 1;
-        self.in_flight.push_back(handle);
-        Ok(())
     }
 
     /// Reports every connection not handed over: in flight, or still queued.
