@@ -3,19 +3,13 @@
 // of every client, on every worker. Prints one JSON line; exits 1 on an error, 2 on timeout.
 //
 //   node ask_all.mjs <url> <clients>
-import { io } from "socket.io-client";
+import { answeringClients, asker } from "./lib.mjs";
 
 const [url, count = "9"] = process.argv.slice(2);
 setTimeout(() => { console.log(JSON.stringify({ ok: false, error: "timed out after 30s" })); process.exit(2); }, 30_000);
-const ask = (socket, ...args) => new Promise((resolve, reject) =>
-  socket.timeout(10_000).emit(...args, (err, answer) => (err ? reject(err) : resolve(answer))));
+const ask = asker(10_000);
 try {
-  const sockets = Array.from({ length: Number(count) }, () => io(url, { transports: ["websocket"], forceNew: true, reconnection: false }));
-  await Promise.all(sockets.map((s) => new Promise((resolve, reject) => {
-    s.once("connect", resolve);
-    s.once("connect_error", reject);
-  })));
-  for (const s of sockets) s.on("question", (question, ack) => ack({ id: s.id, question }));
+  const sockets = await answeringClients(url, Number(count));
   const workers = await Promise.all(sockets.map(async (s) => (await ask(s, "whoami")).worker));
   const question = `who is there? (${Date.now()})`;
   const start = performance.now();

@@ -5,20 +5,14 @@
 // and kills a worker meanwhile. Exits 1 on an error, 2 on timeout.
 //
 //   node dies_during_request.mjs <url> <clients>
-import { io } from "socket.io-client";
+import { answeringClients, asker } from "./lib.mjs";
 import { createInterface } from "node:readline";
 
 const [url, count = "6"] = process.argv.slice(2);
 setTimeout(() => { console.log(JSON.stringify({ phase: "error", error: "timed out after 30s" })); process.exit(2); }, 30_000);
-const ask = (socket, ...args) => new Promise((resolve, reject) =>
-  socket.timeout(15_000).emit(...args, (err, answer) => (err ? reject(err) : resolve(answer))));
+const ask = asker(15_000);
 try {
-  const sockets = Array.from({ length: Number(count) }, () => io(url, { transports: ["websocket"], forceNew: true, reconnection: false }));
-  await Promise.all(sockets.map((s) => new Promise((resolve, reject) => {
-    s.once("connect", resolve);
-    s.once("connect_error", reject);
-  })));
-  for (const s of sockets) s.on("question", (question, ack) => ack({ id: s.id, question }));
+  const sockets = await answeringClients(url, Number(count));
   const clients = await Promise.all(sockets.map(async (s) => {
     const me = await ask(s, "whoami");
     return { id: s.id, worker: me.worker, pid: me.pid };

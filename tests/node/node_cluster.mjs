@@ -15,6 +15,7 @@
 // sizes (200 B and 150 KiB: a POST body clusterd hands over with the connection, larger than
 // one read of the worker's channel); every answer must be the payload sent.
 import { io } from "socket.io-client";
+import { asker } from "./lib.mjs";
 import { createInterface } from "node:readline";
 
 const [url, count = "6", phase = ""] = process.argv.slice(2);
@@ -28,10 +29,7 @@ const timer = setTimeout(() => {
 }, 40_000);
 
 const errors = [];
-const ask = (socket, event, ...args) =>
-  new Promise((resolve, reject) =>
-    socket.timeout(10_000).emit(event, ...args, (err, answer) => (err ? reject(new Error(`${event}: ${err.message}`)) : resolve(answer))),
-  );
+const ask = asker(10_000);
 
 async function connect(index) {
   const transports = index % 2 === 0 ? ["polling"] : ["polling", "websocket"];

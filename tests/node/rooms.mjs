@@ -5,11 +5,11 @@
 //
 //   node rooms.mjs <url>
 import { io } from "socket.io-client";
+import { asker } from "./lib.mjs";
 
 const [url] = process.argv.slice(2);
 setTimeout(() => { console.log(JSON.stringify({ ok: false, error: "timed out after 30s" })); process.exit(2); }, 30_000);
-const ask = (socket, ...args) => new Promise((resolve, reject) =>
-  socket.timeout(10_000).emit(...args, (err, answer) => (err ? reject(err) : resolve(answer))));
+const ask = asker(10_000);
 const sockets = Array.from({ length: 6 }, () => io(url, { transports: ["websocket"], forceNew: true, reconnection: false }));
 await Promise.all(sockets.map((s) => new Promise((resolve) => s.once("connect", resolve))));
 const workers = await Promise.all(sockets.map(async (s) => (await ask(s, "whoami")).worker));
