@@ -100,9 +100,9 @@ fn main() {
                     "round {round}/{ROUNDS} {} {}: {:.0} {}{}",
                     test.label(),
                     setup.label(),
-                    run.rate,
+                    run.load.rate,
                     test.unit(),
-                    if run.errors > 0 { format!(", {} errors", run.errors) } else { String::new() }
+                    if run.load.errors > 0 { format!(", {} errors", run.load.errors) } else { String::new() }
                 );
                 runs.push(run);
             }
@@ -367,15 +367,9 @@ struct Run {
     round: usize,
     test: Test,
     setup: Setup,
-    /// req/s (wrk) or sessions/s (polling_load.mjs).
-    rate: f64,
-    /// Requests or sessions completed.
-    done: u64,
-    errors: u64,
-    /// The errors by kind, as text.
-    error_detail: String,
-    /// Completed sessions per worker (polling runs).
-    spread: String,
+    /// The load's figures: req/s (wrk) or sessions/s (polling_load.mjs), requests or sessions
+    /// completed, errors (by kind, as text), completed sessions per worker (polling runs).
+    load: common::LoadOutcome,
     load_command: String,
     server_command: String,
     /// CPU seconds of the main process (clusterd or the Node primary) during the load, and the
@@ -460,11 +454,7 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
         round,
         test,
         setup,
-        rate: 0.0,
-        done: 0,
-        errors: 0,
-        error_detail: String::new(),
-        spread: String::new(),
+        load: common::LoadOutcome::default(),
         load_command,
         server_command: server.process.command.clone(),
         main_cpu,
@@ -488,7 +478,7 @@ fn measure(bins: &Binaries, tools: &Tools, round: usize, test: Test, setup: Setu
             .unwrap_or_else(|e| server.process.fail(&format!("status after the run failed: {e}")));
         let pids = status.pids();
         if pids != server.workers {
-            run.error_detail.push_str(&format!(" workers changed: {:?} → {pids:?}", server.workers));
+            run.load.error_detail.push_str(&format!(" workers changed: {:?} → {pids:?}", server.workers));
         }
     }
     if let Some(status) = server.process.exited() {
@@ -668,7 +658,8 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
     for test in [Test::Close, Test::Polling] {
         let node = of(runs, test, Setup::Node);
         let clusterd = of(runs, test, Setup::Clusterd);
-        let (n, c) = (common::median(node.iter().map(|r| r.rate)), common::median(clusterd.iter().map(|r| r.rate)));
+        let (n, c) =
+            (common::median(node.iter().map(|r| r.load.rate)), common::median(clusterd.iter().map(|r| r.load.rate)));
         let ratio = c / n;
         let verdict = match test {
             Test::Close if ratio >= CLOSE_TARGET => format!(" (meets the ≥ {CLOSE_TARGET:.0}× target)"),
@@ -683,11 +674,11 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
         };
         println!(
             "| {what}, median (runs) | {n:.0} ({}) | {c:.0} ({}) | **{ratio:.2}×**{verdict} |",
-            common::list(node.iter().map(|r| r.rate), 0),
-            common::list(clusterd.iter().map(|r| r.rate), 0),
+            common::list(node.iter().map(|r| r.load.rate), 0),
+            common::list(clusterd.iter().map(|r| r.load.rate), 0),
         );
-        let errors = |runs: &[&Run]| runs.iter().map(|r| r.errors).sum::<u64>();
-        let done = |runs: &[&Run]| runs.iter().map(|r| r.done).sum::<u64>();
+        let errors = |runs: &[&Run]| runs.iter().map(|r| r.load.errors).sum::<u64>();
+        let done = |runs: &[&Run]| runs.iter().map(|r| r.load.done).sum::<u64>();
         let share = |runs: &[&Run]| {
             let d = done(runs) + errors(runs);
             if d == 0 { 0.0 } else { errors(runs) as f64 * 100.0 / d as f64 }
@@ -741,12 +732,12 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
             r.round,
             r.test.label(),
             r.setup.label(),
-            r.rate,
+            r.load.rate,
             r.test.unit(),
-            r.done,
-            r.errors,
-            if r.error_detail.is_empty() { String::new() } else { format!(": {}", r.error_detail.trim()) },
-            r.spread,
+            r.load.done,
+            r.load.errors,
+            if r.load.error_detail.is_empty() { String::new() } else { format!(": {}", r.load.error_detail.trim()) },
+            r.load.spread,
             r.main_cpu,
             r.main_cpu / r.seconds * 100.0,
             r.worker_cpu.iter().map(|c| format!("{c:.2}")).collect::<Vec<_>>().join(" + "),
@@ -760,7 +751,7 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
 
     println!();
     println!("Notes:");
-    let troubled: Vec<&Run> = runs.iter().filter(|r| r.errors > 0 || !r.error_detail.is_empty()).collect();
+    let troubled: Vec<&Run> = runs.iter().filter(|r| r.load.errors > 0 || !r.load.error_detail.is_empty()).collect();
     if troubled.is_empty() {
         println!("- No run had an error.");
     }
@@ -770,11 +761,11 @@ fn report(runs: &[Run], memory: &Memory, tools: &Tools, stale: &[String], took: 
             r.round,
             r.test.label(),
             r.setup.label(),
-            r.errors,
-            r.error_detail.trim()
+            r.load.errors,
+            r.load.error_detail.trim()
         );
     }
-    let clusterd_errors: u64 = runs.iter().filter(|r| r.setup == Setup::Clusterd).map(|r| r.errors).sum();
+    let clusterd_errors: u64 = runs.iter().filter(|r| r.setup == Setup::Clusterd).map(|r| r.load.errors).sum();
     println!(
         "- clusterd's runs had {clusterd_errors} errors in all{}.",
         if clusterd_errors == 0 { " (the issue requires 0)" } else { ": **the issue requires 0**" }
@@ -890,13 +881,6 @@ fn describe(status: Option<ExitStatus>) -> String {
 
 /// Copies a load run's outcome into the run.
 fn take_outcome(outcome: Result<common::LoadOutcome, String>, run: &mut Run) -> Result<(), String> {
-    let outcome = outcome?;
-    (run.rate, run.done, run.errors) = (outcome.rate, outcome.done, outcome.errors);
-    if outcome.errors > 0 {
-        run.error_detail = outcome.error_detail;
-    }
-    if !outcome.spread.is_empty() {
-        run.spread = outcome.spread;
-    }
+    run.load.update(outcome?);
     Ok(())
 }

@@ -303,15 +303,9 @@ struct Run {
     round: usize,
     test: Test,
     setup: Setup,
-    /// req/s, sessions/s or deliveries/s.
-    rate: f64,
-    /// Requests, sessions or deliveries completed.
-    done: u64,
-    errors: u64,
-    /// What went wrong, in words; empty if nothing.
-    error_detail: String,
-    /// Sessions or clients per worker.
-    spread: String,
+    /// The load's figures: req/s, sessions/s or deliveries/s; requests, sessions or deliveries
+    /// completed; errors (what went wrong, in words); sessions or clients per worker.
+    load: common::LoadOutcome,
     /// Fan-out: the throughput phase's and the paced phase's p50 / p99, ms.
     latency: Option<[f64; 4]>,
     /// Fan-out: WebSocket handshakes that got no answer within [`STEP_TIMEOUT`] and were started
@@ -334,8 +328,8 @@ impl Run {
     /// Connections, sessions, or broadcasts relayed (the primary relays each one once).
     fn work(&self) -> f64 {
         match self.test {
-            Test::Fanout(f) => self.done as f64 / f.clients.max(1) as f64,
-            _ => self.done as f64,
+            Test::Fanout(f) => self.load.done as f64 / f.clients.max(1) as f64,
+            _ => self.load.done as f64,
         }
     }
 
@@ -345,12 +339,12 @@ impl Run {
         });
         format!(
             "{:.0} {}{latency}, primary {:.0} % of a core, RSS {:.1} MiB idle / {:.1} MiB after{}",
-            self.rate,
+            self.load.rate,
             self.test.unit(),
             self.cpu.pct(self.cpu.primary),
             mib(self.idle.0),
             mib(self.after.0),
-            if self.error_detail.is_empty() { String::new() } else { format!("; {}", self.error_detail) }
+            if self.load.error_detail.is_empty() { String::new() } else { format!("; {}", self.load.error_detail) }
         ) + &if self.stalls > 0 { format!("; {} stalled handshakes", self.stalls) } else { String::new() }
     }
 }
@@ -363,11 +357,7 @@ fn measure(tools: &Tools, clusterd: &Path, round: usize, test: Test, setup: Setu
         round,
         test,
         setup,
-        rate: 0.0,
-        done: 0,
-        errors: 0,
-        error_detail: String::new(),
-        spread: String::new(),
+        load: common::LoadOutcome::default(),
         latency: None,
         stalls: 0,
         busy_before,
@@ -391,7 +381,9 @@ fn measure(tools: &Tools, clusterd: &Path, round: usize, test: Test, setup: Setu
             .unwrap_or_else(|e| server.process.fail(&format!("status after the run failed: {e}")))
             .pids();
         if pids != server.workers {
-            run.error_detail.push_str(&format!(" workers replaced during the run: {:?} → {pids:?}", server.workers));
+            run.load
+                .error_detail
+                .push_str(&format!(" workers replaced during the run: {:?} → {pids:?}", server.workers));
         }
     }
     run.after = common::proc_memory(server.process.pid);
@@ -512,16 +504,16 @@ fn fanout_load(server: &mut Server, fanout: Fanout, run: &mut Run) {
         server.process.fail(&format!("the clients reached workers {:?}, not all {WORKERS}", outcome.spread));
     }
     let (burst, paced) = (&outcome.burst, &outcome.paced);
-    run.rate = burst.rate();
-    run.done = burst.deliveries;
+    run.load.rate = burst.rate();
+    run.load.done = burst.deliveries;
     run.latency = Some([burst.p50, burst.p99, paced.p50, paced.p99].map(|us| f64::from(us) / 1000.0));
     run.cpu = outcome.cpu;
-    run.spread = outcome.spread.iter().map(|(id, n)| format!("{id}: {n}")).collect::<Vec<_>>().join(", ");
+    run.load.spread = outcome.spread.iter().map(|(id, n)| format!("{id}: {n}")).collect::<Vec<_>>().join(", ");
     let mut problems = Vec::new();
     for (name, phase, broadcasts) in [("throughput", burst, fanout.broadcasts), ("paced", paced, PACED)] {
         let expected = (broadcasts * fanout.clients) as u64;
         if phase.completed != broadcasts || phase.deliveries != expected {
-            run.errors += expected.saturating_sub(phase.deliveries);
+            run.load.errors += expected.saturating_sub(phase.deliveries);
             problems.push(format!(
                 "{name}: {} of {broadcasts} broadcasts reached every client, {} of {expected} deliveries",
                 phase.completed, phase.deliveries
@@ -532,7 +524,7 @@ fn fanout_load(server: &mut Server, fanout: Fanout, run: &mut Run) {
         problems.push(format!("{} unexpected packets (e.g. {:?})", outcome.unexpected, outcome.sample));
     }
     run.stalls = outcome.stalls;
-    run.error_detail = problems.join("; ");
+    run.load.error_detail = problems.join("; ");
 }
 
 // ---- The fan-out clients --------------------------------------------------------------------------
@@ -619,7 +611,7 @@ fn round_ratios(runs: &[Run], test: Test) -> String {
         .filter_map(|round| {
             let find = |setup| runs.iter().find(|r| r.round == round && r.test == test && r.setup == setup);
             let (node, clusterd) = (find(Setup::Node)?, find(Setup::Clusterd)?);
-            let ratio = clusterd.rate / node.rate.max(f64::MIN_POSITIVE);
+            let ratio = clusterd.load.rate / node.load.rate.max(f64::MIN_POSITIVE);
             Some(format!("{ratio:.2}{}", if noisy(node) || noisy(clusterd) { "†" } else { "" }))
         })
         .collect::<Vec<_>>()
@@ -655,7 +647,7 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
     let range =
         |(m, lo, hi): (f64, f64, f64), precision: usize| format!("{m:.precision$} ({lo:.precision$}–{hi:.precision$})");
     for &test in tests {
-        let rate = |setup| stats(runs, test, setup, |r| r.rate);
+        let rate = |setup| stats(runs, test, setup, |r| r.load.rate);
         let (node, clusterd) = (rate(Setup::Node), rate(Setup::Clusterd));
         let ratio = if node.0 > 0.0 { clusterd.0 / node.0 } else { 0.0 };
         let what = match test {
@@ -691,22 +683,21 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
         );
         if let Test::Fanout(_) = test {
             let lat = |setup, i: usize| stats(runs, test, setup, |r| r.latency.map_or(0.0, |l| l[i])).0;
-            println!(
-                "| — its latency under that load, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | p99 {:.2}× | | |",
-                lat(Setup::Node, 0),
-                lat(Setup::Node, 1),
-                lat(Setup::Clusterd, 0),
-                lat(Setup::Clusterd, 1),
-                lat(Setup::Clusterd, 1) / lat(Setup::Node, 1).max(f64::MIN_POSITIVE)
-            );
-            println!(
-                "| — latency at {PACED_RATE:.0} broadcasts/s, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | p99 {:.2}× | | |",
-                lat(Setup::Node, 2),
-                lat(Setup::Node, 3),
-                lat(Setup::Clusterd, 2),
-                lat(Setup::Clusterd, 3),
-                lat(Setup::Clusterd, 3) / lat(Setup::Node, 3).max(f64::MIN_POSITIVE)
-            );
+            let phases = [
+                ("its latency under that load".to_owned(), 0),
+                (format!("latency at {PACED_RATE:.0} broadcasts/s"), 2),
+            ];
+            for (phase, p50) in phases {
+                let p99 = p50 + 1;
+                println!(
+                    "| — {phase}, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | p99 {:.2}× | | |",
+                    lat(Setup::Node, p50),
+                    lat(Setup::Node, p99),
+                    lat(Setup::Clusterd, p50),
+                    lat(Setup::Clusterd, p99),
+                    lat(Setup::Clusterd, p99) / lat(Setup::Node, p99).max(f64::MIN_POSITIVE)
+                );
+            }
         }
         // What the primary spent per unit of work: a connection, a session, a relayed broadcast.
         let unit = test.work_unit();
@@ -793,13 +784,13 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
             r.round,
             r.test.label(),
             r.setup.label(),
-            thousands(r.rate),
+            thousands(r.load.rate),
             r.test.unit(),
             r.latency.map_or("".into(), |[a, b, c, d]| format!("{a:.2} / {b:.2}; {c:.2} / {d:.2}")),
-            r.errors,
-            if r.error_detail.is_empty() { String::new() } else { format!(": {}", r.error_detail.trim()) },
+            r.load.errors,
+            if r.load.error_detail.is_empty() { String::new() } else { format!(": {}", r.load.error_detail.trim()) },
             if r.stalls > 0 { format!(" ({} stalled handshakes)", r.stalls) } else { String::new() },
-            r.spread,
+            r.load.spread,
             r.cpu.pct(r.cpu.primary),
             r.cpu.workers.iter().map(|&w| format!("{:.0}", r.cpu.pct(w))).collect::<Vec<_>>().join(" + "),
             r.cpu.pct(r.cpu.load),
@@ -813,7 +804,7 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
 
     println!();
     println!("Notes:");
-    let troubled: Vec<&Run> = runs.iter().filter(|r| r.errors > 0 || !r.error_detail.is_empty()).collect();
+    let troubled: Vec<&Run> = runs.iter().filter(|r| r.load.errors > 0 || !r.load.error_detail.is_empty()).collect();
     if troubled.is_empty() {
         println!("- No run had an error; every broadcast reached every client exactly once.");
     }
@@ -823,8 +814,8 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
             r.round,
             r.test.label(),
             r.setup.label(),
-            r.errors,
-            r.error_detail.trim()
+            r.load.errors,
+            r.load.error_detail.trim()
         );
     }
     for setup in [Setup::Node, Setup::Clusterd] {
@@ -941,13 +932,6 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
 
 /// Copies a load run's outcome into the run.
 fn take_outcome(outcome: Result<common::LoadOutcome, String>, run: &mut Run) -> Result<(), String> {
-    let outcome = outcome?;
-    (run.rate, run.done, run.errors) = (outcome.rate, outcome.done, outcome.errors);
-    if outcome.errors > 0 {
-        run.error_detail = outcome.error_detail;
-    }
-    if !outcome.spread.is_empty() {
-        run.spread = outcome.spread;
-    }
+    run.load.update(outcome?);
     Ok(())
 }

@@ -705,6 +705,18 @@ pub struct LoadOutcome {
 }
 
 impl LoadOutcome {
+    /// Takes a later outcome's figures: the rate and the counts always, the error detail only
+    /// when it had errors and the spread only when it has one (a run may have noted either).
+    pub fn update(&mut self, later: LoadOutcome) {
+        (self.rate, self.done, self.errors) = (later.rate, later.done, later.errors);
+        if later.errors > 0 {
+            self.error_detail = later.error_detail;
+        }
+        if !later.spread.is_empty() {
+            self.spread = later.spread;
+        }
+    }
+
     /// wrk's `Requests/sec`, request count, non-2xx and socket errors.
     pub fn from_wrk(text: &str) -> Result<Self, String> {
         let wrk = WrkResult::parse(text)?;
