@@ -33,8 +33,16 @@ use crate::status::Phase;
 use crate::supervisor::{Inputs, Outcome, Parts};
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = Cli::command().try_get_matches_from(&argv).and_then(|m| Cli::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (matches, cli) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            eprintln!("{}", cli::explain(&error, &argv));
+            return ExitCode::from(2);
+        }
+    };
     if let Some(command) = cli.command {
         // `--control` is global (before or after the subcommand); the options of a run are not.
         let given = matches
@@ -53,7 +61,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::load(cli.run, cli.control) {
+    let config = match Config::load(cli.run, cli.control, &cli::given_as(&matches)) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("clusterd: {error}");
@@ -105,6 +113,9 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         };
         listener::serve(bound, limits, routes_tx.clone())?;
         let logs = logs::LogSink::start(config.log_prefix)?;
+        for decision in &config.decisions {
+            tracing::info!("{decision}");
+        }
         tracing::info!(
             pid = std::process::id(),
             workers = config.workers,

@@ -11,6 +11,7 @@ use super::policy::{CRASH_LOOP_AFTER, Decision};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
 use crate::config::ListenAddr;
+use crate::duration::show;
 use crate::listener::{Route, RouteMsg};
 use crate::signals::SignalEvent;
 use crate::status::{Phase, Status, WorkerState, WorkerStatus};
@@ -221,10 +222,11 @@ impl Dispatcher {
                 slot.failures = failures;
                 slot.restarts += 1;
                 slot.state = WorkerState::Backoff;
+                let when = if after.is_zero() { "at once".to_owned() } else { format!("in {}", show(after)) };
                 if decision.is_crash_loop() {
-                    tracing::error!(worker = slot.id, failures, "crash loop: restarting in {after:?}");
+                    tracing::error!(worker = slot.id, failures, "crash loop: restarting {when}");
                 } else {
-                    tracing::info!(worker = slot.id, "restarting in {after:?}");
+                    tracing::info!(worker = slot.id, "restarting {when}");
                 }
                 if after.is_zero() {
                     // Straight away: a timer of zero would still wait for the timer wheel's next tick.
@@ -276,7 +278,7 @@ impl Dispatcher {
                 self.begin_stop(Outcome::Immediate(sig));
             }
             SignalEvent::Stop(sig) => {
-                tracing::info!("{}: stopping gracefully (grace {:?})", sig.as_str(), self.config.grace);
+                tracing::info!("{}: stopping gracefully (grace {})", sig.as_str(), show(self.config.grace));
                 self.begin_stop(Outcome::Graceful);
             }
             SignalEvent::Quit => {

@@ -66,7 +66,11 @@ impl Dispatcher {
                 self.slots[index].successor = Some(successor);
             }
             None => {
-                tracing::info!(generation = target, "reload complete in {:.1?}", rollout.started.elapsed());
+                tracing::info!(
+                    generation = target,
+                    "reload complete in {}",
+                    crate::duration::show(rollout.started.elapsed())
+                );
                 self.rollout = None;
                 self.phase.send_replace(Phase::Ready);
             }
@@ -128,7 +132,7 @@ impl Dispatcher {
             return;
         }
         if let Decision::Restart { after, .. } = decision {
-            tracing::warn!(worker = slot.id, "reload: retrying the replacement in {after:?}");
+            tracing::warn!(worker = slot.id, "reload: retrying the replacement in {}", crate::duration::show(after));
             self.schedule_restart(index, after);
         }
         self.update_readiness();

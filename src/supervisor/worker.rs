@@ -17,6 +17,7 @@ use super::link::{Heard, Link, Said};
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use crate::config::{Protocol, ReadyOn};
+use crate::duration::show;
 use crate::listener::Handoff;
 use crate::logs::{LogSink, Output};
 use crate::node::link::NodeLink;
@@ -253,13 +254,13 @@ async fn run(
                 }
             }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
-                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {:?}: killing it", settings.ready_timeout);
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {}: killing it", show(settings.ready_timeout));
                 killed = Some(KillReason::ReadyTimeout);
                 report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
             }
             () = sleep_until(heartbeat_deadline.unwrap_or(far)), if ready && killed.is_none() && heartbeat_deadline.is_some() => {
-                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "no heartbeat within {:?}: killing it", settings.heartbeat_timeout.unwrap_or_default());
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "no heartbeat within {}: killing it", show(settings.heartbeat_timeout.unwrap_or_default()));
                 killed = Some(KillReason::HeartbeatTimeout);
                 report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
