@@ -25,6 +25,10 @@ use crate::node::link::NodeLink;
 /// Connections queued for one worker; the route tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
 
+/// How long a live worker may stay silent before clusterd says that it does not seem to speak
+/// the protocol: the SDK greets within milliseconds of its start, Node within its boot.
+pub const NO_GREETING_HINT: Duration = Duration::from_secs(3);
+
 /// What every worker of this clusterd shares.
 pub struct Settings {
     pub program: std::ffi::OsString,
@@ -174,6 +178,9 @@ async fn run(
     let ready_deadline = started + settings.ready_timeout;
     let mut heartbeat_deadline: Option<Instant> = None;
     let mut kill_deadline: Option<Instant> = None;
+    // Only a worker that must say it is ready can be stuck for want of the protocol.
+    let mut greeted = false;
+    let mut hinted = settings.ready_on == ReadyOn::Spawn;
 
     let status = loop {
         tokio::select! {
@@ -184,7 +191,10 @@ async fn run(
                         heartbeat_deadline = Some(Instant::now() + hb);
                     }
                     let kind = match said {
-                        Said::Greeted => Some(EventKind::Greeted),
+                        Said::Greeted => {
+                            greeted = true;
+                            Some(EventKind::Greeted)
+                        }
                         Said::Ready if !ready && killed.is_none() => {
                             ready = true;
                             Some(EventKind::Ready)
@@ -253,8 +263,17 @@ async fn run(
                     report(EventKind::ConnectionsClosed(vec![group])).await;
                 }
             }
+            () = sleep_until(started + NO_GREETING_HINT), if !greeted && !hinted && killed.is_none() => {
+                hinted = true;
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "{}", no_greeting(settings.protocol, "has said nothing", NO_GREETING_HINT));
+            }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
-                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {}: killing it", show(settings.ready_timeout));
+                if greeted {
+                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {}: killing it", show(settings.ready_timeout));
+                } else {
+                    let why = no_greeting(settings.protocol, "said nothing", settings.ready_timeout);
+                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "killing it: {why}");
+                }
                 killed = Some(KillReason::ReadyTimeout);
                 report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
@@ -286,6 +305,24 @@ async fn run(
     let info =
         ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
+}
+
+/// What to do about a worker that never spoke the protocol, in one line.
+fn no_greeting(protocol: Protocol, said: &str, within: Duration) -> String {
+    match protocol {
+        Protocol::Native => format!(
+            "the worker {said} on its IPC socket within {}: this program does not speak clusterd's protocol \
+             (the clusterd-worker SDK). For a program without the SDK, run clusterd with --ready-on spawn \
+             (it then serves the ports it binds itself); for a Node.js program, --protocol node",
+            show(within)
+        ),
+        Protocol::Node => format!(
+            "the worker {said} on Node's IPC channel within {} (no `online`): this program does not seem to be \
+             Node.js. For a program without the SDK, run clusterd with --ready-on spawn; for an SDK worker, \
+             --protocol native",
+            show(within)
+        ),
+    }
 }
 
 /// Signals the worker's process group; if the worker left its group (its own `setpgid`), the
