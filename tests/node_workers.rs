@@ -371,6 +371,7 @@ fn a_complete_cluster_program_runs_unchanged_without_protocol_flag() {
     let workers: BTreeSet<String> = result["workers"].as_array().unwrap().iter().map(|w| w.to_string()).collect();
     assert_eq!(workers.len(), 2, "the clients were on both workers: {result}");
     assert!(!c.output.contains("Master "), "the primary half never runs under clusterd");
+    assert_eq!(c.status().unwrap()["problems"], serde_json::json!([]), "a pool that can be reached has no problem");
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
@@ -390,6 +391,27 @@ fn a_script_whose_shebang_runs_node_gets_the_node_protocol() {
     let line = c.output.wait_contains("listening on ");
     let port: u16 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
     assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Issue 15, item 4: Node workers with no `--listen` that never call `server.listen()` can get
+/// no connection at all; `status` says so instead of showing a healthy pool.
+#[test]
+fn status_reports_node_workers_that_nothing_can_reach() {
+    let script = node_dir().join("workers/socketio-worker.cjs");
+    let mut c = Builder::new()
+        .args(&["--protocol", "node", "--workers", "1"])
+        .program(&["node", script.to_str().unwrap()])
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    let status = c.wait_ready(1);
+    let expected =
+        "no connection can reach the workers: no --listen was given and no worker has called server.listen()";
+    assert_eq!(status["problems"][0], expected, "{status:#}");
+    let out = Command::new(CLUSTERD).arg("status").arg("--control").arg(&c.control).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("! {expected}")), "{table}");
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }

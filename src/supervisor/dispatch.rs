@@ -58,6 +58,8 @@ impl Dispatcher {
             greeted: false,
             dropped,
             generation: self.generation,
+            draining_since: None,
+            carried: 0,
         }
     }
 
@@ -137,7 +139,7 @@ impl Dispatcher {
                     }
                 }
             }
-            EventKind::Draining => self.pools.remove_worker(event.incarnation),
+            EventKind::Draining => process.begin_drain(&mut self.pools),
             EventKind::Greeted => {
                 process.greeted = true;
                 // A worker counted ready at spawn (--ready-on spawn) takes connections from now.
@@ -146,6 +148,9 @@ impl Dispatcher {
                 }
             }
             EventKind::ConnectionsClosed(groups) => {
+                if process.draining_since.is_some() {
+                    process.carried = process.carried.saturating_sub(groups.len() as u64);
+                }
                 for group in groups {
                     self.pools.connection_closed(group, event.incarnation);
                 }
@@ -175,11 +180,13 @@ impl Dispatcher {
                 }
                 Role::Retiring(i) => {
                     let process = slot.retiring.remove(i);
+                    let drained = process.draining_since.map_or(Duration::ZERO, |at| at.elapsed());
                     tracing::info!(
                         worker = slot.id,
                         pid = process.pid,
                         generation = process.generation,
-                        "retired worker {info}"
+                        "retired worker {info}; its drain took {}",
+                        show(drained)
                     );
                     self.after_retired(index);
                 }
@@ -190,9 +197,11 @@ impl Dispatcher {
 
     fn handle_exit(&mut self, index: usize, info: ExitInfo) {
         let slot = &mut self.slots[index];
-        let pid = slot.current.take().and_then(|c| c.pid);
+        let current = slot.current.take();
+        let pid = current.as_ref().and_then(|c| c.pid);
         if self.stop.is_some() {
-            tracing::info!(worker = slot.id, pid, "worker {info}");
+            let drained = current.and_then(|c| c.draining_since).map_or(Duration::ZERO, |at| at.elapsed());
+            tracing::info!(worker = slot.id, pid, "worker {info}; its drain took {}", show(drained));
         } else {
             tracing::warn!(worker = slot.id, pid, "worker {info}");
         }
@@ -400,11 +409,11 @@ impl Dispatcher {
         let command = if immediate { Command::Kill } else { Command::Drain { grace: self.config.grace } };
         for slot in &mut self.slots {
             slot.restart_token += 1;
-            for process in slot.processes() {
+            for process in slot.processes_mut() {
                 process.handle.send(command.clone());
                 // A draining worker takes no connection at all, sticky ones included: its
                 // server stops accepting, and its sessions end with it.
-                self.pools.remove_worker(process.incarnation);
+                process.begin_drain(&mut self.pools);
             }
             slot.state = if slot.is_empty() { WorkerState::Exited } else { WorkerState::Draining };
         }
@@ -454,13 +463,16 @@ impl Dispatcher {
                 state,
                 generation: p.map_or(self.generation, |c| c.generation),
                 restarts: slot.restarts,
-                connections: p.map_or(0, |c| self.pools.connections(c.incarnation)),
+                connections: p.map_or(0, |c| {
+                    if c.draining_since.is_some() { c.carried } else { self.pools.connections(c.incarnation) }
+                }),
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
                 dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
                 failures: if stable { 0 } else { slot.failures },
                 crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
                 last_exit: slot.last_exit.as_ref().map(ToString::to_string),
+                draining_ms: p.and_then(|c| c.draining_since).map(|at| worker::millis(now - at)),
             }
         };
         let mut workers = Vec::new();
@@ -477,10 +489,28 @@ impl Dispatcher {
                 workers.push(row(slot.id, WorkerState::Draining, Some(old), slot));
             }
         }
+        let active = self.slots.iter().filter(|s| !s.removing);
+        let ready = active.clone().filter(|s| s.current.as_ref().is_some_and(|c| c.ready)).count();
+        let mut problems = Vec::new();
+        if self.config.protocol == crate::config::Protocol::Node
+            && self.listening.is_empty()
+            && self.pools.bound().next().is_none()
+            && ready > 0
+        {
+            problems.push(
+                "no connection can reach the workers: no --listen was given and no worker has called \
+                 server.listen()"
+                    .to_owned(),
+            );
+        }
         Status {
             pid: std::process::id(),
             phase: *self.phase.borrow(),
             generation: self.generation,
+            pool: active.count() as u32,
+            ready: ready as u32,
+            grace_ms: worker::millis(self.config.grace),
+            problems,
             listen: self.listening.iter().map(String::as_str).chain(self.pools.bound()).map(str::to_owned).collect(),
             sessions: self.pools.session_count(),
             program: std::iter::once(&self.config.program)

@@ -101,12 +101,26 @@ struct Process {
     /// Bus messages dropped for it.
     dropped: Arc<std::sync::atomic::AtomicU64>,
     generation: u64,
+    /// When it was asked to drain (or began draining on its own): it takes no new connection.
+    draining_since: Option<Instant>,
+    /// While draining: the connections it still carries. The balancer forgets a draining worker
+    /// (nothing may be routed to it), so they are counted here, for `status`.
+    carried: u64,
 }
 
 impl Process {
     /// Whether the balancer may give it new connections (when its slot is serving).
     fn routable(&self) -> bool {
         self.ready && self.greeted
+    }
+
+    /// It takes no new connection from now on; what it carries is counted here until it closes.
+    fn begin_drain(&mut self, pools: &mut Pools) {
+        if self.draining_since.is_none() {
+            self.carried = pools.connections(self.incarnation);
+            self.draining_since = Some(Instant::now());
+        }
+        pools.remove_worker(self.incarnation);
     }
 }
 
@@ -149,6 +163,10 @@ impl Slot {
 
     fn processes(&self) -> impl Iterator<Item = &Process> {
         self.current.iter().chain(&self.successor).chain(&self.retiring)
+    }
+
+    fn processes_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.current.iter_mut().chain(&mut self.successor).chain(&mut self.retiring)
     }
 }
 

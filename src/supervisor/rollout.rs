@@ -84,8 +84,8 @@ impl Dispatcher {
         let slot = &mut self.slots[index];
         let Some(successor) = slot.successor.take() else { return };
         self.pools.set_ready(successor.incarnation, successor.routable());
-        if let Some(old) = slot.current.replace(successor) {
-            self.pools.remove_worker(old.incarnation);
+        if let Some(mut old) = slot.current.replace(successor) {
+            old.begin_drain(&mut self.pools);
             old.handle.send(Command::Drain { grace });
             slot.retiring.push(old);
         }
@@ -176,8 +176,8 @@ impl Dispatcher {
                 slot.removing = true;
                 slot.restart_token += 1;
                 slot.state = WorkerState::Draining;
-                for process in slot.current.take().into_iter().chain(slot.successor.take()) {
-                    self.pools.remove_worker(process.incarnation);
+                for mut process in slot.current.take().into_iter().chain(slot.successor.take()) {
+                    process.begin_drain(&mut self.pools);
                     process.handle.send(Command::Drain { grace });
                     slot.retiring.push(process);
                 }
