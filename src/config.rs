@@ -375,22 +375,18 @@ impl Config {
             }
             decisions.extend(decision);
         }
-        let mut command = run.program.into_iter();
+        let given_program = (!run.program.is_empty()).then_some(run.program);
+        let file_program = file.command.map(|c| c.into_iter().map(OsString::from).collect());
+        let mut command = o.pick("command", given_program, file_program).unwrap_or_default().into_iter();
         let (program, args) = match command.next() {
-            Some(program) => (program, command.collect()),
-            None => {
-                let mut from_file = file.command.unwrap_or_default().into_iter().map(OsString::from);
-                match from_file.next() {
-                    Some(program) => (program, from_file.collect()),
-                    None => return Err(ConfigError::NoProgram),
-                }
-            }
+            Some(program) if !program.is_empty() => (program, command.collect()),
+            _ => return Err(ConfigError::NoProgram),
         };
-        if program.is_empty() {
-            return Err(ConfigError::NoProgram);
-        }
-        let resolved =
-            resolve_program(&program).map_err(|message| ConfigError::Invalid { what: "program".into(), message })?;
+        let resolved = resolve_program(&program).map_err(|message| {
+            // After `--` it is the program; from the file, the file's `command` line.
+            let at = o.at("command");
+            ConfigError::Invalid { what: if at == flag("command") { "program".into() } else { at }, message }
+        })?;
         let choice = o.pick("protocol", run.protocol, file.protocol).unwrap_or_default();
         let protocol = match choice {
             ProtocolChoice::Native => Protocol::Native,

@@ -38,9 +38,15 @@ fn bad_usage_and_configuration_exit_2_with_one_clear_line_and_start_nothing() {
     std::fs::write(dir.path().join("unknown.toml"), "workers = 2\nworkres = 3\n").unwrap();
     std::fs::write(dir.path().join("badgrace.toml"), "workers = 2\n\ngrace = \"soon\"\n").unwrap();
     std::fs::write(dir.path().join("broken.toml"), "workers = [\n").unwrap();
+    std::fs::write(dir.path().join("nocmd.toml"), "command = [\"/no/such\"]\n").unwrap();
     let control = dir.path().join("c.sock");
     let control = control.to_str().unwrap();
     let cases: &[BadInput] = &[
+        (
+            &["--config", "nocmd.toml"],
+            &[],
+            "clusterd: config file nocmd.toml, line 1, key `command`: /no/such is not an executable file",
+        ),
         (&["--workers", "0", "--", "true"], &[], "at least 1 worker"),
         (&["--workers", "lots", "--", "true"], &[], "a number or `auto`"),
         (&["--grace", "5x", "--", "true"], &[], "unknown unit"),
@@ -331,4 +337,50 @@ fn the_example_config_file_is_valid() {
     c.wait_ready(1);
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// A port the kernel just gave out and took back: free for the next bind (port 0 cannot show
+/// what a bare port or a host name binds).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Issue 15, item 3: `--listen 3000` listens on every interface (IPv4, and IPv6 where the host
+/// has it, said at start), `--listen localhost:3000` on what the name resolves to.
+#[test]
+fn listen_takes_a_bare_port_and_a_host_name() {
+    let port = free_port();
+    let mut c =
+        Builder::new().args(&["--workers", "1", "--listen", &port.to_string()]).worker_args(&["--serve"]).start();
+    let status = c.wait_ready(1);
+    let ipv6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let expected: Vec<String> =
+        if ipv6 { vec![format!("0.0.0.0:{port}"), format!("[::]:{port}")] } else { vec![format!("0.0.0.0:{port}")] };
+    assert_eq!(status["listen"], serde_json::json!(expected));
+    let said = c.output.wait_contains(&format!("--listen {port}: all "));
+    if ipv6 {
+        assert!(said.contains(&format!("all interfaces, 0.0.0.0:{port} (IPv4) and [::]:{port} (IPv6)")), "{said}");
+        assert_eq!(get(format!("[::1]:{port}").parse().unwrap(), "/").code, 200);
+    }
+    assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    drop(c);
+
+    let port = free_port();
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--listen", &format!("localhost:{port}")])
+        .worker_args(&["--serve"])
+        .start();
+    let status = c.wait_ready(1);
+    let resolved: Vec<String> = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port))
+        .unwrap()
+        .filter(|a| ipv6 || a.is_ipv4())
+        .map(|a| a.to_string())
+        .collect();
+    let listen: Vec<String> =
+        status["listen"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect();
+    for addr in &resolved {
+        assert!(listen.contains(addr), "{addr} in {listen:?}");
+    }
+    c.output.wait_contains(&format!("--listen localhost:{port}: "));
+    assert_eq!(get(listen_addr(&status), "/").code, 200);
 }

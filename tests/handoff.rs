@@ -366,4 +366,11 @@ fn a_program_without_the_sdk_gets_no_connections_and_clients_hear_503() {
     let started = std::time::Instant::now();
     assert_eq!(get(listen_addr(&status), "/").code, 503);
     assert!(started.elapsed() < Duration::from_secs(2), "at once, not after handoff timeouts");
+    // Issue 15, item 4: `status` says why, once the workers had their time to greet.
+    let status = c.wait_status("the 503 explained", |s| s["problems"].as_array().is_some_and(|p| !p.is_empty()));
+    let problem = status["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with("connections on the listening sockets get 503: the ready workers do not speak"),
+        "{problem}"
+    );
 }

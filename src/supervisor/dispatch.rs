@@ -503,6 +503,19 @@ impl Dispatcher {
                     .to_owned(),
             );
         }
+        let serving: Vec<&Process> =
+            self.slots.iter().filter(|s| !s.removing).filter_map(|s| s.current.as_ref()).filter(|p| p.ready).collect();
+        if !self.listening.is_empty()
+            && !serving.is_empty()
+            && serving.iter().all(|p| !p.greeted && now - p.started >= worker::NO_GREETING_HINT)
+        {
+            problems.push(
+                "connections on the listening sockets get 503: the ready workers do not speak clusterd's \
+                 protocol (they never greeted it), so they cannot be handed connections; a program without the \
+                 SDK must bind its own port, without --listen"
+                    .to_owned(),
+            );
+        }
         Status {
             pid: std::process::id(),
             phase: *self.phase.borrow(),
