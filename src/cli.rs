@@ -11,8 +11,8 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{Balance, LogFormat, MAX_WORKERS, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount};
 use crate::duration::parse_duration;
+use crate::values::{Balance, LogFormat, MAX_WORKERS, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount};
 
 /// The values a boolean `CLUSTERD_*` variable accepts: `true` or `false`, nothing else (a typo
 /// such as `ture` or `yes` is an error, not a silent choice).

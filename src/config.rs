@@ -15,16 +15,17 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::RunArgs;
 use crate::duration::{parse_duration, show};
-
-/// The most workers a pool may have; far above any machine, low enough to catch a typo.
-pub const MAX_WORKERS: u32 = 1024;
+// The value types live in `values` so that the command line can parse them without importing
+// this module; they are re-exported here, where the rest of clusterd looks for them.
+pub use crate::values::{
+    Balance, ListenAddr, LogFormat, MAX_WORKERS, Protocol, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount,
+};
 
 /// The smallest `--sniff-bytes`: a request line with a sid fits.
 pub const MIN_SNIFF_BYTES: usize = 256;
@@ -78,120 +79,6 @@ pub enum ConfigError {
     /// `what` names the option as it was given: `--grace`, `CLUSTERD_GRACE`, or the file's line.
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
-}
-
-/// The pool size as given: a number or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerCount {
-    Auto,
-    Fixed(u32),
-}
-
-impl FromStr for WorkerCount {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("auto") {
-            return Ok(Self::Auto);
-        }
-        let n: u32 = text.parse().map_err(|_| format!("expected a number or `auto`, got {text:?}"))?;
-        if n == 0 {
-            return Err("the pool needs at least 1 worker".into());
-        }
-        if n > MAX_WORKERS {
-            return Err(format!("{n} workers is more than the limit of {MAX_WORKERS}"));
-        }
-        Ok(Self::Fixed(n))
-    }
-}
-
-impl<'de> Deserialize<'de> for WorkerCount {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Int(i64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Int(n) => n.to_string().parse().map_err(serde::de::Error::custom),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-macro_rules! choice {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, serde::Serialize)]
-        #[serde(rename_all = "kebab-case")]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-    };
-}
-
-choice!(
-    /// Pick for a connection with no sticky owner.
-    Balance { #[default] LeastConnection, RoundRobin, Random }
-);
-choice!(
-    /// The session key.
-    Sticky { #[default] Sid, Ip, None }
-);
-choice!(
-    /// How workers talk to clusterd, as given: `auto` picks by the program (see [`detect_protocol`]).
-    ProtocolChoice { #[default] Auto, Native, Node }
-);
-
-/// How workers talk to clusterd, decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// clusterd's own (the SDK, `worker-sdk/PROTOCOL.md`).
-    Native,
-    /// Node.js's IPC channel.
-    Node,
-}
-choice!(
-    /// Node channel serialization.
-    Serialization { #[default] Advanced, Json }
-);
-choice!(
-    /// Format of clusterd's own log lines.
-    LogFormat { #[default] Text, Json }
-);
-choice!(
-    /// When a worker counts as ready.
-    ReadyOn { #[default] Message, Spawn }
-);
-
-/// An address to listen on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                return Err("unix: needs a path, as in unix:/run/app.sock".into());
-            }
-            return Ok(Self::Unix(PathBuf::from(path)));
-        }
-        text.parse::<SocketAddr>()
-            .map(Self::Tcp)
-            .map_err(|_| format!("{text:?} is not HOST:PORT, [V6]:PORT or unix:/path (HOST is an IP address)"))
-    }
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Tcp(addr) => write!(f, "{addr}"),
-            Self::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
 }
 
 /// The config file: the same keys as the long options, in snake_case. Unknown keys are errors.
@@ -662,22 +549,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn worker_count_parses_numbers_and_auto() {
-        assert_eq!("auto".parse(), Ok(WorkerCount::Auto));
-        assert_eq!("4".parse(), Ok(WorkerCount::Fixed(4)));
-        assert!("0".parse::<WorkerCount>().is_err());
-        assert!("-1".parse::<WorkerCount>().is_err());
-        assert!("5000".parse::<WorkerCount>().is_err());
-        assert!("four".parse::<WorkerCount>().is_err());
+    fn listen_resolves_ports_and_names() {
+        let v4 = |p: u16| ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], p)));
+        let v6 = |p: u16| ListenAddr::Tcp(SocketAddr::from(([0u16; 8], p)));
+        assert_eq!(resolve_listen("3000", true).unwrap().0, vec![v4(3000), v6(3000)]);
+        assert_eq!(resolve_listen("3000", false).unwrap().0, vec![v4(3000)]);
+        assert_eq!(resolve_listen("0", true).unwrap().0, vec![v4(0)], "port 0: one family, one port");
+        assert_eq!(resolve_listen("127.0.0.1:80", true).unwrap(), (vec!["127.0.0.1:80".parse().unwrap()], None));
+        let (local, said) = resolve_listen("localhost:80", true).unwrap();
+        assert!(local.contains(&"127.0.0.1:80".parse().unwrap()), "{local:?}");
+        assert!(said.unwrap().starts_with("--listen localhost:80: 127.0.0.1:80"));
+        assert!(resolve_listen("70000", true).unwrap_err().contains("more than 65535"));
+        assert!(resolve_listen("nowhere", true).unwrap_err().contains("is not PORT, HOST:PORT"));
+        assert!(resolve_listen("a:b:80", true).is_err());
+        assert!(resolve_listen(":80", true).is_err());
     }
 
     #[test]
-    fn listen_addresses() {
-        assert_eq!("127.0.0.1:80".parse(), Ok(ListenAddr::Tcp("127.0.0.1:80".parse().unwrap())));
-        assert_eq!("[::1]:80".parse(), Ok(ListenAddr::Tcp("[::1]:80".parse().unwrap())));
-        assert_eq!("unix:/run/a.sock".parse(), Ok(ListenAddr::Unix("/run/a.sock".into())));
-        assert!("unix:".parse::<ListenAddr>().is_err());
-        assert!("localhost".parse::<ListenAddr>().is_err());
+    fn protocol_auto_reads_the_program_and_its_shebang() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let detect = |path: &Path| detect_protocol(path.as_os_str(), path).0;
+        assert_eq!(detect_protocol("node".as_ref(), Path::new("/usr/bin/node")).0, Protocol::Node);
+        assert_eq!(detect_protocol("/opt/node/bin/nodejs".as_ref(), Path::new("/x")).0, Protocol::Node);
+        assert_eq!(detect(&script("a", "#!/usr/bin/env node\n")), Protocol::Node);
+        assert_eq!(detect(&script("b", "#!/usr/bin/env -S node --max-old-space-size=100\n")), Protocol::Node);
+        assert_eq!(detect(&script("c", "#!/usr/local/bin/node\nconsole.log(1)")), Protocol::Node);
+        assert_eq!(detect(&script("d", "#!/bin/sh\nexec node x.js\n")), Protocol::Native);
+        assert_eq!(detect(&script("e", "\x7fELF binary")), Protocol::Native);
+        assert_eq!(detect(&script("f", "#!/usr/bin/env nodemon\n")), Protocol::Native);
+        // A #! line past the bytes read is not read.
+        let long = format!("#!/usr/bin/env {}node\n", " ".repeat(MAX_SHEBANG));
+        assert_eq!(detect(&script("g", &long)), Protocol::Native);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod sniff;
 mod socketfile;
 mod status;
 mod supervisor;
+mod values;
 
 use std::process::ExitCode;
 
