@@ -196,6 +196,7 @@ pub fn explain(error: &clap::Error, argv: &[OsString]) -> String {
         what = what.replace(&format!("'{shown}'"), &env.to_string_lossy());
     }
     if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue)
+        && !valid.is_empty()
         && !what.contains("possible values")
     {
         what.push_str(&format!(" (possible values: {})", valid.join(", ")));

@@ -176,6 +176,12 @@ fn usage_mistakes_get_a_tip_with_the_corrected_command() {
         (&["scale", "0"], "clusterd: invalid value '0' for '<WORKERS>': 0 is not in 1..=1024", "usage:"),
         (&["scale", "5000"], "clusterd: invalid value '5000' for '<WORKERS>': 5000 is not in 1..=1024", "usage:"),
         (&["scale", "two"], "clusterd: invalid value 'two' for '<WORKERS>'", "usage:"),
+        (&["-w"], "clusterd: a value is required for '--workers <N|auto>' but none was supplied", "usage:"),
+        (
+            &["--protocol", "nod", "--", "true"],
+            "clusterd: invalid value 'nod' for '--protocol <PROTOCOL>' (possible values: auto, native, node)",
+            "tip: a similar value exists: 'node'",
+        ),
     ];
     for (args, first, second) in cases {
         let (code, stderr) = run(args, &[], dir.path());
@@ -184,6 +190,7 @@ fn usage_mistakes_get_a_tip_with_the_corrected_command() {
         assert_eq!(lines.len(), 2, "{args:?}: two lines: {stderr}");
         assert!(lines[0].starts_with(first), "{args:?}: expected {first:?}, got {:?}", lines[0]);
         assert!(lines[1].starts_with(second), "{args:?}: expected {second:?}, got {:?}", lines[1]);
+        assert!(!lines[0].contains("possible values: )"), "{args:?}: {}", lines[0]);
     }
 }
 

@@ -374,3 +374,20 @@ fn a_program_without_the_sdk_gets_no_connections_and_clients_hear_503() {
         "{problem}"
     );
 }
+
+/// An SDK worker that asks for the port of a `--listen` address (all interfaces, as a server's
+/// own configuration often says) already gets that listener's connections: its listen is granted
+/// with the `--listen` address, not refused as a second bind of the port.
+#[test]
+fn a_worker_listen_on_the_listen_port_joins_the_listen_socket() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut c = Cluster::start(
+        &["--workers", "1", "--listen", &format!("127.0.0.1:{port}")],
+        &["--serve", "--listen-self", &format!("0.0.0.0:{port}")],
+    );
+    c.wait_ready(1);
+    c.output.wait_contains(&format!("listening on 127.0.0.1:{port}"));
+    assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

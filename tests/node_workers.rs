@@ -415,3 +415,34 @@ fn status_reports_node_workers_that_nothing_can_reach() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// Issue 15, item 1: a plain Node server that listens on the port also given to `--listen` is
+/// told the fix (no `--listen`: clusterd listens for it); without `--listen` it serves.
+#[test]
+fn a_plain_node_server_on_the_listen_port_is_told_to_drop_listen() {
+    let script = node_dir().join("workers/listen-worker.cjs");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--listen", &format!("127.0.0.1:{port}")])
+        .program(&["node", script.to_str().unwrap()])
+        .env("LISTEN_PORT", &port)
+        .start();
+    let line = c.output.wait_contains("a server.listen() of the worker failed");
+    let expected = format!(
+        "port {port} is in use by --listen 127.0.0.1:{port}, whose connections go to Socket.IO workers \
+         (setupWorker(io)); a server that calls listen() itself needs no --listen: clusterd listens for it"
+    );
+    assert!(line.contains(&expected), "{line}");
+    drop(c);
+
+    let mut c = Builder::new()
+        .args(&["--workers", "1"])
+        .program(&["node", script.to_str().unwrap()])
+        .env("LISTEN_PORT", &port)
+        .start();
+    c.wait_ready(1);
+    c.output.wait_contains(&format!("listening on {port}"));
+    assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

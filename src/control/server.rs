@@ -150,10 +150,10 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> Request,
 ) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
-    requests.send(make(tx)).await.map_err(|_| "clusterd is shutting down".to_owned())?;
+    requests.send(make(tx)).await.map_err(|_| "shutting down".to_owned())?;
     match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(_)) => Err("clusterd is shutting down".into()),
-        Err(_) => Err("clusterd did not answer in time".into()),
+        Ok(Err(_)) => Err("shutting down".into()),
+        Err(_) => Err(format!("no answer within {}", crate::duration::show(ANSWER_TIMEOUT))),
     }
 }

@@ -537,6 +537,30 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// A worker asks for the port of a `--listen` address (`server.listen(3000)` beside
+    /// `--listen 127.0.0.1:3000`), which binding again would refuse with EADDRINUSE. An SDK
+    /// worker already gets that listener's connections: its listen is granted as it is. A Node
+    /// worker gets them as sticky connections, which only `setupWorker(io)` takes: a server that
+    /// listens itself would never see them, so its listen fails with the fix in words.
+    fn listen_taken(&self, asked: &ListenAddr) -> Option<ListenResult> {
+        let ListenAddr::Tcp(want) = asked else { return None };
+        let taken = self.listening.iter().filter_map(|l| l.parse::<std::net::SocketAddr>().ok()).find(|have| {
+            want.port() != 0
+                && have.port() == want.port()
+                && (want.ip().is_unspecified() || have.ip().is_unspecified() || want.ip() == have.ip())
+        })?;
+        Some(match self.config.protocol {
+            crate::config::Protocol::Native => ListenResult::Bound { addr: taken.to_string() },
+            crate::config::Protocol::Node => ListenResult::Failed {
+                reason: format!(
+                    "port {} is in use by --listen {taken}, whose connections go to Socket.IO workers (setupWorker(io)); \
+                     a server that calls listen() itself needs no --listen: clusterd listens for it",
+                    want.port()
+                ),
+            },
+        })
+    }
+
     /// A worker asks clusterd to listen on `addr`: join the listener already serving it, or bind
     /// it and start its accept loop.
     fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str) -> (ListenResult, Option<u32>) {
@@ -544,6 +568,9 @@ impl Dispatcher {
             Ok(asked) => asked,
             Err(reason) => return (ListenResult::Failed { reason }, None),
         };
+        if let Some(answer) = self.listen_taken(&asked) {
+            return (answer, None);
+        }
         if let Some((group, bound)) = self.pools.find_group(&asked) {
             self.pools.join(group, key, slot, ready);
             return (ListenResult::Bound { addr: bound }, Some(group));

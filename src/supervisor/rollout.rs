@@ -24,7 +24,7 @@ impl Dispatcher {
     /// Starts a rolling reload; returns the new generation.
     pub(super) fn begin_reload(&mut self) -> Result<u64, String> {
         if self.stop.is_some() {
-            return Err("clusterd is stopping".into());
+            return Err("already stopping".into());
         }
         if let Some(rollout) = &self.rollout {
             return Err(format!("a reload to generation {} is already in progress", rollout.generation));
@@ -141,7 +141,7 @@ impl Dispatcher {
     /// Sets the pool size.
     pub(super) fn scale(&mut self, workers: u32) -> Result<(), String> {
         if self.stop.is_some() {
-            return Err("clusterd is stopping".into());
+            return Err("already stopping".into());
         }
         if workers == 0 || workers > MAX_WORKERS {
             return Err(format!("the pool size must be 1 to {MAX_WORKERS}, not {workers}"));
