@@ -422,7 +422,7 @@ fn status_reports_node_workers_that_nothing_can_reach() {
 fn a_plain_node_server_on_the_listen_port_is_told_to_drop_listen() {
     let script = node_dir().join("workers/listen-worker.cjs");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let mut c = Builder::new()
+    let c = Builder::new()
         .args(&["--workers", "1", "--listen", &format!("127.0.0.1:{port}")])
         .program(&["node", script.to_str().unwrap()])
         .env("LISTEN_PORT", &port)
