@@ -482,7 +482,11 @@ impl Dispatcher {
                 workers.push(row(slot.id, state, slot.current.as_ref(), slot));
             }
             if let Some(new) = &slot.successor {
-                let state = if new.ready { WorkerState::Ready } else { WorkerState::Starting };
+                let state = match (new.draining_since, new.ready) {
+                    (Some(_), _) => WorkerState::Draining,
+                    (None, true) => WorkerState::Ready,
+                    (None, false) => WorkerState::Starting,
+                };
                 workers.push(row(slot.id, state, Some(new), slot));
             }
             for old in &slot.retiring {
@@ -490,7 +494,11 @@ impl Dispatcher {
             }
         }
         let active = self.slots.iter().filter(|s| !s.removing);
-        let ready = active.clone().filter(|s| s.current.as_ref().is_some_and(|c| c.ready)).count();
+        // Ready and serving: a draining process takes no connection.
+        let ready = active
+            .clone()
+            .filter(|s| s.current.as_ref().is_some_and(|c| c.ready && c.draining_since.is_none()))
+            .count();
         let mut problems = Vec::new();
         if self.config.protocol == crate::config::Protocol::Node
             && self.listening.is_empty()
