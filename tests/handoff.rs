@@ -373,6 +373,12 @@ fn a_program_without_the_sdk_gets_no_connections_and_clients_hear_503() {
         problem.starts_with("connections on the listening sockets get 503: the ready workers do not speak"),
         "{problem}"
     );
+    // And the log said it at the first sign, a few seconds after the start.
+    let said = c.output.wait_contains("it cannot be handed connections");
+    assert!(
+        said.contains("get 503; a program without the SDK serves the port it binds itself (run it without --listen)"),
+        "{said}"
+    );
 }
 
 /// An SDK worker that asks for the port of a `--listen` address (all interfaces, as a server's

@@ -234,6 +234,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         protocol: config.protocol,
         serialization: config.serialization,
         node_relay,
+        main_listeners: !listening.is_empty(),
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {

@@ -47,6 +47,9 @@ pub struct Settings {
     pub relay: mpsc::Sender<crate::relay::Input>,
     /// The relay between Node workers (`--protocol node`).
     pub node_relay: Option<mpsc::Sender<crate::node::relay::Input>>,
+    /// clusterd has listeners of its own (`--listen`, systemd's): their clients need workers
+    /// that speak the protocol, even with `--ready-on spawn`.
+    pub main_listeners: bool,
 }
 
 /// One worker to start.
@@ -180,7 +183,7 @@ async fn run(
     let mut kill_deadline: Option<Instant> = None;
     // Only a worker that must say it is ready can be stuck for want of the protocol.
     let mut greeted = false;
-    let mut hinted = settings.ready_on == ReadyOn::Spawn;
+    let mut hinted = settings.ready_on == ReadyOn::Spawn && !settings.main_listeners;
 
     let status = loop {
         tokio::select! {
@@ -265,7 +268,18 @@ async fn run(
             }
             () = sleep_until(started + NO_GREETING_HINT), if !greeted && !hinted && killed.is_none() => {
                 hinted = true;
-                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "{}", no_greeting(settings.protocol, "has said nothing", NO_GREETING_HINT));
+                if settings.ready_on == ReadyOn::Spawn {
+                    tracing::warn!(
+                        worker = launch.slot,
+                        pid = pid.as_raw(),
+                        "the worker has said nothing on its IPC channel within {}: it cannot be handed connections, \
+                         so the clients of clusterd's listening sockets get 503; a program without the SDK serves \
+                         the port it binds itself (run it without --listen)",
+                        show(NO_GREETING_HINT)
+                    );
+                } else {
+                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "{}", no_greeting(settings.protocol, "has said nothing", NO_GREETING_HINT));
+                }
             }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
                 if greeted {
