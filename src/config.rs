@@ -251,7 +251,8 @@ impl Config {
         };
         let run_listen = (!run.listen.is_empty()).then_some(run.listen);
         let listen_text = o.pick("listen", run_listen, file.listen).unwrap_or_default();
-        let ipv6 = ipv6_available();
+        // Probed only when there is something to listen on (it opens and closes a socket).
+        let ipv6 = !listen_text.is_empty() && ipv6_available();
         let mut listen = Vec::new();
         for text in &listen_text {
             let (addrs, decision) = resolve_listen(text, ipv6).map_err(|message| o.invalid("listen", message))?;
