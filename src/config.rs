@@ -399,6 +399,13 @@ fn read_file(path: &Path) -> Result<LoadedFile, ConfigError> {
     Ok(LoadedFile { path: path.to_owned(), text })
 }
 
+/// Parses the text of a config file named `path`, as `--config` does after reading it: the
+/// public entry point for the fuzzer (any text gives `Ok` or an error, never a panic).
+#[allow(dead_code, reason = "the config loader's fuzz target calls it; clusterd itself reads files")]
+pub fn parse_file_text(path: &Path, text: &str) -> Result<(), ConfigError> {
+    parse_file(&LoadedFile { path: path.to_owned(), text: text.to_owned() }).map(drop)
+}
+
 /// Parses the file; an error names the file, the line and the key.
 fn parse_file(loaded: &LoadedFile) -> Result<FileConfig, ConfigError> {
     toml::from_str(&loaded.text).map_err(|e| {
@@ -410,7 +417,10 @@ fn parse_file(loaded: &LoadedFile) -> Result<FileConfig, ConfigError> {
             let message = format!("unknown field `{key}` (config/clusterd.toml lists every key)");
             return ConfigError::ParseFile { at: loaded.at(key), message };
         }
-        let line = e.span().map(|span| loaded.text[..span.start.min(loaded.text.len())].lines().count().max(1));
+        let line = e
+            .span()
+            .and_then(|span| loaded.text.get(..span.start))
+            .map(|before| before.bytes().filter(|&b| b == b'\n').count() + 1);
         // Every key is top-level: the key is what starts the line of the bad value.
         let key = line
             .and_then(|n| loaded.text.lines().nth(n - 1))
@@ -586,6 +596,23 @@ mod tests {
         // A #! line past the bytes read is not read.
         let long = format!("#!/usr/bin/env {}node\n", " ".repeat(MAX_SHEBANG));
         assert_eq!(detect(&script("g", &long)), Protocol::Native);
+    }
+
+    #[test]
+    fn file_errors_name_the_line_and_key() {
+        let error = |text: &str| parse_file_text(Path::new("c.toml"), text).unwrap_err().to_string();
+        assert!(error("workers = 2\n\ngrace = \"soon\"\n").starts_with("config file c.toml, line 3, key `grace`: "));
+        assert!(
+            error("# é\nworkers = 2\nbalance = \"fastest\"").starts_with("config file c.toml, line 3, key `balance`")
+        );
+        assert!(
+            error("workers = 2\n= 3\n").starts_with("config file c.toml, line 2"),
+            "{}",
+            error("workers = 2\n= 3\n")
+        );
+        assert!(error("[table]\nx = 1\n").starts_with("config file c.toml"));
+        assert!(error("é = \"ü\"").starts_with("config file c.toml, line 1"));
+        assert!(parse_file_text(Path::new("c.toml"), "").is_ok());
     }
 
     #[test]
