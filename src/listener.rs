@@ -368,7 +368,7 @@ async fn accept_loop<S, F, Fut>(
                 tokio::spawn(route(Incoming { group, client, peer, local, ip }, limits, routes.clone()));
             }
             Err(error) if is_transient(&error) => {
-                tracing::warn!(addr, %error, "accept failed; retrying in {backoff:?}");
+                tracing::warn!(addr, %error, "accept failed; retrying in {}", crate::duration::show(backoff));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

@@ -111,7 +111,7 @@ async fn serve_one(stream: UnixStream, requests: mpsc::Sender<Request>) {
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
     let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => ControlReply::error(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Err(_) => ControlReply::error(format!("no request within {}", crate::duration::show(REQUEST_TIMEOUT))),
         Ok(Err(e)) => ControlReply::error(format!("cannot read the request: {e}")),
         Ok(Ok(_)) if line.len() > MAX_REQUEST => ControlReply::error(format!("request over {MAX_REQUEST} bytes")),
         Ok(Ok(_)) => match serde_json::from_slice::<ControlRequest>(&line) {
