@@ -65,6 +65,8 @@ fn reload_replaces_each_worker_only_after_its_successor_is_ready() {
     assert!(ready0 < pos("reload: starting the replacement worker=1"), "{lines:#?}");
     assert!(pos("reload: starting the replacement worker=0") < ready0);
     c.output.wait_contains("reload complete");
+    let retired = c.output.wait_contains("retired worker exited");
+    assert!(retired.contains("; its drain took "), "the drain time is logged: {retired}");
 
     c.signal(Signal::SIGHUP);
     c.wait_status("generation 3 after SIGHUP", |s| {
