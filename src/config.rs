@@ -438,16 +438,22 @@ fn parse_file(loaded: &LoadedFile) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Whether this host can open IPv6 sockets (a kernel without IPv6 cannot).
+/// Whether this host can listen on IPv6 at all (a kernel without IPv6 cannot).
 fn ipv6_available() -> bool {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    socket(AddressFamily::Inet6, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).is_ok()
+    can_listen_on(std::net::Ipv6Addr::UNSPECIFIED.into())
+}
+
+/// Whether a socket can be bound to `ip` here: a name such as `localhost` may resolve to `::1` on a
+/// host (a container) where that address is not configured. Probed with port 0, closed at once.
+fn can_listen_on(ip: std::net::IpAddr) -> bool {
+    std::net::TcpListener::bind((ip, 0)).is_ok()
 }
 
 /// One `--listen` value as addresses to bind, and what was decided for the operator, if anything:
 /// - `3000`: every interface, IPv4 (`0.0.0.0:3000`) and IPv6 (`[::]:3000`, an IPv6-only socket),
 ///   IPv4 only when the host has no IPv6 or for port 0 (the two would get different ports);
-/// - `localhost:3000`: every address the name resolves to (`/etc/hosts`, DNS);
+/// - `localhost:3000`: every address the name resolves to (`/etc/hosts`, DNS) that this host can
+///   listen on;
 /// - `127.0.0.1:3000`, `[::1]:3000`, `unix:/path`: as written.
 pub fn resolve_listen(text: &str, ipv6: bool) -> Result<(Vec<ListenAddr>, Option<String>), String> {
     let text = text.trim();
@@ -473,7 +479,7 @@ pub fn resolve_listen(text: &str, ipv6: bool) -> Result<(Vec<ListenAddr>, Option
     let port: u16 = port.parse().map_err(|_| format!("port {port} is more than 65535"))?;
     let resolved = (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host:?}: {e}"))?;
     let mut addrs = Vec::new();
-    for addr in resolved.filter(|a| ipv6 || a.is_ipv4()).map(ListenAddr::Tcp) {
+    for addr in resolved.filter(|a| (ipv6 || a.is_ipv4()) && can_listen_on(a.ip())).map(ListenAddr::Tcp) {
         if !addrs.contains(&addr) {
             addrs.push(addr);
         }
