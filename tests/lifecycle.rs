@@ -188,3 +188,15 @@ fn a_program_that_does_not_speak_the_protocol_is_told_the_fix_while_it_runs() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// Issue 15, item 3: a stable worker that exits is restarted at once, and the log says so in
+/// words ("restarting at once"), not as a zero duration ("restarting in 0ns").
+#[test]
+fn an_immediate_restart_is_said_in_words() {
+    let mut c = Cluster::start(&["--workers", "1", "--stable-after", "0s"], &["--exit-after", "100"]);
+    let line = c.output.wait_contains("restarting ");
+    assert!(line.contains("restarting at once"), "{line}");
+    assert!(!c.output.contains("0ns"), "{}", c.stderr_dump());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
