@@ -1,15 +1,15 @@
 // The chat example's page in a real browser (Debian's Chromium, driven by playwright-core), as
 // tests/browser.rs runs it against clusterd and two `chat` workers:
 //
-//   node chat.mjs <url> <dir>
+//   node chat.mjs <url> <screenshot dir> <profile dir>
 //
 // A desktop page and a phone page, served by different workers, exchange messages. Then the
 // desktop page loses its worker: the script prints {"phase":"kill","pid":N} and waits for a line
 // on stdin (the test kills that worker meanwhile). The desktop page must show that it is
-// disconnected, keep a message typed meanwhile, send it after reconnecting to another worker, show
-// the new worker, and go on chatting. Screenshots go to <dir> (desktop.png, phone.png,
-// desktop-offline.png, desktop-reconnected.png). The last line is {"ok":true,...} or
-// {"ok":false,"error":...}; the exit status is 0 only with ok.
+// disconnected, keep a message typed meanwhile, send it once reconnected to a live worker, show
+// that worker, and go on chatting. Screenshots go to <screenshot dir> (desktop.png, phone.png,
+// desktop-offline.png, desktop-reconnected.png), each browser's fresh profile to <profile dir>.
+// The last line is {"ok":true,...} or {"ok":false,"error":...}; the exit status is 0 only with ok.
 //
 // CHROMIUM overrides the browser's path (default /usr/bin/chromium, installed by
 // scripts/install-chromium).
@@ -18,9 +18,9 @@ import { mkdtemp } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import path from "node:path";
 
-const [url, dir] = process.argv.slice(2);
-if (!url || !dir) {
-  console.error("usage: node chat.mjs <url> <dir>");
+const [url, dir, profiles] = process.argv.slice(2);
+if (!url || !dir || !profiles) {
+  console.error("usage: node chat.mjs <url> <screenshot dir> <profile dir>");
   process.exit(2);
 }
 // Failure bounds, not pauses: each wait returns as soon as its condition holds.
@@ -50,7 +50,7 @@ const FLAGS = [
 ];
 
 async function browser(name, options) {
-  const userDataDir = await mkdtemp(path.join(dir, `${name}-profile-`));
+  const userDataDir = await mkdtemp(path.join(profiles, `${name}-`));
   return chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
