@@ -12,7 +12,7 @@
 #   CMD ["--workers", "auto", "--listen", "0.0.0.0:3000", "--", "/app/my-server"]
 #
 # The runtime image is distroless (glibc, libgcc, CA certificates, /tmp; no shell, no package
-# manager): about 35 MB, the binaries stripped. A worker that needs a runtime (Node.js, Python)
+# manager): about 36 MB, the binaries stripped. A worker that needs a runtime (Node.js, Python)
 # goes the other way: copy clusterd into that runtime's image,
 #
 #   COPY --from=clusterd /usr/local/bin/clusterd /usr/local/bin/clusterd
