@@ -118,9 +118,15 @@ try {
   await page1.screenshot({ path: path.join(dir, "desktop.png") });
   await page2.screenshot({ path: path.join(dir, "phone.png") });
 
-  // Offline from here, so that the page stays disconnected until the message below is typed
-  // (reconnection attempts fail); the open WebSocket itself is not closed by this.
-  await desktop.setOffline(true);
+  // From here the desktop page cannot open a new Socket.IO connection (a reconnection starts with
+  // a polling request, which is refused), so that it stays disconnected after the kill until the
+  // message below is typed. The open WebSocket is not touched by this. (Going offline instead
+  // would not do: the client closes its connection on the browser's "offline" event.)
+  const refuse = (route) => route.abort("connectionrefused");
+  await page1.route("**/socket.io/**", refuse);
+  if ((await page1.locator('body[data-state="connected"]').count()) !== 1) {
+    throw new Error("the page lost its connection before the kill: the kill would prove nothing");
+  }
   print({ phase: "kill", pid: first.pid, worker: first.worker });
   await new Promise((resolve) => createInterface({ input: process.stdin }).once("line", resolve));
   await page1.locator('body[data-state="offline"]').waitFor({ timeout: WAIT_MS });
@@ -131,7 +137,10 @@ try {
     throw new Error("the message arrived while its page was disconnected");
   }
 
-  await desktop.setOffline(false);
+  if ((await page1.locator('body[data-state="offline"]').count()) !== 1) {
+    throw new Error("the page reconnected while new connections were refused");
+  }
+  await page1.unroute("**/socket.io/**", refuse);
   const third = await servedBy(page1);
   if (third.pid === first.pid) throw new Error(`still served by the killed pid ${first.pid}: ${third.state}`);
   await received(page2, "typed while disconnected");
