@@ -4,9 +4,9 @@
 //!
 //! The page (`examples/chat/index.html`) uses the official `socket.io-client` browser bundle,
 //! vendored in `examples/chat/` with its license (see the README there) and served at
-//! `/assets/socket.io-<version>.min.js`, so the example needs no download. It shows the worker that serves its Socket.IO
-//! connection and updates it after a reconnection; a message typed while disconnected waits in the
-//! client's queue and is sent once reconnected.
+//! `/assets/socket.io-<version>.min.js`, so the example needs no download. It shows the worker that
+//! serves its Socket.IO connection and updates it after a reconnection; a message typed while
+//! disconnected waits in the client's queue and is sent once reconnected.
 //!
 //! ```text
 //! cargo build --release --workspace --bins --examples
@@ -18,13 +18,13 @@
 //! worker that holds their session. The SDK's cluster adapter carries `io.emit` over clusterd's bus
 //! to the clients of every worker.
 //!
-//! Events: `"chat message"` (string, broadcast; acknowledged with `true` once emitted, when the
-//! client asks for an acknowledgement, as the page does), `"whoami"` (ack: `{worker, pid, transport}`),
-//! `"join"` (room name; ack), `"room message"` (room, text: to that room's clients),
-//! `"clients"` (ack: how many clients all workers have, from `fetch_sockets`), `"sockets"` (ack:
-//! the ids of all the clients of all workers), `"ask all"` (any value; ack: `{answers, errors}`,
-//! the answers of every client of every worker to a `"question"` with that value, from a
-//! broadcast with acknowledgements).
+//! Events: `"chat message"` (string, broadcast; acknowledged with `true` once emitted when the
+//! client asks for an acknowledgement, as the page does), `"whoami"` (ack: `{worker, pid,
+//! transport}`), `"join"` (room name; ack), `"room message"` (room, text: to that room's
+//! clients), `"clients"` (ack: how many clients all workers have, from `fetch_sockets`),
+//! `"sockets"` (ack: the ids of all the clients of all workers), `"ask all"` (any value; ack:
+//! `{answers, errors}`, the answers of every client of every worker to a `"question"` with that
+//! value, from a broadcast with acknowledgements).
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
