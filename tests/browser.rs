@@ -2,6 +2,9 @@
 //! (`tests/browser/chat.mjs`), against clusterd and two `chat` workers. Both are installed by
 //! `scripts/test` (`scripts/install-chromium`, `npm ci --prefix tests/browser`).
 //!
+//! A second test checks, without a browser, what the first relies on: the page, its bundle and its
+//! icon are served, and each closes its connection.
+//!
 //! Set `CLUSTERD_TEST_SCREENSHOTS=<dir>` to keep the screenshots the script takes (desktop and
 //! phone viewports, before and after the kill); otherwise they go to the test's temp dir.
 
@@ -87,6 +90,71 @@ fn two_browser_pages_on_different_workers_keep_chatting_through_a_worker_kill() 
         s["workers"].as_array().unwrap().iter().any(|w| w["id"] == slot && w["state"] == "ready" && w["pid"] != pid)
     });
     assert_eq!(worker(&status, slot)["restarts"], 1, "{status:#}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// One `GET` on a new connection that asks to be kept alive, as a browser's does: the status,
+/// the header lines (lowercase) and the body.
+fn get_keep_alive(addr: std::net::SocketAddr, target: &str) -> (u16, Vec<String>, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: test\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap_or_else(|e| panic!("reading the response to {target}: {e}"));
+        if line.trim().is_empty() {
+            break;
+        }
+        lines.push(line.trim().to_ascii_lowercase());
+    }
+    let code = lines[0].split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status line");
+    let length: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+        .expect("a content-length");
+    let mut body = vec![0; length];
+    std::io::Read::read_exact(&mut reader, &mut body).expect("the body");
+    (code, lines, String::from_utf8(body).expect("a text body"))
+}
+
+/// What the browser test relies on, checked without a browser: the page names the vendored
+/// bundle, which is served, the icon is there (no 404), and every one of these responses closes
+/// its connection (a browser would otherwise send a Socket.IO polling request on it, to the
+/// wrong worker).
+#[test]
+fn the_chat_page_its_client_bundle_and_its_icon_are_served_and_close_their_connections() {
+    let chat = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("chat");
+    assert!(chat.exists(), "{} is missing: `cargo test` builds the examples", chat.display());
+    let mut c =
+        Builder::new().args(&["--workers", "1", "--listen", "127.0.0.1:0"]).program(&[chat.to_str().unwrap()]).start();
+    let addr = listen_addr(&c.wait_ready(1));
+
+    let header = |lines: &[String], name: &str| {
+        lines.iter().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_owned())).unwrap_or_default()
+    };
+    let (code, head, page) = get_keep_alive(addr, "/");
+    assert_eq!((code, header(&head, "content-type").as_str()), (200, "text/html; charset=utf-8"));
+    assert!(page.contains(r#"<meta name="viewport" content="width=device-width"#), "{page}");
+    let bundle = page.split(r#"<script src=""#).nth(1).and_then(|s| s.split('"').next()).expect("a script src");
+    assert!(bundle.starts_with("/assets/socket.io-") && bundle.ends_with(".min.js"), "{bundle}");
+    let icon = page.split(r#"<link rel="icon" href=""#).nth(1).and_then(|s| s.split('"').next()).expect("an icon");
+    let mut closes = vec![("page", header(&head, "connection"))];
+
+    let (code, head, js) = get_keep_alive(addr, bundle);
+    assert_eq!((code, header(&head, "content-type").as_str()), (200, "text/javascript; charset=utf-8"));
+    assert!(js.starts_with("/*!\n * Socket.IO v"), "the official bundle: {}", &js[..80.min(js.len())]);
+    closes.push(("bundle", header(&head, "connection")));
+    for path in [icon, "/favicon.ico"] {
+        let (code, head, _) = get_keep_alive(addr, path);
+        assert_eq!((code, header(&head, "content-type").as_str()), (200, "image/svg+xml"), "{path}");
+        closes.push((path, header(&head, "connection")));
+    }
+    for (what, connection) in closes {
+        assert_eq!(connection, "close", "the {what} keeps its connection open");
+    }
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
