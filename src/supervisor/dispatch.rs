@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::exit::ExitInfo;
-use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
 use crate::config::ListenAddr;
@@ -124,7 +124,7 @@ impl Dispatcher {
                 match role {
                     Role::Current => {
                         slot.current = None;
-                        self.after_exit(index, Duration::ZERO, false);
+                        self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
                     }
                     Role::Successor => {
                         slot.successor = None;
@@ -195,7 +195,7 @@ impl Dispatcher {
         } else {
             tracing::warn!(worker = slot.id, pid, "worker {info}");
         }
-        let (uptime, was_ready) = (info.uptime, info.was_ready);
+        let ending = Ending::Exited { uptime: info.uptime, was_ready: info.was_ready };
         slot.last_exit = Some(info);
         if let Some(successor) = slot.successor.take().filter(|_| self.stop.is_none()) {
             // The old generation died while its successor starts: the successor takes over.
@@ -204,25 +204,28 @@ impl Dispatcher {
             self.update_readiness();
             return;
         }
-        self.after_exit(index, uptime, was_ready);
+        self.after_exit(index, ending);
     }
 
     /// The slot's current process is gone: restart it, or let it rest while stopping.
-    pub(super) fn after_exit(&mut self, index: usize, uptime: Duration, was_ready: bool) {
+    pub(super) fn after_exit(&mut self, index: usize, ending: Ending) {
         if self.stop.is_some() || self.slots[index].removing {
             self.slots[index].state = WorkerState::Exited;
             self.after_retired(index);
             return;
         }
         let slot = &mut self.slots[index];
-        let decision = self.policy.on_exit(slot.failures, uptime, was_ready);
+        let decision = self.policy.on_end(slot.streak, ending);
         match decision {
-            Decision::Restart { after, failures } => {
-                slot.failures = failures;
+            Decision::Restart { after, streak } => {
+                slot.streak = streak;
                 slot.restarts += 1;
                 slot.state = WorkerState::Backoff;
                 if decision.is_crash_loop() {
+                    let failures = streak.failed_starts;
                     tracing::error!(worker = slot.id, failures, "crash loop: restarting in {after:?}");
+                } else if ending == Ending::Resources {
+                    tracing::warn!(worker = slot.id, attempts = streak.resource_failures, "retrying in {after:?}");
                 } else {
                     tracing::info!(worker = slot.id, "restarting in {after:?}");
                 }
@@ -234,7 +237,7 @@ impl Dispatcher {
                 }
             }
             Decision::GiveUp { failures } => {
-                slot.failures = failures;
+                slot.streak.failed_starts = failures;
                 slot.state = WorkerState::Exited;
                 let reason = format!(
                     "worker {} failed {failures} times in a row (crash loop limit {}); last: {}",
@@ -425,7 +428,7 @@ impl Dispatcher {
         let active = self.slots.iter().filter(|s| !s.removing);
         let ready = active.clone().filter(|s| s.current.as_ref().is_some_and(|c| c.ready)).count();
         let total = active.clone().count();
-        let crash_looping = active.filter(|s| s.failures >= CRASH_LOOP_AFTER).count();
+        let crash_looping = active.filter(|s| s.streak.failed_starts >= CRASH_LOOP_AFTER).count();
         let mut status = format!("{ready}/{total} workers ready");
         if crash_looping > 0 {
             status.push_str(&format!(", {crash_looping} crash-looping"));
@@ -456,8 +459,8 @@ impl Dispatcher {
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
                 dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
-                failures: if stable { 0 } else { slot.failures },
-                crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
+                failures: if stable { 0 } else { slot.streak.failed_starts },
+                crash_loop: !stable && slot.streak.failed_starts >= CRASH_LOOP_AFTER,
                 last_exit: slot.last_exit.as_ref().map(ToString::to_string),
             }
         };

@@ -121,7 +121,8 @@ struct Slot {
     /// Scaled away: the slot disappears once its processes are gone.
     removing: bool,
     restarts: u32,
-    failures: u32,
+    /// Its consecutive failed starts, deaths and resource failures.
+    streak: policy::Streak,
     /// Matches the pending restart timer; bumped to cancel it.
     restart_token: u64,
     last_exit: Option<ExitInfo>,
@@ -137,7 +138,7 @@ impl Slot {
             retiring: Vec::new(),
             removing: false,
             restarts: 0,
-            failures: 0,
+            streak: policy::Streak::default(),
             restart_token: 0,
             last_exit: None,
         }

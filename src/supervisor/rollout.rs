@@ -9,7 +9,7 @@
 
 use tokio::time::Instant;
 
-use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::policy::{CRASH_LOOP_AFTER, Decision, Ending, Streak};
 use super::worker::Command;
 use super::{Dispatcher, Rollout, Slot};
 use crate::config::MAX_WORKERS;
@@ -86,7 +86,7 @@ impl Dispatcher {
             slot.retiring.push(old);
         }
         slot.state = WorkerState::Ready;
-        slot.failures = 0;
+        slot.streak = super::policy::Streak::default();
         self.step_rollout();
     }
 
@@ -105,9 +105,11 @@ impl Dispatcher {
             self.update_readiness();
             return;
         };
-        let decision = self.policy.on_exit(rollout.failures, uptime, false);
+        let streak = Streak { failed_starts: rollout.failures, ..Streak::default() };
+        let decision = self.policy.on_end(streak, Ending::Exited { uptime, was_ready: false });
         let failures = match decision {
-            Decision::Restart { failures, .. } | Decision::GiveUp { failures } => failures,
+            Decision::Restart { streak, .. } => streak.failed_starts,
+            Decision::GiveUp { failures } => failures,
         };
         rollout.failures = failures;
         let slot = &self.slots[index];
