@@ -69,10 +69,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(error) => {
-            eprintln!("clusterd: {error:#}");
+            eprintln!("clusterd: {}", describe(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each said once: an error whose message already quotes its source
+/// (`cannot listen on ADDR: {source}`) does not get the source appended again.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(config: Config) -> anyhow::Result<Outcome> {

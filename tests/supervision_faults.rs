@@ -124,3 +124,154 @@ fn a_kill_storm_of_ready_workers_never_ends_clusterd() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// Writes an executable file of `content` in `dir`.
+fn executable(dir: &std::path::Path, name: &str, content: &[u8], mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// The lines of clusterd's own log (not its workers' output), once its last words (the line
+/// `clusterd: ...` that it prints before exiting 1) have been read from its pipe.
+fn own_lines(c: &Cluster) -> Vec<String> {
+    c.output.wait_for("clusterd's last line", |l| l.starts_with("clusterd: "));
+    c.output.snapshot().into_iter().filter(|l| !l.starts_with("[w")).collect()
+}
+
+#[test]
+fn a_worker_that_dies_is_reported_with_its_status_not_as_a_protocol_violation() {
+    // The shell never reads its IPC socket: its end closes with the greeting unread, and clusterd
+    // reads ECONNRESET, which is the death of the process, not a protocol violation.
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--ready-on", "spawn", "--crash-loop-limit", "0"])
+        .program(&["sh", "-c", "exit 3"])
+        .start();
+    let status = c.wait_status("an exit of slot 0", |s| worker(s, 0)["last_exit"].is_string());
+    let last = worker(&status, 0)["last_exit"].as_str().unwrap().to_owned();
+    assert!(last.starts_with("exited with code 3 after "), "{last}");
+    c.output.wait_contains("worker exited with code 3");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    c.output.wait_contains("INFO stopped");
+    let log = c.output.snapshot().join("\n");
+    assert!(!log.contains("protocol violation") && !log.contains("reset by peer"), "{log}");
+
+    // The same for an SDK worker killed while frames wait in its socket.
+    let mut c = Cluster::start(&["--workers", "1", "--crash-loop-limit", "0"], &["--freeze"]);
+    let pid = worker_pid(&c.wait_ready(1), 0);
+    c.output.wait_contains("[w0] freezing");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let status = c.wait_status("the kill reported", |s| worker(s, 0)["last_exit"].is_string());
+    let last = worker(&status, 0)["last_exit"].as_str().unwrap().to_owned();
+    assert!(last.starts_with("killed by SIGKILL"), "{last}");
+    assert!(!last.contains("protocol violation"), "{last}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn a_program_that_is_not_executable_format_ends_clusterd_at_once_with_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Executable bits, but neither an ELF binary nor a `#!` script.
+    let program = executable(dir.path(), "not-a-program", b"just some text\nexit 0\n", 0o755);
+    let mut c = Builder::new().args(&["--workers", "2", "--crash-loop-limit", "0"]).program(&[&program]).start();
+    let exit = c.wait_exit();
+    assert_eq!(exit.code(), Some(1), "{}", c.stderr_dump());
+    let log = own_lines(&c);
+    let last = log.last().cloned().unwrap_or_default();
+    assert!(last.contains("cannot execute") && last.contains(&program), "{last}");
+    assert!(last.contains("Exec format error"), "{last}");
+    let all = log.join("\n");
+    assert!(!all.contains("restarting in") && !all.contains("crash loop"), "no backoff loop:\n{all}");
+}
+
+#[test]
+fn a_program_that_disappears_or_loses_its_permission_ends_clusterd_at_once_with_the_error() {
+    use std::os::unix::fs::PermissionsExt;
+    for (what, expected) in [("removed", "No such file or directory"), ("chmod 644", "Permission denied")] {
+        let dir = tempfile::tempdir().unwrap();
+        let program = executable(dir.path(), "server", b"#!/bin/sh\nexec sleep 1000\n", 0o755);
+        let mut c = Builder::new()
+            .args(&["--workers", "2", "--ready-on", "spawn", "--crash-loop-limit", "0"])
+            .program(&[&program])
+            .start();
+        let pid = worker_pid(&c.wait_ready(2), 0);
+        match what {
+            "removed" => std::fs::remove_file(&program).unwrap(),
+            _ => std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o644)).unwrap(),
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        let exit = c.wait_exit();
+        assert_eq!(exit.code(), Some(1), "{what}: {}", c.stderr_dump());
+        let log = own_lines(&c);
+        let last = log.last().cloned().unwrap_or_default();
+        assert!(last.contains("cannot execute") && last.contains(expected), "{what}: {last}");
+        let all = log.join("\n");
+        // The kill is a death, restarted once; the failed exec of that restart ends clusterd.
+        assert_eq!(all.matches("restarting in").count(), 1, "{what}: no backoff loop:\n{all}");
+        assert_eq!(all.matches("cannot execute").count(), 2, "{what}: the error and the reason:\n{all}");
+    }
+}
+
+#[test]
+fn a_bind_error_gives_its_reason_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut c = Cluster::start(&["--workers", "1", "--listen", &addr], &[]);
+    assert_eq!(c.wait_exit().code(), Some(1), "{}", c.stderr_dump());
+    let log = own_lines(&c).join("\n");
+    assert_eq!(log.matches("Address already in use").count(), 1, "{log}");
+    assert!(log.contains(&format!("cannot listen on {addr}")), "{log}");
+}
+
+/// The regression of issue 14, item 3: clusterd at its own fd limit. Idle clients (a request line
+/// that never ends) fill clusterd's fd table (`RLIMIT_NOFILE` 64 through `prlimit`); a worker is
+/// killed, and clusterd cannot create its replacement's sockets. That is clusterd's failure: it is
+/// retried, never counted toward the crash-loop guard (a limit of 3 would be reached at once), and
+/// the control socket still answers. Once the clients leave, the slot comes back.
+#[test]
+fn clusterd_at_its_fd_limit_retries_its_own_failures_and_still_answers_control() {
+    let limit = 64;
+    let mut c = Builder::new()
+        .under(&["prlimit", &format!("--nofile={limit}:{limit}"), "--"])
+        .args(&["--workers", "2", "--listen", "127.0.0.1:0", "--sniff-timeout", "5m", "--crash-loop-limit", "3"])
+        .worker_args(&["--serve"])
+        .start();
+    let status = c.wait_ready(2);
+    let addr = listen_addr(&status);
+    let clusterd = status["pid"].as_i64().unwrap() as i32;
+    let victim = worker_pid(&status, 0);
+
+    let mut idle = Vec::new();
+    for _ in 0..2 * limit {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect (the backlog takes what clusterd cannot)");
+        stream.write_all(b"GET /slow").unwrap();
+        idle.push(stream);
+    }
+    c.output
+        .wait_for("the accept loop at EMFILE", |l| l.contains("accept failed") && l.contains("Too many open files"));
+    assert!(fd_count(clusterd) >= limit as usize - 1, "clusterd is at its limit: {} fds", fd_count(clusterd));
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    // Retried, and more times than the crash-loop limit, without giving up.
+    for n in 1..=4 {
+        c.output.wait_for(&format!("resource failure {n}"), |l| {
+            l.contains("clusterd's own resources") && l.contains(&format!("attempts={n}")) && l.contains("retrying in")
+        });
+    }
+    let status = c.status().expect("the control socket answers at EMFILE");
+    assert_ne!(worker(&status, 0)["state"], "ready");
+    assert_eq!(worker(&status, 0)["crash_loop"], false, "clusterd's failure is not the worker's crash loop");
+    assert_eq!(worker(&status, 0)["failures"], 0);
+    assert!(c.child.try_wait().unwrap().is_none(), "clusterd keeps running");
+
+    drop(idle);
+    let status = c.wait_ready(2);
+    assert_ne!(worker_pid(&status, 0), victim);
+    assert_eq!(try_get(addr), Some(200), "the pool serves again");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

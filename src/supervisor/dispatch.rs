@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::exit::ExitInfo;
+use super::link::StartError;
 use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
@@ -119,22 +120,15 @@ impl Dispatcher {
                 self.update_readiness();
             }
             EventKind::SpawnFailed { error } => {
-                tracing::error!(worker = slot.id, "{error}");
                 self.pools.remove_worker(event.incarnation);
                 match role {
-                    Role::Current => {
-                        slot.current = None;
-                        self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
-                    }
-                    Role::Successor => {
-                        slot.successor = None;
-                        self.successor_failed(index, Duration::ZERO);
-                    }
+                    Role::Current => slot.current = None,
+                    Role::Successor => slot.successor = None,
                     Role::Retiring(i) => {
                         slot.retiring.remove(i);
-                        self.after_retired(index);
                     }
                 }
+                self.start_failed(index, role, error);
             }
             EventKind::Draining => self.pools.remove_worker(event.incarnation),
             EventKind::Greeted => {
@@ -207,6 +201,58 @@ impl Dispatcher {
         self.after_exit(index, ending);
     }
 
+    /// A process of the slot could not be started (it has been taken out of the slot). clusterd's
+    /// own shortages are retried without counting against the slot; a program that cannot be
+    /// executed ends clusterd at once (or aborts the reload), since no retry can succeed.
+    fn start_failed(&mut self, index: usize, role: Role, error: StartError) {
+        let id = self.slots[index].id;
+        match (&error, role) {
+            (_, Role::Retiring(_)) => self.after_retired(index),
+            (StartError::Unexecutable { .. }, Role::Current) => {
+                if self.stop.is_some() || self.slots[index].removing {
+                    return self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+                }
+                self.slots[index].state = WorkerState::Exited;
+                let reason = format!("worker {id}: {error}");
+                tracing::error!("{reason}; stopping");
+                self.begin_stop(Outcome::Fatal(reason));
+                self.update_readiness();
+            }
+            (StartError::Unexecutable { .. }, Role::Successor) => self.abort_reload(index, &error.to_string()),
+            (StartError::Resources { .. }, Role::Current) => {
+                let slot = &mut self.slots[index];
+                if self.stop.is_some() || slot.removing {
+                    return self.after_exit(index, Ending::Resources);
+                }
+                if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
+                    // A retry of the same start, not a restart: `restarts` stays.
+                    slot.streak = streak;
+                    slot.state = WorkerState::Backoff;
+                    let attempts = streak.resource_failures;
+                    tracing::error!(worker = id, attempts, "{error}; retrying in {after:?}");
+                    self.schedule_restart(index, after);
+                }
+                self.update_readiness();
+            }
+            (StartError::Resources { .. }, Role::Successor) => {
+                let slot = &mut self.slots[index];
+                if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
+                    slot.streak = streak;
+                    tracing::error!(worker = id, "{error}; retrying the replacement in {after:?}");
+                    self.schedule_restart(index, after);
+                }
+            }
+            (StartError::Failed(_), Role::Current) => {
+                tracing::error!(worker = id, "{error}");
+                self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+            }
+            (StartError::Failed(_), Role::Successor) => {
+                tracing::error!(worker = id, "{error}");
+                self.successor_failed(index, Duration::ZERO);
+            }
+        }
+    }
+
     /// The slot's current process is gone: restart it, or let it rest while stopping.
     pub(super) fn after_exit(&mut self, index: usize, ending: Ending) {
         if self.stop.is_some() || self.slots[index].removing {
@@ -224,8 +270,6 @@ impl Dispatcher {
                 if decision.is_crash_loop() {
                     let failures = streak.failed_starts;
                     tracing::error!(worker = slot.id, failures, "crash loop: restarting in {after:?}");
-                } else if ending == Ending::Resources {
-                    tracing::warn!(worker = slot.id, attempts = streak.resource_failures, "retrying in {after:?}");
                 } else {
                     tracing::info!(worker = slot.id, "restarting in {after:?}");
                 }

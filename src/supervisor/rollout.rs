@@ -116,23 +116,27 @@ impl Dispatcher {
         if failures >= CRASH_LOOP_AFTER || matches!(decision, Decision::GiveUp { .. }) {
             let last =
                 slot.last_exit.as_ref().map_or_else(|| "it could not be started".to_owned(), ToString::to_string);
-            tracing::error!(
-                worker = slot.id,
-                "reload to generation {} aborted: the new worker failed {failures} times (last: {last}); \
-                 generation {} keeps serving",
-                rollout.generation,
-                rollout.previous,
-            );
-            self.generation = rollout.previous;
-            self.rollout = None;
-            self.phase.send_replace(Phase::Ready);
-            self.update_readiness();
+            self.abort_reload(index, &format!("the new worker failed {failures} times (last: {last})"));
             return;
         }
         if let Decision::Restart { after, .. } = decision {
             tracing::warn!(worker = slot.id, "reload: retrying the replacement in {after:?}");
             self.schedule_restart(index, after);
         }
+        self.update_readiness();
+    }
+
+    /// Ends the reload: the slots not yet replaced keep their old processes.
+    pub(super) fn abort_reload(&mut self, index: usize, why: &str) {
+        let Some(rollout) = self.rollout.take() else { return };
+        tracing::error!(
+            worker = self.slots[index].id,
+            "reload to generation {} aborted: {why}; generation {} keeps serving",
+            rollout.generation,
+            rollout.previous,
+        );
+        self.generation = rollout.previous;
+        self.phase.send_replace(Phase::Ready);
         self.update_readiness();
     }
 

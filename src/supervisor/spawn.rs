@@ -11,9 +11,10 @@
 //! the parent-death signal when the *thread* that forked exits, not the process.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
@@ -46,6 +47,94 @@ pub struct SpawnSpec {
     /// The worker's end of the bus socket, if it has one; it becomes fd 4 in the worker and is
     /// closed here.
     pub bus: Option<OwnedFd>,
+}
+
+/// What the child passes to `execve`, built in the parent: after the fork, the child of a
+/// multi-threaded process may not allocate.
+struct Exec {
+    /// Where to look for the program, in order (one path when it has a slash, else each `PATH`
+    /// directory's entry), as `execvp` searches.
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    argv_ptrs: Pointers,
+    envp_ptrs: Pointers,
+}
+
+/// A null-terminated array of pointers into the `CString`s of the same [`Exec`].
+struct Pointers(Vec<*const libc::c_char>);
+
+// SAFETY: the pointers point into `CString`s owned by the same `Exec`, whose heap buffers never
+// move or change while it lives; they are only read, by `execve` in the forked child.
+unsafe impl Send for Pointers {}
+// SAFETY: as for `Send`: shared read-only data.
+unsafe impl Sync for Pointers {}
+
+impl Exec {
+    fn new(spec: &SpawnSpec) -> io::Result<Self> {
+        let c = |s: &std::ffi::OsStr| {
+            CString::new(s.as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
+        };
+        let program = spec.program.as_os_str();
+        let candidates = if program.as_bytes().contains(&b'/') {
+            vec![c(program)?]
+        } else {
+            // An unset PATH searches what glibc's execvp does; an empty entry is the current dir.
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+            let mut out = Vec::new();
+            for dir in path.as_bytes().split(|&b| b == b':') {
+                let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+                let mut full = dir.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(program.as_bytes());
+                out.push(c(std::ffi::OsStr::from_bytes(&full))?);
+            }
+            out
+        };
+        let argv = std::iter::once(program)
+            .chain(spec.args.iter().map(OsString::as_os_str))
+            .map(c)
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && !spec.env.iter().any(|(n, _)| k == n.as_str()))
+            .collect();
+        env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut pair = k.clone();
+                pair.push("=");
+                pair.push(v);
+                c(&pair)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let pointers = |strings: &[CString]| {
+            Pointers(strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect())
+        };
+        let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+        Ok(Self { candidates, argv, envp, argv_ptrs, envp_ptrs })
+    }
+
+    /// Executes the program; returns only with the error of the failed `execve`, the way
+    /// `execvp` reports a search (EACCES if a candidate was denied, else ENOENT), but never
+    /// running the file through a shell. Async-signal-safe: no allocation.
+    fn run(&self) -> io::Error {
+        let _ = (&self.argv, &self.envp); // owned here so that the pointers stay valid
+        let mut denied = false;
+        for path in &self.candidates {
+            // SAFETY: a NUL-terminated path, and null-terminated arrays of pointers to
+            // NUL-terminated strings that `self` owns.
+            unsafe { libc::execve(path.as_ptr(), self.argv_ptrs.0.as_ptr(), self.envp_ptrs.0.as_ptr()) };
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) if self.candidates.len() > 1 => {}
+                Some(libc::EACCES) if self.candidates.len() > 1 => denied = true,
+                _ => return error,
+            }
+        }
+        io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT })
+    }
 }
 
 /// A started worker process.
@@ -92,19 +181,21 @@ pub fn start() -> io::Result<(Spawner, Reaper)> {
 }
 
 fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
+    // `std` would exec with `execvp`, whose libc runs a file that is neither ELF nor `#!` through
+    // `/bin/sh` instead of failing with ENOEXEC: a stray data file would become a shell script
+    // that exits 127 in a crash loop. So the child calls `execve` itself (from `pre_exec`, after
+    // std has set up stdio), and the kernel's own error comes back from `spawn`.
+    let exec = Exec::new(&spec)?;
     let mut command = Command::new(&spec.program);
-    command.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for var in PRIVATE_ENV {
-        command.env_remove(var);
-    }
-    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let ipc = spec.ipc.as_raw_fd();
     let bus = spec.bus.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     let parent = nix::unistd::getpid().as_raw();
     // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
-    // calls (setpgid, prctl, getppid, raise, fcntl, dup2, sigemptyset, pthread_sigmask); it
-    // allocates nothing and touches no lock. The IPC fd goes to 3 before the bus fd goes to 4:
-    // if the IPC fd was 4, it is no longer needed when 4 is overwritten.
+    // calls (setpgid, prctl, getppid, raise, fcntl, dup2, sigemptyset, pthread_sigmask, execve);
+    // it allocates nothing and touches no lock (`exec` was built in the parent). The IPC fd goes
+    // to 3 before the bus fd goes to 4: if the IPC fd was 4, it is no longer needed when 4 is
+    // overwritten.
     unsafe {
         command.pre_exec(move || {
             // Its own process group: clusterd signals the whole worker tree, and a Ctrl-C on
@@ -144,7 +235,7 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
+            Err(exec.run())
         });
     }
     let mut registered = lock(registry);

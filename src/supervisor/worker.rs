@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
-use super::link::{Heard, Link, Said};
+use super::link::{Heard, Link, Said, StartError};
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use crate::config::{Protocol, ReadyOn};
@@ -86,7 +86,7 @@ pub enum EventKind {
     /// nothing more to it.
     Draining,
     SpawnFailed {
-        error: String,
+        error: StartError,
     },
     Ready,
     Exited(ExitInfo),
