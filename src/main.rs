@@ -98,6 +98,12 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(%errno, "cannot become a subreaper: orphaned grandchildren will not be reaped by clusterd");
     }
+    // Forked now, while single-threaded, and before clusterd opens its sockets.
+    let guard = std::sync::Arc::new(supervisor::guard::Guard::start());
+    match guard.mechanism() {
+        supervisor::guard::Mechanism::Cgroup(_) => tracing::info!("{}", guard.describe()),
+        _ => tracing::warn!("{}", guard.describe()),
+    }
     let mut control = ControlSocket::bind(&config.control)?;
     // Listening sockets before any worker: a bind error ends clusterd (exit 1) with nothing started.
     let bound = if config.listen.is_empty() { systemd } else { listener::bind_all(&config.listen)? };
@@ -105,7 +111,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let (spawner, reaper) = supervisor::spawn::start()?;
+        let (spawner, reaper) = supervisor::spawn::start(guard)?;
         let signals = signals::start(reaper.clone())?;
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);

@@ -16,6 +16,7 @@
 mod bus_reader;
 mod dispatch;
 pub mod exit;
+pub mod guard;
 pub mod link;
 mod native;
 pub mod policy;

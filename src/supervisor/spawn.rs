@@ -26,6 +26,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::{Notify, oneshot};
 
+use super::guard::Guard;
+
 /// Variables that belong to clusterd alone and never reach a worker.
 const PRIVATE_ENV: &[&str] =
     &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"];
@@ -155,6 +157,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Spawner {
     jobs: std_mpsc::Sender<Job>,
+    guard: Arc<Guard>,
 }
 
 impl Spawner {
@@ -164,23 +167,30 @@ impl Spawner {
         self.jobs.send(Job { spec, reply }).map_err(|_| io::Error::other("the spawner thread is gone"))?;
         answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
     }
+
+    /// The worker led process group `pid`, which has now been swept: the guard may forget it.
+    pub fn swept(&self, pid: Pid) {
+        self.guard.swept(pid);
+    }
 }
 
-/// Starts the spawner thread and returns its handle and the reaper.
-pub fn start() -> io::Result<(Spawner, Reaper)> {
+/// Starts the spawner thread and returns its handle and the reaper. Every worker joins what
+/// `guard` keeps from outliving clusterd.
+pub fn start(guard: Arc<Guard>) -> io::Result<(Spawner, Reaper)> {
     let registry: Registry = Arc::default();
     let (jobs, queue) = std_mpsc::channel::<Job>();
     let thread_registry = Arc::clone(&registry);
+    let thread_guard = Arc::clone(&guard);
     std::thread::Builder::new().name("clusterd-spawner".into()).spawn(move || {
         for job in queue {
-            let result = spawn_one(&thread_registry, job.spec);
+            let result = spawn_one(&thread_registry, &thread_guard, job.spec);
             let _ = job.reply.send(result);
         }
     })?;
-    Ok((Spawner { jobs }, Reaper { registry, wake: Arc::new(Notify::new()) }))
+    Ok((Spawner { jobs, guard }, Reaper { registry, wake: Arc::new(Notify::new()) }))
 }
 
-fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
+fn spawn_one(registry: &Registry, guard: &Guard, spec: SpawnSpec) -> io::Result<Spawned> {
     // `std` would exec with `execvp`, whose libc runs a file that is neither ELF nor `#!` through
     // `/bin/sh` instead of failing with ENOEXEC: a stray data file would become a shell script
     // that exits 127 in a crash loop. So the child calls `execve` itself (from `pre_exec`, after
@@ -191,8 +201,10 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
     let ipc = spec.ipc.as_raw_fd();
     let bus = spec.bus.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     let parent = nix::unistd::getpid().as_raw();
+    let cgroup_procs = guard.procs_fd().unwrap_or(-1);
     // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
-    // calls (setpgid, prctl, getppid, raise, fcntl, dup2, sigemptyset, pthread_sigmask, execve);
+    // calls (setpgid, prctl, getppid, raise, write, fcntl, dup2, sigemptyset, pthread_sigmask,
+    // execve);
     // it allocates nothing and touches no lock (`exec` was built in the parent). The IPC fd goes
     // to 3 before the bus fd goes to 4: if the IPC fd was 4, it is no longer needed when 4 is
     // overwritten.
@@ -210,6 +222,12 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
             if libc::getppid() != parent {
                 // clusterd died between fork and prctl: the signal will never come.
                 libc::raise(libc::SIGKILL);
+            }
+            if cgroup_procs >= 0 {
+                // Into the pool's cgroup before the program runs, so that everything it starts is
+                // there too. Best effort: clusterd writes the pid again after the spawn, and says so
+                // if that fails.
+                libc::write(cgroup_procs, b"0".as_ptr().cast(), 1);
             }
             // The bus socket must not sit where the IPC socket goes: move it away first.
             let mut bus = bus;
@@ -244,6 +262,7 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
     let (tx, exit) = oneshot::channel();
     registered.insert(pid.as_raw(), tx);
     drop(registered);
+    guard.started(pid);
     let stdout = child.stdout.take().map(OwnedFd::from).ok_or_else(|| io::Error::other("no stdout pipe"))?;
     let stderr = child.stderr.take().map(OwnedFd::from).ok_or_else(|| io::Error::other("no stderr pipe"))?;
     // `child` is dropped without waiting: the reaper owns the waiting. The worker's end of the

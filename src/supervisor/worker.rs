@@ -274,6 +274,7 @@ async fn run(
     // The leader is gone; whatever it left in its process group goes too, before its pid can be
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
+    settings.spawner.swept(pid);
     link.gone(&settings, launch.incarnation).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
