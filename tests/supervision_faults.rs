@@ -345,3 +345,27 @@ fn without_a_cgroup_the_guard_kills_the_process_groups_and_says_what_it_misses()
     wait_dead(child, "the worker's child");
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(escaped), Signal::SIGKILL);
 }
+
+/// A release whose program cannot be executed aborts its reload at once (no three tries through
+/// backoff); the old generation keeps serving and clusterd keeps running.
+#[test]
+fn a_reload_to_a_program_that_cannot_be_executed_is_aborted_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = executable(dir.path(), "server", b"#!/bin/sh\nexec sleep 1000\n", 0o755);
+    let mut c = Builder::new().args(&["--workers", "2", "--ready-on", "spawn"]).program(&[&program]).start();
+    let before = c.wait_ready(2);
+    // The new release is a data file: replaced by a rename, as a deploy does.
+    let staged = executable(dir.path(), "server.new", b"not a program\n", 0o755);
+    std::fs::rename(&staged, &program).unwrap();
+    let reply = c.request(r#"{"command":"reload"}"#).expect("a reply");
+    assert!(reply.to_string().contains("reloading to generation 2"), "{reply}");
+    let line = c.output.wait_contains("reload to generation 2 aborted");
+    assert!(line.contains("cannot execute") && line.contains("Exec format error"), "{line}");
+    let after = c.wait_status("generation 1 serving again", |s| s["generation"] == 1 && s["phase"] == "ready");
+    for id in 0..2 {
+        assert_eq!(worker_pid(&after, id), worker_pid(&before, id), "the old worker {id} keeps serving");
+    }
+    assert!(!c.output.contains("retrying the replacement"), "no backoff loop:\n{}", c.stderr_dump());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
