@@ -104,7 +104,9 @@ fn a_kill_storm_of_ready_workers_never_ends_clusterd() {
     }
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
-    let min_kills = duration.as_millis() / every.as_millis() / 2;
+    // Enough that one of the two slots was killed at least 3 times (the limit of the short run),
+    // and few enough for a slow, shared machine.
+    let min_kills = if long.is_some() { duration.as_millis() / every.as_millis() / 2 } else { 6 };
     assert!(kills as u128 >= min_kills, "only {kills} kills landed (seed {seed})");
 
     let status = c.wait_ready(2);

@@ -64,6 +64,12 @@ impl Guard {
     /// Chooses the mechanism and forks the guard. Call while clusterd is single-threaded: the
     /// guard is a fork of clusterd that runs on without `exec`.
     pub fn start() -> Self {
+        let threads = std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count);
+        if threads != 1 {
+            // A fork that runs on without exec is only sound in a single-threaded process.
+            let why = format!("clusterd has {threads} threads at start, not 1: no guard forked");
+            return Self { mechanism: Mechanism::ParentDeathOnly { why }, procs: None, tell: None, _alive: None };
+        }
         let cgroup = create_cgroup(std::process::id());
         let (read, write) = match pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
             Ok(ends) => ends,
