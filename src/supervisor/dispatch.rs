@@ -219,29 +219,15 @@ impl Dispatcher {
                 self.update_readiness();
             }
             (StartError::Unexecutable { .. }, Role::Successor) => self.abort_reload(index, &error.to_string()),
+            (StartError::Resources { .. }, Role::Current) if self.stop.is_some() || self.slots[index].removing => {
+                self.after_exit(index, Ending::Resources);
+            }
             (StartError::Resources { .. }, Role::Current) => {
-                let slot = &mut self.slots[index];
-                if self.stop.is_some() || slot.removing {
-                    return self.after_exit(index, Ending::Resources);
-                }
-                if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
-                    // A retry of the same start, not a restart: `restarts` stays.
-                    slot.streak = streak;
-                    slot.state = WorkerState::Backoff;
-                    let attempts = streak.resource_failures;
-                    tracing::error!(worker = id, attempts, "{error}; retrying in {after:?}");
-                    self.schedule_restart(index, after);
-                }
+                self.slots[index].state = WorkerState::Backoff;
+                self.retry_start(index, &error);
                 self.update_readiness();
             }
-            (StartError::Resources { .. }, Role::Successor) => {
-                let slot = &mut self.slots[index];
-                if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
-                    slot.streak = streak;
-                    tracing::error!(worker = id, "{error}; retrying the replacement in {after:?}");
-                    self.schedule_restart(index, after);
-                }
-            }
+            (StartError::Resources { .. }, Role::Successor) => self.retry_start(index, &error),
             (StartError::Failed(_), Role::Current) => {
                 tracing::error!(worker = id, "{error}");
                 self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
@@ -250,6 +236,18 @@ impl Dispatcher {
                 tracing::error!(worker = id, "{error}");
                 self.successor_failed(index, Duration::ZERO);
             }
+        }
+    }
+
+    /// Schedules the same start again after clusterd's own shortage, with the slot's resource
+    /// backoff. A retry, not a restart: `restarts` stays, and so do the other streaks.
+    fn retry_start(&mut self, index: usize, error: &StartError) {
+        let slot = &mut self.slots[index];
+        if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
+            slot.streak = streak;
+            let (id, attempts) = (slot.id, streak.resource_failures);
+            tracing::error!(worker = id, attempts, "{error}; retrying in {after:?}");
+            self.schedule_restart(index, after);
         }
     }
 
