@@ -111,7 +111,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let (spawner, reaper) = supervisor::spawn::start(guard)?;
+        let (spawner, reaper) = supervisor::spawn::start(std::sync::Arc::clone(&guard))?;
         let signals = signals::start(reaper.clone())?;
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);
@@ -144,6 +144,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         for path in unix_paths {
             let _ = std::fs::remove_file(path);
         }
+        guard.finish();
         match &outcome {
             Outcome::Fatal(_) => {}
             Outcome::Graceful => tracing::info!("stopped"),

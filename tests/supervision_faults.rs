@@ -371,3 +371,23 @@ fn a_reload_to_a_program_that_cannot_be_executed_is_aborted_at_once() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// The guard is clusterd's child in a process group of its own (a signal to clusterd's group
+/// does not reach it); if it is killed anyway, clusterd says that the pool is unguarded.
+#[test]
+fn the_guard_runs_apart_and_its_end_is_reported() {
+    let mut c = Cluster::start(&["--workers", "1"], &[]);
+    let status = c.wait_ready(1);
+    let clusterd = status["pid"].as_i64().unwrap() as i32;
+    let guard = children_of(clusterd).into_iter().find(|(_, comm)| comm == "clusterd-guard").expect("a guard").0;
+    let (_, ppid, pgid) = proc_stat(guard).unwrap();
+    assert_eq!((ppid, pgid), (clusterd, guard), "clusterd's child, leading its own group");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(guard), Signal::SIGKILL).unwrap();
+    c.output.wait_contains("the pool guard ended");
+    let line = c.output.wait_contains("pool cleanup:");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    if let Some(dir) = line.split("pool cleanup: cgroup ").nth(1).and_then(|r| r.split(' ').next()) {
+        assert!(!std::path::Path::new(dir).exists(), "clusterd removes its empty pool cgroup itself");
+    }
+}

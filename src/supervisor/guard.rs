@@ -58,6 +58,8 @@ pub struct Guard {
     tell: Option<File>,
     /// The write end of the pipe in any mode: while it is open, the guard waits.
     _alive: Option<OwnedFd>,
+    /// The guard process, a child of clusterd.
+    pid: Option<Pid>,
 }
 
 impl Guard {
@@ -68,7 +70,7 @@ impl Guard {
         if threads != 1 {
             // A fork that runs on without exec is only sound in a single-threaded process.
             let why = format!("clusterd has {threads} threads at start, not 1: no guard forked");
-            return Self { mechanism: Mechanism::ParentDeathOnly { why }, procs: None, tell: None, _alive: None };
+            return Self::unguarded(why);
         }
         let cgroup = create_cgroup(std::process::id());
         let (read, write) = match pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
@@ -78,7 +80,7 @@ impl Guard {
                 if let Ok(cg) = &cgroup {
                     let _ = std::fs::remove_dir(&cg.dir);
                 }
-                return Self { mechanism: Mechanism::ParentDeathOnly { why }, procs: None, tell: None, _alive: None };
+                return Self::unguarded(why);
             }
         };
         // SAFETY: clusterd is single-threaded here (no runtime, no spawner thread yet), so the
@@ -89,7 +91,7 @@ impl Guard {
                 let kill = cgroup.ok().map(|cg| (cg.kill, cg.dir));
                 watch(read, kill)
             }
-            Ok(ForkResult::Parent { .. }) => {
+            Ok(ForkResult::Parent { child }) => {
                 drop(read);
                 let _ = nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK));
                 match cgroup {
@@ -98,12 +100,14 @@ impl Guard {
                         procs: Some(cg.procs),
                         tell: None,
                         _alive: Some(write),
+                        pid: Some(child),
                     },
                     Err(why) => Self {
                         mechanism: Mechanism::ProcessGroups { why },
                         procs: None,
                         tell: write.try_clone().ok().map(File::from),
                         _alive: Some(write),
+                        pid: Some(child),
                     },
                 }
             }
@@ -112,13 +116,23 @@ impl Guard {
                     let _ = std::fs::remove_dir(&cg.dir);
                 }
                 let why = format!("cannot fork the guard: {errno}");
-                Self { mechanism: Mechanism::ParentDeathOnly { why }, procs: None, tell: None, _alive: None }
+                Self::unguarded(why)
             }
         }
     }
 
+    /// No guard: workers die with clusterd by their parent-death signal only.
+    fn unguarded(why: String) -> Self {
+        Self { mechanism: Mechanism::ParentDeathOnly { why }, procs: None, tell: None, _alive: None, pid: None }
+    }
+
     pub fn mechanism(&self) -> &Mechanism {
         &self.mechanism
+    }
+
+    /// The guard process, if one runs: the reaper reports its end, which leaves the pool unguarded.
+    pub fn pid(&self) -> Option<Pid> {
+        self.pid
     }
 
     /// The fd of the pool's `cgroup.procs`, for a new worker to join it in `pre_exec` (by writing
@@ -150,6 +164,14 @@ impl Guard {
             // 4 bytes are written whole or not at all (under PIPE_BUF); a full pipe means the
             // guard is stuck, and clusterd does not wait for it.
             let _ = pipe.write(&record.to_ne_bytes());
+        }
+    }
+
+    /// At the end of a run, every worker reaped: removes the pool's cgroup if it is empty (the
+    /// guard does it too, unless it was killed).
+    pub fn finish(&self) {
+        if let Mechanism::Cgroup(dir) = &self.mechanism {
+            let _ = std::fs::remove_dir(dir);
         }
     }
 

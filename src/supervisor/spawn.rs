@@ -187,7 +187,8 @@ pub fn start(guard: Arc<Guard>) -> io::Result<(Spawner, Reaper)> {
             let _ = job.reply.send(result);
         }
     })?;
-    Ok((Spawner { jobs, guard }, Reaper { registry, wake: Arc::new(Notify::new()) }))
+    let guard_pid = guard.pid();
+    Ok((Spawner { jobs, guard }, Reaper { registry, wake: Arc::new(Notify::new()), guard_pid }))
 }
 
 fn spawn_one(registry: &Registry, guard: &Guard, spec: SpawnSpec) -> io::Result<Spawned> {
@@ -276,6 +277,8 @@ fn spawn_one(registry: &Registry, guard: &Guard, spec: SpawnSpec) -> io::Result<
 pub struct Reaper {
     registry: Registry,
     wake: Arc<Notify>,
+    /// The pool guard, a child of clusterd that must live as long as clusterd.
+    guard_pid: Option<Pid>,
 }
 
 impl Reaper {
@@ -306,6 +309,11 @@ impl Reaper {
                         Some(tx) => {
                             let _ = tx.send(status);
                         }
+                        None if Some(pid) == self.guard_pid => tracing::warn!(
+                            pid = pid.as_raw(),
+                            ?status,
+                            "the pool guard ended: what a worker starts can now outlive a SIGKILLed clusterd"
+                        ),
                         None => tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan"),
                     }
                 }
