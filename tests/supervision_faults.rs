@@ -391,3 +391,16 @@ fn the_guard_runs_apart_and_its_end_is_reported() {
         assert!(!std::path::Path::new(dir).exists(), "clusterd removes its empty pool cgroup itself");
     }
 }
+
+/// With `--ready-on spawn` readiness is assumed, not heard: a program that exits at once is still
+/// a crash loop, and clusterd gives up at the limit.
+#[test]
+fn with_ready_on_spawn_a_program_that_exits_at_once_is_still_a_crash_loop() {
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--ready-on", "spawn", "--crash-loop-limit", "3"])
+        .program(&["sh", "-c", "exit 3"])
+        .start();
+    assert_eq!(c.wait_exit().code(), Some(1), "{}", c.stderr_dump());
+    let last = own_lines(&c).last().cloned().unwrap_or_default();
+    assert!(last.contains("failed 3 times in a row") && last.contains("exited with code 3"), "{last}");
+}

@@ -221,7 +221,10 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {
-        policy: RestartPolicy::new(config.stable_after, config.crash_loop_limit),
+        policy: {
+            let policy = RestartPolicy::new(config.stable_after, config.crash_loop_limit);
+            if config.ready_on == crate::config::ReadyOn::Spawn { policy.ready_on_spawn() } else { policy }
+        },
         slots: Vec::new(),
         generation: 1,
         next_incarnation: 1,

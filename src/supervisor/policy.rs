@@ -23,6 +23,9 @@ pub const CRASH_LOOP_AFTER: u32 = 3;
 pub const MAX_DEATH_BACKOFF: Duration = Duration::from_secs(5);
 /// The longest delay before clusterd retries a start it lacked the resources for.
 pub const MAX_RESOURCE_BACKOFF: Duration = Duration::from_secs(5);
+/// With `--ready-on spawn` a worker is ready as soon as its program runs, which says nothing about
+/// whether it came up: for the crash-loop rule it counts as ready once it ran this long.
+pub const SPAWN_CAME_UP_AFTER: Duration = Duration::from_secs(1);
 
 /// The restart policy's parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,6 +41,9 @@ pub struct RestartPolicy {
     pub stable_after: Duration,
     /// 0 never gives up.
     pub crash_loop_limit: u32,
+    /// Set when readiness is not heard but assumed (`--ready-on spawn`): how long a ready worker
+    /// must have run to count as one that came up.
+    pub came_up_after: Option<Duration>,
 }
 
 /// The consecutive failures of one slot, by kind (see the module doc).
@@ -67,7 +73,14 @@ impl RestartPolicy {
             max_after_resources: MAX_RESOURCE_BACKOFF,
             stable_after,
             crash_loop_limit,
+            came_up_after: None,
         }
+    }
+
+    /// For workers that are ready when their program runs (`--ready-on spawn`): one that exits
+    /// within [`SPAWN_CAME_UP_AFTER`] is a failed start, not a death.
+    pub fn ready_on_spawn(self) -> Self {
+        Self { came_up_after: Some(SPAWN_CAME_UP_AFTER), ..self }
     }
 
     /// Whether a worker that is up counts as stable (it resets its slot's streaks).
@@ -77,6 +90,12 @@ impl RestartPolicy {
 
     /// The decision after a start of a slot whose streaks were `streak` ended as `ending`.
     pub fn on_end(&self, streak: Streak, ending: Ending) -> Decision {
+        let ending = match ending {
+            Ending::Exited { uptime, was_ready: true } if self.came_up_after.is_some_and(|d| uptime < d) => {
+                Ending::Exited { uptime, was_ready: false }
+            }
+            other => other,
+        };
         match ending {
             Ending::Exited { uptime, was_ready: true } if self.is_stable(uptime, true) => {
                 Decision::Restart { after: Duration::ZERO, streak: Streak::default() }
@@ -329,6 +348,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn with_ready_on_spawn_a_quick_exit_is_a_failed_start_and_a_later_one_a_death() {
+        let p = policy(3).ready_on_spawn();
+        let quick = Ending::Exited { uptime: SPAWN_CAME_UP_AFTER - Duration::from_millis(1), was_ready: true };
+        let later = Ending::Exited { uptime: SPAWN_CAME_UP_AFTER, was_ready: true };
+        assert_eq!(run(&p, quick, 100).last(), Some(&Decision::GiveUp { failures: 3 }), "a crash loop");
+        assert_eq!(run(&p, later, 100).len(), 100, "a kill storm never gives up");
+        assert_eq!(
+            p.on_end(Streak::default(), later),
+            Decision::Restart { after: Duration::from_millis(100), streak: streak(0, 1, 0) }
+        );
+        assert_eq!(
+            p.on_end(streak(2, 0, 0), exited(10_000, true)),
+            Decision::Restart { after: Duration::ZERO, streak: Streak::default() }
+        );
+        // Without it, readiness is heard, and a quick death is still a death.
+        assert_eq!(
+            policy(3).on_end(Streak::default(), quick),
+            Decision::Restart { after: Duration::from_millis(100), streak: streak(0, 1, 0) }
+        );
     }
 
     #[test]
