@@ -9,6 +9,11 @@
 //!
 //! Workers are spawned from one dedicated thread that lives as long as clusterd: the kernel sends
 //! the parent-death signal when the *thread* that forked exits, not the process.
+//!
+//! The child executes the program with its own `execve` (see `Exec`), so the error `spawn` returns
+//! is the kernel's, which the dispatcher uses to tell a program that cannot be executed from
+//! clusterd's own shortage of fds, memory or processes. Before that it joins the pool's cgroup
+//! when the guard has one (`guard.rs`).
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsString};
