@@ -190,6 +190,18 @@ fn a_program_that_is_not_executable_format_ends_clusterd_at_once_with_the_error(
     assert!(!all.contains("restarting in") && !all.contains("crash loop"), "no backoff loop:\n{all}");
 }
 
+/// The shell that runs a script worker opens the script by its path after `exec`: a test that
+/// changes the file waits until each of the `n` workers has read it and become `sleep`.
+fn wait_scripts_read(status: &serde_json::Value, n: u64) {
+    for id in 0..n {
+        let pid = worker_pid(status, id);
+        wait_until(&format!("worker {id} to exec sleep"), || {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (comm.trim() == "sleep").then_some(())
+        });
+    }
+}
+
 #[test]
 fn a_program_that_disappears_or_loses_its_permission_ends_clusterd_at_once_with_the_error() {
     use std::os::unix::fs::PermissionsExt;
@@ -200,7 +212,9 @@ fn a_program_that_disappears_or_loses_its_permission_ends_clusterd_at_once_with_
             .args(&["--workers", "2", "--ready-on", "spawn", "--crash-loop-limit", "0"])
             .program(&[&program])
             .start();
-        let pid = worker_pid(&c.wait_ready(2), 0);
+        let status = c.wait_ready(2);
+        wait_scripts_read(&status, 2);
+        let pid = worker_pid(&status, 0);
         match what {
             "removed" => std::fs::remove_file(&program).unwrap(),
             _ => std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o644)).unwrap(),
@@ -356,6 +370,7 @@ fn a_reload_to_a_program_that_cannot_be_executed_is_aborted_at_once() {
     let program = executable(dir.path(), "server", b"#!/bin/sh\nexec sleep 1000\n", 0o755);
     let mut c = Builder::new().args(&["--workers", "2", "--ready-on", "spawn"]).program(&[&program]).start();
     let before = c.wait_ready(2);
+    wait_scripts_read(&before, 2);
     // The new release is a data file: replaced by a rename, as a deploy does.
     let staged = executable(dir.path(), "server.new", b"not a program\n", 0o755);
     std::fs::rename(&staged, &program).unwrap();
