@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacket;
 
 use super::bus_reader::BusReader;
-use super::link::{Heard, Said};
+use super::link::{Heard, Said, StartError};
 use super::spawn::{SpawnSpec, Spawned};
 use super::worker::{Launch, Settings, millis};
 use crate::listener::Handoff;
@@ -46,23 +46,26 @@ pub struct NativeLink {
 
 impl NativeLink {
     /// Creates the worker's sockets, greets it (the Hello waits in its socket) and spawns it.
-    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), String> {
+    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), StartError> {
         // Both ends close-on-exec; the spawner dup2s the worker's end onto fd 3 in the child only.
         // The worker's end stays blocking (programs without the SDK may use it plainly).
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("cannot create the IPC socket pair: {e}"))?;
+            .map_err(|e| StartError::setup("cannot create the IPC socket pair", e))?;
         nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .map_err(|e| format!("cannot make the IPC socket non-blocking: {e}"))?;
-        let socket = UnixSeqpacket::try_from(ours).map_err(|e| format!("cannot register the IPC socket: {e}"))?;
+            .map_err(|e| StartError::setup("cannot make the IPC socket non-blocking", e))?;
+        let socket =
+            UnixSeqpacket::try_from(ours).map_err(|e| StartError::setup("cannot register the IPC socket", e))?;
         let (bus_ours, bus_theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("cannot create the bus socket pair: {e}"))?;
+            .map_err(|e| StartError::setup("cannot create the bus socket pair", e))?;
         for end in [&bus_ours, &bus_theirs] {
             let _ = nix::sys::socket::setsockopt(end, nix::sys::socket::sockopt::SndBuf, &BUS_SOCKET_BUFFER);
         }
         let bus_stream = std::os::unix::net::UnixStream::from(bus_ours);
-        bus_stream.set_nonblocking(true).map_err(|e| format!("cannot make the bus socket non-blocking: {e}"))?;
+        bus_stream
+            .set_nonblocking(true)
+            .map_err(|e| StartError::setup("cannot make the bus socket non-blocking", e))?;
         let (bus_read, bus_write) = tokio::net::UnixStream::from_std(bus_stream)
-            .map_err(|e| format!("cannot register the bus socket: {e}"))?
+            .map_err(|e| StartError::setup("cannot register the bus socket", e))?
             .into_split();
         let channel = PrimaryChannel::new(socket);
         let heartbeat_ms =
@@ -76,7 +79,10 @@ impl NativeLink {
             max_frame: MAX_FRAME as u32,
         };
         // Queued in the socket buffer before the worker runs, so it is always the first frame.
-        channel.send(&ToWorker::Hello(hello)).await.map_err(|e| format!("cannot greet the worker: {e}"))?;
+        channel.send(&ToWorker::Hello(hello)).await.map_err(|e| match e {
+            clusterd_worker::channel::ChannelError::Io(e) => StartError::setup("cannot greet the worker", e),
+            e => StartError::Failed(format!("cannot greet the worker: {e}")),
+        })?;
         let env = vec![
             (ENV_IPC_FD.to_owned(), IPC_FD.to_string()),
             (ENV_WORKER_ID.to_owned(), launch.slot.to_string()),
@@ -91,11 +97,7 @@ impl NativeLink {
             ipc: theirs,
             bus: Some(bus_theirs),
         };
-        let spawned = settings
-            .spawner
-            .spawn(spec)
-            .await
-            .map_err(|e| format!("cannot start {}: {e}", settings.program.to_string_lossy()))?;
+        let spawned = settings.spawner.spawn(spec).await.map_err(|e| StartError::spawn(&settings.program, e))?;
         let join = Input::Join {
             key: launch.incarnation,
             slot: launch.slot,
@@ -142,6 +144,14 @@ impl NativeLink {
         let frame = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => {
+                self.channel_open = false;
+                return Heard::End;
+            }
+            Err(clusterd_worker::channel::ChannelError::Io(error))
+                if matches!(error.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+            {
+                // The worker's end closed with frames unread in it: the process died (its status
+                // comes from the reaper), it broke nothing.
                 self.channel_open = false;
                 return Heard::End;
             }

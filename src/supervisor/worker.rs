@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
-use super::link::{Heard, Link, Said};
+use super::link::{Heard, Link, Said, StartError};
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use crate::config::{Protocol, ReadyOn};
@@ -94,7 +94,7 @@ pub enum EventKind {
     /// nothing more to it.
     Draining,
     SpawnFailed {
-        error: String,
+        error: StartError,
     },
     Ready,
     Exited(ExitInfo),
@@ -308,6 +308,7 @@ async fn run(
     // The leader is gone; whatever it left in its process group goes too, before its pid can be
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
+    settings.spawner.swept(pid);
     link.gone(&settings, launch.incarnation).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
