@@ -477,6 +477,6 @@ async fn deliver(handoff: Handoff, routes: mpsc::Sender<RouteMsg>) {
     }
     // No ready worker: HTTP hears why at once; anything else is closed (dropping the fd).
     if http && let Ok(client) = Client::new(handoff.fd, unix) {
-        client.reply(response(503, "Service Unavailable", "no worker is ready")).await;
+        client.reply(response(503, "Service Unavailable", "no worker is ready with room")).await;
     }
 }

@@ -30,6 +30,10 @@ pub enum Said {
     SessionClose {
         sid: String,
     },
+    /// It is at capacity (close to its fd limit), or has room again.
+    Capacity {
+        full: bool,
+    },
 }
 
 /// What reading a link gave.

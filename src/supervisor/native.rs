@@ -168,6 +168,7 @@ impl NativeLink {
             FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr }),
             FromWorker::SessionOpen { seq, sid } => Ok(Said::SessionOpen { seq: Some(seq), sid }),
             FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
+            FromWorker::Capacity { full } => Ok(Said::Capacity { full }),
             _ => Ok(Said::Alive),
         };
         match said {

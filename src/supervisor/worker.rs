@@ -104,6 +104,10 @@ pub enum EventKind {
     SessionClose {
         sid: String,
     },
+    /// The worker is at capacity (it takes no new connection), or has room again.
+    Capacity {
+        full: bool,
+    },
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
 }
@@ -192,6 +196,7 @@ async fn run(
                         Said::Listen { seq, addr } => Some(EventKind::Listen { seq, addr }),
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
+                        Said::Capacity { full } => Some(EventKind::Capacity { full }),
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {

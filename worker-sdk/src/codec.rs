@@ -119,6 +119,8 @@ mod tests {
                 FromWorker::Listen { seq: 2, addr: "127.0.0.1:0".into() },
                 [&[0x06, 0x02, 0x0b][..], b"127.0.0.1:0"].concat(),
             ),
+            (FromWorker::Capacity { full: true }, vec![0x07, 0x01]),
+            (FromWorker::Capacity { full: false }, vec![0x07, 0x00]),
         ];
         (to, from)
     }

@@ -53,21 +53,75 @@ impl std::fmt::Display for ClientAddr {
     }
 }
 
+/// How long a request head may take on a handed-off connection, unless
+/// [`Worker::set_header_timeout`](crate::Worker::set_header_timeout) or
+/// `CLUSTERD_HEADER_TIMEOUT_MS` says otherwise. hyper's own default, which `axum::serve` leaves off.
+pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The variable that sets the header timeout of every worker (milliseconds; `0`: no limit).
+pub(crate) const ENV_HEADER_TIMEOUT_MS: &str = "CLUSTERD_HEADER_TIMEOUT_MS";
+
 enum Socket {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
 }
 
 /// One client connection handed to this worker by clusterd.
+///
+/// When clusterd routed it by an HTTP/1.x request line, the connection follows the framing of
+/// its requests (their lengths, no more): a request head that is not complete within the header
+/// timeout ([`crate::Worker::set_header_timeout`], 30 s by default) fails the read with
+/// `TimedOut`, so the server closes the connection and its fd is free again.
 pub struct Connection {
+    /// Bytes to yield before reading the socket again: clusterd's, or ones held back.
     initial: Vec<u8>,
     consumed: usize,
     socket: Socket,
+    http: Option<Box<Http>>,
     peer: ClientAddr,
     local: ClientAddr,
     report: Option<(u64, mpsc::Sender<Report>)>,
     /// Counted until the application first reads: a drain waits for that (see `Worker::draining`).
     unread: Option<Arc<Unread>>,
+}
+
+/// The HTTP/1.x side of a connection: its framing, and the header timer.
+struct Http {
+    tracker: crate::http1::Tracker,
+    timeout: Option<std::time::Duration>,
+    /// Runs while a request head is incomplete; created on first use, reset for each head.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current head.
+    armed: bool,
+}
+
+impl Http {
+    /// `Err(TimedOut)` once the current head took longer than the timeout; registers the
+    /// timer's wakeup otherwise.
+    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(timeout) = self.timeout else { return Ok(()) };
+        if self.tracker.phase() != crate::http1::Phase::Head {
+            self.armed = false;
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+/// What a new connection needs from its worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Serving {
+    /// The longest a request head may take; `None`: no limit.
+    pub(crate) header_timeout: Option<std::time::Duration>,
 }
 
 /// Handed-over connections the application has not read from yet.
@@ -96,6 +150,7 @@ impl Connection {
         fd: OwnedFd,
         report: mpsc::Sender<Report>,
         unread: Arc<Unread>,
+        serving: &Serving,
     ) -> io::Result<Self> {
         // The frame says what kind of socket it is. clusterd accepted it non-blocking (the flag
         // belongs to the open file, which this fd shares); setting it again costs one syscall
@@ -112,10 +167,21 @@ impl Connection {
                 Socket::Unix(tokio::net::UnixStream::from_std(std)?)
             }
         };
+        // Only what clusterd routed as HTTP/1.x is followed: a connection that sent nothing may be
+        // a protocol where the server speaks first.
+        let http = crate::http1::starts_with_request_line(&frame.initial).then(|| {
+            Box::new(Http {
+                tracker: crate::http1::Tracker::in_first_request(),
+                timeout: serving.header_timeout,
+                timer: None,
+                armed: false,
+            })
+        });
         Ok(Self {
             initial: frame.initial,
             consumed: 0,
             socket,
+            http,
             peer: (&frame.peer).into(),
             local: (&frame.local).into(),
             report: Some((frame.id, report)),
@@ -159,20 +225,53 @@ impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.mark_read();
-        if this.consumed < this.initial.len() {
-            let rest = &this.initial[this.consumed..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.consumed += n;
-            if this.consumed == this.initial.len() {
-                this.initial = Vec::new();
-                this.consumed = 0;
-            }
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        match &mut this.socket {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        loop {
+            if let Some(http) = &mut this.http
+                && let Err(error) = http.poll_timeout(cx)
+            {
+                return Poll::Ready(Err(error));
+            }
+            if this.consumed < this.initial.len() {
+                let rest = &this.initial[this.consumed..];
+                let mut n = rest.len().min(buf.remaining());
+                if let Some(http) = &mut this.http {
+                    n = http.tracker.feed(&rest[..n]);
+                }
+                buf.put_slice(&rest[..n]);
+                this.consumed += n;
+                if this.consumed == this.initial.len() {
+                    this.initial = Vec::new();
+                    this.consumed = 0;
+                }
+                if n == 0 {
+                    // A new request begins here: its head's timer starts now.
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            let read = match &mut this.socket {
+                Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            };
+            if let (Poll::Ready(Ok(())), Some(http)) = (&read, &mut this.http) {
+                let fresh = &buf.filled()[before..];
+                let used = http.tracker.feed(fresh);
+                if used < fresh.len() {
+                    // A later request begins in what was read: hold it back, so that it goes
+                    // through the tracker (and the timer) as a request of its own.
+                    this.initial = fresh[used..].to_vec();
+                    this.consumed = 0;
+                    buf.set_filled(before + used);
+                    if used == 0 {
+                        continue;
+                    }
+                }
+            }
+            return read;
         }
     }
 }

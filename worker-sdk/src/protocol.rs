@@ -231,4 +231,13 @@ pub enum FromWorker {
         /// The address.
         addr: String,
     },
+    /// Tag 7. Whether the worker is at capacity: `true` when it is close to its fd limit (or
+    /// could not receive a connection's fd), `false` when it has room again. clusterd gives a
+    /// full worker no new connection (sticky requests of its own sessions excepted) and answers
+    /// 503 only when every ready worker is full. Optional: a worker that never sends it always
+    /// has room.
+    Capacity {
+        /// At capacity (`true`) or with room again (`false`).
+        full: bool,
+    },
 }
