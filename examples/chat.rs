@@ -27,6 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use clusterd_worker::{ClientAddr, ClusterAdapter, SessionLayer, Worker, cluster_adapter};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -98,7 +99,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/", get(move || async move { Html(page) }))
         .layer(io_layer)
         .layer(SessionLayer::new(worker.clone()));
-    let listener = worker.listener()?;
+    // Socket.IO writes a WebSocket frame per message: without TCP_NODELAY, a frame written right
+    // after another waits for the client's delayed ACK (40 ms stalls). clusterd leaves socket
+    // options to the application (unless run with --tcp-nodelay), so the chat asks for it.
+    let listener = worker.listener()?.tap_io(|connection| {
+        let _ = connection.set_nodelay(true);
+    });
     worker.ready().await?;
     println!("worker {id} serving the chat");
     let drain = worker.drain_token();

@@ -168,6 +168,7 @@ struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     sniff_timeout: Option<Duration>,
     bus_queue: Option<usize>,
+    tcp_nodelay: Option<bool>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     command: Option<Vec<String>>,
@@ -214,6 +215,8 @@ pub struct Config {
     pub sniff_timeout: Duration,
     /// Bytes of bus messages queued for one worker before messages to it are dropped.
     pub bus_queue: usize,
+    /// Set TCP_NODELAY on accepted TCP connections.
+    pub tcp_nodelay: bool,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub program: OsString,
@@ -275,6 +278,7 @@ impl Config {
             sniff_bytes: run.sniff_bytes.or(file.sniff_bytes).unwrap_or(8 * 1024),
             sniff_timeout: run.sniff_timeout.or(file.sniff_timeout).unwrap_or(Duration::from_secs(5)),
             bus_queue: run.bus_queue.or(file.bus_queue).unwrap_or(64 * 1024 * 1024),
+            tcp_nodelay: run.tcp_nodelay || file.tcp_nodelay.unwrap_or(false),
             control: control.or(file.control).unwrap_or_else(default_control_path),
             log_format: run.log_format.or(file.log_format).unwrap_or_default(),
             program,

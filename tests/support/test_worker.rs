@@ -227,7 +227,7 @@ async fn main() {
 
 /// A small HTTP/1.1 server on handed-off connections, keep-alive included. Every answer starts with
 /// `worker=<id> pid=<pid>`. Paths: `/open?sid=S` reports session S (answers after clusterd's ack),
-/// `/close?sid=S` ends it, `/hold` answers its head at once and keeps the connection open without
+/// `/close?sid=S` ends it, `/nodelay` says whether the socket has TCP_NODELAY, `/hold` answers its head at once and keeps the connection open without
 /// a body end until the client leaves, `/echo` answers the request body; anything else answers
 /// the request line.
 async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener) {
@@ -290,6 +290,7 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
                 while connection.read(&mut sink).await? > 0 {}
                 return Ok(());
             }
+            "/nodelay" => format!("{me} nodelay={}\n", connection.nodelay()?).into_bytes(),
             "/echo" => {
                 let mut out = format!("{me} echo ").into_bytes();
                 out.extend_from_slice(&body);

@@ -200,6 +200,27 @@ impl Connection {
         }
     }
 
+    /// Sets `TCP_NODELAY` (Nagle's algorithm off) on a TCP connection; a Unix one has no such
+    /// option (`Ok`, nothing done). clusterd leaves the option as the kernel made it unless run
+    /// with `--tcp-nodelay`; a server that writes a response in several pieces (a head, then a
+    /// body; a WebSocket frame per message) usually wants it, or its pieces wait for the client's
+    /// delayed ACK. With axum: `worker.listener()?.tap_io(|c| { let _ = c.set_nodelay(true); })`
+    /// (`axum::serve::ListenerExt`).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nodelay(nodelay),
+            Socket::Unix(_) => Ok(()),
+        }
+    }
+
+    /// Whether `TCP_NODELAY` is set (always `false` for a Unix connection).
+    pub fn nodelay(&self) -> io::Result<bool> {
+        match &self.socket {
+            Socket::Tcp(s) => s.nodelay(),
+            Socket::Unix(_) => Ok(false),
+        }
+    }
+
     /// The client's address.
     pub fn peer_addr(&self) -> &ClientAddr {
         &self.peer
