@@ -194,6 +194,7 @@ pub struct Limits {
 pub const WHOLE_REQUEST_MAX: usize = 1024 * 1024;
 
 /// A connection ready to go to a worker.
+#[derive(Debug)]
 pub struct Handoff {
     /// The listener group (a listener workers asked for), or `None` for clusterd's own.
     pub group: Option<u32>,

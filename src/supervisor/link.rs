@@ -34,6 +34,9 @@ pub enum Said {
     Capacity {
         full: bool,
     },
+    /// It gave a connection back (a later request on it belongs to another worker's session):
+    /// that connection closed for this worker, and goes to be routed again.
+    Handback(Box<Handoff>),
 }
 
 /// What reading a link gave.

@@ -216,6 +216,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         protocol: config.protocol,
         serialization: config.serialization,
         node_relay,
+        limits,
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {

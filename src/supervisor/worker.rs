@@ -42,6 +42,8 @@ pub struct Settings {
     pub relay: mpsc::Sender<crate::relay::Input>,
     /// The relay between Node workers (`--protocol node`).
     pub node_relay: Option<mpsc::Sender<crate::node::relay::Input>>,
+    /// How connections are routed, for those a worker gives back.
+    pub limits: crate::listener::Limits,
 }
 
 /// One worker to start.
@@ -197,6 +199,12 @@ async fn run(
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
                         Said::Capacity { full } => Some(EventKind::Capacity { full }),
+                        Said::Handback(handoff) => {
+                            // Counted closed here, and routed again as a new connection.
+                            let group = handoff.group;
+                            crate::listener::reroute(*handoff, settings.routes.clone());
+                            Some(EventKind::ConnectionsClosed(vec![group]))
+                        }
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {

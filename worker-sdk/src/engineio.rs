@@ -7,14 +7,13 @@
 //!   session id from the open packet in the response body and reports it to clusterd with
 //!   [`Worker::session_open`](crate::Worker::session_open), **before** the response leaves. The
 //!   client cannot send a request with that id before clusterd knows where it lives.
-//! - Every polling response carries `Connection: close`. clusterd routes a connection by its
-//!   first request, so a kept-alive connection could otherwise bring a later request of a
-//!   session that lives on another worker (the failure of `@socket.io/sticky`'s issues 8 and
-//!   17). The next poll comes on a new connection, and clusterd routes it by its `sid`.
+//! - A later request of a session that lives on another worker can come on a kept-alive
+//!   connection that clusterd routed here by its first request. The SDK's connection gives such
+//!   a connection back to clusterd, which routes it to the session's owner (see
+//!   `PROTOCOL.md`, "Handing a connection back"); this layer only has to report the sessions.
 //!
 //! WebSocket clients need neither: the upgrade request carries the `sid` (or starts a session
-//! that lives on that one connection). Sessions that end are forgotten by clusterd after
-//! `--session-ttl` without requests.
+//! that lives on that one connection).
 //!
 //! ```ignore
 //! let (io_layer, io) = socketioxide::SocketIo::new_layer();
@@ -28,7 +27,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -93,13 +92,11 @@ where
         let worker = self.worker.clone();
         Box::pin(async move {
             let response = inner.call(request).await?;
-            if kind == Kind::Other {
+            if kind != Kind::Handshake {
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
             }
-            let (mut parts, body) = response.into_parts();
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            if kind != Kind::Handshake || !parts.status.is_success() || body.size_hint().lower() > MAX_HANDSHAKE as u64
-            {
+            let (parts, body) = response.into_parts();
+            if !parts.status.is_success() || body.size_hint().lower() > MAX_HANDSHAKE as u64 {
                 return Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()));
             }
             let bytes = match http_body_util::Limited::new(body, MAX_HANDSHAKE).collect().await {

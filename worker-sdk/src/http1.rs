@@ -272,9 +272,43 @@ pub(crate) fn request_line(bytes: &[u8]) -> Option<&[u8]> {
     Some(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
+/// The Engine.IO session a request line names: the `sid` query parameter of a request that also
+/// has `EIO` (1 to 64 characters of `[A-Za-z0-9_-]`, as clusterd accepts).
+pub(crate) fn engineio_sid(line: &[u8]) -> Option<&str> {
+    let line = std::str::from_utf8(line).ok()?;
+    let target = line.split(' ').nth(1)?;
+    let query = target.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let mut engine_io = false;
+    let mut sid = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "EIO" => engine_io = true,
+            "sid" => sid = Some(value),
+            _ => {}
+        }
+    }
+    let sid = sid.filter(|s| {
+        (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })?;
+    engine_io.then_some(sid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engineio_sids() {
+        assert_eq!(engineio_sid(b"GET /socket.io/?EIO=4&transport=polling&sid=Ab_-1 HTTP/1.1"), Some("Ab_-1"));
+        assert_eq!(engineio_sid(b"POST /socket.io/?sid=x&EIO=4 HTTP/1.1"), Some("x"));
+        assert_eq!(engineio_sid(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"), None, "a handshake");
+        assert_eq!(engineio_sid(b"GET /app?sid=x HTTP/1.1"), None, "not Engine.IO");
+        assert_eq!(engineio_sid(b"GET /?EIO=4&sid=a%20b HTTP/1.1"), None);
+        assert_eq!(engineio_sid(b"GET /?EIO=4&sid= HTTP/1.1"), None);
+        assert_eq!(engineio_sid(b"\xff\xfe"), None);
+    }
 
     /// Feeds `stream` in pieces of `step` bytes; returns the offsets where later requests began.
     fn starts(stream: &[u8], step: usize) -> (Vec<usize>, Phase) {

@@ -64,6 +64,12 @@ pub(crate) const ENV_HEADER_TIMEOUT_MS: &str = "CLUSTERD_HEADER_TIMEOUT_MS";
 enum Socket {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+    /// Given back to clusterd.
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection was given back to clusterd")
 }
 
 /// One client connection handed to this worker by clusterd.
@@ -85,9 +91,16 @@ pub struct Connection {
     unread: Option<Arc<Unread>>,
 }
 
-/// The HTTP/1.x side of a connection: its framing, and the header timer.
+/// The HTTP/1.x side of a connection: its framing, the header timer, and the check of each later
+/// request's session.
 struct Http {
     tracker: crate::http1::Tracker,
+    /// The sessions this worker holds, to tell a later request of another worker's session.
+    sessions: Arc<Sessions>,
+    /// A later request begins at the held-back bytes and is not checked yet.
+    decide: bool,
+    /// Given back to clusterd (decided): reads end, and the socket goes back on shutdown or drop.
+    handing: bool,
     timeout: Option<std::time::Duration>,
     /// Runs while a request head is incomplete; created on first use, reset for each head.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -122,6 +135,56 @@ impl Http {
 pub(crate) struct Serving {
     /// The longest a request head may take; `None`: no limit.
     pub(crate) header_timeout: Option<std::time::Duration>,
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+/// The Engine.IO sessions this worker process holds (it created them), so that a kept-alive
+/// connection can tell a request of another worker's session and give the connection back.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    held: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
+    /// The application uses sessions at all: only then is a request with an unknown sid given back
+    /// (an application that never opens one might use `sid` for something else).
+    used: std::sync::atomic::AtomicBool,
+}
+
+impl Sessions {
+    pub(crate) fn insert(&self, sid: &str) {
+        self.used.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(sid.into());
+    }
+
+    pub(crate) fn remove(&self, sid: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(sid);
+    }
+
+    /// Whether a request naming `sid` belongs elsewhere.
+    fn foreign(&self, sid: &str) -> bool {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.held.lock().unwrap_or_else(|p| p.into_inner()).contains(sid)
+    }
+}
+
+/// What to do with a later request on a kept-alive connection, from its start.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its request line is not complete yet.
+    NeedMore,
+    /// Serve it here.
+    Keep,
+    /// It names a session this worker does not hold: give the connection back.
+    HandBack,
+}
+
+fn verdict(start: &[u8], sessions: &Sessions) -> Verdict {
+    match crate::http1::request_line(start) {
+        None if start.len() < crate::protocol::MAX_HANDBACK => Verdict::NeedMore,
+        None => Verdict::Keep,
+        Some(line) => match crate::http1::engineio_sid(line) {
+            Some(sid) if sessions.foreign(sid) => Verdict::HandBack,
+            _ => Verdict::Keep,
+        },
+    }
 }
 
 /// Handed-over connections the application has not read from yet.
@@ -172,6 +235,9 @@ impl Connection {
         let http = crate::http1::starts_with_request_line(&frame.initial).then(|| {
             Box::new(Http {
                 tracker: crate::http1::Tracker::in_first_request(),
+                sessions: Arc::clone(&serving.sessions),
+                decide: false,
+                handing: false,
                 timeout: serving.header_timeout,
                 timer: None,
                 armed: false,
@@ -210,6 +276,7 @@ impl Connection {
         match &self.socket {
             Socket::Tcp(s) => s.set_nodelay(nodelay),
             Socket::Unix(_) => Ok(()),
+            Socket::Gone => Err(gone()),
         }
     }
 
@@ -218,6 +285,7 @@ impl Connection {
         match &self.socket {
             Socket::Tcp(s) => s.nodelay(),
             Socket::Unix(_) => Ok(false),
+            Socket::Gone => Err(gone()),
         }
     }
 
@@ -232,9 +300,59 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Gives the socket back to clusterd with the bytes held back (once; the socket is gone after).
+    fn hand_back(&mut self) {
+        let Some((id, report)) = self.report.take() else { return };
+        let socket = std::mem::replace(&mut self.socket, Socket::Gone);
+        let fd: Option<OwnedFd> = match socket {
+            Socket::Tcp(s) => s.into_std().ok().map(OwnedFd::from),
+            Socket::Unix(s) => s.into_std().ok().map(OwnedFd::from),
+            Socket::Gone => None,
+        };
+        let initial = self.initial.split_off(self.consumed);
+        let sent = match fd {
+            Some(fd) => report.try_send(Report::Handback { id, fd, initial }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The connection is lost (the fd closed with the failed report): count it closed.
+            let _ = report.try_send(Report::Closed(id));
+        }
+    }
+
+    fn handing(&self) -> bool {
+        self.http.as_ref().is_some_and(|h| h.handing)
+    }
+
+    /// Reads more of a later request's start into the held-back bytes.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        let read = match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, &mut buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, &mut buf),
+            Socket::Gone => return Poll::Ready(Ok(0)),
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                self.initial.drain(..self.consumed);
+                self.consumed = 0;
+                self.initial.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(buf.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         self.mark_read();
+        if self.handing() {
+            self.hand_back();
+        }
         if let Some((id, report)) = self.report.take() {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
             let _ = report.try_send(Report::Closed(id));
@@ -250,10 +368,36 @@ impl AsyncRead for Connection {
             return Poll::Ready(Ok(()));
         }
         loop {
-            if let Some(http) = &mut this.http
-                && let Err(error) = http.poll_timeout(cx)
-            {
-                return Poll::Ready(Err(error));
+            if let Some(http) = &mut this.http {
+                if http.handing {
+                    // The end of this connection for the server; clusterd gets the socket.
+                    return Poll::Ready(Ok(()));
+                }
+                if let Err(error) = http.poll_timeout(cx) {
+                    return Poll::Ready(Err(error));
+                }
+                if http.decide {
+                    match verdict(&this.initial[this.consumed..], &http.sessions) {
+                        Verdict::Keep => http.decide = false,
+                        Verdict::HandBack => {
+                            http.handing = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                        Verdict::NeedMore => match this.poll_read_more(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(n)) => {
+                                if n == 0
+                                    && let Some(http) = &mut this.http
+                                {
+                                    // The client stopped mid-line: the server sees what came.
+                                    http.decide = false;
+                                }
+                                continue;
+                            }
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        },
+                    }
+                }
             }
             if this.consumed < this.initial.len() {
                 let rest = &this.initial[this.consumed..];
@@ -268,7 +412,10 @@ impl AsyncRead for Connection {
                     this.consumed = 0;
                 }
                 if n == 0 {
-                    // A new request begins here: its head's timer starts now.
+                    // A later request begins here: check it, and start its head's timer.
+                    if let Some(http) = &mut this.http {
+                        http.decide = true;
+                    }
                     continue;
                 }
                 return Poll::Ready(Ok(()));
@@ -277,6 +424,7 @@ impl AsyncRead for Connection {
             let read = match &mut this.socket {
                 Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
                 Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+                Socket::Gone => return Poll::Ready(Ok(())),
             };
             if let (Poll::Ready(Ok(())), Some(http)) = (&read, &mut this.http) {
                 let fresh = &buf.filled()[before..];
@@ -286,6 +434,7 @@ impl AsyncRead for Connection {
                     // through the tracker (and the timer) as a request of its own.
                     this.initial = fresh[used..].to_vec();
                     this.consumed = 0;
+                    http.decide = true;
                     buf.set_filled(before + used);
                     if used == 0 {
                         continue;
@@ -302,6 +451,7 @@ impl AsyncWrite for Connection {
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -313,6 +463,7 @@ impl AsyncWrite for Connection {
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -320,6 +471,7 @@ impl AsyncWrite for Connection {
         match &self.socket {
             Socket::Tcp(s) => s.is_write_vectored(),
             Socket::Unix(s) => s.is_write_vectored(),
+            Socket::Gone => false,
         }
     }
 
@@ -327,13 +479,20 @@ impl AsyncWrite for Connection {
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Gone => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.handing() {
+            // Everything the server wrote is flushed: the client's connection goes on elsewhere.
+            self.hand_back();
+            return Poll::Ready(Ok(()));
+        }
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Gone => Poll::Ready(Ok(())),
         }
     }
 }
@@ -411,5 +570,30 @@ mod axum_support {
         fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Self {
             stream.remote_addr().clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_request_is_given_back_only_for_a_session_held_elsewhere() {
+        let sessions = Sessions::default();
+        let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=theirs HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(verdict(poll, &sessions), Verdict::Keep, "a worker without sessions gives nothing back");
+        sessions.insert("mine");
+        assert_eq!(verdict(poll, &sessions), Verdict::HandBack);
+        assert_eq!(verdict(b"GET /socket.io/?EIO=4&transport=polling&sid=mine HTTP/1.1\r\n", &sessions), Verdict::Keep);
+        assert_eq!(verdict(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n", &sessions), Verdict::Keep);
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\n", &sessions), Verdict::Keep);
+        assert_eq!(verdict(b"GET /socket.io/?EIO=4&sid=theirs", &sessions), Verdict::NeedMore);
+        assert_eq!(
+            verdict(&vec![b'a'; crate::protocol::MAX_HANDBACK], &sessions),
+            Verdict::Keep,
+            "too long to look at"
+        );
+        sessions.remove("mine");
+        assert_eq!(verdict(b"GET /?EIO=4&sid=mine HTTP/1.1\r\n", &sessions), Verdict::HandBack);
     }
 }

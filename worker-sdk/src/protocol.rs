@@ -164,7 +164,7 @@ impl Frame for ToWorker {
 
 impl Frame for FromWorker {
     fn fds(&self) -> usize {
-        0
+        usize::from(matches!(self, Self::Handback(_)))
     }
 }
 
@@ -240,4 +240,22 @@ pub enum FromWorker {
         /// At capacity (`true`) or with room again (`false`).
         full: bool,
     },
+    /// Tag 8. The worker gives back connection `id` (its socket is the frame's one fd): a request
+    /// on it, after the first, belongs to a session the worker does not hold. clusterd routes
+    /// it again as a new connection whose first bytes are `initial` (that request's start, which
+    /// the worker read), and counts connection `id` closed for this worker. Optional.
+    Handback(Handback),
 }
+
+/// A connection a worker gives back to clusterd (the socket is the frame's file descriptor).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Handback {
+    /// The id of the [`ToWorker::Connection`] that brought it.
+    pub id: u64,
+    /// Bytes the worker read from the socket and did not serve: the start of the next request,
+    /// its request line complete. At most [`MAX_HANDBACK`] bytes.
+    pub initial: Vec<u8>,
+}
+
+/// The most bytes a [`Handback`] carries (as clusterd's own `--sniff-bytes` at most).
+pub const MAX_HANDBACK: usize = 16 * 1024;

@@ -83,6 +83,8 @@ struct Inner {
     listens: Mutex<HashMap<u32, oneshot::Sender<ListenResult>>>,
     bus: Option<crate::bus::Bus>,
     capacity: Arc<crate::capacity::Capacity>,
+    /// The sessions this process holds, for kept-alive connections to check their requests.
+    sessions: Arc<crate::listener::Sessions>,
     /// Milliseconds a request head may take on a handed-off connection; 0: no limit.
     header_timeout_ms: std::sync::atomic::AtomicU64,
 }
@@ -153,6 +155,7 @@ impl Worker {
             listens: Mutex::new(HashMap::new()),
             bus,
             capacity: Arc::new(crate::capacity::Capacity::from_rlimit()),
+            sessions: Arc::default(),
             header_timeout_ms: std::sync::atomic::AtomicU64::new(header_timeout_from_env()?),
         });
         runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue, Arc::clone(&inner.capacity)));
@@ -246,6 +249,9 @@ impl Worker {
         {
             return Err(Error::BadSessionId { sid: sid.to_owned() });
         }
+        // Held here from now on, whatever clusterd answers: a request for it on a kept-alive
+        // connection of this worker is served here.
+        self.inner.sessions.insert(sid);
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.acks).insert(seq, tx);
@@ -295,6 +301,7 @@ impl Worker {
 
     /// Reports that the session `sid` ended. Never blocks; safe to call from `Drop`.
     pub fn session_close(&self, sid: &str) {
+        self.inner.sessions.remove(sid);
         let _ = self.inner.reports.try_send(Report::Frame(FromWorker::SessionClose { sid: sid.to_owned() }));
     }
 
@@ -330,6 +337,14 @@ async fn send_reports(
             match report {
                 Report::Closed(id) => ids.push(id),
                 Report::Capacity => {}
+                Report::Handback { id, fd, initial } => {
+                    let frame = FromWorker::Handback(crate::protocol::Handback { id, initial });
+                    if let Err(error) = channel.send_with_fd(&frame, std::os::fd::AsFd::as_fd(&fd)).await {
+                        // Lost with our fd (the client sees the close): count it closed.
+                        tracing::warn!(id, %error, "cannot give a connection back to clusterd");
+                        ids.push(id);
+                    }
+                }
                 Report::Frame(frame) => {
                     if channel.send(&frame).await.is_err() {
                         return;
@@ -360,6 +375,8 @@ pub(crate) enum Report {
     Frame(FromWorker),
     /// The capacity state may have changed: tell clusterd if it did.
     Capacity,
+    /// A connection given back to clusterd (its fd travels with the frame).
+    Handback { id: u64, fd: std::os::fd::OwnedFd, initial: Vec<u8> },
 }
 
 /// The header timeout in milliseconds: `CLUSTERD_HEADER_TIMEOUT_MS`, or the default.
@@ -444,7 +461,10 @@ async fn read_frames(inner: Arc<Inner>) {
                     let _ = inner.reports.try_send(Report::Capacity);
                 }
                 let ms = inner.header_timeout_ms.load(Ordering::Relaxed);
-                let serving = crate::listener::Serving { header_timeout: (ms > 0).then(|| Duration::from_millis(ms)) };
+                let serving = crate::listener::Serving {
+                    header_timeout: (ms > 0).then(|| Duration::from_millis(ms)),
+                    sessions: Arc::clone(&inner.sessions),
+                };
                 match Connection::new(frame, fd, inner.reports.clone(), Arc::clone(&inner.unread), &serving) {
                     // A full queue (nobody accepts) drops the connection, which reports it closed.
                     Ok(connection) => {
