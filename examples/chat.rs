@@ -98,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/", get(move || async move { Html(page) }))
         .layer(io_layer)
-        .layer(SessionLayer::new(worker.clone()));
+        .layer(SessionLayer::new(worker.clone()).track(io.clone()));
     // Socket.IO writes a WebSocket frame per message: without TCP_NODELAY, a frame written right
     // after another waits for the client's delayed ACK (40 ms stalls). clusterd leaves socket
     // options to the application (unless run with --tcp-nodelay), so the chat asks for it.

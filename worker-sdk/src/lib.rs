@@ -47,7 +47,7 @@ mod worker;
 pub use adapter::{BusDriver, ClusterAdapter, cluster_adapter};
 pub use bus::{Answers, Bus, BusEvent, BusMessage, IncomingRequest, Subscription};
 #[cfg(feature = "socketioxide")]
-pub use engineio::{BoxError, SessionLayer, SessionService};
+pub use engineio::{BoxError, NAMESPACE_GRACE, SESSION_SWEEP, SessionLayer, SessionService};
 pub use error::Error;
 pub use listener::{ClientAddr, Connection, DEFAULT_HEADER_TIMEOUT, Listener};
 pub use worker::Worker;

@@ -158,6 +158,12 @@ impl Sessions {
         self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(sid);
     }
 
+    /// The sessions held now.
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn snapshot(&self) -> Vec<Box<str>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
     /// Whether a request naming `sid` belongs elsewhere.
     fn foreign(&self, sid: &str) -> bool {
         self.used.load(std::sync::atomic::Ordering::Relaxed)

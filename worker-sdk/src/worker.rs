@@ -305,6 +305,18 @@ impl Worker {
         let _ = self.inner.reports.try_send(Report::Frame(FromWorker::SessionClose { sid: sid.to_owned() }));
     }
 
+    /// The sessions this process holds (opened and not closed).
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn held_sessions(&self) -> Vec<Box<str>> {
+        self.inner.sessions.snapshot()
+    }
+
+    /// Counts `sid` as held here at once, before its report reaches clusterd.
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn hold_session(&self, sid: &str) {
+        self.inner.sessions.insert(sid);
+    }
+
     async fn send(&self, frame: &FromWorker) -> Result<(), Error> {
         Ok(self.inner.channel.send(frame).await?)
     }
