@@ -147,21 +147,15 @@ impl Tracker {
     }
 }
 
-/// Where the head ends in `more` (the index after its empty line), given the `head` so far.
+/// Where the head ends in `more` (the index after its empty line), given the `head` so far: a
+/// rolling window of the last four bytes, which may start in `head`.
 fn find_head_end(head: &[u8], more: &[u8]) -> Option<usize> {
-    // The end may straddle the two: look at the last 3 bytes of `head` with `more`.
-    let tail = &head[head.len().saturating_sub(3)..];
-    let mut window: Vec<u8> = tail.to_vec();
+    let mut window = head[head.len().saturating_sub(3)..].iter().fold(0u32, |w, &b| (w << 8) | u32::from(b));
     for (k, &b) in more.iter().enumerate() {
-        window.push(b);
-        let w = &window[window.len().saturating_sub(4)..];
-        if w.ends_with(b"\r\n\r\n") || w.ends_with(b"\n\n") {
-            // `\n\n` needs two line feeds in a row; an empty first line of the stream does not count
-            // (leading empty lines were skipped in Idle).
+        window = (window << 8) | u32::from(b);
+        // CR LF CR LF, or LF LF (a bare LF ends a line too).
+        if window == 0x0d0a_0d0a || window & 0xffff == 0x0a0a {
             return Some(k + 1);
-        }
-        if window.len() > 8 {
-            window.drain(..window.len() - 4);
         }
     }
     None
