@@ -80,6 +80,8 @@ fn a_worker_at_its_fd_limit_stays_alive_and_clusterd_routes_around_it() {
 
     drop(attackers);
     c.wait_status("worker 0 has room again", |s| !at_capacity(s, 0));
+    // Lost fds were reported closed like the others: the counts come back to zero exactly.
+    c.wait_status("no connection counted", |s| s["workers"].as_array().unwrap().iter().all(|w| w["connections"] == 0));
     let served = wait_until("worker 0 answering again", || {
         answer(addr, Duration::from_secs(10)).filter(|r| r.code == 200 && r.body.contains("worker 0"))
     });
@@ -129,10 +131,47 @@ fn when_every_worker_is_full_clients_hear_503_and_the_header_timeout_frees_the_w
             }
         }
     }
-    c.wait_status("room again", |s| !at_capacity(s, 0) && !at_capacity(s, 1));
+    c.wait_status("room again, no connection counted", |s| {
+        !at_capacity(s, 0)
+            && !at_capacity(s, 1)
+            && s["workers"].as_array().unwrap().iter().all(|w| w["connections"] == 0)
+    });
     let response =
         wait_until("a good client served", || answer(addr, Duration::from_secs(10)).filter(|r| r.code == 200));
     assert!(response.body.contains("hello from worker"), "{}", response.body);
+    let status = c.status().expect("status");
+    assert_eq!(pids(&status), before, "no worker exited\n{}", c.stderr_dump());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// The kernel cannot install a passed fd in a worker at its limit (`MSG_CTRUNC`): the SDK counts
+/// that connection closed, reports the worker full and reads on; the client's connection ends, and
+/// the next client is served by the other worker. Before the fix the SDK took the truncation for a
+/// protocol error and stopped reading its IPC socket.
+#[test]
+fn a_fd_the_worker_cannot_take_costs_only_that_connection() {
+    // Slot 0 fills its fd table (under a small limit, to be quick); slot 1 just serves.
+    let wrapper = r#"if [ "$CLUSTERD_WORKER_ID" = 0 ]; then exec prlimit --nofile=64:64 "$0" --serve --fill-fds; else exec "$0" --serve; fi"#;
+    let mut c = Builder::new()
+        .args(&["--workers", "2", "--listen", "127.0.0.1:0"])
+        .program(&["sh", "-c", wrapper, WORKER])
+        .start();
+    let status = c.wait_ready(2);
+    let addr = listen_addr(&status);
+    let before = pids(&status);
+    c.output.wait_contains("[w0] fds full");
+    // Least-connection starts with slot 0: this client's fd is lost in worker 0.
+    let lost = answer(addr, Duration::from_secs(10));
+    assert!(lost.is_none(), "the connection whose fd was lost ends without an answer: {:?}", lost.map(|r| r.body));
+    let status = c.wait_status("worker 0 full, its lost connection counted closed", |s| {
+        at_capacity(s, 0) && worker(s, 0)["connections"] == 0
+    });
+    assert!(!at_capacity(&status, 1), "{status:#}");
+    for _ in 0..3 {
+        let served = answer(addr, Duration::from_secs(10)).expect("an answer");
+        assert_eq!((served.code, served.worker()), (200, 1), "{}", served.body);
+    }
     let status = c.status().expect("status");
     assert_eq!(pids(&status), before, "no worker exited\n{}", c.stderr_dump());
     c.signal(Signal::SIGTERM);

@@ -12,7 +12,7 @@
 //! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
 //! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
-//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -47,6 +47,7 @@ struct Flags {
     bus_ask: bool,
     listen_self: Option<String>,
     freeze: bool,
+    fill_fds: bool,
 }
 
 fn parse() -> Flags {
@@ -93,6 +94,7 @@ fn parse() -> Flags {
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze" => flags.freeze = true,
+            "--fill-fds" => flags.fill_fds = true,
             "--only-slot" => {
                 it.next();
             }
@@ -198,6 +200,16 @@ async fn main() {
         }
         let _ = out.write_all(b"\nflood done\n");
         let _ = out.flush();
+    }
+    if flags.fill_fds {
+        // Every fd the process may have is taken (kept until exit): the next fd clusterd passes
+        // cannot be installed.
+        let mut held = Vec::new();
+        while let Ok(file) = std::fs::File::open("/dev/null") {
+            held.push(file);
+        }
+        say(&format!("fds full held={}", held.len()));
+        std::mem::forget(held);
     }
     if flags.freeze {
         say("freezing");
