@@ -122,3 +122,19 @@ fn a_poll_for_another_workers_session_on_a_kept_alive_connection_reaches_that_wo
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// A worker can only give back a connected stream socket that clusterd handed it: anything else
+/// (here `/dev/null`) is a protocol violation, the worker is replaced, and clusterd goes on.
+#[test]
+fn a_worker_that_gives_back_something_else_than_its_socket_is_replaced() {
+    let mut c = Cluster::start(&["--workers", "1", "--listen", "127.0.0.1:0"], &["--bad-handback"]);
+    let status = c.wait_ready(1);
+    let addr = listen_addr(&status);
+    let pid = worker_pid(&status, 0);
+    let mut client = TcpStream::connect(addr).expect("connect");
+    client.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    c.output.wait_contains("gave back an fd that is not a stream socket");
+    c.wait_status("the worker replaced", |s| s["workers"][0]["pid"].as_i64().is_some_and(|p| p as i32 != pid));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

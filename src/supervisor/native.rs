@@ -177,7 +177,7 @@ impl NativeLink {
             FromWorker::SessionOpen { seq, sid } => Ok(Said::SessionOpen { seq: Some(seq), sid }),
             FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
             FromWorker::Capacity { full } => Ok(Said::Capacity { full }),
-            FromWorker::Handback(back) if back.id < self.next_connection => {
+            FromWorker::Handback(back) if (1..self.next_connection).contains(&back.id) => {
                 let group = self.grouped.remove(&back.id);
                 match fd {
                     Some(fd) => handback(fd, back.initial, group, &self.limits).map(|h| Said::Handback(Box::new(h))),

@@ -12,7 +12,7 @@
 //! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
 //! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
-//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -48,6 +48,7 @@ struct Flags {
     listen_self: Option<String>,
     freeze: bool,
     fill_fds: bool,
+    bad_handback: bool,
 }
 
 fn parse() -> Flags {
@@ -95,6 +96,7 @@ fn parse() -> Flags {
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze" => flags.freeze = true,
             "--fill-fds" => flags.fill_fds = true,
+            "--bad-handback" => flags.bad_handback = true,
             "--only-slot" => {
                 it.next();
             }
@@ -162,6 +164,10 @@ async fn main() {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
         term.recv().await;
         say("bad worker: got SIGTERM");
+        return;
+    }
+    if flags.bad_handback {
+        bad_handback().await;
         return;
     }
     let worker = match clusterd_worker::Worker::from_env() {
@@ -316,6 +322,37 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
         out.extend_from_slice(&answer);
         connection.write_all(&out).await?;
     }
+}
+
+/// Speaks the protocol on fd 3 itself, then gives back the first connection it gets with the fd
+/// of `/dev/null` in place of the socket: clusterd must refuse it (a protocol violation).
+async fn bad_handback() {
+    use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: fd 3 is the IPC socket clusterd gave this process, and nothing else here claims it.
+    let owned = unsafe { OwnedFd::from_raw_fd(3) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("nonblocking");
+    let socket = tokio_seqpacket::UnixSeqpacket::try_from(owned).expect("register fd 3");
+    let channel = clusterd_worker::channel::WorkerChannel::new(socket);
+    channel.send(&FromWorker::Hello { version: 1, pid: std::process::id() }).await.expect("hello");
+    channel.send(&FromWorker::Ready).await.expect("ready");
+    say("bad-handback ready");
+    loop {
+        match channel.recv_with_fd().await {
+            Ok(Some((ToWorker::Connection(connection), Some(_socket)))) => {
+                let devnull = std::fs::File::open("/dev/null").expect("/dev/null");
+                let back =
+                    FromWorker::Handback(Handback { id: connection.id, initial: b"GET / HTTP/1.1\r\n".to_vec() });
+                let sent = channel.send_with_fd(&back, devnull.as_fd()).await;
+                say(&format!("bad-handback sent: {sent:?}"));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Drained or cut off: wait for the end.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+    term.recv().await;
 }
 
 /// A small checksum of a payload, printed instead of megabytes.
