@@ -407,9 +407,12 @@ impl AsyncRead for Connection {
             }
             if this.consumed < this.initial.len() {
                 let rest = &this.initial[this.consumed..];
-                let mut n = rest.len().min(buf.remaining());
+                let want = rest.len().min(buf.remaining());
+                let mut n = want;
                 if let Some(http) = &mut this.http {
-                    n = http.tracker.feed(&rest[..n]);
+                    n = http.tracker.feed(&rest[..want]);
+                    // A later request begins after the `n` bytes: check it before it goes on.
+                    http.decide = n < want;
                 }
                 buf.put_slice(&rest[..n]);
                 this.consumed += n;
@@ -418,10 +421,6 @@ impl AsyncRead for Connection {
                     this.consumed = 0;
                 }
                 if n == 0 {
-                    // A later request begins here: check it, and start its head's timer.
-                    if let Some(http) = &mut this.http {
-                        http.decide = true;
-                    }
                     continue;
                 }
                 return Poll::Ready(Ok(()));
@@ -582,6 +581,58 @@ mod axum_support {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A connection over a Unix socket pair whose first bytes (clusterd's) are `initial`; returns
+    /// it, the client's end and the reports it makes.
+    fn connection(
+        initial: &[u8],
+        sessions: Arc<Sessions>,
+    ) -> (Connection, std::os::unix::net::UnixStream, mpsc::Receiver<Report>) {
+        let (ours, client) = std::os::unix::net::UnixStream::pair().unwrap();
+        let frame = crate::protocol::Connection {
+            id: 7,
+            peer: Address::Unknown,
+            local: Address::Unknown,
+            initial: initial.to_vec(),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let serving = Serving { header_timeout: None, sessions };
+        let c = Connection::new(frame, OwnedFd::from(ours), tx, Arc::default(), &serving).unwrap();
+        (c, client, rx)
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_request_of_another_session_is_given_back_with_its_bytes() {
+        let sessions = Arc::new(Sessions::default());
+        sessions.insert("mine");
+        let first = b"GET /?EIO=4&sid=mine HTTP/1.1\r\nHost: x\r\n\r\n";
+        let second = b"GET /?EIO=4&transport=polling&sid=theirs HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, _client, mut reports) = connection(&[&first[..], second].concat(), sessions);
+        let mut served = Vec::new();
+        c.read_to_end(&mut served).await.unwrap();
+        assert_eq!(served, first, "the server sees the first request, then the end");
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { id, initial, .. }) => assert_eq!((id, initial.as_slice()), (7, &second[..])),
+            other => panic!("{other:?}"),
+        }
+        assert!(reports.try_recv().is_err(), "no close report besides the handback");
+    }
+
+    #[tokio::test]
+    async fn a_later_request_of_a_held_session_is_served_and_the_connection_closes_normally() {
+        let sessions = Arc::new(Sessions::default());
+        sessions.insert("mine");
+        let both = b"GET / HTTP/1.1\r\n\r\nGET /?EIO=4&sid=mine HTTP/1.1\r\n\r\n";
+        let (mut c, client, mut reports) = connection(both, sessions);
+        drop(client);
+        let mut served = Vec::new();
+        c.read_to_end(&mut served).await.unwrap();
+        assert_eq!(served, both);
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
+    }
 
     #[test]
     fn a_later_request_is_given_back_only_for_a_session_held_elsewhere() {
