@@ -35,6 +35,7 @@ use axum::Router;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use clusterd_worker::{ClientAddr, ClusterAdapter, SessionLayer, Worker, cluster_adapter};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -135,8 +136,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/favicon.svg", get(|| async { asset("image/svg+xml", ICON_CACHE, FAVICON) }))
         .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON_CACHE, FAVICON) }))
         .layer(io_layer)
-        .layer(SessionLayer::new(worker.clone()));
-    let listener = worker.listener()?;
+        .layer(SessionLayer::new(worker.clone()).track(io.clone()));
+    // Socket.IO writes a WebSocket frame per message: without TCP_NODELAY, a frame written right
+    // after another waits for the client's delayed ACK (40 ms stalls). clusterd leaves socket
+    // options to the application (unless run with --tcp-nodelay), so the chat asks for it.
+    let listener = worker.listener()?.tap_io(|connection| {
+        let _ = connection.set_nodelay(true);
+    });
     worker.ready().await?;
     println!("worker {id} serving the chat");
     let drain = worker.drain_token();

@@ -131,6 +131,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             sniff_timeout: config.sniff_timeout,
             sticky: config.sticky,
             node: config.protocol == config::Protocol::Node,
+            tcp_nodelay: config.tcp_nodelay,
         };
         listener::serve(bound, limits, routes_tx.clone())?;
         let logs = logs::LogSink::start(config.log_prefix)?;

@@ -163,6 +163,18 @@ impl Dispatcher {
                 self.release_held(Some(&sid));
             }
             EventKind::SessionClose { sid } => self.pools.session_close(&sid, event.incarnation),
+            EventKind::Capacity { full } => {
+                if full {
+                    tracing::warn!(
+                        worker = slot.id,
+                        pid = process.pid,
+                        "worker at capacity: no new connections for it"
+                    );
+                } else {
+                    tracing::info!(worker = slot.id, pid = process.pid, "worker has room again");
+                }
+                self.pools.set_full(event.incarnation, full);
+            }
             EventKind::Exited(info) => match role {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
@@ -512,6 +524,7 @@ impl Dispatcher {
                     if c.draining_since.is_some() { c.carried } else { self.pools.connections(c.incarnation) }
                 }),
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
+                at_capacity: p.is_some_and(|c| self.pools.is_full(c.incarnation)),
                 dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
                 failures: if stable { 0 } else { slot.streak.failed_starts },

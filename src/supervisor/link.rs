@@ -30,6 +30,13 @@ pub enum Said {
     SessionClose {
         sid: String,
     },
+    /// It is at capacity (close to its fd limit), or has room again.
+    Capacity {
+        full: bool,
+    },
+    /// It gave a connection back (a later request on it belongs to another worker's session):
+    /// that connection closed for this worker, and goes to be routed again.
+    Handback(Box<Handoff>),
 }
 
 /// What reading a link gave.

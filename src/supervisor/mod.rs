@@ -237,6 +237,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         serialization: config.serialization,
         node_relay,
         main_listeners: !listening.is_empty(),
+        limits,
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {

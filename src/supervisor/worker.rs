@@ -50,6 +50,8 @@ pub struct Settings {
     /// clusterd has listeners of its own (`--listen`, systemd's): their clients need workers
     /// that speak the protocol, even with `--ready-on spawn`.
     pub main_listeners: bool,
+    /// How connections are routed, for those a worker gives back.
+    pub limits: crate::listener::Limits,
 }
 
 /// One worker to start.
@@ -111,6 +113,10 @@ pub enum EventKind {
     },
     SessionClose {
         sid: String,
+    },
+    /// The worker is at capacity (it takes no new connection), or has room again.
+    Capacity {
+        full: bool,
     },
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
@@ -206,6 +212,13 @@ async fn run(
                         Said::Listen { seq, addr } => Some(EventKind::Listen { seq, addr }),
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
+                        Said::Capacity { full } => Some(EventKind::Capacity { full }),
+                        Said::Handback(handoff) => {
+                            // Counted closed here, and routed again as a new connection.
+                            let group = handoff.group;
+                            crate::listener::reroute(*handoff, settings.routes.clone());
+                            Some(EventKind::ConnectionsClosed(vec![group]))
+                        }
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {
