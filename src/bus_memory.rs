@@ -66,18 +66,9 @@ impl BusMemory {
         Self { permits: Arc::new(Semaphore::new(limit)), limit }
     }
 
-    /// Takes `bytes`, waiting (in turn) until they are free. A request larger than the whole
-    /// budget takes the whole budget. Cancel-safe: nothing is taken if the future is dropped.
-    pub async fn acquire(&self, bytes: usize) -> Charge {
-        let wanted = self.clamp(bytes);
-        if wanted == 0 {
-            return Charge(0);
-        }
-        self.permits.acquire_many(wanted).await.expect("the bus budget's semaphore is never closed").forget();
-        Charge(wanted as usize)
-    }
-
-    /// As [`BusMemory::acquire`], as a future that owns its place in the queue.
+    /// Takes `bytes`, waiting (in turn) until they are free; a request larger than the whole
+    /// budget takes the whole budget. The future owns its place in the queue; dropping it takes
+    /// nothing.
     pub fn queue(&self, bytes: usize) -> Waiting {
         let wanted = self.clamp(bytes);
         let permits = Arc::clone(&self.permits);
@@ -142,7 +133,7 @@ mod tests {
         let held = memory.try_acquire(60).expect("free");
         let waiter = {
             let memory = std::sync::Arc::clone(&memory);
-            tokio::spawn(async move { memory.acquire(100).await })
+            tokio::spawn(memory.queue(100))
         };
         tokio::task::yield_now().await;
         assert!(memory.try_acquire(10).is_none(), "the large request waits first");

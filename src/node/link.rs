@@ -53,8 +53,9 @@ pub struct NodeLink {
     relay: Option<mpsc::Sender<super::relay::Input>>,
     /// The bus budget that relayed messages are charged to before the channel is read on.
     memory: std::sync::Arc<crate::bus_memory::BusMemory>,
-    /// A message for the relay that waits for the budget; nothing more is read meanwhile.
-    parked: Option<Frame>,
+    /// A message for the relay that waits for the budget; nothing more is read meanwhile. Its
+    /// place in the budget's queue is kept across turns of `next`.
+    parked: Option<(Frame, crate::bus_memory::Waiting)>,
     /// Connections handed over without a session id, oldest first: each becomes a session when
     /// the worker reports one, or stops counting after [`HANDSHAKE_WINDOW`].
     handshakes: VecDeque<Instant>,
@@ -164,8 +165,8 @@ impl NodeLink {
             if !self.open {
                 return Heard::End;
             }
-            let parked = self.parked.as_ref().map(|frame| frame.raw().len());
-            let next = if parked.is_some() { Ok(None) } else { self.decoder.next_frame() };
+            let parked = self.parked.is_some();
+            let next = if parked { Ok(None) } else { self.decoder.next_frame() };
             match next {
                 Ok(Some(frame)) => {
                     if let Err(why) = self.frame(frame) {
@@ -181,16 +182,19 @@ impl NodeLink {
                 }
             }
             let expiry = self.handshakes.front().map(|at| *at + HANDSHAKE_WINDOW);
-            let memory = std::sync::Arc::clone(&self.memory);
+            let waiting = async {
+                match &mut self.parked {
+                    Some((_, waiting)) => waiting.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                charge = memory.acquire(parked.unwrap_or(0)), if parked.is_some() => {
-                    if let Some(frame) = self.parked.take() {
+                charge = waiting, if parked => {
+                    if let Some((frame, _)) = self.parked.take() {
                         self.relay_frame(frame, charge);
-                    } else {
-                        memory.release(charge);
                     }
                 }
-                read = self.read.read_buf(&mut self.chunk), if parked.is_none() => match read {
+                read = self.read.read_buf(&mut self.chunk), if !parked => match read {
                     Ok(0) | Err(_) => {
                         self.open = false;
                         return Heard::End;
@@ -233,7 +237,10 @@ impl NodeLink {
                 // waits (in `next`), and so does the worker's `process.send`.
                 match self.memory.try_acquire(frame.raw().len()) {
                     Some(charge) => self.relay_frame(frame, charge),
-                    None => self.parked = Some(frame),
+                    None => {
+                        let waiting = self.memory.queue(frame.raw().len());
+                        self.parked = Some((frame, waiting));
+                    }
                 }
             }
             return Ok(());
