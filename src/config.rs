@@ -346,7 +346,18 @@ fn resolve_program(program: &std::ffi::OsStr) -> Result<PathBuf, String> {
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text =
         std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+    parse_file(&text, path)
+}
+
+/// Parses a config file's text as `--config` does, for the fuzz targets (`src/lib.rs`).
+#[doc(hidden)]
+#[allow(dead_code, reason = "the binary reads files; the library build (src/lib.rs) parses text")]
+pub fn parse_file_text(text: &str, path: &Path) -> Result<(), ConfigError> {
+    parse_file(text, path).map(drop)
+}
+
+fn parse_file(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::ParseFile {
         path: path.to_owned(),
         // toml's message spans several lines with a source excerpt; keep the first, it names the key.
         message: e.message().lines().next().unwrap_or("invalid TOML").to_owned(),
