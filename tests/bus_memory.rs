@@ -95,3 +95,62 @@ fn scale(c: &Cluster, workers: u32) {
     let reply = c.request(&format!(r#"{{"command":"scale","workers":{workers}}}"#)).expect("a reply to scale");
     assert!(reply.get("error").is_none(), "scale refused: {reply}");
 }
+
+#[test]
+fn adapter_messages_past_a_stuck_node_worker_keep_clusterd_within_its_bus_memory_bound() {
+    let bus_queue = 2 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let start = dir.path().join("start");
+    let script = node_dir().join("workers/flood-worker.cjs");
+    // Worker 0 blocks its event loop; worker 1 reads; workers 2 and 3 each send 256 MiB of
+    // cluster-adapter messages (which go to every other worker) once the file `start` exists.
+    // This checks the bound for Node workers; it is no regression test: the Node relay drops for
+    // a full queue instead of waiting, so its input did not pile up before the budget either.
+    let mut c = Builder::new()
+        .args(&["--protocol", "node", "--workers", "4", "--bus-queue", &bus_queue.to_string()])
+        .program(&["node", script.to_str().unwrap()])
+        .env("FLOOD_TOTAL", &(256 * MIB).to_string())
+        .env("FLOOD_SIZES", "1000,65536,1048576,8388608")
+        .env("FLOOD_START", start.to_str().unwrap())
+        .start();
+    c.wait_ready(4);
+    c.output.wait_contains("[w0] blocking");
+    let pid = c.pid();
+    let (baseline, _) = memory_of(pid);
+    std::fs::write(&start, b"go").unwrap();
+    let flooded = |id: u32| {
+        c.output.wait_for_within(Duration::from_secs(90), &format!("worker {id} to send 256 MiB"), |l| {
+            l.starts_with(&format!("[w{id}] flooded"))
+        })
+    };
+    let (two, three) = (flooded(2), flooded(3));
+    let messages =
+        |line: &str| -> usize { line.rsplit("messages=").next().and_then(|n| n.parse().ok()).expect("count") };
+    // The Node relay drops for a reader whose queue is full instead of waiting (see "Node.js
+    // workers"): every message reached worker 1 or is counted as dropped for it.
+    let sent = messages(&two) + messages(&three);
+    let output = c.output.clone();
+    c.wait_status("every message of the flood received or counted by worker 1", |s| {
+        let got = lines_starting(&output, "[w1] got from=");
+        got + worker(s, 1)["dropped"].as_u64().unwrap_or(0) as usize == sent
+    });
+    let (rss, hwm) = memory_of(pid);
+    // The README's bound, with the 33 MiB more of each Node worker.
+    let bound = bus_memory_bound(4, bus_queue) + 4 * 33 * MIB;
+    let report = format!(
+        "clusterd before: {} MiB, after: {} MiB, VmHWM: {} MiB, bound: {} MiB above before",
+        baseline / MIB,
+        rss / MIB,
+        hwm / MIB,
+        bound / MIB
+    );
+    eprintln!("{report}");
+    assert!(hwm <= baseline + bound, "over the bus memory bound: {report}");
+    let status = c.status().expect("status");
+    assert!(worker(&status, 0)["dropped"].as_u64() > Some(0), "the stuck worker's losses are counted");
+}
+
+/// Lines that start with `prefix`.
+fn lines_starting(output: &Lines, prefix: &str) -> usize {
+    output.snapshot().iter().filter(|l| l.starts_with(prefix)).count()
+}

@@ -137,7 +137,7 @@ impl BusReader {
         match self.declared_length()? {
             Some(length) if self.buffer.len() >= 4 + length => {
                 let charge = self.held.split(4 + length);
-                self.covers -= 4 + length;
+                self.covers = self.covers.saturating_sub(4 + length);
                 let mut frame = self.buffer.split_to(4 + length).freeze();
                 frame.advance(4);
                 match self.parse(frame) {
