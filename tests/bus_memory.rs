@@ -154,3 +154,25 @@ fn adapter_messages_past_a_stuck_node_worker_keep_clusterd_within_its_bus_memory
 fn lines_starting(output: &Lines, prefix: &str) -> usize {
     output.snapshot().iter().filter(|l| l.starts_with(prefix)).count()
 }
+
+#[test]
+fn answers_over_the_held_limit_count_as_missing_and_the_asker_still_gets_its_answers() {
+    // Workers 1 and 2 each answer with 20 MiB: together more than the 31 MiB clusterd holds for
+    // the answers being gathered, and more than one frame to the asker could carry.
+    let answerer = format!("--bus-sub q --bus-answer --bus-answer-bytes {}", 20 * MIB);
+    let script = format!(
+        "case \"$CLUSTERD_WORKER_ID\" in 0) exec {WORKER} --bus-sub q --bus-ask --bus-wait 3 ;; *) exec {WORKER} \
+         {answerer} ;; esac"
+    );
+    let mut c = Builder::new().args(&["--workers", "3"]).program(&["sh", "-c", &script]).start();
+    c.wait_ready(3);
+    let line = c.output.wait_contains("[w0] bus answers");
+    assert!(
+        line.contains("from=[1] missing=[2]") || line.contains("from=[2] missing=[1]"),
+        "one answer held, the other counted missing: {line}"
+    );
+    let status = c.wait_ready(3);
+    for id in 0..3 {
+        assert_eq!(worker(&status, id)["restarts"], 0, "no worker replaced: {status}");
+    }
+}

@@ -12,7 +12,7 @@
 //! `--bus-pub CH N` (publish N numbered messages once `--bus-wait W` workers subscribe to CH),
 //! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-flood TOTAL SIZES` (then
 //! payloads of the comma-separated SIZES in turn until TOTAL bytes went out), `--bus-send ID` (send to a worker; prints
-//! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
+//! direct messages and events), `--bus-answer` (answer requests; `--bus-answer-bytes N`: with N bytes), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
 //! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
@@ -47,6 +47,7 @@ struct Flags {
     bus_wait: u32,
     bus_send: Vec<u32>,
     bus_answer: bool,
+    bus_answer_bytes: Option<usize>,
     bus_ignore: bool,
     bus_ask: bool,
     listen_self: Option<String>,
@@ -98,6 +99,7 @@ fn parse() -> Flags {
             "--bus-wait" => flags.bus_wait = num(&mut it) as u32,
             "--bus-send" => flags.bus_send.push(num(&mut it) as u32),
             "--bus-answer" => flags.bus_answer = true,
+            "--bus-answer-bytes" => flags.bus_answer_bytes = Some(num(&mut it) as usize),
             "--bus-ignore-requests" => flags.bus_ignore = true,
             "--bus-ask" => flags.bus_ask = true,
             "--listen-self" => flags.listen_self = it.next().cloned(),
@@ -331,13 +333,17 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
     }
     if flags.bus_answer || flags.bus_ignore {
         let mut requests = worker.bus().expect("bus").requests().expect("requests");
-        let (me, answer) = (worker.id(), flags.bus_answer);
+        let (me, answer, answer_bytes) = (worker.id(), flags.bus_answer, flags.bus_answer_bytes);
         tokio::spawn(async move {
             let mut ignored = Vec::new();
             while let Some(request) = requests.recv().await {
                 if answer {
                     let text = format!("answer from {me} to {}", String::from_utf8_lossy(&request.payload));
-                    let _ = request.reply(text).await;
+                    let reply = match answer_bytes {
+                        Some(n) => vec![b'a'; n],
+                        None => text.into_bytes(),
+                    };
+                    let _ = request.reply(reply).await;
                 } else {
                     say("bus ignoring a request");
                     ignored.push(request);
