@@ -5,6 +5,7 @@
 //! supervisor on a Tokio runtime and maps its outcome to the documented exit status.
 
 mod balancer;
+mod bus_memory;
 mod cli;
 mod config;
 mod control;
@@ -149,8 +150,19 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let relay = relay::start(config.bus_queue, config.requests_timeout);
-        let parts = Parts { config, spawner, logs: logs.clone(), phase, listening, limits, routes: routes_tx, relay };
+        let bus_memory = std::sync::Arc::new(bus_memory::BusMemory::new(bus_memory::BUS_INPUT));
+        let relay = relay::start(config.bus_queue, config.requests_timeout, std::sync::Arc::clone(&bus_memory));
+        let parts = Parts {
+            config,
+            spawner,
+            logs: logs.clone(),
+            phase,
+            listening,
+            limits,
+            routes: routes_tx,
+            relay,
+            bus_memory,
+        };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
         // Every worker is reaped: pass on the last lines they wrote before exiting.
         logs.finish(std::time::Duration::from_secs(2)).await;

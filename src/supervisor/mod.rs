@@ -13,7 +13,7 @@
 //! new generation starting while the current one still serves), and any number of *retiring*
 //! processes (draining after their successor became ready, or after a scale-down).
 
-mod bus_reader;
+pub(crate) mod bus_reader;
 mod dispatch;
 pub mod exit;
 pub mod guard;
@@ -88,6 +88,8 @@ pub struct Parts {
     pub limits: Limits,
     pub routes: mpsc::Sender<RouteMsg>,
     pub relay: mpsc::Sender<crate::relay::Input>,
+    /// The budget of bus frames read and not yet queued (`bus_memory.rs`).
+    pub bus_memory: Arc<crate::bus_memory::BusMemory>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -220,9 +222,9 @@ struct HeldPick {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes, relay } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory } = parts;
     let node_relay = (config.protocol == crate::config::Protocol::Node)
-        .then(|| crate::node::relay::start(config.bus_queue, config.serialization));
+        .then(|| crate::node::relay::start(config.bus_queue, config.serialization, Arc::clone(&bus_memory)));
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -233,6 +235,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         logs,
         routes: routes.clone(),
         relay,
+        bus_memory,
         protocol: config.protocol,
         serialization: config.serialization,
         node_relay,
