@@ -249,12 +249,18 @@ class Bus:
 
     async def subscribe(self, channel: str) -> Subscription:
         """Subscribes to ``channel``: messages published on it from now on reach the result."""
+        if not self._writable.is_set():
+            await self._writable.wait()
+        return self.subscribe_nowait(channel)
+
+    def subscribe_nowait(self, channel: str) -> Subscription:
+        """As :meth:`subscribe`, from synchronous code (the frame is queued at once)."""
         self._check_open()
         subscription = Subscription(self, channel)
         group = self._subscriptions.setdefault(channel, [])
         group.append(subscription)
         if len(group) == 1:
-            await self._queue(b.encode_frame(b.Subscribe(channel)))
+            self._write(b.encode_frame(b.Subscribe(channel)))
         return subscription
 
     async def subscribers(self, channel: str) -> int:
