@@ -168,7 +168,9 @@ document.getElementById("form").addEventListener("submit", (e) => {
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr)
     try:
-        clusterd_worker.aiohttp.run_app(make_app)
+        # A long poll whose client went away ends with its connection, not at the next ping: a
+        # draining worker then waits only for requests that still have a client.
+        clusterd_worker.aiohttp.run_app(make_app, handler_cancellation=True)
     except clusterd_worker.NotUnderClusterd as error:
         sys.exit(f"chat: {error}")
     print(f"worker {os.environ.get('CLUSTERD_WORKER_ID')} drained", flush=True)

@@ -21,6 +21,19 @@ async def connect(url, transports, **options):
     return client
 
 
+async def close(clients):
+    """Disconnects python-socketio clients. A polling client's disconnect() returns only when its
+    pending long poll ends (up to the ping interval, 25 s, without clusterd too): its disconnect
+    packet is sent at once, so the wait is bounded here."""
+    for client in clients:
+        try:
+            await asyncio.wait_for(client.disconnect(), 1.0)
+        except asyncio.TimeoutError:
+            http = getattr(client.eio, "http", None)
+            if http is not None and not http.closed:
+                await http.close()
+
+
 async def whoami(client):
     return await client.call("whoami", timeout=TIMEOUT)
 
@@ -45,7 +58,7 @@ def test_every_long_polling_session_stays_on_its_worker_under_concurrency(chat4)
         try:
             seen = await asyncio.gather(*(asyncio.gather(*(whoami(c) for _ in range(10))) for c in clients))
         finally:
-            await asyncio.gather(*(c.disconnect() for c in clients))
+            await close(clients)
         return [{me["worker"] for me in answers} for answers in seen], [a[0]["transport"] for a in seen]
 
     workers, transports = asyncio.run(python_clients())
@@ -65,7 +78,7 @@ def test_websocket_only_and_polling_then_upgrade_clients_work(chat4):
         try:
             answers = [await whoami(client) for _ in range(10)]
         finally:
-            await client.disconnect()
+            await close([client])
         return answers
 
     answers = asyncio.run(upgraded())
@@ -100,7 +113,7 @@ def test_every_emit_reaches_every_client_on_every_worker(chat4):
         try:
             await asyncio.wait_for(asyncio.gather(*done), TIMEOUT)
         finally:
-            await asyncio.gather(*(c.disconnect() for c in clients))
+            await close(clients)
         return workers, got, texts
 
     workers, got, texts = asyncio.run(broadcast())
@@ -122,7 +135,7 @@ def test_rooms_counts_and_emits_with_callbacks_work_across_workers(start_cluster
             answer = await clients[0].call("ask all", "who?", timeout=TIMEOUT)
             return workers, answer, sorted(c.get_sid() for c in clients)
         finally:
-            await asyncio.gather(*(c.disconnect() for c in clients))
+            await close(clients)
 
     workers, answer, sids = asyncio.run(python_callbacks())
     assert not answer["errors"], answer
@@ -141,7 +154,7 @@ def test_rooms_counts_and_emits_with_callbacks_work_across_workers(start_cluster
                 assert asyncio.get_running_loop().time() < deadline, f"{count} clients left"
                 await asyncio.sleep(0.05)  # poll interval of the count, which decides
         finally:
-            await client.disconnect()
+            await close([client])
 
     asyncio.run(count_until_alone())
     rooms = node("rooms.mjs", url)
@@ -186,7 +199,7 @@ def test_a_worker_killed_with_sigkill_loses_only_its_own_clients(start_cluster):
         await clients[-1].emit("chat message", "after the kill")
         texts = await asyncio.wait_for(asyncio.gather(*got), TIMEOUT)
         disconnects = [c.disconnects for c in clients]
-        await asyncio.gather(*(c.disconnect() for c in clients))
+        await close(clients)
         return before, after, victim_id, disconnects, texts
 
     before, after, victim_id, disconnects, texts = asyncio.run(scenario())
