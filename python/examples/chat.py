@@ -20,6 +20,9 @@ workers have), ``"sockets"`` (ack: the ids of all the clients of all workers), `
 value; ack: ``{answers, errors}``, the answers of every client of every worker to a ``"question"``
 with that value: emits with callbacks across workers).
 
+With ``--asgi`` the same chat is a ``socketio.ASGIApp`` served by uvicorn's protocol
+(clusterd_worker.asgi) instead of aiohttp.
+
 Logs go to stderr, at the level of ``LOG_LEVEL`` (default ``WARNING``).
 """
 
@@ -41,10 +44,10 @@ ASK_TIMEOUT = 5.0
 DISCONNECT_WAIT = 2.0
 
 
-def make_app(worker: clusterd_worker.Worker) -> web.Application:
-    """The chat's aiohttp application for this worker."""
+def make_server(worker: clusterd_worker.Worker, async_mode: str):
+    """The chat's Socket.IO server, page and drain hook for this worker."""
     manager = ClusterdManager(worker)
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, cors_allowed_origins="*")
+    sio = socketio.AsyncServer(async_mode=async_mode, client_manager=manager, cors_allowed_origins="*")
     pid = os.getpid()
 
     @sio.on("chat message")
@@ -89,14 +92,7 @@ def make_app(worker: clusterd_worker.Worker) -> web.Application:
 
     page = PAGE.replace("{worker}", str(worker.id)).replace("{pid}", str(pid))
 
-    async def index(request):
-        return web.Response(text=page, content_type="text/html")
-
-    app = web.Application()
-    app.router.add_get("/", index)
-    sio.attach(app)
-
-    async def disconnect_clients(app):
+    async def disconnect_clients(*_):
         # Draining: the clients of this worker reconnect to the others now, not at the grace's end.
         # A polling session whose client is gone would hold eio.disconnect() forever (it waits for
         # the close packet to be polled): bounded.
@@ -107,9 +103,47 @@ def make_app(worker: clusterd_worker.Worker) -> web.Application:
             except asyncio.TimeoutError:
                 pass
 
-    app.on_shutdown.append(disconnect_clients)
     print(f"worker {worker.id} serving the chat", flush=True)
+    return sio, page, disconnect_clients
+
+
+def make_app(worker: clusterd_worker.Worker) -> web.Application:
+    """The chat as an aiohttp application (the default)."""
+    sio, page, disconnect_clients = make_server(worker, "aiohttp")
+
+    async def index(request):
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", index)
+    sio.attach(app)
+    app.on_shutdown.append(disconnect_clients)
     return app
+
+
+def make_asgi(worker: clusterd_worker.Worker):
+    """The chat as an ASGI application (``--asgi``), served by uvicorn's protocol."""
+    sio, page, disconnect_clients = make_server(worker, "asgi")
+    body = page.encode()
+
+    async def index(scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != "/":
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b"not found"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return socketio.ASGIApp(sio, other_asgi_app=index, on_shutdown=disconnect_clients)
+
+
+async def serve_asgi() -> None:
+    from clusterd_worker import asgi
+
+    worker = await clusterd_worker.Worker.start()
+    await asgi.serve(worker, make_asgi(worker))
+    worker.close()
 
 
 #: The chat page, with a small Socket.IO client over WebSocket (Engine.IO 4, Socket.IO 5) so that
@@ -168,9 +202,12 @@ document.getElementById("form").addEventListener("submit", (e) => {
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"), stream=sys.stderr)
     try:
-        # A long poll whose client went away ends with its connection, not at the next ping: a
-        # draining worker then waits only for requests that still have a client.
-        clusterd_worker.aiohttp.run_app(make_app, handler_cancellation=True)
+        if "--asgi" in sys.argv[1:]:
+            asyncio.run(serve_asgi())
+        else:
+            # A long poll whose client went away ends with its connection, not at the next ping:
+            # a draining worker then waits only for requests that still have a client.
+            clusterd_worker.aiohttp.run_app(make_app, handler_cancellation=True)
     except clusterd_worker.NotUnderClusterd as error:
         sys.exit(f"chat: {error}")
     print(f"worker {os.environ.get('CLUSTERD_WORKER_ID')} drained", flush=True)

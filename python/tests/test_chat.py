@@ -47,8 +47,8 @@ def test_not_started_by_clusterd_it_says_how_to_run_it():
 
 def test_every_long_polling_session_stays_on_its_worker_under_concurrency(chat4):
     url = chat4.url()
-    # 16 npm clients, 20 requests each, at once.
-    result = node("clients.mjs", url, "polling", "16", "20")
+    # 16 npm clients, 10 requests each, at once.
+    result = node("clients.mjs", url, "polling", "16", "10")
     owners = [client["workers"] for client in result["clients"]]
     assert all(len(workers) == 1 for workers in owners), f"a session moved between workers: {owners}"
     assert len({w[0] for w in owners}) > 1, f"all sessions on one worker: {owners}"
@@ -56,7 +56,7 @@ def test_every_long_polling_session_stays_on_its_worker_under_concurrency(chat4)
     async def python_clients():
         clients = await asyncio.gather(*(connect(url, ["polling"]) for _ in range(12)))
         try:
-            seen = await asyncio.gather(*(asyncio.gather(*(whoami(c) for _ in range(10))) for c in clients))
+            seen = await asyncio.gather(*(asyncio.gather(*(whoami(c) for _ in range(6))) for c in clients))
         finally:
             await close(clients)
         return [{me["worker"] for me in answers} for answers in seen], [a[0]["transport"] for a in seen]
@@ -302,3 +302,18 @@ def test_a_worker_drains_on_sigterm_and_answers_the_request_in_flight(start_clus
     cluster.wait_line("exited with code 0")
     cluster.wait_status("the slot restarted", lambda s: s["workers"][0]["restarts"] >= 1
                         and s["workers"][0]["state"] == "ready")
+
+
+def test_the_asgi_chat_on_uvicorn_is_sticky_and_broadcasts(start_cluster):
+    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0"], [sys.executable, CHAT, "--asgi"])
+    cluster.wait_ready(2)
+    url = cluster.url()
+    result = node("clients.mjs", url, "polling", "8", "8")
+    owners = [client["workers"] for client in result["clients"]]
+    assert all(len(w) == 1 for w in owners) and len({w[0] for w in owners}) == 2, owners
+    assert node("broadcast.mjs", url, "default", "6")["received"] == 6
+    host, port = url[len("http://"):].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=TIMEOUT)
+    connection.request("GET", "/")
+    assert b"clusterd chat" in connection.getresponse().read()
+    connection.close()
