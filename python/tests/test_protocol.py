@@ -156,3 +156,14 @@ def test_the_frame_buffer_takes_whole_frames_and_refuses_a_declared_length_over_
 def test_a_bus_frame_over_the_limit_is_refused_before_sending():
     with pytest.raises(Oversized):
         b.encode_frame(b.Publish("c", bytes(b.MAX_BUS_FRAME), False))
+
+
+def test_engineio_polling_requests_are_recognised():
+    from clusterd_worker._engineio import is_polling
+
+    assert is_polling("EIO=4&transport=polling&t=abc")
+    assert is_polling("EIO=4&transport=polling&sid=x")
+    assert not is_polling("EIO=4&transport=websocket")
+    assert not is_polling("transport=polling")
+    assert not is_polling("EIO=4&transport=pollingx")
+    assert not is_polling("")

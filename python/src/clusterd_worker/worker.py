@@ -126,6 +126,12 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
         protocol.data_received(data)  # type: ignore[attr-defined]
 
 
+def _expire(ack: "asyncio.Future[None]", sid: str) -> None:
+    if not ack.done():
+        ack.set_exception(SessionTimeout(
+            f"clusterd did not acknowledge session {sid} within {SESSION_ACK_TIMEOUT}s"))
+
+
 def _env_int(var: str) -> int:
     value = os.environ.get(var)
     if value is None:
@@ -273,12 +279,14 @@ class Worker:
         seq = next(self._seq) & 0xFFFF_FFFF
         ack: "asyncio.Future[None]" = self._loop.create_future()
         self._acks[seq] = ack
+        # A timer on the future itself, not wait_for: one handle per session instead of a task
+        # (this runs for every polling handshake).
+        timer = self._loop.call_later(SESSION_ACK_TIMEOUT, _expire, ack, sid)
         try:
             self._send(p.SessionOpen(seq, sid))
-            await asyncio.wait_for(ack, SESSION_ACK_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise SessionTimeout(f"clusterd did not acknowledge session {sid} within {SESSION_ACK_TIMEOUT}s") from None
+            await ack
         finally:
+            timer.cancel()
             self._acks.pop(seq, None)
 
     def session_close(self, sid: str) -> None:
