@@ -4,7 +4,8 @@ python-socketio process alone, and clusterd's bus against Redis for cross-worker
     scripts/python-bench            (installs wrk and redis-server if missing, builds the release
                                      clusterd, makes the venv, then runs this)
 
-Three scenarios, side by side in one run; prints a Markdown table:
+Three scenarios, side by side in one run, each in 3 interleaved rounds (medians); prints Markdown
+tables:
 
 1. **Sessions/s**: wrk opens Engine.IO polling sessions (the handshake ``GET
    /socket.io/?EIO=4&transport=polling``), one per new connection as new clients do, against
@@ -44,6 +45,8 @@ REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 APP = os.path.join(HERE, "app.py")
 #: Any wait of the bench fails after this many seconds.
 TIMEOUT = 60.0
+#: Concurrent connections of wrk in the sessions scenario.
+CONNECTIONS = 128
 #: Receivers of the broadcast scenario.
 RECEIVERS = 100
 #: Messages of the broadcast scenario.
@@ -141,7 +144,7 @@ class Server:
 
 def sessions(server, seconds):
     done = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{seconds}s", "-H", "Connection: close",
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-H", "Connection: close",
          f"http://{server.addr}/socket.io/?EIO=4&transport=polling"],
         capture_output=True, text=True, timeout=seconds + TIMEOUT)
     out = done.stdout
@@ -267,6 +270,10 @@ def start_redis():
     return proc, f"redis://127.0.0.1:{port}"
 
 
+#: Interleaved rounds of each scenario; the table shows medians.
+ROUNDS = 3
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
@@ -274,48 +281,52 @@ def main():
                                                              os.path.join(REPO, "target", "release", "clusterd")))
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
-    rows = []
-
-    alone = Server(args.clusterd, "alone")
-    try:
-        s_alone = sessions(alone, args.seconds)
-        b_alone, b_alone_cpu = asyncio.run(broadcast(alone))
-    finally:
-        alone.stop()
-    pool = Server(args.clusterd, "clusterd")
-    try:
-        s_pool = sessions(pool, args.seconds)
-        b_pool, b_pool_cpu = asyncio.run(broadcast(pool))
-        lat_bus = asyncio.run(latency(pool))
-    finally:
-        pool.stop()
     redis, url = start_redis()
+    servers = []
     try:
+        alone = Server(args.clusterd, "alone")
+        servers.append(alone)
+        pool = Server(args.clusterd, "clusterd")
+        servers.append(pool)
         redis_pool = Server(args.clusterd, "redis", extra=(url,))
-        try:
-            lat_redis = asyncio.run(latency(redis_pool))
-        finally:
-            redis_pool.stop()
+        servers.append(redis_pool)
+        # Interleaved, so that a change in the machine's load hits both sides alike.
+        s_alone, s_pool, b_alone, b_pool, l_bus, l_redis = [], [], [], [], [], []
+        for _ in range(ROUNDS):
+            s_alone.append(sessions(alone, args.seconds))
+            s_pool.append(sessions(pool, args.seconds))
+        for _ in range(ROUNDS):
+            b_alone.append(asyncio.run(broadcast(alone))[0])
+            b_pool.append(asyncio.run(broadcast(pool))[0])
+        for _ in range(ROUNDS):
+            l_bus.append(asyncio.run(latency(pool)))
+            l_redis.append(asyncio.run(latency(redis_pool)))
     finally:
+        for server in servers:
+            server.stop()
         redis.terminate()
         redis.wait()
 
-    rows.append(("Engine.IO sessions/s (wrk, new connection each)", f"{s_alone:,.0f}", f"{s_pool:,.0f}",
-                 f"{s_pool / s_alone:.2f}x"))
-    rows.append((f"broadcast deliveries/s ({RECEIVERS} clients, {MESSAGES} messages)", f"{b_alone:,.0f}",
-                 f"{b_pool:,.0f}", f"{b_pool / b_alone:.2f}x"))
-    print(f"python-socketio, {cores} cores, 4 workers under clusterd ({args.clusterd}) against one process alone\n")
-    print("| scenario | one process alone | 4 workers under clusterd | ratio |")
+    def ratios(pool_runs, alone_runs):
+        r = sorted(p / a for p, a in zip(pool_runs, alone_runs))
+        return f"**{statistics.median(pool_runs) / statistics.median(alone_runs):.2f}x** ({r[0]:.2f} to {r[-1]:.2f})"
+
+    med = statistics.median
+    print(f"python-socketio, {cores} cores, load average {os.getloadavg()[0]:.1f} at the end; "
+          f"{ROUNDS} interleaved rounds, medians; 4 workers under clusterd against one process alone\n")
+    print("| scenario | one process alone | 4 workers under clusterd | clusterd / alone (range over rounds) |")
     print("|---|---|---|---|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    print("\ncross-worker emit latency, 4 workers under clusterd, one message at a time "
-          f"({LATENCY_SAMPLES} samples)\n")
+    print(f"| Engine.IO sessions/s (`wrk -c{CONNECTIONS}`, a new connection each) | {med(s_alone):,.0f} | "
+          f"{med(s_pool):,.0f} | {ratios(s_pool, s_alone)} |")
+    print(f"| broadcast deliveries/s ({RECEIVERS} clients, {MESSAGES} messages) | {med(b_alone):,.0f} | "
+          f"{med(b_pool):,.0f} | {ratios(b_pool, b_alone)} |")
+    print(f"\ncross-worker emit latency, 4 workers under clusterd, one message at a time, "
+          f"{LATENCY_SAMPLES} samples a round, medians of the rounds\n")
     print("| manager | p50 | p99 |")
     print("|---|---|---|")
-    print(f"| ClusterdManager (clusterd's bus) | {lat_bus[0]:.2f} ms | {lat_bus[1]:.2f} ms |")
-    print(f"| AsyncRedisManager (local redis-server) | {lat_redis[0]:.2f} ms | {lat_redis[1]:.2f} ms |")
-    print(f"\nserver CPU during the broadcast: alone {b_alone_cpu:.2f} s, under clusterd {b_pool_cpu:.2f} s")
+    print(f"| ClusterdManager (clusterd's bus) | {med(x[0] for x in l_bus):.2f} ms | {med(x[1] for x in l_bus):.2f} ms |")
+    print(f"| AsyncRedisManager (local redis-server) | {med(x[0] for x in l_redis):.2f} ms | "
+          f"{med(x[1] for x in l_redis):.2f} ms |")
 
 
 if __name__ == "__main__":
