@@ -167,3 +167,15 @@ def test_engineio_polling_requests_are_recognised():
     assert not is_polling("transport=polling")
     assert not is_polling("EIO=4&transport=pollingx")
     assert not is_polling("")
+
+
+def test_the_package_names_its_version_and_how_to_run_a_worker():
+    import subprocess
+    import sys
+
+    import clusterd_worker
+
+    done = subprocess.run([sys.executable, "-m", "clusterd_worker", "--version"], capture_output=True, text=True)
+    assert done.stdout.strip() == f"clusterd-worker {clusterd_worker.__version__}"
+    usage = subprocess.run([sys.executable, "-m", "clusterd_worker"], capture_output=True, text=True).stdout
+    assert "clusterd --workers" in usage
