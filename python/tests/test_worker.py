@@ -238,3 +238,15 @@ def test_workers_that_listen_themselves_are_served_by_the_real_clusterd(start_cl
         assert response.startswith(b"HTTP/1.1 200"), response
         seen.add(response.rsplit(b"\r\n\r\n", 1)[1])
     assert seen == {b"worker 0", b"worker 1"}, seen
+
+
+def test_the_bus_under_the_real_clusterd_publishes_counts_sends_and_gathers_answers(start_cluster):
+    cluster = start_cluster(["--workers", "3", "--ready-timeout", "60s"],
+                            [sys.executable, os.path.join(APPS, "bus_probe.py")])
+    cluster.wait_ready(3)
+    cluster.wait_line("worker 0 answers ['1:q', '2:q'] missing []")
+    for line in ("worker 1 news from 0: hello", "worker 2 news from 0: hello", "worker 1 direct from 0: psst",
+                 "worker 0 undeliverable 99"):
+        cluster.wait_line(line)
+    # No echo: the publisher does not get its own message.
+    assert cluster.count("worker 0 news from") == 0, cluster.output()
