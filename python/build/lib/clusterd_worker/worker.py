@@ -418,8 +418,16 @@ class Worker:
     # -- handed-off connections -----------------------------------------------------------------
 
     def _connection(self, frame: p.Connection, fd: int) -> None:
+        # The frame says what the socket is (PROTOCOL.md: TCP for V4/V6, Unix otherwise), which
+        # spares the kernel queries of socket(fileno=) on every handoff.
+        if isinstance(frame.local, p.V4Address):
+            family = socket.AF_INET
+        elif isinstance(frame.local, p.V6Address):
+            family = socket.AF_INET6
+        else:
+            family = socket.AF_UNIX
         try:
-            sock = _HandedSocket(fileno=fd)
+            sock = _HandedSocket(family, socket.SOCK_STREAM, 0, fileno=fd)
         except OSError as error:
             os.close(fd)
             log.warning("cannot use handed-off connection %d: %s", frame.id, error)
