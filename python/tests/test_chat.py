@@ -317,3 +317,52 @@ def test_the_asgi_chat_on_uvicorn_is_sticky_and_broadcasts(start_cluster):
     connection.request("GET", "/")
     assert b"clusterd chat" in connection.getresponse().read()
     connection.close()
+
+
+def test_rooms_and_disconnect_of_a_client_on_another_worker(start_cluster):
+    from conftest import APPS
+
+    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0"],
+                            [sys.executable, os.path.join(APPS, "sio_probe.py")])
+    cluster.wait_ready(2)
+    url = cluster.url()
+
+    async def scenario():
+        clients, workers = [], {}
+        while len(workers) < 2:
+            client = await connect(url, ["websocket"])
+            clients.append(client)
+            workers.setdefault((await whoami(client))["worker"], client)
+            assert len(clients) <= 8, "two clients on two workers"
+        admin, target = workers[0], workers[1]
+        got = []
+        marker = asyncio.Event()
+        gone = asyncio.Event()
+
+        def on_message(text):
+            got.append(text)
+            if text.startswith("marker"):
+                marker.set()
+
+        target.on("message", on_message)
+        target.on("disconnect", lambda *_: gone.set())
+        me = target.get_sid()
+
+        async def step(*admin_ops, room, text):
+            for op in admin_ops:
+                assert await admin.call("admin", op, timeout=TIMEOUT) == "done"
+            await admin.emit("to", (room, text))
+            marker.clear()
+            await admin.emit("to", (me, f"marker {text}"))  # after the room message, on the same bus
+            await asyncio.wait_for(marker.wait(), TIMEOUT)
+
+        await step(("enter", me, "r"), room="r", text="in r")
+        await step(("leave", me, "r"), room="r", text="left r")
+        await step(("enter", me, "r2"), ("close", me, "r2"), room="r2", text="r2 closed")
+        assert await admin.call("admin", ("disconnect", me), timeout=TIMEOUT) == "done"
+        await asyncio.wait_for(gone.wait(), TIMEOUT)
+        await close([c for c in clients if c is not target])
+        return got
+
+    got = asyncio.run(scenario())
+    assert got == ["in r", "marker in r", "marker left r", "marker r2 closed"], got
