@@ -179,3 +179,21 @@ def test_the_package_names_its_version_and_how_to_run_a_worker():
     assert done.stdout.strip() == f"clusterd-worker {clusterd_worker.__version__}"
     usage = subprocess.run([sys.executable, "-m", "clusterd_worker"], capture_output=True, text=True).stdout
     assert "clusterd --workers" in usage
+
+
+@pytest.mark.parametrize("frame", [
+    p.SessionOpen(0, "a"), p.SessionOpen(250, "x" * 64), p.SessionOpen(251, "b"), p.SessionOpen(2**32 - 1, "c" * 300),
+    p.SessionClose("s" * 251), p.Ready(), p.Heartbeat(),
+])
+def test_the_fast_encoders_write_what_the_general_one_does(frame):
+    assert p.encode(frame) == p._encode(frame)
+    assert p.decode_from_worker(p.encode(frame)) == frame
+
+
+def test_the_fast_encoders_keep_the_limits():
+    with pytest.raises(Oversized):
+        p.encode(p.SessionClose("s" * p.MAX_FRAME))
+    with pytest.raises(ValueError):
+        p.encode(p.SessionOpen(2**32, "a"))
+    assert p.decode_to_worker(hx("03 fa")) == p.SessionAck(250)
+    assert p.decode_to_worker(hx("03 fb fb 00")) == p.SessionAck(251)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from typing import Optional
 
-__all__ = ["CodecError", "Oversized", "Malformed", "Trailing", "Writer", "Reader"]
+__all__ = ["CodecError", "Oversized", "Malformed", "Trailing", "Writer", "Reader", "varint"]
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -28,6 +28,17 @@ _U64 = struct.Struct("<Q")
 
 #: The largest value of each unsigned field width, by its number of bits.
 _MAX = {16: 0xFFFF, 32: 0xFFFF_FFFF, 64: 0xFFFF_FFFF_FFFF_FFFF}
+
+
+def varint(value: int) -> bytes:
+    """The varint bytes of an unsigned ``value`` (the caller checks the field's width)."""
+    if value < 251:
+        return bytes((value,))
+    if value <= 0xFFFF:
+        return b"\xfb" + _U16.pack(value)
+    if value <= 0xFFFF_FFFF:
+        return b"\xfc" + _U32.pack(value)
+    return b"\xfd" + _U64.pack(value)
 
 
 class CodecError(ValueError):
@@ -148,12 +159,18 @@ class Reader:
         if first < 251:
             return first
         if first == 0xFB:
-            return int(_U16.unpack(self._take(2))[0])
-        if first == 0xFC and bits >= 32:
-            return int(_U32.unpack(self._take(4))[0])
-        if first == 0xFD and bits >= 64:
-            return int(_U64.unpack(self._take(8))[0])
-        raise Malformed(f"malformed frame: varint marker {first:#04x} in a {bits}-bit field")
+            kind = _U16
+        elif first == 0xFC and bits >= 32:
+            kind = _U32
+        elif first == 0xFD and bits >= 64:
+            kind = _U64
+        else:
+            raise Malformed(f"malformed frame: varint marker {first:#04x} in a {bits}-bit field")
+        if self.pos + kind.size > len(self.data):
+            raise Malformed(f"malformed frame: truncated ({kind.size} bytes needed at offset {self.pos})")
+        (value,) = kind.unpack_from(self.data, self.pos)
+        self.pos += kind.size
+        return int(value)
 
     def u16(self) -> int:
         """Reads a ``u16`` field."""

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Tuple, Union
 
-from .codec import Malformed, Oversized, Reader, Writer
+from .codec import Malformed, Oversized, Reader, Writer, varint
 
 __all__ = [
     "PROTOCOL_VERSION", "MAX_FRAME", "MAX_CLOSED_PER_FRAME", "MAX_SID", "IPC_FD",
@@ -243,8 +243,39 @@ _READY = bytes([1])
 _HEARTBEAT = bytes([2])
 
 
+def _session_open(frame: "SessionOpen") -> bytes:
+    if not 0 <= frame.seq <= 0xFFFF_FFFF:
+        return _encode(frame)  # the general path raises the right error
+    sid = frame.sid.encode("utf-8")
+    return b"\x04" + varint(frame.seq) + varint(len(sid)) + sid
+
+
+def _session_close(frame: "SessionClose") -> bytes:
+    sid = frame.sid.encode("utf-8")
+    return b"\x05" + varint(len(sid)) + sid
+
+
+# The frames a worker sends for every session or connection, encoded without a Writer.
+_FAST = {
+    "Ready": lambda frame: _READY,
+    "Heartbeat": lambda frame: _HEARTBEAT,
+    "SessionOpen": _session_open,
+    "SessionClose": _session_close,
+}
+
+
 def encode(frame: Union[ToWorker, FromWorker]) -> bytes:
     """The bytes of one frame; :class:`~clusterd_worker.codec.Oversized` over :data:`MAX_FRAME`."""
+    fast = _FAST.get(type(frame).__name__)
+    if fast is None:
+        return _encode(frame)
+    data: bytes = fast(frame)
+    if len(data) > MAX_FRAME:
+        raise Oversized(len(data), MAX_FRAME)
+    return data
+
+
+def _encode(frame: Union[ToWorker, FromWorker]) -> bytes:
     if isinstance(frame, Ready):
         return _READY
     if isinstance(frame, Heartbeat):
@@ -299,6 +330,8 @@ def _reader(data: bytes) -> Reader:
 
 def decode_to_worker(data: bytes) -> ToWorker:
     """Decodes one datagram from clusterd into exactly one frame."""
+    if len(data) == 2 and data[0] == 3 and data[1] < 251:
+        return SessionAck(data[1])  # the most frequent frame, whole in two bytes
     r = _reader(data)
     tag = r.tag(5, "ToWorker")
     frame: ToWorker
