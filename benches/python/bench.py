@@ -209,6 +209,7 @@ async def broadcast(server):
     receivers = [await Receiver().open(server.addr) for _ in range(RECEIVERS)]
     sender = receivers[0]
     cpu = server.cpu_seconds()
+    own = time.process_time()
     start = time.perf_counter()
     for i in range(MESSAGES):
         sender.writer.write(ws_frame(f'42["chat message","m{i}"]'))
@@ -216,9 +217,11 @@ async def broadcast(server):
     await asyncio.wait_for(asyncio.gather(*(r.expect(MESSAGES) for r in receivers)), TIMEOUT)
     elapsed = time.perf_counter() - start
     cpu = server.cpu_seconds() - cpu
+    own = time.process_time() - own
     for r in receivers:
         r.close()
-    return MESSAGES * RECEIVERS / elapsed, cpu
+    # CPU per delivery of the servers and of this process (the receivers), in microseconds.
+    return MESSAGES * RECEIVERS / elapsed, cpu / (MESSAGES * RECEIVERS) * 1e6, own / (MESSAGES * RECEIVERS) * 1e6
 
 
 # -- 3. cross-worker emit latency ---------------------------------------------------------------
@@ -292,12 +295,17 @@ def main():
         servers.append(redis_pool)
         # Interleaved, so that a change in the machine's load hits both sides alike.
         s_alone, s_pool, b_alone, b_pool, l_bus, l_redis = [], [], [], [], [], []
+        cpu_alone, cpu_pool = [], []
         for _ in range(ROUNDS):
             s_alone.append(sessions(alone, args.seconds))
             s_pool.append(sessions(pool, args.seconds))
         for _ in range(ROUNDS):
-            b_alone.append(asyncio.run(broadcast(alone))[0])
-            b_pool.append(asyncio.run(broadcast(pool))[0])
+            rate, server_us, client_us = asyncio.run(broadcast(alone))
+            b_alone.append(rate)
+            cpu_alone.append((server_us, client_us))
+            rate, server_us, client_us = asyncio.run(broadcast(pool))
+            b_pool.append(rate)
+            cpu_pool.append((server_us, client_us))
         for _ in range(ROUNDS):
             l_bus.append(asyncio.run(latency(pool)))
             l_redis.append(asyncio.run(latency(redis_pool)))
@@ -320,6 +328,9 @@ def main():
           f"{med(s_pool):,.0f} | {ratios(s_pool, s_alone)} |")
     print(f"| broadcast deliveries/s ({RECEIVERS} clients, {MESSAGES} messages) | {med(b_alone):,.0f} | "
           f"{med(b_pool):,.0f} | {ratios(b_pool, b_alone)} |")
+    print(f"\nCPU per delivery, servers / receivers: alone {med(c[0] for c in cpu_alone):.1f} / "
+          f"{med(c[1] for c in cpu_alone):.1f} us, under clusterd {med(c[0] for c in cpu_pool):.1f} / "
+          f"{med(c[1] for c in cpu_pool):.1f} us")
     print(f"\ncross-worker emit latency, 4 workers under clusterd, one message at a time, "
           f"{LATENCY_SAMPLES} samples a round, medians of the rounds\n")
     print("| manager | p50 | p99 |")
