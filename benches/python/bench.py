@@ -280,6 +280,7 @@ ROUNDS = 3
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    parser.add_argument("--workers", type=int, default=4, help="workers under clusterd")
     parser.add_argument("--clusterd", default=os.environ.get("CLUSTERD_BIN",
                                                              os.path.join(REPO, "target", "release", "clusterd")))
     args = parser.parse_args()
@@ -289,9 +290,9 @@ def main():
     try:
         alone = Server(args.clusterd, "alone")
         servers.append(alone)
-        pool = Server(args.clusterd, "clusterd")
+        pool = Server(args.clusterd, "clusterd", workers=args.workers)
         servers.append(pool)
-        redis_pool = Server(args.clusterd, "redis", extra=(url,))
+        redis_pool = Server(args.clusterd, "redis", workers=args.workers, extra=(url,))
         servers.append(redis_pool)
         # Interleaved, so that a change in the machine's load hits both sides alike.
         s_alone, s_pool, b_alone, b_pool, l_bus, l_redis = [], [], [], [], [], []
@@ -321,8 +322,8 @@ def main():
 
     med = statistics.median
     print(f"python-socketio, {cores} cores, load average {os.getloadavg()[0]:.1f} at the end; "
-          f"{ROUNDS} interleaved rounds, medians; 4 workers under clusterd against one process alone\n")
-    print("| scenario | one process alone | 4 workers under clusterd | clusterd / alone (range over rounds) |")
+          f"{ROUNDS} interleaved rounds, medians; {args.workers} workers under clusterd against one process alone\n")
+    print(f"| scenario | one process alone | {args.workers} workers under clusterd | clusterd / alone (range over rounds) |")
     print("|---|---|---|---|")
     print(f"| Engine.IO sessions/s (`wrk -c{CONNECTIONS}`, a new connection each) | {med(s_alone):,.0f} | "
           f"{med(s_pool):,.0f} | {ratios(s_pool, s_alone)} |")
@@ -331,7 +332,7 @@ def main():
     print(f"\nCPU per delivery, servers / receivers: alone {med(c[0] for c in cpu_alone):.1f} / "
           f"{med(c[1] for c in cpu_alone):.1f} us, under clusterd {med(c[0] for c in cpu_pool):.1f} / "
           f"{med(c[1] for c in cpu_pool):.1f} us")
-    print(f"\ncross-worker emit latency, 4 workers under clusterd, one message at a time, "
+    print(f"\ncross-worker emit latency, {args.workers} workers under clusterd, one message at a time, "
           f"{LATENCY_SAMPLES} samples a round, medians of the rounds\n")
     print("| manager | p50 | p99 |")
     print("|---|---|---|")
