@@ -26,7 +26,7 @@ CHAT = os.path.join(REPO, "python", "examples", "chat.py")
 APPS = os.path.join(HERE, "apps")
 NODE_DIR = os.path.join(REPO, "tests", "node")
 #: Generous: the machine has 2 cores shared with parallel builds and tests.
-TIMEOUT = 30.0
+TIMEOUT = 60.0
 
 T = TypeVar("T")
 
@@ -116,13 +116,13 @@ class Cluster:
             return status if status is not None and pred(status) else None
         return wait_until(what, probe, timeout, self.output)
 
-    def wait_ready(self, n: int, generation: Optional[int] = None) -> dict:
+    def wait_ready(self, n: int, generation: Optional[int] = None, timeout: float = TIMEOUT) -> dict:
         def ready(s: dict) -> bool:
             workers = s["workers"]
             return (s["phase"] == "ready" and len(workers) == n and all(w["state"] == "ready" for w in workers)
                     and (generation is None or all(w["generation"] == generation for w in workers)))
         return self.wait_status(f"{n} ready workers" + (f" of generation {generation}" if generation else ""),
-                                ready)
+                                ready, timeout)
 
     def url(self) -> str:
         status = self.wait_status("a listening address", lambda s: bool(s["listen"]))

@@ -258,7 +258,9 @@ def test_a_rolling_reload_under_load_fails_no_request(start_cluster):
         wait_until("requests served before the reload", lambda: True if load.ok >= 20 else None)
         done = cluster.cli("reload")
         assert done.returncode == 0, done.stderr
-        after = cluster.wait_ready(4, generation=2)
+        # Workers are replaced one at a time, each after its successor is ready (a Python start
+        # takes seconds on a loaded machine): a bound for four of them.
+        after = cluster.wait_ready(4, generation=2, timeout=4 * TIMEOUT)
         served_during = load.ok
         wait_until("requests served after the reload", lambda: True if load.ok >= served_during + 20 else None)
     finally:

@@ -44,6 +44,9 @@ __all__ = ["ClusterdManager", "sticky_sessions", "SIDS_PREFIX"]
 
 log = logging.getLogger("clusterd_worker.socketio")
 
+#: Marks an emit of this worker that went to the bus before its local deliveries.
+_PUBLISHED = "_clusterd_published"
+
 #: Reserved prefix of the bus requests that ask every worker for its clients' sids.
 SIDS_PREFIX = b"\x00clusterd:python-socketio:sids\x00"
 
@@ -141,7 +144,17 @@ class ClusterdManager(AsyncPubSubManager):  # type: ignore[misc]
         self._started = True
         super().initialize()
 
+    async def _handle_emit(self, message: Dict[str, Any]) -> None:
+        # AsyncPubSubManager.emit delivers to this worker's clients, then publishes: the other
+        # workers would wait for this one's deliveries. Publish first, so they deliver meanwhile.
+        if message.get("host_id") == self.host_id and not message.get(_PUBLISHED):
+            await self._publish(message)
+            message[_PUBLISHED] = True
+        await super()._handle_emit(message)
+
     async def _publish(self, data: Dict[str, Any]) -> None:
+        if data.pop(_PUBLISHED, False):
+            return  # published already by _handle_emit
         await self.bus.publish(self._bus_channel, self.json.dumps(data).encode("utf-8"))
 
     async def _listen(self) -> AsyncIterator[bytes]:
