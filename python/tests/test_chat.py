@@ -321,7 +321,7 @@ def test_the_asgi_chat_on_uvicorn_is_sticky_and_broadcasts(start_cluster):
     connection.close()
 
 
-def test_rooms_and_disconnect_of_a_client_on_another_worker(start_cluster):
+def test_rooms_and_disconnect_of_a_client_on_another_worker_and_a_raising_handler(start_cluster):
     from conftest import APPS
 
     cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0"],
@@ -337,6 +337,10 @@ def test_rooms_and_disconnect_of_a_client_on_another_worker(start_cluster):
             workers.setdefault((await whoami(client))["worker"], client)
             assert len(clients) <= 8, "two clients on two workers"
         admin, target = workers[0], workers[1]
+        # A handler that raises loses no client: the raiser and the others are still served.
+        await admin.emit("boom")
+        answers = [await whoami(c) for c in clients]  # each raises if its client got no answer
+        assert len(answers) == len(clients) and all(c.connected for c in clients)
         got = []
         marker = asyncio.Event()
         gone = asyncio.Event()

@@ -1,7 +1,7 @@
 """A python-socketio worker whose clients can act on clients of other workers, to test the
 manager's cross-worker paths: ``"whoami"`` (ack ``{worker}``), ``"admin"`` (op, sid, room: enter,
 leave, close or disconnect; ack ``"done"``) and ``"to"`` (room, text: ``"message"`` to that room,
-a client's own sid included)."""
+a client's own sid included), and ``"boom"``, whose handler raises."""
 
 import socketio
 from aiohttp import web
@@ -28,6 +28,10 @@ def make_app(worker):
         elif op == "disconnect":
             await sio.disconnect(target)
         return "done"
+
+    @sio.on("boom")
+    async def boom(sid, *_):
+        raise RuntimeError("a handler that raises")
 
     @sio.on("to")
     async def to(sid, room, text):
