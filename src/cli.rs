@@ -208,7 +208,7 @@ pub fn explain(error: &clap::Error, argv: &[OsString]) -> String {
         _ => None,
     };
     if let Some(shown) = &invalid
-        && let Some(long) = shown.strip_prefix("--").map(|l| l.split([' ', '=']).next().unwrap_or(l))
+        && let Some(long) = shown.strip_prefix("--").map(|l| l.split([' ', '=', '[']).next().unwrap_or(l))
         && let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long))
         && let Some(env) = arg.get_env()
         && std::env::var_os(env).is_some()

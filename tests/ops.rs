@@ -178,6 +178,14 @@ fn proxy_protocol_in_the_config_file_names_its_listeners() {
         stderr.contains("key `proxy_protocol`") && stderr.contains("not one of the `listen` addresses"),
         "{stderr}"
     );
+
+    // A malformed flag or variable: exit 2, naming it.
+    let flag = Command::new(CLUSTERD).args(["--proxy-protocol=maybe", "--", WORKER]).output().unwrap();
+    assert_eq!(flag.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&flag.stderr).contains("--proxy-protocol"));
+    let env = Command::new(CLUSTERD).env("CLUSTERD_PROXY_PROTOCOL", "yes").args(["--", WORKER]).output().unwrap();
+    assert_eq!(env.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&env.stderr).contains("CLUSTERD_PROXY_PROTOCOL"), "{env:?}");
 }
 
 /// An RFC 3339 UTC timestamp at the start of `line` (`2026-12-03T09:02:55.123456Z `).
