@@ -352,3 +352,101 @@ fn status_json_reports_handoffs_and_group_rss() {
     let bad = Command::new(CLUSTERD).args(["status", "--watch", "10ms"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+/// A real HAProxy in front of clusterd, killed on drop.
+struct Haproxy {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Two different ports free right now (HAProxy cannot tell which port 0 became).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
+/// HAProxy (installed by `scripts/install-haproxy`) with two TCP frontends in front of
+/// `backend`: the first sends PROXY v1 headers, the second v2.
+fn haproxy(backend: SocketAddr) -> (Haproxy, SocketAddr, SocketAddr) {
+    let program = ["/usr/sbin/haproxy", "/usr/local/sbin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("haproxy is missing: run ./scripts/test (it installs it) or scripts/install-haproxy");
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v2) = free_ports();
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n    maxconn 256\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    \
+             timeout server 30s\nfrontend v1\n    bind 127.0.0.1:{v1}\n    default_backend v1\nbackend v1\n    \
+             server clusterd {backend} send-proxy\nfrontend v2\n    bind 127.0.0.1:{v2}\n    default_backend v2\n\
+             backend v2\n    server clusterd {backend} send-proxy-v2\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(program)
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proxy = Haproxy { child, _dir: dir };
+    let front = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("haproxy to listen on both frontends", || {
+        assert!(proxy.child.try_wait().unwrap().is_none(), "haproxy exited; check its config");
+        (TcpStream::connect(front(v1)).is_ok() && TcpStream::connect(front(v2)).is_ok()).then_some(())
+    });
+    (proxy, front(v1), front(v2))
+}
+
+/// A `GET` through `front` from the source address `from` (any 127.0.0.0/8 address works on
+/// Linux loopback): the answer, and the client's own address.
+fn get_from(front: SocketAddr, from: [u8; 4]) -> (Response, SocketAddr) {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(from[0], from[1], from[2], from[3], 0)).unwrap();
+    let SocketAddr::V4(to) = front else { unreachable!() };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).unwrap();
+    let mut stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let me = stream.local_addr().unwrap();
+    stream.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    (read_response(&mut stream).expect("an answer through haproxy"), me)
+}
+
+/// The real balancer as the oracle: HAProxy's `send-proxy` and `send-proxy-v2` headers, clients
+/// on two loopback addresses, `--sticky ip`.
+#[test]
+fn behind_a_real_haproxy_v1_and_v2() {
+    let (mut c, addr) = start_proxied(&["--workers", "2", "--sticky", "ip", "--balance", "round-robin"]);
+    c.wait_ready(2);
+    let (_haproxy, v1, v2) = haproxy(addr);
+    let refused_before = c.status().unwrap()["proxy_refused"].clone();
+    // The second front finds both IPs in the sticky table: they stay where the first put them.
+    for front in [v1, v2] {
+        let (first, me) = get_from(front, [127, 0, 0, 2]);
+        assert_eq!(first.code, 200, "{}", first.body);
+        assert_eq!(peer(&first), me.to_string(), "the worker sees the client, not haproxy");
+        let (second, me) = get_from(front, [127, 0, 0, 3]);
+        assert_eq!(peer(&second), me.to_string());
+        assert_ne!(first.worker(), second.worker(), "two client IPs: round-robin gives them two workers");
+        for _ in 0..3 {
+            assert_eq!(get_from(front, [127, 0, 0, 2]).0.worker(), first.worker(), "127.0.0.2 stays");
+            assert_eq!(get_from(front, [127, 0, 0, 3]).0.worker(), second.worker(), "127.0.0.3 stays");
+        }
+    }
+    // (haproxy's readiness probes may have been refused: they close before any byte.)
+    assert_eq!(c.status().unwrap()["proxy_refused"], refused_before, "haproxy's headers are all valid");
+}
