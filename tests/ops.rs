@@ -450,3 +450,23 @@ fn behind_a_real_haproxy_v1_and_v2() {
     // (haproxy's readiness probes may have been refused: they close before any byte.)
     assert_eq!(c.status().unwrap()["proxy_refused"], refused_before, "haproxy's headers are all valid");
 }
+
+#[test]
+fn status_watch_ends_with_0_on_ctrl_c() {
+    let mut c = Cluster::start(&["--workers", "1"], &[]);
+    c.wait_ready(1);
+    let mut watch = Command::new(CLUSTERD)
+        .args(["status", "--watch", "--json", "--control"])
+        .arg(&c.control)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().expect("a JSON line").unwrap()).unwrap();
+    assert_eq!(first["workers"][0]["state"], "ready", "{first}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(watch.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = wait_until("the watch to exit on SIGINT", || watch.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0));
+    assert!(c.status().is_some(), "clusterd itself goes on");
+}
