@@ -470,3 +470,34 @@ fn status_watch_ends_with_0_on_ctrl_c() {
     assert_eq!(status.code(), Some(0));
     assert!(c.status().is_some(), "clusterd itself goes on");
 }
+
+/// On a terminal (a pty from util-linux's `script`), each frame is drawn over the last: cursor
+/// home, lines cleared to their end, the rest of the screen cleared; never a full clear.
+#[test]
+fn status_watch_on_a_terminal_redraws_in_place() {
+    let mut c = Cluster::start(&["--workers", "1"], &[]);
+    c.wait_ready(1);
+    let inner = format!("exec {CLUSTERD} status --watch 100ms --control {}", c.control.display());
+    let mut script = Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script (util-linux) runs the watch on a pty");
+    let mut out = script.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Three frames: three cursor-home sequences.
+    while seen.windows(3).filter(|w| w == b"\x1b[H").count() < 3 {
+        let n = out.read(&mut chunk).unwrap();
+        assert_ne!(n, 0, "the watch ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(!text.contains("\x1b[2J"), "no full clear: {text:?}");
+    let frame = text.split("\x1b[H").nth(1).unwrap();
+    assert!(frame.starts_with("clusterd pid ") && frame.contains("\x1b[K") && frame.ends_with("\x1b[J"), "{frame:?}");
+    let _ = script.kill();
+    let _ = script.wait();
+}
