@@ -501,3 +501,24 @@ fn status_watch_on_a_terminal_redraws_in_place() {
     let _ = script.kill();
     let _ = script.wait();
 }
+
+/// Node workers behind `--proxy-protocol`: the header never reaches them (the request parses),
+/// and Node reports the socket's own peer, the balancer (README "Behind a load balancer").
+#[test]
+fn proxy_protocol_with_node_workers() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/workers/peer-worker.cjs");
+    let mut c = Builder::new()
+        .args(&["--protocol", "node", "--workers", "2", "--listen", "127.0.0.1:0", "--proxy-protocol"])
+        .args(&["--sticky", "ip", "--balance", "round-robin"])
+        .program(&["node", script])
+        .start();
+    let status = c.wait_ready(2);
+    let addr = listen_addr(&status);
+    let first = get_behind(addr, &v1("192.0.2.1", 1000), 1);
+    assert_eq!(first.code, 200, "{}", first.body);
+    assert!(peer(&first).starts_with("127.0.0.1:"), "Node sees the balancer: {}", first.body);
+    let second = get_behind(addr, &v2_tcp4([192, 0, 2, 2], 2000), 3);
+    assert_eq!(second.code, 200, "{}", second.body);
+    assert_ne!(first.worker(), second.worker(), "stickiness still follows the header's client");
+    assert_eq!(get_behind(addr, &v1("192.0.2.1", 1001), 1).worker(), first.worker());
+}
