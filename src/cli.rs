@@ -146,6 +146,11 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_BUS_QUEUE", value_name = "BYTES")]
     pub bus_queue: Option<usize>,
 
+    /// Set TCP_NODELAY on accepted TCP connections (Nagle off) before they go to a worker; off by
+    /// default: the application's own choice (variable: `true` or `false`).
+    #[arg(long, env = "CLUSTERD_TCP_NODELAY", value_parser = env_bool())]
+    pub tcp_nodelay: bool,
+
     /// Do not prefix the lines that workers write with their id (variable: `true` or `false`).
     #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = env_bool())]
     pub no_log_prefix: bool,

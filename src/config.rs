@@ -111,6 +111,7 @@ struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     sniff_timeout: Option<Duration>,
     bus_queue: Option<usize>,
+    tcp_nodelay: Option<bool>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_timestamps: Option<LogTimestamps>,
@@ -190,6 +191,8 @@ pub struct Config {
     pub sniff_timeout: Duration,
     /// Bytes of bus messages queued for one worker before messages to it are dropped.
     pub bus_queue: usize,
+    /// Set TCP_NODELAY on accepted TCP connections.
+    pub tcp_nodelay: bool,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub log_timestamps: LogTimestamps,
@@ -368,6 +371,7 @@ impl Config {
                 .pick("sniff_timeout", run.sniff_timeout, file.sniff_timeout)
                 .unwrap_or(DEFAULT_SNIFF_TIMEOUT),
             bus_queue: o.pick("bus_queue", run.bus_queue, file.bus_queue).unwrap_or(DEFAULT_BUS_QUEUE),
+            tcp_nodelay: run.tcp_nodelay || file.tcp_nodelay.unwrap_or(false),
             control: control_given.unwrap_or_else(default_control_path),
             log_format: o.pick("log_format", run.log_format, file.log_format).unwrap_or_default(),
             log_timestamps: o.pick("log_timestamps", run.log_timestamps, file.log_timestamps).unwrap_or_default(),

@@ -72,6 +72,9 @@ pub struct WorkerStatus {
     pub restarts: u32,
     pub connections: u64,
     pub sessions: u64,
+    /// The worker said it is close to its fd limit: it gets no new connection until it has room.
+    #[serde(default)]
+    pub at_capacity: bool,
     /// Bus messages clusterd dropped for this worker because it did not read them.
     pub dropped: u64,
     /// Milliseconds the current process has run.
@@ -114,7 +117,9 @@ impl Status {
         ));
         let grace = crate::duration::show(std::time::Duration::from_millis(self.grace_ms));
         for w in &self.workers {
-            let state = format!("{:?}", w.state).to_lowercase() + if w.crash_loop { "!" } else { "" };
+            let state = format!("{:?}", w.state).to_lowercase()
+                + if w.crash_loop { "!" } else { "" }
+                + if w.at_capacity { "*" } else { "" };
             out.push_str(&format!(
                 "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10} {:>12}  {}\n",
                 w.id,
@@ -128,6 +133,9 @@ impl Status {
                 w.draining_ms.map_or("-".into(), |ms| format!("{:.1}s/{grace}", ms as f64 / 1000.0)),
                 w.last_exit.as_deref().unwrap_or("-"),
             ));
+        }
+        if self.workers.iter().any(|w| w.at_capacity) {
+            out.push_str("* at capacity: close to its fd limit, the worker gets no new connection\n");
         }
         if self.workers.iter().any(|w| w.crash_loop) {
             out.push_str("! crash loop: the slot's worker keeps failing to start\n");

@@ -135,7 +135,10 @@ pub fn table(status: &Status, previous: Option<(&Status, Duration)>, clock: &str
             (Some(total), None) if w.pid.is_none() => Some(total),
             _ => None,
         };
-        let state = format!("{:?}", w.state).to_lowercase() + if w.crash_loop { "!" } else { "" };
+        // The markers of `clusterd status`: `!` crash loop, `*` at capacity.
+        let state = format!("{:?}", w.state).to_lowercase()
+            + if w.crash_loop { "!" } else { "" }
+            + if w.at_capacity { "*" } else { "" };
         out.push_str(&format!(
             "{:>3}  {:>8}  {:<9} {:>6} {:>8} {:>8} {:>8} {:>8}\n",
             w.id,
@@ -156,6 +159,9 @@ pub fn table(status: &Status, previous: Option<(&Status, Duration)>, clock: &str
         bytes(rss),
         total_rate.filter(|_| previous.is_some()).map_or("-".into(), |r| format!("{r:.1}")),
     ));
+    if status.workers.iter().any(|w| w.at_capacity) {
+        out.push_str("* at capacity: close to its fd limit, the worker gets no new connection\n");
+    }
     for problem in &status.problems {
         out.push_str(&format!("! {problem}\n"));
     }
@@ -189,6 +195,7 @@ mod tests {
             restarts: 0,
             connections: 1,
             sessions: 0,
+            at_capacity: false,
             dropped: 0,
             uptime_ms: None,
             failures: 0,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::exit::ExitInfo;
-use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::link::StartError;
+use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
 use crate::config::ListenAddr;
@@ -123,22 +124,15 @@ impl Dispatcher {
                 self.update_readiness();
             }
             EventKind::SpawnFailed { error } => {
-                tracing::error!(worker = slot.id, "{error}");
                 self.pools.remove_worker(event.incarnation);
                 match role {
-                    Role::Current => {
-                        slot.current = None;
-                        self.after_exit(index, Duration::ZERO, false);
-                    }
-                    Role::Successor => {
-                        slot.successor = None;
-                        self.successor_failed(index, Duration::ZERO);
-                    }
+                    Role::Current => slot.current = None,
+                    Role::Successor => slot.successor = None,
                     Role::Retiring(i) => {
                         slot.retiring.remove(i);
-                        self.after_retired(index);
                     }
                 }
+                self.start_failed(index, role, error);
             }
             EventKind::Draining => process.begin_drain(&mut self.pools),
             EventKind::Greeted => {
@@ -170,6 +164,18 @@ impl Dispatcher {
                 self.release_held(Some(&sid));
             }
             EventKind::SessionClose { sid } => self.pools.session_close(&sid, event.incarnation),
+            EventKind::Capacity { full } => {
+                if full {
+                    tracing::warn!(
+                        worker = slot.id,
+                        pid = process.pid,
+                        "worker at capacity: no new connections for it"
+                    );
+                } else {
+                    tracing::info!(worker = slot.id, pid = process.pid, "worker has room again");
+                }
+                self.pools.set_full(event.incarnation, full);
+            }
             EventKind::Exited(info) => match role {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
@@ -206,7 +212,7 @@ impl Dispatcher {
         } else {
             tracing::warn!(worker = slot.id, pid, "worker {info}");
         }
-        let (uptime, was_ready) = (info.uptime, info.was_ready);
+        let ending = Ending::Exited { uptime: info.uptime, was_ready: info.was_ready };
         slot.last_exit = Some(info);
         if let Some(successor) = slot.successor.take().filter(|_| self.stop.is_none()) {
             // The old generation died while its successor starts: the successor takes over.
@@ -215,25 +221,76 @@ impl Dispatcher {
             self.update_readiness();
             return;
         }
-        self.after_exit(index, uptime, was_ready);
+        self.after_exit(index, ending);
+    }
+
+    /// A process of the slot could not be started (it has been taken out of the slot). clusterd's
+    /// own shortages are retried without counting against the slot; a program that cannot be
+    /// executed ends clusterd at once (or aborts the reload), since no retry can succeed.
+    fn start_failed(&mut self, index: usize, role: Role, error: StartError) {
+        let id = self.slots[index].id;
+        match (&error, role) {
+            (_, Role::Retiring(_)) => self.after_retired(index),
+            (StartError::Unexecutable { .. }, Role::Current) => {
+                if self.stop.is_some() || self.slots[index].removing {
+                    return self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+                }
+                self.slots[index].state = WorkerState::Exited;
+                let reason = format!("worker {id}: {error}");
+                tracing::error!("{reason}; stopping");
+                self.begin_stop(Outcome::Fatal(reason));
+                self.update_readiness();
+            }
+            (StartError::Unexecutable { .. }, Role::Successor) => self.abort_reload(index, &error.to_string()),
+            (StartError::Resources { .. }, Role::Current) if self.stop.is_some() || self.slots[index].removing => {
+                self.after_exit(index, Ending::Resources);
+            }
+            (StartError::Resources { .. }, Role::Current) => {
+                self.slots[index].state = WorkerState::Backoff;
+                self.retry_start(index, &error);
+                self.update_readiness();
+            }
+            (StartError::Resources { .. }, Role::Successor) => self.retry_start(index, &error),
+            (StartError::Failed(_), Role::Current) => {
+                tracing::error!(worker = id, "{error}");
+                self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+            }
+            (StartError::Failed(_), Role::Successor) => {
+                tracing::error!(worker = id, "{error}");
+                self.successor_failed(index, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Schedules the same start again after clusterd's own shortage, with the slot's resource
+    /// backoff. A retry, not a restart: `restarts` stays, and so do the other streaks.
+    fn retry_start(&mut self, index: usize, error: &StartError) {
+        let slot = &mut self.slots[index];
+        if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
+            slot.streak = streak;
+            let (id, attempts) = (slot.id, streak.resource_failures);
+            tracing::error!(worker = id, attempts, "{error}; retrying in {after:?}");
+            self.schedule_restart(index, after);
+        }
     }
 
     /// The slot's current process is gone: restart it, or let it rest while stopping.
-    pub(super) fn after_exit(&mut self, index: usize, uptime: Duration, was_ready: bool) {
+    pub(super) fn after_exit(&mut self, index: usize, ending: Ending) {
         if self.stop.is_some() || self.slots[index].removing {
             self.slots[index].state = WorkerState::Exited;
             self.after_retired(index);
             return;
         }
         let slot = &mut self.slots[index];
-        let decision = self.policy.on_exit(slot.failures, uptime, was_ready);
+        let decision = self.policy.on_end(slot.streak, ending);
         match decision {
-            Decision::Restart { after, failures } => {
-                slot.failures = failures;
+            Decision::Restart { after, streak } => {
+                slot.streak = streak;
                 slot.restarts += 1;
                 slot.state = WorkerState::Backoff;
                 let when = if after.is_zero() { "at once".to_owned() } else { format!("in {}", show(after)) };
                 if decision.is_crash_loop() {
+                    let failures = streak.failed_starts;
                     tracing::error!(worker = slot.id, failures, "crash loop: restarting {when}");
                 } else {
                     tracing::info!(worker = slot.id, "restarting {when}");
@@ -246,7 +303,7 @@ impl Dispatcher {
                 }
             }
             Decision::GiveUp { failures } => {
-                slot.failures = failures;
+                slot.streak.failed_starts = failures;
                 slot.state = WorkerState::Exited;
                 let reason = format!(
                     "worker {} failed {failures} times in a row (crash loop limit {}); last: {}",
@@ -456,7 +513,7 @@ impl Dispatcher {
         let active = self.slots.iter().filter(|s| !s.removing);
         let ready = active.clone().filter(|s| s.current.as_ref().is_some_and(|c| c.ready)).count();
         let total = active.clone().count();
-        let crash_looping = active.filter(|s| s.failures >= CRASH_LOOP_AFTER).count();
+        let crash_looping = active.filter(|s| s.streak.failed_starts >= CRASH_LOOP_AFTER).count();
         let mut status = format!("{ready}/{total} workers ready");
         if crash_looping > 0 {
             status.push_str(&format!(", {crash_looping} crash-looping"));
@@ -487,10 +544,11 @@ impl Dispatcher {
                     if c.draining_since.is_some() { c.carried } else { self.pools.connections(c.incarnation) }
                 }),
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
+                at_capacity: p.is_some_and(|c| self.pools.is_full(c.incarnation)),
                 dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
-                failures: if stable { 0 } else { slot.failures },
-                crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
+                failures: if stable { 0 } else { slot.streak.failed_starts },
+                crash_loop: !stable && slot.streak.failed_starts >= CRASH_LOOP_AFTER,
                 last_exit: slot.last_exit.as_ref().map(ToString::to_string),
                 draining_ms: p.and_then(|c| c.draining_since).map(|at| worker::millis(now - at)),
                 handed_off: p.map_or(0, |c| c.handed_off),

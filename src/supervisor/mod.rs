@@ -16,6 +16,7 @@
 mod bus_reader;
 mod dispatch;
 pub mod exit;
+pub mod guard;
 pub mod link;
 mod native;
 pub mod policy;
@@ -137,7 +138,8 @@ struct Slot {
     /// Scaled away: the slot disappears once its processes are gone.
     removing: bool,
     restarts: u32,
-    failures: u32,
+    /// Its consecutive failed starts, deaths and resource failures.
+    streak: policy::Streak,
     /// Matches the pending restart timer; bumped to cancel it.
     restart_token: u64,
     last_exit: Option<ExitInfo>,
@@ -153,7 +155,7 @@ impl Slot {
             retiring: Vec::new(),
             removing: false,
             restarts: 0,
-            failures: 0,
+            streak: policy::Streak::default(),
             restart_token: 0,
             last_exit: None,
         }
@@ -237,10 +239,14 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         serialization: config.serialization,
         node_relay,
         main_listeners: !listening.is_empty(),
+        limits,
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {
-        policy: RestartPolicy::new(config.stable_after, config.crash_loop_limit),
+        policy: {
+            let policy = RestartPolicy::new(config.stable_after, config.crash_loop_limit);
+            if config.ready_on == crate::config::ReadyOn::Spawn { policy.ready_on_spawn() } else { policy }
+        },
         slots: Vec::new(),
         generation: 1,
         next_incarnation: 1,

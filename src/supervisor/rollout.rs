@@ -9,7 +9,7 @@
 
 use tokio::time::Instant;
 
-use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::policy::{CRASH_LOOP_AFTER, Decision, Ending, Streak};
 use super::worker::Command;
 use super::{Dispatcher, Rollout, Slot};
 use crate::config::MAX_WORKERS;
@@ -90,7 +90,7 @@ impl Dispatcher {
             slot.retiring.push(old);
         }
         slot.state = WorkerState::Ready;
-        slot.failures = 0;
+        slot.streak = super::policy::Streak::default();
         self.step_rollout();
     }
 
@@ -109,32 +109,38 @@ impl Dispatcher {
             self.update_readiness();
             return;
         };
-        let decision = self.policy.on_exit(rollout.failures, uptime, false);
+        let streak = Streak { failed_starts: rollout.failures, ..Streak::default() };
+        let decision = self.policy.on_end(streak, Ending::Exited { uptime, was_ready: false });
         let failures = match decision {
-            Decision::Restart { failures, .. } | Decision::GiveUp { failures } => failures,
+            Decision::Restart { streak, .. } => streak.failed_starts,
+            Decision::GiveUp { failures } => failures,
         };
         rollout.failures = failures;
         let slot = &self.slots[index];
         if failures >= CRASH_LOOP_AFTER || matches!(decision, Decision::GiveUp { .. }) {
             let last =
                 slot.last_exit.as_ref().map_or_else(|| "it could not be started".to_owned(), ToString::to_string);
-            tracing::error!(
-                worker = slot.id,
-                "reload to generation {} aborted: the new worker failed {failures} times (last: {last}); \
-                 generation {} keeps serving",
-                rollout.generation,
-                rollout.previous,
-            );
-            self.generation = rollout.previous;
-            self.rollout = None;
-            self.phase.send_replace(Phase::Ready);
-            self.update_readiness();
+            self.abort_reload(index, &format!("the new worker failed {failures} times (last: {last})"));
             return;
         }
         if let Decision::Restart { after, .. } = decision {
             tracing::warn!(worker = slot.id, "reload: retrying the replacement in {}", crate::duration::show(after));
             self.schedule_restart(index, after);
         }
+        self.update_readiness();
+    }
+
+    /// Ends the reload: the slots not yet replaced keep their old processes.
+    pub(super) fn abort_reload(&mut self, index: usize, why: &str) {
+        let Some(rollout) = self.rollout.take() else { return };
+        tracing::error!(
+            worker = self.slots[index].id,
+            "reload to generation {} aborted: {why}; generation {} keeps serving",
+            rollout.generation,
+            rollout.previous,
+        );
+        self.generation = rollout.previous;
+        self.phase.send_replace(Phase::Ready);
         self.update_readiness();
     }
 

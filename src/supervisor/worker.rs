@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
-use super::link::{Heard, Link, Said};
+use super::link::{Heard, Link, Said, StartError};
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use crate::config::{Protocol, ReadyOn};
@@ -50,6 +50,8 @@ pub struct Settings {
     /// clusterd has listeners of its own (`--listen`, systemd's): their clients need workers
     /// that speak the protocol, even with `--ready-on spawn`.
     pub main_listeners: bool,
+    /// How connections are routed, for those a worker gives back.
+    pub limits: crate::listener::Limits,
 }
 
 /// One worker to start.
@@ -94,7 +96,7 @@ pub enum EventKind {
     /// nothing more to it.
     Draining,
     SpawnFailed {
-        error: String,
+        error: StartError,
     },
     Ready,
     Exited(ExitInfo),
@@ -111,6 +113,10 @@ pub enum EventKind {
     },
     SessionClose {
         sid: String,
+    },
+    /// The worker is at capacity (it takes no new connection), or has room again.
+    Capacity {
+        full: bool,
     },
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
@@ -206,6 +212,13 @@ async fn run(
                         Said::Listen { seq, addr } => Some(EventKind::Listen { seq, addr }),
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
+                        Said::Capacity { full } => Some(EventKind::Capacity { full }),
+                        Said::Handback(handoff) => {
+                            // Counted closed here, and routed again as a new connection.
+                            let group = handoff.group;
+                            crate::listener::reroute(*handoff, settings.routes.clone());
+                            Some(EventKind::ConnectionsClosed(vec![group]))
+                        }
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {
@@ -308,6 +321,7 @@ async fn run(
     // The leader is gone; whatever it left in its process group goes too, before its pid can be
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
+    settings.spawner.swept(pid);
     link.gone(&settings, launch.incarnation).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
