@@ -210,6 +210,9 @@ pub struct Handoff {
     pub ip: Option<IpAddr>,
     pub http: bool,
     pub unix: bool,
+    /// `peer` (and `ip`) came from a PROXY protocol header, not from the socket: a worker that
+    /// gives the connection back cannot tell them, so its link keeps them.
+    pub claimed: bool,
 }
 
 /// Where the dispatcher sends a connection.
@@ -414,16 +417,29 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let unix = matches!(client, Client::Unix(_));
     if limits.node && group.is_some() {
         let Ok(fd) = client.into_fd() else { return };
-        let handoff = Handoff { group, fd, peer, local, initial: Vec::new(), sid: None, ip: None, http: false, unix };
+        let handoff = Handoff {
+            group,
+            fd,
+            peer,
+            local,
+            initial: Vec::new(),
+            sid: None,
+            ip: None,
+            http: false,
+            unix,
+            claimed: false,
+        };
         return deliver(handoff, routes).await;
     }
     let mut initial = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
+    let mut claimed = false;
     if limits.proxy_protocol {
         match read_proxy_header(&mut client, &mut initial, deadline, limits.sniff_bytes).await {
-            Ok(Some(claimed)) => {
-                ip = claimed.socket_addr().map(|a| a.ip());
-                peer = claimed;
+            Ok(Some(client_addr)) => {
+                ip = client_addr.socket_addr().map(|a| a.ip());
+                peer = client_addr;
+                claimed = true;
             }
             Ok(None) => {}
             Err(reason) => {
@@ -470,7 +486,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix }, routes).await;
+    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed }, routes).await;
 }
 
 /// Reads the PROXY protocol header at the start of `client` within `deadline` and `limit` bytes,
