@@ -90,6 +90,10 @@ choice!(
     LogFormat { #[default] Text, Json }
 );
 choice!(
+    /// When clusterd's own text log lines carry a timestamp.
+    LogTimestamps { #[default] Auto, Always, Never }
+);
+choice!(
     /// When a worker counts as ready.
     ReadyOn { #[default] Message, Spawn }
 );
