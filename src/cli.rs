@@ -53,8 +53,8 @@ pub enum Command {
         /// Redraw every INTERVAL (100ms to 1h) until Ctrl-C, or until clusterd stops (exit 1);
         /// with --json, one object per line.
         #[arg(long, value_name = "INTERVAL", num_args = 0..=1, require_equals = false,
-              default_missing_value = crate::control::watch::DEFAULT_INTERVAL,
-              value_parser = crate::control::watch::parse_interval)]
+              default_missing_value = crate::values::DEFAULT_INTERVAL,
+              value_parser = crate::values::parse_interval)]
         watch: Option<Duration>,
     },
     /// Replace every worker, one by one, with a new generation.
