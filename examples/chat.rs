@@ -130,7 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let page =
         PAGE.replace("{worker}", &id.to_string()).replace("{pid}", &pid.to_string()).replace("{client_js}", &client_js);
     let app = Router::new()
-        .route("/", get(move || async move { ([(header::CONNECTION, "close")], Html(page)) }))
+        .route("/", get(move || async move { Html(page) }))
         .route(&client_js, get(|| async { asset("text/javascript; charset=utf-8", BUNDLE_CACHE, CLIENT_BUNDLE) }))
         // Browsers ask for /favicon.ico on their own: answer it too, rather than with a 404.
         .route("/favicon.svg", get(|| async { asset("image/svg+xml", ICON_CACHE, FAVICON) }))
@@ -155,13 +155,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// A static file, with its type and how long browsers may keep it.
 ///
-/// Like the page, it closes its connection. clusterd routes a connection by its first request, and
-/// a browser sends its Socket.IO polling requests on whatever idle connection it has to the
-/// origin: a kept-alive connection of the page, on one worker, would bring the requests of a
-/// session that lives on another, which answers "Session ID unknown" (the SDK's `SessionLayer`
-/// closes the connections of polling responses for the same reason).
+/// Its connection stays open: a browser sends its Socket.IO polling requests on whatever idle
+/// connection it has to the origin, and when one of them belongs to a session of another worker,
+/// the SDK gives the connection back to clusterd, which routes it to that worker (see
+/// PROTOCOL.md, "Handing a connection back").
 fn asset(content_type: &'static str, cache: &'static str, body: &'static str) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache), (header::CONNECTION, "close")], body)
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache)], body)
 }
 
 /// Asks every client `"question"` and gathers the answers: `{answers: [..], errors: [..]}`.

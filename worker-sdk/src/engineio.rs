@@ -64,6 +64,7 @@ pub struct SessionLayer {
 impl SessionLayer {
     /// The layer for this worker.
     pub fn new(worker: Worker) -> Self {
+        worker.uses_sessions();
         Self { worker }
     }
 

@@ -143,15 +143,22 @@ pub(crate) struct Serving {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     held: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
-    /// The application uses sessions at all: only then is a request with an unknown sid given back
-    /// (an application that never opens one might use `sid` for something else).
+    /// The application uses Engine.IO sessions (it installed `SessionLayer`, or opened one): only
+    /// then is a request with an unknown sid given back (another application might use `sid` for
+    /// something else). Set before the first session exists, so that the first worker to serve a
+    /// page gives back a poll of a session another worker holds.
     used: std::sync::atomic::AtomicBool,
 }
 
 impl Sessions {
     pub(crate) fn insert(&self, sid: &str) {
-        self.used.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.mark_used();
         self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(sid.into());
+    }
+
+    /// The application speaks Engine.IO: requests of sessions it does not hold belong elsewhere.
+    pub(crate) fn mark_used(&self) {
+        self.used.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn remove(&self, sid: &str) {

@@ -311,6 +311,13 @@ impl Worker {
         self.inner.sessions.snapshot()
     }
 
+    /// Declares that this worker serves Engine.IO sessions (its `SessionLayer` exists), before any
+    /// session is open.
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn uses_sessions(&self) {
+        self.inner.sessions.mark_used();
+    }
+
     /// Counts `sid` as held here at once, before its report reaches clusterd.
     #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
     pub(crate) fn hold_session(&self, sid: &str) {
