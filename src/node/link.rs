@@ -71,6 +71,8 @@ pub struct NodeLink {
     slot: u32,
     /// Messages of this worker's that were dropped (`dropped` in `status`).
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A handle from the worker was refused (logged once).
+    refused_handle: bool,
 }
 
 /// A `queryServer` being answered.
@@ -140,6 +142,7 @@ impl NodeLink {
             chunk: Vec::with_capacity(64 * 1024),
             slot: launch.slot,
             dropped: std::sync::Arc::clone(&launch.dropped),
+            refused_handle: false,
         };
         Ok((link, spawned))
     }
@@ -218,6 +221,10 @@ impl NodeLink {
                 return Ok(());
             }
             Some("NODE_CLUSTER") => return self.cluster(&frame.decode().map_err(|e| e.to_string())?),
+            Some("NODE_HANDLE") => {
+                self.refuse_handle();
+                return Ok(());
+            }
             // NODE_SOCKET_* and other internal messages: nothing to do.
             Some(cmd) if cmd.starts_with("NODE_") => return Ok(()),
             _ => {}
@@ -248,6 +255,22 @@ impl NodeLink {
         Ok(())
     }
 
+    /// A handle the worker sent (`process.send(message, handle)`). clusterd takes none (it reads
+    /// the channel without room for ancillary data, so the kernel closes the fds), but it must
+    /// answer: Node holds every later message of the worker until the handle is acknowledged.
+    /// A `NACK` makes Node send it again (three times at most), then close its copy and warn
+    /// `SentHandleNotReceivedWarning` in the worker: the sender learns that nobody took it.
+    fn refuse_handle(&mut self) {
+        if !self.refused_handle {
+            self.refused_handle = true;
+            tracing::warn!(
+                worker = self.slot,
+                "the worker sent a handle with process.send(); clusterd takes none: refused (NODE_HANDLE_NACK)"
+            );
+        }
+        self.send(&Value::object([("cmd", Value::from("NODE_HANDLE_NACK"))]));
+    }
+
     /// A `NODE_CLUSTER` message from the worker.
     fn cluster(&mut self, message: &Value) -> Result<(), String> {
         let act = message.get("act").and_then(Value::as_str);
@@ -259,7 +282,9 @@ impl NodeLink {
             Some("queryServer") => {
                 let seq = message.get("seq").cloned().unwrap_or(Value::Undefined);
                 let address = message.get("address").and_then(Value::as_str).map(str::to_owned);
-                let port = message.get("port").and_then(Value::as_f64).unwrap_or(0.0);
+                // A message that only looks like Node's (a worker's own `process.send`) has no
+                // numeric port: refused below, never taken for port 0.
+                let port = message.get("port").and_then(Value::as_f64).unwrap_or(f64::NAN);
                 let address_type = message.get("addressType").and_then(Value::as_i64).unwrap_or(4);
                 let key = format!(
                     "{}:{}:{}:{}:{}",
@@ -269,8 +294,21 @@ impl NodeLink {
                     message.get("fd").and_then(Value::as_i64).map_or(String::new(), |fd| fd.to_string()),
                     message.get("index").and_then(Value::as_i64).unwrap_or(0),
                 );
+                // A Unix socket path (`server.listen("/run/app.sock")`): Node sends port and
+                // addressType -1 with the path as the address.
+                if address_type == -1
+                    && port == -1.0
+                    && let Some(path) = address.clone().filter(|p| !p.is_empty())
+                {
+                    let query = Query { seq, key, address, port: 0, address_type };
+                    let id = self.next_listen;
+                    self.next_listen = self.next_listen.wrapping_add(1);
+                    self.listens.insert(id, query);
+                    self.pending.push_back(Said::Listen { seq: id, addr: format!("unix:{path}") });
+                    return Ok(());
+                }
                 if !(0.0..=65535.0).contains(&port) || port.fract() != 0.0 || !matches!(address_type, 4 | 6) {
-                    // UDP, pipes and odd ports are not clusterd's to serve: refuse, not hang.
+                    // UDP and odd ports are not clusterd's to serve: refuse (EINVAL), not hang.
                     self.reply_query(&Query { seq, key, address, port: 0, address_type }, Err(-22));
                     return Ok(());
                 }
@@ -286,12 +324,21 @@ impl NodeLink {
                 self.listens.insert(id, query);
                 self.pending.push_back(Said::Listen { seq: id, addr });
             }
+            Some("close") => {
+                // `server.close()` of a server clusterd listens for: its connections go to the
+                // other workers of the group from now on.
+                let key = message.get("key").and_then(Value::as_str);
+                if let Some(group) = self.keys.iter().find(|(_, k)| Some(k.as_str()) == key).map(|(g, _)| *g) {
+                    self.keys.remove(&group);
+                    self.pending.push_back(Said::Unlisten { group });
+                }
+            }
             Some("exitedAfterDisconnect") => {
                 if let Some(seq) = message.get("seq").cloned() {
                     self.send_cluster(vec![("ack", seq)]);
                 }
             }
-            // listening, close, and acks of newconn (`accepted`): nothing to do.
+            // listening, and acks of newconn (`accepted`): nothing to do.
             _ => {}
         }
         Ok(())
@@ -335,7 +382,9 @@ impl NodeLink {
             ("ack", query.seq.clone()),
             ("data", Value::Null),
         ];
-        if let Ok(port) = result {
+        // A Unix socket has no sockname in Node's reply either (its round-robin handle has no
+        // getsockname).
+        if let (Ok(port), false) = (result, query.address_type == -1) {
             let family = if query.address_type == 6 { "IPv6" } else { "IPv4" };
             let address = query
                 .address

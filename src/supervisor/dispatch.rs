@@ -155,6 +155,11 @@ impl Dispatcher {
                     self.pools.connection_closed(group, event.incarnation);
                 }
             }
+            EventKind::Unlisten(group) => {
+                if let Some(addr) = self.pools.leave(group, event.incarnation) {
+                    tracing::info!(worker = slot.id, pid = process.pid, %addr, "the worker closed its server");
+                }
+            }
             EventKind::Listen { seq, addr } => {
                 let ready = process.routable() && self.stop.is_none() && !slot.removing;
                 let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());

@@ -30,6 +30,11 @@ pub enum Said {
     SessionClose {
         sid: String,
     },
+    /// It closed its server of a listener group it asked for (Node's `server.close()`): route
+    /// that group's connections to it no more.
+    Unlisten {
+        group: u32,
+    },
 }
 
 /// What reading a link gave.

@@ -130,6 +130,13 @@ impl Pools {
         }
     }
 
+    /// The worker takes no more connections of this group; the group's address, if it was in it.
+    pub fn leave(&mut self, group: u32, key: WorkerKey) -> Option<&str> {
+        let g = self.groups.get_mut(group as usize)?;
+        g.balancer.remove_worker(key);
+        Some(g.bound.as_str())
+    }
+
     /// The addresses of the groups' listeners.
     pub fn bound(&self) -> impl Iterator<Item = &str> {
         self.groups.iter().map(|g| g.bound.as_str())
