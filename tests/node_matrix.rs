@@ -148,6 +148,7 @@ fn get_unix(path: &str) -> Response {
 
 /// Rows `server.listen` with a port, port 0 and a Unix path, and several servers in one worker:
 /// clusterd binds each address once and spreads its connections over the workers that listen.
+/// Row `dgram` `socket.bind()`: refused.
 #[test]
 fn several_servers_on_a_port_port_0_and_a_unix_path() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +179,10 @@ fn several_servers_on_a_port_port_0_and_a_unix_path() {
         }
     }
     assert!(slots.values().all(|s| s.len() == 2), "every server's connections reach both workers: {slots:?}");
+    // UDP is not clusterd's to share: a worker's `socket.bind()` fails at once.
+    for (_, udp) in wait_said(&c, "udp", 2) {
+        assert_eq!(udp["error"], "EINVAL", "{udp}");
+    }
     stop(c);
 }
 
@@ -221,6 +226,11 @@ fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker() {
     let after = get(local(bad["port"].as_u64().unwrap()), "/");
     assert_eq!(after.body, "after\n", "the worker's channel still works after the handles");
     assert_eq!(ask_on(&mut other, "/"), first, "the other worker's client keeps its connection");
+    // The sender learns that nobody took its handles (Node's own warning, after 3 retries).
+    c.output.wait_contains("SentHandleNotReceivedWarning");
+    assert!(c.output.contains("clusterd takes none: refused (NODE_HANDLE_NACK)"), "{}", c.stderr_dump());
+    // A message shaped like a `queryServer` but without a port binds nothing.
+    assert!(!c.output.contains("addr=0.0.0.0"), "{}", c.stderr_dump());
     let status = c.status().expect("clusterd runs");
     assert_eq!(worker(&status, 0)["restarts"], 0, "unknown messages and handles are no reason to replace: {status}");
     // The refused handles were never received (the kernel closes fds nobody asked for), and the

@@ -285,7 +285,12 @@ impl NodeLink {
                 // A message that only looks like Node's (a worker's own `process.send`) has no
                 // numeric port: refused below, never taken for port 0.
                 let port = message.get("port").and_then(Value::as_f64).unwrap_or(f64::NAN);
-                let address_type = message.get("addressType").and_then(Value::as_i64).unwrap_or(4);
+                // 4, 6, -1 (a Unix path), or "udp4"/"udp6" for a dgram socket's bind: UDP is not
+                // shared through clusterd, so anything but a number is refused below.
+                let address_type = match message.get("addressType") {
+                    None => 4,
+                    Some(kind) => kind.as_i64().unwrap_or(0),
+                };
                 let key = format!(
                     "{}:{}:{}:{}:{}",
                     address.as_deref().unwrap_or(""),

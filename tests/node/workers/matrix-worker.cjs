@@ -8,7 +8,7 @@
 //             `process.send`), then listens on port 0 through clusterd and answers
 //             `slot <n> id <worker.id> pid <pid>`.
 //   servers   several servers in one worker: http on port 0, on PORT, and on the Unix path
-//             UNIX_PATH; each answers `<server> slot <n> pid <pid>`.
+//             UNIX_PATH; each answers `<server> slot <n> pid <pid>`. A UDP bind prints its outcome.
 //   misbehave listens on PORT_<slot> through clusterd. On `GET /bad` it sends the primary what no
 //             primary expects (unknown messages, a 16 MiB one, a net.Server, a net.Socket and a
 //             dgram socket as handles), then listens on port 0 through clusterd, which needs the
@@ -83,6 +83,10 @@ function servers() {
       done();
     });
   };
+  // UDP is not shared through clusterd: the bind fails (EINVAL) instead of hanging.
+  const udp = dgram.createSocket("udp4");
+  udp.on("error", (e) => say("udp", { error: e.code }));
+  udp.bind(0, "127.0.0.1", () => say("udp", { bound: udp.address().port }));
   start("zero", 0, "127.0.0.1");
   start("port", Number(process.env.PORT), "127.0.0.1");
   start("unix", process.env.UNIX_PATH);
