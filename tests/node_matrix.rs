@@ -340,25 +340,31 @@ fn redis_workers(redis: &Redis, adapter: &str, balance: &str) -> (Cluster, Strin
     (c, format!("http://{}", listen_addr(&status)))
 }
 
-/// Row `@socket.io/redis-adapter` (and issue 11's alternative that needs no `--bridge`): the
-/// workers meet in Redis themselves; clusterd gives them sticky sessions. Broadcasts,
-/// fetchSockets, serverSideEmit with acks, broadcasts with acks and socketsJoin reach the
-/// clients of both workers.
+/// Row `@socket.io/redis-adapter`, and issue 11's alternative that needs no `--bridge`: the
+/// workers meet in Redis themselves; clusterd gives them sticky sessions. Two clusterd hosts of
+/// two workers each on one Redis: broadcasts, fetchSockets, serverSideEmit with acks,
+/// broadcasts with acks and socketsJoin reach the clients of all four workers.
 #[test]
-fn redis_adapter_in_the_workers() {
+fn redis_adapter_in_the_workers_spans_two_hosts_without_a_bridge() {
     let redis = Redis::start();
-    let (c, url) = redis_workers(&redis, "redis", "least-connection");
-    let result = client("node_cluster.mjs", &[&url, "6"]);
-    let workers: BTreeSet<u64> =
-        result["clients"].as_array().unwrap().iter().map(|c| c["workers"][0].as_u64().unwrap()).collect();
-    assert_eq!(workers.len(), 2, "{result}");
-    assert!(result["clients"].as_array().unwrap().iter().all(|c| c["workers"].as_array().unwrap().len() == 1));
-    assert_eq!(result["broadcast"].as_array().unwrap().len(), 6, "{result}");
-    assert_eq!(result["fetch"]["ids"].as_array().unwrap().len(), 6, "{result}");
-    assert_eq!(result["serverAsk"]["answers"].as_array().unwrap().len(), 1, "{result}");
-    assert_eq!(result["askAll"]["answers"].as_array().unwrap().len(), 6, "{result}");
-    assert_eq!(result["roomCount"], 6, "{result}");
-    stop(c);
+    let (a, url_a) = redis_workers(&redis, "redis", "least-connection");
+    let (b, url_b) = redis_workers(&redis, "redis", "least-connection");
+    let result = client("node_cluster.mjs", &[&format!("{url_a},{url_b}"), "8"]);
+    let clients = result["clients"].as_array().unwrap();
+    assert!(clients.iter().all(|c| c["workers"].as_array().unwrap().len() == 1), "sessions stay put: {result}");
+    // Client i went to host i mod 2; each host spread its clients over its two workers.
+    for host in 0..2 {
+        let workers: BTreeSet<u64> =
+            clients.iter().skip(host).step_by(2).map(|c| c["workers"][0].as_u64().unwrap()).collect();
+        assert_eq!(workers.len(), 2, "host {host}: {result}");
+    }
+    assert_eq!(result["broadcast"].as_array().unwrap().len(), 8, "{result}");
+    assert_eq!(result["fetch"]["ids"].as_array().unwrap().len(), 8, "{result}");
+    assert_eq!(result["serverAsk"]["answers"].as_array().unwrap().len(), 3, "the 3 other workers: {result}");
+    assert_eq!(result["askAll"]["answers"].as_array().unwrap().len(), 8, "{result}");
+    assert_eq!(result["roomCount"], 8, "{result}");
+    stop(a);
+    stop(b);
 }
 
 /// Row `@socket.io/redis-streams-adapter` with connection state recovery: clients whose
