@@ -166,10 +166,12 @@ fn several_servers_on_a_port_port_0_and_a_unix_path() {
     let servers = &seen[0].1;
     assert_eq!(servers["port"].to_string(), port, "{servers}");
     assert_eq!(servers["unix"], path.to_str().unwrap(), "{servers}");
+    assert_ne!(servers["zero"], servers["zero2"], "each listen(0) of a worker its own port: {servers}");
     let mut slots: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for _ in 0..16 {
         for (name, response) in [
             ("zero", get(local(servers["zero"].as_u64().unwrap()), "/")),
+            ("zero2", get(local(servers["zero2"].as_u64().unwrap()), "/")),
             ("port", get(local(servers["port"].as_u64().unwrap()), "/")),
             ("unix", get_unix(path.to_str().unwrap())),
         ] {
@@ -275,7 +277,12 @@ fn disconnect(how: &str) {
     let after = c.wait_status("a new process in the slot", |s| {
         s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "ready") && worker_pid(s, slot) != pid
     });
-    assert_ne!(worker_pid(&after, slot), pid);
+    let new_pid = worker_pid(&after, slot);
+    // Ready (`online`) comes before the script's listen: wait for the new process's.
+    let listening = wait_until("the new process listening", || {
+        said(&c, "listening").into_iter().find(|(_, l)| l["pid"] == new_pid).map(|(_, l)| l)
+    });
+    assert_eq!(listening["port"].to_string(), port, "it joined the same port");
     let mut slots = BTreeSet::new();
     for _ in 0..20 {
         let response = get(addr, "/");

@@ -309,7 +309,7 @@ impl NodeLink {
                     let id = self.next_listen;
                     self.next_listen = self.next_listen.wrapping_add(1);
                     self.listens.insert(id, query);
-                    self.pending.push_back(Said::Listen { seq: id, addr: format!("unix:{path}") });
+                    self.pending.push_back(Said::Listen { seq: id, addr: format!("unix:{path}"), index: 0 });
                     return Ok(());
                 }
                 if !(0.0..=65535.0).contains(&port) || port.fract() != 0.0 || !matches!(address_type, 4 | 6) {
@@ -327,7 +327,9 @@ impl NodeLink {
                 let id = self.next_listen;
                 self.next_listen = self.next_listen.wrapping_add(1);
                 self.listens.insert(id, query);
-                self.pending.push_back(Said::Listen { seq: id, addr });
+                let index =
+                    message.get("index").and_then(Value::as_i64).and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
+                self.pending.push_back(Said::Listen { seq: id, addr, index });
             }
             Some("close") => {
                 // `server.close()` of a server clusterd listens for: its connections go to the

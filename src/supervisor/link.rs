@@ -21,6 +21,9 @@ pub enum Said {
     Listen {
         seq: u32,
         addr: String,
+        /// Which of the worker's listens on this same address it is (0 for the first): Node
+        /// gives the n-th `listen(0)` of every worker one shared port, distinct from the others'.
+        index: u32,
     },
     /// It opened a session; `seq` is answered with [`Link::session_ack`] when the protocol has acks.
     SessionOpen {

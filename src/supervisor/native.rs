@@ -165,7 +165,7 @@ impl NativeLink {
                 Ok(Said::Closed(ids.iter().map(|id| self.grouped.remove(id)).collect()))
             }
             FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
-            FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr }),
+            FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr, index: 0 }),
             FromWorker::SessionOpen { seq, sid } => Ok(Said::SessionOpen { seq: Some(seq), sid }),
             FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
             _ => Ok(Said::Alive),

@@ -105,6 +105,7 @@ pub enum EventKind {
     Listen {
         seq: u32,
         addr: String,
+        index: u32,
     },
     SessionOpen {
         /// To acknowledge, when the protocol has acknowledgements (native).
@@ -209,7 +210,7 @@ async fn run(
                             Some(EventKind::Ready)
                         }
                         Said::Closed(groups) => Some(EventKind::ConnectionsClosed(groups)),
-                        Said::Listen { seq, addr } => Some(EventKind::Listen { seq, addr }),
+                        Said::Listen { seq, addr, index } => Some(EventKind::Listen { seq, addr, index }),
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
                         Said::Unlisten { group } => Some(EventKind::Unlisten(group)),

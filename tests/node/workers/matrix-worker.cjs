@@ -7,7 +7,7 @@
 //             worker.id, NODE_APP_INSTANCE, the serialization, and the primary's answers to
 //             `process.send`), then listens on port 0 through clusterd and answers
 //             `slot <n> id <worker.id> pid <pid>`.
-//   servers   several servers in one worker: http on port 0, on PORT, and on the Unix path
+//   servers   several servers in one worker: http on port 0 (twice), on PORT, and on the Unix path
 //             UNIX_PATH; each answers `<server> slot <n> pid <pid>`. A UDP bind prints its outcome.
 //   misbehave listens on PORT_<slot> through clusterd. On `GET /bad` it sends the primary what no
 //             primary expects (unknown messages, a 16 MiB one, a net.Server, a net.Socket and a
@@ -73,7 +73,7 @@ async function api() {
 
 function servers() {
   const listening = {};
-  const done = () => Object.keys(listening).length === 3 && say("servers", listening);
+  const done = () => Object.keys(listening).length === 4 && say("servers", listening);
   const start = (name, ...where) => {
     const server = http.createServer(answer(`${name} slot ${slot} pid ${process.pid}\n`));
     server.on("error", (e) => say("error", { name, error: String(e.message) }));
@@ -87,7 +87,10 @@ function servers() {
   const udp = dgram.createSocket("udp4");
   udp.on("error", (e) => say("udp", { error: e.code }));
   udp.bind(0, "127.0.0.1", () => say("udp", { bound: udp.address().port }));
+  // Two listens on port 0 in one worker: as under Node's primary, each gets a port of its own,
+  // and the n-th one of every worker shares one port.
   start("zero", 0, "127.0.0.1");
+  start("zero2", 0, "127.0.0.1");
   start("port", Number(process.env.PORT), "127.0.0.1");
   start("unix", process.env.UNIX_PATH);
 }
