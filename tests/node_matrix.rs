@@ -186,6 +186,7 @@ fn several_servers_on_a_port_port_0_and_a_unix_path() {
         assert_eq!(udp["error"], "EINVAL", "{udp}");
     }
     stop(c);
+    assert!(!path.exists(), "clusterd removes the Unix socket it bound for the workers");
 }
 
 /// [`get`], failing with clusterd's output.
