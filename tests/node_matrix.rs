@@ -210,11 +210,10 @@ fn ask_on(stream: &mut TcpStream, target: &str) -> String {
 /// UDP socket): clusterd ignores the messages, refuses the handles (`NODE_HANDLE_NACK`), and the
 /// worker's channel keeps working. A message over the 32 MiB limit gets only that worker
 /// replaced. Neither costs another worker's client its connection, nor clusterd an fd.
-#[test]
-fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker() {
+fn misbehaving_worker(serialization: &str) {
     let ports = [free_port().to_string(), free_port().to_string()];
-    let mut c =
-        node(2, "matrix-worker.cjs", &[], &[("ROLE", "misbehave"), ("PORT_0", &ports[0]), ("PORT_1", &ports[1])]);
+    let env = [("ROLE", "misbehave"), ("PORT_0", ports[0].as_str()), ("PORT_1", ports[1].as_str())];
+    let mut c = node(2, "matrix-worker.cjs", &["--serialization", serialization], &env);
     c.wait_ready(2);
     wait_said(&c, "listening", 2);
     let mut other = TcpStream::connect(local(ports[1].parse().unwrap())).unwrap();
@@ -248,6 +247,16 @@ fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker() {
     });
     assert_eq!(ask_on(&mut other, "/"), first, "the other worker's client keeps its connection");
     stop(c);
+}
+
+#[test]
+fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker() {
+    misbehaving_worker("advanced");
+}
+
+#[test]
+fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker_with_json() {
+    misbehaving_worker("json");
 }
 
 /// Rows `worker.disconnect()` and `process.disconnect()`: the worker closes its servers (the
