@@ -264,7 +264,7 @@ fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker_with_j
 /// process in its slot. Requests made after clusterd saw the servers close are all answered.
 fn disconnect(how: &str) {
     let port = free_port().to_string();
-    let mut c = node(2, "matrix-worker.cjs", &[], &[("ROLE", "disconnect"), ("PORT", &port)]);
+    let mut c = node(2, "matrix-worker.cjs", &["--grace", "1s"], &[("ROLE", "disconnect"), ("PORT", &port)]);
     let before = c.wait_ready(2);
     wait_said(&c, "listening", 2);
     let addr = local(port.parse().unwrap());
@@ -282,6 +282,14 @@ fn disconnect(how: &str) {
         for _ in 0..10 {
             assert_eq!(get_or(&c, addr, "/").code, 200);
         }
+    }
+    if how == "/process-and-stay" {
+        c.output.wait_for("SIGTERM for the worker that stays", |l| {
+            l.contains("closed its IPC channel")
+                && l.contains("still runs: SIGTERM")
+                && l.contains(&format!("pid={pid}"))
+        });
+        wait_said(&c, "sigterm", 1);
     }
     wait_gone(pid, "the disconnected worker");
     let after = c.wait_status("a new process in the slot", |s| {
@@ -311,6 +319,12 @@ fn worker_disconnect_ends_the_worker_and_its_slot_is_filled() {
 #[test]
 fn process_disconnect_ends_the_worker_and_its_slot_is_filled() {
     disconnect("/process");
+}
+
+/// A worker that disconnected but keeps running gets SIGTERM after `--grace`.
+#[test]
+fn a_worker_that_disconnects_and_stays_gets_sigterm_after_grace() {
+    disconnect("/process-and-stay");
 }
 
 /// Row Express + Socket.IO: one http server for both, with sticky sessions through `--listen`.

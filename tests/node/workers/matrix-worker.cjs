@@ -15,7 +15,8 @@
 //             channel to still work, and answers with that port. On `GET /huge` it sends one
 //             message over clusterd's 32 MiB limit.
 //   disconnect listens on PORT through clusterd; `GET /worker` calls `cluster.worker.disconnect()`,
-//             `GET /process` calls `process.disconnect()`; other requests answer `slot <n> pid <pid>`.
+//             `GET /process` calls `process.disconnect()`, `GET /process-and-stay` too but keeps
+//             running until SIGTERM; other requests answer `slot <n> pid <pid>`.
 "use strict";
 const cluster = require("node:cluster");
 const dgram = require("node:dgram");
@@ -139,6 +140,17 @@ function disconnect() {
     if (req.url === "/worker") {
       res.end(`disconnecting slot ${slot} pid ${process.pid}\n`, () => cluster.worker.disconnect());
     } else if (req.url === "/process") {
+      res.end(`disconnecting slot ${slot} pid ${process.pid}\n`, () => process.disconnect());
+    } else if (req.url === "/process-and-stay") {
+      // Disconnects and keeps running (a timer holds the event loop) until a signal ends it.
+      // Node's cluster module ends a worker whose channel closes unexpectedly (exit code 0); a
+      // program that removes that listener stays.
+      process.removeAllListeners("disconnect");
+      setInterval(() => {}, 1 << 30);
+      process.on("SIGTERM", () => {
+        say("sigterm", { pid: process.pid });
+        process.exit(0);
+      });
       res.end(`disconnecting slot ${slot} pid ${process.pid}\n`, () => process.disconnect());
     } else {
       res.end(`slot ${slot} pid ${process.pid}\n`);
