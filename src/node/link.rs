@@ -6,9 +6,10 @@
 //! `NODE_APP_INSTANCE` (its slot, as PM2 sets it). On the channel:
 //!
 //! - `{cmd: "NODE_CLUSTER", act: "online"}`: the worker runs (ready, see [`NodeLink::next`]);
-//!   `queryServer` (a `server.listen()` in the worker) is answered with a round-robin reply, and
-//!   its connections come as `newconn` handles; `exitedAfterDisconnect` is acknowledged; a drain
-//!   is `act: "disconnect"`.
+//!   `queryServer` (a `server.listen()` in the worker, TCP or a Unix path; UDP is refused) is
+//!   answered with a round-robin reply, and its connections come as `newconn` handles until the
+//!   worker's `close`; `exitedAfterDisconnect` is acknowledged; a drain is `act: "disconnect"`.
+//! - a handle the worker sends (`NODE_HANDLE`) is refused with `NODE_HANDLE_NACK`;
 //! - connections go as `NODE_HANDLE` messages (`net.Socket`, `{type: "sticky:connection", data:
 //!   <the request clusterd read>}`), several in flight, each until the worker's
 //!   `NODE_HANDLE_ACK` (`writer.rs`);
