@@ -204,6 +204,9 @@ pub struct Handoff {
     pub ip: Option<IpAddr>,
     pub http: bool,
     pub unix: bool,
+    /// How many workers refused it (a Node worker over `server.maxConnections`, or whose
+    /// server just closed); it is handed on at most `node::link::MAX_REFUSALS` times.
+    pub refusals: u8,
 }
 
 /// Where the dispatcher sends a connection.
@@ -404,7 +407,18 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let unix = matches!(client, Client::Unix(_));
     if limits.node && group.is_some() {
         let Ok(fd) = client.into_fd() else { return };
-        let handoff = Handoff { group, fd, peer, local, initial: Vec::new(), sid: None, ip: None, http: false, unix };
+        let handoff = Handoff {
+            group,
+            fd,
+            peer,
+            local,
+            initial: Vec::new(),
+            sid: None,
+            ip: None,
+            http: false,
+            unix,
+            refusals: 0,
+        };
         return deliver(handoff, routes).await;
     }
     let mut initial = Vec::with_capacity(1024);
@@ -444,7 +458,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix }, routes).await;
+    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix, refusals: 0 }, routes).await;
 }
 
 /// Hands a connection that a draining worker did not take to another worker.

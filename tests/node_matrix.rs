@@ -327,6 +327,29 @@ fn a_worker_that_disconnects_and_stays_gets_sigterm_after_grace() {
     disconnect("/process-and-stay");
 }
 
+/// Row `server.maxConnections`: a worker at its limit refuses a connection (Node's `accepted:
+/// false`); clusterd hands it to another worker, as Node's primary does, and the client is served.
+#[test]
+fn a_connection_refused_by_a_full_worker_goes_to_another() {
+    let port = free_port().to_string();
+    let mut c = node(2, "matrix-worker.cjs", &[], &[("ROLE", "maxconn"), ("PORT", &port)]);
+    c.wait_ready(2);
+    wait_said(&c, "listening", 2);
+    let addr = local(port.parse().unwrap());
+    // Slot 0 takes one connection and holds it: its limit is reached.
+    let held = wait_until("a kept-alive connection on slot 0", || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+        ask_on(&mut stream, "/").starts_with("slot 0 ").then_some(stream)
+    });
+    for i in 0..20 {
+        let response = get_or(&c, addr, "/");
+        assert!(response.body.starts_with("slot 1 "), "request {i}: {}", response.body);
+    }
+    drop(held);
+    stop(c);
+}
+
 /// Row Express + Socket.IO: one http server for both, with sticky sessions through `--listen`.
 #[test]
 fn express_and_socketio_on_one_server() {

@@ -37,6 +37,13 @@ use crate::supervisor::worker::{Launch, Settings};
 const CHANNEL_FD: u32 = 3;
 /// The largest message a worker may send.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+/// How many times a connection refused by a worker (`accepted: false`: over its
+/// `server.maxConnections`, or its server just closed) is handed to another one before it is closed.
+pub const MAX_REFUSALS: u8 = 3;
+/// Connections handed to a worker's `server.listen()` whose `accepted` answer is awaited, per
+/// worker; clusterd keeps its copy of each until then, to hand a refused one on. Node answers
+/// at once; past this many, connections are handed without a copy (a refusal then closes them).
+const MAX_REFUSABLE: usize = 1024;
 /// How long a connection handed over without a session id counts as a handshake in progress
 /// (for least-connection) if the worker reports no session for it.
 const HANDSHAKE_WINDOW: Duration = Duration::from_secs(5);
@@ -74,6 +81,11 @@ pub struct NodeLink {
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// A handle from the worker was refused (logged once).
     refused_handle: bool,
+    /// `newconn` connections awaiting the worker's `accepted`, by the message's seq, with
+    /// clusterd's copy of the fd.
+    refusable: HashMap<u64, Handoff>,
+    /// Where a refused connection goes to be routed again.
+    routes: mpsc::Sender<crate::listener::RouteMsg>,
 }
 
 /// A `queryServer` being answered.
@@ -144,6 +156,8 @@ impl NodeLink {
             slot: launch.slot,
             dropped: std::sync::Arc::clone(&launch.dropped),
             refused_handle: false,
+            refusable: HashMap::new(),
+            routes: settings.routes.clone(),
         };
         Ok((link, spawned))
     }
@@ -346,7 +360,20 @@ impl NodeLink {
                     self.send_cluster(vec![("ack", seq)]);
                 }
             }
-            // listening, and acks of newconn (`accepted`): nothing to do.
+            // The answer to a `newconn`: a refused connection goes to another worker.
+            None => {
+                let seq = message.get("ack").and_then(Value::as_f64);
+                let accepted = message.get("accepted").and_then(Value::as_bool);
+                if let (Some(seq), Some(accepted)) = (seq, accepted)
+                    && let Some(mut handoff) = self.refusable.remove(&(seq as u64))
+                    && !accepted
+                {
+                    handoff.refusals += 1;
+                    tracing::debug!(worker = self.slot, refusals = handoff.refusals, "the worker refused a connection");
+                    crate::listener::reroute(handoff, self.routes.clone());
+                }
+            }
+            // listening: nothing to do.
             _ => {}
         }
         Ok(())
@@ -432,12 +459,14 @@ impl NodeLink {
 
     /// Hands a connection over: a sticky connection (with the request clusterd read) for the
     /// main listeners, a cluster `newconn` for a listener the worker asked for.
-    pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
+    pub async fn hand_over(&mut self, mut handoff: Handoff) -> Option<Option<u32>> {
         let group = handoff.group;
+        // The seq of a `newconn`, whose `accepted` answer may hand the connection on.
+        let mut newconn = None;
         let message = match group {
             None => {
                 let data = match self.mode {
-                    Mode::Advanced => Value::buffer(handoff.initial),
+                    Mode::Advanced => Value::buffer(std::mem::take(&mut handoff.initial)),
                     // A string: `socket.unshift()` takes it, a `{type: "Buffer"}` object it does not.
                     Mode::Json => Value::from(String::from_utf8_lossy(&handoff.initial).into_owned()),
                 };
@@ -449,6 +478,7 @@ impl NodeLink {
             }
             Some(group) => {
                 let key = self.keys.get(&group).cloned().unwrap_or_default();
+                newconn = Some(self.seq);
                 let seq = self.next_seq();
                 Value::object([
                     ("cmd", Value::from("NODE_HANDLE")),
@@ -472,11 +502,29 @@ impl NodeLink {
                 return Some(group);
             }
         };
-        let handle = Out::Handle { frame: frame.into(), fd: handoff.fd, group };
+        let no_sid = handoff.sid.is_none();
+        // For a `newconn`, clusterd keeps its own copy of the connection until the worker says
+        // whether it accepted it, to hand a refused one to another worker (as Node's primary).
+        let fd = match newconn {
+            Some(seq) if handoff.refusals < MAX_REFUSALS && self.refusable.len() < MAX_REFUSABLE => {
+                match handoff.fd.try_clone() {
+                    Ok(copy) => {
+                        self.refusable.insert(seq, handoff);
+                        copy
+                    }
+                    Err(_) => handoff.fd,
+                }
+            }
+            _ => handoff.fd,
+        };
+        let handle = Out::Handle { frame: frame.into(), fd, group };
         if !self.open || self.out.send(handle).await.is_err() {
+            if let Some(seq) = newconn {
+                self.refusable.remove(&seq);
+            }
             return Some(group);
         }
-        if group.is_none() && handoff.sid.is_none() {
+        if group.is_none() && no_sid {
             // A handshake (or plain HTTP): counted until the worker reports its session.
             self.handshakes.push_back(Instant::now());
             None

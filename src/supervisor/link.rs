@@ -53,7 +53,8 @@ pub enum Heard {
 /// One worker's link, in either protocol.
 pub enum Link {
     Native(super::native::NativeLink),
-    Node(crate::node::link::NodeLink),
+    // Boxed: a Node link carries far more state than a native one.
+    Node(Box<crate::node::link::NodeLink>),
 }
 
 impl Link {

@@ -14,6 +14,7 @@
 //             dgram socket as handles), then listens on port 0 through clusterd, which needs the
 //             channel to still work, and answers with that port. On `GET /huge` it sends one
 //             message over clusterd's 32 MiB limit.
+//   maxconn   listens on PORT through clusterd; slot 0 with `server.maxConnections = 1`.
 //   disconnect listens on PORT through clusterd; `GET /worker` calls `cluster.worker.disconnect()`,
 //             `GET /process` calls `process.disconnect()`, `GET /process-and-stay` too but keeps
 //             running until SIGTERM; other requests answer `slot <n> pid <pid>`.
@@ -159,4 +160,14 @@ function disconnect() {
   server.listen(Number(process.env.PORT), "127.0.0.1", () => say("listening", { port: server.address().port, pid: process.pid }));
 }
 
-({ api, servers, misbehave, disconnect })[role]();
+// Slot 0 takes one connection at a time (`server.maxConnections = 1`): while it holds one, Node's
+// cluster module refuses the next (`accepted: false`) and the primary must hand it to another
+// worker. Answers `slot <n> pid <pid>`, keeping connections alive.
+function maxconn() {
+  const server = http.createServer((req, res) => res.end(`slot ${slot} pid ${process.pid}\n`));
+  if (slot === 0) server.maxConnections = 1;
+  server.keepAliveTimeout = 60_000;
+  server.listen(Number(process.env.PORT), "127.0.0.1", () => say("listening", { port: server.address().port, pid: process.pid }));
+}
+
+({ api, servers, misbehave, disconnect, maxconn })[role]();
