@@ -213,6 +213,9 @@ pub struct Handoff {
     /// `peer` (and `ip`) came from a PROXY protocol header, not from the socket: a worker that
     /// gives the connection back cannot tell them, so its link keeps them.
     pub claimed: bool,
+    /// How many workers refused it (a Node worker over `server.maxConnections`, or whose
+    /// server just closed); it is handed on at most `node::link::MAX_REFUSALS` times.
+    pub refusals: u8,
 }
 
 /// Where the dispatcher sends a connection.
@@ -428,6 +431,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             http: false,
             unix,
             claimed: false,
+            refusals: 0,
         };
         return deliver(handoff, routes).await;
     }
@@ -486,7 +490,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed }, routes).await;
+    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0 }, routes).await;
 }
 
 /// Reads the PROXY protocol header at the start of `client` within `deadline` and `limit` bytes,

@@ -281,11 +281,24 @@ fn workers_that_listen_get_connections_through_clusterd() {
 }
 
 /// A worker that writes garbage on its channel (a length over the limit; a line that is not
-/// JSON) is drained and replaced; clusterd carries on.
+/// JSON; values nested 300 deep, over the codecs' 256) is drained and replaced; clusterd carries on.
 #[test]
 fn garbage_on_the_channel_replaces_the_worker() {
     let script = node_dir().join("workers/garbage-worker.cjs");
-    for (serialization, garbage) in [("advanced", "ffffffff010203"), ("json", "6e6f74206a736f6e0a")] {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    // V8: the version header, then 300 dense arrays of one element each, one inside the other.
+    let mut v8 = vec![0xff, 0x0f];
+    v8.extend(std::iter::repeat_n([0x41u8, 0x01], 300).flatten());
+    let mut deep_v8 = (v8.len() as u32).to_be_bytes().to_vec();
+    deep_v8.extend(v8);
+    let deep_json = format!("{}1{}\n", "[".repeat(300), "]".repeat(300));
+    let (deep_v8, deep_json) = (hex(&deep_v8), hex(deep_json.as_bytes()));
+    for (serialization, garbage, why) in [
+        ("advanced", "ffffffff010203", ""),
+        ("json", "6e6f74206a736f6e0a", ""),
+        ("advanced", deep_v8.as_str(), "nested deeper than 256"),
+        ("json", deep_json.as_str(), "nested deeper than 256"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("sent");
         let mut c = Builder::new()
@@ -294,7 +307,9 @@ fn garbage_on_the_channel_replaces_the_worker() {
             .env("GARBAGE_MARKER", marker.to_str().unwrap())
             .env("GARBAGE_BYTES", garbage)
             .start();
-        c.output.wait_for("the violation", |l| l.contains("node channel:") && l.contains("replacing the worker"));
+        let line =
+            c.output.wait_for("the violation", |l| l.contains("node channel:") && l.contains("replacing the worker"));
+        assert!(line.contains(why), "{line}");
         let status = c.wait_status("the replacement ready", |s| {
             s["workers"][0]["state"] == "ready" && s["workers"][0]["restarts"].as_u64().unwrap_or(0) >= 1
         });

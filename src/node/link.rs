@@ -6,9 +6,10 @@
 //! `NODE_APP_INSTANCE` (its slot, as PM2 sets it). On the channel:
 //!
 //! - `{cmd: "NODE_CLUSTER", act: "online"}`: the worker runs (ready, see [`NodeLink::next`]);
-//!   `queryServer` (a `server.listen()` in the worker) is answered with a round-robin reply, and
-//!   its connections come as `newconn` handles; `exitedAfterDisconnect` is acknowledged; a drain
-//!   is `act: "disconnect"`.
+//!   `queryServer` (a `server.listen()` in the worker, TCP or a Unix path; UDP is refused) is
+//!   answered with a round-robin reply, and its connections come as `newconn` handles until the
+//!   worker's `close`; `exitedAfterDisconnect` is acknowledged; a drain is `act: "disconnect"`.
+//! - a handle the worker sends (`NODE_HANDLE`) is refused with `NODE_HANDLE_NACK`;
 //! - connections go as `NODE_HANDLE` messages (`net.Socket`, `{type: "sticky:connection", data:
 //!   <the request clusterd read>}`), several in flight, each until the worker's
 //!   `NODE_HANDLE_ACK` (`writer.rs`);
@@ -36,6 +37,13 @@ use crate::supervisor::worker::{Launch, Settings};
 const CHANNEL_FD: u32 = 3;
 /// The largest message a worker may send.
 const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+/// How many times a connection refused by a worker (`accepted: false`: over its
+/// `server.maxConnections`, or its server just closed) is handed to another one before it is closed.
+pub const MAX_REFUSALS: u8 = 3;
+/// Connections handed to a worker's `server.listen()` whose `accepted` answer is awaited, per
+/// worker; clusterd keeps its copy of each until then, to hand a refused one on. Node answers
+/// at once; past this many, connections are handed without a copy (a refusal then closes them).
+const MAX_REFUSABLE: usize = 1024;
 /// How long a connection handed over without a session id counts as a handshake in progress
 /// (for least-connection) if the worker reports no session for it.
 const HANDSHAKE_WINDOW: Duration = Duration::from_secs(5);
@@ -76,6 +84,13 @@ pub struct NodeLink {
     slot: u32,
     /// Messages of this worker's that were dropped (`dropped` in `status`).
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A handle from the worker was refused (logged once).
+    refused_handle: bool,
+    /// `newconn` connections awaiting the worker's `accepted`, by the message's seq, with
+    /// clusterd's copy of the fd.
+    refusable: HashMap<u64, Handoff>,
+    /// Where a refused connection goes to be routed again.
+    routes: mpsc::Sender<crate::listener::RouteMsg>,
 }
 
 /// A `queryServer` being answered.
@@ -143,6 +158,9 @@ impl NodeLink {
             chunk: Vec::with_capacity(64 * 1024),
             slot: launch.slot,
             dropped: std::sync::Arc::clone(&launch.dropped),
+            refused_handle: false,
+            refusable: HashMap::new(),
+            routes: settings.routes.clone(),
         };
         Ok((link, spawned))
     }
@@ -251,6 +269,10 @@ impl NodeLink {
                 return Ok(());
             }
             Some("NODE_CLUSTER") => return self.cluster(&frame.decode().map_err(|e| e.to_string())?),
+            Some("NODE_HANDLE") => {
+                self.refuse_handle();
+                return Ok(());
+            }
             // NODE_SOCKET_* and other internal messages: nothing to do.
             Some(cmd) if cmd.starts_with("NODE_") => return Ok(()),
             _ => {}
@@ -281,6 +303,22 @@ impl NodeLink {
         Ok(())
     }
 
+    /// A handle the worker sent (`process.send(message, handle)`). clusterd takes none (it reads
+    /// the channel without room for ancillary data, so the kernel closes the fds), but it must
+    /// answer: Node holds every later message of the worker until the handle is acknowledged.
+    /// A `NACK` makes Node send it again (three times at most), then close its copy and warn
+    /// `SentHandleNotReceivedWarning` in the worker: the sender learns that nobody took it.
+    fn refuse_handle(&mut self) {
+        if !self.refused_handle {
+            self.refused_handle = true;
+            tracing::warn!(
+                worker = self.slot,
+                "the worker sent a handle with process.send(); clusterd takes none: refused (NODE_HANDLE_NACK)"
+            );
+        }
+        self.send(&Value::object([("cmd", Value::from("NODE_HANDLE_NACK"))]));
+    }
+
     /// A `NODE_CLUSTER` message from the worker.
     fn cluster(&mut self, message: &Value) -> Result<(), String> {
         let act = message.get("act").and_then(Value::as_str);
@@ -292,8 +330,15 @@ impl NodeLink {
             Some("queryServer") => {
                 let seq = message.get("seq").cloned().unwrap_or(Value::Undefined);
                 let address = message.get("address").and_then(Value::as_str).map(str::to_owned);
-                let port = message.get("port").and_then(Value::as_f64).unwrap_or(0.0);
-                let address_type = message.get("addressType").and_then(Value::as_i64).unwrap_or(4);
+                // A message that only looks like Node's (a worker's own `process.send`) has no
+                // numeric port: refused below, never taken for port 0.
+                let port = message.get("port").and_then(Value::as_f64).unwrap_or(f64::NAN);
+                // 4, 6, -1 (a Unix path), or "udp4"/"udp6" for a dgram socket's bind: UDP is not
+                // shared through clusterd, so anything but a number is refused below.
+                let address_type = match message.get("addressType") {
+                    None => 4,
+                    Some(kind) => kind.as_i64().unwrap_or(0),
+                };
                 let key = format!(
                     "{}:{}:{}:{}:{}",
                     address.as_deref().unwrap_or(""),
@@ -302,8 +347,21 @@ impl NodeLink {
                     message.get("fd").and_then(Value::as_i64).map_or(String::new(), |fd| fd.to_string()),
                     message.get("index").and_then(Value::as_i64).unwrap_or(0),
                 );
+                // A Unix socket path (`server.listen("/run/app.sock")`): Node sends port and
+                // addressType -1 with the path as the address.
+                if address_type == -1
+                    && port == -1.0
+                    && let Some(path) = address.clone().filter(|p| !p.is_empty())
+                {
+                    let query = Query { seq, key, address, port: 0, address_type };
+                    let id = self.next_listen;
+                    self.next_listen = self.next_listen.wrapping_add(1);
+                    self.listens.insert(id, query);
+                    self.pending.push_back(Said::Listen { seq: id, addr: format!("unix:{path}"), index: 0 });
+                    return Ok(());
+                }
                 if !(0.0..=65535.0).contains(&port) || port.fract() != 0.0 || !matches!(address_type, 4 | 6) {
-                    // UDP, pipes and odd ports are not clusterd's to serve: refuse, not hang.
+                    // UDP and odd ports are not clusterd's to serve: refuse (EINVAL), not hang.
                     self.reply_query(&Query { seq, key, address, port: 0, address_type }, Err(-22));
                     return Ok(());
                 }
@@ -317,14 +375,38 @@ impl NodeLink {
                 let id = self.next_listen;
                 self.next_listen = self.next_listen.wrapping_add(1);
                 self.listens.insert(id, query);
-                self.pending.push_back(Said::Listen { seq: id, addr });
+                let index =
+                    message.get("index").and_then(Value::as_i64).and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
+                self.pending.push_back(Said::Listen { seq: id, addr, index });
+            }
+            Some("close") => {
+                // `server.close()` of a server clusterd listens for: its connections go to the
+                // other workers of the group from now on.
+                let key = message.get("key").and_then(Value::as_str);
+                if let Some(group) = self.keys.iter().find(|(_, k)| Some(k.as_str()) == key).map(|(g, _)| *g) {
+                    self.keys.remove(&group);
+                    self.pending.push_back(Said::Unlisten { group });
+                }
             }
             Some("exitedAfterDisconnect") => {
                 if let Some(seq) = message.get("seq").cloned() {
                     self.send_cluster(vec![("ack", seq)]);
                 }
             }
-            // listening, close, and acks of newconn (`accepted`): nothing to do.
+            // The answer to a `newconn`: a refused connection goes to another worker.
+            None => {
+                let seq = message.get("ack").and_then(Value::as_f64);
+                let accepted = message.get("accepted").and_then(Value::as_bool);
+                if let (Some(seq), Some(accepted)) = (seq, accepted)
+                    && let Some(mut handoff) = self.refusable.remove(&(seq as u64))
+                    && !accepted
+                {
+                    handoff.refusals += 1;
+                    tracing::debug!(worker = self.slot, refusals = handoff.refusals, "the worker refused a connection");
+                    crate::listener::reroute(handoff, self.routes.clone());
+                }
+            }
+            // listening: nothing to do.
             _ => {}
         }
         Ok(())
@@ -368,7 +450,9 @@ impl NodeLink {
             ("ack", query.seq.clone()),
             ("data", Value::Null),
         ];
-        if let Ok(port) = result {
+        // A Unix socket has no sockname in Node's reply either (its round-robin handle has no
+        // getsockname).
+        if let (Ok(port), false) = (result, query.address_type == -1) {
             let family = if query.address_type == 6 { "IPv6" } else { "IPv4" };
             let address = query
                 .address
@@ -408,12 +492,14 @@ impl NodeLink {
 
     /// Hands a connection over: a sticky connection (with the request clusterd read) for the
     /// main listeners, a cluster `newconn` for a listener the worker asked for.
-    pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
+    pub async fn hand_over(&mut self, mut handoff: Handoff) -> Option<Option<u32>> {
         let group = handoff.group;
+        // The seq of a `newconn`, whose `accepted` answer may hand the connection on.
+        let mut newconn = None;
         let message = match group {
             None => {
                 let data = match self.mode {
-                    Mode::Advanced => Value::buffer(handoff.initial),
+                    Mode::Advanced => Value::buffer(std::mem::take(&mut handoff.initial)),
                     // A string: `socket.unshift()` takes it, a `{type: "Buffer"}` object it does not.
                     Mode::Json => Value::from(String::from_utf8_lossy(&handoff.initial).into_owned()),
                 };
@@ -425,6 +511,7 @@ impl NodeLink {
             }
             Some(group) => {
                 let key = self.keys.get(&group).cloned().unwrap_or_default();
+                newconn = Some(self.seq);
                 let seq = self.next_seq();
                 Value::object([
                     ("cmd", Value::from("NODE_HANDLE")),
@@ -448,11 +535,29 @@ impl NodeLink {
                 return Some(group);
             }
         };
-        let handle = Out::Handle { frame: frame.into(), fd: handoff.fd, group };
+        let no_sid = handoff.sid.is_none();
+        // For a `newconn`, clusterd keeps its own copy of the connection until the worker says
+        // whether it accepted it, to hand a refused one to another worker (as Node's primary).
+        let fd = match newconn {
+            Some(seq) if handoff.refusals < MAX_REFUSALS && self.refusable.len() < MAX_REFUSABLE => {
+                match handoff.fd.try_clone() {
+                    Ok(copy) => {
+                        self.refusable.insert(seq, handoff);
+                        copy
+                    }
+                    Err(_) => handoff.fd,
+                }
+            }
+            _ => handoff.fd,
+        };
+        let handle = Out::Handle { frame: frame.into(), fd, group };
         if !self.open || self.out.send(handle).await.is_err() {
+            if let Some(seq) = newconn {
+                self.refusable.remove(&seq);
+            }
             return Some(group);
         }
-        if group.is_none() && handoff.sid.is_none() {
+        if group.is_none() && no_sid {
             // A handshake (or plain HTTP): counted until the worker reports its session.
             self.handshakes.push_back(Instant::now());
             None

@@ -150,10 +150,15 @@ impl Dispatcher {
                     self.pools.connection_closed(group, event.incarnation);
                 }
             }
-            EventKind::Listen { seq, addr } => {
+            EventKind::Unlisten(group) => {
+                if let Some(addr) = self.pools.leave(group, event.incarnation) {
+                    tracing::info!(worker = slot.id, pid = process.pid, %addr, "the worker closed its server");
+                }
+            }
+            EventKind::Listen { seq, addr, index } => {
                 let ready = process.routable() && self.stop.is_none() && !slot.removing;
                 let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());
-                let (result, group) = self.listen_for(key, slot_id, ready, &addr);
+                let (result, group) = self.listen_for(key, slot_id, ready, &addr, index);
                 handle.send(Command::Listening { seq, result, group });
             }
             EventKind::SessionOpen { seq, sid } => {
@@ -653,15 +658,18 @@ impl Dispatcher {
 
     /// A worker asks clusterd to listen on `addr`: join the listener already serving it, or bind
     /// it and start its accept loop.
-    fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str) -> (ListenResult, Option<u32>) {
+    fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str, index: u32) -> (ListenResult, Option<u32>) {
         let asked: ListenAddr = match addr.parse() {
             Ok(asked) => asked,
             Err(reason) => return (ListenResult::Failed { reason }, None),
         };
+        // Only port 0 gives a worker's second listen a port of its own (as Node's primary does);
+        // a second listen on a fixed port or path joins the first.
+        let index = if matches!(&asked, ListenAddr::Tcp(a) if a.port() == 0) { index } else { 0 };
         if let Some(answer) = self.listen_taken(&asked) {
             return (answer, None);
         }
-        if let Some((group, bound)) = self.pools.find_group(&asked) {
+        if let Some((group, bound)) = self.pools.find_group(&asked, index) {
             self.pools.join(group, key, slot, ready);
             return (ListenResult::Bound { addr: bound }, Some(group));
         }
@@ -677,7 +685,7 @@ impl Dispatcher {
             }
         };
         let (addr, unix_path) = (bound.addr().to_owned(), bound.unix_path());
-        let group = self.pools.add_group(asked, addr.clone(), unix_path);
+        let group = self.pools.add_group(asked, index, addr.clone(), unix_path);
         if let Err(error) = crate::listener::serve_one(bound, Some(group), self.limits, self.routes.clone()) {
             return (ListenResult::Failed { reason: error.to_string() }, None);
         }

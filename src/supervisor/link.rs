@@ -21,6 +21,9 @@ pub enum Said {
     Listen {
         seq: u32,
         addr: String,
+        /// Which of the worker's listens on this same address it is (0 for the first): Node
+        /// gives the n-th `listen(0)` of every worker one shared port, distinct from the others'.
+        index: u32,
     },
     /// It opened a session; `seq` is answered with [`Link::session_ack`] when the protocol has acks.
     SessionOpen {
@@ -37,6 +40,11 @@ pub enum Said {
     /// It gave a connection back (a later request on it belongs to another worker's session):
     /// that connection closed for this worker, and goes to be routed again.
     Handback(Box<Handoff>),
+    /// It closed its server of a listener group it asked for (Node's `server.close()`): route
+    /// that group's connections to it no more.
+    Unlisten {
+        group: u32,
+    },
 }
 
 /// What reading a link gave.
@@ -52,7 +60,8 @@ pub enum Heard {
 /// One worker's link, in either protocol.
 pub enum Link {
     Native(super::native::NativeLink),
-    Node(crate::node::link::NodeLink),
+    // Boxed: a Node link carries far more state than a native one.
+    Node(Box<crate::node::link::NodeLink>),
 }
 
 impl Link {

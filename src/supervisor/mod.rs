@@ -233,6 +233,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         ready_on: config.ready_on,
         ready_timeout: config.ready_timeout,
         heartbeat_timeout: config.heartbeat_timeout,
+        grace: config.grace,
         spawner,
         logs,
         routes: routes.clone(),

@@ -195,7 +195,7 @@ impl NativeLink {
                 Ok(Said::Closed(ids.iter().map(|id| self.grouped.remove(id)).collect()))
             }
             FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
-            FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr }),
+            FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr, index: 0 }),
             FromWorker::SessionOpen { seq, sid } => Ok(Said::SessionOpen { seq: Some(seq), sid }),
             FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
             FromWorker::Capacity { full } => Ok(Said::Capacity { full }),
@@ -347,7 +347,7 @@ fn handback(
         _ => None,
     };
     let ip = peer.socket_addr().map(|a| a.ip()).filter(|_| limits.sticky == crate::config::Sticky::Ip);
-    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed: claimed.is_some() })
+    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed: claimed.is_some(), refusals: 0 })
 }
 
 /// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.

@@ -16,6 +16,8 @@ use crate::config::{Balance, ListenAddr, Sticky};
 struct Group {
     /// What the workers asked for, and what was bound (port 0 resolved).
     asked: ListenAddr,
+    /// Which listen of each worker on `asked` this is (see `Said::Listen`).
+    index: u32,
     bound: String,
     unix_path: Option<PathBuf>,
     balancer: Balancer,
@@ -115,19 +117,20 @@ impl Pools {
         self.main.session_count()
     }
 
-    /// The group already serving `asked` (same address asked, or the same address bound).
-    pub fn find_group(&self, asked: &ListenAddr) -> Option<(u32, String)> {
+    /// The group already serving `asked` as a worker's `index`-th listen on it (same address
+    /// asked, or the same address bound).
+    pub fn find_group(&self, asked: &ListenAddr, index: u32) -> Option<(u32, String)> {
         self.groups
             .iter()
-            .position(|g| &g.asked == asked || g.bound == asked.to_string())
+            .position(|g| g.index == index && (&g.asked == asked || g.bound == asked.to_string()))
             .map(|i| (i as u32, self.groups[i].bound.clone()))
     }
 
     /// A new group for a bound listener; returns its id.
-    pub fn add_group(&mut self, asked: ListenAddr, bound: String, unix_path: Option<PathBuf>) -> u32 {
+    pub fn add_group(&mut self, asked: ListenAddr, index: u32, bound: String, unix_path: Option<PathBuf>) -> u32 {
         let seed = u64::from(std::process::id()) ^ (self.groups.len() as u64 + 1);
         let balancer = Balancer::new(self.method, self.sticky, seed, self.ttl);
-        self.groups.push(Group { asked, bound, unix_path, balancer });
+        self.groups.push(Group { asked, index, bound, unix_path, balancer });
         self.groups.len() as u32 - 1
     }
 
@@ -137,6 +140,13 @@ impl Pools {
             g.balancer.add_worker(key, slot);
             g.balancer.set_ready(key, ready);
         }
+    }
+
+    /// The worker takes no more connections of this group; the group's address, if it was in it.
+    pub fn leave(&mut self, group: u32, key: WorkerKey) -> Option<&str> {
+        let g = self.groups.get_mut(group as usize)?;
+        g.balancer.remove_worker(key);
+        Some(g.bound.as_str())
     }
 
     /// The addresses of the groups' listeners.

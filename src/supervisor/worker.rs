@@ -39,6 +39,8 @@ pub struct Settings {
     pub serialization: crate::config::Serialization,
     pub ready_timeout: Duration,
     pub heartbeat_timeout: Option<Duration>,
+    /// `--grace`: also how long a worker that closed its channel by itself may take to exit.
+    pub grace: Duration,
     pub spawner: Spawner,
     pub logs: LogSink,
     /// Where connections go that reach this worker after it started draining.
@@ -107,6 +109,7 @@ pub enum EventKind {
     Listen {
         seq: u32,
         addr: String,
+        index: u32,
     },
     SessionOpen {
         /// To acknowledge, when the protocol has acknowledgements (native).
@@ -120,6 +123,8 @@ pub enum EventKind {
     Capacity {
         full: bool,
     },
+    /// It closed its server of this listener group.
+    Unlisten(u32),
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
 }
@@ -166,7 +171,7 @@ async fn run(
     let started = Instant::now();
     let started_link = match settings.protocol {
         Protocol::Native => NativeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Native(link), s)),
-        Protocol::Node => NodeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Node(link), s)),
+        Protocol::Node => NodeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Node(Box::new(link)), s)),
     };
     let (mut link, spawned) = match started_link {
         Ok(parts) => parts,
@@ -189,6 +194,8 @@ async fn run(
     let ready_deadline = started + settings.ready_timeout;
     let mut heartbeat_deadline: Option<Instant> = None;
     let mut kill_deadline: Option<Instant> = None;
+    // A Node worker closed its channel by itself: when it gets SIGTERM if it still runs.
+    let mut disconnected: Option<Instant> = None;
     // Only a worker that must say it is ready can be stuck for want of the protocol.
     let mut greeted = false;
     let mut hinted = settings.ready_on == ReadyOn::Spawn && !settings.main_listeners;
@@ -211,7 +218,7 @@ async fn run(
                             Some(EventKind::Ready)
                         }
                         Said::Closed(groups) => Some(EventKind::ConnectionsClosed(groups)),
-                        Said::Listen { seq, addr } => Some(EventKind::Listen { seq, addr }),
+                        Said::Listen { seq, addr, index } => Some(EventKind::Listen { seq, addr, index }),
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
                         Said::Capacity { full } => Some(EventKind::Capacity { full }),
@@ -221,6 +228,7 @@ async fn run(
                             crate::listener::reroute(*handoff, settings.routes.clone());
                             Some(EventKind::ConnectionsClosed(vec![group]))
                         }
+                        Said::Unlisten { group } => Some(EventKind::Unlisten(group)),
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {
@@ -243,11 +251,23 @@ async fn run(
                     if killed.is_some() && link.term_after_close() {
                         // Node's `worker.kill()`: the disconnect is done, now the signal.
                         signal_group(pid, Signal::SIGTERM);
+                    } else if killed.is_none() && link.term_after_close() && disconnected.is_none() {
+                        // The worker closed its channel itself (`cluster.worker.disconnect()`,
+                        // `process.disconnect()`, or it is exiting): nothing can reach it any
+                        // more, so it leaves the pool as in a drain; its slot is filled once it
+                        // exits. Said only if it does not (most are gone a moment later).
+                        disconnected = Some(Instant::now() + settings.grace);
+                        report(EventKind::Draining).await;
                     }
                 }
             },
             command = commands.recv() => match command {
                 Some(Command::Drain { grace }) => {
+                    if killed.is_none() && disconnected.is_some() {
+                        // Its channel is closed: the signal is the only way left to ask.
+                        killed = Some(KillReason::Stop);
+                        signal_group(pid, Signal::SIGTERM);
+                    }
                     if killed.is_none() {
                         killed = Some(KillReason::Stop);
                         // Connections queued before the drain go first: the worker takes everything
@@ -273,7 +293,7 @@ async fn run(
                 }
             },
             Some(handoff) = handoffs.recv() => {
-                if killed.is_some() {
+                if killed.is_some() || disconnected.is_some() {
                     // Picked before the drain began: it goes to a worker that takes connections.
                     report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
                     crate::listener::reroute(handoff, settings.routes.clone());
@@ -312,6 +332,19 @@ async fn run(
                 killed = Some(KillReason::HeartbeatTimeout);
                 report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
+            }
+            () = sleep_until(disconnected.unwrap_or(far)), if disconnected.is_some() && killed.is_none() => {
+                // It was never asked to go: the signal a drain sends, then SIGKILL after --grace.
+                tracing::warn!(
+                    worker = launch.slot,
+                    pid = pid.as_raw(),
+                    "the worker closed its IPC channel (worker.disconnect() or process.disconnect()) {} ago and \
+                     still runs: SIGTERM",
+                    show(settings.grace)
+                );
+                killed = Some(KillReason::Stop);
+                kill_deadline = Some(Instant::now() + settings.grace);
+                signal_group(pid, Signal::SIGTERM);
             }
             () = sleep_until(kill_deadline.unwrap_or(far)), if kill_deadline.is_some() => {
                 tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "still running after the grace time: SIGKILL");

@@ -5,8 +5,9 @@
 // fetchSockets, serverSideEmit with acks, a broadcast with acks, socketsJoin.
 // Prints one JSON line; exits 1 on error, 2 on timeout.
 //
-//   node node_cluster.mjs <url> <clients> [after-kill|load|big]
+//   node node_cluster.mjs <url>[,<url>...] <clients> [after-kill|load|big]
 //
+// With several URLs (the default phase), the clients spread over them in turn.
 // With `after-kill`, the clients connect, print {"ready": true, ...} and wait for a line on stdin
 // (the test kills a worker meanwhile); then the clients of the surviving workers ask fetchSockets
 // and serverSideEmit, timed, and the dead worker's clients connect again. With `load`, the clients (polling and WebSocket) all start at once
@@ -18,7 +19,11 @@ import { io } from "socket.io-client";
 import { asker } from "./lib.mjs";
 import { createInterface } from "node:readline";
 
-const [url, count = "6", phase = ""] = process.argv.slice(2);
+const [urlArg, count = "6", phase = ""] = process.argv.slice(2);
+// Several URLs, comma-separated (several clusterd hosts): client i connects to URL i mod n.
+const urls = (urlArg || "").split(",");
+const url = urls[0];
+const urlOf = (index) => urls[index % urls.length];
 if (!url) {
   console.error("usage: node node_cluster.mjs <url> <clients> [after-kill|load|big]");
   process.exit(64);
@@ -33,7 +38,7 @@ const ask = asker(10_000);
 
 async function connect(index) {
   const transports = index % 2 === 0 ? ["polling"] : ["polling", "websocket"];
-  const socket = io(url, { transports, forceNew: true, reconnection: false });
+  const socket = io(urlOf(index), { transports, forceNew: true, reconnection: false });
   socket.on("connect_error", (e) => errors.push(`client ${index}: connect_error ${e.message}`));
   socket.on("question", (ack) => ack({ index }));
   await new Promise((resolve) => socket.once("connect", resolve));

@@ -3,7 +3,7 @@
 // `io.adapter(createAdapter())` and `setupWorker(io)`. It runs unmodified under
 // `clusterd --protocol node`: clusterd is its primary.
 //
-// Only the packages vary (env STICKY=1|2, ADAPTER=0.2|0.3, both from tests/node/package.json),
+// Only the packages vary (env STICKY=1|2, ADAPTER=0.2|0.3|redis|redis-streams, from tests/node/package.json),
 // and the handlers below give the tests something to ask:
 //   whoami -> {worker, pid}; "echo" (payload) -> ack(payload); "broadcast" (payload) -> io.emit("broadcast", payload, worker);
 //   "fetch" -> ack(ids of io.fetchSockets()); "server ask" -> serverSideEmit with acks;
@@ -12,16 +12,36 @@
 const http = require("http");
 const { Server } = require("socket.io");
 const { setupWorker } = require(process.env.STICKY === "1" ? "sticky1" : "@socket.io/sticky");
-const { createAdapter } = require(process.env.ADAPTER === "0.2" ? "cluster-adapter-02" : "@socket.io/cluster-adapter");
 
 const worker = Number(process.env.NODE_APP_INSTANCE);
 const httpServer = http.createServer();
-const io = new Server(httpServer);
-io.adapter(createAdapter());
+// ADAPTER=redis or redis-streams (with REDIS_URL): no cluster adapter, the workers meet in Redis
+// (`@socket.io/redis-adapter`, or `@socket.io/redis-streams-adapter` with connection state
+// recovery). The clients connect at once and the adapter is set in the first tick: node-redis
+// queues the adapter's commands until its connection is up.
+const recovery = process.env.ADAPTER === "redis-streams" ? { connectionStateRecovery: { maxDisconnectionDuration: 60_000 } } : {};
+const io = new Server(httpServer, recovery);
+if (process.env.ADAPTER === "redis" || process.env.ADAPTER === "redis-streams") {
+  const { createClient } = require("redis");
+  const pub = createClient({ url: process.env.REDIS_URL });
+  pub.on("error", (e) => console.error(`redis: ${e.message}`));
+  pub.connect();
+  if (process.env.ADAPTER === "redis") {
+    const sub = pub.duplicate();
+    sub.on("error", (e) => console.error(`redis: ${e.message}`));
+    sub.connect();
+    io.adapter(require("@socket.io/redis-adapter").createAdapter(pub, sub));
+  } else {
+    io.adapter(require("@socket.io/redis-streams-adapter").createAdapter(pub));
+  }
+} else {
+  const { createAdapter } = require(process.env.ADAPTER === "0.2" ? "cluster-adapter-02" : "@socket.io/cluster-adapter");
+  io.adapter(createAdapter());
+}
 setupWorker(io);
 
 io.on("connection", (socket) => {
-  socket.on("whoami", (ack) => ack({ worker, pid: process.pid }));
+  socket.on("whoami", (ack) => ack({ worker, pid: process.pid, recovered: socket.recovered }));
   socket.on("echo", (payload, ack) => ack(payload));
   socket.on("broadcast", (payload) => io.emit("broadcast", payload, worker));
   socket.on("fetch", async (ack) => {
