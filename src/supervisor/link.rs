@@ -58,9 +58,9 @@ pub enum Heard {
 }
 
 /// One worker's link, in either protocol.
+// Both boxed: the links differ in size, and a worker task holds one for its whole life.
 pub enum Link {
-    Native(super::native::NativeLink),
-    // Boxed: a Node link carries far more state than a native one.
+    Native(Box<super::native::NativeLink>),
     Node(Box<crate::node::link::NodeLink>),
 }
 

@@ -170,7 +170,9 @@ async fn run(
     };
     let started = Instant::now();
     let started_link = match settings.protocol {
-        Protocol::Native => NativeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Native(link), s)),
+        Protocol::Native => {
+            NativeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Native(Box::new(link)), s))
+        }
         Protocol::Node => NodeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Node(Box::new(link)), s)),
     };
     let (mut link, spawned) = match started_link {
