@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::bridge::options::BridgeConfig;
 use crate::cli::RunArgs;
 use crate::duration::parse_duration;
 
@@ -168,6 +169,12 @@ struct FileConfig {
     #[serde(default, deserialize_with = "de_duration")]
     sniff_timeout: Option<Duration>,
     bus_queue: Option<usize>,
+    bridge: Option<String>,
+    bridge_group: Option<String>,
+    bridge_ca: Option<PathBuf>,
+    bridge_queue: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    bridge_host_timeout: Option<Duration>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     command: Option<Vec<String>>,
@@ -214,6 +221,8 @@ pub struct Config {
     pub sniff_timeout: Duration,
     /// Bytes of bus messages queued for one worker before messages to it are dropped.
     pub bus_queue: usize,
+    /// `--bridge` and its companions; `None` without a bridge.
+    pub bridge: Option<BridgeConfig>,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub program: OsString,
@@ -227,6 +236,14 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        let bridge = bridge_config(
+            &run.bridge,
+            &run.bridge_group,
+            &run.bridge_ca,
+            run.bridge_queue,
+            run.bridge_host_timeout,
+            &file,
+        )?;
         let workers_given = run.workers.or(file.workers).unwrap_or(WorkerCount::Auto);
         let (workers, workers_auto) = match workers_given {
             WorkerCount::Fixed(n) => (n, false),
@@ -275,6 +292,7 @@ impl Config {
             sniff_bytes: run.sniff_bytes.or(file.sniff_bytes).unwrap_or(8 * 1024),
             sniff_timeout: run.sniff_timeout.or(file.sniff_timeout).unwrap_or(Duration::from_secs(5)),
             bus_queue: run.bus_queue.or(file.bus_queue).unwrap_or(64 * 1024 * 1024),
+            bridge,
             control: control.or(file.control).unwrap_or_else(default_control_path),
             log_format: run.log_format.or(file.log_format).unwrap_or_default(),
             program,
@@ -323,6 +341,43 @@ impl Config {
         resolve_program(&self.program).map_err(|message| ConfigError::Invalid { what: "program", message })?;
         Ok(())
     }
+}
+
+/// The bridge's options, layered as the others, checked (a bad URL, scheme or CA file: exit 2
+/// naming the option; a password never appears in the message).
+fn bridge_config(
+    url: &Option<String>,
+    group: &Option<String>,
+    ca: &Option<PathBuf>,
+    queue: Option<usize>,
+    host_timeout: Option<Duration>,
+    file: &FileConfig,
+) -> Result<Option<BridgeConfig>, ConfigError> {
+    use crate::bridge::options as o;
+    let invalid = |what, message| ConfigError::Invalid { what, message };
+    let Some(text) = url.clone().or_else(|| file.bridge.clone()) else {
+        if ca.is_some() || file.bridge_ca.is_some() {
+            return Err(invalid("--bridge-ca", "only with --bridge rediss://…".into()));
+        }
+        return Ok(None);
+    };
+    let url = o::BridgeUrl::parse(&text).map_err(|message| invalid("--bridge", message))?;
+    let group = group.clone().or_else(|| file.bridge_group.clone()).unwrap_or_else(|| o::DEFAULT_GROUP.into());
+    o::check_group(&group).map_err(|message| invalid("--bridge-group", message))?;
+    let ca = match ca.as_ref().or(file.bridge_ca.as_ref()) {
+        Some(_) if !url.tls() => return Err(invalid("--bridge-ca", "only with a rediss:// URL".into())),
+        Some(path) => Some(o::read_ca(path).map_err(|message| invalid("--bridge-ca", message))?),
+        None => None,
+    };
+    let queue = queue.or(file.bridge_queue).unwrap_or(o::DEFAULT_QUEUE);
+    if queue < o::MIN_QUEUE {
+        return Err(invalid("--bridge-queue", format!("must be at least {} bytes (64 KiB)", o::MIN_QUEUE)));
+    }
+    let host_timeout = host_timeout.or(file.bridge_host_timeout).unwrap_or(o::DEFAULT_HOST_TIMEOUT);
+    if !(o::MIN_HOST_TIMEOUT..=o::MAX_HOST_TIMEOUT).contains(&host_timeout) {
+        return Err(invalid("--bridge-host-timeout", "must be 300ms to 60s".into()));
+    }
+    Ok(Some(BridgeConfig { url, group, ca, queue, host_timeout }))
 }
 
 /// Finds the program as `exec` will (a path with a slash as is, else through `PATH`) and checks

@@ -487,6 +487,7 @@ impl Dispatcher {
                 .collect::<Vec<_>>()
                 .join(" "),
             workers,
+            bridge: self.bridge.as_ref().map(crate::bridge::Handle::status),
         }
     }
 }

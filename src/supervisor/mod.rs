@@ -87,6 +87,8 @@ pub struct Parts {
     pub limits: Limits,
     pub routes: mpsc::Sender<RouteMsg>,
     pub relay: mpsc::Sender<crate::relay::Input>,
+    /// The bridge to other hosts, for `status`.
+    pub bridge: Option<crate::bridge::Handle>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -170,6 +172,7 @@ struct Rollout {
 
 struct Dispatcher {
     config: Config,
+    bridge: Option<crate::bridge::Handle>,
     settings: Arc<Settings>,
     policy: RestartPolicy,
     slots: Vec<Slot>,
@@ -200,7 +203,7 @@ struct HeldPick {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes, relay } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bridge } = parts;
     let node_relay = (config.protocol == crate::config::Protocol::Node)
         .then(|| crate::node::relay::start(config.bus_queue, config.serialization));
     let settings = Arc::new(Settings {
@@ -235,6 +238,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         held: Vec::new(),
         settings,
         config,
+        bridge,
     };
     // The whole table first: every worker's CLUSTERD_WORKER_COUNT is the pool size.
     d.slots = (0..d.config.workers).map(Slot::new).collect();

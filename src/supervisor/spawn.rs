@@ -25,9 +25,17 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::{Notify, oneshot};
 
-/// Variables that belong to clusterd alone and never reach a worker.
-const PRIVATE_ENV: &[&str] =
-    &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"];
+/// Variables that belong to clusterd alone and never reach a worker (`CLUSTERD_BRIDGE` may hold
+/// the Redis password).
+const PRIVATE_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "CLUSTERD_BRIDGE",
+];
 
 /// pid → where its exit status goes.
 type Registry = Arc<Mutex<HashMap<i32, oneshot::Sender<WaitStatus>>>>;
