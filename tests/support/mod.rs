@@ -504,6 +504,19 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `PUBLISH channel payload`, any bytes (through `redis-cli -x`, which reads the last
+    /// argument from stdin).
+    pub fn publish(&self, channel: &str, payload: &[u8]) {
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-x", "PUBLISH", channel])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli must be installed (scripts/install-redis)");
+        child.stdin.take().unwrap().write_all(payload).unwrap();
+        assert!(child.wait().unwrap().success(), "redis-cli PUBLISH {channel}");
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
