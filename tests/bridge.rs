@@ -320,3 +320,17 @@ fn the_password_is_in_no_log_status_worker_environment_or_argv() {
     c.wait_exit();
     assert!(!c.stderr_dump().contains("hunter2"), "{}", c.stderr_dump());
 }
+
+#[test]
+fn the_example_config_of_a_host_is_valid() {
+    let redis = Redis::start();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/several-hosts.toml");
+    let mut c = Builder::new()
+        .args(&["--config", file, "--workers", "1", "--listen", "127.0.0.1:0"])
+        .env("CLUSTERD_BRIDGE", &redis.url())
+        .program(&[&chat()])
+        .start();
+    c.wait_ready(1);
+    let bridge = wait_hosts(&mut c, 1);
+    assert_eq!(bridge["group"], "chat-prod");
+}
