@@ -334,3 +334,69 @@ fn the_example_config_of_a_host_is_valid() {
     let bridge = wait_hosts(&mut c, 1);
     assert_eq!(bridge["group"], "chat-prod");
 }
+
+/// A host of unmodified Node workers (tests/node/workers/socketio-worker.cjs, cluster-adapter 0.3).
+fn node_host(url: &str, workers: usize, more: &[&str]) -> Cluster {
+    let script = node_dir().join("workers/socketio-worker.cjs");
+    let n = workers.to_string();
+    let mut args = vec!["--protocol", "node", "--workers", &n, "--listen", "127.0.0.1:0", "--bridge", url];
+    args.extend_from_slice(more);
+    let mut c = Builder::new()
+        .args(&args)
+        .program(&["node", script.to_str().unwrap()])
+        .env("STICKY", "2")
+        .env("ADAPTER", "0.3")
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    c.wait_ready(workers);
+    c
+}
+
+fn node_hosts_mjs(urls: &[String], per_host: usize, workers: usize) -> Value {
+    let out = Command::new("node")
+        .arg(node_dir().join("node_hosts.mjs"))
+        .arg(per_host.to_string())
+        .arg(workers.to_string())
+        .args(urls)
+        .output()
+        .expect("node (Node.js) must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "node_hosts.mjs: {result:#}");
+    result
+}
+
+#[test]
+fn node_workers_on_two_hosts_act_as_one_cluster() {
+    let redis = Redis::start();
+    let mut a = node_host(&redis.url(), 2, &[]);
+    let mut b = node_host(&redis.url(), 2, &[]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 3, 4);
+    assert_eq!(result["clients"], 6, "{result:#}");
+}
+
+#[test]
+fn node_workers_hear_at_once_that_a_killed_host_is_gone() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = node_host(&redis.url(), 2, &timeout);
+    let mut b = node_host(&redis.url(), 2, &timeout);
+    let mut c = node_host(&redis.url(), 1, &timeout);
+    for h in [&mut a, &mut b, &mut c] {
+        wait_hosts(h, 3);
+    }
+    node_hosts_mjs(&[http(&a), http(&b), http(&c)], 1, 5);
+    c.signal(nix::sys::signal::Signal::SIGKILL);
+    c.wait_exit();
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    // The survivors' adapters were told that the dead host's adapter is closed: serverSideEmit
+    // expects the 3 other workers at once, without the adapters' 10 s heartbeat timeout.
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 2, 4);
+    for r in result["results"].as_array().unwrap() {
+        assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");
+    }
+}

@@ -68,6 +68,11 @@ pub fn requests(group: &str) -> String {
     format!("{group}:requests")
 }
 
+/// Where the Node workers' cluster-adapter messages go (`--protocol node`).
+pub fn node(group: &str) -> String {
+    format!("{group}:node")
+}
+
 /// Where one host gets the answers to its requests.
 pub fn host(group: &str, id: HostId) -> String {
     format!("{group}:host:{id:016x}")
@@ -101,7 +106,7 @@ mod tests {
 
     #[test]
     fn own_channels_are_never_bridged() {
-        for name in [hosts("g"), requests("g"), host("g", 5)] {
+        for name in [hosts("g"), requests("g"), host("g", 5), node("g")] {
             assert!(!bridged(&name), "{name}");
         }
         assert_eq!(host("g", 255), "g:host:00000000000000ff");

@@ -32,6 +32,9 @@ pub enum Wire {
     Request { host: HostId, id: u64, channel: String, timeout_ms: u32, payload: Vec<u8> },
     /// `host`'s answers to the request `id` of the host whose channel this is on.
     Answers { host: HostId, id: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32> },
+    /// A Node worker's cluster-adapter message (`--protocol node`), as its channel framed it:
+    /// `mode` 0 is `advanced`, 1 is `json`.
+    Node { host: HostId, mode: u8, frame: Vec<u8> },
 }
 
 /// Why a message was dropped.
@@ -106,6 +109,14 @@ impl Wire {
                     return Err(Malformed::Invalid("a request on a channel that is not bridged"));
                 }
             }
+            Self::Node { host, mode, frame } => {
+                if *host == 0 {
+                    return Err(Malformed::Invalid("host id 0"));
+                }
+                if *mode > 1 || frame.is_empty() {
+                    return Err(Malformed::Invalid("an unknown serialization or an empty frame"));
+                }
+            }
             Self::Answers { host, answers, missing, .. } => {
                 if *host == 0 {
                     return Err(Malformed::Invalid("host id 0"));
@@ -137,6 +148,7 @@ mod tests {
                 payload: vec![1],
             },
             Wire::Answers { host: 8, id: 9, answers: vec![(0, vec![]), (1, vec![2])], missing: vec![3] },
+            Wire::Node { host: 8, mode: 1, frame: b"{}\n".to_vec() },
         ];
         for wire in all {
             assert_eq!(Wire::decode(&wire.encode()), Ok(wire));

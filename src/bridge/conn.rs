@@ -83,6 +83,7 @@ pub(super) struct Task {
     pub relay: mpsc::Sender<Input>,
     leave: Arc<Notify>,
     left: Arc<Notify>,
+    node: Arc<std::sync::OnceLock<mpsc::Sender<crate::node::relay::Input>>>,
     me: HostId,
     channels: OwnChannels,
     hosts: Hosts,
@@ -101,6 +102,7 @@ struct OwnChannels {
     hosts: String,
     requests: String,
     mine: String,
+    node: String,
 }
 
 impl Task {
@@ -109,22 +111,23 @@ impl Task {
         client: redis::Client,
         shared: Arc<Shared>,
         relay: mpsc::Sender<Input>,
-        leave: Arc<Notify>,
-        left: Arc<Notify>,
+        handle: &super::Handle,
     ) -> Self {
         let me = host_id();
         let channels = OwnChannels {
             hosts: channels::hosts(&config.group),
             requests: channels::requests(&config.group),
             mine: channels::host(&config.group, me),
+            node: channels::node(&config.group),
         };
         Self {
             config,
             client,
             shared,
             relay,
-            leave,
-            left,
+            leave: Arc::clone(&handle.leave),
+            left: Arc::clone(&handle.left),
+            node: Arc::clone(&handle.node),
             me,
             channels,
             hosts: Hosts::default(),
@@ -198,7 +201,7 @@ impl Task {
             .set_response_timeout(Some(self.deadline()));
         let publisher = self.client.get_multiplexed_async_connection_with_config(&settings).await?;
         let (mut control, messages) = self.client.get_async_pubsub().await?.split();
-        let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine];
+        let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
         control.subscribe(&own).await?;
         let mut live = Live { publisher, control, messages, subscribed: BTreeSet::new(), echoes: HashMap::new() };
         self.sync_subscriptions(&mut live).await?;
@@ -357,6 +360,11 @@ impl Task {
                         pipe.cmd("PUBLISH").arg(&self.channels.requests).arg(wire.encode()).ignore();
                         published += 1;
                     }
+                    Out::Node { mode, frame } => {
+                        let wire = Wire::Node { host: self.me, mode, frame: frame.to_vec() };
+                        pipe.cmd("PUBLISH").arg(&self.channels.node).arg(wire.encode()).ignore();
+                        published += 1;
+                    }
                     Out::Answers { id, answers, missing } => {
                         let Some((host, their_id, _)) = self.inbound.remove(&id) else { continue };
                         let wire = Wire::Answers { host: self.me, id: their_id, answers, missing };
@@ -382,7 +390,8 @@ impl Task {
     async fn incoming(&mut self, live: &mut Live, message: &redis::Msg) -> redis::RedisResult<()> {
         let channel = message.get_channel_name();
         let payload = message.get_payload_bytes();
-        if channel == self.channels.hosts || channel == self.channels.requests || channel == self.channels.mine {
+        let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
+        if own.iter().any(|own| own.as_str() == channel) {
             match Wire::decode(payload) {
                 Ok(wire) => {
                     self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -443,6 +452,14 @@ impl Task {
                     self.shared.out.push(Out::Answers { id: local, answers: Vec::new(), missing: Vec::new() });
                 }
             }
+            Wire::Node { host, mode, frame } if host != self.me => {
+                if let Some(node) = self.node.get() {
+                    let mode =
+                        if mode == 0 { crate::node::frame::Mode::Advanced } else { crate::node::frame::Mode::Json };
+                    let input = crate::node::relay::BridgeInput::Frame { host, mode, frame };
+                    let _ = node.send(crate::node::relay::Input::Bridge(input)).await;
+                }
+            }
             Wire::Answers { host, id, answers, missing } => {
                 let Some(ask) = self.asks.get_mut(&id) else { return Ok(()) };
                 if ask.waiting.remove(&host).is_some() {
@@ -482,7 +499,14 @@ impl Task {
                     tracing::warn!(host = %format!("{host:016x}"), "bridge: a host timed out; counted out");
                 }
             }
+            if let (Change::Joined(_), Some(node)) = (change, self.node.get()) {
+                let _ = node.send(crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::HostJoined)).await;
+            }
             let (Change::Left(host) | Change::TimedOut(host)) = change else { continue };
+            if let Some(node) = self.node.get() {
+                let gone = crate::node::relay::BridgeInput::HostGone { host: *host };
+                let _ = node.send(crate::node::relay::Input::Bridge(gone)).await;
+            }
             let done: Vec<u64> = self
                 .asks
                 .iter_mut()

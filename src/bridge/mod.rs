@@ -109,9 +109,20 @@ pub struct Handle {
     stats: Arc<Stats>,
     leave: Arc<tokio::sync::Notify>,
     left: Arc<tokio::sync::Notify>,
+    sink: Sink,
+    /// The relay of Node workers (`--protocol node`), once the supervisor started it.
+    node: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::node::relay::Input>>>,
 }
 
 impl Handle {
+    /// Joins the relay of Node workers (`--protocol node`) to the other hosts.
+    pub async fn attach_node(&self, relay: tokio::sync::mpsc::Sender<crate::node::relay::Input>) {
+        let attach = crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::Attach(self.sink.clone()));
+        if relay.send(attach).await.is_ok() {
+            let _ = self.node.set(relay);
+        }
+    }
+
     pub fn status(&self) -> BridgeStatus {
         let s = &self.stats;
         BridgeStatus {
@@ -191,6 +202,15 @@ impl Sink {
         true
     }
 
+    /// A local Node worker's cluster-adapter message, for the Node workers of the other hosts.
+    pub fn node(&self, mode: crate::node::frame::Mode, frame: &Bytes) {
+        let mode = match mode {
+            crate::node::frame::Mode::Advanced => 0,
+            crate::node::frame::Mode::Json => 1,
+        };
+        self.push(Out::Node { mode, frame: frame.clone() });
+    }
+
     /// The local answers to another host's request.
     pub fn answers(&self, id: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32>) {
         self.push(Out::Answers { id, answers, missing });
@@ -227,16 +247,18 @@ pub fn start(
         local: Mutex::default(),
         local_changed: tokio::sync::Notify::new(),
     });
+    let sink = Sink { shared: Arc::clone(&shared) };
     let handle = Handle {
         url: config.url.redacted().to_owned(),
         group: config.group.clone(),
         stats,
         leave: Arc::new(tokio::sync::Notify::new()),
         left: Arc::new(tokio::sync::Notify::new()),
+        sink: sink.clone(),
+        node: Arc::default(),
     };
     let client = conn::client(&config)?;
-    let sink = Sink { shared: Arc::clone(&shared) };
-    let task = conn::Task::new(config, client, shared, relay, handle.leave.clone(), handle.left.clone());
+    let task = conn::Task::new(config, client, shared, relay, &handle);
     tokio::spawn(async move {
         // The relay learns of the bridge before anything can come from Redis.
         if task.relay.send(crate::relay::Input::Bridge(crate::relay::BridgeInput::Attach(sink))).await.is_ok() {

@@ -19,6 +19,8 @@ pub enum Out {
     Request { id: u64, channel: String, payload: Vec<u8>, timeout_ms: u32 },
     /// The local answers to another host's request (the bridge's id for it).
     Answers { id: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32> },
+    /// A Node worker's cluster-adapter message, framed in `mode` (`--protocol node`).
+    Node { mode: u8, frame: Bytes },
 }
 
 impl Out {
@@ -30,6 +32,7 @@ impl Out {
                 Self::Answers { answers, missing, .. } => {
                     answers.iter().map(|(_, a)| a.len() + 8).sum::<usize>() + missing.len() * 4
                 }
+                Self::Node { frame, .. } => frame.len(),
             }
     }
 }

@@ -206,6 +206,9 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
     let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bridge } = parts;
     let node_relay = (config.protocol == crate::config::Protocol::Node)
         .then(|| crate::node::relay::start(config.bus_queue, config.serialization));
+    if let (Some(bridge), Some(node_relay)) = (&bridge, &node_relay) {
+        bridge.attach_node(node_relay.clone()).await;
+    }
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
