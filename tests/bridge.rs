@@ -400,3 +400,87 @@ fn node_workers_hear_at_once_that_a_killed_host_is_gone() {
         assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");
     }
 }
+
+/// A private CA and a server certificate for 127.0.0.1, made with `openssl` in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=clusterd test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let mut a = host(&url, 2, &["--bridge-ca", &ca]);
+    let mut b = host(&url, 2, &["--bridge-ca", &ca]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let result = hosts_mjs(&[http(&a), http(&b)], 2, 5);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]));
+    // Without the CA, the server's certificate is not trusted: the bridge stays down.
+    let mut untrusting = host(&url, 1, &[]);
+    wait_bridge(&mut untrusting, "the bridge down", |b| b["state"] == "down");
+    assert_eq!(counter(&a, "hosts"), 2);
+}
