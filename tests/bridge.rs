@@ -484,3 +484,38 @@ fn rediss_with_a_private_ca() {
     wait_bridge(&mut untrusting, "the bridge down", |b| b["state"] == "down");
     assert_eq!(counter(&a, "hosts"), 2);
 }
+
+/// A clusterd without a bridge whose workers use socketioxide-redis themselves (the
+/// `chat_redis` example): each worker is a plain socketioxide-redis server on the same Redis.
+fn plain_host(redis: &Redis, workers: usize) -> Cluster {
+    let program = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("chat_redis");
+    let n = workers.to_string();
+    let mut c = Builder::new()
+        .args(&["--workers", &n, "--listen", "127.0.0.1:0"])
+        .env("REDIS_URL", &format!("{}?protocol=resp3", redis.url()))
+        .program(&[program.to_str().unwrap()])
+        .start();
+    c.wait_ready(workers);
+    c
+}
+
+#[test]
+fn plain_socketioxide_redis_servers_are_members_with_exact_answers() {
+    let redis = Redis::start();
+    let mut a = host(&redis.url(), 2, &[]);
+    let mut b = host(&redis.url(), 2, &[]);
+    let plain = plain_host(&redis, 2);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    // Each host counts the two plain servers (from PUBSUB NUMSUB) and then subscribes once per
+    // worker, so that the plain servers count its workers.
+    for h in [&mut a, &mut b] {
+        wait_bridge(h, "2 plain servers counted", |b| b["plain_servers"] == 2);
+    }
+    wait_until("PUBSUB NUMSUB to count every server", || {
+        redis.cli(&["PUBSUB", "NUMSUB", "socket.io-request#/#"]).lines().nth(1).filter(|n| *n == "6").map(|_| ())
+    });
+    // Both ways: every message once and in order, and every count exact, from a client of each.
+    let result = hosts_mjs(&[http(&a), http(&b), http(&plain)], 2, 10);
+    assert_eq!(result["counts"], serde_json::json!([6, 6, 6]), "{result:#}");
+}

@@ -23,9 +23,11 @@ pub type HostId = u64;
 pub enum Wire {
     /// A host (re)connected: it announces itself, and every other host answers with a `Heartbeat`
     /// at once, so that it knows the cluster without waiting for a period.
-    Hello { host: HostId, counts: Vec<(String, u32)> },
-    /// A host is alive; `counts` are its live workers subscribed to each bridged channel.
-    Heartbeat { host: HostId, counts: Vec<(String, u32)> },
+    Hello { host: HostId, counts: Vec<(String, u32)>, shadowed: bool },
+    /// A host is alive; `counts` are its live workers subscribed to each bridged channel, and
+    /// `shadowed` says that it subscribes each request channel once per worker there (for plain
+    /// socketioxide-redis servers, which count servers with `PUBSUB NUMSUB`), not once.
+    Heartbeat { host: HostId, counts: Vec<(String, u32)>, shadowed: bool },
     /// A host stops: it is out of every count at once.
     Leave { host: HostId },
     /// A worker of `host` asks the subscribers of `channel` on every other host.
@@ -83,7 +85,7 @@ impl Wire {
     /// Field values that decode but that no clusterd sends.
     fn check(&self) -> Result<(), Malformed> {
         match self {
-            Self::Hello { host, counts } | Self::Heartbeat { host, counts } => {
+            Self::Hello { host, counts, .. } | Self::Heartbeat { host, counts, .. } => {
                 if *host == 0 {
                     return Err(Malformed::Invalid("host id 0"));
                 }
@@ -137,8 +139,8 @@ mod tests {
     #[test]
     fn messages_round_trip() {
         let all = [
-            Wire::Hello { host: 7, counts: vec![("socket.io-request#/#".into(), 2)] },
-            Wire::Heartbeat { host: 7, counts: vec![] },
+            Wire::Hello { host: 7, counts: vec![("socket.io-request#/#".into(), 2)], shadowed: false },
+            Wire::Heartbeat { host: 7, counts: vec![], shadowed: true },
             Wire::Leave { host: 7 },
             Wire::Request {
                 host: 7,
@@ -165,13 +167,14 @@ mod tests {
         trailing.push(0);
         assert_eq!(Wire::decode(&trailing), Err(Malformed::Trailing(1)));
         assert!(matches!(Wire::decode(&Wire::Leave { host: 0 }.encode()), Err(Malformed::Invalid(_))));
-        let bad_count = Wire::Heartbeat { host: 1, counts: vec![("socket.io-request#/#".into(), 0)] };
+        let bad_count = Wire::Heartbeat { host: 1, counts: vec![("socket.io-request#/#".into(), 0)], shadowed: false };
         assert!(matches!(Wire::decode(&bad_count.encode()), Err(Malformed::Invalid(_))));
-        let not_bridged = Wire::Heartbeat { host: 1, counts: vec![("news".into(), 1)] };
+        let not_bridged = Wire::Heartbeat { host: 1, counts: vec![("news".into(), 1)], shadowed: false };
         assert!(matches!(Wire::decode(&not_bridged.encode()), Err(Malformed::Invalid(_))));
         let twice = Wire::Heartbeat {
             host: 1,
             counts: vec![("socket.io-request#/#".into(), 1), ("socket.io-request#/#".into(), 1)],
+            shadowed: false,
         };
         assert!(matches!(Wire::decode(&twice.encode()), Err(Malformed::Invalid(_))));
         // A declared length far over the limit is refused before anything is allocated.

@@ -57,6 +57,23 @@ struct Ask {
     answers: Vec<(u32, Vec<u8>)>,
     missing: Vec<u32>,
     until: Instant,
+    /// Plain socketioxide-redis servers were asked too: their answers cannot be tracked, so the
+    /// ask is never completed early (socketioxide's own count of answers ends it).
+    foreign: bool,
+}
+
+/// One more subscription of the request channels, so that `PUBSUB NUMSUB` counts every worker of
+/// this host (see `Task::count_foreign`). What it receives is read and dropped.
+struct Shadow {
+    control: PubSubSink,
+    subscribed: BTreeSet<String>,
+    drain: tokio::task::AbortHandle,
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.drain.abort();
+    }
 }
 
 /// Why a connection ended.
@@ -74,6 +91,7 @@ struct Live {
     subscribed: BTreeSet<String>,
     /// Per channel: the hashes of this host's messages whose echo has not come back yet.
     echoes: HashMap<String, VecDeque<(u64, Instant)>>,
+    shadows: Vec<Shadow>,
 }
 
 pub(super) struct Task {
@@ -94,6 +112,12 @@ pub(super) struct Task {
     /// The remote counts the relay has.
     remote: HashMap<String, u32>,
     state: State,
+    /// Whether this host shadows its request channels (plain socketioxide-redis servers are
+    /// around); once on, it stays on.
+    shadowed: bool,
+    /// Plain socketioxide-redis servers per channel, as counted, and the last sample.
+    foreign: HashMap<String, u32>,
+    foreign_sample: HashMap<String, u32>,
     malformed_logged: Option<Instant>,
     malformed_unlogged: u64,
 }
@@ -136,6 +160,9 @@ impl Task {
             next_inbound: 1,
             remote: HashMap::new(),
             state: State::Connecting,
+            shadowed: false,
+            foreign: HashMap::new(),
+            foreign_sample: HashMap::new(),
             malformed_logged: None,
             malformed_unlogged: 0,
         }
@@ -203,10 +230,17 @@ impl Task {
         let (mut control, messages) = self.client.get_async_pubsub().await?.split();
         let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
         control.subscribe(&own).await?;
-        let mut live = Live { publisher, control, messages, subscribed: BTreeSet::new(), echoes: HashMap::new() };
+        let mut live = Live {
+            publisher,
+            control,
+            messages,
+            subscribed: BTreeSet::new(),
+            echoes: HashMap::new(),
+            shadows: Vec::new(),
+        };
         self.sync_subscriptions(&mut live).await?;
         self.shared.connected.store(true, Ordering::Relaxed);
-        let hello = Wire::Hello { host: self.me, counts: self.local_counts() };
+        let hello = Wire::Hello { host: self.me, counts: self.local_counts(), shadowed: self.shadowed };
         self.publish_now(&mut live, &self.channels.hosts.clone(), hello.encode()).await?;
         Ok(live)
     }
@@ -257,6 +291,7 @@ impl Task {
             }
             Err(_) => return Err(std::io::Error::other(format!("no answer to PING within {deadline:?}")).into()),
         }
+        self.count_foreign(live).await?;
         let now = Instant::now();
         let changes = self.hosts.expire(now, self.config.host_timeout);
         self.hosts_changed(changes).await;
@@ -266,7 +301,7 @@ impl Task {
     }
 
     async fn heartbeat(&mut self, live: &mut Live) -> redis::RedisResult<()> {
-        let beat = Wire::Heartbeat { host: self.me, counts: self.local_counts() };
+        let beat = Wire::Heartbeat { host: self.me, counts: self.local_counts(), shadowed: self.shadowed };
         self.publish_now(live, &self.channels.hosts.clone(), beat.encode()).await
     }
 
@@ -298,6 +333,100 @@ impl Task {
         }
         live.echoes.retain(|channel, _| wanted.contains(channel));
         live.subscribed = wanted;
+        self.sync_shadows(live).await
+    }
+
+    /// Counts the plain socketioxide-redis servers on the request channels of this host's workers:
+    /// what `PUBSUB NUMSUB` counts beyond the subscriptions of the clusterd hosts. A count is
+    /// believed when two heartbeats in a row agree (a host that just subscribed is not heard of
+    /// yet). Once there are such servers, this host shadows its request channels so that they
+    /// count each of its workers too, and its asks on those channels are not completed early.
+    async fn count_foreign(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        let channels: Vec<(String, u32)> =
+            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB");
+        for (channel, _) in &channels {
+            numsub.arg(channels::redis_name(&self.config.group, channel));
+        }
+        let query = numsub.query_async::<Vec<(String, u32)>>(&mut live.publisher);
+        let counted = match tokio::time::timeout(self.deadline(), query).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::Error::other("no answer to PUBSUB NUMSUB in time").into()),
+        };
+        let mut sample = HashMap::new();
+        for ((channel, _), (_, numsub)) in channels.iter().zip(counted) {
+            let mine = 1 + live.shadows.iter().filter(|s| s.subscribed.contains(channel)).count() as u32;
+            let others = self.hosts.subscriptions(channel);
+            let foreign = numsub.saturating_sub(mine).saturating_sub(others);
+            if foreign > 0 {
+                sample.insert(channel.clone(), foreign);
+            }
+        }
+        let believed: HashMap<String, u32> =
+            sample.iter().filter_map(|(c, n)| self.foreign_sample.get(c).map(|m| (c.clone(), (*n).min(*m)))).collect();
+        self.foreign_sample = sample;
+        if believed != self.foreign {
+            tracing::info!(servers = ?believed, "bridge: plain socketioxide-redis servers counted");
+            let most = believed.values().max().copied().unwrap_or(0) as usize;
+            self.shared.stats.plain.store(most, Ordering::Relaxed);
+            self.foreign = believed;
+            if !self.foreign.is_empty() && !self.shadowed {
+                self.shadowed = true;
+                self.sync_shadows(live).await?;
+                self.heartbeat(live).await?;
+            }
+            self.update_remote().await;
+        }
+        Ok(())
+    }
+
+    /// Shadow subscriptions: the `i`-th shadow connection subscribes the request channels that have
+    /// more than `i + 1` local workers, so that each is subscribed once per worker.
+    async fn sync_shadows(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        if !self.shadowed {
+            return Ok(());
+        }
+        let counts: Vec<(String, u32)> =
+            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        let needed = counts.iter().map(|(_, n)| n.saturating_sub(1) as usize).max().unwrap_or(0);
+        live.shadows.truncate(needed);
+        let deadline = self.deadline();
+        while live.shadows.len() < needed {
+            let pubsub = match tokio::time::timeout(deadline, self.client.get_async_pubsub()).await {
+                Ok(result) => result?,
+                Err(_) => return Err(std::io::Error::other("no answer in time (shadow connection)").into()),
+            };
+            let (control, mut messages) = pubsub.split();
+            let drain = tokio::spawn(async move { while messages.next().await.is_some() {} }).abort_handle();
+            live.shadows.push(Shadow { control, subscribed: BTreeSet::new(), drain });
+        }
+        let group = self.config.group.clone();
+        for (i, shadow) in live.shadows.iter_mut().enumerate() {
+            let wanted: BTreeSet<String> =
+                counts.iter().filter(|(_, n)| *n as usize > i + 1).map(|(c, _)| c.clone()).collect();
+            let add: Vec<String> =
+                wanted.difference(&shadow.subscribed).map(|c| channels::redis_name(&group, c)).collect();
+            let remove: Vec<String> =
+                shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, c)).collect();
+            let change = async {
+                if !add.is_empty() {
+                    shadow.control.subscribe(&add).await?;
+                }
+                if !remove.is_empty() {
+                    shadow.control.unsubscribe(&remove).await?;
+                }
+                Ok::<_, redis::RedisError>(())
+            };
+            match tokio::time::timeout(deadline, change).await {
+                Ok(result) => result?,
+                Err(_) => return Err(std::io::Error::other("no answer to SUBSCRIBE in time (shadow)").into()),
+            }
+            shadow.subscribed = wanted;
+        }
         Ok(())
     }
 
@@ -346,7 +475,8 @@ impl Task {
                     }
                     Out::Request { id, channel, payload, timeout_ms } => {
                         let waiting = self.hosts.subscribed(&channel);
-                        if waiting.is_empty() {
+                        let foreign = self.foreign.contains_key(&channel);
+                        if waiting.is_empty() && !foreign {
                             answered.push(BridgeInput::Answers {
                                 request: id,
                                 answers: Vec::new(),
@@ -355,7 +485,12 @@ impl Task {
                             continue;
                         }
                         let until = now + Duration::from_millis(u64::from(timeout_ms)) + Duration::from_secs(1);
-                        self.asks.insert(id, Ask { waiting, answers: Vec::new(), missing: Vec::new(), until });
+                        let empty = waiting.is_empty();
+                        let ask = Ask { waiting, answers: Vec::new(), missing: Vec::new(), until, foreign };
+                        self.asks.insert(id, ask);
+                        if empty {
+                            continue;
+                        }
                         let wire = Wire::Request { host: self.me, id, channel, timeout_ms, payload };
                         pipe.cmd("PUBLISH").arg(&self.channels.requests).arg(wire.encode()).ignore();
                         published += 1;
@@ -426,14 +561,14 @@ impl Task {
     /// One of clusterd's own messages.
     async fn own(&mut self, live: &mut Live, wire: Wire) -> redis::RedisResult<()> {
         match wire {
-            Wire::Hello { host, counts } if host != self.me => {
-                let change = self.hosts.heard(host, counts, Instant::now());
+            Wire::Hello { host, counts, shadowed } if host != self.me => {
+                let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;
                 // The newcomer learns of this host at once.
                 self.heartbeat(live).await?;
             }
-            Wire::Heartbeat { host, counts } if host != self.me => {
-                let change = self.hosts.heard(host, counts, Instant::now());
+            Wire::Heartbeat { host, counts, shadowed } if host != self.me => {
+                let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;
             }
             Wire::Leave { host } if host != self.me => {
@@ -466,7 +601,7 @@ impl Task {
                     ask.answers.extend(answers);
                     ask.missing.extend(missing);
                 }
-                if ask.waiting.is_empty() {
+                if ask.waiting.is_empty() && !ask.foreign {
                     self.complete(id).await;
                 }
             }
@@ -513,7 +648,7 @@ impl Task {
                 .filter_map(|(id, ask)| {
                     let n = ask.waiting.remove(host)?;
                     ask.missing.extend(std::iter::repeat_n(REMOTE, n as usize));
-                    ask.waiting.is_empty().then_some(*id)
+                    (ask.waiting.is_empty() && !ask.foreign).then_some(*id)
                 })
                 .collect();
             for id in done {
@@ -521,7 +656,17 @@ impl Task {
             }
         }
         self.shared.stats.hosts.store(self.hosts.len() + 1, Ordering::Relaxed);
-        let totals = self.hosts.totals();
+        self.update_remote().await;
+    }
+
+    /// Tells the relay how many subscribers each channel has elsewhere: the other hosts' workers
+    /// and the plain socketioxide-redis servers.
+    async fn update_remote(&mut self) {
+        let mut totals = self.hosts.totals();
+        for (channel, n) in &self.foreign {
+            let total = totals.entry(channel.clone()).or_default();
+            *total = total.saturating_add(*n);
+        }
         if totals != self.remote {
             self.remote = totals.clone();
             let _ = self.relay.send(Input::Bridge(BridgeInput::Remote(totals))).await;
@@ -534,6 +679,9 @@ impl Task {
         let dropped = self.shared.out.clear();
         self.shared.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         let changes = self.hosts.clear();
+        self.foreign.clear();
+        self.foreign_sample.clear();
+        self.shared.stats.plain.store(0, Ordering::Relaxed);
         self.hosts_changed(changes).await;
         let ids: Vec<u64> = self.asks.keys().copied().collect();
         for id in ids {

@@ -59,6 +59,8 @@ pub struct Stats {
     received: AtomicU64,
     dropped: AtomicU64,
     malformed: AtomicU64,
+    /// Plain socketioxide-redis servers counted (the most on any channel).
+    plain: AtomicUsize,
 }
 
 impl Stats {
@@ -70,6 +72,7 @@ impl Stats {
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            plain: AtomicUsize::new(0),
         }
     }
 
@@ -99,6 +102,8 @@ pub struct BridgeStatus {
     pub dropped: u64,
     /// Messages on clusterd's own channels that did not parse.
     pub malformed: u64,
+    /// Plain socketioxide-redis servers on the same Redis, counted as members.
+    pub plain_servers: usize,
 }
 
 /// What the dispatcher keeps of the bridge: its status, and the goodbye at a stop.
@@ -134,6 +139,7 @@ impl Handle {
             received: s.received.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
+            plain_servers: s.plain.load(Ordering::Relaxed),
         }
     }
 
