@@ -519,3 +519,18 @@ fn plain_socketioxide_redis_servers_are_members_with_exact_answers() {
     let result = hosts_mjs(&[http(&a), http(&b), http(&plain)], 2, 10);
     assert_eq!(result["counts"], serde_json::json!([6, 6, 6]), "{result:#}");
 }
+
+#[test]
+fn redis_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let redis = Redis::start_with(&["--unixsocket", socket.to_str().unwrap(), "--unixsocketperm", "700"]);
+    let url = format!("redis+unix://{}", socket.display());
+    let mut a = host(&url, 1, &[]);
+    let mut b = host(&url, 1, &[]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let result = hosts_mjs(&[http(&a), http(&b)], 2, 5);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]));
+    drop(redis);
+}

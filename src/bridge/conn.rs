@@ -36,6 +36,8 @@ const BATCH: usize = 512;
 const ECHO_TTL: Duration = Duration::from_secs(10);
 /// The most echoes awaited on one channel.
 const MAX_ECHOES: usize = 64 * 1024;
+/// How long a message from Redis may wait for room in the relay's input before it is dropped.
+const INCOMING_WAIT: Duration = Duration::from_millis(500);
 /// At most one log line about malformed messages in this long.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -554,7 +556,15 @@ impl Task {
         }
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
         let input = BridgeInput::Message { channel: channel.to_owned(), payload: Bytes::copy_from_slice(payload) };
-        let _ = self.relay.send(Input::Bridge(input)).await;
+        // The Redis client reads ahead into a queue of its own: a relay that takes no message for
+        // INCOMING_WAIT costs its message, not unbounded memory.
+        match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
+            Ok(Ok(permit)) => permit.send(Input::Bridge(input)),
+            Ok(Err(_)) => {}
+            Err(_) => {
+                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         Ok(())
     }
 
