@@ -36,6 +36,11 @@ const BATCH: usize = 512;
 const ECHO_TTL: Duration = Duration::from_secs(10);
 /// The most echoes awaited on one channel.
 const MAX_ECHOES: usize = 64 * 1024;
+/// The most other hosts a host keeps track of; a group is a few dozen hosts at most, so more are
+/// forged announcements.
+const MAX_HOSTS: usize = 1024;
+/// The most requests of other hosts being answered here at once.
+const MAX_INBOUND: usize = 64 * 1024;
 /// How long a message from Redis may wait for room in the relay's input before it is dropped.
 const INCOMING_WAIT: Duration = Duration::from_millis(500);
 /// At most one log line about malformed messages in this long.
@@ -571,6 +576,14 @@ impl Task {
     /// One of clusterd's own messages.
     async fn own(&mut self, live: &mut Live, wire: Wire) -> redis::RedisResult<()> {
         match wire {
+            Wire::Hello { host, .. } | Wire::Heartbeat { host, .. }
+                if !self.hosts.contains(host) && self.hosts.len() >= MAX_HOSTS =>
+            {
+                self.malformed("hosts", &super::codec::Malformed::Invalid("more hosts than the limit"));
+            }
+            Wire::Request { .. } if self.inbound.len() >= MAX_INBOUND => {
+                self.malformed("requests", &super::codec::Malformed::Invalid("more requests waiting than the limit"));
+            }
             Wire::Hello { host, counts, shadowed } if host != self.me => {
                 let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;

@@ -57,6 +57,10 @@ impl Hosts {
         std::mem::take(&mut self.hosts).into_keys().map(Change::Left).collect()
     }
 
+    pub fn contains(&self, host: HostId) -> bool {
+        self.hosts.contains_key(&host)
+    }
+
     pub fn len(&self) -> usize {
         self.hosts.len()
     }
