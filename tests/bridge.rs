@@ -534,3 +534,37 @@ fn redis_over_a_unix_socket() {
     assert_eq!(result["counts"], serde_json::json!([4, 4]));
     drop(redis);
 }
+
+/// The alternative that needs no bridge: Node workers that use @socket.io/redis-adapter
+/// themselves (tests/node/workers/redis-adapter-worker.cjs), under clusterd for sticky sessions.
+#[test]
+fn node_workers_with_their_own_redis_adapter_run_under_clusterd() {
+    let redis = Redis::start();
+    let script = node_dir().join("workers/redis-adapter-worker.cjs");
+    let start = || {
+        let mut c = Builder::new()
+            .args(&["--protocol", "node", "--workers", "2", "--listen", "127.0.0.1:0"])
+            .program(&["node", script.to_str().unwrap()])
+            .env("REDIS_URL", &redis.url())
+            .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+            .start();
+        c.wait_ready(2);
+        c
+    };
+    let (a, b) = (start(), start());
+    // Across the two clusterd hosts, through the workers' own Redis adapters.
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 3, 4);
+    // Sticky: polling sessions started all at once each stay on their worker.
+    let out = Command::new("node")
+        .arg(node_dir().join("node_cluster.mjs"))
+        .args([&http(&a), "24", "load"])
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\":true"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(result["clients"], 6, "{result:#}");
+}
