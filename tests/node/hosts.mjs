@@ -1,6 +1,7 @@
 // Socket.IO across clusterd hosts joined by the Redis bridge (the `chat` example on every host):
-// clients on every host; each client sends chat messages, and every client of every host must
-// receive every message exactly once, each sender's in the order sent. Then, from a client of each
+// clients on every host; each client sends chat messages (in rounds: one each, then wait until all
+// arrived), and every client of every host must receive every message exactly once, each sender's
+// in the order sent. Then, from a client of each
 // host: `clients` (fetch_sockets) must count every client of every host, and `ask all` (a
 // broadcast with acknowledgements) must get the answer of every client of every host.
 // Prints one JSON line; exits 1 on an error, 2 on timeout.
@@ -29,13 +30,18 @@ try {
   const tag = `${Date.now()}`;
   const got = all.map(() => []);
   all.forEach((s, r) => s.on("chat message", (text) => text.startsWith(`${tag}:`) && got[r].push(text)));
-  all.forEach((s, k) => {
-    for (let i = 0; i < m; i++) s.emit("chat message", `${tag}:${k}:${i}`);
-  });
+  // In rounds: every client sends one message, and the next round starts once every client has
+  // all of them. socketioxide drops packets for a socket whose buffer (128 packets) is full, so an
+  // unbounded burst would lose messages on one host already; this keeps the clients' share of the
+  // load bounded while every worker and host is busy.
+  for (let i = 0; i < m; i++) {
+    all.forEach((s, k) => s.emit("chat message", `${tag}:${k}:${i}`));
+    const due = all.length * (i + 1);
+    await waitFor(`${due} messages at every client`, () => got.every((g) => g.length >= due)).catch((e) =>
+      fail(`${e.message}; received: ${JSON.stringify(got.map((g) => g.length))}`),
+    );
+  }
   const expected = all.length * m;
-  await waitFor(`${expected} messages at every client`, () => got.every((g) => g.length >= expected)).catch((e) =>
-    fail(`${e.message}; received: ${JSON.stringify(got.map((g) => g.length))}`),
-  );
   // Nothing more may come (a duplicate): give the last echoes a moment, then count exactly.
   await new Promise((resolve) => setTimeout(resolve, 300));
   const problems = [];
