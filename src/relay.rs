@@ -249,7 +249,7 @@ impl Relay {
     /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
     async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
         if let Some(bridge) = &self.bridge {
-            bridge.publish(channel, &payload, self.subscriptions.contains_key(channel));
+            bridge.publish(channel, &payload, || self.subscriptions.contains_key(channel));
         }
         let Some(subscribers) = self.subscriptions.get(channel) else { return };
         self.head.clear();

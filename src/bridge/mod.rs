@@ -172,9 +172,9 @@ struct Shared {
 
 impl Sink {
     /// A local worker published on `channel`; `local` tells whether a worker of this host
-    /// subscribes to it.
-    pub fn publish(&self, channel: &str, payload: &Bytes, local: bool) {
-        if !channels::bridged(channel) || (local && channels::single_server(channel)) {
+    /// subscribes to it (asked only for a channel that crosses hosts).
+    pub fn publish(&self, channel: &str, payload: &Bytes, local: impl FnOnce() -> bool) {
+        if !channels::bridged(channel) || (channels::single_server(channel) && local()) {
             return;
         }
         self.push(Out::Publish { channel: channel.to_owned(), payload: payload.clone() });
