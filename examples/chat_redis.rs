@@ -6,7 +6,7 @@
 //! sticky) with `REDIS_URL` set; socketioxide-redis needs RESP3, so the URL ends in
 //! `?protocol=resp3`.
 //!
-//! Events: `"chat message"` (string, `io.emit`), `"whoami"` (ack: `{worker, pid}`), `"clients"`
+//! Events: `"chat message"` (string, `io.emit`), `"whoami"` (ack: `{worker, pid, transport}`), `"clients"`
 //! (ack: `fetch_sockets` count), `"ask all"` (ack: `{answers, errors}` of a `"question"` broadcast
 //! with acknowledgements).
 
@@ -57,8 +57,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             let _ = ack.send(&json!({ "answers": answers, "errors": errors }));
         });
-        socket.on("whoami", async move |ack: AckSender<Adapter>| {
-            let _ = ack.send(&json!({ "worker": id, "pid": pid }));
+        socket.on("whoami", async move |socket: SocketRef<Adapter>, ack: AckSender<Adapter>| {
+            let transport = format!("{:?}", socket.transport_type()).to_lowercase();
+            let _ = ack.send(&json!({ "worker": id, "pid": pid, "transport": transport }));
         });
     })
     .await?;
