@@ -563,12 +563,22 @@ impl Task {
         let input = BridgeInput::Message { channel: channel.to_owned(), payload: Bytes::copy_from_slice(payload) };
         // The Redis client reads ahead into a queue of its own: a relay that takes no message for
         // INCOMING_WAIT costs its message, not unbounded memory.
-        match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
-            Ok(Ok(permit)) => permit.send(Input::Bridge(input)),
-            Ok(Err(_)) => {}
-            Err(_) => {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        // Most messages find room at once: no timer is armed for them.
+        let permit = match self.relay.try_reserve() {
+            Ok(permit) => Some(permit),
+            Err(mpsc::error::TrySendError::Closed(())) => None,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
+                    Ok(permit) => permit.ok(),
+                    Err(_) => {
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
             }
+        };
+        if let Some(permit) = permit {
+            permit.send(Input::Bridge(input));
         }
         Ok(())
     }
