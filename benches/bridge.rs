@@ -17,6 +17,10 @@
 //!    per delivery. Setups: clusterd's bridge (`chat`, the SDK's adapter over the bus, `--bridge`)
 //!    against every worker using socketioxide-redis itself (`chat_redis` under clusterd without
 //!    a bridge).
+//!    The same two phases with Node workers: benches/node/worker.cjs (`@socket.io/cluster-adapter`)
+//!    under `clusterd --protocol node --bridge`, against the Node primary (benches/node/primary.cjs,
+//!    `cluster` + `@socket.io/sticky`) forking benches/node/redis_worker.cjs
+//!    (`@socket.io/redis-adapter` in every worker).
 //! 3. **The local relay**: benches/relay.rs's scenario (`relay_worker`, one publisher and two
 //!    subscribers on one host, [`RELAY_COUNT`] messages of [`RELAY_SIZE`] bytes) with and without
 //!    `--bridge` configured (its channel is not bridged: the cost is the relay's check).
@@ -65,6 +69,11 @@ enum Kind {
     Bridge,
     /// `chat_redis` (socketioxide-redis in every worker) on two clusterd hosts without a bridge.
     PerWorker,
+    /// benches/node/worker.cjs (cluster adapter) under `clusterd --protocol node --bridge`.
+    NodeBridge,
+    /// The Node primary (primary.cjs: `cluster` + `@socket.io/sticky`) with
+    /// benches/node/redis_worker.cjs (`@socket.io/redis-adapter` in every worker).
+    NodeRedis,
 }
 
 impl Kind {
@@ -72,11 +81,18 @@ impl Kind {
         match self {
             Self::Bridge => "clusterd --bridge",
             Self::PerWorker => "socketioxide-redis in every worker",
+            Self::NodeBridge => "Node workers, clusterd --bridge",
+            Self::NodeRedis => "Node primary, @socket.io/redis-adapter in every worker",
         }
+    }
+
+    fn bridged(self) -> bool {
+        matches!(self, Self::Bridge | Self::NodeBridge)
     }
 }
 
 struct Binaries {
+    node: PathBuf,
     clusterd: PathBuf,
     chat: PathBuf,
     chat_redis: PathBuf,
@@ -85,7 +101,15 @@ struct Binaries {
 
 fn main() {
     let dir = common::target_dir();
+    let need = |name: &str| {
+        common::find_in_path(name).unwrap_or_else(|| {
+            eprintln!("error: `{name}` is not in PATH; this bench needs Node.js 20 or later (with npm)");
+            std::process::exit(1);
+        })
+    };
+    common::ensure_node_modules(&need("npm"), &["socket.io", "@socket.io/sticky", "@socket.io/redis-adapter", "redis"]);
     let bins = Binaries {
+        node: need("node"),
         clusterd: common::binary(&dir, "bridge", "clusterd"),
         chat: common::example(&dir, "chat"),
         chat_redis: common::example(&dir, "chat_redis"),
@@ -100,7 +124,7 @@ fn main() {
         let (p50, p99) = raw_round_trip();
         eprintln!("round {round}: raw Redis PUBLISH → message p50 {p50:.0} µs, p99 {p99:.0} µs");
         raw.push((p50, p99));
-        for kind in [Kind::PerWorker, Kind::Bridge] {
+        for kind in [Kind::PerWorker, Kind::Bridge, Kind::NodeRedis, Kind::NodeBridge] {
             let phase = cross_host_latency(&bins, kind);
             eprintln!("round {round} {}: cross-host p50 {} µs, p99 {} µs", kind.label(), phase.p50, phase.p99);
             latency.push((kind, phase));
@@ -159,7 +183,7 @@ fn raw_round_trip() -> (f64, f64) {
 
 // ---- Hosts ----------------------------------------------------------------------------------------
 
-/// A clusterd "host" with [`WORKERS`] workers on a fresh port.
+/// A "host" with [`WORKERS`] workers on a fresh port: clusterd, or the Node primary.
 struct Host {
     process: Process,
     port: u16,
@@ -170,6 +194,9 @@ struct Host {
 
 impl Host {
     fn start(bins: &Binaries, kind: Kind, redis: &Redis) -> Self {
+        if kind == Kind::NodeRedis {
+            return Self::node_primary(bins, redis);
+        }
         let (dir, socket, log) = common::scratch("clusterd-bridge-bench-", "host.log");
         let port = common::free_port();
         let mut args = vec![
@@ -180,14 +207,18 @@ impl Host {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
         ];
-        let program = match kind {
-            Kind::Bridge => {
-                args.extend(["--bridge".into(), redis.url()]);
-                &bins.chat
+        if kind.bridged() {
+            args.extend(["--bridge".into(), redis.url()]);
+        }
+        match kind {
+            Kind::Bridge => args.extend(["--".into(), bins.chat.display().to_string()]),
+            Kind::PerWorker => args.extend(["--".into(), bins.chat_redis.display().to_string()]),
+            Kind::NodeBridge | Kind::NodeRedis => {
+                let worker = common::node_dir().join("worker.cjs");
+                args.splice(0..0, ["--protocol".to_owned(), "node".into()]);
+                args.extend(["--".into(), bins.node.display().to_string(), worker.display().to_string()]);
             }
-            Kind::PerWorker => &bins.chat_redis,
-        };
-        args.extend(["--".into(), program.display().to_string()]);
+        }
         let mut command = Command::new(&bins.clusterd);
         command.args(&args).env("REDIS_URL", format!("{}?protocol=resp3", redis.url()));
         common::log_to(&mut command, &log, "clusterd");
@@ -202,6 +233,47 @@ impl Host {
             |s| s.all_ready(WORKERS),
         );
         Self { process, port, socket, workers: status.pids(), _dir: dir }
+    }
+
+    /// `node primary.cjs <port> 2` with BENCH_WORKER=redis_worker.cjs; ready once it listens and
+    /// every worker said `ready worker`.
+    fn node_primary(bins: &Binaries, redis: &Redis) -> Self {
+        let (dir, socket, log) = common::scratch("clusterd-bridge-bench-node-", "primary.log");
+        let port = common::free_port();
+        let args = vec!["primary.cjs".to_owned(), port.to_string(), WORKERS.to_string()];
+        let mut command = Command::new(&bins.node);
+        command
+            .args(&args)
+            .current_dir(common::node_dir())
+            .env("BENCH_WORKER", "redis_worker.cjs")
+            .env("REDIS_URL", redis.url())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("a log file"));
+        let mut child = common::spawn_group(&mut command, |name| name.starts_with("NODE_") || name == "DEBUG");
+        let lines = common::forward_lines(&mut child, &log);
+        let text = format!(
+            "(cd {} && BENCH_WORKER=redis_worker.cjs REDIS_URL={} {} {})",
+            common::node_dir().display(),
+            redis.url(),
+            bins.node.display(),
+            args.join(" ")
+        );
+        let mut process = Process::new(Setup::Node.label(), child, log, text, true);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut listening, mut workers) = (false, Vec::new());
+        while !listening || workers.len() < WORKERS {
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains(" listening on ") => listening = true,
+                Ok(line) => {
+                    if let Some(pid) = line.strip_prefix("ready worker ").and_then(|r| r.split(" pid ").nth(1)) {
+                        workers.push(pid.trim().parse().unwrap_or(0));
+                    }
+                }
+                Err(_) => process.fail("the Node primary and its workers were not ready in time"),
+            }
+        }
+        Self { process, port, socket, workers, _dir: dir }
     }
 
     fn pids(&self) -> Vec<i32> {
@@ -237,7 +309,7 @@ fn two_hosts(bins: &Binaries, kind: Kind) -> (Redis, Host, Host) {
     let redis = Redis::start();
     let mut a = Host::start(bins, kind, &redis);
     let mut b = Host::start(bins, kind, &redis);
-    if kind == Kind::Bridge {
+    if kind.bridged() {
         a.wait_hosts(2);
         b.wait_hosts(2);
     }
@@ -387,7 +459,7 @@ fn report(
     println!("| latency, µs | p50 | p99 | p50 / raw Redis |");
     println!("|---|---|---|---|");
     println!("| raw Redis PUBLISH → message | {raw50:.0} | {raw99:.0} | 1.0× |");
-    for kind in [Kind::Bridge, Kind::PerWorker] {
+    for kind in [Kind::Bridge, Kind::PerWorker, Kind::NodeBridge, Kind::NodeRedis] {
         let (p50, p99) = (lat(kind, false), lat(kind, true));
         println!(
             "| chat message, host A → client on host B, {}: | {p50:.0} | {p99:.0} | {:.1}× |",
@@ -401,7 +473,7 @@ fn report(
         2 * CLIENTS
     );
     println!("|---|---|---|---|---|");
-    for kind in [Kind::Bridge, Kind::PerWorker] {
+    for kind in [Kind::Bridge, Kind::PerWorker, Kind::NodeBridge, Kind::NodeRedis] {
         println!(
             "| {} | {:.0} | {:.0} | {:.2} µs | {:.2} µs |",
             kind.label(),
@@ -414,6 +486,8 @@ fn report(
     let ratio = thr(Kind::Bridge, &|t| t.phase.rate()) / thr(Kind::PerWorker, &|t| t.phase.rate());
     println!();
     println!("bridge / socketioxide-redis in every worker: {ratio:.2}× deliveries/s");
+    let node = thr(Kind::NodeBridge, &|t| t.phase.rate()) / thr(Kind::NodeRedis, &|t| t.phase.rate());
+    println!("Node workers: clusterd --bridge / Node primary with @socket.io/redis-adapter: {node:.2}× deliveries/s");
     let without = common::median(relay.iter().filter(|(b, _)| !b).map(|(_, r)| *r));
     let with = common::median(relay.iter().filter(|(b, _)| *b).map(|(_, r)| *r));
     println!();
