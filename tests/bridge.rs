@@ -588,3 +588,24 @@ fn node_workers_with_their_own_redis_adapter_run_under_clusterd() {
     );
     assert_eq!(result["clients"], 6, "{result:#}");
 }
+
+#[test]
+fn a_host_that_joins_is_counted_within_the_bound() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = host(&redis.url(), 2, &timeout);
+    let mut b = host(&redis.url(), 2, &timeout);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let mut c = host(&redis.url(), 1, &timeout);
+    // From the moment its worker is ready (its bridge connected meanwhile or connects now): the
+    // newcomer's hello is answered at once, and its counts go out as soon as they change.
+    let ready = Instant::now();
+    wait_hosts(&mut c, 3);
+    wait_hosts(&mut a, 3);
+    wait_hosts(&mut b, 3);
+    let took = ready.elapsed();
+    assert!(took < Duration::from_secs(3), "the new host was counted after {took:?}");
+    let result = hosts_mjs(&[http(&a), http(&b), http(&c)], 1, 3);
+    assert_eq!(result["counts"], serde_json::json!([3, 3, 3]), "{result:#}");
+}
