@@ -709,8 +709,16 @@ impl Task {
     /// The connection is gone: nobody else is reachable, so nobody else counts or is waited for.
     async fn down(&mut self) {
         self.shared.connected.store(false, Ordering::Relaxed);
-        let dropped = self.shared.out.clear();
-        self.shared.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        // What never reached Redis is dropped; a request among it is answered now (nobody else
+        // can be asked), so that its asker does not wait for the deadline.
+        let unsent = self.shared.out.take_all();
+        self.shared.stats.dropped.fetch_add(unsent.len() as u64, Ordering::Relaxed);
+        for item in unsent {
+            if let Out::Request { id, .. } = item {
+                let input = BridgeInput::Answers { request: id, answers: Vec::new(), missing: Vec::new() };
+                let _ = self.relay.send(Input::Bridge(input)).await;
+            }
+        }
         let changes = self.hosts.clear();
         self.foreign.clear();
         self.foreign_sample.clear();

@@ -89,11 +89,11 @@ impl OutQueue {
         inner.bytes -= taken;
     }
 
-    /// Empties the queue; returns how many items were dropped.
-    pub fn clear(&self) -> u64 {
+    /// Empties the queue; returns what was in it, in order.
+    pub fn take_all(&self) -> Vec<Out> {
         let mut inner = lock(&self.inner);
         inner.bytes = 0;
-        std::mem::take(&mut inner.items).len() as u64
+        std::mem::take(&mut inner.items).into_iter().map(|(item, _)| item).collect()
     }
 }
 
@@ -128,7 +128,7 @@ mod tests {
             .collect();
         assert_eq!(sizes, [300, 400]);
         queue.push(publish(1));
-        assert_eq!(queue.clear(), 1);
+        assert_eq!(queue.take_all().len(), 1);
         assert_eq!(queue.push(publish(900)), 0);
     }
 }
