@@ -202,6 +202,8 @@ impl Server {
                     socket.display().to_string(),
                     "--listen".into(),
                     addr,
+                    // As measured before clusterd stopped setting it unasked (issue 14).
+                    "--tcp-nodelay".into(),
                     "--".into(),
                     bins.hello.display().to_string(),
                 ],

@@ -239,6 +239,8 @@ impl Server {
             socket.display().to_string(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
+            // As measured before clusterd stopped setting it unasked (issue 14).
+            "--tcp-nodelay".into(),
             "--".into(),
         ];
         match app {

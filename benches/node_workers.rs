@@ -257,6 +257,8 @@ fn start_clusterd(clusterd: &Path, node: &Path, (port, socket, log): (u16, &Path
         socket.display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
+        // As measured before clusterd stopped setting it unasked (issue 14).
+        "--tcp-nodelay".into(),
         "--".into(),
         node.display().to_string(),
         "worker.cjs".into(),

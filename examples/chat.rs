@@ -2,6 +2,12 @@
 //! clusterd. The page at `/` says which worker serves it; a message sent with `"chat message"` is
 //! emitted to every client, on every worker (`io.emit`).
 //!
+//! The page (`examples/chat/index.html`) uses the official `socket.io-client` browser bundle,
+//! vendored in `examples/chat/` with its license (see the README there) and served at
+//! `/assets/socket.io-<version>.min.js`, so the example needs no download. It shows the worker that
+//! serves its Socket.IO connection and updates it after a reconnection; a message typed while
+//! disconnected waits in the client's queue and is sent once reconnected.
+//!
 //! ```text
 //! cargo build --release --workspace --bins --examples
 //! target/release/clusterd --listen 127.0.0.1:3000 -- target/release/examples/chat
@@ -12,12 +18,13 @@
 //! worker that holds their session. The SDK's cluster adapter carries `io.emit` over clusterd's bus
 //! to the clients of every worker.
 //!
-//! Events: `"chat message"` (string, broadcast), `"whoami"` (ack: `{worker, pid, transport}`),
-//! `"join"` (room name; ack), `"room message"` (room, text: to that room's clients),
-//! `"clients"` (ack: how many clients all workers have, from `fetch_sockets`), `"sockets"` (ack:
-//! the ids of all the clients of all workers), `"ask all"` (any value; ack: `{answers, errors}`,
-//! the answers of every client of every worker to a `"question"` with that value, from a
-//! broadcast with acknowledgements).
+//! Events: `"chat message"` (string, broadcast; acknowledged with `true` once emitted when the
+//! client asks for an acknowledgement, as the page does), `"whoami"` (ack: `{worker, pid,
+//! transport}`), `"join"` (room name; ack), `"room message"` (room, text: to that room's
+//! clients), `"clients"` (ack: how many clients all workers have, from `fetch_sockets`),
+//! `"sockets"` (ack: the ids of all the clients of all workers), `"ask all"` (any value; ack:
+//! `{answers, errors}`, the answers of every client of every worker to a `"question"` with that
+//! value, from a broadcast with acknowledgements).
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`).
 
@@ -25,8 +32,10 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::Html;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use clusterd_worker::{ClientAddr, ClusterAdapter, SessionLayer, Worker, cluster_adapter};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -41,6 +50,20 @@ type SocketIo = socketioxide::SocketIo<Adapter>;
 /// How long `"ask all"` waits for the clients' answers.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The version of the vendored `socket.io-client` bundle (`scripts/vendor-socket.io-client`).
+/// The page loads it from a path with the version in it, so a browser may keep it for a year and
+/// still never runs an old copy after an update. The path is outside `/socket.io/`, where
+/// socketioxide answers.
+const SOCKET_IO_CLIENT_VERSION: &str = "4.8.4";
+/// How long browsers may keep the versioned bundle, and the icon.
+const BUNDLE_CACHE: &str = "public, max-age=31536000, immutable";
+const ICON_CACHE: &str = "public, max-age=86400";
+
+/// The page, the bundle and the icon, compiled into the example.
+const PAGE: &str = include_str!("chat/index.html");
+const CLIENT_BUNDLE: &str = include_str!("chat/socket.io.min.js");
+const FAVICON: &str = include_str!("chat/favicon.svg");
+
 // One thread per worker process: clusterd runs one worker per CPU.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,8 +77,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (io_layer, io) =
         socketioxide::SocketIo::builder().with_adapter::<Adapter>(cluster_adapter(&worker)?).build_layer();
     io.ns("/", async move |socket: SocketRef<Adapter>| {
-        socket.on("chat message", async |io: SocketIo, Data::<String>(text): Data<String>| {
-            let _ = io.emit("chat message", &text).await;
+        // The acknowledgement tells the page's client that the message was taken, so that it does
+        // not send it again after a reconnection (clients that ask for none get none).
+        socket.on("chat message", async |io: SocketIo, Data::<String>(text): Data<String>, ack: AckSender<Adapter>| {
+            let emitted = io.emit("chat message", &text).await.is_ok();
+            let _ = ack.send(&emitted);
         });
         // Rooms and the socket list work across workers too (the cluster adapter).
         socket.on(
@@ -93,12 +119,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     })
     .await?;
-    let page = PAGE.replace("{worker}", &id.to_string()).replace("{pid}", &pid.to_string());
+    let client_js = format!("/assets/socket.io-{SOCKET_IO_CLIENT_VERSION}.min.js");
+    if !CLIENT_BUNDLE.contains(&format!("Socket.IO v{SOCKET_IO_CLIENT_VERSION}\n")) {
+        return Err(format!(
+            "examples/chat/socket.io.min.js is not socket.io-client {SOCKET_IO_CLIENT_VERSION}: \
+             update SOCKET_IO_CLIENT_VERSION in examples/chat.rs"
+        )
+        .into());
+    }
+    let page =
+        PAGE.replace("{worker}", &id.to_string()).replace("{pid}", &pid.to_string()).replace("{client_js}", &client_js);
     let app = Router::new()
-        .route("/", get(move || async move { Html(page) }))
+        .route("/", get(move || async move { ([(header::CONNECTION, "close")], Html(page)) }))
+        .route(&client_js, get(|| async { asset("text/javascript; charset=utf-8", BUNDLE_CACHE, CLIENT_BUNDLE) }))
+        // Browsers ask for /favicon.ico on their own: answer it too, rather than with a 404.
+        .route("/favicon.svg", get(|| async { asset("image/svg+xml", ICON_CACHE, FAVICON) }))
+        .route("/favicon.ico", get(|| async { asset("image/svg+xml", ICON_CACHE, FAVICON) }))
         .layer(io_layer)
-        .layer(SessionLayer::new(worker.clone()));
-    let listener = worker.listener()?;
+        .layer(SessionLayer::new(worker.clone()).track(io.clone()));
+    // Socket.IO writes a WebSocket frame per message: without TCP_NODELAY, a frame written right
+    // after another waits for the client's delayed ACK (40 ms stalls). clusterd leaves socket
+    // options to the application (unless run with --tcp-nodelay), so the chat asks for it.
+    let listener = worker.listener()?.tap_io(|connection| {
+        let _ = connection.set_nodelay(true);
+    });
     worker.ready().await?;
     println!("worker {id} serving the chat");
     let drain = worker.drain_token();
@@ -107,6 +151,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!("worker {id} drained");
     Ok(())
+}
+
+/// A static file, with its type and how long browsers may keep it.
+///
+/// Like the page, it closes its connection. clusterd routes a connection by its first request, and
+/// a browser sends its Socket.IO polling requests on whatever idle connection it has to the
+/// origin: a kept-alive connection of the page, on one worker, would bring the requests of a
+/// session that lives on another, which answers "Session ID unknown" (the SDK's `SessionLayer`
+/// closes the connections of polling responses for the same reason).
+fn asset(content_type: &'static str, cache: &'static str, body: &'static str) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, cache), (header::CONNECTION, "close")], body)
 }
 
 /// Asks every client `"question"` and gathers the answers: `{answers: [..], errors: [..]}`.
@@ -126,55 +181,3 @@ async fn ask_all(io: &SocketIo, question: &Value) -> Value {
     }
     json!({ "answers": answers, "errors": errors })
 }
-
-/// The chat page, with a small Socket.IO client over WebSocket (Engine.IO 4, Socket.IO 5) so that
-/// the example needs no JavaScript download.
-const PAGE: &str = r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>clusterd chat</title>
-<style>
-  body { font: 16px system-ui, sans-serif; margin: 0; display: flex; flex-direction: column; height: 100vh; }
-  header { padding: .5rem 1rem; background: #223; color: #eee; }
-  #messages { flex: 1; overflow-y: auto; list-style: none; margin: 0; padding: 0; }
-  #messages li { padding: .4rem 1rem; border-bottom: 1px solid #eee; }
-  form { display: flex; padding: .5rem; gap: .5rem; background: #f4f4f4; }
-  input { flex: 1; padding: .5rem; font: inherit; }
-</style>
-</head>
-<body>
-<header>clusterd chat: this page came from worker {worker} (pid {pid}); <span id="state">connecting</span></header>
-<ul id="messages"></ul>
-<form id="form"><input id="input" autocomplete="off" placeholder="Say something"><button>Send</button></form>
-<script>
-const messages = document.getElementById("messages"), state = document.getElementById("state");
-function show(text) { const li = document.createElement("li"); li.textContent = text; messages.appendChild(li); li.scrollIntoView(); }
-let ws, acks = {}, nextAck = 0;
-function emit(event, data, ack) {
-  let id = "";
-  if (ack) { id = String(nextAck++); acks[id] = ack; }
-  ws.send("42" + id + JSON.stringify(data === undefined ? [event] : [event, data]));
-}
-function connect() {
-  ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/socket.io/?EIO=4&transport=websocket");
-  ws.onmessage = (m) => {
-    const p = m.data;
-    if (p[0] === "0") ws.send("40");                       // Engine.IO open: join the default namespace
-    else if (p === "2") ws.send("3");                       // ping -> pong
-    else if (p.startsWith("40")) emit("whoami", undefined, (me) => { state.textContent = "connected to worker " + me.worker + " (pid " + me.pid + ")"; });
-    else if (p.startsWith("42")) { const [event, text] = JSON.parse(p.slice(2)); if (event === "chat message") show(text); }
-    else if (p.startsWith("43")) { const i = p.indexOf("["); const cb = acks[p.slice(2, i)]; delete acks[p.slice(2, i)]; if (cb) cb(...JSON.parse(p.slice(i))); }
-  };
-  ws.onclose = () => { state.textContent = "disconnected, reconnecting"; setTimeout(connect, 1000); };
-}
-connect();
-document.getElementById("form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  const input = document.getElementById("input");
-  if (input.value) { emit("chat message", input.value); input.value = ""; }
-});
-</script>
-</body>
-</html>
-"#;

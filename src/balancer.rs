@@ -41,6 +41,8 @@ struct Worker {
     key: WorkerKey,
     slot: u32,
     ready: bool,
+    /// It said it is at capacity (close to its fd limit): no new connection until it has room.
+    full: bool,
     /// Handed off and not yet closed.
     connections: u64,
     /// Sid sessions owned, kept in step with `Balancer::sessions` so that reading it is O(1).
@@ -51,6 +53,11 @@ impl Worker {
     /// The worker's place in rotation order.
     fn position(&self) -> (u32, WorkerKey) {
         (self.slot, self.key)
+    }
+
+    /// Whether it may get a new, non-sticky connection.
+    fn takes_new(&self) -> bool {
+        self.ready && !self.full
     }
 }
 
@@ -130,7 +137,7 @@ impl Balancer {
             return;
         }
         let at = self.workers.partition_point(|w| w.position() < (slot, key));
-        self.workers.insert(at, Worker { key, slot, ready: false, connections: 0, sessions: 0 });
+        self.workers.insert(at, Worker { key, slot, ready: false, full: false, connections: 0, sessions: 0 });
     }
 
     /// Ready workers may be picked for new, non-sticky connections. A draining worker is set not ready: it
@@ -139,6 +146,20 @@ impl Balancer {
         if let Some(i) = self.index(key) {
             self.workers[i].ready = ready;
         }
+    }
+
+    /// A worker at capacity gets no new, non-sticky connection until it has room again; the
+    /// sessions it owns still reach it (their state is there, and a request that may fail there
+    /// would certainly fail elsewhere). Unknown key: no-op.
+    pub fn set_full(&mut self, key: WorkerKey, full: bool) {
+        if let Some(i) = self.index(key) {
+            self.workers[i].full = full;
+        }
+    }
+
+    /// Whether the worker said it is at capacity (false if unknown).
+    pub fn is_full(&self, key: WorkerKey) -> bool {
+        self.index(key).is_some_and(|i| self.workers[i].full)
     }
 
     /// The process is gone: it and every sid session it owned disappear at once, so that the next request
@@ -154,7 +175,8 @@ impl Balancer {
 
     /// Chooses the worker for a new connection and counts the connection on it (+1) right away, so that a
     /// burst before any close spreads out. See the module docs for the order of the rules. Returns `None`
-    /// when no worker is ready and no present sticky owner applies.
+    /// when no worker is ready with room (every one is starting, draining or at capacity) and no present
+    /// sticky owner applies.
     pub fn pick(&mut self, sid: Option<&str>, ip: Option<IpAddr>, now: Instant) -> Option<WorkerKey> {
         let i = match self.sticky {
             Sticky::Sid => match self.sid_owner(sid, now) {
@@ -293,7 +315,7 @@ impl Balancer {
             // A slot has two ready processes only during a handover; the less loaded one, and of equals the
             // newer incarnation (keys grow), which is the one that stays.
             let in_slot = (0..self.workers.len())
-                .filter(|&i| self.workers[i].slot == entry.slot && self.workers[i].ready)
+                .filter(|&i| self.workers[i].slot == entry.slot && self.workers[i].takes_new())
                 .min_by_key(|&i| (self.workers[i].connections, std::cmp::Reverse(self.workers[i].key)));
             if let Some(i) = in_slot {
                 entry.last_used = now;
@@ -318,16 +340,16 @@ impl Balancer {
         let chosen = match self.method {
             // `min_by_key` keeps the first of equal minima: the first in rotation order, as HAProxy's leastconn.
             Balance::LeastConnection => {
-                rotation.filter(|&i| self.workers[i].ready).min_by_key(|&i| self.workers[i].connections)
+                rotation.filter(|&i| self.workers[i].takes_new()).min_by_key(|&i| self.workers[i].connections)
             }
-            Balance::RoundRobin => rotation.find(|&i| self.workers[i].ready),
+            Balance::RoundRobin => rotation.find(|&i| self.workers[i].takes_new()),
             Balance::Random => {
-                let ready = self.workers.iter().filter(|w| w.ready).count();
+                let ready = self.workers.iter().filter(|w| w.takes_new()).count();
                 if ready == 0 {
                     None
                 } else {
                     let nth = self.rng.below(ready);
-                    (0..n).filter(|&i| self.workers[i].ready).nth(nth)
+                    (0..n).filter(|&i| self.workers[i].takes_new()).nth(nth)
                 }
             }
         }?;
@@ -518,6 +540,44 @@ mod tests {
                 assert_eq!(b.connections(10) + b.connections(12), 0);
             }
         }
+    }
+
+    #[test]
+    fn a_full_worker_gets_no_new_connection_until_it_has_room() {
+        let now = Instant::now();
+        for method in METHODS {
+            for sticky in STICKIES {
+                let mut b = pool(method, sticky, 3);
+                b.set_full(11, true);
+                assert!(b.is_full(11) && !b.is_full(10) && !b.is_full(99));
+                for round in 0..30u8 {
+                    let k = b.pick(Some("unknown"), ip(round), now);
+                    assert!(matches!(k, Some(10 | 12)), "{method:?} {sticky:?}: {k:?}");
+                }
+                assert_eq!(b.connections(11), 0);
+                // Every ready worker full: nothing, so clusterd answers 503.
+                b.set_full(10, true);
+                b.set_full(12, true);
+                assert_eq!(b.pick(None, ip(1), now), None, "{method:?} {sticky:?}");
+                b.set_full(11, false);
+                assert_eq!(b.pick(None, ip(200), now), Some(11), "{method:?} {sticky:?}: room again");
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_owner_still_gets_its_sticky_sid_and_an_ip_moves_off_a_full_slot() {
+        let now = Instant::now();
+        let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
+        b.session_open("s1", 10, now);
+        b.set_full(10, true);
+        assert_eq!(b.pick(Some("s1"), None, now), Some(10), "the session's state is there");
+        assert_eq!(b.pick(None, None, now), Some(11));
+        let mut b = pool(Balance::LeastConnection, Sticky::Ip, 2);
+        let first = b.pick(None, ip(7), now).unwrap();
+        b.set_full(first, true);
+        let second = b.pick(None, ip(7), now).unwrap();
+        assert_ne!(first, second, "an IP binding carries no state: it moves to a worker with room");
     }
 
     #[test]

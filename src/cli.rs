@@ -1,14 +1,25 @@
 //! The raw command line, as clap parses it. Every run option is an `Option` so that
 //! [`crate::config`] can layer it: command line > `CLUSTERD_*` variable > config file > default.
+//! Its errors are [`explain`]ed in two lines, naming the variable when a variable was wrong.
 
-use std::ffi::OsString;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{Balance, LogFormat, Protocol, ReadyOn, Serialization, Sticky, WorkerCount};
 use crate::duration::parse_duration;
+use crate::values::{Balance, LogFormat, MAX_WORKERS, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount};
+
+/// The values a boolean `CLUSTERD_*` variable accepts: `true` or `false`, nothing else (a typo
+/// such as `ture` or `yes` is an error, not a silent choice).
+pub fn env_bool() -> impl clap::builder::TypedValueParser<Value = bool> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["true", "false"]).map(|v| v == "true")
+}
 
 /// The primary process of a multi-process network server.
 ///
@@ -42,7 +53,8 @@ pub enum Command {
     Reload,
     /// Change the pool size at run time.
     Scale {
-        /// The new number of workers.
+        /// The new number of workers, 1 to 1024.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WORKERS)))]
         workers: u32,
     },
     /// Stop gracefully: drain every worker, then exit.
@@ -68,9 +80,10 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_STICKY", value_enum)]
     pub sticky: Option<Sticky>,
 
-    /// How workers talk to clusterd.
+    /// How workers talk to clusterd: the SDK (`native`), Node.js's IPC channel (`node`), or
+    /// `auto`: `node` when the program is node or a script whose #! line runs node [default: auto].
     #[arg(long, env = "CLUSTERD_PROTOCOL", value_enum)]
-    pub protocol: Option<Protocol>,
+    pub protocol: Option<ProtocolChoice>,
 
     /// Node channel format (node protocol only).
     #[arg(long, env = "CLUSTERD_SERIALIZATION", value_enum)]
@@ -148,8 +161,13 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_BRIDGE_HOST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub bridge_host_timeout: Option<Duration>,
 
-    /// Do not prefix the lines that workers write with their id.
-    #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = clap::builder::BoolishValueParser::new())]
+    /// Set TCP_NODELAY on accepted TCP connections (Nagle off) before they go to a worker; off by
+    /// default: the application's own choice (variable: `true` or `false`).
+    #[arg(long, env = "CLUSTERD_TCP_NODELAY", value_parser = env_bool())]
+    pub tcp_nodelay: bool,
+
+    /// Do not prefix the lines that workers write with their id (variable: `true` or `false`).
+    #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = env_bool())]
     pub no_log_prefix: bool,
 
     /// TOML config file (see config/clusterd.toml).
@@ -163,4 +181,124 @@ pub struct RunArgs {
     /// The worker program and its arguments, after `--`.
     #[arg(last = true, value_name = "PROGRAM")]
     pub program: Vec<OsString>,
+}
+
+/// How each option given on the command line or in the environment was written there, by id:
+/// `--grace` or `CLUSTERD_GRACE` (for [`crate::config::Config::load`]'s errors).
+pub fn given_as(matches: &ArgMatches) -> HashMap<String, String> {
+    let command = Cli::command();
+    let mut given = HashMap::new();
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let name = match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => arg.get_long().map(|l| format!("--{l}")),
+            Some(ValueSource::EnvVariable) => arg.get_env().map(|e| e.to_string_lossy().into_owned()),
+            _ => None,
+        };
+        if let Some(name) = name {
+            given.insert(id.to_owned(), name);
+        }
+    }
+    given
+}
+
+/// A clap error as two lines: what was wrong (naming the `CLUSTERD_*` variable when the value
+/// came from one), and a tip or where to read more. A word where an option was expected is most
+/// often the worker program without its `--`: the tip shows the corrected command.
+pub fn explain(error: &clap::Error, argv: &[OsString]) -> String {
+    let rendered = error.render().to_string();
+    let mut what = rendered.lines().next().unwrap_or("invalid command line").trim_start_matches("error: ").to_owned();
+    let mut tip = rendered.lines().map(str::trim).find(|l| l.starts_with("tip:")).map(str::to_owned);
+    let command = Cli::command();
+    let invalid = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => Some(arg.clone()),
+        _ => None,
+    };
+    if let Some(shown) = &invalid
+        && let Some(long) = shown.strip_prefix("--").map(|l| l.split([' ', '=']).next().unwrap_or(l))
+        && let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long))
+        && let Some(env) = arg.get_env()
+        && std::env::var_os(env).is_some()
+        && !on_command_line(argv, long, arg.get_short())
+    {
+        what = what.replace(&format!("'{shown}'"), &env.to_string_lossy());
+    }
+    if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue)
+        && !valid.is_empty()
+        && !what.contains("possible values")
+    {
+        what.push_str(&format!(" (possible values: {})", valid.join(", ")));
+    }
+    let word_for_an_option = matches!(error.kind(), ErrorKind::UnknownArgument | ErrorKind::InvalidSubcommand);
+    let word = invalid.filter(|w| word_for_an_option && !w.starts_with('-'));
+    let subcommand = word.as_deref().and_then(|w| {
+        command.get_subcommands().map(|c| c.get_name()).find(|name| w.len() > 2 && edit_distance(w, name) <= 2)
+    });
+    if let Some(name) = subcommand {
+        tip = Some(format!("tip: the subcommand is `clusterd {name}`"));
+    } else if let Some(word) = word
+        && !tip.as_deref().is_some_and(|t| t.contains("similar"))
+        && let Some(at) = program_start(&command, argv, &word)
+    {
+        let mut fixed: Vec<String> = vec!["clusterd".into()];
+        fixed.extend(argv[1..at].iter().map(|a| quoted(a)));
+        fixed.push("--".into());
+        fixed.extend(argv[at..].iter().map(|a| quoted(a)));
+        tip = Some(format!("tip: the worker program goes after `--`: {}", fixed.join(" ")));
+    }
+    let second = tip.unwrap_or_else(|| "usage: clusterd [OPTIONS] -- PROGRAM [ARGS]... (see clusterd --help)".into());
+    format!("clusterd: {what}\n{second}")
+}
+
+/// Whether `--long` (or `-s`) was written on the command line.
+fn on_command_line(argv: &[OsString], long: &str, short: Option<char>) -> bool {
+    let long_eq = format!("--{long}=");
+    argv.iter().skip(1).map(|a| a.to_string_lossy()).take_while(|a| a != "--").any(|a| {
+        a == format!("--{long}")
+            || a.starts_with(&long_eq)
+            || short.is_some_and(|s| a.starts_with('-') && !a.starts_with("--") && a[1..].starts_with(s))
+    })
+}
+
+/// The index in `argv` of `word` where it stands for itself (not as the value of an option).
+fn program_start(command: &clap::Command, argv: &[OsString], word: &str) -> Option<usize> {
+    let takes_value = |flag: &OsStr| {
+        let flag = flag.to_string_lossy();
+        if flag.contains('=') {
+            return false;
+        }
+        command.get_arguments().any(|a| {
+            let named = flag.strip_prefix("--").map_or_else(
+                || flag.strip_prefix('-').is_some_and(|s| s.len() == 1 && a.get_short() == s.chars().next()),
+                |long| a.get_long() == Some(long),
+            );
+            named && a.get_action().takes_values()
+        })
+    };
+    (1..argv.len()).find(|&i| argv[i] == OsStr::new(word) && (i == 1 || !takes_value(&argv[i - 1])))
+}
+
+/// An argument as a shell would need it.
+fn quoted(arg: &OsStr) -> String {
+    let text = arg.to_string_lossy();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b)) {
+        return text.into_owned();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// Levenshtein distance, for a mistyped subcommand (`stauts`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }

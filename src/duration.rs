@@ -39,9 +39,57 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration the way an operator writes one, for log lines and messages: `0s`, `150ms`, `1.5s`,
+/// `1m30s`, `24h` (never `0ns` or `1.500000000s`).
+pub fn show(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    if d < Duration::from_millis(1) {
+        return format!("{}µs", d.as_micros());
+    }
+    if d < Duration::from_secs(1) {
+        return format!("{}ms", d.as_millis());
+    }
+    if d < Duration::from_secs(60) {
+        let tenths = d.as_millis() / 100;
+        return if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        };
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shows_durations_as_written() {
+        assert_eq!(show(Duration::ZERO), "0s");
+        assert_eq!(show(Duration::from_millis(150)), "150ms");
+        assert_eq!(show(Duration::from_millis(100)), "100ms");
+        assert_eq!(show(Duration::from_micros(20)), "20µs");
+        assert_eq!(show(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(show(Duration::from_secs(30)), "30s");
+        assert_eq!(show(Duration::from_secs(90)), "1m30s");
+        assert_eq!(show(Duration::from_secs(86_400)), "24h");
+        assert_eq!(show(Duration::from_secs(u64::MAX)), "5124095576030431h15s");
+    }
 
     #[test]
     fn accepts_units_and_combinations() {

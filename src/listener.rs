@@ -185,6 +185,8 @@ pub struct Limits {
     /// known length up to [`WHOLE_REQUEST_MAX`]) before the handoff, for the `sticky:connection`
     /// message; on listeners workers asked for, read nothing (a `newconn` carries no bytes).
     pub node: bool,
+    /// `--tcp-nodelay`: Nagle off on accepted TCP connections.
+    pub tcp_nodelay: bool,
 }
 
 /// The most bytes of one request clusterd reads for a Node worker; the rest reaches the worker
@@ -192,6 +194,7 @@ pub struct Limits {
 pub const WHOLE_REQUEST_MAX: usize = 1024 * 1024;
 
 /// A connection ready to go to a worker.
+#[derive(Debug)]
 pub struct Handoff {
     /// The listener group (a listener workers asked for), or `None` for clusterd's own.
     pub group: Option<u32>,
@@ -239,11 +242,13 @@ pub fn serve_one(
     match listener {
         Bound::Tcp { addr, listener } => {
             listener.set_nonblocking(true)?;
-            // Accepted sockets inherit TCP_NODELAY from the listener (Linux), and it travels with
-            // the fd to the worker. Without it, a response written in pieces waits for the
-            // client's delayed ACK (Nagle): 40 ms stalls that capped Socket.IO broadcasts. axum's
-            // and Node's own listeners set it too. Best effort: a socket from systemd may refuse.
-            let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
+            // A socket option is the application's choice: clusterd changes none unless asked
+            // (`--tcp-nodelay`). Accepted sockets inherit TCP_NODELAY from the listener (Linux),
+            // and it travels with the fd to the worker. Best effort: a socket from systemd may
+            // refuse.
+            if limits.tcp_nodelay {
+                let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
+            }
             let listener = tokio::net::TcpListener::from_std(listener)?;
             tokio::spawn(async move {
                 accept_loop(
@@ -368,7 +373,7 @@ async fn accept_loop<S, F, Fut>(
                 tokio::spawn(route(Incoming { group, client, peer, local, ip }, limits, routes.clone()));
             }
             Err(error) if is_transient(&error) => {
-                tracing::warn!(addr, %error, "accept failed; retrying in {backoff:?}");
+                tracing::warn!(addr, %error, "accept failed; retrying in {}", crate::duration::show(backoff));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -477,6 +482,6 @@ async fn deliver(handoff: Handoff, routes: mpsc::Sender<RouteMsg>) {
     }
     // No ready worker: HTTP hears why at once; anything else is closed (dropping the fd).
     if http && let Ok(client) = Client::new(handoff.fd, unix) {
-        client.reply(response(503, "Service Unavailable", "no worker is ready")).await;
+        client.reply(response(503, "Service Unavailable", "no worker is ready with room")).await;
     }
 }

@@ -77,7 +77,7 @@ impl LogSink {
             }
         };
         if tokio::time::timeout(limit, drained).await.is_err() {
-            tracing::warn!("worker output not fully passed on within {limit:?}");
+            tracing::warn!("worker output not fully passed on within {}", crate::duration::show(limit));
         }
     }
 

@@ -20,6 +20,7 @@ mod sniff;
 mod socketfile;
 mod status;
 mod supervisor;
+mod values;
 
 use std::process::ExitCode;
 
@@ -34,8 +35,16 @@ use crate::status::Phase;
 use crate::supervisor::{Inputs, Outcome, Parts};
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = Cli::command().try_get_matches_from(&argv).and_then(|m| Cli::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (matches, cli) = match parsed {
+        Ok(parsed) => parsed,
+        Err(error) if !error.use_stderr() => error.exit(), // --help, --version
+        Err(error) => {
+            eprintln!("{}", cli::explain(&error, &argv));
+            return ExitCode::from(2);
+        }
+    };
     if let Some(command) = cli.command {
         // `--control` is global (before or after the subcommand); the options of a run are not.
         let given = matches
@@ -54,7 +63,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match Config::load(cli.run, cli.control) {
+    let config = match Config::load(cli.run, cli.control, &cli::given_as(&matches)) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("clusterd: {error}");
@@ -70,10 +79,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(error) => {
-            eprintln!("clusterd: {error:#}");
+            eprintln!("clusterd: {}", describe(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes, each said once: an error whose message already quotes its source
+/// (`cannot listen on ADDR: {source}`) does not get the source appended again.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn run(config: Config) -> anyhow::Result<Outcome> {
@@ -85,6 +108,12 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     if let Err(errno) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(%errno, "cannot become a subreaper: orphaned grandchildren will not be reaped by clusterd");
     }
+    // Forked now, while single-threaded, and before clusterd opens its sockets.
+    let guard = std::sync::Arc::new(supervisor::guard::Guard::start());
+    match guard.mechanism() {
+        supervisor::guard::Mechanism::Cgroup(_) => tracing::info!("{}", guard.describe()),
+        _ => tracing::warn!("{}", guard.describe()),
+    }
     let mut control = ControlSocket::bind(&config.control)?;
     // Listening sockets before any worker: a bind error ends clusterd (exit 1) with nothing started.
     let bound = if config.listen.is_empty() { systemd } else { listener::bind_all(&config.listen)? };
@@ -92,7 +121,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let (spawner, reaper) = supervisor::spawn::start()?;
+        let (spawner, reaper) = supervisor::spawn::start(std::sync::Arc::clone(&guard))?;
         let signals = signals::start(reaper.clone())?;
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);
@@ -103,9 +132,13 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             sniff_timeout: config.sniff_timeout,
             sticky: config.sticky,
             node: config.protocol == config::Protocol::Node,
+            tcp_nodelay: config.tcp_nodelay,
         };
         listener::serve(bound, limits, routes_tx.clone())?;
         let logs = logs::LogSink::start(config.log_prefix)?;
+        for decision in &config.decisions {
+            tracing::info!("{decision}");
+        }
         tracing::info!(
             pid = std::process::id(),
             workers = config.workers,
@@ -144,6 +177,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         for path in unix_paths {
             let _ = std::fs::remove_file(path);
         }
+        guard.finish();
         match &outcome {
             Outcome::Fatal(_) => {}
             Outcome::Graceful => tracing::info!("stopped"),

@@ -36,6 +36,19 @@ pub struct Status {
     pub pid: u32,
     pub phase: Phase,
     pub generation: u64,
+    /// The pool size as configured (`--workers`, `scale`): slots, not processes. During a reload
+    /// a slot has two rows (its serving process and its successor), and a drained one more.
+    #[serde(default)]
+    pub pool: u32,
+    /// Slots whose serving process is ready.
+    #[serde(default)]
+    pub ready: u32,
+    /// `--grace`: how long a drain may take before SIGKILL.
+    #[serde(default)]
+    pub grace_ms: u64,
+    /// What keeps the pool from serving although its workers run, in words.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub listen: Vec<String>,
     pub program: String,
     /// Sticky sessions clusterd knows, over all workers.
@@ -58,6 +71,9 @@ pub struct WorkerStatus {
     pub restarts: u32,
     pub connections: u64,
     pub sessions: u64,
+    /// The worker said it is close to its fd limit: it gets no new connection until it has room.
+    #[serde(default)]
+    pub at_capacity: bool,
     /// Bus messages clusterd dropped for this worker because it did not read them.
     pub dropped: u64,
     /// Milliseconds the current process has run.
@@ -67,22 +83,23 @@ pub struct WorkerStatus {
     pub crash_loop: bool,
     /// How the slot's previous process ended.
     pub last_exit: Option<String>,
+    /// Milliseconds since this process was asked to drain (`null` when it is not draining).
+    #[serde(default)]
+    pub draining_ms: Option<u64>,
 }
 
 impl Status {
     /// The human table of `clusterd status`.
     pub fn to_table(&self) -> String {
-        let ready = self.workers.iter().filter(|w| w.state == WorkerState::Ready).count();
         let mut out = format!(
-            "clusterd pid {}  phase {:?}  generation {}  {}/{} workers ready\nprogram: {}\n",
+            "clusterd pid {}  phase {}  generation {}  {}/{} workers ready\nprogram: {}\n",
             self.pid,
-            self.phase,
+            format!("{:?}", self.phase).to_lowercase(),
             self.generation,
-            ready,
-            self.workers.len(),
+            self.ready,
+            self.pool,
             self.program
-        )
-        .to_lowercase();
+        );
         if !self.listen.is_empty() {
             out.push_str(&format!("listen: {}\n", self.listen.join(", ")));
         }
@@ -94,13 +111,16 @@ impl Status {
             ));
         }
         out.push_str(&format!(
-            "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10}  {}\n",
-            "ID", "PID", "STATE", "GEN", "RESTARTS", "CONNS", "SESSIONS", "UPTIME", "LAST EXIT"
+            "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10} {:>12}  {}\n",
+            "ID", "PID", "STATE", "GEN", "RESTARTS", "CONNS", "SESSIONS", "UPTIME", "DRAINING", "LAST EXIT"
         ));
+        let grace = crate::duration::show(std::time::Duration::from_millis(self.grace_ms));
         for w in &self.workers {
-            let state = format!("{:?}", w.state).to_lowercase() + if w.crash_loop { "!" } else { "" };
+            let state = format!("{:?}", w.state).to_lowercase()
+                + if w.crash_loop { "!" } else { "" }
+                + if w.at_capacity { "*" } else { "" };
             out.push_str(&format!(
-                "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10}  {}\n",
+                "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10} {:>12}  {}\n",
                 w.id,
                 w.pid.map_or("-".into(), |p| p.to_string()),
                 state,
@@ -109,11 +129,18 @@ impl Status {
                 w.connections,
                 w.sessions,
                 w.uptime_ms.map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                w.draining_ms.map_or("-".into(), |ms| format!("{:.1}s/{grace}", ms as f64 / 1000.0)),
                 w.last_exit.as_deref().unwrap_or("-"),
             ));
         }
+        if self.workers.iter().any(|w| w.at_capacity) {
+            out.push_str("* at capacity: close to its fd limit, the worker gets no new connection\n");
+        }
         if self.workers.iter().any(|w| w.crash_loop) {
             out.push_str("! crash loop: the slot's worker keeps failing to start\n");
+        }
+        for problem in &self.problems {
+            out.push_str(&format!("! {problem}\n"));
         }
         out
     }

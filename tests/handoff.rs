@@ -366,4 +366,34 @@ fn a_program_without_the_sdk_gets_no_connections_and_clients_hear_503() {
     let started = std::time::Instant::now();
     assert_eq!(get(listen_addr(&status), "/").code, 503);
     assert!(started.elapsed() < Duration::from_secs(2), "at once, not after handoff timeouts");
+    // Issue 15, item 4: `status` says why, once the workers had their time to greet.
+    let status = c.wait_status("the 503 explained", |s| s["problems"].as_array().is_some_and(|p| !p.is_empty()));
+    let problem = status["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with("connections on the listening sockets get 503: the ready workers do not speak"),
+        "{problem}"
+    );
+    // And the log said it at the first sign, a few seconds after the start.
+    let said = c.output.wait_contains("it cannot be handed connections");
+    assert!(
+        said.contains("get 503; a program without the SDK serves the port it binds itself (run it without --listen)"),
+        "{said}"
+    );
+}
+
+/// An SDK worker that asks for the port of a `--listen` address (all interfaces, as a server's
+/// own configuration often says) already gets that listener's connections: its listen is granted
+/// with the `--listen` address, not refused as a second bind of the port.
+#[test]
+fn a_worker_listen_on_the_listen_port_joins_the_listen_socket() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut c = Cluster::start(
+        &["--workers", "1", "--listen", &format!("127.0.0.1:{port}")],
+        &["--serve", "--listen-self", &format!("0.0.0.0:{port}")],
+    );
+    c.wait_ready(1);
+    c.output.wait_contains(&format!("listening on 127.0.0.1:{port}"));
+    assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }

@@ -167,3 +167,36 @@ fn a_program_without_the_sdk_is_supervised_with_ready_on_spawn() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// Issue 15, item 2: a plain program run without `--ready-on spawn` never greets clusterd. While
+/// it still lives, a few seconds in, clusterd says so and names the fix; the line that reports
+/// the kill at `--ready-timeout` says it again.
+#[test]
+fn a_program_that_does_not_speak_the_protocol_is_told_the_fix_while_it_runs() {
+    let mut c = Builder::new().args(&["--workers", "1", "--ready-timeout", "8s"]).program(&["sleep", "1000"]).start();
+    let hint = c.output.wait_contains("does not speak clusterd's protocol");
+    assert!(hint.contains("the worker has said nothing on its IPC socket within 3s"), "{hint}");
+    assert!(hint.contains("run clusterd with --ready-on spawn"), "{hint}");
+    let status = c.status().expect("status");
+    let row = worker(&status, 0);
+    assert_eq!(row["state"], "starting", "the hint comes while the worker still runs: {row}");
+    assert!(pid_exists(row["pid"].as_i64().unwrap() as i32));
+    assert!(!c.output.contains("killing it"), "the hint comes before the kill");
+    let kill = c.output.wait_contains("killing it:");
+    assert!(kill.contains("said nothing on its IPC socket within 8s"), "{kill}");
+    assert!(kill.contains("--ready-on spawn"), "{kill}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Issue 15, item 3: a stable worker that exits is restarted at once, and the log says so in
+/// words ("restarting at once"), not as a zero duration ("restarting in 0ns").
+#[test]
+fn an_immediate_restart_is_said_in_words() {
+    let mut c = Cluster::start(&["--workers", "1", "--stable-after", "0s"], &["--exit-after", "100"]);
+    let line = c.output.wait_contains("restarting ");
+    assert!(line.contains("restarting at once"), "{line}");
+    assert!(!c.output.contains("0ns"), "{}", c.stderr_dump());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

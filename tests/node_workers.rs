@@ -344,3 +344,105 @@ fn a_graceful_stop_under_load_stops_every_worker_cleanly() {
     assert_eq!(exit.code(), Some(0), "{output}");
     assert!(!output.contains("ERR_INTERNAL_ASSERTION") && !output.contains("exited with code"), "{output}");
 }
+
+/// Issue 15, item 1: `clusterd --listen ADDR -- node app.cjs`, with no `--protocol`, runs the
+/// documentation's complete `cluster.isMaster` program unchanged: the protocol is detected from
+/// the program and logged, and a broadcast reaches the clients of both workers.
+#[test]
+fn a_complete_cluster_program_runs_unchanged_without_protocol_flag() {
+    let script = node_dir().join("workers/cluster-app.cjs");
+    let mut c = Builder::new()
+        .args(&["--workers", "2", "--listen", "127.0.0.1:0"])
+        .program(&["node", script.to_str().unwrap()])
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    c.output.wait_contains("protocol node (auto: the program is node)");
+    let status = c.wait_ready(2);
+    let url = format!("http://{}", listen_addr(&status));
+    let out = Command::new("node")
+        .arg(node_dir().join("broadcast.mjs"))
+        .args([url.as_str(), "default", "6"])
+        .output()
+        .expect("node (Node.js) must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(result["received"], 6, "every client got the broadcast: {result}");
+    let workers: BTreeSet<String> = result["workers"].as_array().unwrap().iter().map(|w| w.to_string()).collect();
+    assert_eq!(workers.len(), 2, "the clients were on both workers: {result}");
+    assert!(!c.output.contains("Master "), "the primary half never runs under clusterd");
+    assert_eq!(c.status().unwrap()["problems"], serde_json::json!([]), "a pool that can be reached has no problem");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// A script whose `#!` line runs node is a Node program too, found by reading its first bytes.
+#[test]
+fn a_script_whose_shebang_runs_node_gets_the_node_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = dir.path().join("server");
+    let listen_worker = node_dir().join("workers/listen-worker.cjs");
+    std::fs::write(&server, format!("#!/usr/bin/env node\nrequire({:?});\n", listen_worker.to_str().unwrap())).unwrap();
+    std::fs::set_permissions(&server, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut c = Builder::new().args(&["--workers", "1"]).program(&[server.to_str().unwrap()]).start();
+    c.output.wait_contains("protocol node (auto: ");
+    assert!(c.output.contains("starts with #!/usr/bin/env node"), "{}", c.stderr_dump());
+    c.wait_ready(1);
+    let line = c.output.wait_contains("listening on ");
+    let port: u16 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Issue 15, item 4: Node workers with no `--listen` that never call `server.listen()` can get
+/// no connection at all; `status` says so instead of showing a healthy pool.
+#[test]
+fn status_reports_node_workers_that_nothing_can_reach() {
+    let script = node_dir().join("workers/socketio-worker.cjs");
+    let mut c = Builder::new()
+        .args(&["--protocol", "node", "--workers", "1"])
+        .program(&["node", script.to_str().unwrap()])
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    let status = c.wait_ready(1);
+    let expected =
+        "no connection can reach the workers: no --listen was given and no worker has called server.listen()";
+    assert_eq!(status["problems"][0], expected, "{status:#}");
+    let out = Command::new(CLUSTERD).arg("status").arg("--control").arg(&c.control).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("! {expected}")), "{table}");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+/// Issue 15, item 1: a plain Node server that listens on the port also given to `--listen` is
+/// told the fix (no `--listen`: clusterd listens for it); without `--listen` it serves.
+#[test]
+fn a_plain_node_server_on_the_listen_port_is_told_to_drop_listen() {
+    let script = node_dir().join("workers/listen-worker.cjs");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let c = Builder::new()
+        .args(&["--workers", "1", "--listen", &format!("127.0.0.1:{port}")])
+        .program(&["node", script.to_str().unwrap()])
+        .env("LISTEN_PORT", &port)
+        .start();
+    let line = c.output.wait_contains("a server.listen() of the worker failed");
+    let expected = format!(
+        "port {port} is in use by --listen 127.0.0.1:{port}, whose connections go to Socket.IO workers \
+         (setupWorker(io)); a server that calls listen() itself needs no --listen: clusterd listens for it"
+    );
+    assert!(line.contains(&expected), "{line}");
+    drop(c);
+
+    let mut c = Builder::new()
+        .args(&["--workers", "1"])
+        .program(&["node", script.to_str().unwrap()])
+        .env("LISTEN_PORT", &port)
+        .start();
+    c.wait_ready(1);
+    c.output.wait_contains(&format!("listening on {port}"));
+    assert_eq!(get(format!("127.0.0.1:{port}").parse().unwrap(), "/").code, 200);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}

@@ -35,7 +35,11 @@ fn reload_replaces_each_worker_only_after_its_successor_is_ready() {
     assert!(out.contains("reloading to generation 2"), "{out}");
     let (code, out) = cli(&c, &["reload"]);
     assert_eq!(code, Some(1), "a second reload waits for the first: {out}");
-    assert!(out.contains("already in progress"), "{out}");
+    assert_eq!(
+        out.trim(),
+        "clusterd: a reload to generation 2 is already in progress",
+        "one wording, no 'clusterd refused'"
+    );
 
     // Sample the pool throughout: every slot has a ready process at every moment.
     let mut samples = 0;
@@ -65,6 +69,8 @@ fn reload_replaces_each_worker_only_after_its_successor_is_ready() {
     assert!(ready0 < pos("reload: starting the replacement worker=1"), "{lines:#?}");
     assert!(pos("reload: starting the replacement worker=0") < ready0);
     c.output.wait_contains("reload complete");
+    let retired = c.output.wait_contains("retired worker exited");
+    assert!(retired.contains("; its drain took "), "the drain time is logged: {retired}");
 
     c.signal(Signal::SIGHUP);
     c.wait_status("generation 3 after SIGHUP", |s| {
@@ -234,4 +240,61 @@ fn a_worker_killed_under_load_costs_at_most_its_requests_in_flight() {
     }
     // Each of the 4 clients has at most one request in flight when a worker dies: 3 kills.
     load.finish_allowing("three worker kills", 12);
+}
+
+/// Issue 15, item 4: during a reload the header counts the pool as configured (not the rows), a
+/// draining worker shows the connections it still carries, and for how long it has drained.
+#[test]
+fn status_tells_the_truth_during_a_reload() {
+    use std::io::Read;
+    let mut c = Cluster::start(
+        &["--workers", "2", "--listen", "127.0.0.1:0", "--grace", "60s"],
+        &["--serve", "--ready-after", "300", "--drain-delay", "60000"],
+    );
+    let addr = listen_addr(&c.wait_ready(2));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.write_all(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("holding") {
+            let mut chunk = [0u8; 512];
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the worker closed a held connection");
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        held.push(stream);
+    }
+    let carried = |s: &Value, state: &str| -> u64 {
+        rows(s).iter().filter(|w| w["state"] == state).map(|w| w["connections"].as_u64().unwrap()).sum()
+    };
+    c.wait_status("both held connections counted", |s| carried(s, "ready") == 2);
+
+    let (code, out) = cli(&c, &["reload"]);
+    assert_eq!(code, Some(0), "{out}");
+    let s = c.wait_status("a successor starting", |s| rows(s).iter().any(|w| w["state"] == "starting"));
+    assert_eq!((s["pool"].as_u64(), s["ready"].as_u64()), (Some(2), Some(2)), "slots, not rows: {s:#}");
+    let s = c.wait_status("both old workers draining, the reload done", |s| {
+        s["phase"] == "ready" && rows(s).iter().filter(|w| w["state"] == "draining").count() == 2
+    });
+    assert_eq!(carried(&s, "draining"), 2, "the draining workers still carry the held connections: {s:#}");
+    assert_eq!(carried(&s, "ready"), 0);
+    for w in rows(&s).iter().filter(|w| w["state"] == "draining") {
+        assert!(w["draining_ms"].as_u64().is_some(), "the drain time is shown: {w}");
+    }
+    assert_eq!(s["grace_ms"], 60_000);
+    let (code, table) = cli(&c, &["status"]);
+    assert_eq!(code, Some(0));
+    assert!(table.contains("phase ready  generation 2  2/2 workers ready"), "{table}");
+    let draining: Vec<&str> = table.lines().filter(|l| l.contains(" draining ")).collect();
+    assert_eq!(draining.len(), 2, "{table}");
+    for line in draining {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[5], "1", "CONNS of a draining worker: {line}");
+        assert!(fields[8].ends_with("s/1m"), "DRAINING shows the time drained of the grace: {line}");
+    }
+    // A connection the draining worker closes is uncounted at once.
+    drop(held.pop());
+    c.wait_status("one held connection left", |s| carried(s, "draining") == 1);
 }

@@ -623,6 +623,8 @@ pub fn start_clusterd(
         socket.display().to_string(),
         "--listen".into(),
         format!("127.0.0.1:{port}"),
+        // As measured before clusterd stopped setting it unasked (issue 14).
+        "--tcp-nodelay".into(),
         "--".into(),
     ];
     args.extend(program.iter().cloned());

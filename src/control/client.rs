@@ -20,7 +20,7 @@ pub fn run(command: Command, control: &Path) -> anyhow::Result<()> {
     };
     let reply = send(control, &request)?;
     if !reply.ok {
-        bail!("clusterd refused: {}", reply.error.unwrap_or_else(|| "no reason given".into()));
+        bail!("{}", reply.error.unwrap_or_else(|| "refused, with no reason given".into()));
     }
     match (reply.status, json) {
         (Some(status), true) => println!("{}", serde_json::to_string(&status)?),

@@ -4,6 +4,7 @@
 //! flooding client costs one task and never holds up the dispatcher or other clients.
 
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use crate::supervisor::Request;
 
 /// How long a client has to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pause after a failed accept (out of fds without a reserve), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long the dispatcher has to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,18 +75,45 @@ impl ControlSocket {
     }
 
     /// Serves requests until the dispatcher goes away.
+    ///
+    /// The control socket must answer when clusterd is out of fds (a flood of clients is exactly
+    /// when an operator asks `status`): it keeps one fd in reserve, as nginx and haproxy do. At
+    /// `EMFILE` it closes the reserve, accepts into the number that freed, serves that one request
+    /// itself, and then turns the connection's fd back into the reserve with `dup3` (closing the
+    /// connection and taking the number in one step, so no other accept can take it between).
     pub fn serve(&mut self, requests: mpsc::Sender<Request>) -> io::Result<()> {
-        let listener = UnixListener::from_std(self.listener.take().ok_or_else(|| io::Error::other("served twice"))?)?;
+        let std_listener = self.listener.take().ok_or_else(|| io::Error::other("served twice"))?;
+        let mut reserve = Some(OwnedFd::from(std_listener.try_clone()?));
+        let listener = UnixListener::from_std(std_listener)?;
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         tokio::spawn(serve_one(stream, requests.clone()));
+                        if reserve.is_none() {
+                            // Lost at an earlier EMFILE; there is room again now.
+                            reserve = take_reserve(&listener);
+                        }
+                    }
+                    Err(error) if is_out_of_fds(&error) && reserve.is_some() => {
+                        drop(reserve.take());
+                        match listener.accept().await {
+                            Ok((mut stream, _)) => {
+                                tracing::warn!("out of fds: answering a control request from the reserved fd");
+                                serve_on(&mut stream, &requests).await;
+                                reserve = reclaim(stream, &listener);
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "control socket accept failed even with the reserved fd");
+                                reserve = take_reserve(&listener);
+                                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            }
+                        }
                     }
                     Err(error) => {
-                        // EMFILE and friends: back off instead of spinning.
+                        // EMFILE without a reserve and friends: back off instead of spinning.
                         tracing::warn!(%error, "control socket accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 }
                 if requests.is_closed() {
@@ -93,6 +123,24 @@ impl ControlSocket {
         });
         Ok(())
     }
+}
+
+/// Whether an accept failed for want of an fd.
+fn is_out_of_fds(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A new reserved fd: a duplicate of the listener, which costs nothing but the number.
+fn take_reserve(listener: &UnixListener) -> Option<OwnedFd> {
+    listener.as_fd().try_clone_to_owned().ok()
+}
+
+/// Closes a served connection by making its fd number the reserve again.
+fn reclaim(stream: UnixStream, listener: &UnixListener) -> Option<OwnedFd> {
+    // Out of the runtime's poller first; then the number is ours to overwrite.
+    let mut fd = OwnedFd::from(stream.into_std().ok()?);
+    nix::unistd::dup3(listener, &mut fd, nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+    Some(fd)
 }
 
 impl Drop for ControlSocket {
@@ -106,17 +154,22 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn serve_one(stream: UnixStream, requests: mpsc::Sender<Request>) {
-    let (read, mut write) = stream.into_split();
+async fn serve_one(mut stream: UnixStream, requests: mpsc::Sender<Request>) {
+    serve_on(&mut stream, &requests).await;
+}
+
+/// Reads one request from `stream` and writes the reply; the caller closes the stream.
+async fn serve_on(stream: &mut UnixStream, requests: &mpsc::Sender<Request>) {
+    let (read, mut write) = stream.split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
     let reply = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => ControlReply::error(format!("no request within {REQUEST_TIMEOUT:?}")),
+        Err(_) => ControlReply::error(format!("no request within {}", crate::duration::show(REQUEST_TIMEOUT))),
         Ok(Err(e)) => ControlReply::error(format!("cannot read the request: {e}")),
         Ok(Ok(_)) if line.len() > MAX_REQUEST => ControlReply::error(format!("request over {MAX_REQUEST} bytes")),
         Ok(Ok(_)) => match serde_json::from_slice::<ControlRequest>(&line) {
             Err(e) => ControlReply::error(format!("malformed request: {e}")),
-            Ok(request) => answer(request, &requests).await,
+            Ok(request) => answer(request, requests).await,
         },
     };
     let mut bytes = serde_json::to_vec(&reply).unwrap_or_else(|_| br#"{"ok":false,"error":"internal"}"#.to_vec());
@@ -150,10 +203,10 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> Request,
 ) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
-    requests.send(make(tx)).await.map_err(|_| "clusterd is shutting down".to_owned())?;
+    requests.send(make(tx)).await.map_err(|_| "shutting down".to_owned())?;
     match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(_)) => Err("clusterd is shutting down".into()),
-        Err(_) => Err("clusterd did not answer in time".into()),
+        Ok(Err(_)) => Err("shutting down".into()),
+        Err(_) => Err(format!("no answer within {}", crate::duration::show(ANSWER_TIMEOUT))),
     }
 }

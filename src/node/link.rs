@@ -28,7 +28,7 @@ use super::frame::{Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Control, Out};
 use crate::listener::Handoff;
-use crate::supervisor::link::{Heard, Said};
+use crate::supervisor::link::{Heard, Said, StartError};
 use crate::supervisor::spawn::{SpawnSpec, Spawned};
 use crate::supervisor::worker::{Launch, Settings};
 
@@ -83,13 +83,13 @@ struct Query {
 }
 
 impl NodeLink {
-    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), String> {
+    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), StartError> {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("cannot create the IPC socket pair: {e}"))?;
+            .map_err(|e| StartError::setup("cannot create the IPC socket pair", e))?;
         let stream = std::os::unix::net::UnixStream::from(ours);
-        stream.set_nonblocking(true).map_err(|e| format!("cannot make the IPC socket non-blocking: {e}"))?;
+        stream.set_nonblocking(true).map_err(|e| StartError::setup("cannot make the IPC socket non-blocking", e))?;
         let (read, write) = tokio::net::UnixStream::from_std(stream)
-            .map_err(|e| format!("cannot register the IPC socket: {e}"))?
+            .map_err(|e| StartError::setup("cannot register the IPC socket", e))?
             .into_split();
         let mode = Mode::from(settings.serialization);
         let env = vec![
@@ -104,11 +104,7 @@ impl NodeLink {
         ];
         let spec =
             SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs, bus: None };
-        let spawned = settings
-            .spawner
-            .spawn(spec)
-            .await
-            .map_err(|e| format!("cannot start {}: {e}", settings.program.to_string_lossy()))?;
+        let spawned = settings.spawner.spawn(spec).await.map_err(|e| StartError::spawn(&settings.program, e))?;
         let super::writer::Writer { out, control, failed, queued } = super::writer::start(write);
         if let Some(relay) = &settings.node_relay {
             let join = super::relay::Input::Join {

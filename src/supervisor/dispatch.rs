@@ -7,10 +7,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::exit::ExitInfo;
-use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::link::StartError;
+use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind, Launch};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
 use crate::config::ListenAddr;
+use crate::duration::show;
 use crate::listener::{Route, RouteMsg};
 use crate::signals::SignalEvent;
 use crate::status::{Phase, Status, WorkerState, WorkerStatus};
@@ -57,6 +59,8 @@ impl Dispatcher {
             greeted: false,
             dropped,
             generation: self.generation,
+            draining_since: None,
+            carried: 0,
         }
     }
 
@@ -119,24 +123,17 @@ impl Dispatcher {
                 self.update_readiness();
             }
             EventKind::SpawnFailed { error } => {
-                tracing::error!(worker = slot.id, "{error}");
                 self.pools.remove_worker(event.incarnation);
                 match role {
-                    Role::Current => {
-                        slot.current = None;
-                        self.after_exit(index, Duration::ZERO, false);
-                    }
-                    Role::Successor => {
-                        slot.successor = None;
-                        self.successor_failed(index, Duration::ZERO);
-                    }
+                    Role::Current => slot.current = None,
+                    Role::Successor => slot.successor = None,
                     Role::Retiring(i) => {
                         slot.retiring.remove(i);
-                        self.after_retired(index);
                     }
                 }
+                self.start_failed(index, role, error);
             }
-            EventKind::Draining => self.pools.remove_worker(event.incarnation),
+            EventKind::Draining => process.begin_drain(&mut self.pools),
             EventKind::Greeted => {
                 process.greeted = true;
                 // A worker counted ready at spawn (--ready-on spawn) takes connections from now.
@@ -145,6 +142,9 @@ impl Dispatcher {
                 }
             }
             EventKind::ConnectionsClosed(groups) => {
+                if process.draining_since.is_some() {
+                    process.carried = process.carried.saturating_sub(groups.len() as u64);
+                }
                 for group in groups {
                     self.pools.connection_closed(group, event.incarnation);
                 }
@@ -163,6 +163,18 @@ impl Dispatcher {
                 self.release_held(Some(&sid));
             }
             EventKind::SessionClose { sid } => self.pools.session_close(&sid, event.incarnation),
+            EventKind::Capacity { full } => {
+                if full {
+                    tracing::warn!(
+                        worker = slot.id,
+                        pid = process.pid,
+                        "worker at capacity: no new connections for it"
+                    );
+                } else {
+                    tracing::info!(worker = slot.id, pid = process.pid, "worker has room again");
+                }
+                self.pools.set_full(event.incarnation, full);
+            }
             EventKind::Exited(info) => match role {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
@@ -174,11 +186,13 @@ impl Dispatcher {
                 }
                 Role::Retiring(i) => {
                     let process = slot.retiring.remove(i);
+                    let drained = process.draining_since.map_or(Duration::ZERO, |at| at.elapsed());
                     tracing::info!(
                         worker = slot.id,
                         pid = process.pid,
                         generation = process.generation,
-                        "retired worker {info}"
+                        "retired worker {info}; its drain took {}",
+                        show(drained)
                     );
                     self.after_retired(index);
                 }
@@ -189,13 +203,15 @@ impl Dispatcher {
 
     fn handle_exit(&mut self, index: usize, info: ExitInfo) {
         let slot = &mut self.slots[index];
-        let pid = slot.current.take().and_then(|c| c.pid);
+        let current = slot.current.take();
+        let pid = current.as_ref().and_then(|c| c.pid);
         if self.stop.is_some() {
-            tracing::info!(worker = slot.id, pid, "worker {info}");
+            let drained = current.and_then(|c| c.draining_since).map_or(Duration::ZERO, |at| at.elapsed());
+            tracing::info!(worker = slot.id, pid, "worker {info}; its drain took {}", show(drained));
         } else {
             tracing::warn!(worker = slot.id, pid, "worker {info}");
         }
-        let (uptime, was_ready) = (info.uptime, info.was_ready);
+        let ending = Ending::Exited { uptime: info.uptime, was_ready: info.was_ready };
         slot.last_exit = Some(info);
         if let Some(successor) = slot.successor.take().filter(|_| self.stop.is_none()) {
             // The old generation died while its successor starts: the successor takes over.
@@ -204,27 +220,79 @@ impl Dispatcher {
             self.update_readiness();
             return;
         }
-        self.after_exit(index, uptime, was_ready);
+        self.after_exit(index, ending);
+    }
+
+    /// A process of the slot could not be started (it has been taken out of the slot). clusterd's
+    /// own shortages are retried without counting against the slot; a program that cannot be
+    /// executed ends clusterd at once (or aborts the reload), since no retry can succeed.
+    fn start_failed(&mut self, index: usize, role: Role, error: StartError) {
+        let id = self.slots[index].id;
+        match (&error, role) {
+            (_, Role::Retiring(_)) => self.after_retired(index),
+            (StartError::Unexecutable { .. }, Role::Current) => {
+                if self.stop.is_some() || self.slots[index].removing {
+                    return self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+                }
+                self.slots[index].state = WorkerState::Exited;
+                let reason = format!("worker {id}: {error}");
+                tracing::error!("{reason}; stopping");
+                self.begin_stop(Outcome::Fatal(reason));
+                self.update_readiness();
+            }
+            (StartError::Unexecutable { .. }, Role::Successor) => self.abort_reload(index, &error.to_string()),
+            (StartError::Resources { .. }, Role::Current) if self.stop.is_some() || self.slots[index].removing => {
+                self.after_exit(index, Ending::Resources);
+            }
+            (StartError::Resources { .. }, Role::Current) => {
+                self.slots[index].state = WorkerState::Backoff;
+                self.retry_start(index, &error);
+                self.update_readiness();
+            }
+            (StartError::Resources { .. }, Role::Successor) => self.retry_start(index, &error),
+            (StartError::Failed(_), Role::Current) => {
+                tracing::error!(worker = id, "{error}");
+                self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+            }
+            (StartError::Failed(_), Role::Successor) => {
+                tracing::error!(worker = id, "{error}");
+                self.successor_failed(index, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Schedules the same start again after clusterd's own shortage, with the slot's resource
+    /// backoff. A retry, not a restart: `restarts` stays, and so do the other streaks.
+    fn retry_start(&mut self, index: usize, error: &StartError) {
+        let slot = &mut self.slots[index];
+        if let Decision::Restart { after, streak } = self.policy.on_end(slot.streak, Ending::Resources) {
+            slot.streak = streak;
+            let (id, attempts) = (slot.id, streak.resource_failures);
+            tracing::error!(worker = id, attempts, "{error}; retrying in {after:?}");
+            self.schedule_restart(index, after);
+        }
     }
 
     /// The slot's current process is gone: restart it, or let it rest while stopping.
-    pub(super) fn after_exit(&mut self, index: usize, uptime: Duration, was_ready: bool) {
+    pub(super) fn after_exit(&mut self, index: usize, ending: Ending) {
         if self.stop.is_some() || self.slots[index].removing {
             self.slots[index].state = WorkerState::Exited;
             self.after_retired(index);
             return;
         }
         let slot = &mut self.slots[index];
-        let decision = self.policy.on_exit(slot.failures, uptime, was_ready);
+        let decision = self.policy.on_end(slot.streak, ending);
         match decision {
-            Decision::Restart { after, failures } => {
-                slot.failures = failures;
+            Decision::Restart { after, streak } => {
+                slot.streak = streak;
                 slot.restarts += 1;
                 slot.state = WorkerState::Backoff;
+                let when = if after.is_zero() { "at once".to_owned() } else { format!("in {}", show(after)) };
                 if decision.is_crash_loop() {
-                    tracing::error!(worker = slot.id, failures, "crash loop: restarting in {after:?}");
+                    let failures = streak.failed_starts;
+                    tracing::error!(worker = slot.id, failures, "crash loop: restarting {when}");
                 } else {
-                    tracing::info!(worker = slot.id, "restarting in {after:?}");
+                    tracing::info!(worker = slot.id, "restarting {when}");
                 }
                 if after.is_zero() {
                     // Straight away: a timer of zero would still wait for the timer wheel's next tick.
@@ -234,7 +302,7 @@ impl Dispatcher {
                 }
             }
             Decision::GiveUp { failures } => {
-                slot.failures = failures;
+                slot.streak.failed_starts = failures;
                 slot.state = WorkerState::Exited;
                 let reason = format!(
                     "worker {} failed {failures} times in a row (crash loop limit {}); last: {}",
@@ -276,7 +344,7 @@ impl Dispatcher {
                 self.begin_stop(Outcome::Immediate(sig));
             }
             SignalEvent::Stop(sig) => {
-                tracing::info!("{}: stopping gracefully (grace {:?})", sig.as_str(), self.config.grace);
+                tracing::info!("{}: stopping gracefully (grace {})", sig.as_str(), show(self.config.grace));
                 self.begin_stop(Outcome::Graceful);
             }
             SignalEvent::Quit => {
@@ -398,11 +466,11 @@ impl Dispatcher {
         let command = if immediate { Command::Kill } else { Command::Drain { grace: self.config.grace } };
         for slot in &mut self.slots {
             slot.restart_token += 1;
-            for process in slot.processes() {
+            for process in slot.processes_mut() {
                 process.handle.send(command.clone());
                 // A draining worker takes no connection at all, sticky ones included: its
                 // server stops accepting, and its sessions end with it.
-                self.pools.remove_worker(process.incarnation);
+                process.begin_drain(&mut self.pools);
             }
             slot.state = if slot.is_empty() { WorkerState::Exited } else { WorkerState::Draining };
         }
@@ -425,7 +493,7 @@ impl Dispatcher {
         let active = self.slots.iter().filter(|s| !s.removing);
         let ready = active.clone().filter(|s| s.current.as_ref().is_some_and(|c| c.ready)).count();
         let total = active.clone().count();
-        let crash_looping = active.filter(|s| s.failures >= CRASH_LOOP_AFTER).count();
+        let crash_looping = active.filter(|s| s.streak.failed_starts >= CRASH_LOOP_AFTER).count();
         let mut status = format!("{ready}/{total} workers ready");
         if crash_looping > 0 {
             status.push_str(&format!(", {crash_looping} crash-looping"));
@@ -452,13 +520,17 @@ impl Dispatcher {
                 state,
                 generation: p.map_or(self.generation, |c| c.generation),
                 restarts: slot.restarts,
-                connections: p.map_or(0, |c| self.pools.connections(c.incarnation)),
+                connections: p.map_or(0, |c| {
+                    if c.draining_since.is_some() { c.carried } else { self.pools.connections(c.incarnation) }
+                }),
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
+                at_capacity: p.is_some_and(|c| self.pools.is_full(c.incarnation)),
                 dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
-                failures: if stable { 0 } else { slot.failures },
-                crash_loop: !stable && slot.failures >= CRASH_LOOP_AFTER,
+                failures: if stable { 0 } else { slot.streak.failed_starts },
+                crash_loop: !stable && slot.streak.failed_starts >= CRASH_LOOP_AFTER,
                 last_exit: slot.last_exit.as_ref().map(ToString::to_string),
+                draining_ms: p.and_then(|c| c.draining_since).map(|at| worker::millis(now - at)),
             }
         };
         let mut workers = Vec::new();
@@ -468,17 +540,56 @@ impl Dispatcher {
                 workers.push(row(slot.id, state, slot.current.as_ref(), slot));
             }
             if let Some(new) = &slot.successor {
-                let state = if new.ready { WorkerState::Ready } else { WorkerState::Starting };
+                let state = match (new.draining_since, new.ready) {
+                    (Some(_), _) => WorkerState::Draining,
+                    (None, true) => WorkerState::Ready,
+                    (None, false) => WorkerState::Starting,
+                };
                 workers.push(row(slot.id, state, Some(new), slot));
             }
             for old in &slot.retiring {
                 workers.push(row(slot.id, WorkerState::Draining, Some(old), slot));
             }
         }
+        let active = self.slots.iter().filter(|s| !s.removing);
+        // Ready and serving: a draining process takes no connection.
+        let ready = active
+            .clone()
+            .filter(|s| s.current.as_ref().is_some_and(|c| c.ready && c.draining_since.is_none()))
+            .count();
+        let mut problems = Vec::new();
+        if self.config.protocol == crate::config::Protocol::Node
+            && self.listening.is_empty()
+            && self.pools.bound().next().is_none()
+            && ready > 0
+        {
+            problems.push(
+                "no connection can reach the workers: no --listen was given and no worker has called \
+                 server.listen()"
+                    .to_owned(),
+            );
+        }
+        let serving: Vec<&Process> =
+            self.slots.iter().filter(|s| !s.removing).filter_map(|s| s.current.as_ref()).filter(|p| p.ready).collect();
+        if !self.listening.is_empty()
+            && !serving.is_empty()
+            && serving.iter().all(|p| !p.greeted && now - p.started >= worker::NO_GREETING_HINT)
+        {
+            problems.push(
+                "connections on the listening sockets get 503: the ready workers do not speak clusterd's \
+                 protocol (they never greeted it), so they cannot be handed connections; a program without the \
+                 SDK must bind its own port, without --listen"
+                    .to_owned(),
+            );
+        }
         Status {
             pid: std::process::id(),
             phase: *self.phase.borrow(),
             generation: self.generation,
+            pool: active.count() as u32,
+            ready: ready as u32,
+            grace_ms: worker::millis(self.config.grace),
+            problems,
             listen: self.listening.iter().map(String::as_str).chain(self.pools.bound()).map(str::to_owned).collect(),
             sessions: self.pools.session_count(),
             program: std::iter::once(&self.config.program)
@@ -493,6 +604,30 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// A worker asks for the port of a `--listen` address (`server.listen(3000)` beside
+    /// `--listen 127.0.0.1:3000`), which binding again would refuse with EADDRINUSE. An SDK
+    /// worker already gets that listener's connections: its listen is granted as it is. A Node
+    /// worker gets them as sticky connections, which only `setupWorker(io)` takes: a server that
+    /// listens itself would never see them, so its listen fails with the fix in words.
+    fn listen_taken(&self, asked: &ListenAddr) -> Option<ListenResult> {
+        let ListenAddr::Tcp(want) = asked else { return None };
+        let taken = self.listening.iter().filter_map(|l| l.parse::<std::net::SocketAddr>().ok()).find(|have| {
+            want.port() != 0
+                && have.port() == want.port()
+                && (want.ip().is_unspecified() || have.ip().is_unspecified() || want.ip() == have.ip())
+        })?;
+        Some(match self.config.protocol {
+            crate::config::Protocol::Native => ListenResult::Bound { addr: taken.to_string() },
+            crate::config::Protocol::Node => ListenResult::Failed {
+                reason: format!(
+                    "port {} is in use by --listen {taken}, whose connections go to Socket.IO workers (setupWorker(io)); \
+                     a server that calls listen() itself needs no --listen: clusterd listens for it",
+                    want.port()
+                ),
+            },
+        })
+    }
+
     /// A worker asks clusterd to listen on `addr`: join the listener already serving it, or bind
     /// it and start its accept loop.
     fn listen_for(&mut self, key: u64, slot: u32, ready: bool, addr: &str) -> (ListenResult, Option<u32>) {
@@ -500,6 +635,9 @@ impl Dispatcher {
             Ok(asked) => asked,
             Err(reason) => return (ListenResult::Failed { reason }, None),
         };
+        if let Some(answer) = self.listen_taken(&asked) {
+            return (answer, None);
+        }
         if let Some((group, bound)) = self.pools.find_group(&asked) {
             self.pools.join(group, key, slot, ready);
             return (ListenResult::Bound { addr: bound }, Some(group));

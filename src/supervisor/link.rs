@@ -30,6 +30,13 @@ pub enum Said {
     SessionClose {
         sid: String,
     },
+    /// It is at capacity (close to its fd limit), or has room again.
+    Capacity {
+        full: bool,
+    },
+    /// It gave a connection back (a later request on it belongs to another worker's session):
+    /// that connection closed for this worker, and goes to be routed again.
+    Handback(Box<Handoff>),
 }
 
 /// What reading a link gave.
@@ -120,4 +127,61 @@ impl Link {
             Link::Node(link) => link.listening(seq, result, group).await,
         }
     }
+}
+
+/// Why a worker process could not be started. The kind decides who is to blame: the dispatcher
+/// retries clusterd's own shortages without counting them against the slot, ends clusterd at once
+/// for a program that cannot be executed, and counts anything else as a failed start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartError {
+    /// clusterd ran out of something a start needs (fds, memory, processes): its own failure.
+    #[error("{what}: {errno} (clusterd's own resources, not the worker's fault)")]
+    Resources { what: String, errno: nix::errno::Errno },
+    /// The program cannot be executed (missing, not permitted, not a binary or a `#!` script).
+    #[error("cannot execute {program}: {errno}{hint}")]
+    Unexecutable { program: String, errno: nix::errno::Errno, hint: &'static str },
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StartError {
+    /// A failure of clusterd's own setup for a start (`what` failed with `error`).
+    pub fn setup(what: &str, error: impl Into<std::io::Error>) -> Self {
+        let error = error.into();
+        match error.raw_os_error().map(nix::errno::Errno::from_raw) {
+            Some(errno) if is_shortage(errno) => Self::Resources { what: what.to_owned(), errno },
+            _ => Self::Failed(format!("{what}: {error}")),
+        }
+    }
+
+    /// The failure of the spawn itself (the fork, the worker's setup before `exec`, or `exec`).
+    pub fn spawn(program: &std::ffi::OsStr, error: std::io::Error) -> Self {
+        use nix::errno::Errno;
+        let program = program.to_string_lossy().into_owned();
+        match error.raw_os_error().map(Errno::from_raw) {
+            Some(errno) if is_shortage(errno) => Self::Resources { what: format!("cannot start {program}"), errno },
+            Some(
+                errno @ (Errno::ENOENT
+                | Errno::EACCES
+                | Errno::EPERM
+                | Errno::ENOEXEC
+                | Errno::ENOTDIR
+                | Errno::EISDIR
+                | Errno::ELOOP
+                | Errno::ENAMETOOLONG
+                | Errno::ELIBBAD),
+            ) => {
+                let hint = if errno == Errno::ENOEXEC { " (neither an ELF binary nor a script with #!)" } else { "" };
+                Self::Unexecutable { program, errno, hint }
+            }
+            _ => Self::Failed(format!("cannot start {program}: {error}")),
+        }
+    }
+}
+
+/// Errors that mean the system or clusterd ran short, not that the worker did anything wrong.
+fn is_shortage(errno: nix::errno::Errno) -> bool {
+    use nix::errno::Errno;
+    matches!(errno, Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS | Errno::EAGAIN)
 }

@@ -16,6 +16,7 @@
 mod bus_reader;
 mod dispatch;
 pub mod exit;
+pub mod guard;
 pub mod link;
 mod native;
 pub mod policy;
@@ -103,12 +104,26 @@ struct Process {
     /// Bus messages dropped for it.
     dropped: Arc<std::sync::atomic::AtomicU64>,
     generation: u64,
+    /// When it was asked to drain (or began draining on its own): it takes no new connection.
+    draining_since: Option<Instant>,
+    /// While draining: the connections it still carries. The balancer forgets a draining worker
+    /// (nothing may be routed to it), so they are counted here, for `status`.
+    carried: u64,
 }
 
 impl Process {
     /// Whether the balancer may give it new connections (when its slot is serving).
     fn routable(&self) -> bool {
         self.ready && self.greeted
+    }
+
+    /// It takes no new connection from now on; what it carries is counted here until it closes.
+    fn begin_drain(&mut self, pools: &mut Pools) {
+        if self.draining_since.is_none() {
+            self.carried = pools.connections(self.incarnation);
+            self.draining_since = Some(Instant::now());
+        }
+        pools.remove_worker(self.incarnation);
     }
 }
 
@@ -123,7 +138,8 @@ struct Slot {
     /// Scaled away: the slot disappears once its processes are gone.
     removing: bool,
     restarts: u32,
-    failures: u32,
+    /// Its consecutive failed starts, deaths and resource failures.
+    streak: policy::Streak,
     /// Matches the pending restart timer; bumped to cancel it.
     restart_token: u64,
     last_exit: Option<ExitInfo>,
@@ -139,7 +155,7 @@ impl Slot {
             retiring: Vec::new(),
             removing: false,
             restarts: 0,
-            failures: 0,
+            streak: policy::Streak::default(),
             restart_token: 0,
             last_exit: None,
         }
@@ -151,6 +167,10 @@ impl Slot {
 
     fn processes(&self) -> impl Iterator<Item = &Process> {
         self.current.iter().chain(&self.successor).chain(&self.retiring)
+    }
+
+    fn processes_mut(&mut self) -> impl Iterator<Item = &mut Process> {
+        self.current.iter_mut().chain(&mut self.successor).chain(&mut self.retiring)
     }
 }
 
@@ -222,10 +242,15 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         protocol: config.protocol,
         serialization: config.serialization,
         node_relay,
+        main_listeners: !listening.is_empty(),
+        limits,
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {
-        policy: RestartPolicy::new(config.stable_after, config.crash_loop_limit),
+        policy: {
+            let policy = RestartPolicy::new(config.stable_after, config.crash_loop_limit);
+            if config.ready_on == crate::config::ReadyOn::Spawn { policy.ready_on_spawn() } else { policy }
+        },
         slots: Vec::new(),
         generation: 1,
         next_incarnation: 1,

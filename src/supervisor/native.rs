@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use clusterd_worker::bus_protocol::{BUS_FD, ENV_BUS_FD};
 use clusterd_worker::channel::PrimaryChannel;
+use std::os::fd::OwnedFd;
+
 use clusterd_worker::protocol::{
-    ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, ListenResult, MAX_FRAME,
-    PROTOCOL_VERSION, ToWorker,
+    Address, ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, ListenResult,
+    MAX_FRAME, MAX_HANDBACK, PROTOCOL_VERSION, ToWorker,
 };
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacket;
 
 use super::bus_reader::BusReader;
-use super::link::{Heard, Said};
+use super::link::{Heard, Said, StartError};
 use super::spawn::{SpawnSpec, Spawned};
 use super::worker::{Launch, Settings, millis};
 use crate::listener::Handoff;
@@ -42,27 +44,32 @@ pub struct NativeLink {
     next_connection: u64,
     /// Connections that came through a listener a worker asked for, by id: their closes count there.
     grouped: HashMap<u64, u32>,
+    /// How a connection the worker gives back is routed again.
+    limits: crate::listener::Limits,
 }
 
 impl NativeLink {
     /// Creates the worker's sockets, greets it (the Hello waits in its socket) and spawns it.
-    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), String> {
+    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), StartError> {
         // Both ends close-on-exec; the spawner dup2s the worker's end onto fd 3 in the child only.
         // The worker's end stays blocking (programs without the SDK may use it plainly).
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("cannot create the IPC socket pair: {e}"))?;
+            .map_err(|e| StartError::setup("cannot create the IPC socket pair", e))?;
         nix::fcntl::fcntl(&ours, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .map_err(|e| format!("cannot make the IPC socket non-blocking: {e}"))?;
-        let socket = UnixSeqpacket::try_from(ours).map_err(|e| format!("cannot register the IPC socket: {e}"))?;
+            .map_err(|e| StartError::setup("cannot make the IPC socket non-blocking", e))?;
+        let socket =
+            UnixSeqpacket::try_from(ours).map_err(|e| StartError::setup("cannot register the IPC socket", e))?;
         let (bus_ours, bus_theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| format!("cannot create the bus socket pair: {e}"))?;
+            .map_err(|e| StartError::setup("cannot create the bus socket pair", e))?;
         for end in [&bus_ours, &bus_theirs] {
             let _ = nix::sys::socket::setsockopt(end, nix::sys::socket::sockopt::SndBuf, &BUS_SOCKET_BUFFER);
         }
         let bus_stream = std::os::unix::net::UnixStream::from(bus_ours);
-        bus_stream.set_nonblocking(true).map_err(|e| format!("cannot make the bus socket non-blocking: {e}"))?;
+        bus_stream
+            .set_nonblocking(true)
+            .map_err(|e| StartError::setup("cannot make the bus socket non-blocking", e))?;
         let (bus_read, bus_write) = tokio::net::UnixStream::from_std(bus_stream)
-            .map_err(|e| format!("cannot register the bus socket: {e}"))?
+            .map_err(|e| StartError::setup("cannot register the bus socket", e))?
             .into_split();
         let channel = PrimaryChannel::new(socket);
         let heartbeat_ms =
@@ -76,7 +83,10 @@ impl NativeLink {
             max_frame: MAX_FRAME as u32,
         };
         // Queued in the socket buffer before the worker runs, so it is always the first frame.
-        channel.send(&ToWorker::Hello(hello)).await.map_err(|e| format!("cannot greet the worker: {e}"))?;
+        channel.send(&ToWorker::Hello(hello)).await.map_err(|e| match e {
+            clusterd_worker::channel::ChannelError::Io(e) => StartError::setup("cannot greet the worker", e),
+            e => StartError::Failed(format!("cannot greet the worker: {e}")),
+        })?;
         let env = vec![
             (ENV_IPC_FD.to_owned(), IPC_FD.to_string()),
             (ENV_WORKER_ID.to_owned(), launch.slot.to_string()),
@@ -91,11 +101,7 @@ impl NativeLink {
             ipc: theirs,
             bus: Some(bus_theirs),
         };
-        let spawned = settings
-            .spawner
-            .spawn(spec)
-            .await
-            .map_err(|e| format!("cannot start {}: {e}", settings.program.to_string_lossy()))?;
+        let spawned = settings.spawner.spawn(spec).await.map_err(|e| StartError::spawn(&settings.program, e))?;
         let join = Input::Join {
             key: launch.incarnation,
             slot: launch.slot,
@@ -112,6 +118,7 @@ impl NativeLink {
             key: launch.incarnation,
             next_connection: 1,
             grouped: HashMap::new(),
+            limits: settings.limits,
         };
         Ok((link, spawned))
     }
@@ -124,7 +131,7 @@ impl NativeLink {
     pub async fn next(&mut self) -> Heard {
         loop {
             tokio::select! {
-                frame = self.channel.recv(), if self.channel_open => return self.frame(frame),
+                frame = self.channel.recv_with_fd(), if self.channel_open => return self.frame(frame),
                 relayed = relay_frames(&mut self.bus, &self.relay, self.key), if self.bus.open => {
                     if let Err(error) = relayed {
                         self.channel_open = false;
@@ -138,10 +145,21 @@ impl NativeLink {
         }
     }
 
-    fn frame(&mut self, frame: Result<Option<FromWorker>, clusterd_worker::channel::ChannelError>) -> Heard {
-        let frame = match frame {
+    fn frame(
+        &mut self,
+        frame: Result<Option<(FromWorker, Option<OwnedFd>)>, clusterd_worker::channel::ChannelError>,
+    ) -> Heard {
+        let (frame, fd) = match frame {
             Ok(Some(frame)) => frame,
             Ok(None) => {
+                self.channel_open = false;
+                return Heard::End;
+            }
+            Err(clusterd_worker::channel::ChannelError::Io(error))
+                if matches!(error.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+            {
+                // The worker's end closed with frames unread in it: the process died (its status
+                // comes from the reaper), it broke nothing.
                 self.channel_open = false;
                 return Heard::End;
             }
@@ -168,6 +186,16 @@ impl NativeLink {
             FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr }),
             FromWorker::SessionOpen { seq, sid } => Ok(Said::SessionOpen { seq: Some(seq), sid }),
             FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
+            FromWorker::Capacity { full } => Ok(Said::Capacity { full }),
+            FromWorker::Handback(back) if (1..self.next_connection).contains(&back.id) => {
+                let group = self.grouped.remove(&back.id);
+                match fd {
+                    Some(fd) => handback(fd, back.initial, group, &self.limits).map(|h| Said::Handback(Box::new(h))),
+                    // clusterd is at its own fd limit: the connection is lost, and closed.
+                    None => Ok(Said::Closed(vec![group])),
+                }
+            }
+            FromWorker::Handback(_) => Err("gave back a connection never handed over".to_owned()),
             _ => Ok(Said::Alive),
         };
         match said {
@@ -251,6 +279,47 @@ async fn relay_frames(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64
         bus.open = false;
     }
     result
+}
+
+/// A connection a worker gave back, ready to be routed again: the fd must be a connected stream
+/// socket (anything else is a protocol violation), its addresses are read from it, and its sticky
+/// key from the request line the worker read.
+fn handback(
+    fd: OwnedFd,
+    initial: Vec<u8>,
+    group: Option<u32>,
+    limits: &crate::listener::Limits,
+) -> Result<Handoff, String> {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername, getsockname, getsockopt, sockopt};
+    if initial.len() > MAX_HANDBACK {
+        return Err(format!("gave back a connection with {} bytes (at most {MAX_HANDBACK})", initial.len()));
+    }
+    if getsockopt(&fd, sockopt::SockType).ok() != Some(SockType::Stream) {
+        return Err("gave back an fd that is not a stream socket".to_owned());
+    }
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let peer: SockaddrStorage = getpeername(raw).map_err(|e| format!("gave back a socket with no peer ({e})"))?;
+    let local: Option<SockaddrStorage> = getsockname(raw).ok();
+    let address = |a: &SockaddrStorage| -> Address {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Address::from(std::net::SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+        } else if let Some(v6) = a.as_sockaddr_in6() {
+            Address::from(std::net::SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+        } else if let Some(path) = a.as_unix_addr().and_then(|u| u.path()) {
+            use std::os::unix::ffi::OsStrExt;
+            Address::Unix { path: path.as_os_str().as_bytes().to_vec() }
+        } else {
+            Address::Unknown
+        }
+    };
+    let unix = peer.family() == Some(AddressFamily::Unix);
+    let (peer, local) = (address(&peer), local.as_ref().map_or(Address::Unknown, address));
+    let sid = match crate::sniff::sniff(&initial, limits.sniff_bytes) {
+        crate::sniff::Sniffed::Http { sid } if limits.sticky == crate::config::Sticky::Sid => sid,
+        _ => None,
+    };
+    let ip = peer.socket_addr().map(|a| a.ip()).filter(|_| limits.sticky == crate::config::Sticky::Ip);
+    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix })
 }
 
 /// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.

@@ -55,6 +55,15 @@ impl Pools {
         self.all().for_each(|b| b.set_ready(key, ready));
     }
 
+    /// The worker is at capacity (or has room again), on every listener.
+    pub fn set_full(&mut self, key: WorkerKey, full: bool) {
+        self.all().for_each(|b| b.set_full(key, full));
+    }
+
+    pub fn is_full(&self, key: WorkerKey) -> bool {
+        self.main.is_full(key)
+    }
+
     pub fn remove_worker(&mut self, key: WorkerKey) {
         self.all().for_each(|b| b.remove_worker(key));
     }

@@ -9,7 +9,7 @@
 
 use tokio::time::Instant;
 
-use super::policy::{CRASH_LOOP_AFTER, Decision};
+use super::policy::{CRASH_LOOP_AFTER, Decision, Ending, Streak};
 use super::worker::Command;
 use super::{Dispatcher, Rollout, Slot};
 use crate::config::MAX_WORKERS;
@@ -24,7 +24,7 @@ impl Dispatcher {
     /// Starts a rolling reload; returns the new generation.
     pub(super) fn begin_reload(&mut self) -> Result<u64, String> {
         if self.stop.is_some() {
-            return Err("clusterd is stopping".into());
+            return Err("already stopping".into());
         }
         if let Some(rollout) = &self.rollout {
             return Err(format!("a reload to generation {} is already in progress", rollout.generation));
@@ -66,7 +66,11 @@ impl Dispatcher {
                 self.slots[index].successor = Some(successor);
             }
             None => {
-                tracing::info!(generation = target, "reload complete in {:.1?}", rollout.started.elapsed());
+                tracing::info!(
+                    generation = target,
+                    "reload complete in {}",
+                    crate::duration::show(rollout.started.elapsed())
+                );
                 self.rollout = None;
                 self.phase.send_replace(Phase::Ready);
             }
@@ -80,13 +84,13 @@ impl Dispatcher {
         let slot = &mut self.slots[index];
         let Some(successor) = slot.successor.take() else { return };
         self.pools.set_ready(successor.incarnation, successor.routable());
-        if let Some(old) = slot.current.replace(successor) {
-            self.pools.remove_worker(old.incarnation);
+        if let Some(mut old) = slot.current.replace(successor) {
+            old.begin_drain(&mut self.pools);
             old.handle.send(Command::Drain { grace });
             slot.retiring.push(old);
         }
         slot.state = WorkerState::Ready;
-        slot.failures = 0;
+        slot.streak = super::policy::Streak::default();
         self.step_rollout();
     }
 
@@ -105,39 +109,45 @@ impl Dispatcher {
             self.update_readiness();
             return;
         };
-        let decision = self.policy.on_exit(rollout.failures, uptime, false);
+        let streak = Streak { failed_starts: rollout.failures, ..Streak::default() };
+        let decision = self.policy.on_end(streak, Ending::Exited { uptime, was_ready: false });
         let failures = match decision {
-            Decision::Restart { failures, .. } | Decision::GiveUp { failures } => failures,
+            Decision::Restart { streak, .. } => streak.failed_starts,
+            Decision::GiveUp { failures } => failures,
         };
         rollout.failures = failures;
         let slot = &self.slots[index];
         if failures >= CRASH_LOOP_AFTER || matches!(decision, Decision::GiveUp { .. }) {
             let last =
                 slot.last_exit.as_ref().map_or_else(|| "it could not be started".to_owned(), ToString::to_string);
-            tracing::error!(
-                worker = slot.id,
-                "reload to generation {} aborted: the new worker failed {failures} times (last: {last}); \
-                 generation {} keeps serving",
-                rollout.generation,
-                rollout.previous,
-            );
-            self.generation = rollout.previous;
-            self.rollout = None;
-            self.phase.send_replace(Phase::Ready);
-            self.update_readiness();
+            self.abort_reload(index, &format!("the new worker failed {failures} times (last: {last})"));
             return;
         }
         if let Decision::Restart { after, .. } = decision {
-            tracing::warn!(worker = slot.id, "reload: retrying the replacement in {after:?}");
+            tracing::warn!(worker = slot.id, "reload: retrying the replacement in {}", crate::duration::show(after));
             self.schedule_restart(index, after);
         }
+        self.update_readiness();
+    }
+
+    /// Ends the reload: the slots not yet replaced keep their old processes.
+    pub(super) fn abort_reload(&mut self, index: usize, why: &str) {
+        let Some(rollout) = self.rollout.take() else { return };
+        tracing::error!(
+            worker = self.slots[index].id,
+            "reload to generation {} aborted: {why}; generation {} keeps serving",
+            rollout.generation,
+            rollout.previous,
+        );
+        self.generation = rollout.previous;
+        self.phase.send_replace(Phase::Ready);
         self.update_readiness();
     }
 
     /// Sets the pool size.
     pub(super) fn scale(&mut self, workers: u32) -> Result<(), String> {
         if self.stop.is_some() {
-            return Err("clusterd is stopping".into());
+            return Err("already stopping".into());
         }
         if workers == 0 || workers > MAX_WORKERS {
             return Err(format!("the pool size must be 1 to {MAX_WORKERS}, not {workers}"));
@@ -172,8 +182,8 @@ impl Dispatcher {
                 slot.removing = true;
                 slot.restart_token += 1;
                 slot.state = WorkerState::Draining;
-                for process in slot.current.take().into_iter().chain(slot.successor.take()) {
-                    self.pools.remove_worker(process.incarnation);
+                for mut process in slot.current.take().into_iter().chain(slot.successor.take()) {
+                    process.begin_drain(&mut self.pools);
                     process.handle.send(Command::Drain { grace });
                     slot.retiring.push(process);
                 }

@@ -9,11 +9,17 @@
 //!
 //! Workers are spawned from one dedicated thread that lives as long as clusterd: the kernel sends
 //! the parent-death signal when the *thread* that forked exits, not the process.
+//!
+//! The child executes the program with its own `execve` (see `Exec`), so the error `spawn` returns
+//! is the kernel's, which the dispatcher uses to tell a program that cannot be executed from
+//! clusterd's own shortage of fds, memory or processes. Before that it joins the pool's cgroup
+//! when the guard has one (`guard.rs`).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
@@ -24,6 +30,8 @@ use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::{Notify, oneshot};
+
+use super::guard::Guard;
 
 /// Variables that belong to clusterd alone and never reach a worker (`CLUSTERD_BRIDGE` may hold
 /// the Redis password).
@@ -56,6 +64,94 @@ pub struct SpawnSpec {
     pub bus: Option<OwnedFd>,
 }
 
+/// What the child passes to `execve`, built in the parent: after the fork, the child of a
+/// multi-threaded process may not allocate.
+struct Exec {
+    /// Where to look for the program, in order (one path when it has a slash, else each `PATH`
+    /// directory's entry), as `execvp` searches.
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    argv_ptrs: Pointers,
+    envp_ptrs: Pointers,
+}
+
+/// A null-terminated array of pointers into the `CString`s of the same [`Exec`].
+struct Pointers(Vec<*const libc::c_char>);
+
+// SAFETY: the pointers point into `CString`s owned by the same `Exec`, whose heap buffers never
+// move or change while it lives; they are only read, by `execve` in the forked child.
+unsafe impl Send for Pointers {}
+// SAFETY: as for `Send`: shared read-only data.
+unsafe impl Sync for Pointers {}
+
+impl Exec {
+    fn new(spec: &SpawnSpec) -> io::Result<Self> {
+        let c = |s: &std::ffi::OsStr| {
+            CString::new(s.as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an argument"))
+        };
+        let program = spec.program.as_os_str();
+        let candidates = if program.as_bytes().contains(&b'/') {
+            vec![c(program)?]
+        } else {
+            // An unset PATH searches what glibc's execvp does; an empty entry is the current dir.
+            let path = std::env::var_os("PATH").unwrap_or_else(|| "/bin:/usr/bin".into());
+            let mut out = Vec::new();
+            for dir in path.as_bytes().split(|&b| b == b':') {
+                let dir = if dir.is_empty() { b".".as_slice() } else { dir };
+                let mut full = dir.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(program.as_bytes());
+                out.push(c(std::ffi::OsStr::from_bytes(&full))?);
+            }
+            out
+        };
+        let argv = std::iter::once(program)
+            .chain(spec.args.iter().map(OsString::as_os_str))
+            .map(c)
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !PRIVATE_ENV.iter().any(|p| k == p) && !spec.env.iter().any(|(n, _)| k == n.as_str()))
+            .collect();
+        env.extend(spec.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))));
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut pair = k.clone();
+                pair.push("=");
+                pair.push(v);
+                c(&pair)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let pointers = |strings: &[CString]| {
+            Pointers(strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect())
+        };
+        let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+        Ok(Self { candidates, argv, envp, argv_ptrs, envp_ptrs })
+    }
+
+    /// Executes the program; returns only with the error of the failed `execve`, the way
+    /// `execvp` reports a search (EACCES if a candidate was denied, else ENOENT), but never
+    /// running the file through a shell. Async-signal-safe: no allocation.
+    fn run(&self) -> io::Error {
+        let _ = (&self.argv, &self.envp); // owned here so that the pointers stay valid
+        let mut denied = false;
+        for path in &self.candidates {
+            // SAFETY: a NUL-terminated path, and null-terminated arrays of pointers to
+            // NUL-terminated strings that `self` owns.
+            unsafe { libc::execve(path.as_ptr(), self.argv_ptrs.0.as_ptr(), self.envp_ptrs.0.as_ptr()) };
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) if self.candidates.len() > 1 => {}
+                Some(libc::EACCES) if self.candidates.len() > 1 => denied = true,
+                _ => return error,
+            }
+        }
+        io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT })
+    }
+}
+
 /// A started worker process.
 pub struct Spawned {
     pub pid: Pid,
@@ -74,6 +170,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Spawner {
     jobs: std_mpsc::Sender<Job>,
+    guard: Arc<Guard>,
 }
 
 impl Spawner {
@@ -83,36 +180,48 @@ impl Spawner {
         self.jobs.send(Job { spec, reply }).map_err(|_| io::Error::other("the spawner thread is gone"))?;
         answer.await.map_err(|_| io::Error::other("the spawner thread dropped the request"))?
     }
+
+    /// The worker led process group `pid`, which has now been swept: the guard may forget it.
+    pub fn swept(&self, pid: Pid) {
+        self.guard.swept(pid);
+    }
 }
 
-/// Starts the spawner thread and returns its handle and the reaper.
-pub fn start() -> io::Result<(Spawner, Reaper)> {
+/// Starts the spawner thread and returns its handle and the reaper. Every worker joins what
+/// `guard` keeps from outliving clusterd.
+pub fn start(guard: Arc<Guard>) -> io::Result<(Spawner, Reaper)> {
     let registry: Registry = Arc::default();
     let (jobs, queue) = std_mpsc::channel::<Job>();
     let thread_registry = Arc::clone(&registry);
+    let thread_guard = Arc::clone(&guard);
     std::thread::Builder::new().name("clusterd-spawner".into()).spawn(move || {
         for job in queue {
-            let result = spawn_one(&thread_registry, job.spec);
+            let result = spawn_one(&thread_registry, &thread_guard, job.spec);
             let _ = job.reply.send(result);
         }
     })?;
-    Ok((Spawner { jobs }, Reaper { registry, wake: Arc::new(Notify::new()) }))
+    let guard_pid = guard.pid();
+    Ok((Spawner { jobs, guard }, Reaper { registry, wake: Arc::new(Notify::new()), guard_pid }))
 }
 
-fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
+fn spawn_one(registry: &Registry, guard: &Guard, spec: SpawnSpec) -> io::Result<Spawned> {
+    // `std` would exec with `execvp`, whose libc runs a file that is neither ELF nor `#!` through
+    // `/bin/sh` instead of failing with ENOEXEC: a stray data file would become a shell script
+    // that exits 127 in a crash loop. So the child calls `execve` itself (from `pre_exec`, after
+    // std has set up stdio), and the kernel's own error comes back from `spawn`.
+    let exec = Exec::new(&spec)?;
     let mut command = Command::new(&spec.program);
-    command.args(&spec.args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for var in PRIVATE_ENV {
-        command.env_remove(var);
-    }
-    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let ipc = spec.ipc.as_raw_fd();
     let bus = spec.bus.as_ref().map_or(-1, |fd| fd.as_raw_fd());
     let parent = nix::unistd::getpid().as_raw();
+    let cgroup_procs = guard.procs_fd().unwrap_or(-1);
     // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
-    // calls (setpgid, prctl, getppid, raise, fcntl, dup2, sigemptyset, pthread_sigmask); it
-    // allocates nothing and touches no lock. The IPC fd goes to 3 before the bus fd goes to 4:
-    // if the IPC fd was 4, it is no longer needed when 4 is overwritten.
+    // calls (setpgid, prctl, getppid, raise, write, fcntl, dup2, sigemptyset, pthread_sigmask,
+    // execve);
+    // it allocates nothing and touches no lock (`exec` was built in the parent). The IPC fd goes
+    // to 3 before the bus fd goes to 4: if the IPC fd was 4, it is no longer needed when 4 is
+    // overwritten.
     unsafe {
         command.pre_exec(move || {
             // Its own process group: clusterd signals the whole worker tree, and a Ctrl-C on
@@ -127,6 +236,12 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
             if libc::getppid() != parent {
                 // clusterd died between fork and prctl: the signal will never come.
                 libc::raise(libc::SIGKILL);
+            }
+            if cgroup_procs >= 0 {
+                // Into the pool's cgroup before the program runs, so that everything it starts is
+                // there too. Best effort: clusterd writes the pid again after the spawn, and says so
+                // if that fails.
+                libc::write(cgroup_procs, b"0".as_ptr().cast(), 1);
             }
             // The bus socket must not sit where the IPC socket goes: move it away first.
             let mut bus = bus;
@@ -152,7 +267,7 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
+            Err(exec.run())
         });
     }
     let mut registered = lock(registry);
@@ -161,6 +276,7 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
     let (tx, exit) = oneshot::channel();
     registered.insert(pid.as_raw(), tx);
     drop(registered);
+    guard.started(pid);
     let stdout = child.stdout.take().map(OwnedFd::from).ok_or_else(|| io::Error::other("no stdout pipe"))?;
     let stderr = child.stderr.take().map(OwnedFd::from).ok_or_else(|| io::Error::other("no stderr pipe"))?;
     // `child` is dropped without waiting: the reaper owns the waiting. The worker's end of the
@@ -174,6 +290,8 @@ fn spawn_one(registry: &Registry, spec: SpawnSpec) -> io::Result<Spawned> {
 pub struct Reaper {
     registry: Registry,
     wake: Arc<Notify>,
+    /// The pool guard, a child of clusterd that must live as long as clusterd.
+    guard_pid: Option<Pid>,
 }
 
 impl Reaper {
@@ -204,6 +322,11 @@ impl Reaper {
                         Some(tx) => {
                             let _ = tx.send(status);
                         }
+                        None if Some(pid) == self.guard_pid => tracing::warn!(
+                            pid = pid.as_raw(),
+                            ?status,
+                            "the pool guard ended: what a worker starts can now outlive a SIGKILLed clusterd"
+                        ),
                         None => tracing::debug!(pid = pid.as_raw(), ?status, "reaped an orphan"),
                     }
                 }

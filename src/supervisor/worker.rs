@@ -13,16 +13,21 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
-use super::link::{Heard, Link, Said};
+use super::link::{Heard, Link, Said, StartError};
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use crate::config::{Protocol, ReadyOn};
+use crate::duration::show;
 use crate::listener::Handoff;
 use crate::logs::{LogSink, Output};
 use crate::node::link::NodeLink;
 
 /// Connections queued for one worker; the route tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
+
+/// How long a live worker may stay silent before clusterd says that it does not seem to speak
+/// the protocol: the SDK greets within milliseconds of its start, Node within its boot.
+pub const NO_GREETING_HINT: Duration = Duration::from_secs(3);
 
 /// What every worker of this clusterd shares.
 pub struct Settings {
@@ -42,6 +47,11 @@ pub struct Settings {
     pub relay: mpsc::Sender<crate::relay::Input>,
     /// The relay between Node workers (`--protocol node`).
     pub node_relay: Option<mpsc::Sender<crate::node::relay::Input>>,
+    /// clusterd has listeners of its own (`--listen`, systemd's): their clients need workers
+    /// that speak the protocol, even with `--ready-on spawn`.
+    pub main_listeners: bool,
+    /// How connections are routed, for those a worker gives back.
+    pub limits: crate::listener::Limits,
 }
 
 /// One worker to start.
@@ -86,7 +96,7 @@ pub enum EventKind {
     /// nothing more to it.
     Draining,
     SpawnFailed {
-        error: String,
+        error: StartError,
     },
     Ready,
     Exited(ExitInfo),
@@ -103,6 +113,10 @@ pub enum EventKind {
     },
     SessionClose {
         sid: String,
+    },
+    /// The worker is at capacity (it takes no new connection), or has room again.
+    Capacity {
+        full: bool,
     },
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
@@ -173,6 +187,9 @@ async fn run(
     let ready_deadline = started + settings.ready_timeout;
     let mut heartbeat_deadline: Option<Instant> = None;
     let mut kill_deadline: Option<Instant> = None;
+    // Only a worker that must say it is ready can be stuck for want of the protocol.
+    let mut greeted = false;
+    let mut hinted = settings.ready_on == ReadyOn::Spawn && !settings.main_listeners;
 
     let status = loop {
         tokio::select! {
@@ -183,7 +200,10 @@ async fn run(
                         heartbeat_deadline = Some(Instant::now() + hb);
                     }
                     let kind = match said {
-                        Said::Greeted => Some(EventKind::Greeted),
+                        Said::Greeted => {
+                            greeted = true;
+                            Some(EventKind::Greeted)
+                        }
                         Said::Ready if !ready && killed.is_none() => {
                             ready = true;
                             Some(EventKind::Ready)
@@ -192,6 +212,13 @@ async fn run(
                         Said::Listen { seq, addr } => Some(EventKind::Listen { seq, addr }),
                         Said::SessionOpen { seq, sid } => Some(EventKind::SessionOpen { seq, sid }),
                         Said::SessionClose { sid } => Some(EventKind::SessionClose { sid }),
+                        Said::Capacity { full } => Some(EventKind::Capacity { full }),
+                        Said::Handback(handoff) => {
+                            // Counted closed here, and routed again as a new connection.
+                            let group = handoff.group;
+                            crate::listener::reroute(*handoff, settings.routes.clone());
+                            Some(EventKind::ConnectionsClosed(vec![group]))
+                        }
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {
@@ -252,14 +279,34 @@ async fn run(
                     report(EventKind::ConnectionsClosed(vec![group])).await;
                 }
             }
+            () = sleep_until(started + NO_GREETING_HINT), if !greeted && !hinted && killed.is_none() => {
+                hinted = true;
+                if settings.ready_on == ReadyOn::Spawn {
+                    tracing::warn!(
+                        worker = launch.slot,
+                        pid = pid.as_raw(),
+                        "the worker has said nothing on its IPC channel within {}: it cannot be handed connections, \
+                         so the clients of clusterd's listening sockets get 503; a program without the SDK serves \
+                         the port it binds itself (run it without --listen)",
+                        show(NO_GREETING_HINT)
+                    );
+                } else {
+                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "{}", no_greeting(settings.protocol, "has said nothing", NO_GREETING_HINT));
+                }
+            }
             () = sleep_until(ready_deadline), if !ready && killed.is_none() => {
-                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {:?}: killing it", settings.ready_timeout);
+                if greeted {
+                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "not ready within {}: killing it", show(settings.ready_timeout));
+                } else {
+                    let why = no_greeting(settings.protocol, "said nothing", settings.ready_timeout);
+                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "killing it: {why}");
+                }
                 killed = Some(KillReason::ReadyTimeout);
                 report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
             }
             () = sleep_until(heartbeat_deadline.unwrap_or(far)), if ready && killed.is_none() && heartbeat_deadline.is_some() => {
-                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "no heartbeat within {:?}: killing it", settings.heartbeat_timeout.unwrap_or_default());
+                tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "no heartbeat within {}: killing it", show(settings.heartbeat_timeout.unwrap_or_default()));
                 killed = Some(KillReason::HeartbeatTimeout);
                 report(EventKind::Draining).await;
                 signal_group(pid, Signal::SIGKILL);
@@ -274,6 +321,7 @@ async fn run(
     // The leader is gone; whatever it left in its process group goes too, before its pid can be
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
+    settings.spawner.swept(pid);
     link.gone(&settings, launch.incarnation).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
@@ -285,6 +333,24 @@ async fn run(
     let info =
         ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
+}
+
+/// What to do about a worker that never spoke the protocol, in one line.
+fn no_greeting(protocol: Protocol, said: &str, within: Duration) -> String {
+    match protocol {
+        Protocol::Native => format!(
+            "the worker {said} on its IPC socket within {}: this program does not speak clusterd's protocol \
+             (the clusterd-worker SDK). For a program without the SDK, run clusterd with --ready-on spawn \
+             (it then serves the ports it binds itself); for a Node.js program, --protocol node",
+            show(within)
+        ),
+        Protocol::Node => format!(
+            "the worker {said} on Node's IPC channel within {} (no `online`): this program does not seem to be \
+             Node.js. For a program without the SDK, run clusterd with --ready-on spawn; for an SDK worker, \
+             --protocol native",
+            show(within)
+        ),
+    }
 }
 
 /// Signals the worker's process group; if the worker left its group (its own `setpgid`), the

@@ -12,7 +12,7 @@
 //! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
 //! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
-//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -47,6 +47,8 @@ struct Flags {
     bus_ask: bool,
     listen_self: Option<String>,
     freeze: bool,
+    fill_fds: bool,
+    bad_handback: bool,
 }
 
 fn parse() -> Flags {
@@ -93,6 +95,8 @@ fn parse() -> Flags {
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze" => flags.freeze = true,
+            "--fill-fds" => flags.fill_fds = true,
+            "--bad-handback" => flags.bad_handback = true,
             "--only-slot" => {
                 it.next();
             }
@@ -162,6 +166,10 @@ async fn main() {
         say("bad worker: got SIGTERM");
         return;
     }
+    if flags.bad_handback {
+        bad_handback().await;
+        return;
+    }
     let worker = match clusterd_worker::Worker::from_env() {
         Ok(worker) => worker,
         Err(error) => {
@@ -199,6 +207,16 @@ async fn main() {
         let _ = out.write_all(b"\nflood done\n");
         let _ = out.flush();
     }
+    if flags.fill_fds {
+        // Every fd the process may have is taken (kept until exit): the next fd clusterd passes
+        // cannot be installed.
+        let mut held = Vec::new();
+        while let Ok(file) = std::fs::File::open("/dev/null") {
+            held.push(file);
+        }
+        say(&format!("fds full held={}", held.len()));
+        std::mem::forget(held);
+    }
     if flags.freeze {
         say("freezing");
         // Blocks the only runtime thread: the SDK's heartbeat stops, as in a hung event loop.
@@ -227,7 +245,7 @@ async fn main() {
 
 /// A small HTTP/1.1 server on handed-off connections, keep-alive included. Every answer starts with
 /// `worker=<id> pid=<pid>`. Paths: `/open?sid=S` reports session S (answers after clusterd's ack),
-/// `/close?sid=S` ends it, `/hold` answers its head at once and keeps the connection open without
+/// `/close?sid=S` ends it, `/nodelay` says whether the socket has TCP_NODELAY, `/hold` answers its head at once and keeps the connection open without
 /// a body end until the client leaves, `/echo` answers the request body; anything else answers
 /// the request line.
 async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener) {
@@ -290,6 +308,7 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
                 while connection.read(&mut sink).await? > 0 {}
                 return Ok(());
             }
+            "/nodelay" => format!("{me} nodelay={}\n", connection.nodelay()?).into_bytes(),
             "/echo" => {
                 let mut out = format!("{me} echo ").into_bytes();
                 out.extend_from_slice(&body);
@@ -303,6 +322,37 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
         out.extend_from_slice(&answer);
         connection.write_all(&out).await?;
     }
+}
+
+/// Speaks the protocol on fd 3 itself, then gives back the first connection it gets with the fd
+/// of `/dev/null` in place of the socket: clusterd must refuse it (a protocol violation).
+async fn bad_handback() {
+    use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: fd 3 is the IPC socket clusterd gave this process, and nothing else here claims it.
+    let owned = unsafe { OwnedFd::from_raw_fd(3) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("nonblocking");
+    let socket = tokio_seqpacket::UnixSeqpacket::try_from(owned).expect("register fd 3");
+    let channel = clusterd_worker::channel::WorkerChannel::new(socket);
+    channel.send(&FromWorker::Hello { version: 1, pid: std::process::id() }).await.expect("hello");
+    channel.send(&FromWorker::Ready).await.expect("ready");
+    say("bad-handback ready");
+    loop {
+        match channel.recv_with_fd().await {
+            Ok(Some((ToWorker::Connection(connection), Some(_socket)))) => {
+                let devnull = std::fs::File::open("/dev/null").expect("/dev/null");
+                let back =
+                    FromWorker::Handback(Handback { id: connection.id, initial: b"GET / HTTP/1.1\r\n".to_vec() });
+                let sent = channel.send_with_fd(&back, devnull.as_fd()).await;
+                say(&format!("bad-handback sent: {sent:?}"));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // Drained or cut off: wait for the end.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+    term.recv().await;
 }
 
 /// A small checksum of a payload, printed instead of megabytes.

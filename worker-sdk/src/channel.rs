@@ -120,6 +120,10 @@ impl<Tx: Encode + Frame, Rx: Decode<()> + Frame> Channel<Tx, Rx> {
     /// Receives the next frame and the fd it carries, if its kind carries one; `Ok(None)` when the
     /// peer closed its end. The fd arrives close-on-exec. A frame with the wrong number of fds is
     /// an error, and any fd that came with it is closed.
+    ///
+    /// One exception: a frame that carries an fd comes back with `None` when the kernel could not
+    /// install the fd in this process (`MSG_CTRUNC` with no fd: this process is at its fd limit).
+    /// The fd is lost (closed by the kernel); the channel is fine.
     pub async fn recv_with_fd(&self) -> Result<Option<(Rx, Option<OwnedFd>)>, ChannelError> {
         let held = self.buffer.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut lease = Lease { slot: &self.buffer, buffer: Some(held.unwrap_or_else(|| vec![0u8; MAX_FRAME + 1])) };
@@ -135,9 +139,7 @@ impl<Tx: Encode + Frame, Rx: Decode<()> + Frame> Channel<Tx, Rx> {
         if info.truncated() || len > MAX_FRAME {
             return Err(CodecError::Oversized { size: len }.into());
         }
-        if info.ancillary_truncated() {
-            return Err(ChannelError::Protocol("control data truncated (too many fds)"));
-        }
+        let control_truncated = info.ancillary_truncated();
         let mut fds = Vec::new();
         for message in reader.into_messages() {
             match message {
@@ -147,6 +149,16 @@ impl<Tx: Encode + Frame, Rx: Decode<()> + Frame> Channel<Tx, Rx> {
             }
         }
         let frame: Rx = codec::decode(&buf[..len])?;
+        if control_truncated {
+            // The kernel sets MSG_CTRUNC without installing the fd when the receiver is at its
+            // fd limit (EMFILE): the fd is closed, the frame is intact. That costs the one
+            // connection, not the channel. Truncation with fds installed means the sender sent
+            // more than the protocol allows.
+            if fds.is_empty() && frame.fds() == 1 {
+                return Ok(Some((frame, None)));
+            }
+            return Err(ChannelError::Protocol("control data truncated (too many fds)"));
+        }
         if fds.len() != frame.fds() {
             return Err(ChannelError::Protocol("wrong number of fds for the frame"));
         }

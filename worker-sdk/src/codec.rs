@@ -63,7 +63,7 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
 mod tests {
     //! Byte-level test vectors; `PROTOCOL.md` shows the same bytes. A change here is a protocol change.
     use super::*;
-    use crate::protocol::{Address, Connection, FromWorker, Hello, ListenResult, ToWorker};
+    use crate::protocol::{Address, Connection, FromWorker, Handback, Hello, ListenResult, ToWorker};
 
     /// A frame and its exact encoding.
     type Vector<T> = (T, Vec<u8>);
@@ -118,6 +118,12 @@ mod tests {
             (
                 FromWorker::Listen { seq: 2, addr: "127.0.0.1:0".into() },
                 [&[0x06, 0x02, 0x0b][..], b"127.0.0.1:0"].concat(),
+            ),
+            (FromWorker::Capacity { full: true }, vec![0x07, 0x01]),
+            (FromWorker::Capacity { full: false }, vec![0x07, 0x00]),
+            (
+                FromWorker::Handback(Handback { id: 300, initial: b"GET /?sid=a HTTP/1.1\r\n".to_vec() }),
+                [&[0x08, 0xfb, 0x2c, 0x01, 0x16][..], b"GET /?sid=a HTTP/1.1\r\n"].concat(),
             ),
         ];
         (to, from)

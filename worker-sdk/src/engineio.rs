@@ -7,20 +7,24 @@
 //!   session id from the open packet in the response body and reports it to clusterd with
 //!   [`Worker::session_open`](crate::Worker::session_open), **before** the response leaves. The
 //!   client cannot send a request with that id before clusterd knows where it lives.
-//! - Every polling response carries `Connection: close`. clusterd routes a connection by its
-//!   first request, so a kept-alive connection could otherwise bring a later request of a
-//!   session that lives on another worker (the failure of `@socket.io/sticky`'s issues 8 and
-//!   17). The next poll comes on a new connection, and clusterd routes it by its `sid`.
+//! - A later request of a session that lives on another worker can come on a kept-alive
+//!   connection that clusterd routed here by its first request. The SDK's connection gives such
+//!   a connection back to clusterd, which routes it to the session's owner (see
+//!   `PROTOCOL.md`, "Handing a connection back"); this layer only has to report the sessions.
 //!
-//! WebSocket clients need neither: the upgrade request carries the `sid` (or starts a session
-//! that lives on that one connection). Sessions that end are forgotten by clusterd after
-//! `--session-ttl` without requests.
+//! - With [`SessionLayer::track`], it also watches socketioxide's sockets, which carry the
+//!   Engine.IO session id (socketioxide gives a namespace socket its Engine.IO session's id):
+//!   a session that appears without a polling handshake (a WebSocket-only client, whose id
+//!   travels inside the WebSocket) is reported open, and every session that ends (the client
+//!   left, or its ping timed out) is reported closed within [`SESSION_SWEEP`]. So clusterd counts
+//!   every live session, whatever its transport, and forgets an ended one at once instead of
+//!   after `--session-ttl`.
 //!
 //! ```ignore
 //! let (io_layer, io) = socketioxide::SocketIo::new_layer();
 //! let app = axum::Router::new()
 //!     .layer(io_layer)
-//!     .layer(clusterd_worker::SessionLayer::new(worker.clone()));
+//!     .layer(clusterd_worker::SessionLayer::new(worker.clone()).track(io.clone()));
 //! ```
 
 use std::future::Future;
@@ -28,7 +32,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{Request, Response};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
@@ -41,6 +45,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The largest handshake body read to find the session id.
 const MAX_HANDSHAKE: usize = 16 * 1024;
 
+/// How often [`SessionLayer::track`] compares socketioxide's live sessions with the ones reported:
+/// the most an ended session stays counted.
+pub const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a session reported at its polling handshake may stay out of every namespace before
+/// [`SessionLayer::track`] counts it ended. A client connects its namespace right after the
+/// handshake; one that left before a sweep saw it there would otherwise stay counted. A slow client
+/// that connects later is reported again at the next sweep.
+pub const NAMESPACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A tower layer that makes Engine.IO sessions sticky under clusterd (see the module docs).
 #[derive(Clone, Debug)]
 pub struct SessionLayer {
@@ -51,6 +65,63 @@ impl SessionLayer {
     /// The layer for this worker.
     pub fn new(worker: Worker) -> Self {
         Self { worker }
+    }
+
+    /// Watches `io`'s sockets (every namespace) every [`SESSION_SWEEP`] until the worker drains,
+    /// so that every session is reported whatever its transport and closed when it ends (see the
+    /// module docs). A session reported at its polling handshake but not in any namespace is
+    /// counted ended after [`NAMESPACE_GRACE`] (and reported again if it shows up later). Must be
+    /// called inside a Tokio runtime.
+    pub fn track<A: socketioxide::adapter::Adapter>(self, io: socketioxide::SocketIo<A>) -> Self {
+        tokio::spawn(track(self.worker.clone(), io));
+        self
+    }
+}
+
+/// The body of [`SessionLayer::track`].
+async fn track<A: socketioxide::adapter::Adapter>(worker: Worker, io: socketioxide::SocketIo<A>) {
+    use std::collections::{HashMap, HashSet};
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Held sessions seen in a namespace: gone from all of them means ended.
+    let mut seen: HashSet<Box<str>> = HashSet::new();
+    // Held sessions never seen in a namespace yet, since when.
+    let mut waiting: HashMap<Box<str>, tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = worker.draining() => return,
+        }
+        let live: HashSet<String> =
+            io.nsps().into_iter().flat_map(|ns| ns.sockets()).map(|socket| socket.id.to_string()).collect();
+        let held = worker.held_sessions();
+        let now = tokio::time::Instant::now();
+        for sid in &held {
+            if live.contains(&**sid) {
+                waiting.remove(sid);
+                seen.insert(sid.clone());
+            } else if seen.remove(sid)
+                || now.duration_since(*waiting.entry(sid.clone()).or_insert(now)) >= NAMESPACE_GRACE
+            {
+                waiting.remove(sid);
+                worker.session_close(sid);
+            }
+        }
+        let held: HashSet<&str> = held.iter().map(|s| &**s).collect();
+        seen.retain(|sid| held.contains(&**sid));
+        waiting.retain(|sid, _| held.contains(&**sid));
+        for sid in live.iter().filter(|sid| !held.contains(sid.as_str())) {
+            // A session without a polling handshake: WebSocket only. Its client already has its id,
+            // and it lives on its one connection, so nothing waits for clusterd's ack.
+            worker.hold_session(sid);
+            seen.insert(sid.as_str().into());
+            let (worker, sid) = (worker.clone(), sid.clone());
+            tokio::spawn(async move {
+                if let Err(error) = worker.session_open(&sid).await {
+                    tracing::warn!(%error, sid, "cannot report a session to clusterd");
+                }
+            });
+        }
     }
 }
 
@@ -93,13 +164,11 @@ where
         let worker = self.worker.clone();
         Box::pin(async move {
             let response = inner.call(request).await?;
-            if kind == Kind::Other {
+            if kind != Kind::Handshake {
                 return Ok(response.map(|body| body.map_err(Into::into).boxed_unsync()));
             }
-            let (mut parts, body) = response.into_parts();
-            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-            if kind != Kind::Handshake || !parts.status.is_success() || body.size_hint().lower() > MAX_HANDSHAKE as u64
-            {
+            let (parts, body) = response.into_parts();
+            if !parts.status.is_success() || body.size_hint().lower() > MAX_HANDSHAKE as u64 {
                 return Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()));
             }
             let bytes = match http_body_util::Limited::new(body, MAX_HANDSHAKE).collect().await {

@@ -31,12 +31,14 @@
 mod adapter;
 mod bus;
 pub mod bus_protocol;
+mod capacity;
 pub mod channel;
 pub mod codec;
 #[cfg(feature = "socketioxide")]
 mod engineio;
 mod error;
 mod fd;
+mod http1;
 mod listener;
 pub mod protocol;
 mod worker;
@@ -45,7 +47,7 @@ mod worker;
 pub use adapter::{BusDriver, ClusterAdapter, cluster_adapter};
 pub use bus::{Answers, Bus, BusEvent, BusMessage, IncomingRequest, Subscription};
 #[cfg(feature = "socketioxide")]
-pub use engineio::{BoxError, SessionLayer, SessionService};
+pub use engineio::{BoxError, NAMESPACE_GRACE, SESSION_SWEEP, SessionLayer, SessionService};
 pub use error::Error;
-pub use listener::{ClientAddr, Connection, Listener};
+pub use listener::{ClientAddr, Connection, DEFAULT_HEADER_TIMEOUT, Listener};
 pub use worker::Worker;

@@ -53,21 +53,144 @@ impl std::fmt::Display for ClientAddr {
     }
 }
 
+/// How long a request head may take on a handed-off connection, unless
+/// [`Worker::set_header_timeout`](crate::Worker::set_header_timeout) or
+/// `CLUSTERD_HEADER_TIMEOUT_MS` says otherwise. hyper's own default, which `axum::serve` leaves off.
+pub const DEFAULT_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The variable that sets the header timeout of every worker (milliseconds; `0`: no limit).
+pub(crate) const ENV_HEADER_TIMEOUT_MS: &str = "CLUSTERD_HEADER_TIMEOUT_MS";
+
 enum Socket {
     Tcp(tokio::net::TcpStream),
     Unix(tokio::net::UnixStream),
+    /// Given back to clusterd.
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection was given back to clusterd")
 }
 
 /// One client connection handed to this worker by clusterd.
+///
+/// When clusterd routed it by an HTTP/1.x request line, the connection follows the framing of
+/// its requests (their lengths, no more): a request head that is not complete within the header
+/// timeout ([`crate::Worker::set_header_timeout`], 30 s by default) fails the read with
+/// `TimedOut`, so the server closes the connection and its fd is free again.
 pub struct Connection {
+    /// Bytes to yield before reading the socket again: clusterd's, or ones held back.
     initial: Vec<u8>,
     consumed: usize,
     socket: Socket,
+    http: Option<Box<Http>>,
     peer: ClientAddr,
     local: ClientAddr,
     report: Option<(u64, mpsc::Sender<Report>)>,
     /// Counted until the application first reads: a drain waits for that (see `Worker::draining`).
     unread: Option<Arc<Unread>>,
+}
+
+/// The HTTP/1.x side of a connection: its framing, the header timer, and the check of each later
+/// request's session.
+struct Http {
+    tracker: crate::http1::Tracker,
+    /// The sessions this worker holds, to tell a later request of another worker's session.
+    sessions: Arc<Sessions>,
+    /// A later request begins at the held-back bytes and is not checked yet.
+    decide: bool,
+    /// Given back to clusterd (decided): reads end, and the socket goes back on shutdown or drop.
+    handing: bool,
+    timeout: Option<std::time::Duration>,
+    /// Runs while a request head is incomplete; created on first use, reset for each head.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current head.
+    armed: bool,
+}
+
+impl Http {
+    /// `Err(TimedOut)` once the current head took longer than the timeout; registers the
+    /// timer's wakeup otherwise.
+    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(timeout) = self.timeout else { return Ok(()) };
+        if self.tracker.phase() != crate::http1::Phase::Head {
+            self.armed = false;
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.armed {
+            timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+/// What a new connection needs from its worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Serving {
+    /// The longest a request head may take; `None`: no limit.
+    pub(crate) header_timeout: Option<std::time::Duration>,
+    pub(crate) sessions: Arc<Sessions>,
+}
+
+/// The Engine.IO sessions this worker process holds (it created them), so that a kept-alive
+/// connection can tell a request of another worker's session and give the connection back.
+#[derive(Debug, Default)]
+pub(crate) struct Sessions {
+    held: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
+    /// The application uses sessions at all: only then is a request with an unknown sid given back
+    /// (an application that never opens one might use `sid` for something else).
+    used: std::sync::atomic::AtomicBool,
+}
+
+impl Sessions {
+    pub(crate) fn insert(&self, sid: &str) {
+        self.used.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).insert(sid.into());
+    }
+
+    pub(crate) fn remove(&self, sid: &str) {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(sid);
+    }
+
+    /// The sessions held now.
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn snapshot(&self) -> Vec<Box<str>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    /// Whether a request naming `sid` belongs elsewhere.
+    fn foreign(&self, sid: &str) -> bool {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.held.lock().unwrap_or_else(|p| p.into_inner()).contains(sid)
+    }
+}
+
+/// What to do with a later request on a kept-alive connection, from its start.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Its request line is not complete yet.
+    NeedMore,
+    /// Serve it here.
+    Keep,
+    /// It names a session this worker does not hold: give the connection back.
+    HandBack,
+}
+
+fn verdict(start: &[u8], sessions: &Sessions) -> Verdict {
+    match crate::http1::request_line(start) {
+        None if start.len() < crate::protocol::MAX_HANDBACK => Verdict::NeedMore,
+        None => Verdict::Keep,
+        Some(line) => match crate::http1::engineio_sid(line) {
+            Some(sid) if sessions.foreign(sid) => Verdict::HandBack,
+            _ => Verdict::Keep,
+        },
+    }
 }
 
 /// Handed-over connections the application has not read from yet.
@@ -96,6 +219,7 @@ impl Connection {
         fd: OwnedFd,
         report: mpsc::Sender<Report>,
         unread: Arc<Unread>,
+        serving: &Serving,
     ) -> io::Result<Self> {
         // The frame says what kind of socket it is. clusterd accepted it non-blocking (the flag
         // belongs to the open file, which this fd shares); setting it again costs one syscall
@@ -112,10 +236,24 @@ impl Connection {
                 Socket::Unix(tokio::net::UnixStream::from_std(std)?)
             }
         };
+        // Only what clusterd routed as HTTP/1.x is followed: a connection that sent nothing may be
+        // a protocol where the server speaks first.
+        let http = crate::http1::starts_with_request_line(&frame.initial).then(|| {
+            Box::new(Http {
+                tracker: crate::http1::Tracker::in_first_request(),
+                sessions: Arc::clone(&serving.sessions),
+                decide: false,
+                handing: false,
+                timeout: serving.header_timeout,
+                timer: None,
+                armed: false,
+            })
+        });
         Ok(Self {
             initial: frame.initial,
             consumed: 0,
             socket,
+            http,
             peer: (&frame.peer).into(),
             local: (&frame.local).into(),
             report: Some((frame.id, report)),
@@ -134,6 +272,29 @@ impl Connection {
         }
     }
 
+    /// Sets `TCP_NODELAY` (Nagle's algorithm off) on a TCP connection; a Unix one has no such
+    /// option (`Ok`, nothing done). clusterd leaves the option as the kernel made it unless run
+    /// with `--tcp-nodelay`; a server that writes a response in several pieces (a head, then a
+    /// body; a WebSocket frame per message) usually wants it, or its pieces wait for the client's
+    /// delayed ACK. With axum: `worker.listener()?.tap_io(|c| { let _ = c.set_nodelay(true); })`
+    /// (`axum::serve::ListenerExt`).
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        match &self.socket {
+            Socket::Tcp(s) => s.set_nodelay(nodelay),
+            Socket::Unix(_) => Ok(()),
+            Socket::Gone => Err(gone()),
+        }
+    }
+
+    /// Whether `TCP_NODELAY` is set (always `false` for a Unix connection).
+    pub fn nodelay(&self) -> io::Result<bool> {
+        match &self.socket {
+            Socket::Tcp(s) => s.nodelay(),
+            Socket::Unix(_) => Ok(false),
+            Socket::Gone => Err(gone()),
+        }
+    }
+
     /// The client's address.
     pub fn peer_addr(&self) -> &ClientAddr {
         &self.peer
@@ -145,9 +306,59 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Gives the socket back to clusterd with the bytes held back (once; the socket is gone after).
+    fn hand_back(&mut self) {
+        let Some((id, report)) = self.report.take() else { return };
+        let socket = std::mem::replace(&mut self.socket, Socket::Gone);
+        let fd: Option<OwnedFd> = match socket {
+            Socket::Tcp(s) => s.into_std().ok().map(OwnedFd::from),
+            Socket::Unix(s) => s.into_std().ok().map(OwnedFd::from),
+            Socket::Gone => None,
+        };
+        let initial = self.initial.split_off(self.consumed);
+        let sent = match fd {
+            Some(fd) => report.try_send(Report::Handback { id, fd, initial }).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The connection is lost (the fd closed with the failed report): count it closed.
+            let _ = report.try_send(Report::Closed(id));
+        }
+    }
+
+    fn handing(&self) -> bool {
+        self.http.as_ref().is_some_and(|h| h.handing)
+    }
+
+    /// Reads more of a later request's start into the held-back bytes.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut chunk = [0u8; 4096];
+        let mut buf = ReadBuf::new(&mut chunk);
+        let read = match &mut self.socket {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, &mut buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, &mut buf),
+            Socket::Gone => return Poll::Ready(Ok(0)),
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                self.initial.drain(..self.consumed);
+                self.consumed = 0;
+                self.initial.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(buf.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         self.mark_read();
+        if self.handing() {
+            self.hand_back();
+        }
         if let Some((id, report)) = self.report.take() {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
             let _ = report.try_send(Report::Closed(id));
@@ -159,20 +370,83 @@ impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.mark_read();
-        if this.consumed < this.initial.len() {
-            let rest = &this.initial[this.consumed..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.consumed += n;
-            if this.consumed == this.initial.len() {
-                this.initial = Vec::new();
-                this.consumed = 0;
-            }
+        if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        match &mut this.socket {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        loop {
+            if let Some(http) = &mut this.http {
+                if http.handing {
+                    // The end of this connection for the server; clusterd gets the socket.
+                    return Poll::Ready(Ok(()));
+                }
+                if let Err(error) = http.poll_timeout(cx) {
+                    return Poll::Ready(Err(error));
+                }
+                if http.decide {
+                    match verdict(&this.initial[this.consumed..], &http.sessions) {
+                        Verdict::Keep => http.decide = false,
+                        Verdict::HandBack => {
+                            http.handing = true;
+                            return Poll::Ready(Ok(()));
+                        }
+                        Verdict::NeedMore => match this.poll_read_more(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(n)) => {
+                                if n == 0
+                                    && let Some(http) = &mut this.http
+                                {
+                                    // The client stopped mid-line: the server sees what came.
+                                    http.decide = false;
+                                }
+                                continue;
+                            }
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        },
+                    }
+                }
+            }
+            if this.consumed < this.initial.len() {
+                let rest = &this.initial[this.consumed..];
+                let want = rest.len().min(buf.remaining());
+                let mut n = want;
+                if let Some(http) = &mut this.http {
+                    n = http.tracker.feed(&rest[..want]);
+                    // A later request begins after the `n` bytes: check it before it goes on.
+                    http.decide = n < want;
+                }
+                buf.put_slice(&rest[..n]);
+                this.consumed += n;
+                if this.consumed == this.initial.len() {
+                    this.initial = Vec::new();
+                    this.consumed = 0;
+                }
+                if n == 0 {
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            let read = match &mut this.socket {
+                Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+                Socket::Gone => return Poll::Ready(Ok(())),
+            };
+            if let (Poll::Ready(Ok(())), Some(http)) = (&read, &mut this.http) {
+                let fresh = &buf.filled()[before..];
+                let used = http.tracker.feed(fresh);
+                if used < fresh.len() {
+                    // A later request begins in what was read: hold it back, so that it goes
+                    // through the tracker (and the timer) as a request of its own.
+                    this.initial = fresh[used..].to_vec();
+                    this.consumed = 0;
+                    http.decide = true;
+                    buf.set_filled(before + used);
+                    if used == 0 {
+                        continue;
+                    }
+                }
+            }
+            return read;
         }
     }
 }
@@ -182,6 +456,7 @@ impl AsyncWrite for Connection {
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -193,6 +468,7 @@ impl AsyncWrite for Connection {
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Gone => Poll::Ready(Err(gone())),
         }
     }
 
@@ -200,6 +476,7 @@ impl AsyncWrite for Connection {
         match &self.socket {
             Socket::Tcp(s) => s.is_write_vectored(),
             Socket::Unix(s) => s.is_write_vectored(),
+            Socket::Gone => false,
         }
     }
 
@@ -207,13 +484,20 @@ impl AsyncWrite for Connection {
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
             Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+            Socket::Gone => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.handing() {
+            // Everything the server wrote is flushed: the client's connection goes on elsewhere.
+            self.hand_back();
+            return Poll::Ready(Ok(()));
+        }
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Gone => Poll::Ready(Ok(())),
         }
     }
 }
@@ -291,5 +575,82 @@ mod axum_support {
         fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Self {
             stream.remote_addr().clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A connection over a Unix socket pair whose first bytes (clusterd's) are `initial`; returns
+    /// it, the client's end and the reports it makes.
+    fn connection(
+        initial: &[u8],
+        sessions: Arc<Sessions>,
+    ) -> (Connection, std::os::unix::net::UnixStream, mpsc::Receiver<Report>) {
+        let (ours, client) = std::os::unix::net::UnixStream::pair().unwrap();
+        let frame = crate::protocol::Connection {
+            id: 7,
+            peer: Address::Unknown,
+            local: Address::Unknown,
+            initial: initial.to_vec(),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let serving = Serving { header_timeout: None, sessions };
+        let c = Connection::new(frame, OwnedFd::from(ours), tx, Arc::default(), &serving).unwrap();
+        (c, client, rx)
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_request_of_another_session_is_given_back_with_its_bytes() {
+        let sessions = Arc::new(Sessions::default());
+        sessions.insert("mine");
+        let first = b"GET /?EIO=4&sid=mine HTTP/1.1\r\nHost: x\r\n\r\n";
+        let second = b"GET /?EIO=4&transport=polling&sid=theirs HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, _client, mut reports) = connection(&[&first[..], second].concat(), sessions);
+        let mut served = Vec::new();
+        c.read_to_end(&mut served).await.unwrap();
+        assert_eq!(served, first, "the server sees the first request, then the end");
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { id, initial, .. }) => assert_eq!((id, initial.as_slice()), (7, &second[..])),
+            other => panic!("{other:?}"),
+        }
+        assert!(reports.try_recv().is_err(), "no close report besides the handback");
+    }
+
+    #[tokio::test]
+    async fn a_later_request_of_a_held_session_is_served_and_the_connection_closes_normally() {
+        let sessions = Arc::new(Sessions::default());
+        sessions.insert("mine");
+        let both = b"GET / HTTP/1.1\r\n\r\nGET /?EIO=4&sid=mine HTTP/1.1\r\n\r\n";
+        let (mut c, client, mut reports) = connection(both, sessions);
+        drop(client);
+        let mut served = Vec::new();
+        c.read_to_end(&mut served).await.unwrap();
+        assert_eq!(served, both);
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
+    }
+
+    #[test]
+    fn a_later_request_is_given_back_only_for_a_session_held_elsewhere() {
+        let sessions = Sessions::default();
+        let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=theirs HTTP/1.1\r\nHost: x\r\n";
+        assert_eq!(verdict(poll, &sessions), Verdict::Keep, "a worker without sessions gives nothing back");
+        sessions.insert("mine");
+        assert_eq!(verdict(poll, &sessions), Verdict::HandBack);
+        assert_eq!(verdict(b"GET /socket.io/?EIO=4&transport=polling&sid=mine HTTP/1.1\r\n", &sessions), Verdict::Keep);
+        assert_eq!(verdict(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n", &sessions), Verdict::Keep);
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\n", &sessions), Verdict::Keep);
+        assert_eq!(verdict(b"GET /socket.io/?EIO=4&sid=theirs", &sessions), Verdict::NeedMore);
+        assert_eq!(
+            verdict(&vec![b'a'; crate::protocol::MAX_HANDBACK], &sessions),
+            Verdict::Keep,
+            "too long to look at"
+        );
+        sessions.remove("mine");
+        assert_eq!(verdict(b"GET /?EIO=4&sid=mine HTTP/1.1\r\n", &sessions), Verdict::HandBack);
     }
 }

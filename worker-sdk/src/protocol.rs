@@ -164,7 +164,7 @@ impl Frame for ToWorker {
 
 impl Frame for FromWorker {
     fn fds(&self) -> usize {
-        0
+        usize::from(matches!(self, Self::Handback(_)))
     }
 }
 
@@ -231,4 +231,31 @@ pub enum FromWorker {
         /// The address.
         addr: String,
     },
+    /// Tag 7. Whether the worker is at capacity: `true` when it is close to its fd limit (or
+    /// could not receive a connection's fd), `false` when it has room again. clusterd gives a
+    /// full worker no new connection (sticky requests of its own sessions excepted) and answers
+    /// 503 only when every ready worker is full. Optional: a worker that never sends it always
+    /// has room.
+    Capacity {
+        /// At capacity (`true`) or with room again (`false`).
+        full: bool,
+    },
+    /// Tag 8. The worker gives back connection `id` (its socket is the frame's one fd): a request
+    /// on it, after the first, belongs to a session the worker does not hold. clusterd routes
+    /// it again as a new connection whose first bytes are `initial` (that request's start, which
+    /// the worker read), and counts connection `id` closed for this worker. Optional.
+    Handback(Handback),
 }
+
+/// A connection a worker gives back to clusterd (the socket is the frame's file descriptor).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct Handback {
+    /// The id of the [`ToWorker::Connection`] that brought it.
+    pub id: u64,
+    /// Bytes the worker read from the socket and did not serve: the start of the next request,
+    /// its request line complete. At most [`MAX_HANDBACK`] bytes.
+    pub initial: Vec<u8>,
+}
+
+/// The most bytes a [`Handback`] carries (as clusterd's own `--sniff-bytes` at most).
+pub const MAX_HANDBACK: usize = 16 * 1024;

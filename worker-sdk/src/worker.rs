@@ -34,6 +34,9 @@ const SESSION_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const DRAIN_FRAME_WAIT: Duration = Duration::from_secs(1);
 /// How long the application gets to accept the connections handed over before the drain request.
 const DRAIN_ACCEPT_WAIT: Duration = Duration::from_secs(2);
+/// While at capacity, how often the open fds are counted again besides when connections close
+/// (fds the application closes on its own are seen this way).
+const CAPACITY_RECHECK: Duration = Duration::from_secs(1);
 
 /// A worker's connection to clusterd.
 ///
@@ -79,6 +82,11 @@ struct Inner {
     acks: Mutex<HashMap<u32, oneshot::Sender<()>>>,
     listens: Mutex<HashMap<u32, oneshot::Sender<ListenResult>>>,
     bus: Option<crate::bus::Bus>,
+    capacity: Arc<crate::capacity::Capacity>,
+    /// The sessions this process holds, for kept-alive connections to check their requests.
+    sessions: Arc<crate::listener::Sessions>,
+    /// Milliseconds a request head may take on a handed-off connection; 0: no limit.
+    header_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,8 +154,11 @@ impl Worker {
             acks: Mutex::new(HashMap::new()),
             listens: Mutex::new(HashMap::new()),
             bus,
+            capacity: Arc::new(crate::capacity::Capacity::from_rlimit()),
+            sessions: Arc::default(),
+            header_timeout_ms: std::sync::atomic::AtomicU64::new(header_timeout_from_env()?),
         });
-        runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue));
+        runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue, Arc::clone(&inner.capacity)));
         let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::BadIpcFd { fd, reason: format!("cannot watch SIGTERM ({e})") })?;
         runtime.spawn(watch_sigterm(sigterm, Arc::clone(&inner)));
@@ -206,6 +217,21 @@ impl Worker {
         *self.inner.grace.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Sets how long a request head may take on the connections handed over from now on (`None`:
+    /// no limit). The default is [`DEFAULT_HEADER_TIMEOUT`](crate::DEFAULT_HEADER_TIMEOUT), or
+    /// `CLUSTERD_HEADER_TIMEOUT_MS` from the environment (milliseconds, `0` for no limit).
+    ///
+    /// The timer runs from the moment the server starts reading a request (the first one: when it
+    /// first reads the connection; a later one: from its first byte) until the end of its head;
+    /// then the read fails with `TimedOut` and the server closes the connection. It applies to
+    /// connections that clusterd routed by an HTTP/1.x request line, and stops after an upgrade.
+    /// Without it, clients that never finish their headers keep one of the worker's fds each,
+    /// forever (axum's `serve` sets no such timeout).
+    pub fn set_header_timeout(&self, timeout: Option<Duration>) {
+        let ms = timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        self.inner.header_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The connections clusterd hands to this worker. Can be taken once; later calls fail with
     /// [`Error::AlreadyTaken`]. Connections that arrive before this call wait in a queue.
     pub fn listener(&self) -> Result<Listener, Error> {
@@ -223,6 +249,9 @@ impl Worker {
         {
             return Err(Error::BadSessionId { sid: sid.to_owned() });
         }
+        // Held here from now on, whatever clusterd answers: a request for it on a kept-alive
+        // connection of this worker is served here.
+        self.inner.sessions.insert(sid);
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.acks).insert(seq, tx);
@@ -272,7 +301,20 @@ impl Worker {
 
     /// Reports that the session `sid` ended. Never blocks; safe to call from `Drop`.
     pub fn session_close(&self, sid: &str) {
+        self.inner.sessions.remove(sid);
         let _ = self.inner.reports.try_send(Report::Frame(FromWorker::SessionClose { sid: sid.to_owned() }));
+    }
+
+    /// The sessions this process holds (opened and not closed).
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn held_sessions(&self) -> Vec<Box<str>> {
+        self.inner.sessions.snapshot()
+    }
+
+    /// Counts `sid` as held here at once, before its report reaches clusterd.
+    #[cfg_attr(not(feature = "socketioxide"), allow(dead_code))]
+    pub(crate) fn hold_session(&self, sid: &str) {
+        self.inner.sessions.insert(sid);
     }
 
     async fn send(&self, frame: &FromWorker) -> Result<(), Error> {
@@ -281,14 +323,40 @@ impl Worker {
 }
 
 /// Sends the reports queued by synchronous code until the channel fails. Connection closes queued
-/// together go out as one frame: under load, one datagram reports many.
-async fn send_reports(channel: Arc<WorkerChannel>, mut queue: mpsc::Receiver<Report>) {
+/// together go out as one frame: under load, one datagram reports many. While the worker is at
+/// capacity, closes (and a timer) make it count its fds again, and it reports when it has room.
+async fn send_reports(
+    channel: Arc<WorkerChannel>,
+    mut queue: mpsc::Receiver<Report>,
+    capacity: Arc<crate::capacity::Capacity>,
+) {
     let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, MAX_CLOSED_PER_FRAME).await > 0 {
+    let mut recheck = tokio::time::interval(CAPACITY_RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What clusterd was last told. Only this task tells it, from the current state, so the
+    // reports can never arrive out of order.
+    let mut told_full = false;
+    loop {
+        let received = tokio::select! {
+            n = queue.recv_many(&mut batch, MAX_CLOSED_PER_FRAME) => n,
+            _ = recheck.tick(), if capacity.is_full() => usize::MAX,
+        };
+        if received == 0 {
+            return;
+        }
         let mut ids = Vec::new();
         for report in batch.drain(..) {
             match report {
                 Report::Closed(id) => ids.push(id),
+                Report::Capacity => {}
+                Report::Handback { id, fd, initial } => {
+                    let frame = FromWorker::Handback(crate::protocol::Handback { id, initial });
+                    if let Err(error) = channel.send_with_fd(&frame, std::os::fd::AsFd::as_fd(&fd)).await {
+                        // Lost with our fd (the client sees the close): count it closed.
+                        tracing::warn!(id, %error, "cannot give a connection back to clusterd");
+                        ids.push(id);
+                    }
+                }
                 Report::Frame(frame) => {
                     if channel.send(&frame).await.is_err() {
                         return;
@@ -298,6 +366,14 @@ async fn send_reports(channel: Arc<WorkerChannel>, mut queue: mpsc::Receiver<Rep
         }
         if !ids.is_empty() && channel.send(&FromWorker::ConnectionsClosed { ids }).await.is_err() {
             return;
+        }
+        capacity.recheck();
+        let full = capacity.is_full();
+        if full != told_full {
+            if channel.send(&FromWorker::Capacity { full }).await.is_err() {
+                return;
+            }
+            told_full = full;
         }
     }
 }
@@ -309,6 +385,20 @@ pub(crate) enum Report {
     Closed(u64),
     /// Any other frame.
     Frame(FromWorker),
+    /// The capacity state may have changed: tell clusterd if it did.
+    Capacity,
+    /// A connection given back to clusterd (its fd travels with the frame).
+    Handback { id: u64, fd: std::os::fd::OwnedFd, initial: Vec<u8> },
+}
+
+/// The header timeout in milliseconds: `CLUSTERD_HEADER_TIMEOUT_MS`, or the default.
+fn header_timeout_from_env() -> Result<u64, Error> {
+    match std::env::var(crate::listener::ENV_HEADER_TIMEOUT_MS) {
+        Ok(value) => {
+            value.trim().parse().map_err(|_| Error::BadEnv { var: crate::listener::ENV_HEADER_TIMEOUT_MS, value })
+        }
+        Err(_) => Ok(u64::try_from(crate::DEFAULT_HEADER_TIMEOUT.as_millis()).unwrap_or(u64::MAX)),
+    }
 }
 
 fn env_parse<T: std::str::FromStr>(var: &'static str) -> Result<T, Error> {
@@ -378,7 +468,16 @@ async fn read_frames(inner: Arc<Inner>) {
             }
             Ok(Some((ToWorker::Connection(frame), Some(fd)))) => {
                 let id = frame.id;
-                match Connection::new(frame, fd, inner.reports.clone(), Arc::clone(&inner.unread)) {
+                if inner.capacity.on_fd(std::os::fd::AsRawFd::as_raw_fd(&fd)) {
+                    tracing::warn!("close to the fd limit: telling clusterd this worker is full");
+                    let _ = inner.reports.try_send(Report::Capacity);
+                }
+                let ms = inner.header_timeout_ms.load(Ordering::Relaxed);
+                let serving = crate::listener::Serving {
+                    header_timeout: (ms > 0).then(|| Duration::from_millis(ms)),
+                    sessions: Arc::clone(&inner.sessions),
+                };
+                match Connection::new(frame, fd, inner.reports.clone(), Arc::clone(&inner.unread), &serving) {
                     // A full queue (nobody accepts) drops the connection, which reports it closed.
                     Ok(connection) => {
                         if inner.connections.try_send(connection).is_err() {
@@ -401,7 +500,15 @@ async fn read_frames(inner: Arc<Inner>) {
                     let _ = ack.send(());
                 }
             }
-            Ok(Some((ToWorker::Connection(_), None))) => unreachable!("the channel checks the fd count"),
+            Ok(Some((ToWorker::Connection(frame), None))) => {
+                // At the fd limit the kernel drops the fd (the client sees the connection close).
+                // It costs this connection: report it closed, and full, and read on.
+                if inner.capacity.on_lost() {
+                    tracing::warn!(id = frame.id, "at the fd limit, a connection was lost: this worker is full");
+                    let _ = inner.reports.try_send(Report::Capacity);
+                }
+                let _ = inner.reports.try_send(Report::Closed(frame.id));
+            }
             Ok(None) => {
                 tracing::warn!("clusterd closed the IPC channel; draining");
                 inner.asked.cancel();

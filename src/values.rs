@@ -1,0 +1,150 @@
+//! The values of options, as both the command line ([`crate::cli`]) and the config file
+//! ([`crate::config`]) parse them: the pool size, the choices, a listen address. Neither of those
+//! modules imports the other's internals; both import these.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+/// The most workers a pool may have; far above any machine, low enough to catch a typo.
+pub const MAX_WORKERS: u32 = 1024;
+
+/// The pool size as given: a number or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerCount {
+    Auto,
+    Fixed(u32),
+}
+
+impl FromStr for WorkerCount {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        let n: u32 = text.parse().map_err(|_| format!("expected a number or `auto`, got {text:?}"))?;
+        if n == 0 {
+            return Err("the pool needs at least 1 worker".into());
+        }
+        if n > MAX_WORKERS {
+            return Err(format!("{n} workers is more than the limit of {MAX_WORKERS}"));
+        }
+        Ok(Self::Fixed(n))
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkerCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+macro_rules! choice {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize, serde::Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+    };
+}
+
+choice!(
+    /// Pick for a connection with no sticky owner.
+    Balance { #[default] LeastConnection, RoundRobin, Random }
+);
+choice!(
+    /// The session key.
+    Sticky { #[default] Sid, Ip, None }
+);
+choice!(
+    /// How workers talk to clusterd, as given: `auto` picks by the program (see [`detect_protocol`]).
+    ProtocolChoice { #[default] Auto, Native, Node }
+);
+
+/// How workers talk to clusterd, decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// clusterd's own (the SDK, `worker-sdk/PROTOCOL.md`).
+    Native,
+    /// Node.js's IPC channel.
+    Node,
+}
+choice!(
+    /// Node channel serialization.
+    Serialization { #[default] Advanced, Json }
+);
+choice!(
+    /// Format of clusterd's own log lines.
+    LogFormat { #[default] Text, Json }
+);
+choice!(
+    /// When a worker counts as ready.
+    ReadyOn { #[default] Message, Spawn }
+);
+
+/// An address to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a path, as in unix:/run/app.sock".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        text.parse::<SocketAddr>()
+            .map(Self::Tcp)
+            .map_err(|_| format!("{text:?} is not HOST:PORT, [V6]:PORT or unix:/path (HOST is an IP address)"))
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_count_parses_numbers_and_auto() {
+        assert_eq!("auto".parse(), Ok(WorkerCount::Auto));
+        assert_eq!("4".parse(), Ok(WorkerCount::Fixed(4)));
+        assert!("0".parse::<WorkerCount>().is_err());
+        assert!("-1".parse::<WorkerCount>().is_err());
+        assert!("5000".parse::<WorkerCount>().is_err());
+        assert!("four".parse::<WorkerCount>().is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!("127.0.0.1:80".parse(), Ok(ListenAddr::Tcp("127.0.0.1:80".parse().unwrap())));
+        assert_eq!("[::1]:80".parse(), Ok(ListenAddr::Tcp("[::1]:80".parse().unwrap())));
+        assert_eq!("unix:/run/a.sock".parse(), Ok(ListenAddr::Unix("/run/a.sock".into())));
+        assert!("unix:".parse::<ListenAddr>().is_err());
+        assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! Where HTTP/1.x requests begin and end in the bytes a client sends, and nothing more: pure, no
+//! I/O.
+//!
+//! A handed-off [`Connection`](crate::Connection) follows the framing of the requests it carries
+//! for two reasons: to time out a request head that never ends (slow-header clients would pin the
+//! worker's fds forever), and to see the request line of every request after the first, which
+//! clusterd never sees on a kept-alive connection (see `PROTOCOL.md`, "Handing a connection
+//! back"). It only tracks lengths: the server parses the requests.
+//!
+//! The framing is RFC 9112's: a head ends with an empty line; a body is chunked if
+//! `Transfer-Encoding` ends with `chunked`, else `Content-Length` long, else empty (a request
+//! never reads to the end of the stream). Empty lines between requests are skipped. After a
+//! request that asks for an upgrade (`Upgrade` header, or `CONNECT`), after anything that is not
+//! HTTP/1.x, or after a head longer than [`MAX_HEAD`], the stream is opaque: nothing more is
+//! tracked.
+
+/// The longest request head followed; a longer one makes the stream opaque (servers refuse such
+/// heads anyway: hyper's limit is about 400 KiB, nginx's 8 KiB per line).
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+
+/// Where the tracker is in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Between requests.
+    Idle,
+    /// Inside a request head.
+    Head,
+    /// Inside a request body.
+    Body,
+    /// Not followed any more.
+    Opaque,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// The hex size; `ext` once past it (extensions until the line ends).
+    Size {
+        size: u64,
+        digits: u32,
+        ext: bool,
+    },
+    /// The line feed after the size line's carriage return.
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    /// The CRLF after a chunk's data.
+    DataEnd {
+        lf: bool,
+    },
+    /// Trailer lines after the last chunk; `len` of the current line.
+    Trailer {
+        len: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Idle,
+    Head,
+    Fixed { left: u64 },
+    Chunked(Chunk),
+    Opaque,
+}
+
+/// Follows the requests of one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Tracker {
+    state: State,
+    /// The current head's bytes so far.
+    head: Vec<u8>,
+}
+
+impl Tracker {
+    /// A tracker for a stream whose first request has begun (clusterd read its request line).
+    pub(crate) fn in_first_request() -> Self {
+        Self { state: State::Head, head: Vec::new() }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        match self.state {
+            State::Idle => Phase::Idle,
+            State::Head => Phase::Head,
+            State::Fixed { .. } | State::Chunked(_) => Phase::Body,
+            State::Opaque => Phase::Opaque,
+        }
+    }
+
+    /// Follows `bytes`, the next ones the client sent. Returns how many it took: all of them,
+    /// unless a request after the first begins in them. Then it stops *before* that request's
+    /// first byte, in [`Phase::Head`], so the caller can look at the
+    /// request before passing it on, and feeds the rest again afterwards.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> usize {
+        let mut i = 0;
+        while i < bytes.len() {
+            match &mut self.state {
+                State::Opaque => return bytes.len(),
+                State::Idle => {
+                    if matches!(bytes[i], b'\r' | b'\n') {
+                        i += 1;
+                        continue;
+                    }
+                    self.state = State::Head;
+                    self.head.clear();
+                    return i;
+                }
+                State::Head => {
+                    // Up to the end of the head, or all of it.
+                    let take = &bytes[i..];
+                    let before = self.head.len();
+                    let end = find_head_end(&self.head, take);
+                    let used = end.unwrap_or(take.len());
+                    if before + used > MAX_HEAD {
+                        self.state = State::Opaque;
+                        self.head = Vec::new();
+                        return bytes.len();
+                    }
+                    self.head.extend_from_slice(&take[..used]);
+                    i += used;
+                    if end.is_some() {
+                        self.state = body_of(&self.head);
+                        self.head.clear();
+                    }
+                }
+                State::Fixed { left } => {
+                    let n = (*left).min((bytes.len() - i) as u64);
+                    *left -= n;
+                    i += n as usize;
+                    if *left == 0 {
+                        self.state = State::Idle;
+                    }
+                }
+                State::Chunked(chunk) => {
+                    let (used, next) = chunk_step(*chunk, &bytes[i..]);
+                    i += used;
+                    self.state = match next {
+                        Some(chunk) => State::Chunked(chunk),
+                        None if used == 0 => State::Opaque,
+                        None => State::Idle,
+                    };
+                }
+            }
+        }
+        bytes.len()
+    }
+}
+
+/// Where the head ends in `more` (the index after its empty line), given the `head` so far: a
+/// rolling window of the last four bytes, which may start in `head`.
+fn find_head_end(head: &[u8], more: &[u8]) -> Option<usize> {
+    let mut window = head[head.len().saturating_sub(3)..].iter().fold(0u32, |w, &b| (w << 8) | u32::from(b));
+    for (k, &b) in more.iter().enumerate() {
+        window = (window << 8) | u32::from(b);
+        // CR LF CR LF, or LF LF (a bare LF ends a line too).
+        if window == 0x0d0a_0d0a || window & 0xffff == 0x0a0a {
+            return Some(k + 1);
+        }
+    }
+    None
+}
+
+/// The state after a complete head.
+fn body_of(head: &[u8]) -> State {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or_default();
+    let _target = parts.next();
+    let version = parts.next().unwrap_or_default();
+    if !(version == "HTTP/1.1" || version == "HTTP/1.0") || method == "CONNECT" {
+        return State::Opaque;
+    }
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    for header in lines {
+        let Some((name, value)) = header.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("upgrade") {
+            return State::Opaque;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            if !chunked {
+                // A request body without a length: the server refuses it; nothing to follow.
+                return State::Opaque;
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<u64>() {
+                Ok(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return State::Opaque,
+            }
+        }
+    }
+    if chunked {
+        State::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })
+    } else {
+        match length {
+            Some(left) if left > 0 => State::Fixed { left },
+            _ => State::Idle,
+        }
+    }
+}
+
+/// One step of a chunked body over `bytes`: how many it took, and the next chunk state (`None`
+/// at the end of the body, or, with nothing taken, when the body is malformed).
+fn chunk_step(mut chunk: Chunk, bytes: &[u8]) -> (usize, Option<Chunk>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        chunk = match chunk {
+            Chunk::Size { size, digits, ext } => match b {
+                b'\r' => Chunk::SizeLf { size },
+                b'\n' => after_size(size),
+                _ if ext => Chunk::Size { size, digits, ext },
+                b';' | b' ' | b'\t' => Chunk::Size { size, digits, ext: true },
+                _ => match (b as char).to_digit(16) {
+                    Some(d) if digits < 15 => Chunk::Size { size: size * 16 + u64::from(d), digits: digits + 1, ext },
+                    _ => return (0, None),
+                },
+            },
+            Chunk::SizeLf { size } => match b {
+                b'\n' => after_size(size),
+                _ => return (0, None),
+            },
+            Chunk::Data { left } => {
+                let n = left.min((bytes.len() - i) as u64);
+                i += n as usize;
+                let left = left - n;
+                if left == 0 {
+                    chunk = Chunk::DataEnd { lf: false };
+                } else {
+                    chunk = Chunk::Data { left };
+                }
+                continue;
+            }
+            Chunk::DataEnd { lf: false } if b == b'\r' => Chunk::DataEnd { lf: true },
+            Chunk::DataEnd { .. } if b == b'\n' => Chunk::Size { size: 0, digits: 0, ext: false },
+            Chunk::DataEnd { .. } => return (0, None),
+            Chunk::Trailer { len } => match b {
+                b'\n' if len == 0 => return (i + 1, None),
+                b'\n' => Chunk::Trailer { len: 0 },
+                b'\r' => Chunk::Trailer { len },
+                _ => Chunk::Trailer { len: len + 1 },
+            },
+        };
+        i += 1;
+    }
+    (i, Some(chunk))
+}
+
+fn after_size(size: u64) -> Chunk {
+    if size == 0 { Chunk::Trailer { len: 0 } } else { Chunk::Data { left: size } }
+}
+
+/// Whether `bytes` start with a complete HTTP/1.x request line.
+pub(crate) fn starts_with_request_line(bytes: &[u8]) -> bool {
+    request_line(bytes).is_some_and(|line| line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0"))
+}
+
+/// The first line of `bytes` without its line end, once it is complete.
+pub(crate) fn request_line(bytes: &[u8]) -> Option<&[u8]> {
+    let end = bytes.iter().position(|&b| b == b'\n')?;
+    let line = &bytes[..end];
+    Some(line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// The Engine.IO session a request line names: the `sid` query parameter of a request that also
+/// has `EIO` (1 to 64 characters of `[A-Za-z0-9_-]`, as clusterd accepts).
+pub(crate) fn engineio_sid(line: &[u8]) -> Option<&str> {
+    let line = std::str::from_utf8(line).ok()?;
+    let target = line.split(' ').nth(1)?;
+    let query = target.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    let mut engine_io = false;
+    let mut sid = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "EIO" => engine_io = true,
+            "sid" => sid = Some(value),
+            _ => {}
+        }
+    }
+    let sid = sid.filter(|s| {
+        (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })?;
+    engine_io.then_some(sid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engineio_sids() {
+        assert_eq!(engineio_sid(b"GET /socket.io/?EIO=4&transport=polling&sid=Ab_-1 HTTP/1.1"), Some("Ab_-1"));
+        assert_eq!(engineio_sid(b"POST /socket.io/?sid=x&EIO=4 HTTP/1.1"), Some("x"));
+        assert_eq!(engineio_sid(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"), None, "a handshake");
+        assert_eq!(engineio_sid(b"GET /app?sid=x HTTP/1.1"), None, "not Engine.IO");
+        assert_eq!(engineio_sid(b"GET /?EIO=4&sid=a%20b HTTP/1.1"), None);
+        assert_eq!(engineio_sid(b"GET /?EIO=4&sid= HTTP/1.1"), None);
+        assert_eq!(engineio_sid(b"\xff\xfe"), None);
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes; returns the offsets where later requests began.
+    fn starts(stream: &[u8], step: usize) -> (Vec<usize>, Phase) {
+        let mut t = Tracker::in_first_request();
+        let mut at = 0;
+        let mut found = Vec::new();
+        while at < stream.len() {
+            let end = (at + step).min(stream.len());
+            let used = t.feed(&stream[at..end]);
+            if used < end - at {
+                found.push(at + used);
+                assert_eq!(t.phase(), Phase::Head);
+                // Feed the rest of the piece after the stop.
+                let rest = t.feed(&stream[at + used..end]);
+                assert_eq!(rest, end - at - used, "no second stop right at the start");
+            }
+            at = end;
+        }
+        (found, t.phase())
+    }
+
+    fn check(stream: &[u8], expected: &[usize], phase: Phase) {
+        for step in [1, 2, 3, 7, stream.len().max(1)] {
+            assert_eq!(
+                starts(stream, step),
+                (expected.to_vec(), phase),
+                "step {step}: {:?}",
+                String::from_utf8_lossy(stream)
+            );
+        }
+    }
+
+    #[test]
+    fn requests_without_bodies() {
+        let a = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let b = b"GET /b?sid=x HTTP/1.1\r\nHost: x\r\n\r\n";
+        check(a, &[], Phase::Idle);
+        check(&[&a[..], b].concat(), &[a.len()], Phase::Idle);
+        check(&[&a[..], b"\r\n", b].concat(), &[a.len() + 2], Phase::Idle);
+        check(&a[..10], &[], Phase::Head);
+    }
+
+    #[test]
+    fn content_length_bodies() {
+        let a = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let b = b"GET /b HTTP/1.1\r\n\r\n";
+        check(&[&a[..], b].concat(), &[a.len()], Phase::Idle);
+        check(&a[..a.len() - 1], &[], Phase::Body);
+        // A body that looks like a request is still body.
+        let tricky = b"POST / HTTP/1.1\r\ncontent-length: 18\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        check(tricky, &[], Phase::Idle);
+    }
+
+    #[test]
+    fn chunked_bodies_with_extensions_and_trailers() {
+        let a = b"POST /a HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5;x=y\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n";
+        let b = b"GET /b HTTP/1.1\r\n\r\n";
+        check(&[&a[..], b].concat(), &[a.len()], Phase::Idle);
+        check(&a[..a.len() - 3], &[], Phase::Body);
+    }
+
+    #[test]
+    fn upgrades_connect_and_other_protocols_are_opaque() {
+        check(
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+            &[],
+            Phase::Opaque,
+        );
+        check(b"CONNECT a:1 HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n", &[], Phase::Opaque);
+        check(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &[], Phase::Opaque);
+        check(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nxx", &[], Phase::Opaque);
+        check(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx", &[], Phase::Opaque);
+        check(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", &[], Phase::Opaque);
+    }
+
+    #[test]
+    fn a_head_over_the_limit_is_opaque() {
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(MAX_HEAD + 10, b'a');
+        let mut t = Tracker::in_first_request();
+        assert_eq!(t.feed(&long), long.len());
+        assert_eq!(t.phase(), Phase::Opaque);
+    }
+
+    #[test]
+    fn a_stop_is_before_the_next_request() {
+        let mut t = Tracker::in_first_request();
+        let two = b"GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let used = t.feed(two);
+        assert_eq!((used, t.phase()), (18, Phase::Head));
+        assert_eq!(t.feed(&two[used..]), 18);
+        assert_eq!(t.phase(), Phase::Idle);
+    }
+
+    #[test]
+    fn request_lines() {
+        assert!(starts_with_request_line(b"GET / HTTP/1.1\r\nHost"));
+        assert!(starts_with_request_line(b"GET / HTTP/1.0\n"));
+        assert!(!starts_with_request_line(b"GET / HTTP/1.1"));
+        assert!(!starts_with_request_line(b"\x16\x03\x01\x02\x00\n"));
+        assert_eq!(request_line(b"GET /x HTTP/1.1\r\n"), Some(&b"GET /x HTTP/1.1"[..]));
+    }
+}
