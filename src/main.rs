@@ -6,6 +6,7 @@
 
 mod balancer;
 mod bridge;
+mod bus_memory;
 mod cli;
 mod config;
 mod control;
@@ -150,7 +151,8 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             if config.workers_auto { " (auto: the CPUs this process may use)" } else { "" },
         );
         let (phase, _) = watch::channel(Phase::Starting);
-        let relay = relay::start(config.bus_queue, config.requests_timeout);
+        let bus_memory = std::sync::Arc::new(bus_memory::BusMemory::new(bus_memory::BUS_INPUT));
+        let relay = relay::start(config.bus_queue, config.requests_timeout, std::sync::Arc::clone(&bus_memory));
         // Redis is not waited for: clusterd serves locally whatever it does.
         let bridge = match config.bridge.clone() {
             Some(bridge) => Some(bridge::start(bridge, relay.clone())?),
@@ -165,6 +167,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             limits,
             routes: routes_tx,
             relay,
+            bus_memory,
             bridge: bridge.clone(),
         };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;

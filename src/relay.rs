@@ -16,7 +16,15 @@
 //! *stuck*: from then on, messages to it are dropped and counted (`dropped` in `status`) without
 //! waiting, until its queue has drained to half. A stuck worker costs the others one pause of
 //! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget (twice its budget,
-//! counting the read chunks that the payloads it waits for were sliced from).
+//! counting the read chunks that the payloads it waits for were sliced from; or one frame larger
+//! than its budget, which an empty queue takes).
+//!
+//! Memory: the frames read and not yet queued hold a share of the bus budget (`bus_memory.rs`),
+//! which this task gives back once it has queued (or dropped) them; each member's queue is bounded
+//! by its budget; the answers of requests being gathered are bounded by [`MAX_HELD_ANSWERS`].
+//! Whatever else joins the relay as a member (a bridge to other hosts) follows the same rules: it
+//! charges what it reads to the bus budget before it hands it over here, and its queue is a
+//! member's queue.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -26,10 +34,18 @@ use bytes::Bytes;
 use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame, message_head};
 use tokio::sync::mpsc;
 
+use crate::bus_memory::{BusMemory, Charge};
+
 /// Frames that may wait for one member (a second bound, for many small messages).
 const QUEUE: usize = 16 * 1024;
 /// How long a member's full queue may stay full before the member counts as stuck.
 pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// The bytes of answers held for requests still gathering them, all requests together. Also the
+/// most one request's answers may add up to, so that its `Answers` frame stays within the frame
+/// limit. An answer beyond it counts its worker as missing.
+pub const MAX_HELD_ANSWERS: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME - 1024 * 1024;
+/// Charges given back at once when they add up to this much (else when the input runs dry).
+const RELEASE_BATCH: usize = 64 * 1024;
 
 /// The key under which the other hosts (the bridge) are waited for in a request; no worker has it.
 const BRIDGE: u64 = u64::MAX;
@@ -61,8 +77,8 @@ pub enum Input {
     Join { key: u64, slot: u32, writer: tokio::net::unix::OwnedWriteHalf, dropped: Arc<AtomicU64> },
     /// It is gone.
     Leave { key: u64 },
-    /// It sent a frame.
-    Frame { key: u64, frame: Incoming },
+    /// It sent a frame, read with this charge to the bus budget (given back once it is queued).
+    Frame { key: u64, frame: Incoming, charge: Charge },
 }
 
 /// A frame from a worker, as its reader hands it over.
@@ -145,6 +161,11 @@ struct Relay {
     input: mpsc::WeakSender<Input>,
     /// Where each message's head is encoded (kept, so that it is allocated once).
     head: Vec<u8>,
+    memory: Arc<BusMemory>,
+    /// Charges of frames already queued, given back in batches.
+    done: Charge,
+    /// Bytes of the answers in `requests`.
+    held_answers: usize,
     /// The bridge to other hosts, if any, and their subscribers per channel.
     bridge: Option<crate::bridge::Sink>,
     remote: HashMap<String, u32>,
@@ -157,11 +178,14 @@ struct Pending {
     waiting: BTreeSet<u64>,
     answers: Vec<(u32, Vec<u8>)>,
     missing: Vec<u32>,
+    /// Bytes of `answers`.
+    held: usize,
 }
 
-/// Starts the relay task; `budget` is the bytes queued for one member before drops, and
-/// `default_timeout` the deadline of a request that names none.
-pub fn start(budget: usize, default_timeout: std::time::Duration) -> mpsc::Sender<Input> {
+/// Starts the relay task; `budget` is the bytes queued for one member before drops,
+/// `default_timeout` the deadline of a request that names none, and `memory` the budget the
+/// frames it is handed were charged to.
+pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<BusMemory>) -> mpsc::Sender<Input> {
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
     let input = tx.downgrade();
     tokio::spawn(async move {
@@ -174,11 +198,17 @@ pub fn start(budget: usize, default_timeout: std::time::Duration) -> mpsc::Sende
             default_timeout,
             input,
             head: Vec::new(),
+            memory,
+            done: Charge::default(),
+            held_answers: 0,
             bridge: None,
             remote: HashMap::new(),
         };
         while let Some(input) = rx.recv().await {
             relay.handle(input).await;
+            if relay.done.bytes() >= RELEASE_BATCH || rx.is_empty() {
+                relay.memory.release(std::mem::take(&mut relay.done));
+            }
         }
     });
     tx
@@ -195,7 +225,10 @@ impl Relay {
         match input {
             Input::Join { key, slot, writer, dropped } => self.join(key, slot, writer, dropped).await,
             Input::Leave { key } => self.leave(key).await,
-            Input::Frame { key, frame } => self.frame(key, frame).await,
+            Input::Frame { key, frame, charge } => {
+                self.frame(key, frame).await;
+                self.done.absorb(charge);
+            }
             Input::Bridge(input) => self.bridge(input).await,
             Input::Deadline { request } => {
                 if let Some(mut pending) = self.requests.remove(&request) {
@@ -214,6 +247,7 @@ impl Relay {
 
     /// Sends a finished request's answers to its asker.
     async fn answer(&mut self, pending: Pending) {
+        self.held_answers -= pending.held;
         if pending.asker == BRIDGE {
             if let Some(bridge) = &self.bridge {
                 bridge.answers(pending.asker_id, pending.answers, pending.missing);
@@ -228,7 +262,14 @@ impl Relay {
 
     /// A worker that is gone answers nothing: requests that wait only for it are answered now.
     async fn forget_in_requests(&mut self, key: u64, slot: u32) {
-        self.requests.retain(|_, p| p.asker != key);
+        let held_answers = &mut self.held_answers;
+        self.requests.retain(|_, p| {
+            let keep = p.asker != key;
+            if !keep {
+                *held_answers -= p.held;
+            }
+            keep
+        });
         let done: Vec<u64> = self
             .requests
             .iter_mut()
@@ -332,7 +373,8 @@ impl Relay {
         {
             waiting.insert(BRIDGE);
         }
-        let pending = Pending { asker, asker_id, waiting: waiting.clone(), answers: Vec::new(), missing: Vec::new() };
+        let pending =
+            Pending { asker, asker_id, waiting: waiting.clone(), answers: Vec::new(), missing: Vec::new(), held: 0 };
         if waiting.is_empty() {
             return self.answer(pending).await;
         }
@@ -371,7 +413,19 @@ impl Relay {
             BridgeInput::Answers { request, answers, missing } => {
                 let Some(pending) = self.requests.get_mut(&request) else { return };
                 if pending.waiting.remove(&BRIDGE) {
-                    pending.answers.extend(answers);
+                    // Held within the same bound as local answers; over it, an answer counts as
+                    // missing.
+                    for (from, answer) in answers {
+                        if self.held_answers + answer.len() <= MAX_HELD_ANSWERS
+                            && pending.held + answer.len() <= MAX_HELD_ANSWERS
+                        {
+                            self.held_answers += answer.len();
+                            pending.held += answer.len();
+                            pending.answers.push((from, answer));
+                        } else {
+                            pending.missing.push(from);
+                        }
+                    }
                     pending.missing.extend(missing);
                 }
                 if pending.waiting.is_empty()
@@ -443,7 +497,20 @@ impl Relay {
             BusFromWorker::Reply { id, payload } => {
                 let Some(pending) = self.requests.get_mut(&id) else { return };
                 if pending.waiting.remove(&key) {
-                    pending.answers.push((from, payload));
+                    if self.held_answers + payload.len() <= MAX_HELD_ANSWERS
+                        && pending.held + payload.len() <= MAX_HELD_ANSWERS
+                    {
+                        self.held_answers += payload.len();
+                        pending.held += payload.len();
+                        pending.answers.push((from, payload));
+                    } else {
+                        tracing::warn!(
+                            worker = from,
+                            bytes = payload.len(),
+                            "bus: an answer over the limit of held answers counts as missing"
+                        );
+                        pending.missing.push(from);
+                    }
                 }
                 if pending.waiting.is_empty()
                     && let Some(pending) = self.requests.remove(&id)
@@ -468,10 +535,10 @@ impl Relay {
 /// counts) once it is stuck.
 async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     let size = bytes.len();
-    if member.queued.load(Ordering::Relaxed) > member.budget / 16 && !bytes.payload.is_empty() {
-        // A payload shared with the chunk it was read into keeps that chunk alive (up to 16
-        // times its size, `bus_reader.rs`). A member that falls behind gets its own copy, so
-        // what it holds stays within twice its budget.
+    if member.queued.load(Ordering::Relaxed) > member.budget / 32 && !bytes.payload.is_empty() {
+        // A payload shared with the chunk it was read into keeps that chunk alive (up to 32
+        // times its size: a chunk is at most two reads, `bus_reader.rs`). A member that falls
+        // behind gets its own copy, so what it holds stays within twice its budget.
         bytes.payload = Bytes::copy_from_slice(&bytes.payload);
     }
     let fits = |m: &Member| m.queued.load(Ordering::Relaxed) + size <= m.budget.max(size);

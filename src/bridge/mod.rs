@@ -29,25 +29,14 @@ pub mod conn;
 pub mod hosts;
 pub mod options;
 pub mod queue;
+pub mod status;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-
 use self::queue::{Out, OutQueue};
-
-/// The bridge's connection state, as `status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// The first attempt is under way.
-    Connecting,
-    Connected,
-    /// Lost, or never reached: retrying with capped backoff.
-    Down,
-}
+pub use self::status::{BridgeStatus, State};
+use bytes::Bytes;
 
 /// The bridge's counters, shared by the relay's side and the connection task.
 #[derive(Debug)]
@@ -83,27 +72,6 @@ impl Stats {
             _ => State::Connecting,
         }
     }
-}
-
-/// The `bridge` object of `status --json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BridgeStatus {
-    /// Redacted: never a password.
-    pub url: String,
-    pub group: String,
-    pub state: State,
-    /// Live hosts of the group, this one included.
-    pub hosts: usize,
-    /// Messages published to Redis.
-    pub published: u64,
-    /// Messages received from Redis and handed to the relay or acted upon.
-    pub received: u64,
-    /// Cross-host messages dropped: queue overflow, or Redis down.
-    pub dropped: u64,
-    /// Messages on clusterd's own channels that did not parse.
-    pub malformed: u64,
-    /// Plain socketioxide-redis servers on the same Redis, counted as members.
-    pub plain_servers: usize,
 }
 
 /// What the dispatcher keeps of the bridge: its status, and the goodbye at a stop.

@@ -51,6 +51,11 @@ pub struct NodeLink {
     /// Handoffs the writer could not deliver (the worker refused them).
     failed: mpsc::UnboundedReceiver<Option<u32>>,
     relay: Option<mpsc::Sender<super::relay::Input>>,
+    /// The bus budget that relayed messages are charged to before the channel is read on.
+    memory: std::sync::Arc<crate::bus_memory::BusMemory>,
+    /// A message for the relay that waits for the budget; nothing more is read meanwhile. Its
+    /// place in the budget's queue is kept across turns of `next`.
+    parked: Option<(Frame, crate::bus_memory::Waiting)>,
     /// Connections handed over without a session id, oldest first: each becomes a session when
     /// the worker reports one, or stops counting after [`HANDSHAKE_WINDOW`].
     handshakes: VecDeque<Instant>,
@@ -126,6 +131,8 @@ impl NodeLink {
             control,
             failed,
             relay: settings.node_relay.clone(),
+            memory: std::sync::Arc::clone(&settings.bus_memory),
+            parked: None,
             handshakes: VecDeque::new(),
             sessions: HashSet::new(),
             seq: 0,
@@ -154,7 +161,9 @@ impl NodeLink {
             if !self.open {
                 return Heard::End;
             }
-            match self.decoder.next_frame() {
+            let parked = self.parked.is_some();
+            let next = if parked { Ok(None) } else { self.decoder.next_frame() };
+            match next {
                 Ok(Some(frame)) => {
                     if let Err(why) = self.frame(frame) {
                         self.open = false;
@@ -169,8 +178,19 @@ impl NodeLink {
                 }
             }
             let expiry = self.handshakes.front().map(|at| *at + HANDSHAKE_WINDOW);
+            let waiting = async {
+                match &mut self.parked {
+                    Some((_, waiting)) => waiting.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                read = self.read.read_buf(&mut self.chunk) => match read {
+                charge = waiting, if parked => {
+                    if let Some((frame, _)) = self.parked.take() {
+                        self.relay_frame(frame, charge);
+                    }
+                }
+                read = self.read.read_buf(&mut self.chunk), if !parked => match read {
                     Ok(0) | Err(_) => {
                         self.open = false;
                         return Heard::End;
@@ -189,17 +209,34 @@ impl NodeLink {
         }
     }
 
+    /// Hands a charged adapter message to the relay.
+    fn relay_frame(&mut self, frame: Frame, charge: crate::bus_memory::Charge) {
+        let Some(relay) = &self.relay else { return self.memory.release(charge) };
+        // The relay's queue is deep; a full one means it is far behind, and the adapter's own
+        // timeouts cover a lost message. Counted with the worker's drops; said once.
+        if let Err(refused) = relay.try_send(super::relay::Input::Frame { key: self.key, frame, charge }) {
+            if let super::relay::Input::Frame { charge, .. } = refused.into_inner() {
+                self.memory.release(charge);
+            }
+            if self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+                tracing::warn!(worker = self.slot, "node relay: queue full, adapter messages are dropped");
+            }
+        }
+    }
+
     /// Acts on one message, queueing what the worker task must hear.
     fn frame(&mut self, frame: Frame) -> Result<(), String> {
         let [cmd, source, kind] = frame.select(&[&["cmd"], &["source"], &["type"]]).map_err(|e| e.to_string())?;
         if source.as_ref().and_then(Value::as_str) == Some("_sio_adapter") {
-            if let Some(relay) = &self.relay {
-                // The relay's queue is deep; a full one means it is far behind, and the adapter's
-                // own timeouts cover a lost message. Counted with the worker's drops; said once.
-                if relay.try_send(super::relay::Input::Frame { key: self.key, frame }).is_err()
-                    && self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0
-                {
-                    tracing::warn!(worker = self.slot, "node relay: queue full, adapter messages are dropped");
+            if self.relay.is_some() {
+                // Charged before anything more is read: when the budget is spent, the channel
+                // waits (in `next`), and so does the worker's `process.send`.
+                match self.memory.try_acquire(frame.raw().len()) {
+                    Some(charge) => self.relay_frame(frame, charge),
+                    None => {
+                        let waiting = self.memory.queue(frame.raw().len());
+                        self.parked = Some((frame, waiting));
+                    }
                 }
             }
             return Ok(());

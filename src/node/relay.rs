@@ -20,6 +20,9 @@
 //!
 //! A worker that does not read keeps its queue: messages over `--bus-queue` bytes queued for it,
 //! or that wait over [`STUCK_AFTER`] for room, are dropped and counted (`dropped` in `status`).
+//!
+//! Each message arrives charged to the bus budget (`bus_memory.rs`, charged by the worker's link
+//! before it reads on); the charge is given back once the message is queued or dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,6 +34,7 @@ use tokio::sync::mpsc;
 use super::frame::{Frame, Mode};
 use super::value::Value;
 use super::writer::Out;
+use crate::bus_memory::{BusMemory, Charge};
 use crate::relay::STUCK_AFTER;
 
 const SOURCE: &str = "_sio_adapter";
@@ -67,9 +71,11 @@ pub enum Input {
     Leave {
         key: u64,
     },
+    /// A message, with its charge to the bus budget.
     Frame {
         key: u64,
         frame: Frame,
+        charge: Charge,
     },
 }
 
@@ -102,7 +108,11 @@ struct Relay {
     remote: BTreeMap<u64, BTreeSet<(String, String)>>,
 }
 
-pub fn start(budget: usize, serialization: crate::config::Serialization) -> mpsc::Sender<Input> {
+pub fn start(
+    budget: usize,
+    serialization: crate::config::Serialization,
+    memory: std::sync::Arc<BusMemory>,
+) -> mpsc::Sender<Input> {
     let (tx, mut rx) = mpsc::channel(4096);
     let mode = Mode::from(serialization);
     tokio::spawn(async move {
@@ -123,7 +133,10 @@ pub fn start(budget: usize, serialization: crate::config::Serialization) -> mpsc
                     relay.members.insert(key, member);
                 }
                 Input::Leave { key } => relay.leave(key).await,
-                Input::Frame { key, frame } => relay.frame(key, frame).await,
+                Input::Frame { key, frame, charge } => {
+                    relay.frame(key, frame).await;
+                    memory.release(charge);
+                }
                 Input::Bridge(input) => relay.bridge(input).await,
             }
         }

@@ -6,13 +6,19 @@
 //! never keeps a whole chunk alive. A shared payload keeps its chunk alive at most
 //! `READ_SIZE / SHARE_FROM` times its own size; the relay copies payloads for a member that falls
 //! behind (see `relay.rs`), which bounds that cost.
+//!
+//! Bytes are charged to the bus budget (`bus_memory.rs`) before they are read: a chunk's worth,
+//! or a whole frame once its header announces one larger than a chunk (so that a large frame,
+//! once started, is read to its end without waiting again). Each frame taken carries its share
+//! to the relay. A reader that must wait for the budget gives back what it holds first, so
+//! readers never wait on each other; it then holds at most two chunks uncharged.
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clusterd_worker::bus_protocol::{MAX_BUS_FRAME, PublishRef, decode_body, parse_publish};
-use tokio::io::AsyncReadExt;
 
+use crate::bus_memory::{BusMemory, Charge, Waiting};
 use crate::relay::Incoming;
 
 /// How much one read asks for, at least. Below glibc's mmap threshold (128 KiB): chunks that
@@ -31,29 +37,61 @@ pub struct BusReader {
     channel: Option<Arc<str>>,
     /// False once the worker closed its end (or broke the protocol).
     pub open: bool,
+    memory: Arc<BusMemory>,
+    /// What this reader holds of the budget, for the bytes in `buffer` and the next read.
+    held: Charge,
+    /// The buffer length `held` stands for: more than `held` only when a frame larger than the
+    /// whole budget took all of it.
+    covers: usize,
+    /// The wait for the budget (for this buffer length), kept across cancellations.
+    waiting: Option<(usize, Waiting)>,
 }
 
 impl BusReader {
-    pub fn new(read: tokio::net::unix::OwnedReadHalf) -> Self {
-        Self { read, buffer: BytesMut::new(), channel: None, open: true }
+    pub fn new(read: tokio::net::unix::OwnedReadHalf, memory: Arc<BusMemory>) -> Self {
+        Self {
+            read,
+            buffer: BytesMut::new(),
+            channel: None,
+            open: true,
+            memory,
+            held: Charge::default(),
+            covers: 0,
+            waiting: None,
+        }
     }
 
     /// Waits until a whole frame is buffered (`true`; take it with [`BusReader::take`]) or the
-    /// worker closed its end (`false`). Cancel-safe: what was read stays in the buffer.
+    /// worker closed its end (`false`). Cancel-safe: what was read stays in the buffer, and the
+    /// charge stays consistent with it.
     pub async fn fill(&mut self) -> Result<bool, String> {
         loop {
-            let mut wanted = READ_SIZE;
-            if let Some(length) = self.declared_length()? {
-                if self.buffer.len() >= 4 + length {
-                    return Ok(true);
-                }
-                // A large frame is read into one allocation instead of growing step by step.
-                wanted = wanted.max(4 + length - self.buffer.len());
+            // A large frame is read into one allocation instead of growing step by step, and its
+            // whole length is charged at once; otherwise one chunk at a time.
+            let target = match self.declared_length()? {
+                Some(length) if self.buffer.len() >= 4 + length => return Ok(true),
+                Some(length) if 4 + length > READ_SIZE => 4 + length,
+                _ => self.buffer.len() + READ_SIZE,
+            };
+            if self.covers < target {
+                // Nothing held for bytes not read yet while the worker sends nothing.
+                self.trim();
+                self.read.readable().await.map_err(|e| e.to_string())?;
+                self.charge(target).await;
             }
-            self.buffer.reserve(wanted);
-            match self.read.read_buf(&mut self.buffer).await {
+            self.buffer.reserve(target - self.buffer.len());
+            let room = target - self.buffer.len();
+            match self.read.try_read_buf(&mut (&mut self.buffer).limit(room)) {
                 Ok(0) => return Ok(false),
                 Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    // Readiness can be stale: nothing is held for a chunk that may never come.
+                    // Only a large frame under way keeps its charge while its sender goes on.
+                    if 4 + self.declared_length()?.unwrap_or(0) <= READ_SIZE {
+                        self.trim();
+                    }
+                    self.read.readable().await.map_err(|e| e.to_string())?;
+                }
                 // The worker died with bytes unread on its side: the end of the bus, not a fault.
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return Ok(false),
                 Err(error) => return Err(error.to_string()),
@@ -61,13 +99,54 @@ impl BusReader {
         }
     }
 
-    /// Takes the frame [`BusReader::fill`] found, if there is one.
-    pub fn take(&mut self) -> Result<Option<Incoming>, String> {
+    /// Holds the budget for a buffer of `target` bytes: more now if it is free, else (giving back
+    /// all it holds, so that no reader waits while holding) all of it, in turn.
+    async fn charge(&mut self, target: usize) {
+        if self.waiting.as_ref().is_some_and(|(wanted, _)| *wanted != target) {
+            self.waiting = None;
+        }
+        if self.waiting.is_none() {
+            if let Some(more) = self.memory.try_acquire(target - self.covers) {
+                self.held.absorb(more);
+                self.covers = target;
+                return;
+            }
+            self.memory.release(std::mem::take(&mut self.held));
+            self.covers = 0;
+            self.waiting = Some((target, self.memory.queue(target)));
+        }
+        if let Some((_, waiting)) = &mut self.waiting {
+            self.held = waiting.await;
+            self.covers = target;
+            self.waiting = None;
+        }
+    }
+
+    /// Gives back what is held beyond the bytes buffered.
+    fn trim(&mut self) {
+        let buffered = self.buffer.len();
+        if self.covers > buffered {
+            let spare = self.held.bytes().saturating_sub(buffered);
+            self.memory.release(self.held.split(spare));
+            self.covers = buffered;
+        }
+    }
+
+    /// Takes the frame [`BusReader::fill`] found, if there is one, with its share of the charge.
+    pub fn take(&mut self) -> Result<Option<(Incoming, Charge)>, String> {
         match self.declared_length()? {
             Some(length) if self.buffer.len() >= 4 + length => {
+                let charge = self.held.split(4 + length);
+                self.covers = self.covers.saturating_sub(4 + length);
                 let mut frame = self.buffer.split_to(4 + length).freeze();
                 frame.advance(4);
-                self.parse(frame).map(Some)
+                match self.parse(frame) {
+                    Ok(incoming) => Ok(Some((incoming, charge))),
+                    Err(error) => {
+                        self.memory.release(charge);
+                        Err(error)
+                    }
+                }
             }
             _ => Ok(None),
         }
@@ -96,5 +175,11 @@ impl BusReader {
             _ => Arc::clone(self.channel.insert(Arc::from(channel))),
         };
         Ok(Incoming::Publish { channel, payload, echo })
+    }
+}
+
+impl Drop for BusReader {
+    fn drop(&mut self) {
+        self.memory.release(std::mem::take(&mut self.held));
     }
 }

@@ -13,7 +13,7 @@
 //! new generation starting while the current one still serves), and any number of *retiring*
 //! processes (draining after their successor became ready, or after a scale-down).
 
-mod bus_reader;
+pub(crate) mod bus_reader;
 mod dispatch;
 pub mod exit;
 pub mod guard;
@@ -88,6 +88,8 @@ pub struct Parts {
     pub limits: Limits,
     pub routes: mpsc::Sender<RouteMsg>,
     pub relay: mpsc::Sender<crate::relay::Input>,
+    /// The budget of bus frames read and not yet queued (`bus_memory.rs`).
+    pub bus_memory: Arc<crate::bus_memory::BusMemory>,
     /// The bridge to other hosts, for `status`.
     pub bridge: Option<crate::bridge::Handle>,
 }
@@ -223,9 +225,9 @@ struct HeldPick {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bridge } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory, bridge } = parts;
     let node_relay = (config.protocol == crate::config::Protocol::Node)
-        .then(|| crate::node::relay::start(config.bus_queue, config.serialization));
+        .then(|| crate::node::relay::start(config.bus_queue, config.serialization, Arc::clone(&bus_memory)));
     if let (Some(bridge), Some(node_relay)) = (&bridge, &node_relay) {
         bridge.attach_node(node_relay.clone()).await;
     }
@@ -239,6 +241,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         logs,
         routes: routes.clone(),
         relay,
+        bus_memory,
         protocol: config.protocol,
         serialization: config.serialization,
         node_relay,

@@ -40,6 +40,8 @@ pub struct NativeLink {
     greeted: bool,
     bus: BusReader,
     relay: mpsc::Sender<Input>,
+    /// Where the frames of a relay that is gone give their charge back.
+    bus_memory: Arc<crate::bus_memory::BusMemory>,
     key: u64,
     next_connection: u64,
     /// Connections that came through a listener a worker asked for, by id: their closes count there.
@@ -113,8 +115,9 @@ impl NativeLink {
             channel,
             channel_open: true,
             greeted: false,
-            bus: BusReader::new(bus_read),
+            bus: BusReader::new(bus_read, Arc::clone(&settings.bus_memory)),
             relay: settings.relay.clone(),
+            bus_memory: Arc::clone(&settings.bus_memory),
             key: launch.incarnation,
             next_connection: 1,
             grouped: HashMap::new(),
@@ -132,7 +135,7 @@ impl NativeLink {
         loop {
             tokio::select! {
                 frame = self.channel.recv_with_fd(), if self.channel_open => return self.frame(frame),
-                relayed = relay_frames(&mut self.bus, &self.relay, self.key), if self.bus.open => {
+                relayed = relay_frames(&mut self.bus, &self.relay, &self.bus_memory, self.key), if self.bus.open => {
                     if let Err(error) = relayed {
                         self.channel_open = false;
                         return Heard::Violation(format!("bus: {error}"));
@@ -254,7 +257,12 @@ impl NativeLink {
 /// relay's queue has room, so that one turn of the link's `select!` passes on a whole read, not
 /// one frame. Cancel-safe: room in the relay's queue is reserved once a whole frame is buffered,
 /// and only then is the frame taken; an idle bus costs no reservation.
-async fn relay_frames(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64) -> Result<(), String> {
+async fn relay_frames(
+    bus: &mut BusReader,
+    relay: &mpsc::Sender<Input>,
+    memory: &crate::bus_memory::BusMemory,
+    key: u64,
+) -> Result<(), String> {
     let result = async {
         if !bus.fill().await? {
             bus.open = false;
@@ -262,9 +270,10 @@ async fn relay_frames(bus: &mut BusReader, relay: &mpsc::Sender<Input>, key: u64
         }
         let mut permit = relay.reserve().await.ok();
         // Without a relay (clusterd is stopping), frames are taken and dropped.
-        while let Some(frame) = bus.take()? {
-            if let Some(permit) = permit {
-                permit.send(Input::Frame { key, frame });
+        while let Some((frame, charge)) = bus.take()? {
+            match permit {
+                Some(permit) => permit.send(Input::Frame { key, frame, charge }),
+                None => memory.release(charge),
             }
             permit = match relay.try_reserve() {
                 Ok(permit) => Some(permit),

@@ -45,6 +45,8 @@ pub struct Settings {
     pub routes: mpsc::Sender<crate::listener::RouteMsg>,
     /// The relay, for the worker's bus.
     pub relay: mpsc::Sender<crate::relay::Input>,
+    /// The budget of bus frames read and not yet queued, shared by every reader and relay.
+    pub bus_memory: Arc<crate::bus_memory::BusMemory>,
     /// The relay between Node workers (`--protocol node`).
     pub node_relay: Option<mpsc::Sender<crate::node::relay::Input>>,
     /// clusterd has listeners of its own (`--listen`, systemd's): their clients need workers

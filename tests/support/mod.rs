@@ -49,7 +49,12 @@ impl Lines {
 
     /// Waits for a line that matches; returns it.
     pub fn wait_for(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + TIMEOUT;
+        self.wait_for_within(TIMEOUT, what, matches)
+    }
+
+    /// As [`Lines::wait_for`], failing after `timeout` (for a step that is long by design).
+    pub fn wait_for_within(&self, timeout: Duration, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
         let (all, cv) = &*self.inner;
         let mut guard = all.lock().unwrap();
         loop {
@@ -59,7 +64,7 @@ impl Lines {
             let now = Instant::now();
             assert!(
                 now < deadline,
-                "timed out after {TIMEOUT:?} waiting for {what}; output so far:\n{}",
+                "timed out after {timeout:?} waiting for {what}; output so far:\n{}",
                 guard.join("\n")
             );
             guard = cv.wait_timeout(guard, deadline - now).unwrap().0;
@@ -397,6 +402,17 @@ pub fn node_dir() -> PathBuf {
         "tests/node/node_modules is missing: run ./scripts/test (it installs the npm packages), or `npm ci --prefix tests/node`"
     );
     dir
+}
+
+/// A process's resident memory now and its peak (`VmRSS`, `VmHWM` of `/proc/<pid>/status`), in bytes.
+pub fn memory_of(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {status}"));
+        let kib: u64 = line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("a number of kB");
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// A private `redis-server` on a free loopback port, in its own temp dir (never a system one);

@@ -7,10 +7,12 @@
 //! `sleep` child in the process group), `--flood BYTES` (write that much stdout without a
 //! newline, after ready), `--freeze` (block the runtime right after ready), `--garbage` / `--oversized` / `--skip-hello` (break the protocol on fd 3), `--no-sdk` (never touch
 //! the IPC socket), `--serve` (answer HTTP on handed-off connections, see `serve`),
-//! bus: `--bus-sub CH` (print every message of CH), `--bus-stuck CH` (subscribe, never read),
+//! bus: `--bus-sub CH` (print every message of CH), `--bus-tally CH` (print each message's sender and
+//! length only), `--bus-stuck CH` (subscribe, never read),
 //! `--bus-pub CH N` (publish N numbered messages once `--bus-wait W` workers subscribe to CH),
-//! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
-//! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
+//! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-flood TOTAL SIZES` (then
+//! payloads of the comma-separated SIZES in turn until TOTAL bytes went out), `--bus-send ID` (send to a worker; prints
+//! direct messages and events), `--bus-answer` (answer requests; `--bus-answer-bytes N`: with N bytes), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
 //! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
@@ -36,13 +38,16 @@ struct Flags {
     fail_generation: Option<u64>,
     serve: bool,
     bus_sub: Option<String>,
+    bus_tally: Option<String>,
     bus_stuck: Option<String>,
     bus_pub: Option<(String, u64)>,
     bus_big: Option<usize>,
     bus_big_times: u64,
+    bus_flood: Option<(u64, Vec<usize>)>,
     bus_wait: u32,
     bus_send: Vec<u32>,
     bus_answer: bool,
+    bus_answer_bytes: Option<usize>,
     bus_ignore: bool,
     bus_ask: bool,
     listen_self: Option<String>,
@@ -80,6 +85,7 @@ fn parse() -> Flags {
             "--no-sdk" => flags.no_sdk = true,
             "--serve" => flags.serve = true,
             "--bus-sub" => flags.bus_sub = it.next().cloned(),
+            "--bus-tally" => flags.bus_tally = it.next().cloned(),
             "--bus-stuck" => flags.bus_stuck = it.next().cloned(),
             "--bus-pub" => {
                 let channel = it.next().cloned().expect("channel");
@@ -87,9 +93,15 @@ fn parse() -> Flags {
             }
             "--bus-big" => flags.bus_big = Some(num(&mut it) as usize),
             "--bus-big-times" => flags.bus_big_times = num(&mut it),
+            "--bus-flood" => {
+                let total = num(&mut it);
+                let sizes = it.next().expect("sizes").split(',').map(|s| s.parse().expect("size")).collect();
+                flags.bus_flood = Some((total, sizes));
+            }
             "--bus-wait" => flags.bus_wait = num(&mut it) as u32,
             "--bus-send" => flags.bus_send.push(num(&mut it) as u32),
             "--bus-answer" => flags.bus_answer = true,
+            "--bus-answer-bytes" => flags.bus_answer_bytes = Some(num(&mut it) as usize),
             "--bus-ignore-requests" => flags.bus_ignore = true,
             "--bus-ask" => flags.bus_ask = true,
             "--listen-self" => flags.listen_self = it.next().cloned(),
@@ -361,18 +373,27 @@ fn checksum(payload: &[u8]) -> u64 {
 }
 
 async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
-    if flags.bus_sub.is_none() && flags.bus_stuck.is_none() && flags.bus_pub.is_none() && flags.bus_send.is_empty() {
+    if flags.bus_sub.is_none()
+        && flags.bus_tally.is_none()
+        && flags.bus_stuck.is_none()
+        && flags.bus_pub.is_none()
+        && flags.bus_send.is_empty()
+    {
         return;
     }
     if flags.bus_answer || flags.bus_ignore {
         let mut requests = worker.bus().expect("bus").requests().expect("requests");
-        let (me, answer) = (worker.id(), flags.bus_answer);
+        let (me, answer, answer_bytes) = (worker.id(), flags.bus_answer, flags.bus_answer_bytes);
         tokio::spawn(async move {
             let mut ignored = Vec::new();
             while let Some(request) = requests.recv().await {
                 if answer {
                     let text = format!("answer from {me} to {}", String::from_utf8_lossy(&request.payload));
-                    let _ = request.reply(text).await;
+                    let reply = match answer_bytes {
+                        Some(n) => vec![b'a'; n],
+                        None => text.into_bytes(),
+                    };
+                    let _ = request.reply(reply).await;
                 } else {
                     say("bus ignoring a request");
                     ignored.push(request);
@@ -408,6 +429,15 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
             }
         });
     }
+    if let Some(channel) = &flags.bus_tally {
+        let mut subscription = bus.subscribe(channel).await.expect("subscribe");
+        bus.subscribers(channel).await.expect("count");
+        tokio::spawn(async move {
+            while let Some(m) = subscription.next().await {
+                say(&format!("bus tally from={} len={}", m.from, m.payload.len()));
+            }
+        });
+    }
     if let Some(channel) = &flags.bus_stuck {
         // Subscribed, never read: the SDK's queue fills, then clusterd's for this worker.
         std::mem::forget(bus.subscribe(channel).await.expect("subscribe"));
@@ -416,6 +446,7 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
     let bus2 = bus.clone();
     let (publish, big, wait, sends) = (flags.bus_pub.clone(), flags.bus_big, flags.bus_wait, flags.bus_send.clone());
     let times = flags.bus_big_times.max(1);
+    let flood = flags.bus_flood.clone();
     let ask = flags.bus_ask;
     let wait_channel = publish.as_ref().map(|(c, _)| c.clone()).or_else(|| flags.bus_sub.clone());
     tokio::spawn(async move {
@@ -450,6 +481,21 @@ async fn bus_modes(worker: &clusterd_worker::Worker, flags: &Flags) {
             for _ in 0..times {
                 bus2.publish(&channel, payload.clone()).await.expect("publish big");
             }
+        }
+        if let Some((total, sizes)) = flood {
+            // One buffer of the largest size; each message is a prefix of it.
+            let largest = sizes.iter().copied().max().unwrap_or(0);
+            let payload: Vec<u8> = (0..largest).map(|i| (i % 251) as u8).collect();
+            let (mut sent, mut messages) = (0u64, 0u64);
+            for &size in sizes.iter().cycle() {
+                if sent >= total {
+                    break;
+                }
+                bus2.publish(&channel, payload[..size].to_vec()).await.expect("publish flood");
+                sent += size as u64;
+                messages += 1;
+            }
+            say(&format!("bus flooded bytes={sent} messages={messages}"));
         }
         say(&format!("bus published {count}"));
     });

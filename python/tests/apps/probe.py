@@ -1,0 +1,109 @@
+"""A small worker for the SDK's tests, served by clusterd_worker.asgi (uvicorn) or
+clusterd_worker.aiohttp (``probe.py asgi|aiohttp``). Routes:
+
+- ``GET /``: ``worker <id>``;
+- ``POST /echo``: ``<length> <sha256>`` of the body (handoff: nothing lost or repeated);
+- ``GET /session?sid=S``: reports session S and answers ``acked`` once clusterd acknowledged it;
+- ``GET /publish?m=M``: publishes M on bus channel ``probe``; ``GET /big``: a publish over the
+  bus limit, answered ``refused`` when the SDK refuses it before sending;
+- ``GET /ask``: a bus request; answers the gathered answers as JSON;
+- ``GET /raise``: the handler raises (a 500); other clients must not notice.
+
+With ``LISTEN=ADDR`` it asks clusterd to listen there and prints ``listening on <addr>``.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import sys
+from urllib.parse import parse_qs
+
+import clusterd_worker
+from clusterd_worker.bus_protocol import MAX_BUS_FRAME
+
+
+async def handle(worker, method, path, query, body):
+    """(status, text) for one request."""
+    if path == "/":
+        return 200, f"worker {worker.id}"
+    if path == "/echo" and method == "POST":
+        return 200, f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+    if path == "/session":
+        try:
+            await worker.session_open(query.get("sid", [""])[0])
+        except clusterd_worker.BadSessionId as error:
+            return 400, str(error)
+        return 200, "acked"
+    if path == "/publish":
+        await worker.bus.publish("probe", query["m"][0].encode())
+        return 200, "published"
+    if path == "/big":
+        try:
+            await worker.bus.publish("probe", bytes(MAX_BUS_FRAME))
+        except clusterd_worker.Oversized:
+            return 200, "refused"
+        return 500, "sent"
+    if path == "/ask":
+        answers = await worker.bus.request(b"question", timeout=5)
+        return 200, json.dumps({"answers": [[w, a.decode()] for w, a in answers.answers],
+                                "missing": answers.missing})
+    if path == "/raise":
+        raise RuntimeError("a handler that raises")
+    return 404, "not found"
+
+
+def asgi_app(worker):
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        query = parse_qs(scope["query_string"].decode())
+        status, text = await handle(worker, scope["method"], scope["path"], query, body)
+        data = text.encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+    return app
+
+
+def aiohttp_app(worker):
+    from aiohttp import web
+
+    async def any_route(request):
+        body = await request.read()
+        status, text = await handle(worker, request.method, request.path, parse_qs(request.query_string), body)
+        return web.Response(status=status, text=text)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", any_route)
+    return app
+
+
+async def main(kind):
+    worker = await clusterd_worker.Worker.start()
+    if os.environ.get("LISTEN"):
+        print(f"listening on {await worker.listen(os.environ['LISTEN'])}", flush=True)
+    if kind == "asgi":
+        from clusterd_worker import asgi
+        await asgi.serve(worker, asgi_app(worker))
+    else:
+        from clusterd_worker import aiohttp as aiohttp_worker
+        await aiohttp_worker.serve(worker, aiohttp_app(worker))
+    print(f"worker {worker.id} drained", flush=True)
+    worker.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "asgi"))
