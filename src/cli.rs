@@ -12,7 +12,9 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
 use crate::duration::parse_duration;
-use crate::values::{Balance, LogFormat, MAX_WORKERS, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount};
+use crate::values::{
+    Balance, LogFormat, LogTimestamps, MAX_WORKERS, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount,
+};
 
 /// The values a boolean `CLUSTERD_*` variable accepts: `true` or `false`, nothing else (a typo
 /// such as `ture` or `yes` is an error, not a silent choice).
@@ -48,6 +50,12 @@ pub enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        /// Redraw every INTERVAL (100ms to 1h) until Ctrl-C, or until clusterd stops (exit 1);
+        /// with --json, one object per line.
+        #[arg(long, value_name = "INTERVAL", num_args = 0..=1, require_equals = false,
+              default_missing_value = crate::values::DEFAULT_INTERVAL,
+              value_parser = crate::values::parse_interval)]
+        watch: Option<Duration>,
     },
     /// Replace every worker, one by one, with a new generation.
     Reload,
@@ -170,6 +178,19 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = env_bool())]
     pub no_log_prefix: bool,
 
+    /// Every connection on clusterd's own listeners starts with a PROXY protocol header (v1 or
+    /// v2) from a load balancer: the client's address is taken from it, and a connection without
+    /// one is closed. The config file can name the listeners it applies to [default: false].
+    #[arg(long, env = "CLUSTERD_PROXY_PROTOCOL", value_name = "true|false", value_parser = env_bool(),
+          num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub proxy_protocol: Option<bool>,
+
+    /// When clusterd's own log lines carry a timestamp: `auto` leaves it to the journal when
+    /// stderr is one (JOURNAL_STREAM), `always`, or `never`; JSON lines always have one
+    /// [default: auto].
+    #[arg(long, env = "CLUSTERD_LOG_TIMESTAMPS", value_enum)]
+    pub log_timestamps: Option<LogTimestamps>,
+
     /// TOML config file (see config/clusterd.toml).
     #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -215,7 +236,7 @@ pub fn explain(error: &clap::Error, argv: &[OsString]) -> String {
         _ => None,
     };
     if let Some(shown) = &invalid
-        && let Some(long) = shown.strip_prefix("--").map(|l| l.split([' ', '=']).next().unwrap_or(l))
+        && let Some(long) = shown.strip_prefix("--").map(|l| l.split([' ', '=', '[']).next().unwrap_or(l))
         && let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long))
         && let Some(env) = arg.get_env()
         && std::env::var_os(env).is_some()

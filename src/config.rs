@@ -25,7 +25,8 @@ use crate::duration::{parse_duration, show};
 // The value types live in `values` so that the command line can parse them without importing
 // this module; they are re-exported here, where the rest of clusterd looks for them.
 pub use crate::values::{
-    Balance, ListenAddr, LogFormat, MAX_WORKERS, Protocol, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount,
+    Balance, ListenAddr, LogFormat, LogTimestamps, MAX_WORKERS, Protocol, ProtocolChoice, ReadyOn, Serialization,
+    Sticky, WorkerCount,
 };
 
 /// The smallest `--sniff-bytes`: a request line with a sid fits.
@@ -120,7 +121,40 @@ struct FileConfig {
     bridge_host_timeout: Option<Duration>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
+    log_timestamps: Option<LogTimestamps>,
+    proxy_protocol: Option<ProxyProtocolFile>,
     command: Option<Vec<String>>,
+}
+
+/// `proxy_protocol` in the file: `true`/`false` for every listener of clusterd's own, or the
+/// `listen` entries it applies to.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ProxyProtocolFile {
+    All(bool),
+    Only(Vec<String>),
+}
+
+/// Which of clusterd's own listeners expect a PROXY protocol header first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    /// Every `--listen` address, or every socket systemd passed.
+    All,
+    /// These `--listen` addresses (resolved as `listen` resolves them).
+    Only(Vec<ListenAddr>),
+}
+
+impl ProxyProtocol {
+    /// Whether the listener of `addr` (`None`: a socket systemd passed) expects the header.
+    pub fn applies_to(&self, addr: Option<&ListenAddr>) -> bool {
+        match self {
+            Self::Off => false,
+            Self::All => true,
+            Self::Only(addrs) => addr.is_some_and(|a| addrs.contains(a)),
+        }
+    }
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -170,6 +204,8 @@ pub struct Config {
     pub bridge: Option<BridgeConfig>,
     pub control: PathBuf,
     pub log_format: LogFormat,
+    pub log_timestamps: LogTimestamps,
+    pub proxy_protocol: ProxyProtocol,
     pub program: OsString,
     pub args: Vec<OsString>,
     /// What clusterd decided for the operator (the protocol, what a bare port listens on): logged
@@ -299,6 +335,23 @@ impl Config {
             }
         };
         let heartbeat = o.pick("heartbeat_timeout", run.heartbeat_timeout, file.heartbeat_timeout);
+        let proxy_given = run.proxy_protocol.map(ProxyProtocolFile::All);
+        let proxy_protocol = match o.pick("proxy_protocol", proxy_given, file.proxy_protocol) {
+            None | Some(ProxyProtocolFile::All(false)) => ProxyProtocol::Off,
+            Some(ProxyProtocolFile::All(true)) => ProxyProtocol::All,
+            Some(ProxyProtocolFile::Only(texts)) => {
+                let mut only = Vec::new();
+                for text in &texts {
+                    let (addrs, _) = resolve_listen(text, ipv6).map_err(|m| o.invalid("proxy_protocol", m))?;
+                    if let Some(missing) = addrs.iter().find(|a| !listen.contains(a)) {
+                        let message = format!("{text:?} ({missing}) is not one of the `listen` addresses");
+                        return Err(o.invalid("proxy_protocol", message));
+                    }
+                    only.extend(addrs);
+                }
+                ProxyProtocol::Only(only)
+            }
+        };
         let control_given = o.pick("control", control, file.control);
         let config = Self {
             workers,
@@ -332,6 +385,8 @@ impl Config {
             bridge,
             control: control_given.unwrap_or_else(default_control_path),
             log_format: o.pick("log_format", run.log_format, file.log_format).unwrap_or_default(),
+            log_timestamps: o.pick("log_timestamps", run.log_timestamps, file.log_timestamps).unwrap_or_default(),
+            proxy_protocol,
             program,
             args,
             decisions,

@@ -187,6 +187,9 @@ pub struct Limits {
     pub node: bool,
     /// `--tcp-nodelay`: Nagle off on accepted TCP connections.
     pub tcp_nodelay: bool,
+    /// Every connection starts with a PROXY protocol header (`--proxy-protocol`): its client
+    /// address replaces the socket's peer; a connection without one is closed.
+    pub proxy_protocol: bool,
 }
 
 /// The most bytes of one request clusterd reads for a Node worker; the rest reaches the worker
@@ -207,6 +210,9 @@ pub struct Handoff {
     pub ip: Option<IpAddr>,
     pub http: bool,
     pub unix: bool,
+    /// `peer` (and `ip`) came from a PROXY protocol header, not from the socket: a worker that
+    /// gives the connection back cannot tell them, so its link keeps them.
+    pub claimed: bool,
 }
 
 /// Where the dispatcher sends a connection.
@@ -224,9 +230,11 @@ pub enum RouteMsg {
     Failed { key: u64, group: Option<u32> },
 }
 
-/// Starts the accept loop of each of clusterd's own listeners.
-pub fn serve(bound: Vec<Bound>, limits: Limits, routes: mpsc::Sender<RouteMsg>) -> io::Result<()> {
-    for listener in bound {
+/// Starts the accept loop of each of clusterd's own listeners; `proxied[i]`: the `i`th expects
+/// PROXY protocol headers.
+pub fn serve(bound: Vec<Bound>, limits: Limits, proxied: &[bool], routes: mpsc::Sender<RouteMsg>) -> io::Result<()> {
+    for (i, listener) in bound.into_iter().enumerate() {
+        let limits = Limits { proxy_protocol: proxied.get(i).copied().unwrap_or(false), ..limits };
         serve_one(listener, None, limits, routes.clone())?;
     }
     Ok(())
@@ -405,15 +413,44 @@ fn is_transient(error: &io::Error) -> bool {
 /// the byte limit gets `414` and is closed. With no ready worker, HTTP gets `503`, anything else
 /// is closed.
 async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
-    let Incoming { group, mut client, peer, local, ip } = accepted;
+    let Incoming { group, mut client, mut peer, local, mut ip } = accepted;
     let unix = matches!(client, Client::Unix(_));
     if limits.node && group.is_some() {
         let Ok(fd) = client.into_fd() else { return };
-        let handoff = Handoff { group, fd, peer, local, initial: Vec::new(), sid: None, ip: None, http: false, unix };
+        let handoff = Handoff {
+            group,
+            fd,
+            peer,
+            local,
+            initial: Vec::new(),
+            sid: None,
+            ip: None,
+            http: false,
+            unix,
+            claimed: false,
+        };
         return deliver(handoff, routes).await;
     }
     let mut initial = Vec::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
+    let mut claimed = false;
+    if limits.proxy_protocol {
+        match read_proxy_header(&mut client, &mut initial, deadline, limits.sniff_bytes).await {
+            Ok(Some(client_addr)) => {
+                ip = client_addr.socket_addr().map(|a| a.ip());
+                peer = client_addr;
+                claimed = true;
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                let n = crate::proxy_protocol::count_refused();
+                if crate::proxy_protocol::worth_logging(n) {
+                    tracing::warn!(peer = ?peer.socket_addr(), refused = n, "PROXY protocol: closed a connection: {reason}");
+                }
+                return; // dropped: closed, and no worker hears of it
+            }
+        }
+    }
     let sniffed = loop {
         let verdict = sniff(&initial, limits.sniff_bytes);
         if verdict != Sniffed::Incomplete {
@@ -449,7 +486,37 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix }, routes).await;
+    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed }, routes).await;
+}
+
+/// Reads the PROXY protocol header at the start of `client` within `deadline` and `limit` bytes,
+/// and leaves in `initial` only what the client sent after it. `Ok(None)`: a valid header that
+/// names no client (the balancer's own connection), the socket's addresses stand.
+async fn read_proxy_header(
+    client: &mut Client,
+    initial: &mut Vec<u8>,
+    deadline: tokio::time::Instant,
+    limit: usize,
+) -> Result<Option<Address>, &'static str> {
+    use crate::proxy_protocol::{Parsed, parse};
+    loop {
+        match parse(initial, limit) {
+            Parsed::Header { length, addresses } => {
+                initial.drain(..length);
+                return Ok(addresses.map(|(source, _)| source));
+            }
+            Parsed::Invalid(reason) => return Err(reason),
+            Parsed::Incomplete => {}
+        }
+        // What arrives after the header stays in `initial`: it is the start of the client's bytes.
+        let want = limit.saturating_sub(initial.len()).clamp(1, 4096);
+        match tokio::time::timeout_at(deadline, client.read_some(initial, want)).await {
+            Ok(Ok(0)) => return Err("the client closed before a whole header"),
+            Ok(Err(_)) => return Err("read error before a whole header"),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err("no whole header within --sniff-timeout"),
+        }
+    }
 }
 
 /// Hands a connection that a draining worker did not take to another worker.

@@ -147,9 +147,35 @@ fn cut_lines(pending: &mut Vec<u8>) -> Vec<Vec<u8>> {
     lines
 }
 
+/// Whether clusterd's stderr is connected to the systemd journal: `JOURNAL_STREAM` (set by
+/// systemd for `StandardError=journal`) names the stream's `device:inode`, and stderr is that
+/// very stream (not a pipe or file it was redirected to by a child's shell).
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else { return false };
+    journal_stream_matches(&value.to_string_lossy(), stat.st_dev, stat.st_ino)
+}
+
+/// `JOURNAL_STREAM`'s `DEVICE:INODE` (decimal) against a stream's device and inode.
+fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.split_once(':') else { return false };
+    d.parse::<u64>() == Ok(dev) && i.parse::<u64>() == Ok(ino)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_stream_is_device_colon_inode() {
+        assert!(journal_stream_matches("8:12345", 8, 12345));
+        assert!(!journal_stream_matches("8:12345", 8, 12346));
+        assert!(!journal_stream_matches("9:12345", 8, 12345));
+        for bad in ["", "8", "8:", ":1", "8:1:2", "x:1", " 8:1"] {
+            assert!(!journal_stream_matches(bad, 8, 1), "{bad:?}");
+        }
+    }
 
     #[test]
     fn cuts_complete_lines_and_keeps_the_tail() {

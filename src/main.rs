@@ -15,7 +15,9 @@ mod listener;
 mod logs;
 mod node;
 mod notify;
+mod proxy_protocol;
 mod relay;
+mod rss;
 mod signals;
 mod sniff;
 mod socketfile;
@@ -30,7 +32,7 @@ use clap::{CommandFactory, FromArgMatches};
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::Cli;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, LogTimestamps};
 use crate::control::server::ControlSocket;
 use crate::status::Phase;
 use crate::supervisor::{Inputs, Outcome, Parts};
@@ -71,7 +73,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(config.log_format);
+    init_logging(config.log_format, config.log_timestamps);
     match run(config) {
         Ok(Outcome::Graceful) => ExitCode::SUCCESS,
         Ok(Outcome::Immediate(signal)) => ExitCode::from(128 + signal as u8),
@@ -118,6 +120,8 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     let mut control = ControlSocket::bind(&config.control)?;
     // Listening sockets before any worker: a bind error ends clusterd (exit 1) with nothing started.
     let bound = if config.listen.is_empty() { systemd } else { listener::bind_all(&config.listen)? };
+    // `bind_all` keeps the order of `config.listen`; systemd's sockets have no `--listen` entry.
+    let proxied: Vec<bool> = (0..bound.len()).map(|i| config.proxy_protocol.applies_to(config.listen.get(i))).collect();
     let listening: Vec<String> = bound.iter().map(|b| b.addr().to_owned()).collect();
     let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -134,8 +138,9 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             sticky: config.sticky,
             node: config.protocol == config::Protocol::Node,
             tcp_nodelay: config.tcp_nodelay,
+            proxy_protocol: false,
         };
-        listener::serve(bound, limits, routes_tx.clone())?;
+        listener::serve(bound, limits, &proxied, routes_tx.clone())?;
         let logs = logs::LogSink::start(config.log_prefix)?;
         for decision in &config.decisions {
             tracing::info!("{decision}");
@@ -218,7 +223,10 @@ fn fd_hygiene() {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Text lines carry an RFC 3339 UTC timestamp unless `--log-timestamps` says otherwise or, with
+/// `auto`, stderr is the journal, which stamps every line itself. JSON lines always carry one (a
+/// `timestamp` field): what reads them expects it.
+fn init_logging(format: LogFormat, timestamps: LogTimestamps) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -227,8 +235,14 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(ansi);
+    let timed = match timestamps {
+        LogTimestamps::Always => true,
+        LogTimestamps::Never => false,
+        LogTimestamps::Auto => !logs::stderr_is_journal(),
+    };
     match format {
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if timed => builder.init(),
+        LogFormat::Text => builder.without_time().init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }

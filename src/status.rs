@@ -54,6 +54,10 @@ pub struct Status {
     /// Sticky sessions clusterd knows, over all workers.
     pub sessions: usize,
     pub workers: Vec<WorkerStatus>,
+    /// Connections closed on a `--proxy-protocol` listener for want of a valid header, since
+    /// clusterd started.
+    #[serde(default)]
+    pub proxy_refused: u64,
     /// The bridge to other hosts (`--bridge`); `null` without one.
     #[serde(default)]
     pub bridge: Option<crate::bridge::BridgeStatus>,
@@ -86,6 +90,13 @@ pub struct WorkerStatus {
     /// Milliseconds since this process was asked to drain (`null` when it is not draining).
     #[serde(default)]
     pub draining_ms: Option<u64>,
+    /// Connections routed to this process since it started (handed off, or on their way).
+    #[serde(default)]
+    pub handed_off: u64,
+    /// The resident memory of the process's group (the worker and what it started), from /proc;
+    /// `null` without a process or when /proc cannot be read.
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
 impl Status {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
@@ -90,6 +91,10 @@ choice!(
     LogFormat { #[default] Text, Json }
 );
 choice!(
+    /// When clusterd's own text log lines carry a timestamp.
+    LogTimestamps { #[default] Auto, Always, Never }
+);
+choice!(
     /// When a worker counts as ready.
     ReadyOn { #[default] Message, Spawn }
 );
@@ -125,6 +130,25 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
+// `clusterd status --watch [INTERVAL]`: the refresh interval (the watch itself: control/watch.rs).
+
+/// The shortest refresh interval: a status costs clusterd a little work per worker.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest refresh interval.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// `--watch` without a value.
+pub const DEFAULT_INTERVAL: &str = "1s";
+
+/// `--watch`'s value: a duration within [`MIN_INTERVAL`] and [`MAX_INTERVAL`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = crate::duration::parse_duration(text)?;
+    if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+        let show = crate::duration::show;
+        return Err(format!("must be {} to {}, not {}", show(MIN_INTERVAL), show(MAX_INTERVAL), show(interval)));
+    }
+    Ok(interval)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +170,14 @@ mod tests {
         assert_eq!("unix:/run/a.sock".parse(), Ok(ListenAddr::Unix("/run/a.sock".into())));
         assert!("unix:".parse::<ListenAddr>().is_err());
         assert!("localhost".parse::<ListenAddr>().is_err());
+    }
+
+    #[test]
+    fn watch_intervals_are_bounded() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("100ms"), Ok(MIN_INTERVAL));
+        assert!(parse_interval("99ms").is_err());
+        assert!(parse_interval("2h").is_err());
+        assert!(parse_interval("soon").is_err());
     }
 }

@@ -13,7 +13,8 @@ use crate::cli::Command;
 /// Runs a subcommand; the error says what went wrong (exit 1).
 pub fn run(command: Command, control: &Path) -> anyhow::Result<()> {
     let (request, json) = match command {
-        Command::Status { json } => (ControlRequest::Status, json),
+        Command::Status { json, watch: Some(interval) } => return super::watch::run(control, interval, json),
+        Command::Status { json, watch: None } => (ControlRequest::Status, json),
         Command::Stop => (ControlRequest::Stop, false),
         Command::Reload => (ControlRequest::Reload, false),
         Command::Scale { workers } => (ControlRequest::Scale { workers }, false),
@@ -30,7 +31,7 @@ pub fn run(command: Command, control: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn send(control: &Path, request: &ControlRequest) -> anyhow::Result<ControlReply> {
+pub fn send(control: &Path, request: &ControlRequest) -> anyhow::Result<ControlReply> {
     let mut stream = UnixStream::connect(control)
         .with_context(|| format!("cannot reach clusterd at {} (is it running? pass --control)", control.display()))?;
     stream.set_read_timeout(Some(Duration::from_secs(15)))?;

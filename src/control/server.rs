@@ -179,9 +179,16 @@ async fn serve_on(stream: &mut UnixStream, requests: &mpsc::Sender<Request>) {
 
 async fn answer(request: ControlRequest, requests: &mpsc::Sender<Request>) -> ControlReply {
     match request {
-        ControlRequest::Status => {
-            ask(requests, Request::Status).await.map_or_else(ControlReply::error, ControlReply::status)
-        }
+        ControlRequest::Status => match ask(requests, Request::Status).await {
+            Ok(mut status) => {
+                // /proc is read here, in the request's own task, not in the dispatcher.
+                for worker in &mut status.workers {
+                    worker.rss_bytes = worker.pid.and_then(crate::rss::group_rss);
+                }
+                ControlReply::status(status)
+            }
+            Err(error) => ControlReply::error(error),
+        },
         ControlRequest::Stop => {
             ask(requests, Request::Stop).await.map_or_else(ControlReply::error, |()| ControlReply::ok())
         }

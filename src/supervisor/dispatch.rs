@@ -61,6 +61,7 @@ impl Dispatcher {
             generation: self.generation,
             draining_since: None,
             carried: 0,
+            handed_off: 0,
         }
     }
 
@@ -404,7 +405,10 @@ impl Dispatcher {
                 }
                 self.answer_pick(group, sid, ip, reply);
             }
-            RouteMsg::Failed { key, group } => self.pools.connection_closed(group, key),
+            RouteMsg::Failed { key, group } => {
+                self.pools.connection_closed(group, key);
+                self.count_handoff(key, false);
+            }
         }
     }
 
@@ -440,9 +444,25 @@ impl Dispatcher {
                 }
             }
         });
-        if let Err(Some(route)) = reply.send(route) {
+        let key = route.as_ref().map(|r| r.key);
+        match reply.send(route) {
+            Ok(()) => {
+                if let Some(key) = key {
+                    self.count_handoff(key, true);
+                }
+            }
             // The route task is gone (its client left): uncount.
-            self.pools.connection_closed(route.group, route.key);
+            Err(Some(route)) => self.pools.connection_closed(route.group, route.key),
+            Err(None) => {}
+        }
+    }
+
+    /// Counts a connection routed to the process `key` (`status`'s `handed_off`), or takes back
+    /// one whose handoff failed.
+    fn count_handoff(&mut self, key: u64, routed: bool) {
+        let process = self.slots.iter_mut().flat_map(super::Slot::processes_mut).find(|p| p.incarnation == key);
+        if let Some(p) = process {
+            p.handed_off = if routed { p.handed_off + 1 } else { p.handed_off.saturating_sub(1) };
         }
     }
 
@@ -531,6 +551,9 @@ impl Dispatcher {
                 crash_loop: !stable && slot.streak.failed_starts >= CRASH_LOOP_AFTER,
                 last_exit: slot.last_exit.as_ref().map(ToString::to_string),
                 draining_ms: p.and_then(|c| c.draining_since).map(|at| worker::millis(now - at)),
+                handed_off: p.map_or(0, |c| c.handed_off),
+                // Filled by the control server, off the dispatcher (it reads /proc).
+                rss_bytes: None,
             }
         };
         let mut workers = Vec::new();
@@ -598,6 +621,7 @@ impl Dispatcher {
                 .collect::<Vec<_>>()
                 .join(" "),
             workers,
+            proxy_refused: crate::proxy_protocol::refused(),
             bridge: self.bridge.as_ref().map(crate::bridge::Handle::status),
         }
     }

@@ -111,6 +111,8 @@ struct Process {
     /// While draining: the connections it still carries. The balancer forgets a draining worker
     /// (nothing may be routed to it), so they are counted here, for `status`.
     carried: u64,
+    /// Connections routed to it since it started.
+    handed_off: u64,
 }
 
 impl Process {

@@ -46,6 +46,9 @@ pub struct NativeLink {
     next_connection: u64,
     /// Connections that came through a listener a worker asked for, by id: their closes count there.
     grouped: HashMap<u64, u32>,
+    /// The client a PROXY protocol header named, by connection id, while the worker has the
+    /// connection: if it gives it back, the socket itself would only name the balancer.
+    claimed: HashMap<u64, Address>,
     /// How a connection the worker gives back is routed again.
     limits: crate::listener::Limits,
 }
@@ -121,6 +124,7 @@ impl NativeLink {
             key: launch.incarnation,
             next_connection: 1,
             grouped: HashMap::new(),
+            claimed: HashMap::new(),
             limits: settings.limits,
         };
         Ok((link, spawned))
@@ -183,6 +187,11 @@ impl NativeLink {
             _ if !self.greeted => Err("a frame before Hello".to_owned()),
             FromWorker::Ready => Ok(Said::Ready),
             FromWorker::ConnectionsClosed { ids } if ids.iter().all(|&id| id < self.next_connection) => {
+                if !self.claimed.is_empty() {
+                    for id in &ids {
+                        self.claimed.remove(id);
+                    }
+                }
                 Ok(Said::Closed(ids.iter().map(|id| self.grouped.remove(id)).collect()))
             }
             FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
@@ -192,8 +201,11 @@ impl NativeLink {
             FromWorker::Capacity { full } => Ok(Said::Capacity { full }),
             FromWorker::Handback(back) if (1..self.next_connection).contains(&back.id) => {
                 let group = self.grouped.remove(&back.id);
+                let claimed = self.claimed.remove(&back.id);
                 match fd {
-                    Some(fd) => handback(fd, back.initial, group, &self.limits).map(|h| Said::Handback(Box::new(h))),
+                    Some(fd) => {
+                        handback(fd, back.initial, group, claimed, &self.limits).map(|h| Said::Handback(Box::new(h)))
+                    }
                     // clusterd is at its own fd limit: the connection is lost, and closed.
                     None => Ok(Said::Closed(vec![group])),
                 }
@@ -216,6 +228,7 @@ impl NativeLink {
         let id = self.next_connection;
         self.next_connection += 1;
         let group = handoff.group;
+        let claimed = handoff.claimed.then(|| handoff.peer.clone());
         let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
             id,
             peer: handoff.peer,
@@ -231,6 +244,9 @@ impl NativeLink {
         }
         if let Some(group) = group {
             self.grouped.insert(id, group);
+        }
+        if let Some(peer) = claimed {
+            self.claimed.insert(id, peer);
         }
         None
     }
@@ -291,12 +307,14 @@ async fn relay_frames(
 }
 
 /// A connection a worker gave back, ready to be routed again: the fd must be a connected stream
-/// socket (anything else is a protocol violation), its addresses are read from it, and its sticky
-/// key from the request line the worker read.
+/// socket (anything else is a protocol violation), its addresses are read from it (the peer is
+/// `claimed`, the client a PROXY header named, when there was one), and its sticky key from the
+/// request line the worker read.
 fn handback(
     fd: OwnedFd,
     initial: Vec<u8>,
     group: Option<u32>,
+    claimed: Option<Address>,
     limits: &crate::listener::Limits,
 ) -> Result<Handoff, String> {
     use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername, getsockname, getsockopt, sockopt};
@@ -322,13 +340,14 @@ fn handback(
         }
     };
     let unix = peer.family() == Some(AddressFamily::Unix);
-    let (peer, local) = (address(&peer), local.as_ref().map_or(Address::Unknown, address));
+    let (peer, local) =
+        (claimed.clone().unwrap_or_else(|| address(&peer)), local.as_ref().map_or(Address::Unknown, address));
     let sid = match crate::sniff::sniff(&initial, limits.sniff_bytes) {
         crate::sniff::Sniffed::Http { sid } if limits.sticky == crate::config::Sticky::Sid => sid,
         _ => None,
     };
     let ip = peer.socket_addr().map(|a| a.ip()).filter(|_| limits.sticky == crate::config::Sticky::Ip);
-    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix })
+    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed: claimed.is_some() })
 }
 
 /// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.
@@ -340,4 +359,36 @@ async fn send_bounded(channel: &PrimaryChannel, frame: &ToWorker, fd: Option<std
         }
     };
     matches!(tokio::time::timeout(SEND_WAIT, send).await, Ok(Ok(())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose client a PROXY header named keeps that client when its worker gives it
+    /// back: the socket itself names only the balancer (here an unnamed socket pair: no address).
+    #[test]
+    fn a_connection_given_back_keeps_the_client_its_proxy_header_named() {
+        let limits = crate::listener::Limits {
+            sniff_bytes: 8192,
+            sniff_timeout: Duration::from_secs(5),
+            sticky: crate::config::Sticky::Ip,
+            node: false,
+            tcp_nodelay: false,
+            proxy_protocol: true,
+        };
+        let pair = || {
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+            (OwnedFd::from(a), b)
+        };
+        let claimed = Address::V4 { ip: [192, 0, 2, 7], port: 56324 };
+        let (fd, _client) = pair();
+        let back = handback(fd, b"GET / HTTP/1.1\r\n".to_vec(), None, Some(claimed.clone()), &limits).unwrap();
+        assert_eq!(back.peer, claimed);
+        assert_eq!(back.ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 7).into()), "sticky by the claimed client");
+        assert!(back.claimed, "still claimed if it is given back again");
+        let (fd, _client) = pair();
+        let back = handback(fd, b"GET / HTTP/1.1\r\n".to_vec(), None, None, &limits).unwrap();
+        assert_eq!((back.peer, back.ip, back.claimed), (Address::Unknown, None, false));
+    }
 }

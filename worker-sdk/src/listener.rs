@@ -295,7 +295,8 @@ impl Connection {
         }
     }
 
-    /// The client's address.
+    /// The client's address: behind a load balancer that sends a PROXY protocol header (clusterd
+    /// `--proxy-protocol`), the client the header named, not the balancer.
     pub fn peer_addr(&self) -> &ClientAddr {
         &self.peer
     }
