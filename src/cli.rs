@@ -146,6 +146,29 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_BUS_QUEUE", value_name = "BYTES")]
     pub bus_queue: Option<usize>,
 
+    /// Join other clusterd hosts through Redis pub/sub: redis://[user[:password]@]host[:port][/db],
+    /// rediss://… (TLS) or redis+unix:///path. A password is better given in CLUSTERD_BRIDGE or
+    /// the config file, out of the process list [default: none].
+    #[arg(long, env = "CLUSTERD_BRIDGE", value_name = "URL", hide_env_values = true)]
+    pub bridge: Option<String>,
+
+    /// The hosts of one group on a Redis act as one cluster [default: clusterd].
+    #[arg(long, env = "CLUSTERD_BRIDGE_GROUP", value_name = "NAME")]
+    pub bridge_group: Option<String>,
+
+    /// A private CA (PEM file) that signed the Redis server's certificate (rediss:// only).
+    #[arg(long, env = "CLUSTERD_BRIDGE_CA", value_name = "FILE")]
+    pub bridge_ca: Option<PathBuf>,
+
+    /// Bytes of cross-host messages that may wait for Redis; beyond, the oldest are dropped and
+    /// counted [default: 16MiB as 16777216].
+    #[arg(long, env = "CLUSTERD_BRIDGE_QUEUE", value_name = "BYTES")]
+    pub bridge_queue: Option<usize>,
+
+    /// A host not heard of for this long is out of every count, 300ms to 60s [default: 3s].
+    #[arg(long, env = "CLUSTERD_BRIDGE_HOST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub bridge_host_timeout: Option<Duration>,
+
     /// Set TCP_NODELAY on accepted TCP connections (Nagle off) before they go to a worker; off by
     /// default: the application's own choice (variable: `true` or `false`).
     #[arg(long, env = "CLUSTERD_TCP_NODELAY", value_parser = env_bool())]

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::bridge::options::BridgeConfig;
 use crate::cli::RunArgs;
 use crate::duration::{parse_duration, show};
 // The value types live in `values` so that the command line can parse them without importing
@@ -112,6 +113,12 @@ struct FileConfig {
     sniff_timeout: Option<Duration>,
     bus_queue: Option<usize>,
     tcp_nodelay: Option<bool>,
+    bridge: Option<String>,
+    bridge_group: Option<String>,
+    bridge_ca: Option<PathBuf>,
+    bridge_queue: Option<usize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    bridge_host_timeout: Option<Duration>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_timestamps: Option<LogTimestamps>,
@@ -193,6 +200,8 @@ pub struct Config {
     pub bus_queue: usize,
     /// Set TCP_NODELAY on accepted TCP connections.
     pub tcp_nodelay: bool,
+    /// `--bridge` and its companions; `None` without a bridge.
+    pub bridge: Option<BridgeConfig>,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub log_timestamps: LogTimestamps,
@@ -284,6 +293,7 @@ impl Config {
         };
         let mut o = Layers { given, file: loaded.as_ref(), from: HashMap::new() };
         let mut decisions = Vec::new();
+        let bridge = bridge_config(&mut o, &run, &file)?;
         let (workers, workers_auto) = match o.pick("workers", run.workers, file.workers).unwrap_or(WorkerCount::Auto) {
             WorkerCount::Fixed(n) => (n, false),
             WorkerCount::Auto => (auto_workers(), true),
@@ -372,6 +382,7 @@ impl Config {
                 .unwrap_or(DEFAULT_SNIFF_TIMEOUT),
             bus_queue: o.pick("bus_queue", run.bus_queue, file.bus_queue).unwrap_or(DEFAULT_BUS_QUEUE),
             tcp_nodelay: run.tcp_nodelay || file.tcp_nodelay.unwrap_or(false),
+            bridge,
             control: control_given.unwrap_or_else(default_control_path),
             log_format: o.pick("log_format", run.log_format, file.log_format).unwrap_or_default(),
             log_timestamps: o.pick("log_timestamps", run.log_timestamps, file.log_timestamps).unwrap_or_default(),
@@ -417,6 +428,37 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The bridge's options, layered as the others, checked (a bad URL, scheme or CA file: exit 2
+/// naming the option as it was given; a password never appears in the message).
+fn bridge_config(o: &mut Layers, run: &RunArgs, file: &FileConfig) -> Result<Option<BridgeConfig>, ConfigError> {
+    use crate::bridge::options as b;
+    let url = o.pick("bridge", run.bridge.clone(), file.bridge.clone());
+    let ca = o.pick("bridge_ca", run.bridge_ca.clone(), file.bridge_ca.clone());
+    let Some(text) = url else {
+        if ca.is_some() {
+            return Err(o.invalid("bridge_ca", "only with --bridge rediss://…"));
+        }
+        return Ok(None);
+    };
+    let url = b::BridgeUrl::parse(&text).map_err(|message| o.invalid("bridge", message))?;
+    let group = o.pick("bridge_group", run.bridge_group.clone(), file.bridge_group.clone());
+    let group = group.unwrap_or_else(|| b::DEFAULT_GROUP.into());
+    b::check_group(&group).map_err(|message| o.invalid("bridge_group", message))?;
+    let ca = match ca {
+        Some(_) if !url.tls() => return Err(o.invalid("bridge_ca", "only with a rediss:// URL")),
+        Some(path) => Some(b::read_ca(&path).map_err(|message| o.invalid("bridge_ca", message))?),
+        None => None,
+    };
+    let queue = o.pick("bridge_queue", run.bridge_queue, file.bridge_queue).unwrap_or(b::DEFAULT_QUEUE);
+    if queue < b::MIN_QUEUE {
+        return Err(o.invalid("bridge_queue", format!("must be at least {} bytes (64 KiB)", b::MIN_QUEUE)));
+    }
+    let host_timeout = o.pick("bridge_host_timeout", run.bridge_host_timeout, file.bridge_host_timeout);
+    let host_timeout = host_timeout.unwrap_or(b::DEFAULT_HOST_TIMEOUT);
+    o.within("bridge_host_timeout", host_timeout, b::MIN_HOST_TIMEOUT, b::MAX_HOST_TIMEOUT)?;
+    Ok(Some(BridgeConfig { url, group, ca, queue, host_timeout }))
 }
 
 /// A Unix socket path must be given and fit in `sun_path`.

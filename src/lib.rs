@@ -5,6 +5,13 @@
 
 #![doc(hidden)]
 
+pub mod bridge {
+    pub mod channels;
+    pub mod codec;
+    pub mod options;
+    pub mod status;
+    pub use status::BridgeStatus;
+}
 pub mod cli;
 pub mod config;
 pub mod duration;

@@ -5,6 +5,7 @@
 //! supervisor on a Tokio runtime and maps its outcome to the documented exit status.
 
 mod balancer;
+mod bridge;
 mod bus_memory;
 mod cli;
 mod config;
@@ -157,6 +158,11 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         let (phase, _) = watch::channel(Phase::Starting);
         let bus_memory = std::sync::Arc::new(bus_memory::BusMemory::new(bus_memory::BUS_INPUT));
         let relay = relay::start(config.bus_queue, config.requests_timeout, std::sync::Arc::clone(&bus_memory));
+        // Redis is not waited for: clusterd serves locally whatever it does.
+        let bridge = match config.bridge.clone() {
+            Some(bridge) => Some(bridge::start(bridge, relay.clone())?),
+            None => None,
+        };
         let parts = Parts {
             config,
             spawner,
@@ -167,8 +173,13 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             routes: routes_tx,
             relay,
             bus_memory,
+            bridge: bridge.clone(),
         };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
+        if let Some(bridge) = bridge {
+            // The other hosts count this one out at once, not after the host timeout.
+            bridge.leave(std::time::Duration::from_secs(1)).await;
+        }
         // Every worker is reaped: pass on the last lines they wrote before exiting.
         logs.finish(std::time::Duration::from_secs(2)).await;
         for path in unix_paths {

@@ -47,8 +47,30 @@ pub const MAX_HELD_ANSWERS: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME
 /// Charges given back at once when they add up to this much (else when the input runs dry).
 const RELEASE_BATCH: usize = 64 * 1024;
 
+/// The key under which the other hosts (the bridge) are waited for in a request; no worker has it.
+const BRIDGE: u64 = u64::MAX;
+/// The worker id that messages and answers from other hosts carry.
+pub const REMOTE: u32 = u32::MAX;
+
+/// What the bridge to other hosts (`crate::bridge`) tells the relay.
+pub enum BridgeInput {
+    /// The bridge joins: from now on it gets the local traffic of bridged channels.
+    Attach(crate::bridge::Sink),
+    /// A message of another host's worker, for the local subscribers.
+    Message { channel: String, payload: Bytes },
+    /// Live subscribers of each channel on the other hosts (replaces the previous counts).
+    Remote(HashMap<String, u32>),
+    /// A request of another host's worker to the local subscribers of `channel`; answered through
+    /// the bridge's sink under `id`.
+    Request { id: u64, channel: String, payload: Vec<u8>, timeout: std::time::Duration },
+    /// The other hosts' answers to the relay's request `request`.
+    Answers { request: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32> },
+}
+
 /// What the relay hears.
 pub enum Input {
+    /// From the bridge to other hosts.
+    Bridge(BridgeInput),
     /// A request's deadline passed.
     Deadline { request: u64 },
     /// A worker process is on the bus (its socket's write half is the relay's from now on).
@@ -144,6 +166,9 @@ struct Relay {
     done: Charge,
     /// Bytes of the answers in `requests`.
     held_answers: usize,
+    /// The bridge to other hosts, if any, and their subscribers per channel.
+    bridge: Option<crate::bridge::Sink>,
+    remote: HashMap<String, u32>,
 }
 
 /// A request whose answers are being gathered.
@@ -176,6 +201,8 @@ pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<Bu
             memory,
             done: Charge::default(),
             held_answers: 0,
+            bridge: None,
+            remote: HashMap::new(),
         };
         while let Some(input) = rx.recv().await {
             relay.handle(input).await;
@@ -202,11 +229,14 @@ impl Relay {
                 self.frame(key, frame).await;
                 self.done.absorb(charge);
             }
+            Input::Bridge(input) => self.bridge(input).await,
             Input::Deadline { request } => {
                 if let Some(mut pending) = self.requests.remove(&request) {
                     for key in std::mem::take(&mut pending.waiting) {
                         if let Some(member) = self.members.get(&key) {
                             pending.missing.push(member.slot);
+                        } else if key == BRIDGE {
+                            pending.missing.push(REMOTE);
                         }
                     }
                     self.answer(pending).await;
@@ -218,6 +248,12 @@ impl Relay {
     /// Sends a finished request's answers to its asker.
     async fn answer(&mut self, pending: Pending) {
         self.held_answers -= pending.held;
+        if pending.asker == BRIDGE {
+            if let Some(bridge) = &self.bridge {
+                bridge.answers(pending.asker_id, pending.answers, pending.missing);
+            }
+            return;
+        }
         let frame = BusToWorker::Answers { id: pending.asker_id, answers: pending.answers, missing: pending.missing };
         if let Some(bytes) = encode(&frame) {
             self.send_to(&[pending.asker], bytes).await;
@@ -253,6 +289,9 @@ impl Relay {
 
     /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
     async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
+        if let Some(bridge) = &self.bridge {
+            bridge.publish(channel, &payload, || self.subscriptions.contains_key(channel));
+        }
         let Some(subscribers) = self.subscriptions.get(channel) else { return };
         self.head.clear();
         message_head(channel, from, payload.len(), &mut self.head);
@@ -295,14 +334,106 @@ impl Relay {
 
     async fn leave(&mut self, key: u64) {
         let Some(member) = self.members.remove(&key) else { return };
-        self.subscriptions.retain(|_, keys| {
-            keys.remove(&key);
+        let bridge = self.bridge.as_ref();
+        self.subscriptions.retain(|channel, keys| {
+            if keys.remove(&key)
+                && let Some(bridge) = bridge
+            {
+                bridge.subscribers(channel, keys.len());
+            }
             !keys.is_empty()
         });
         self.forget_in_requests(key, member.slot).await;
         if let Some(bytes) = encode(&BusToWorker::Left { worker: member.slot }) {
             let keys: Vec<u64> = self.members.keys().copied().collect();
             self.send_to(&keys, bytes).await;
+        }
+    }
+
+    /// Starts gathering answers for `asker` (a worker, or [`BRIDGE`] for another host) from
+    /// `waiting`, and from the other hosts' subscribers of `channel` when it asks a channel that
+    /// has some.
+    #[allow(clippy::too_many_arguments, reason = "one request's parts, from two kinds of asker")]
+    async fn request(
+        &mut self,
+        asker: u64,
+        asker_id: u64,
+        from: u32,
+        channel: Option<&str>,
+        mut waiting: BTreeSet<u64>,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) {
+        let request = self.next_request;
+        self.next_request += 1;
+        if asker != BRIDGE
+            && let (Some(bridge), Some(channel)) = (&self.bridge, channel)
+            && self.remote.get(channel).is_some_and(|&n| n > 0)
+            && bridge.request(request, channel, &payload, timeout)
+        {
+            waiting.insert(BRIDGE);
+        }
+        let pending =
+            Pending { asker, asker_id, waiting: waiting.clone(), answers: Vec::new(), missing: Vec::new(), held: 0 };
+        if waiting.is_empty() {
+            return self.answer(pending).await;
+        }
+        self.requests.insert(request, pending);
+        let input = self.input.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(input) = input.upgrade() {
+                let _ = input.send(Input::Deadline { request }).await;
+            }
+        });
+        if let Some(bytes) = encode(&BusToWorker::Request { id: request, from, payload }) {
+            let targets: Vec<u64> = waiting.into_iter().collect();
+            self.send_to(&targets, bytes).await;
+        }
+    }
+
+    /// What the bridge to other hosts says.
+    async fn bridge(&mut self, input: BridgeInput) {
+        match input {
+            BridgeInput::Attach(sink) => self.bridge = Some(sink),
+            BridgeInput::Remote(counts) => self.remote = counts,
+            BridgeInput::Message { channel, payload } => {
+                // Only to the local subscribers: it came from another host, and goes back to none.
+                let Some(subscribers) = self.subscriptions.get(&channel) else { return };
+                self.head.clear();
+                message_head(&channel, REMOTE, payload.len(), &mut self.head);
+                let message = Outgoing { head: Head::new(&self.head), payload };
+                let targets: Vec<u64> = subscribers.iter().copied().collect();
+                self.send_to(&targets, message).await;
+            }
+            BridgeInput::Request { id, channel, payload, timeout } => {
+                let waiting = self.subscriptions.get(&channel).cloned().unwrap_or_default();
+                self.request(BRIDGE, id, REMOTE, Some(&channel), waiting, payload, timeout).await;
+            }
+            BridgeInput::Answers { request, answers, missing } => {
+                let Some(pending) = self.requests.get_mut(&request) else { return };
+                if pending.waiting.remove(&BRIDGE) {
+                    // Held within the same bound as local answers; over it, an answer counts as
+                    // missing.
+                    for (from, answer) in answers {
+                        if self.held_answers + answer.len() <= MAX_HELD_ANSWERS
+                            && pending.held + answer.len() <= MAX_HELD_ANSWERS
+                        {
+                            self.held_answers += answer.len();
+                            pending.held += answer.len();
+                            pending.answers.push((from, answer));
+                        } else {
+                            pending.missing.push(from);
+                        }
+                    }
+                    pending.missing.extend(missing);
+                }
+                if pending.waiting.is_empty()
+                    && let Some(pending) = self.requests.remove(&request)
+                {
+                    self.answer(pending).await;
+                }
+            }
         }
     }
 
@@ -316,11 +447,19 @@ impl Relay {
         };
         match frame {
             BusFromWorker::Subscribe { channel } => {
-                self.subscriptions.entry(channel).or_default().insert(key);
+                let keys = self.subscriptions.entry(channel.clone()).or_default();
+                if keys.insert(key)
+                    && let Some(bridge) = &self.bridge
+                {
+                    bridge.subscribers(&channel, keys.len());
+                }
             }
             BusFromWorker::Unsubscribe { channel } => {
                 if let Some(keys) = self.subscriptions.get_mut(&channel) {
                     keys.remove(&key);
+                    if let Some(bridge) = &self.bridge {
+                        bridge.subscribers(&channel, keys.len());
+                    }
                     if keys.is_empty() {
                         self.subscriptions.remove(&channel);
                     }
@@ -348,36 +487,12 @@ impl Relay {
                 .into_iter()
                 .filter(|&k| k != key)
                 .collect();
-                let request = self.next_request;
-                self.next_request += 1;
-                let pending = Pending {
-                    asker: key,
-                    asker_id: id,
-                    waiting: waiting.clone(),
-                    answers: Vec::new(),
-                    missing: Vec::new(),
-                    held: 0,
-                };
-                if waiting.is_empty() {
-                    return self.answer(pending).await;
-                }
-                self.requests.insert(request, pending);
                 let timeout = if timeout_ms == 0 {
                     self.default_timeout
                 } else {
                     std::time::Duration::from_millis(u64::from(timeout_ms))
                 };
-                let input = self.input.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(timeout).await;
-                    if let Some(input) = input.upgrade() {
-                        let _ = input.send(Input::Deadline { request }).await;
-                    }
-                });
-                if let Some(bytes) = encode(&BusToWorker::Request { id: request, from, payload }) {
-                    let targets: Vec<u64> = waiting.into_iter().collect();
-                    self.send_to(&targets, bytes).await;
-                }
+                self.request(key, id, from, channel.as_deref(), waiting, payload, timeout).await;
             }
             BusFromWorker::Reply { id, payload } => {
                 let Some(pending) = self.requests.get_mut(&id) else { return };
@@ -405,6 +520,8 @@ impl Relay {
             }
             BusFromWorker::Subscribers { seq, channel } => {
                 let count = self.subscriptions.get(&channel).map_or(0, |keys| keys.len() as u32);
+                // The other hosts' workers count as the local ones do.
+                let count = count.saturating_add(self.remote.get(&channel).copied().unwrap_or(0));
                 if let Some(bytes) = encode(&BusToWorker::Subscribers { seq, count }) {
                     self.send_to(&[key], bytes).await;
                 }

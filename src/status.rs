@@ -58,6 +58,9 @@ pub struct Status {
     /// clusterd started.
     #[serde(default)]
     pub proxy_refused: u64,
+    /// The bridge to other hosts (`--bridge`); `null` without one.
+    #[serde(default)]
+    pub bridge: Option<crate::bridge::BridgeStatus>,
 }
 
 /// One row of the worker table.
@@ -110,6 +113,13 @@ impl Status {
         );
         if !self.listen.is_empty() {
             out.push_str(&format!("listen: {}\n", self.listen.join(", ")));
+        }
+        if let Some(b) = &self.bridge {
+            let state = format!("{:?}", b.state).to_lowercase();
+            out.push_str(&format!(
+                "bridge: {} (group {}) {state}, {} host(s), published {}, received {}, dropped {}, malformed {}\n",
+                b.url, b.group, b.hosts, b.published, b.received, b.dropped, b.malformed
+            ));
         }
         out.push_str(&format!(
             "{:>3}  {:>8}  {:<9} {:>4} {:>8} {:>6} {:>8} {:>10} {:>12}  {}\n",

@@ -8,6 +8,7 @@
 
 pub mod broadcast;
 pub mod cpu;
+pub mod redis;
 pub mod sio_client;
 
 use std::fs::File;

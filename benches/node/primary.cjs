@@ -33,7 +33,8 @@ if (!Number.isInteger(port) || port <= 0 || !Number.isInteger(workers) || worker
 const httpServer = http.createServer();
 setupMaster(httpServer, { loadBalancingMethod: "least-connection" });
 setupPrimary();
-cluster.setupPrimary({ exec: path.join(__dirname, "worker.cjs"), serialization: "advanced" });
+// BENCH_WORKER names another worker script beside this one (redis_worker.cjs for benches/bridge.rs).
+cluster.setupPrimary({ exec: path.join(__dirname, process.env.BENCH_WORKER || "worker.cjs"), serialization: "advanced" });
 
 const stopping = stopOnSignals(() => httpServer.close());
 httpServer.on("error", (e) => {

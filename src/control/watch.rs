@@ -204,6 +204,7 @@ mod tests {
             sessions: 0,
             workers,
             proxy_refused: 0,
+            bridge: None,
         }
     }
 

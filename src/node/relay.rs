@@ -42,7 +42,25 @@ const SOURCE: &str = "_sio_adapter";
 /// timeout (0.3.x) has to do.
 const MAX_DEFERRED: usize = 1024;
 
+/// What the bridge to other hosts (`crate::bridge`) tells the relay. Across hosts only the 0.3.x
+/// dialect travels (its messages name their adapter by `uid`; 0.2.x's worker ids are only unique
+/// on one host).
+pub enum BridgeInput {
+    /// The bridge joins: from now on it gets the 0.3.x messages of the local workers.
+    Attach(crate::bridge::Sink),
+    /// A message of a worker of another host, framed in that host's serialization.
+    Frame { host: u64, mode: Mode, frame: Vec<u8> },
+    /// A host is gone: the survivors here learn that its adapters are closed.
+    HostGone { host: u64 },
+    /// A host joined: the local adapters announce themselves to it at once (an `INITIAL_HEARTBEAT`
+    /// from the adapter's "emitter", which no adapter counts as a server, makes each one publish
+    /// a `HEARTBEAT`), instead of after their heartbeat interval.
+    HostJoined,
+}
+
 pub enum Input {
+    /// From the bridge to other hosts.
+    Bridge(BridgeInput),
     Join {
         key: u64,
         worker_id: u64,
@@ -85,6 +103,9 @@ struct Relay {
     members: BTreeMap<u64, Member>,
     budget: usize,
     mode: Mode,
+    /// The bridge to other hosts, and the adapters (uid, namespace) seen from each of them.
+    bridge: Option<crate::bridge::Sink>,
+    remote: BTreeMap<u64, BTreeSet<(String, String)>>,
 }
 
 pub fn start(
@@ -95,7 +116,7 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel(4096);
     let mode = Mode::from(serialization);
     tokio::spawn(async move {
-        let mut relay = Relay { members: BTreeMap::new(), budget, mode };
+        let mut relay = Relay { members: BTreeMap::new(), budget, mode, bridge: None, remote: BTreeMap::new() };
         while let Some(input) = rx.recv().await {
             match input {
                 Input::Join { key, worker_id, out, queued, dropped } => {
@@ -116,6 +137,7 @@ pub fn start(
                     relay.frame(key, frame).await;
                     memory.release(charge);
                 }
+                Input::Bridge(input) => relay.bridge(input).await,
             }
         }
     });
@@ -162,9 +184,95 @@ impl Relay {
         for (_, notice) in deferred.into_iter().filter(|(dialect, _)| *dialect == version) {
             self.deliver(key, notice).await;
         }
+        // Other hosts get every 0.3.x message but a response whose asker is here.
+        let response = matches!(kind, Some(8 | 10));
+        let to_hosts = version == Version::V03 && (!response || targets.is_empty());
         let bytes = Bytes::from(frame.into_raw());
+        if to_hosts && let Some(bridge) = &self.bridge {
+            bridge.node(self.mode, &bytes);
+        }
         for target in targets {
             self.deliver(target, bytes.clone()).await;
+        }
+    }
+
+    /// What the bridge says: messages of other hosts' workers, and hosts that are gone.
+    async fn bridge(&mut self, input: BridgeInput) {
+        match input {
+            BridgeInput::Attach(sink) => self.bridge = Some(sink),
+            BridgeInput::Frame { host, mode, frame } => {
+                if mode != self.mode {
+                    return; // Every host of a group must use the same --serialization.
+                }
+                let mut decoder = super::frame::FrameDecoder::new(mode);
+                decoder.feed(&frame);
+                let Ok(Some(frame)) = decoder.next_frame() else { return };
+                if decoder.buffered() != 0 {
+                    return;
+                }
+                let fields = frame.select(&[&["type"], &["uid"], &["nsp"], &["requesterUid"]]);
+                let Ok([kind, uid, nsp, requester]) = fields else { return };
+                let Some(uid) = uid.as_ref().and_then(Value::as_str) else { return };
+                let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
+                let adapters = self.remote.entry(host).or_default();
+                if adapters.len() < MAX_DEFERRED {
+                    adapters.insert((uid.to_owned(), nsp.to_owned()));
+                }
+                let kind = kind.as_ref().and_then(Value::as_i64);
+                let targets: Vec<u64> = if matches!(kind, Some(8 | 10)) {
+                    let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();
+                    self.members
+                        .iter()
+                        .filter(|(_, m)| m.adapters.iter().any(|(u, _)| u == requester))
+                        .map(|(k, _)| *k)
+                        .collect()
+                } else {
+                    // Not to a 0.2.x worker: the dialects differ.
+                    self.members.iter().filter(|(_, m)| m.version != Some(Version::V02)).map(|(k, _)| *k).collect()
+                };
+                let bytes = Bytes::from(frame.into_raw());
+                for target in targets {
+                    self.deliver(target, bytes.clone()).await;
+                }
+            }
+            BridgeInput::HostJoined => {
+                let v03 = self.members.iter().filter(|(_, m)| m.version == Some(Version::V03));
+                let namespaces: BTreeSet<String> =
+                    v03.flat_map(|(_, m)| m.adapters.iter().map(|(_, n)| n.clone())).collect();
+                let survivors: Vec<u64> =
+                    self.members.iter().filter(|(_, m)| m.version == Some(Version::V03)).map(|(k, _)| *k).collect();
+                for nsp in namespaces {
+                    let hello = Value::object([
+                        ("type", Value::from(1)),
+                        ("uid", Value::from("emitter")),
+                        ("nsp", Value::from(nsp.as_str())),
+                        ("source", Value::from(SOURCE)),
+                    ]);
+                    let Ok(frame) = Frame::encode(self.mode, &hello) else { continue };
+                    let bytes = Bytes::from(frame.into_raw());
+                    for &member in &survivors {
+                        self.deliver(member, bytes.clone()).await;
+                    }
+                }
+            }
+            BridgeInput::HostGone { host } => {
+                let Some(adapters) = self.remote.remove(&host) else { return };
+                let survivors: Vec<u64> =
+                    self.members.iter().filter(|(_, m)| m.version == Some(Version::V03)).map(|(k, _)| *k).collect();
+                for (uid, nsp) in adapters {
+                    let close = Value::object([
+                        ("type", Value::from(13)),
+                        ("uid", Value::from(uid.as_str())),
+                        ("nsp", Value::from(nsp.as_str())),
+                        ("source", Value::from(SOURCE)),
+                    ]);
+                    let Ok(frame) = Frame::encode(self.mode, &close) else { continue };
+                    let bytes = Bytes::from(frame.into_raw());
+                    for &survivor in &survivors {
+                        self.deliver(survivor, bytes.clone()).await;
+                    }
+                }
+            }
         }
     }
 
@@ -195,6 +303,12 @@ impl Relay {
             ]);
             if let Ok(frame) = Frame::encode(self.mode, &exit) {
                 notices.push((Version::V02, frame.into_raw().into()));
+            }
+        }
+        // The workers of other hosts learn it too (their adapters speak 0.3.x across hosts).
+        if let Some(bridge) = &self.bridge {
+            for (_, bytes) in notices.iter().filter(|(dialect, _)| *dialect == Version::V03) {
+                bridge.node(self.mode, bytes);
             }
         }
         let survivors: Vec<(u64, Option<Version>)> = self.members.iter().map(|(k, m)| (*k, m.version)).collect();

@@ -627,6 +627,7 @@ impl Dispatcher {
                 .join(" "),
             workers,
             proxy_refused: crate::proxy_protocol::refused(),
+            bridge: self.bridge.as_ref().map(crate::bridge::Handle::status),
         }
     }
 }

@@ -90,6 +90,8 @@ pub struct Parts {
     pub relay: mpsc::Sender<crate::relay::Input>,
     /// The budget of bus frames read and not yet queued (`bus_memory.rs`).
     pub bus_memory: Arc<crate::bus_memory::BusMemory>,
+    /// The bridge to other hosts, for `status`.
+    pub bridge: Option<crate::bridge::Handle>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -194,6 +196,7 @@ struct Rollout {
 
 struct Dispatcher {
     config: Config,
+    bridge: Option<crate::bridge::Handle>,
     settings: Arc<Settings>,
     policy: RestartPolicy,
     slots: Vec<Slot>,
@@ -224,9 +227,12 @@ struct HeldPick {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory, bridge } = parts;
     let node_relay = (config.protocol == crate::config::Protocol::Node)
         .then(|| crate::node::relay::start(config.bus_queue, config.serialization, Arc::clone(&bus_memory)));
+    if let (Some(bridge), Some(node_relay)) = (&bridge, &node_relay) {
+        bridge.attach_node(node_relay.clone()).await;
+    }
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -266,6 +272,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         held: Vec::new(),
         settings,
         config,
+        bridge,
     };
     // The whole table first: every worker's CLUSTERD_WORKER_COUNT is the pool size.
     d.slots = (0..d.config.workers).map(Slot::new).collect();

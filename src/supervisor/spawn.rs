@@ -33,9 +33,17 @@ use tokio::sync::{Notify, oneshot};
 
 use super::guard::Guard;
 
-/// Variables that belong to clusterd alone and never reach a worker.
-const PRIVATE_ENV: &[&str] =
-    &["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"];
+/// Variables that belong to clusterd alone and never reach a worker (`CLUSTERD_BRIDGE` may hold
+/// the Redis password).
+const PRIVATE_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "CLUSTERD_BRIDGE",
+];
 
 /// pid → where its exit status goes.
 type Registry = Arc<Mutex<HashMap<i32, oneshot::Sender<WaitStatus>>>>;

@@ -415,47 +415,143 @@ pub fn memory_of(pid: i32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// A private `redis-server` (installed by scripts/install-redis) on a free loopback port, with its
-/// files in a temp dir; killed on drop.
+/// A private `redis-server` on a free loopback port, in its own temp dir (never a system one);
+/// killed on drop. `scripts/install-redis` installs Debian's redis-server where it is missing.
 pub struct Redis {
-    child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With more `redis-server` arguments (`--port` is chosen here; TLS setups pass `--tls-port`).
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        // A port the kernel just handed out and gave back: free unless another test takes it in
-        // between, which shows as redis-server failing to bind (the error names the port).
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut redis = Self { port: 0, child: None, dir, args };
+        // A port found free can be taken before redis binds it: try a few.
+        for _ in 0..5 {
+            redis.port = free_port();
+            if redis.spawn() {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start (is it installed? scripts/install-redis)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let tls = self.args.iter().any(|a| a == "--tls-port");
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]).arg("--dir").arg(self.dir.path());
+        if tls {
+            command.args(["--port", "0"]);
+        } else {
+            command.args(["--port", &port]);
+        }
+        for arg in &self.args {
+            command.arg(if arg == "{port}" { &port } else { arg });
+        }
+        let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/install-redis)");
-        let output = Lines::default();
-        output.collect(child.stdout.take().unwrap());
-        output.collect(child.stderr.take().unwrap());
-        output.wait_for("redis-server ready", |l| {
-            assert!(!l.contains("Could not create server TCP listening socket"), "redis-server: {l}");
-            l.contains("Ready to accept connections")
-        });
-        Self { child, port, _dir: dir }
+        let deadline = Instant::now() + TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("redis-server runs").id() as i32
+    }
+
+    /// Kills it (SIGKILL: connections reset) and waits until it is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(), "redis-server did not start again on port {}", self.port);
+    }
+
+    /// SIGSTOP: no RST, just silence; `thaw` resumes it.
+    pub fn freeze(&self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+
+    pub fn thaw(&self) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+
+    /// `redis-cli` against it; returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed (scripts/install-redis)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `PUBLISH channel payload`, any bytes (through `redis-cli -x`, which reads the last
+    /// argument from stdin).
+    pub fn publish(&self, channel: &str, payload: &[u8]) {
+        let mut child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-x", "PUBLISH", channel])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli must be installed (scripts/install-redis)");
+        child.stdin.take().unwrap().write_all(payload).unwrap();
+        assert!(child.wait().unwrap().success(), "redis-cli PUBLISH {channel}");
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &self.child {
+            // A frozen server must be woken to die of SIGKILL promptly.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        self.stop();
     }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }

@@ -1,0 +1,774 @@
+//! The connection task: the two Redis connections, reconnection, membership, asks across hosts,
+//! and the filter that keeps a host from delivering its own messages twice.
+//!
+//! One task owns all of it, so nothing here is shared but the [`super::Sink`]'s queue and
+//! counters. Every Redis operation has a deadline ([`Task::deadline`]), and a PING goes to both
+//! connections every heartbeat: a Redis that stops answering (SIGSTOP, a partition) is found out
+//! within two heartbeats, not when TCP gives up.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use tokio::sync::{Notify, mpsc};
+
+use super::codec::{HostId, Wire};
+use super::hosts::{Change, Hosts};
+use super::options::BridgeConfig;
+use super::queue::Out;
+use super::{Shared, State, channels};
+use crate::relay::{BridgeInput, Input, REMOTE};
+
+/// The first wait before connecting again; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between attempts: Redis back means the bridge back within about this.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The shortest deadline of a Redis operation.
+const MIN_DEADLINE: Duration = Duration::from_millis(500);
+/// Items taken off the queue for one pipeline of PUBLISHes.
+const BATCH: usize = 512;
+/// How long a published message's echo is awaited before it is forgotten.
+const ECHO_TTL: Duration = Duration::from_secs(10);
+/// The most echoes awaited on one channel.
+const MAX_ECHOES: usize = 64 * 1024;
+/// The most other hosts a host keeps track of; a group is a few dozen hosts at most, so more are
+/// forged announcements.
+const MAX_HOSTS: usize = 1024;
+/// The most requests of other hosts being answered here at once.
+const MAX_INBOUND: usize = 64 * 1024;
+/// How long a message from Redis may wait for room in the relay's input before it is dropped.
+const INCOMING_WAIT: Duration = Duration::from_millis(500);
+/// At most one log line about malformed messages in this long.
+const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Builds the Redis client: with `--bridge-ca`, a `rediss://` client that trusts that CA (and only
+/// it); otherwise the system's roots for `rediss://`.
+pub fn client(config: &BridgeConfig) -> Result<redis::Client, redis::RedisError> {
+    match &config.ca {
+        Some(ca) => {
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
+            redis::Client::build_with_tls(config.url.secret(), certificates)
+        }
+        None => redis::Client::open(config.url.secret()),
+    }
+}
+
+/// A local request waiting for other hosts.
+struct Ask {
+    waiting: BTreeMap<HostId, u32>,
+    answers: Vec<(u32, Vec<u8>)>,
+    missing: Vec<u32>,
+    until: Instant,
+    /// Plain socketioxide-redis servers were asked too: their answers cannot be tracked, so the
+    /// ask is never completed early (socketioxide's own count of answers ends it).
+    foreign: bool,
+}
+
+/// One more subscription of the request channels, so that `PUBSUB NUMSUB` counts every worker of
+/// this host (see `Task::count_foreign`). What it receives is read and dropped.
+struct Shadow {
+    control: PubSubSink,
+    subscribed: BTreeSet<String>,
+    drain: tokio::task::AbortHandle,
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.drain.abort();
+    }
+}
+
+/// Why a connection ended.
+enum End {
+    Lost(String),
+    Stop,
+}
+
+/// The live connections.
+struct Live {
+    publisher: MultiplexedConnection,
+    control: PubSubSink,
+    messages: PubSubStream,
+    /// Bridged channels subscribed on Redis.
+    subscribed: BTreeSet<String>,
+    /// Per channel: the hashes of this host's messages whose echo has not come back yet.
+    echoes: HashMap<String, VecDeque<(u64, Instant)>>,
+    shadows: Vec<Shadow>,
+}
+
+pub(super) struct Task {
+    config: BridgeConfig,
+    client: redis::Client,
+    shared: Arc<Shared>,
+    pub relay: mpsc::Sender<Input>,
+    leave: Arc<Notify>,
+    left: Arc<Notify>,
+    node: Arc<std::sync::OnceLock<mpsc::Sender<crate::node::relay::Input>>>,
+    me: HostId,
+    channels: OwnChannels,
+    hosts: Hosts,
+    asks: HashMap<u64, Ask>,
+    /// Other hosts' requests being answered here: the relay's id for it → (host, its id, until).
+    inbound: HashMap<u64, (HostId, u64, Instant)>,
+    next_inbound: u64,
+    /// The remote counts the relay has.
+    remote: HashMap<String, u32>,
+    state: State,
+    /// Whether this host shadows its request channels (plain socketioxide-redis servers are
+    /// around); once on, it stays on.
+    shadowed: bool,
+    /// Plain socketioxide-redis servers per channel, as counted, and the last sample.
+    foreign: HashMap<String, u32>,
+    foreign_sample: HashMap<String, u32>,
+    malformed_logged: Option<Instant>,
+    malformed_unlogged: u64,
+}
+
+struct OwnChannels {
+    hosts: String,
+    requests: String,
+    mine: String,
+    node: String,
+}
+
+impl Task {
+    pub(super) fn new(
+        config: BridgeConfig,
+        client: redis::Client,
+        shared: Arc<Shared>,
+        relay: mpsc::Sender<Input>,
+        handle: &super::Handle,
+    ) -> Self {
+        let me = host_id();
+        let channels = OwnChannels {
+            hosts: channels::hosts(&config.group),
+            requests: channels::requests(&config.group),
+            mine: channels::host(&config.group, me),
+            node: channels::node(&config.group),
+        };
+        Self {
+            config,
+            client,
+            shared,
+            relay,
+            leave: Arc::clone(&handle.leave),
+            left: Arc::clone(&handle.left),
+            node: Arc::clone(&handle.node),
+            me,
+            channels,
+            hosts: Hosts::default(),
+            asks: HashMap::new(),
+            inbound: HashMap::new(),
+            next_inbound: 1,
+            remote: HashMap::new(),
+            state: State::Connecting,
+            shadowed: false,
+            foreign: HashMap::new(),
+            foreign_sample: HashMap::new(),
+            malformed_logged: None,
+            malformed_unlogged: 0,
+        }
+    }
+
+    /// A heartbeat's period: a third of the host timeout.
+    fn tick(&self) -> Duration {
+        self.config.host_timeout / 3
+    }
+
+    /// The deadline of one Redis operation (connecting, a pipeline, a PING).
+    fn deadline(&self) -> Duration {
+        self.tick().max(MIN_DEADLINE)
+    }
+
+    pub(super) async fn run(mut self) {
+        let url = self.config.url.redacted().to_owned();
+        tracing::info!(url, group = %self.config.group, host = %format!("{:016x}", self.me), "bridge: connecting");
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let error = match tokio::time::timeout(self.deadline() * 2, self.connect()).await {
+                Ok(Ok(live)) => {
+                    self.set_state(State::Connected);
+                    tracing::info!(url, "bridge: connected");
+                    let since = Instant::now();
+                    let end = self.serve(live).await;
+                    // A connection that held for a heartbeat was a real one: the next attempt is
+                    // quick again. One that fails at once keeps the backoff growing.
+                    if since.elapsed() >= self.tick() {
+                        backoff = BACKOFF_MIN;
+                    }
+                    match end {
+                        End::Stop => break,
+                        End::Lost(error) => error,
+                    }
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "no answer in time".to_owned(),
+            };
+            if self.state != State::Down {
+                tracing::warn!(url, %error, "bridge: Redis unreachable; serving locally, dropping cross-host messages, retrying");
+                self.set_state(State::Down);
+            }
+            self.down().await;
+            let leave = self.leave.notified();
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = leave => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.left.notify_one();
+    }
+
+    fn set_state(&mut self, state: State) {
+        self.state = state;
+        self.shared.stats.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    async fn connect(&mut self) -> redis::RedisResult<Live> {
+        let settings = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.deadline()))
+            .set_response_timeout(Some(self.deadline()));
+        let publisher = self.client.get_multiplexed_async_connection_with_config(&settings).await?;
+        let (mut control, messages) = self.client.get_async_pubsub().await?.split();
+        let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
+        control.subscribe(&own).await?;
+        let mut live = Live {
+            publisher,
+            control,
+            messages,
+            subscribed: BTreeSet::new(),
+            echoes: HashMap::new(),
+            shadows: Vec::new(),
+        };
+        self.sync_subscriptions(&mut live).await?;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        let hello = Wire::Hello { host: self.me, counts: self.local_counts(), shadowed: self.shadowed };
+        self.publish_now(&mut live, &self.channels.hosts.clone(), hello.encode()).await?;
+        Ok(live)
+    }
+
+    /// Serves one connection until it is lost or clusterd stops.
+    async fn serve(&mut self, mut live: Live) -> End {
+        let mut heartbeat = tokio::time::interval(self.tick());
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = Arc::clone(&self.shared);
+        let leave = Arc::clone(&self.leave);
+        loop {
+            let result = tokio::select! {
+                () = leave.notified() => {
+                    let goodbye = Wire::Leave { host: self.me }.encode();
+                    let _ = self.publish_now(&mut live, &self.channels.hosts.clone(), goodbye).await;
+                    return End::Stop;
+                }
+                message = live.messages.next() => match message {
+                    Some(message) => self.incoming(&mut live, &message).await,
+                    None => Err(redis::RedisError::from(std::io::Error::other("the connection closed"))),
+                },
+                () = shared.out.ready.notified() => self.flush(&mut live).await,
+                () = shared.local_changed.notified() => match self.sync_subscriptions(&mut live).await {
+                    Ok(()) => self.heartbeat(&mut live).await,
+                    Err(error) => Err(error),
+                },
+                _ = heartbeat.tick() => self.periodic(&mut live).await,
+            };
+            if let Err(error) = result {
+                return End::Lost(error.to_string());
+            }
+        }
+    }
+
+    /// Every heartbeat: say this host is alive, check that Redis answers, and count out the hosts
+    /// not heard of.
+    async fn periodic(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        self.heartbeat(live).await?;
+        let deadline = self.deadline();
+        let ping = async {
+            // A subscribed connection answers `["pong", ""]`, the other `PONG`: any answer will do.
+            live.control.ping::<redis::Value>().await?;
+            redis::cmd("PING").query_async::<redis::Value>(&mut live.publisher).await
+        };
+        match tokio::time::timeout(deadline, ping).await {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => return Err(std::io::Error::other(format!("no answer to PING within {deadline:?}")).into()),
+        }
+        self.count_foreign(live).await?;
+        let now = Instant::now();
+        let changes = self.hosts.expire(now, self.config.host_timeout);
+        self.hosts_changed(changes).await;
+        self.asks.retain(|_, ask| ask.until > now);
+        self.inbound.retain(|_, (_, _, until)| *until > now);
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        let beat = Wire::Heartbeat { host: self.me, counts: self.local_counts(), shadowed: self.shadowed };
+        self.publish_now(live, &self.channels.hosts.clone(), beat.encode()).await
+    }
+
+    fn local_counts(&self) -> Vec<(String, u32)> {
+        super::lock(&self.shared.local).iter().map(|(c, n)| (c.clone(), *n)).collect()
+    }
+
+    /// Subscribes on Redis to the bridged channels local workers subscribe to, and only those.
+    async fn sync_subscriptions(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        let wanted: BTreeSet<String> = super::lock(&self.shared.local).keys().cloned().collect();
+        let add: Vec<&String> = wanted.difference(&live.subscribed).collect();
+        let remove: Vec<&String> = live.subscribed.difference(&wanted).collect();
+        let group = &self.config.group;
+        let add: Vec<String> = add.into_iter().map(|c| channels::redis_name(group, c)).collect();
+        let remove: Vec<String> = remove.into_iter().map(|c| channels::redis_name(group, c)).collect();
+        let deadline = self.deadline();
+        let change = async {
+            if !add.is_empty() {
+                live.control.subscribe(&add).await?;
+            }
+            if !remove.is_empty() {
+                live.control.unsubscribe(&remove).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        match tokio::time::timeout(deadline, change).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::Error::other("no answer to SUBSCRIBE in time").into()),
+        }
+        live.echoes.retain(|channel, _| wanted.contains(channel));
+        live.subscribed = wanted;
+        self.sync_shadows(live).await
+    }
+
+    /// Counts the plain socketioxide-redis servers on the request channels of this host's workers:
+    /// what `PUBSUB NUMSUB` counts beyond the subscriptions of the clusterd hosts. A count is
+    /// believed when two heartbeats in a row agree (a host that just subscribed is not heard of
+    /// yet). Once there are such servers, this host shadows its request channels so that they
+    /// count each of its workers too, and its asks on those channels are not completed early.
+    async fn count_foreign(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        let channels: Vec<(String, u32)> =
+            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut numsub = redis::cmd("PUBSUB");
+        numsub.arg("NUMSUB");
+        for (channel, _) in &channels {
+            numsub.arg(channels::redis_name(&self.config.group, channel));
+        }
+        let query = numsub.query_async::<Vec<(String, u32)>>(&mut live.publisher);
+        let counted = match tokio::time::timeout(self.deadline(), query).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::Error::other("no answer to PUBSUB NUMSUB in time").into()),
+        };
+        let mut sample = HashMap::new();
+        for ((channel, _), (_, numsub)) in channels.iter().zip(counted) {
+            let mine = 1 + live.shadows.iter().filter(|s| s.subscribed.contains(channel)).count() as u32;
+            let others = self.hosts.subscriptions(channel);
+            let foreign = numsub.saturating_sub(mine).saturating_sub(others);
+            if foreign > 0 {
+                sample.insert(channel.clone(), foreign);
+            }
+        }
+        let believed: HashMap<String, u32> =
+            sample.iter().filter_map(|(c, n)| self.foreign_sample.get(c).map(|m| (c.clone(), (*n).min(*m)))).collect();
+        self.foreign_sample = sample;
+        if believed != self.foreign {
+            tracing::info!(servers = ?believed, "bridge: plain socketioxide-redis servers counted");
+            let most = believed.values().max().copied().unwrap_or(0) as usize;
+            self.shared.stats.plain.store(most, Ordering::Relaxed);
+            self.foreign = believed;
+            if !self.foreign.is_empty() && !self.shadowed {
+                self.shadowed = true;
+                self.sync_shadows(live).await?;
+                self.heartbeat(live).await?;
+            }
+            self.update_remote().await;
+        }
+        Ok(())
+    }
+
+    /// Shadow subscriptions: the `i`-th shadow connection subscribes the request channels that have
+    /// more than `i + 1` local workers, so that each is subscribed once per worker.
+    async fn sync_shadows(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        if !self.shadowed {
+            return Ok(());
+        }
+        let counts: Vec<(String, u32)> =
+            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        let needed = counts.iter().map(|(_, n)| n.saturating_sub(1) as usize).max().unwrap_or(0);
+        live.shadows.truncate(needed);
+        let deadline = self.deadline();
+        while live.shadows.len() < needed {
+            let pubsub = match tokio::time::timeout(deadline, self.client.get_async_pubsub()).await {
+                Ok(result) => result?,
+                Err(_) => return Err(std::io::Error::other("no answer in time (shadow connection)").into()),
+            };
+            let (control, mut messages) = pubsub.split();
+            let drain = tokio::spawn(async move { while messages.next().await.is_some() {} }).abort_handle();
+            live.shadows.push(Shadow { control, subscribed: BTreeSet::new(), drain });
+        }
+        let group = self.config.group.clone();
+        for (i, shadow) in live.shadows.iter_mut().enumerate() {
+            let wanted: BTreeSet<String> =
+                counts.iter().filter(|(_, n)| *n as usize > i + 1).map(|(c, _)| c.clone()).collect();
+            let add: Vec<String> =
+                wanted.difference(&shadow.subscribed).map(|c| channels::redis_name(&group, c)).collect();
+            let remove: Vec<String> =
+                shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, c)).collect();
+            let change = async {
+                if !add.is_empty() {
+                    shadow.control.subscribe(&add).await?;
+                }
+                if !remove.is_empty() {
+                    shadow.control.unsubscribe(&remove).await?;
+                }
+                Ok::<_, redis::RedisError>(())
+            };
+            match tokio::time::timeout(deadline, change).await {
+                Ok(result) => result?,
+                Err(_) => return Err(std::io::Error::other("no answer to SUBSCRIBE in time (shadow)").into()),
+            }
+            shadow.subscribed = wanted;
+        }
+        Ok(())
+    }
+
+    /// One PUBLISH, now (clusterd's own control messages).
+    async fn publish_now(&self, live: &mut Live, channel: &str, payload: Vec<u8>) -> redis::RedisResult<()> {
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(channel).arg(payload);
+        let publish = command.query_async::<i64>(&mut live.publisher);
+        match tokio::time::timeout(self.deadline(), publish).await {
+            Ok(result) => {
+                result?;
+                self.shared.stats.published.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(_) => Err(std::io::Error::other("no answer to PUBLISH in time").into()),
+        }
+    }
+
+    /// Publishes what the relay queued, in order, in pipelines.
+    async fn flush(&mut self, live: &mut Live) -> redis::RedisResult<()> {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            self.shared.out.take(BATCH, &mut batch);
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            let mut published = 0;
+            let mut answered = Vec::new();
+            let now = Instant::now();
+            for item in batch.drain(..) {
+                match item {
+                    Out::Publish { channel, payload } => {
+                        if live.subscribed.contains(&channel) {
+                            let echoes = live.echoes.entry(channel.clone()).or_default();
+                            if echoes.len() >= MAX_ECHOES {
+                                echoes.pop_front();
+                            }
+                            echoes.push_back((hash(&payload), now));
+                        }
+                        pipe.cmd("PUBLISH")
+                            .arg(channels::redis_name(&self.config.group, &channel))
+                            .arg(&payload[..])
+                            .ignore();
+                        published += 1;
+                    }
+                    Out::Request { id, channel, payload, timeout_ms } => {
+                        let waiting = self.hosts.subscribed(&channel);
+                        let foreign = self.foreign.contains_key(&channel);
+                        if waiting.is_empty() && !foreign {
+                            answered.push(BridgeInput::Answers {
+                                request: id,
+                                answers: Vec::new(),
+                                missing: Vec::new(),
+                            });
+                            continue;
+                        }
+                        let until = now + Duration::from_millis(u64::from(timeout_ms)) + Duration::from_secs(1);
+                        let empty = waiting.is_empty();
+                        let ask = Ask { waiting, answers: Vec::new(), missing: Vec::new(), until, foreign };
+                        self.asks.insert(id, ask);
+                        if empty {
+                            continue;
+                        }
+                        let wire = Wire::Request { host: self.me, id, channel, timeout_ms, payload };
+                        pipe.cmd("PUBLISH").arg(&self.channels.requests).arg(wire.encode()).ignore();
+                        published += 1;
+                    }
+                    Out::Node { mode, frame } => {
+                        let wire = Wire::Node { host: self.me, mode, frame: frame.to_vec() };
+                        pipe.cmd("PUBLISH").arg(&self.channels.node).arg(wire.encode()).ignore();
+                        published += 1;
+                    }
+                    Out::Answers { id, answers, missing } => {
+                        let Some((host, their_id, _)) = self.inbound.remove(&id) else { continue };
+                        let wire = Wire::Answers { host: self.me, id: their_id, answers, missing };
+                        pipe.cmd("PUBLISH").arg(channels::host(&self.config.group, host)).arg(wire.encode()).ignore();
+                        published += 1;
+                    }
+                }
+            }
+            if published > 0 {
+                match tokio::time::timeout(self.deadline(), pipe.query_async::<()>(&mut live.publisher)).await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(std::io::Error::other("no answer to PUBLISH in time").into()),
+                }
+                self.shared.stats.published.fetch_add(published, Ordering::Relaxed);
+            }
+            for input in answered {
+                let _ = self.relay.send(Input::Bridge(input)).await;
+            }
+        }
+    }
+
+    /// A message from Redis.
+    async fn incoming(&mut self, live: &mut Live, message: &redis::Msg) -> redis::RedisResult<()> {
+        let channel = message.get_channel_name();
+        let payload = message.get_payload_bytes();
+        let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
+        if own.iter().any(|own| own.as_str() == channel) {
+            match Wire::decode(payload) {
+                Ok(wire) => {
+                    self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+                    self.own(live, wire).await?;
+                }
+                Err(error) => self.malformed(channel, &error),
+            }
+            return Ok(());
+        }
+        let Some(channel) = channels::bus_name(&self.config.group, channel) else { return Ok(()) };
+        if !live.subscribed.contains(channel) {
+            return Ok(());
+        }
+        if let Some(echoes) = live.echoes.get_mut(channel) {
+            let now = Instant::now();
+            while echoes.front().is_some_and(|(_, at)| now.duration_since(*at) > ECHO_TTL) {
+                echoes.pop_front();
+            }
+            let hash = hash(payload);
+            // This host's own message: the echoes before it will not come any more.
+            if let Some(at) = echoes.iter().position(|(h, _)| *h == hash) {
+                echoes.drain(..=at);
+                return Ok(());
+            }
+        }
+        self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
+        let input = BridgeInput::Message { channel: channel.to_owned(), payload: Bytes::copy_from_slice(payload) };
+        // The Redis client reads ahead into a queue of its own: a relay that takes no message for
+        // INCOMING_WAIT costs its message, not unbounded memory.
+        // Most messages find room at once: no timer is armed for them.
+        let permit = match self.relay.try_reserve() {
+            Ok(permit) => Some(permit),
+            Err(mpsc::error::TrySendError::Closed(())) => None,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
+                    Ok(permit) => permit.ok(),
+                    Err(_) => {
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(permit) = permit {
+            permit.send(Input::Bridge(input));
+        }
+        Ok(())
+    }
+
+    /// One of clusterd's own messages.
+    async fn own(&mut self, live: &mut Live, wire: Wire) -> redis::RedisResult<()> {
+        match wire {
+            Wire::Hello { host, .. } | Wire::Heartbeat { host, .. }
+                if !self.hosts.contains(host) && self.hosts.len() >= MAX_HOSTS =>
+            {
+                self.malformed("hosts", &super::codec::Malformed::Invalid("more hosts than the limit"));
+            }
+            Wire::Request { .. } if self.inbound.len() >= MAX_INBOUND => {
+                self.malformed("requests", &super::codec::Malformed::Invalid("more requests waiting than the limit"));
+            }
+            Wire::Hello { host, counts, shadowed } if host != self.me => {
+                let change = self.hosts.heard(host, counts, shadowed, Instant::now());
+                self.hosts_changed(change.into_iter().collect()).await;
+                // The newcomer learns of this host at once.
+                self.heartbeat(live).await?;
+            }
+            Wire::Heartbeat { host, counts, shadowed } if host != self.me => {
+                let change = self.hosts.heard(host, counts, shadowed, Instant::now());
+                self.hosts_changed(change.into_iter().collect()).await;
+            }
+            Wire::Leave { host } if host != self.me => {
+                let change = self.hosts.left(host);
+                self.hosts_changed(change.into_iter().collect()).await;
+            }
+            Wire::Request { host, id, channel, timeout_ms, payload } if host != self.me => {
+                let local = self.inbound_id();
+                let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
+                self.inbound.insert(local, (host, id, Instant::now() + timeout + Duration::from_secs(1)));
+                if super::lock(&self.shared.local).contains_key(&channel) {
+                    let input = BridgeInput::Request { id: local, channel, payload, timeout };
+                    let _ = self.relay.send(Input::Bridge(input)).await;
+                } else {
+                    // Nobody here listens (any more): answer at once, so the asker does not wait.
+                    self.shared.out.push(Out::Answers { id: local, answers: Vec::new(), missing: Vec::new() });
+                }
+            }
+            Wire::Node { host, mode, frame } if host != self.me => {
+                if let Some(node) = self.node.get() {
+                    let mode =
+                        if mode == 0 { crate::node::frame::Mode::Advanced } else { crate::node::frame::Mode::Json };
+                    let input = crate::node::relay::BridgeInput::Frame { host, mode, frame };
+                    let _ = node.send(crate::node::relay::Input::Bridge(input)).await;
+                }
+            }
+            Wire::Answers { host, id, answers, missing } => {
+                let Some(ask) = self.asks.get_mut(&id) else { return Ok(()) };
+                if ask.waiting.remove(&host).is_some() {
+                    ask.answers.extend(answers);
+                    ask.missing.extend(missing);
+                }
+                if ask.waiting.is_empty() && !ask.foreign {
+                    self.complete(id).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn inbound_id(&mut self) -> u64 {
+        let id = self.next_inbound;
+        self.next_inbound += 1;
+        id
+    }
+
+    /// Hands a finished ask's answers to the relay.
+    async fn complete(&mut self, id: u64) {
+        if let Some(ask) = self.asks.remove(&id) {
+            let input = BridgeInput::Answers { request: id, answers: ask.answers, missing: ask.missing };
+            let _ = self.relay.send(Input::Bridge(input)).await;
+        }
+    }
+
+    /// Hosts came or went: logs, asks that waited for a host that is gone, and the relay's counts.
+    async fn hosts_changed(&mut self, changes: Vec<Change>) {
+        for change in &changes {
+            match change {
+                Change::Joined(host) => tracing::info!(host = %format!("{host:016x}"), "bridge: a host joined"),
+                Change::Left(host) => tracing::info!(host = %format!("{host:016x}"), "bridge: a host left"),
+                Change::TimedOut(host) => {
+                    tracing::warn!(host = %format!("{host:016x}"), "bridge: a host timed out; counted out");
+                }
+            }
+            if let (Change::Joined(_), Some(node)) = (change, self.node.get()) {
+                let _ = node.send(crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::HostJoined)).await;
+            }
+            let (Change::Left(host) | Change::TimedOut(host)) = change else { continue };
+            if let Some(node) = self.node.get() {
+                let gone = crate::node::relay::BridgeInput::HostGone { host: *host };
+                let _ = node.send(crate::node::relay::Input::Bridge(gone)).await;
+            }
+            let done: Vec<u64> = self
+                .asks
+                .iter_mut()
+                .filter_map(|(id, ask)| {
+                    let n = ask.waiting.remove(host)?;
+                    ask.missing.extend(std::iter::repeat_n(REMOTE, n as usize));
+                    (ask.waiting.is_empty() && !ask.foreign).then_some(*id)
+                })
+                .collect();
+            for id in done {
+                self.complete(id).await;
+            }
+        }
+        self.shared.stats.hosts.store(self.hosts.len() + 1, Ordering::Relaxed);
+        self.update_remote().await;
+    }
+
+    /// Tells the relay how many subscribers each channel has elsewhere: the other hosts' workers
+    /// and the plain socketioxide-redis servers.
+    async fn update_remote(&mut self) {
+        let mut totals = self.hosts.totals();
+        for (channel, n) in &self.foreign {
+            let total = totals.entry(channel.clone()).or_default();
+            *total = total.saturating_add(*n);
+        }
+        if totals != self.remote {
+            self.remote = totals.clone();
+            let _ = self.relay.send(Input::Bridge(BridgeInput::Remote(totals))).await;
+        }
+    }
+
+    /// The connection is gone: nobody else is reachable, so nobody else counts or is waited for.
+    async fn down(&mut self) {
+        self.shared.connected.store(false, Ordering::Relaxed);
+        // What never reached Redis is dropped; a request among it is answered now (nobody else
+        // can be asked), so that its asker does not wait for the deadline.
+        let unsent = self.shared.out.take_all();
+        self.shared.stats.dropped.fetch_add(unsent.len() as u64, Ordering::Relaxed);
+        for item in unsent {
+            if let Out::Request { id, .. } = item {
+                let input = BridgeInput::Answers { request: id, answers: Vec::new(), missing: Vec::new() };
+                let _ = self.relay.send(Input::Bridge(input)).await;
+            }
+        }
+        let changes = self.hosts.clear();
+        self.foreign.clear();
+        self.foreign_sample.clear();
+        self.shared.stats.plain.store(0, Ordering::Relaxed);
+        self.hosts_changed(changes).await;
+        let ids: Vec<u64> = self.asks.keys().copied().collect();
+        for id in ids {
+            if let Some(ask) = self.asks.get_mut(&id) {
+                for (_, n) in std::mem::take(&mut ask.waiting) {
+                    ask.missing.extend(std::iter::repeat_n(REMOTE, n as usize));
+                }
+            }
+            self.complete(id).await;
+        }
+        self.inbound.clear();
+    }
+
+    fn malformed(&mut self, channel: &str, error: &super::codec::Malformed) {
+        self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if self.malformed_logged.is_some_and(|at| now.duration_since(at) < MALFORMED_LOG_EVERY) {
+            self.malformed_unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            channel,
+            %error,
+            earlier = self.malformed_unlogged,
+            "bridge: dropped a malformed message (at most one such line a minute; `malformed` in status counts them all)"
+        );
+        self.malformed_logged = Some(now);
+        self.malformed_unlogged = 0;
+    }
+}
+
+fn hash(payload: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    payload.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A random, non-zero host id (new at every start, so a restarted host is a new host).
+fn host_id() -> HostId {
+    let mut bytes = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
+        // Without /dev/urandom: the pid and the clock, mixed.
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (std::process::id(), now.as_nanos()).hash(&mut hasher);
+        bytes = hasher.finish().to_le_bytes();
+    }
+    u64::from_le_bytes(bytes).max(1)
+}

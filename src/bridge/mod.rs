@@ -1,0 +1,243 @@
+//! Several hosts: clusterd's relays joined through Redis pub/sub (`--bridge redis://…`).
+//!
+//! ```text
+//!  workers ─bus─► relay ──(publish on a bridged channel, request, answers)──► Sink ─► OutQueue
+//!                   ▲                                                    (bytes-bounded, drops
+//!                   │ Input::Bridge (messages, counts, requests, answers)  the oldest)
+//!                   │                                                          │
+//!                   └──────────── connection task ◄── SUBSCRIBE connection ◄── Redis ◄─ PUBLISH
+//!                                 (membership, asks, echo filter) ──► PUBLISH connection (pipelined)
+//! ```
+//!
+//! To the relay, the bridge is one more member: it publishes what other hosts' workers publish,
+//! it stands for the other hosts' subscribers in every count (`Input::Bridge(Remote)`), and it
+//! answers the relay's requests on behalf of the other hosts (one answer per remote worker asked,
+//! or one missing entry per remote worker of a host that is gone). The relay never waits for it:
+//! everything the relay hands over goes into [`queue::OutQueue`] without waiting.
+//!
+//! A host opens two Redis connections, whatever its number of workers: one subscribed to the
+//! bridged channels its workers subscribe to and to the group's own channels, one to publish.
+//!
+//! Exact counts: every host announces, with each heartbeat and at once when they change, how many
+//! of its live workers subscribe to each bridged channel. A host is out of every count when it
+//! says goodbye, when it is not heard of for `--bridge-host-timeout`, and, for this host, as soon
+//! as its own connection to Redis is lost (it reaches nobody then).
+
+pub mod channels;
+pub mod codec;
+pub mod conn;
+pub mod hosts;
+pub mod options;
+pub mod queue;
+pub mod status;
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use self::queue::{Out, OutQueue};
+pub use self::status::{BridgeStatus, State};
+use bytes::Bytes;
+
+/// The bridge's counters, shared by the relay's side and the connection task.
+#[derive(Debug)]
+pub struct Stats {
+    state: AtomicU8,
+    /// Live hosts, this one included.
+    hosts: AtomicUsize,
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    malformed: AtomicU64,
+    /// Plain socketioxide-redis servers counted (the most on any channel).
+    plain: AtomicUsize,
+}
+
+impl Stats {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(State::Connecting as u8),
+            hosts: AtomicUsize::new(1),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            plain: AtomicUsize::new(0),
+        }
+    }
+
+    fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            s if s == State::Connected as u8 => State::Connected,
+            s if s == State::Down as u8 => State::Down,
+            _ => State::Connecting,
+        }
+    }
+}
+
+/// What the dispatcher keeps of the bridge: its status, and the goodbye at a stop.
+#[derive(Clone)]
+pub struct Handle {
+    url: String,
+    group: String,
+    stats: Arc<Stats>,
+    leave: Arc<tokio::sync::Notify>,
+    left: Arc<tokio::sync::Notify>,
+    sink: Sink,
+    /// The relay of Node workers (`--protocol node`), once the supervisor started it.
+    node: Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<crate::node::relay::Input>>>,
+}
+
+impl Handle {
+    /// Joins the relay of Node workers (`--protocol node`) to the other hosts.
+    pub async fn attach_node(&self, relay: tokio::sync::mpsc::Sender<crate::node::relay::Input>) {
+        let attach = crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::Attach(self.sink.clone()));
+        if relay.send(attach).await.is_ok() {
+            let _ = self.node.set(relay);
+        }
+    }
+
+    pub fn status(&self) -> BridgeStatus {
+        let s = &self.stats;
+        BridgeStatus {
+            url: self.url.clone(),
+            group: self.group.clone(),
+            state: s.state(),
+            hosts: s.hosts.load(Ordering::Relaxed),
+            published: s.published.load(Ordering::Relaxed),
+            received: s.received.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            malformed: s.malformed.load(Ordering::Relaxed),
+            plain_servers: s.plain.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Tells the other hosts that this one stops (they count it out at once), waiting at most
+    /// `within` for Redis to take the goodbye.
+    pub async fn leave(&self, within: std::time::Duration) {
+        let left = self.left.notified();
+        self.leave.notify_one();
+        let _ = tokio::time::timeout(within, left).await;
+    }
+}
+
+/// The relay's side of the bridge: nothing here waits.
+#[derive(Clone)]
+pub struct Sink {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    out: OutQueue,
+    stats: Arc<Stats>,
+    /// Whether the connection task can publish right now; when not, cross-host traffic is
+    /// dropped at once (Redis pub/sub is at-most-once anyway).
+    connected: AtomicBool,
+    /// Live local subscribers of each bridged channel, as the relay counts them.
+    local: Mutex<std::collections::BTreeMap<String, u32>>,
+    /// Woken when `local` changed.
+    local_changed: tokio::sync::Notify,
+}
+
+impl Sink {
+    /// A local worker published on `channel`; `local` tells whether a worker of this host
+    /// subscribes to it (asked only for a channel that crosses hosts).
+    pub fn publish(&self, channel: &str, payload: &Bytes, local: impl FnOnce() -> bool) {
+        if !channels::bridged(channel) || (channels::single_server(channel) && local()) {
+            return;
+        }
+        self.push(Out::Publish { channel: channel.to_owned(), payload: payload.clone() });
+    }
+
+    /// The number of local subscribers of `channel` changed.
+    pub fn subscribers(&self, channel: &str, count: usize) {
+        if !channels::bridged(channel) {
+            return;
+        }
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        {
+            let mut local = lock(&self.shared.local);
+            if count == 0 {
+                local.remove(channel);
+            } else {
+                local.insert(channel.to_owned(), count);
+            }
+        }
+        self.shared.local_changed.notify_one();
+    }
+
+    /// A local request waits for the other hosts' subscribers of `channel`: `false` if it cannot
+    /// reach them now (the relay then does not wait for them).
+    pub fn request(&self, id: u64, channel: &str, payload: &[u8], timeout: std::time::Duration) -> bool {
+        if !self.shared.connected.load(Ordering::Relaxed) {
+            return false;
+        }
+        let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        self.push(Out::Request { id, channel: channel.to_owned(), payload: payload.to_vec(), timeout_ms });
+        true
+    }
+
+    /// A local Node worker's cluster-adapter message, for the Node workers of the other hosts.
+    pub fn node(&self, mode: crate::node::frame::Mode, frame: &Bytes) {
+        let mode = match mode {
+            crate::node::frame::Mode::Advanced => 0,
+            crate::node::frame::Mode::Json => 1,
+        };
+        self.push(Out::Node { mode, frame: frame.clone() });
+    }
+
+    /// The local answers to another host's request.
+    pub fn answers(&self, id: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32>) {
+        self.push(Out::Answers { id, answers, missing });
+    }
+
+    fn push(&self, item: Out) {
+        let stats = &self.shared.stats;
+        if !self.shared.connected.load(Ordering::Relaxed) {
+            stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let dropped = self.shared.out.push(item);
+        if dropped > 0 {
+            stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts the bridge: it attaches itself to the relay and connects (and keeps reconnecting) in
+/// the background; clusterd serves locally whatever Redis does.
+pub fn start(
+    config: options::BridgeConfig,
+    relay: tokio::sync::mpsc::Sender<crate::relay::Input>,
+) -> Result<Handle, redis::RedisError> {
+    let stats = Arc::new(Stats::new());
+    let shared = Arc::new(Shared {
+        out: OutQueue::new(config.queue),
+        stats: Arc::clone(&stats),
+        connected: AtomicBool::new(false),
+        local: Mutex::default(),
+        local_changed: tokio::sync::Notify::new(),
+    });
+    let sink = Sink { shared: Arc::clone(&shared) };
+    let handle = Handle {
+        url: config.url.redacted().to_owned(),
+        group: config.group.clone(),
+        stats,
+        leave: Arc::new(tokio::sync::Notify::new()),
+        left: Arc::new(tokio::sync::Notify::new()),
+        sink: sink.clone(),
+        node: Arc::default(),
+    };
+    let client = conn::client(&config)?;
+    let task = conn::Task::new(config, client, shared, relay, &handle);
+    tokio::spawn(async move {
+        // The relay learns of the bridge before anything can come from Redis.
+        if task.relay.send(crate::relay::Input::Bridge(crate::relay::BridgeInput::Attach(sink))).await.is_ok() {
+            task.run().await;
+        }
+    });
+    Ok(handle)
+}

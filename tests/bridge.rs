@@ -1,0 +1,611 @@
+//! Several hosts joined through Redis (`--bridge`): real `redis-server` instances started by the
+//! tests on free ports, several real clusterd hosts of `chat` example workers, and the npm
+//! `socket.io-client` as the clients (tests/node/hosts.mjs).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn chat() -> String {
+    let chat = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("chat");
+    assert!(chat.exists(), "{} is missing: `cargo test` builds the examples", chat.display());
+    chat.to_str().unwrap().to_owned()
+}
+
+/// A clusterd host of `workers` chat workers bridged to `url`, ready; with more options.
+fn host(url: &str, workers: usize, more: &[&str]) -> Cluster {
+    let n = workers.to_string();
+    let mut args = vec!["--workers", &n, "--listen", "127.0.0.1:0", "--bridge", url];
+    args.extend_from_slice(more);
+    let mut c = Builder::new().args(&args).program(&[&chat()]).start();
+    c.wait_ready(workers);
+    c
+}
+
+fn http(c: &Cluster) -> String {
+    format!("http://{}", listen_addr(&c.status().expect("status")))
+}
+
+/// Waits until the host's bridge satisfies `pred`; returns the bridge's status.
+fn wait_bridge(c: &mut Cluster, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    c.wait_status(what, |s| pred(&s["bridge"]))["bridge"].clone()
+}
+
+fn wait_hosts(c: &mut Cluster, n: u64) -> Value {
+    wait_bridge(c, &format!("{n} hosts, connected"), |b| b["state"] == "connected" && b["hosts"] == n)
+}
+
+/// Runs tests/node/hosts.mjs against these hosts; returns its JSON line (asserting `ok`).
+fn hosts_mjs(urls: &[String], per_host: usize, messages: usize) -> Value {
+    let out = Command::new("node")
+        .arg(node_dir().join("hosts.mjs"))
+        .arg(per_host.to_string())
+        .arg(messages.to_string())
+        .args(urls)
+        .output()
+        .expect("node (Node.js) must be installed to run the Socket.IO interop tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "hosts.mjs: {result:#}");
+    result
+}
+
+fn counter(c: &Cluster, name: &str) -> u64 {
+    c.status().expect("status")["bridge"][name].as_u64().expect("a bridge counter")
+}
+
+#[test]
+fn three_hosts_act_as_one_every_message_once_in_order_counts_exact() {
+    let redis = Redis::start();
+    let mut hosts: Vec<Cluster> = (0..3).map(|_| host(&redis.url(), 2, &[])).collect();
+    for h in &mut hosts {
+        wait_hosts(h, 3);
+    }
+    let urls: Vec<String> = hosts.iter().map(http).collect();
+    // 3 clients per host (9 in all), 10 messages each: 90 messages at each of 9 clients.
+    let result = hosts_mjs(&urls, 3, 10);
+    assert_eq!(result["counts"], serde_json::json!([9, 9, 9]), "{result:#}");
+    // Each host opened two connections, whatever its number of workers.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert_eq!(clients.lines().filter(|l| !l.contains("cmd=client")).count(), 6, "{clients}");
+    for h in &hosts {
+        let status = h.status().unwrap();
+        assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
+        assert_eq!(status["bridge"]["malformed"], 0);
+    }
+}
+
+#[test]
+fn a_host_killed_is_counted_out_within_the_bound_and_asks_do_not_wait_for_it() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut hosts: Vec<Cluster> = (0..3).map(|_| host(&redis.url(), 2, &timeout)).collect();
+    for h in &mut hosts {
+        wait_hosts(h, 3);
+    }
+    let mut dead = hosts.pop().unwrap();
+    dead.signal(nix::sys::signal::Signal::SIGKILL);
+    let killed = Instant::now();
+    dead.wait_exit();
+    // Asked at once: the asks wait for the dead host only until it is counted out.
+    let urls: Vec<String> = hosts.iter().map(http).collect();
+    let result = hosts_mjs(&urls, 2, 3);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]), "{result:#}");
+    for ask in result["asks"].as_array().unwrap() {
+        assert!(ask["ms"].as_u64().unwrap() < 4000, "an ask waited for its deadline: {result:#}");
+    }
+    for h in &mut hosts {
+        wait_hosts(h, 2);
+    }
+    // The timeout is 1 s and the heartbeat a third of it: out within about 1.4 s (CPU is shared).
+    let out = killed.elapsed();
+    assert!(out < Duration::from_secs(4), "the dead host was counted out after {out:?}");
+}
+
+#[test]
+fn a_host_that_stops_is_out_at_once() {
+    let redis = Redis::start();
+    let mut a = host(&redis.url(), 1, &["--bridge-host-timeout", "60s"]);
+    let mut b = host(&redis.url(), 1, &["--bridge-host-timeout", "60s"]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    b.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(b.wait_exit().success());
+    // Far sooner than the 60 s timeout: it said goodbye.
+    wait_hosts(&mut a, 1);
+}
+
+/// Local load on one host in the background (4 clients, 300 messages each, every one of which
+/// must reach all 4 in order): joined with `finish`.
+fn local_load(url: &str) -> std::thread::JoinHandle<Value> {
+    let url = url.to_owned();
+    std::thread::spawn(move || hosts_mjs(&[url], 4, 300))
+}
+
+fn finish(load: std::thread::JoinHandle<Value>) {
+    let result = load.join().expect("the load thread");
+    assert_eq!(result["counts"], serde_json::json!([4]), "{result:#}");
+}
+
+#[test]
+fn redis_stopped_restarted_and_frozen_under_load_local_traffic_goes_on_and_the_bridge_recovers() {
+    let mut redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = host(&redis.url(), 2, &timeout);
+    let mut b = host(&redis.url(), 2, &timeout);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let (url_a, url_b) = (http(&a), http(&b));
+
+    // Stopped under load: the local deliveries go on, none lost (the load checks every one).
+    let published = counter(&a, "published");
+    let load = local_load(&url_a);
+    wait_bridge(&mut a, "the load to be publishing", |b| b["published"].as_u64() > Some(published + 50));
+    redis.stop();
+    wait_bridge(&mut a, "the bridge down", |b| b["state"] == "down" && b["hosts"] == 1);
+    finish(load);
+
+    // Restarted under load: broadcasts while it is down are dropped and counted; the bridge is
+    // back within about 2 s of Redis answering (the backoff is capped at 1 s).
+    let dropped = counter(&a, "dropped");
+    let load = local_load(&url_a);
+    wait_bridge(&mut a, "drops while Redis is down", |b| b["dropped"].as_u64() > Some(dropped + 50));
+    redis.restart();
+    let back = Instant::now();
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let took = back.elapsed();
+    assert!(took < Duration::from_secs(4), "the bridge came back after {took:?}");
+    finish(load);
+    hosts_mjs(&[url_a.clone(), url_b.clone()], 2, 5);
+
+    // Frozen under load (SIGSTOP: no RST, just silence): found out by the deadlines and PINGs,
+    // not by TCP; the local relay does not wait for it.
+    let published = counter(&a, "published");
+    let load = local_load(&url_a);
+    wait_bridge(&mut a, "the load to be publishing", |b| b["published"].as_u64() > Some(published + 50));
+    redis.freeze();
+    let frozen = Instant::now();
+    wait_bridge(&mut a, "the bridge down while Redis is frozen", |b| b["state"] == "down");
+    let took = frozen.elapsed();
+    assert!(took < Duration::from_secs(4), "a frozen Redis was noticed after {took:?}");
+    finish(load);
+    redis.thaw();
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    hosts_mjs(&[url_a, url_b], 2, 5);
+    for h in [&a, &b] {
+        let status = h.status().unwrap();
+        assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
+    }
+}
+
+#[test]
+fn redis_unreachable_at_start_clusterd_serves_locally_and_joins_later() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let mut a = host(&url, 2, &[]);
+    let status = wait_bridge(&mut a, "the bridge down", |b| b["state"] == "down");
+    assert_eq!(status["hosts"], 1);
+    hosts_mjs(&[http(&a)], 3, 5);
+    let one = a.output.snapshot().iter().filter(|l| l.contains("Redis unreachable")).count();
+    assert_eq!(one, 1, "one log line per state change, not one per retry:\n{}", a.stderr_dump());
+}
+
+#[test]
+fn two_groups_on_one_redis_do_not_hear_each_other() {
+    let redis = Redis::start();
+    let mut blue1 = host(&redis.url(), 1, &["--bridge-group", "blue"]);
+    let mut blue2 = host(&redis.url(), 1, &["--bridge-group", "blue"]);
+    let mut green = host(&redis.url(), 2, &["--bridge-group", "green"]);
+    let mut plain = host(&redis.url(), 1, &[]);
+    wait_hosts(&mut blue1, 2);
+    wait_hosts(&mut blue2, 2);
+    wait_hosts(&mut green, 1);
+    wait_hosts(&mut plain, 1);
+    // Every message once, counts exact: nothing of another group arrives or answers.
+    let both = [http(&blue1), http(&blue2), http(&green), http(&plain)];
+    let blue = std::thread::spawn({
+        let urls = both[..2].to_vec();
+        move || hosts_mjs(&urls, 2, 10)
+    });
+    let green_result = hosts_mjs(&both[2..3], 3, 10);
+    let plain_result = hosts_mjs(&both[3..], 2, 10);
+    let blue_result = blue.join().unwrap();
+    assert_eq!(blue_result["counts"], serde_json::json!([4, 4]));
+    assert_eq!(green_result["counts"], serde_json::json!([3]));
+    assert_eq!(plain_result["counts"], serde_json::json!([2]));
+    let channels = redis.cli(&["PUBSUB", "CHANNELS", "*"]);
+    assert!(channels.contains("blue:socket.io-request#/#") && channels.contains("green:hosts"), "{channels}");
+}
+
+#[test]
+fn garbage_on_every_channel_is_dropped_and_counted_and_changes_nothing() {
+    let redis = Redis::start();
+    let mut a = host(&redis.url(), 2, &[]);
+    let mut b = host(&redis.url(), 2, &[]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let channels = redis.cli(&["PUBSUB", "CHANNELS", "*"]);
+    let channels: Vec<&str> = channels.lines().filter(|l| !l.is_empty()).collect();
+    assert!(channels.len() >= 10, "{channels:?}");
+    let garbage: [&[u8]; 5] =
+        [b"", b"garbage", b"CDB1", b"CDB1\x00\xff\xff\xff\xff\xff", &[0x93, 0xa1, 0x41, 0xc1, 0xff]];
+    for channel in &channels {
+        for payload in garbage {
+            redis.publish(channel, payload);
+        }
+    }
+    // clusterd's own channels: every garbage message is counted; the hosts still count 2.
+    let own = channels.iter().filter(|c| c.starts_with("clusterd:")).count() as u64;
+    wait_bridge(&mut a, "the garbage counted", |br| br["malformed"].as_u64().is_some_and(|n| n >= own));
+    let result = hosts_mjs(&[http(&a), http(&b)], 2, 5);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]));
+    for h in [&a, &b] {
+        let status = h.status().unwrap();
+        assert_eq!(status["bridge"]["hosts"], 2, "{status:#}");
+        assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
+        let logged = h.output.snapshot().iter().filter(|l| l.contains("malformed message")).count();
+        assert_eq!(logged, 1, "at most one line a minute about malformed messages:\n{}", h.stderr_dump());
+    }
+}
+
+#[test]
+fn bad_bridge_options_exit_2_naming_the_option_and_never_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--bridge".into(), "http://app:hunter2@127.0.0.1:6379".into()], "--bridge"),
+        (vec!["--bridge".into(), "redis://app:hunter2@/0".into()], "--bridge"),
+        (vec!["--bridge".into(), "redis://app:hunter2@127.0.0.1:6379/x".into()], "--bridge"),
+        (vec!["--bridge".into(), "127.0.0.1:6379".into()], "--bridge"),
+        (
+            vec![
+                "--bridge".into(),
+                "rediss://app:hunter2@h".into(),
+                "--bridge-ca".into(),
+                missing.display().to_string(),
+            ],
+            "--bridge-ca",
+        ),
+        (
+            vec![
+                "--bridge".into(),
+                "rediss://app:hunter2@h".into(),
+                "--bridge-ca".into(),
+                not_pem.display().to_string(),
+            ],
+            "--bridge-ca",
+        ),
+        (
+            vec![
+                "--bridge".into(),
+                "redis://app:hunter2@h".into(),
+                "--bridge-ca".into(),
+                not_pem.display().to_string(),
+            ],
+            "--bridge-ca",
+        ),
+        (vec!["--bridge".into(), "redis://h".into(), "--bridge-group".into(), "a b".into()], "--bridge-group"),
+        (vec!["--bridge".into(), "redis://h".into(), "--bridge-queue".into(), "10".into()], "--bridge-queue"),
+        (
+            vec!["--bridge".into(), "redis://h".into(), "--bridge-host-timeout".into(), "100ms".into()],
+            "--bridge-host-timeout",
+        ),
+    ];
+    for (args, option) in cases {
+        let out = Command::new(CLUSTERD)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .args(&args)
+            .args(["--", WORKER])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(option), "{args:?}: the message names {option}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{args:?}: the password leaked: {stderr}");
+    }
+}
+
+#[test]
+fn the_password_is_in_no_log_status_worker_environment_or_argv() {
+    let redis = Redis::start_with(&["--requirepass", "hunter2"]);
+    let url = format!("redis://:hunter2@127.0.0.1:{}", redis.port);
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--listen", "127.0.0.1:0"])
+        .env("CLUSTERD_BRIDGE", &url)
+        .program(&[&chat()])
+        .start();
+    let status = c.wait_ready(1);
+    let bridge = wait_hosts(&mut c, 1);
+    assert_eq!(bridge["url"], format!("redis://:***@127.0.0.1:{}", redis.port));
+    let worker = worker_pid(&status, 0);
+    for file in ["environ", "cmdline"] {
+        let bytes = std::fs::read(format!("/proc/{worker}/{file}")).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("hunter2"), "the worker's {file} holds the password");
+    }
+    let table = Command::new(CLUSTERD).arg("status").arg("--control").arg(&c.control).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("bridge: redis://:***@") && !table.contains("hunter2"), "{table}");
+    c.signal(nix::sys::signal::Signal::SIGTERM);
+    c.wait_exit();
+    assert!(!c.stderr_dump().contains("hunter2"), "{}", c.stderr_dump());
+}
+
+#[test]
+fn the_example_config_of_a_host_is_valid() {
+    let redis = Redis::start();
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/config/several-hosts.toml");
+    let mut c = Builder::new()
+        .args(&["--config", file, "--workers", "1", "--listen", "127.0.0.1:0"])
+        .env("CLUSTERD_BRIDGE", &redis.url())
+        .program(&[&chat()])
+        .start();
+    c.wait_ready(1);
+    let bridge = wait_hosts(&mut c, 1);
+    assert_eq!(bridge["group"], "chat-prod");
+}
+
+/// A host of unmodified Node workers (tests/node/workers/socketio-worker.cjs, cluster-adapter 0.3).
+fn node_host(url: &str, workers: usize, more: &[&str]) -> Cluster {
+    let script = node_dir().join("workers/socketio-worker.cjs");
+    let n = workers.to_string();
+    let mut args = vec!["--protocol", "node", "--workers", &n, "--listen", "127.0.0.1:0", "--bridge", url];
+    args.extend_from_slice(more);
+    let mut c = Builder::new()
+        .args(&args)
+        .program(&["node", script.to_str().unwrap()])
+        .env("STICKY", "2")
+        .env("ADAPTER", "0.3")
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    c.wait_ready(workers);
+    c
+}
+
+fn node_hosts_mjs(urls: &[String], per_host: usize, workers: usize) -> Value {
+    let out = Command::new("node")
+        .arg(node_dir().join("node_hosts.mjs"))
+        .arg(per_host.to_string())
+        .arg(workers.to_string())
+        .args(urls)
+        .output()
+        .expect("node (Node.js) must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("node said: {stdout} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(out.status.success() && result["ok"] == true, "node_hosts.mjs: {result:#}");
+    result
+}
+
+#[test]
+fn node_workers_on_two_hosts_act_as_one_cluster() {
+    let redis = Redis::start();
+    let mut a = node_host(&redis.url(), 2, &[]);
+    let mut b = node_host(&redis.url(), 2, &[]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 3, 4);
+    assert_eq!(result["clients"], 6, "{result:#}");
+}
+
+#[test]
+fn node_workers_hear_at_once_that_a_killed_host_is_gone() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = node_host(&redis.url(), 2, &timeout);
+    let mut b = node_host(&redis.url(), 2, &timeout);
+    let mut c = node_host(&redis.url(), 1, &timeout);
+    for h in [&mut a, &mut b, &mut c] {
+        wait_hosts(h, 3);
+    }
+    node_hosts_mjs(&[http(&a), http(&b), http(&c)], 1, 5);
+    c.signal(nix::sys::signal::Signal::SIGKILL);
+    c.wait_exit();
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    // The survivors' adapters were told that the dead host's adapter is closed: serverSideEmit
+    // expects the 3 other workers at once, without the adapters' 10 s heartbeat timeout.
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 2, 4);
+    for r in result["results"].as_array().unwrap() {
+        assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");
+    }
+}
+
+/// A private CA and a server certificate for 127.0.0.1, made with `openssl` in `dir`.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl must be installed");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=clusterd test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+#[test]
+fn rediss_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let file = |name: &str| certs.path().join(name).display().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let redis = Redis::start_with(&[
+        "--tls-port",
+        "{port}",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let mut a = host(&url, 2, &["--bridge-ca", &ca]);
+    let mut b = host(&url, 2, &["--bridge-ca", &ca]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let result = hosts_mjs(&[http(&a), http(&b)], 2, 5);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]));
+    // Without the CA, the server's certificate is not trusted: the bridge stays down.
+    let mut untrusting = host(&url, 1, &[]);
+    wait_bridge(&mut untrusting, "the bridge down", |b| b["state"] == "down");
+    assert_eq!(counter(&a, "hosts"), 2);
+}
+
+/// A clusterd without a bridge whose workers use socketioxide-redis themselves (the
+/// `chat_redis` example): each worker is a plain socketioxide-redis server on the same Redis.
+fn plain_host(redis: &Redis, workers: usize) -> Cluster {
+    let program = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join("chat_redis");
+    let n = workers.to_string();
+    let mut c = Builder::new()
+        .args(&["--workers", &n, "--listen", "127.0.0.1:0"])
+        .env("REDIS_URL", &format!("{}?protocol=resp3", redis.url()))
+        .program(&[program.to_str().unwrap()])
+        .start();
+    c.wait_ready(workers);
+    c
+}
+
+#[test]
+fn plain_socketioxide_redis_servers_are_members_with_exact_answers() {
+    let redis = Redis::start();
+    let mut a = host(&redis.url(), 2, &[]);
+    let mut b = host(&redis.url(), 2, &[]);
+    let plain = plain_host(&redis, 2);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    // Each host counts the two plain servers (from PUBSUB NUMSUB) and then subscribes once per
+    // worker, so that the plain servers count its workers.
+    for h in [&mut a, &mut b] {
+        wait_bridge(h, "2 plain servers counted", |b| b["plain_servers"] == 2);
+    }
+    wait_until("PUBSUB NUMSUB to count every server", || {
+        redis.cli(&["PUBSUB", "NUMSUB", "socket.io-request#/#"]).lines().nth(1).filter(|n| *n == "6").map(|_| ())
+    });
+    // Both ways: every message once and in order, and every count exact, from a client of each.
+    let result = hosts_mjs(&[http(&a), http(&b), http(&plain)], 2, 10);
+    assert_eq!(result["counts"], serde_json::json!([6, 6, 6]), "{result:#}");
+}
+
+#[test]
+fn redis_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let redis = Redis::start_with(&["--unixsocket", socket.to_str().unwrap(), "--unixsocketperm", "700"]);
+    let url = format!("redis+unix://{}", socket.display());
+    let mut a = host(&url, 1, &[]);
+    let mut b = host(&url, 1, &[]);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let result = hosts_mjs(&[http(&a), http(&b)], 2, 5);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]));
+    drop(redis);
+}
+
+/// The alternative that needs no bridge: Node workers that use @socket.io/redis-adapter
+/// themselves (tests/node/workers/redis-adapter-worker.cjs), under clusterd for sticky sessions.
+#[test]
+fn node_workers_with_their_own_redis_adapter_run_under_clusterd() {
+    let redis = Redis::start();
+    let script = node_dir().join("workers/redis-adapter-worker.cjs");
+    let start = || {
+        let mut c = Builder::new()
+            .args(&["--protocol", "node", "--workers", "2", "--listen", "127.0.0.1:0"])
+            .program(&["node", script.to_str().unwrap()])
+            .env("REDIS_URL", &redis.url())
+            .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+            .start();
+        c.wait_ready(2);
+        c
+    };
+    let (a, b) = (start(), start());
+    // Across the two clusterd hosts, through the workers' own Redis adapters.
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 3, 4);
+    // Sticky: polling sessions started all at once each stay on their worker.
+    let out = Command::new("node")
+        .arg(node_dir().join("node_cluster.mjs"))
+        .args([&http(&a), "24", "load"])
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("\"ok\":true"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(result["clients"], 6, "{result:#}");
+}
+
+#[test]
+fn a_host_that_joins_is_counted_within_the_bound() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = host(&redis.url(), 2, &timeout);
+    let mut b = host(&redis.url(), 2, &timeout);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let mut c = host(&redis.url(), 1, &timeout);
+    // From the moment its worker is ready (its bridge connected meanwhile or connects now): the
+    // newcomer's hello is answered at once, and its counts go out as soon as they change.
+    let ready = Instant::now();
+    wait_hosts(&mut c, 3);
+    wait_hosts(&mut a, 3);
+    wait_hosts(&mut b, 3);
+    let took = ready.elapsed();
+    assert!(took < Duration::from_secs(3), "the new host was counted after {took:?}");
+    let result = hosts_mjs(&[http(&a), http(&b), http(&c)], 1, 3);
+    assert_eq!(result["counts"], serde_json::json!([3, 3, 3]), "{result:#}");
+}
