@@ -53,6 +53,10 @@ pub struct Status {
     pub program: String,
     /// Sticky sessions clusterd knows, over all workers.
     pub sessions: usize,
+    /// Workers replaced while they ran, by reason (`health`, `memory`, `lifetime`,
+    /// `connections`), since clusterd started.
+    #[serde(default)]
+    pub replaced: std::collections::BTreeMap<String, u64>,
     pub workers: Vec<WorkerStatus>,
 }
 
@@ -80,6 +84,10 @@ pub struct WorkerStatus {
     /// Milliseconds since this process was asked to drain (`null` when it is not draining).
     #[serde(default)]
     pub draining_ms: Option<u64>,
+    /// Why this process is being replaced while it runs (failed health checks, a recycling
+    /// limit); `null` otherwise.
+    #[serde(default)]
+    pub replacing: Option<String>,
 }
 
 impl Status {
@@ -120,6 +128,16 @@ impl Status {
         }
         if self.workers.iter().any(|w| w.crash_loop) {
             out.push_str("! crash loop: the slot's worker keeps failing to start\n");
+        }
+        for w in &self.workers {
+            if let Some(why) = &w.replacing {
+                let pid = w.pid.map_or("-".into(), |p| p.to_string());
+                out.push_str(&format!("~ worker {} pid {pid}: {why}\n", w.id));
+            }
+        }
+        if !self.replaced.is_empty() {
+            let counts: Vec<String> = self.replaced.iter().map(|(why, n)| format!("{why} {n}")).collect();
+            out.push_str(&format!("replaced while running: {}\n", counts.join(", ")));
         }
         for problem in &self.problems {
             out.push_str(&format!("! {problem}\n"));

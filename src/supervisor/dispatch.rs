@@ -61,6 +61,7 @@ impl Dispatcher {
             generation: self.generation,
             draining_since: None,
             carried: 0,
+            replacing: None,
         }
     }
 
@@ -71,7 +72,9 @@ impl Dispatcher {
             if slot.restart_token == event.incarnation && !slot.removing && self.stop.is_none() {
                 if slot.current.is_none() {
                     self.start_worker(index);
-                } else if slot.successor.is_none() && self.replacing() == Some(slot.id) {
+                } else if slot.successor.is_none()
+                    && (self.replacing() == Some(slot.id) || self.replacing_slot(slot.id))
+                {
                     let successor = self.launch(index);
                     self.slots[index].successor = Some(successor);
                 }
@@ -185,6 +188,11 @@ impl Dispatcher {
                     self.after_retired(index);
                 }
             },
+            EventKind::Replace(reason) => {
+                if matches!(role, Role::Current) {
+                    self.request_replacement(index, event.incarnation, reason);
+                }
+            }
             EventKind::RestartDue => {}
         }
     }
@@ -205,10 +213,11 @@ impl Dispatcher {
             // The old generation died while its successor starts: the successor takes over.
             slot.state = if successor.ready { WorkerState::Ready } else { WorkerState::Starting };
             slot.current = Some(successor);
-            self.update_readiness();
+            self.step_replacement();
             return;
         }
         self.after_exit(index, ending);
+        self.step_replacement();
     }
 
     /// A process of the slot could not be started (it has been taken out of the slot). clusterd's
@@ -518,6 +527,7 @@ impl Dispatcher {
                 crash_loop: !stable && slot.streak.failed_starts >= CRASH_LOOP_AFTER,
                 last_exit: slot.last_exit.as_ref().map(ToString::to_string),
                 draining_ms: p.and_then(|c| c.draining_since).map(|at| worker::millis(now - at)),
+                replacing: p.and_then(|c| c.replacing.clone()),
             }
         };
         let mut workers = Vec::new();
@@ -579,6 +589,7 @@ impl Dispatcher {
             problems,
             listen: self.listening.iter().map(String::as_str).chain(self.pools.bound()).map(str::to_owned).collect(),
             sessions: self.pools.session_count(),
+            replaced: self.replaced.clone(),
             program: std::iter::once(&self.config.program)
                 .chain(&self.config.args)
                 .map(|a| a.to_string_lossy())

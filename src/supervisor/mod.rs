@@ -18,11 +18,14 @@ mod dispatch;
 pub mod exit;
 pub mod guard;
 pub mod link;
+mod memory;
 mod native;
 pub mod policy;
 mod pools;
+mod recycle;
 mod rollout;
 pub mod spawn;
+pub mod upkeep;
 pub mod worker;
 
 use std::sync::Arc;
@@ -107,6 +110,8 @@ struct Process {
     /// While draining: the connections it still carries. The balancer forgets a draining worker
     /// (nothing may be routed to it), so they are counted here, for `status`.
     carried: u64,
+    /// Why it is being replaced while it runs (health checks, recycling), for the log and `status`.
+    replacing: Option<String>,
 }
 
 impl Process {
@@ -206,6 +211,11 @@ struct Dispatcher {
     routes: mpsc::Sender<RouteMsg>,
     /// Requests waiting for their session to be reported (Node workers).
     held: Vec<HeldPick>,
+    /// Workers to replace while they run (health checks, recycling), one at a time.
+    replacements: recycle::Replacements,
+    /// Workers replaced while they ran, by reason (`health`, `memory`, `lifetime`, `connections`),
+    /// since clusterd started: `status` shows them, the metrics will.
+    replaced: std::collections::BTreeMap<String, u64>,
 }
 
 /// A request that names a session no worker reported yet.
@@ -237,6 +247,9 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         serialization: config.serialization,
         node_relay,
         main_listeners: !listening.is_empty(),
+        health: config.health.clone(),
+        recycle: config.recycle.clone(),
+        jitter_seed: u64::from(std::process::id()),
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {
@@ -257,6 +270,8 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         limits,
         routes,
         held: Vec::new(),
+        replacements: recycle::Replacements::default(),
+        replaced: std::collections::BTreeMap::new(),
         settings,
         config,
     };

@@ -42,6 +42,8 @@ pub struct NativeLink {
     next_connection: u64,
     /// Connections that came through a listener a worker asked for, by id: their closes count there.
     grouped: HashMap<u64, u32>,
+    /// Health-check connections handed over and not yet closed, by id: their closes count nowhere.
+    probes: std::collections::HashSet<u64>,
 }
 
 impl NativeLink {
@@ -114,6 +116,7 @@ impl NativeLink {
             key: launch.incarnation,
             next_connection: 1,
             grouped: HashMap::new(),
+            probes: std::collections::HashSet::new(),
         };
         Ok((link, spawned))
     }
@@ -172,7 +175,8 @@ impl NativeLink {
             _ if !self.greeted => Err("a frame before Hello".to_owned()),
             FromWorker::Ready => Ok(Said::Ready),
             FromWorker::ConnectionsClosed { ids } if ids.iter().all(|&id| id < self.next_connection) => {
-                Ok(Said::Closed(ids.iter().map(|id| self.grouped.remove(id)).collect()))
+                let counted = ids.iter().filter(|id| !self.probes.remove(id));
+                Ok(Said::Closed(counted.map(|id| self.grouped.remove(id)).collect()))
             }
             FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
             FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr }),
@@ -212,6 +216,25 @@ impl NativeLink {
             self.grouped.insert(id, group);
         }
         None
+    }
+
+    /// Hands over a health-check connection as a client connection (the worker cannot tell them
+    /// apart), with nothing read from it: clusterd wrote the request into it. Its close is not
+    /// reported as a client connection's. `false` if it could not be sent.
+    pub async fn probe(&mut self, fd: std::os::fd::OwnedFd) -> bool {
+        let id = self.next_connection;
+        self.next_connection += 1;
+        let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
+            id,
+            peer: clusterd_worker::protocol::Address::Unknown,
+            local: clusterd_worker::protocol::Address::Unknown,
+            initial: Vec::new(),
+        });
+        let sent = self.channel_open && send_bounded(&self.channel, &frame, Some(std::os::fd::AsFd::as_fd(&fd))).await;
+        if sent {
+            self.probes.insert(id);
+        }
+        sent
     }
 
     pub async fn drain(&mut self, grace: Duration) -> bool {

@@ -12,7 +12,8 @@
 //! `--bus-big BYTES` (then a payload of that size, `--bus-big-times N` times), `--bus-send ID` (send to a worker; prints
 //! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
-//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
+//! and touch that many MiB, and keep them), `--log-requests` (print each request line served), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -47,6 +48,8 @@ struct Flags {
     bus_ask: bool,
     listen_self: Option<String>,
     freeze: bool,
+    alloc: Option<usize>,
+    log_requests: bool,
 }
 
 fn parse() -> Flags {
@@ -93,6 +96,8 @@ fn parse() -> Flags {
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
             "--freeze" => flags.freeze = true,
+            "--alloc" => flags.alloc = Some(num(&mut it) as usize),
+            "--log-requests" => flags.log_requests = true,
             "--only-slot" => {
                 it.next();
             }
@@ -177,7 +182,7 @@ async fn main() {
     }
     if flags.serve {
         let listener = worker.listener().expect("listener");
-        tokio::spawn(serve(worker.clone(), listener));
+        tokio::spawn(serve(worker.clone(), listener, flags.log_requests));
     }
     bus_modes(&worker, &flags).await;
     if !flags.never_ready {
@@ -199,6 +204,15 @@ async fn main() {
         let _ = out.write_all(b"\nflood done\n");
         let _ = out.flush();
     }
+    // Kept until the process ends: the memory clusterd's --max-memory must see.
+    let _ballast: Vec<u8> = match flags.alloc {
+        Some(mib) => {
+            let ballast = vec![1u8; mib << 20];
+            say(&format!("allocated {mib} MiB"));
+            ballast
+        }
+        None => Vec::new(),
+    };
     if flags.freeze {
         say("freezing");
         // Blocks the only runtime thread: the SDK's heartbeat stops, as in a hung event loop.
@@ -228,18 +242,23 @@ async fn main() {
 /// A small HTTP/1.1 server on handed-off connections, keep-alive included. Every answer starts with
 /// `worker=<id> pid=<pid>`. Paths: `/open?sid=S` reports session S (answers after clusterd's ack),
 /// `/close?sid=S` ends it, `/hold` answers its head at once and keeps the connection open without
-/// a body end until the client leaves, `/echo` answers the request body; anything else answers
-/// the request line.
-async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener) {
+/// a body end until the client leaves, `/echo` answers the request body, `/spin` blocks the
+/// runtime's only thread forever (a stuck event loop), `/garbage` answers bytes that are not HTTP
+/// and closes, `/unavailable` answers 503; anything else answers the request line.
+async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener, log: bool) {
     while let Some(connection) = listener.accept().await {
         let worker = worker.clone();
         tokio::spawn(async move {
-            let _ = handle(worker, connection).await;
+            let _ = handle(worker, connection, log).await;
         });
     }
 }
 
-async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker::Connection) -> std::io::Result<()> {
+async fn handle(
+    worker: clusterd_worker::Worker,
+    mut connection: clusterd_worker::Connection,
+    log: bool,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let me = format!("worker={} pid={}", worker.id(), std::process::id());
     let mut buf = Vec::new();
@@ -258,6 +277,9 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let line = head.lines().next().unwrap_or_default().to_owned();
         let target = line.split(' ').nth(1).unwrap_or("/").to_owned();
+        if log {
+            say(&format!("request {line}"));
+        }
         let length: usize = head
             .lines()
             .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
@@ -289,6 +311,22 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
                 let mut sink = [0u8; 1024];
                 while connection.read(&mut sink).await? > 0 {}
                 return Ok(());
+            }
+            "/spin" => {
+                say("spinning");
+                // Blocks the only runtime thread: nothing of this worker runs any more.
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            "/garbage" => {
+                connection.write_all(b"garbage, not HTTP\r\n\r\n").await?;
+                return Ok(());
+            }
+            "/unavailable" => {
+                let out = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n{me}\n", me.len() + 1);
+                connection.write_all(out.as_bytes()).await?;
+                continue;
             }
             "/echo" => {
                 let mut out = format!("{me} echo ").into_bytes();
