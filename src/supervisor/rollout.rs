@@ -197,6 +197,8 @@ impl Dispatcher {
             if self.replacing().is_some_and(|id| id >= workers) {
                 self.step_rollout();
             }
+            // A replacement of a slot scaled away ends with it.
+            self.step_replacement();
         }
         self.update_readiness();
         Ok(())
