@@ -163,31 +163,46 @@ fn garbage_and_error_answers_count_as_failures() {
     }
 }
 
+/// Both ways a Node worker gets connections: sticky connections of clusterd's `--listen`
+/// (`setupWorker(io)`, V8 serialization), and `newconn` of its own `server.listen()` (JSON
+/// serialization). Each worker answers its checks first; then one spins forever.
 #[test]
 fn a_node_worker_whose_handler_spins_forever_is_replaced_within_the_bound() {
     let script = node_dir().join("workers/health-worker.cjs");
-    let mut args = health_args(FAILURES);
-    args.extend(["--protocol", "node", "--health-check", "/health", "--grace", "1s"].map(str::to_owned));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut c = Builder::new()
-        .args(&args)
-        .program(&["node", script.to_str().unwrap()])
-        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
-        .start();
-    let status = c.wait_ready(2);
-    let addr = listen_addr(&status);
-    let before = serving(&status);
-    // Both answer their checks first.
-    assert_eq!(get(addr, "/health").code, 200);
-    let _stuck = send_only(addr, "/spin");
-    let line = c.output.wait_contains("spinning worker=");
-    let stuck_at = Instant::now();
-    let slot = slot_of(&line);
-    let other = 1 - slot;
-    assert_replaced_in_time(&mut c, slot, before[&slot], (other, before[&other]), stuck_at);
-    // The spinning process goes at the end of its grace time.
-    wait_gone(before[&slot] as i32, "the spinning Node worker");
-    assert_eq!(get(addr, "/health").code, 200);
+    for (plain, serialization) in [(false, "advanced"), (true, "json")] {
+        let mut args = health_args(FAILURES);
+        args.retain(|a| !plain || (a != "--listen" && a != "127.0.0.1:0"));
+        args.extend(["--protocol", "node", "--health-check", "/health", "--grace", "1s"].map(str::to_owned));
+        args.extend(["--serialization".to_owned(), serialization.to_owned()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut c = Builder::new()
+            .args(&args)
+            .program(&["node", script.to_str().unwrap()])
+            .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+            .env("PLAIN", if plain { "1" } else { "0" })
+            .start();
+        c.wait_ready(2);
+        for slot in 0..2 {
+            let prefix = format!("[w{slot}] health check worker={slot}");
+            wait_until(&format!("3 health checks of worker {slot} (plain {plain})"), || {
+                (c.output.snapshot().iter().filter(|l| l.starts_with(&prefix)).count() >= 3).then_some(())
+            });
+        }
+        let status = c.status().unwrap();
+        let addr = listen_addr(&status);
+        let before = serving(&status);
+        assert_eq!(before.len(), 2, "{status:#}");
+        assert!(status["replaced"].as_object().is_none_or(|m| m.is_empty()), "{status:#}");
+        let _stuck = send_only(addr, "/spin");
+        let line = c.output.wait_contains("spinning worker=");
+        let stuck_at = Instant::now();
+        let slot = slot_of(&line);
+        let other = 1 - slot;
+        assert_replaced_in_time(&mut c, slot, before[&slot], (other, before[&other]), stuck_at);
+        // The spinning process goes at the end of its grace time.
+        wait_gone(before[&slot] as i32, "the spinning Node worker");
+        assert_eq!(get(addr, "/health").code, 200);
+    }
 }
 
 #[test]
