@@ -146,8 +146,12 @@ fn a_healthy_pool_is_never_replaced() {
 }
 
 #[test]
-fn garbage_and_error_answers_count_as_failures() {
-    for (path, why) in [("/garbage", "not HTTP/1.x"), ("/unavailable", "answered 503")] {
+fn garbage_half_and_error_answers_count_as_failures() {
+    for (path, why) in [
+        ("/garbage", "not HTTP/1.x"),
+        ("/half", "closed the connection in the middle of its status line"),
+        ("/unavailable", "answered 503"),
+    ] {
         let mut args = health_args(2);
         args.extend(["--health-check".into(), path.into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -208,7 +212,8 @@ fn a_node_worker_whose_handler_spins_forever_is_replaced_within_the_bound() {
 #[test]
 fn max_memory_recycles_a_worker_that_allocates() {
     let mut c = Cluster::start(
-        &["--workers", "2", "--listen", "127.0.0.1:0", "--max-memory", "48MiB"],
+        // A single failed start would end clusterd: recycling must never count as one.
+        &["--workers", "2", "--listen", "127.0.0.1:0", "--max-memory", "48MiB", "--crash-loop-limit", "1"],
         &["--serve", "--only-slot", "1", "--alloc", "96"],
     );
     let mut min_ready = usize::MAX;

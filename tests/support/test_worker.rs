@@ -244,7 +244,7 @@ async fn main() {
 /// `/close?sid=S` ends it, `/hold` answers its head at once and keeps the connection open without
 /// a body end until the client leaves, `/echo` answers the request body, `/spin` blocks the
 /// runtime's only thread forever (a stuck event loop), `/garbage` answers bytes that are not HTTP
-/// and closes, `/unavailable` answers 503; anything else answers the request line.
+/// and closes, `/half` half a status line and closes, `/unavailable` answers 503; anything else answers the request line.
 async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener, log: bool) {
     while let Some(connection) = listener.accept().await {
         let worker = worker.clone();
@@ -318,6 +318,11 @@ async fn handle(
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
+            }
+            "/half" => {
+                // A status line cut short, then the close.
+                connection.write_all(b"HTTP/1.1 20").await?;
+                return Ok(());
             }
             "/garbage" => {
                 connection.write_all(b"garbage, not HTTP\r\n\r\n").await?;
