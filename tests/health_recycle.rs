@@ -308,7 +308,8 @@ fn max_lifetime_recycles_under_load_without_a_failed_request() {
     for pid in first.values() {
         assert!(pids.contains_key(&(*pid as i32)), "the first workers served: {pids:?}");
     }
-    assert!(pids.len() >= 5, "requests were served by the first workers and their successors: {pids:?}");
+    // The count moves when a replacement begins: the first two successors surely served.
+    assert!(pids.len() >= 4, "requests were served by the first workers and their successors: {pids:?}");
     let line = c.output.wait_contains("recycled: ran its lifetime of");
     // Jitter: at most 10% less than 3s.
     let shown = line.split("lifetime of ").nth(1).unwrap().split(':').next().unwrap().trim().to_owned();
@@ -328,13 +329,21 @@ fn max_connections_recycles_after_that_many_handoffs() {
     );
     let addr = listen_addr(&c.wait_ready(2));
     let mut pids = std::collections::BTreeMap::<i32, u64>::new();
-    for _ in 0..30 {
+    // Requests one after the other until four processes served (the first two and successors).
+    let mut sent = 0;
+    while pids.len() < 4 {
+        assert!(sent < 1000, "{sent} requests and only these processes served: {pids:?}\n{}", c.stderr_dump());
         let pid = one_request(addr).unwrap_or_else(|why| panic!("a request failed: {why}\n{}", c.stderr_dump()));
         *pids.entry(pid).or_default() += 1;
+        sent += 1;
     }
-    let status = c.wait_status("recycled for their connections", |s| replaced(s, "connections") >= 4);
-    assert!(c.output.wait_contains("recycled: was handed its 5 connections").contains("worker="));
-    assert!(pids.len() >= 4, "{pids:?}");
+    // 5 per process, but an old worker serves on until its successor is ready, so it can take a
+    // few more (and the second waits while the first is replaced): the limit triggers, it does
+    // not cut off.
+    let status = c.wait_status("recycled for their connections", |s| replaced(s, "connections") >= 2);
+    let recycled = c.output.snapshot().into_iter().filter(|l| l.contains("recycled: was handed its 5 connections"));
+    let slots: std::collections::BTreeSet<bool> = recycled.map(|l| l.contains("worker=0")).collect();
+    assert_eq!(slots.len(), 2, "both slots recycled:\n{}", c.stderr_dump());
     for w in rows(&status) {
         assert_eq!(w["failures"], 0, "{status:#}");
     }
