@@ -291,8 +291,8 @@ async fn run(
             }
             checked = probe_result(&mut upkeep.probe), if probing => {
                 upkeep.probe = None;
+                // The dispatcher logs the replacement, with what it does about it.
                 if let Some(reason) = upkeep.checked(checked, launch.slot, pid.as_raw()) {
-                    tracing::warn!(worker = launch.slot, pid = pid.as_raw(), "{reason}: replacing the worker");
                     report(EventKind::Replace(reason)).await;
                 }
             }
