@@ -349,6 +349,49 @@ fn max_connections_recycles_after_that_many_handoffs() {
     }
 }
 
+/// A successor that cannot start is retried 3 times; then the old worker keeps serving, and
+/// clusterd (even with `--crash-loop-limit 1`) carries on.
+#[test]
+fn a_recycled_worker_keeps_serving_when_its_successor_cannot_start() {
+    let b = Builder::new();
+    let starts = b.dir().join("starts");
+    let starts = starts.to_str().unwrap().to_owned();
+    let mut c = b
+        .args(&[
+            "--workers",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-lifetime",
+            "1s",
+            "--lifetime-jitter",
+            "0",
+            "--crash-loop-limit",
+            "1",
+        ])
+        .worker_args(&["--serve", "--starts-file", &starts, "--fail-starts-after", "2"])
+        .start();
+    let first = serving(&c.wait_ready(2));
+    // One slot after the other (one replacement at a time), and each gives up after 3 tries.
+    wait_until("both slots gave their replacement up", || {
+        let lines = c.output.snapshot();
+        let gave_up =
+            lines.iter().filter(|l| l.contains("the successor failed to start 3 times; the worker keeps serving"));
+        (gave_up.count() == 2).then_some(())
+    });
+    let status = c.status().unwrap();
+    assert_eq!(serving(&status), first, "the first workers serve on: {status:#}");
+    let addr = listen_addr(&status);
+    for _ in 0..4 {
+        let pid = one_request(addr).unwrap_or_else(|why| panic!("{why}\n{}", c.stderr_dump()));
+        assert!(first.values().any(|&p| p == i64::from(pid)), "served by a first worker: {pid}");
+    }
+    assert!(c.child.try_wait().unwrap().is_none(), "clusterd is still running:\n{}", c.stderr_dump());
+    for w in rows(&status) {
+        assert_eq!(w["failures"], 0, "{status:#}");
+    }
+}
+
 /// Every new option's bad values end clusterd with exit 2 and one line naming the option.
 #[test]
 fn bad_values_are_refused_before_anything_starts() {

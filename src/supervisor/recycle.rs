@@ -12,10 +12,9 @@
 //! serving (and a failing health check asks again later).
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use super::Dispatcher;
-use super::policy::{CRASH_LOOP_AFTER, Decision, Ending, Streak};
+use super::policy::CRASH_LOOP_AFTER;
 use super::upkeep::Reason;
 
 /// A worker waiting for its replacement.
@@ -103,42 +102,33 @@ impl Dispatcher {
 
     /// The successor of the replacement in progress exited before it was ready; `false` if the
     /// successor was not a replacement's.
-    pub(super) fn replacement_failed(&mut self, index: usize, uptime: Duration) -> bool {
+    pub(super) fn replacement_failed(&mut self, index: usize) -> bool {
         let id = self.slots[index].id;
         let Some(active) = self.replacements.active.as_mut().filter(|a| a.slot == id) else { return false };
-        let streak = Streak { failed_starts: active.failures, ..Streak::default() };
-        let decision = self.policy.on_end(streak, Ending::Exited { uptime, was_ready: false });
-        let failures = match decision {
-            Decision::Restart { streak, .. } => streak.failed_starts,
-            Decision::GiveUp { failures } => failures,
-        };
-        active.failures = failures;
-        match decision {
-            Decision::Restart { after, .. } if failures < CRASH_LOOP_AFTER => {
-                tracing::warn!(
-                    worker = id,
-                    "the successor failed to start; retrying in {}",
-                    crate::duration::show(after)
-                );
-                self.schedule_restart(index, after);
-            }
-            _ => {
-                tracing::error!(
-                    worker = id,
-                    failures,
-                    "the successor failed to start {failures} times; the worker keeps serving"
-                );
-                self.replacements.active = None;
-                if let Some(current) = self.slots[index].current.as_mut() {
-                    current.replacing = None;
-                    if current.routable() && current.draining_since.is_none() {
-                        // It is all the slot has: better a slow worker than none.
-                        self.pools.set_ready(current.incarnation, true);
-                    }
-                }
-                self.step_replacement();
+        // The failed-start backoff, but not `--crash-loop-limit`: the old worker still serves, so a
+        // successor that cannot start is no reason to stop clusterd.
+        active.failures += 1;
+        let failures = active.failures;
+        if failures < CRASH_LOOP_AFTER {
+            let after = self.policy.backoff(failures);
+            tracing::warn!(worker = id, "the successor failed to start; retrying in {}", crate::duration::show(after));
+            self.schedule_restart(index, after);
+            return true;
+        }
+        tracing::error!(
+            worker = id,
+            failures,
+            "the successor failed to start {failures} times; the worker keeps serving"
+        );
+        self.replacements.active = None;
+        if let Some(current) = self.slots[index].current.as_mut() {
+            current.replacing = None;
+            if current.routable() && current.draining_since.is_none() {
+                // It is all the slot has: better a slow worker than none.
+                self.pools.set_ready(current.incarnation, true);
             }
         }
+        self.step_replacement();
         true
     }
 }

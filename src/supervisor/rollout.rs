@@ -107,7 +107,7 @@ impl Dispatcher {
 
     /// The successor exited before it was ready: retry with backoff, or abort the reload.
     pub(super) fn successor_failed(&mut self, index: usize, uptime: std::time::Duration) {
-        if self.replacing() != Some(self.slots[index].id) && self.replacement_failed(index, uptime) {
+        if self.replacing() != Some(self.slots[index].id) && self.replacement_failed(index) {
             return;
         }
         let Some(rollout) = &mut self.rollout else {

@@ -13,7 +13,9 @@
 //! direct messages and events), `--bus-answer` (answer requests), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
 //! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
-//! and touch that many MiB, and keep them), `--log-requests` (print each request line served), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! and touch that many MiB, and keep them), `--log-requests` (print each request line served),
+//! `--starts-file PATH --fail-starts-after N` (count starts of every slot in PATH; exit 4 at start
+//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -50,6 +52,8 @@ struct Flags {
     freeze: bool,
     alloc: Option<usize>,
     log_requests: bool,
+    starts_file: Option<String>,
+    fail_starts_after: Option<u64>,
 }
 
 fn parse() -> Flags {
@@ -98,6 +102,8 @@ fn parse() -> Flags {
             "--freeze" => flags.freeze = true,
             "--alloc" => flags.alloc = Some(num(&mut it) as usize),
             "--log-requests" => flags.log_requests = true,
+            "--starts-file" => flags.starts_file = it.next().cloned(),
+            "--fail-starts-after" => flags.fail_starts_after = Some(num(&mut it)),
             "--only-slot" => {
                 it.next();
             }
@@ -120,6 +126,16 @@ async fn main() {
     if flags.fail_generation.is_some() && flags.fail_generation == generation {
         say("failing in this generation");
         std::process::exit(4);
+    }
+    if let (Some(path), Some(allowed)) = (&flags.starts_file, flags.fail_starts_after) {
+        // One byte per start, appended atomically: the file's length counts the starts of all slots.
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("starts file");
+        file.write_all(b"x").expect("count a start");
+        let starts = file.metadata().expect("starts file").len();
+        if starts > allowed {
+            say(&format!("start {starts} of at most {allowed}: failing"));
+            std::process::exit(4);
+        }
     }
     if let Some(code) = flags.exit_at_start {
         say(&format!("exit-at-start {code}"));
