@@ -170,7 +170,9 @@ impl Dispatcher {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
                     slot.successor = None;
-                    tracing::warn!(worker = slot.id, "new-generation worker {info}");
+                    // A reload's successor, or a replacement's (health checks, recycling).
+                    let which = if self.rollout.is_some() { "new-generation worker" } else { "successor" };
+                    tracing::warn!(worker = slot.id, "{which} {info}");
                     let uptime = info.uptime;
                     slot.last_exit = Some(info);
                     self.successor_failed(index, uptime);
