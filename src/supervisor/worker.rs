@@ -287,7 +287,7 @@ async fn run(
                 }
             }
             () = sleep_until(next_check.unwrap_or(far)), if next_check.is_some() && !probing && killed.is_none() => {
-                upkeep.start_probe(&mut link, greeted, settings.main_listeners).await;
+                upkeep.start_probe(&mut link, greeted, settings.main_listeners, launch.slot).await;
             }
             checked = probe_result(&mut upkeep.probe), if probing => {
                 upkeep.probe = None;
@@ -426,7 +426,7 @@ impl Upkeep {
 
     /// Hands the worker a connection with the health check's request in it, and reads the answer
     /// in a task of its own, within the timeout (the handoff included).
-    async fn start_probe(&mut self, link: &mut Link, greeted: bool, main_listeners: bool) {
+    async fn start_probe(&mut self, link: &mut Link, greeted: bool, main_listeners: bool, slot: u32) {
         let Some(health) = &self.health else { return };
         self.next_check = Some(Instant::now() + health.interval);
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -434,6 +434,14 @@ impl Upkeep {
         let deadline = Instant::now() + health.timeout;
         if !greeted {
             // A program without the SDK cannot be handed a connection: nothing to check.
+            if !self.skipped {
+                self.skipped = true;
+                tracing::warn!(
+                    worker = slot,
+                    "health check: the worker does not speak clusterd's protocol, so it cannot be handed the \
+                     check's connection; not checked"
+                );
+            }
             let _ = tx.send(None);
             return;
         }
@@ -461,6 +469,7 @@ impl Upkeep {
                 if !self.skipped {
                     self.skipped = true;
                     tracing::warn!(
+                        worker = slot,
                         "health check: the worker has no listener to receive the check on (no --listen, and no \
                          server.listen() yet); skipped until it has one"
                     );
