@@ -13,7 +13,8 @@ use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
 use crate::duration::parse_duration;
 use crate::values::{
-    Balance, LogFormat, LogTimestamps, MAX_WORKERS, ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount,
+    Balance, ByteSize, LogFormat, LogTimestamps, MAX_WORKERS, Percent, ProtocolChoice, ReadyOn, Serialization, Sticky,
+    WorkerCount,
 };
 
 /// The values a boolean `CLUSTERD_*` variable accepts: `true` or `false`, nothing else (a typo
@@ -173,6 +174,41 @@ pub struct RunArgs {
     /// default: the application's own choice (variable: `true` or `false`).
     #[arg(long, env = "CLUSTERD_TCP_NODELAY", value_parser = env_bool())]
     pub tcp_nodelay: bool,
+
+    /// Send `GET <PATH>` to each ready worker every --health-interval, through a connection
+    /// handed to that worker; one that fails --health-failures checks in a row is replaced.
+    #[arg(long, env = "CLUSTERD_HEALTH_CHECK", value_name = "PATH")]
+    pub health_check: Option<String>,
+
+    /// How often each ready worker is checked [default: 10s].
+    #[arg(long, env = "CLUSTERD_HEALTH_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    pub health_interval: Option<Duration>,
+
+    /// How long a health check may take, connection to status line [default: 2s].
+    #[arg(long, env = "CLUSTERD_HEALTH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+
+    /// Consecutive failed health checks that get a worker replaced [default: 3].
+    #[arg(long, env = "CLUSTERD_HEALTH_FAILURES", value_name = "N")]
+    pub health_failures: Option<u32>,
+
+    /// Recycle a worker whose process tree's resident memory exceeds this (e.g. 512MiB).
+    #[arg(long, env = "CLUSTERD_MAX_MEMORY", value_name = "SIZE")]
+    pub max_memory: Option<ByteSize>,
+
+    /// Recycle a worker after it ran this long (less up to --lifetime-jitter).
+    #[arg(long, env = "CLUSTERD_MAX_LIFETIME", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_lifetime: Option<Duration>,
+
+    /// Recycle a worker after this many connections were handed to it (less up to
+    /// --lifetime-jitter).
+    #[arg(long, env = "CLUSTERD_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+
+    /// How much earlier than --max-lifetime / --max-connections a worker may be recycled, drawn
+    /// per worker, so that workers started together do not recycle together [default: 10%].
+    #[arg(long, env = "CLUSTERD_LIFETIME_JITTER", value_name = "PERCENT")]
+    pub lifetime_jitter: Option<Percent>,
 
     /// Do not prefix the lines that workers write with their id (variable: `true` or `false`).
     #[arg(long, env = "CLUSTERD_NO_LOG_PREFIX", value_parser = env_bool())]

@@ -25,8 +25,8 @@ use crate::duration::{parse_duration, show};
 // The value types live in `values` so that the command line can parse them without importing
 // this module; they are re-exported here, where the rest of clusterd looks for them.
 pub use crate::values::{
-    Balance, ListenAddr, LogFormat, LogTimestamps, MAX_WORKERS, Protocol, ProtocolChoice, ReadyOn, Serialization,
-    Sticky, WorkerCount,
+    Balance, ByteSize, ListenAddr, LogFormat, LogTimestamps, MAX_WORKERS, Percent, Protocol, ProtocolChoice, ReadyOn,
+    Serialization, Sticky, WorkerCount,
 };
 
 /// The smallest `--sniff-bytes`: a request line with a sid fits.
@@ -45,6 +45,26 @@ pub const MIN_HEARTBEAT: Duration = Duration::from_millis(300);
 pub const MIN_BUS_QUEUE: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME / 16;
 /// The largest `--bus-queue` (1 GiB): clusterd's memory for one stuck worker stays countable.
 pub const MAX_BUS_QUEUE: usize = 1 << 30;
+
+/// `--health-check`: the longest path (it goes in one request line, read by the worker).
+pub const MAX_HEALTH_PATH: usize = 1024;
+/// `--health-interval`: the shortest (each check is a connection to every worker).
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// `--health-timeout`: the shortest.
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(10);
+/// `--health-failures`: the most (more would only delay the replacement of a stuck worker).
+pub const MAX_HEALTH_FAILURES: u32 = 100;
+/// `--max-memory`: the smallest (below it, any worker program would recycle at once).
+pub const MIN_MAX_MEMORY: u64 = 4 << 20;
+/// `--max-memory`: the largest (1 TiB).
+pub const MAX_MAX_MEMORY: u64 = 1 << 40;
+/// `--max-lifetime`: the shortest (a worker must get ready and serve before it is recycled).
+pub const MIN_MAX_LIFETIME: Duration = Duration::from_secs(1);
+/// `--max-connections`: the largest.
+pub const MAX_MAX_CONNECTIONS: u64 = 1 << 40;
+/// `--lifetime-jitter`: the largest share, in percent (at 50% a worker recycles after half its
+/// limit at the earliest).
+pub const MAX_LIFETIME_JITTER: f64 = 50.0;
 
 /// The largest config file read (1 MiB); the example file is 9 KiB.
 pub const MAX_CONFIG_FILE: u64 = 1024 * 1024;
@@ -65,6 +85,15 @@ const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(300);
 const DEFAULT_SNIFF_BYTES: usize = 8 * 1024;
 const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_BUS_QUEUE: usize = 64 * 1024 * 1024;
+/// Often enough that a stuck worker is replaced within half a minute (with 3 failures and 2s),
+/// rarely enough that the checks cost nothing measurable (one connection per worker per 10s).
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// A health endpoint answers in milliseconds; 2s allows for a GC pause or a burst of load.
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// One slow answer is not a failure of the worker; three in a row (30s) are.
+const DEFAULT_HEALTH_FAILURES: u32 = 3;
+/// gunicorn's common `max_requests_jitter` is a tenth of `max_requests`.
+const DEFAULT_LIFETIME_JITTER: f64 = 10.0;
 
 /// A bad option, variable or config file: clusterd exits 2 and starts nothing.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +148,17 @@ struct FileConfig {
     bridge_queue: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     bridge_host_timeout: Option<Duration>,
+    health_check: Option<String>,
+    #[serde(default, deserialize_with = "de_duration")]
+    health_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    health_timeout: Option<Duration>,
+    health_failures: Option<u32>,
+    max_memory: Option<ByteSize>,
+    #[serde(default, deserialize_with = "de_duration")]
+    max_lifetime: Option<Duration>,
+    max_connections: Option<u64>,
+    lifetime_jitter: Option<Percent>,
     control: Option<PathBuf>,
     log_format: Option<LogFormat>,
     log_timestamps: Option<LogTimestamps>,
@@ -202,6 +242,10 @@ pub struct Config {
     pub tcp_nodelay: bool,
     /// `--bridge` and its companions; `None` without a bridge.
     pub bridge: Option<BridgeConfig>,
+    /// `--health-check` and its timing; `None` when off.
+    pub health: Option<Health>,
+    /// `--max-memory`, `--max-lifetime`, `--max-connections` and their jitter.
+    pub recycle: Recycle,
     pub control: PathBuf,
     pub log_format: LogFormat,
     pub log_timestamps: LogTimestamps,
@@ -211,6 +255,27 @@ pub struct Config {
     /// What clusterd decided for the operator (the protocol, what a bare port listens on): logged
     /// at start.
     pub decisions: Vec<String>,
+}
+
+/// The health check of each ready worker (`--health-check`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+}
+
+/// When a worker is recycled; every limit `None` when off.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recycle {
+    /// Bytes of resident memory of the worker's process tree.
+    pub max_memory: Option<u64>,
+    pub max_lifetime: Option<Duration>,
+    /// Connections handed to the worker.
+    pub max_connections: Option<u64>,
+    /// The share (0 to 0.5) by which `max_lifetime` and `max_connections` are lowered, per worker.
+    pub jitter: f64,
 }
 
 /// How the options given on the command line or in the environment were written there, by
@@ -353,6 +418,23 @@ impl Config {
             }
         };
         let control_given = o.pick("control", control, file.control);
+        let health_path = o.pick("health_check", run.health_check, file.health_check);
+        let health_interval = o.pick("health_interval", run.health_interval, file.health_interval);
+        let health_timeout = o.pick("health_timeout", run.health_timeout, file.health_timeout);
+        let health_failures = o.pick("health_failures", run.health_failures, file.health_failures);
+        let health = health_path.map(|path| Health {
+            path,
+            interval: health_interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
+            timeout: health_timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+            failures: health_failures.unwrap_or(DEFAULT_HEALTH_FAILURES),
+        });
+        let jitter = o.pick("lifetime_jitter", run.lifetime_jitter, file.lifetime_jitter);
+        let recycle = Recycle {
+            max_memory: o.pick("max_memory", run.max_memory, file.max_memory).map(|s| s.0),
+            max_lifetime: o.pick("max_lifetime", run.max_lifetime, file.max_lifetime),
+            max_connections: o.pick("max_connections", run.max_connections, file.max_connections),
+            jitter: jitter.map_or(DEFAULT_LIFETIME_JITTER, |p| p.0) / 100.0,
+        };
         let config = Self {
             workers,
             workers_auto,
@@ -383,6 +465,8 @@ impl Config {
             bus_queue: o.pick("bus_queue", run.bus_queue, file.bus_queue).unwrap_or(DEFAULT_BUS_QUEUE),
             tcp_nodelay: run.tcp_nodelay || file.tcp_nodelay.unwrap_or(false),
             bridge,
+            health,
+            recycle,
             control: control_given.unwrap_or_else(default_control_path),
             log_format: o.pick("log_format", run.log_format, file.log_format).unwrap_or_default(),
             log_timestamps: o.pick("log_timestamps", run.log_timestamps, file.log_timestamps).unwrap_or_default(),
@@ -420,6 +504,7 @@ impl Config {
                 format!("must be {MIN_BUS_QUEUE} (2 MiB) to {MAX_BUS_QUEUE} (1 GiB) bytes, not {}", self.bus_queue);
             return Err(o.invalid("bus_queue", message));
         }
+        self.check_upkeep(o)?;
         unix_path_fits(&self.control).map_err(|message| o.invalid("control", message))?;
         for addr in &self.listen {
             if let ListenAddr::Unix(path) = addr {
@@ -459,6 +544,49 @@ fn bridge_config(o: &mut Layers, run: &RunArgs, file: &FileConfig) -> Result<Opt
     let host_timeout = host_timeout.unwrap_or(b::DEFAULT_HOST_TIMEOUT);
     o.within("bridge_host_timeout", host_timeout, b::MIN_HOST_TIMEOUT, b::MAX_HOST_TIMEOUT)?;
     Ok(Some(BridgeConfig { url, group, ca, queue, host_timeout }))
+}
+
+impl Config {
+    /// The bounds of the health check and recycling options.
+    fn check_upkeep(&self, o: &Layers) -> Result<(), ConfigError> {
+        if let Some(health) = &self.health {
+            let path = &health.path;
+            if !path.starts_with('/') || path.len() > MAX_HEALTH_PATH || !path.bytes().all(|b| b.is_ascii_graphic()) {
+                let message = format!(
+                    "must be a path starting with / of at most {MAX_HEALTH_PATH} printable ASCII characters without \
+                     spaces (percent-encode the rest), not {path:?}"
+                );
+                return Err(o.invalid("health_check", message));
+            }
+            o.within("health_interval", health.interval, MIN_HEALTH_INTERVAL, MAX_DURATION)?;
+            // A check ends before the next one starts: at most one per worker at a time.
+            o.within("health_timeout", health.timeout, MIN_HEALTH_TIMEOUT, health.interval)?;
+            if !(1..=MAX_HEALTH_FAILURES).contains(&health.failures) {
+                let message = format!("must be 1 to {MAX_HEALTH_FAILURES}, not {}", health.failures);
+                return Err(o.invalid("health_failures", message));
+            }
+        }
+        let r = &self.recycle;
+        if let Some(bytes) = r.max_memory
+            && !(MIN_MAX_MEMORY..=MAX_MAX_MEMORY).contains(&bytes)
+        {
+            let message = format!("must be 4MiB to 1TiB, not {bytes} bytes");
+            return Err(o.invalid("max_memory", message));
+        }
+        if let Some(lifetime) = r.max_lifetime {
+            o.within("max_lifetime", lifetime, MIN_MAX_LIFETIME, MAX_DURATION)?;
+        }
+        if let Some(n) = r.max_connections
+            && !(1..=MAX_MAX_CONNECTIONS).contains(&n)
+        {
+            return Err(o.invalid("max_connections", format!("must be 1 to {MAX_MAX_CONNECTIONS}, not {n}")));
+        }
+        if r.jitter * 100.0 > MAX_LIFETIME_JITTER {
+            let message = format!("must be 0% to {MAX_LIFETIME_JITTER}%, not {}%", r.jitter * 100.0);
+            return Err(o.invalid("lifetime_jitter", message));
+        }
+        Ok(())
+    }
 }
 
 /// A Unix socket path must be given and fit in `sun_path`.

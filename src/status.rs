@@ -53,6 +53,10 @@ pub struct Status {
     pub program: String,
     /// Sticky sessions clusterd knows, over all workers.
     pub sessions: usize,
+    /// Workers replaced while they ran, by reason (`health`, `memory`, `lifetime`,
+    /// `connections`), since clusterd started.
+    #[serde(default)]
+    pub replaced: std::collections::BTreeMap<String, u64>,
     pub workers: Vec<WorkerStatus>,
     /// Connections closed on a `--proxy-protocol` listener for want of a valid header, since
     /// clusterd started.
@@ -97,6 +101,10 @@ pub struct WorkerStatus {
     /// `null` without a process or when /proc cannot be read.
     #[serde(default)]
     pub rss_bytes: Option<u64>,
+    /// Why this process is being replaced while it runs (failed health checks, a recycling
+    /// limit); `null` otherwise.
+    #[serde(default)]
+    pub replacing: Option<String>,
 }
 
 impl Status {
@@ -149,6 +157,16 @@ impl Status {
         }
         if self.workers.iter().any(|w| w.crash_loop) {
             out.push_str("! crash loop: the slot's worker keeps failing to start\n");
+        }
+        for w in &self.workers {
+            if let Some(why) = &w.replacing {
+                let pid = w.pid.map_or("-".into(), |p| p.to_string());
+                out.push_str(&format!("~ worker {} pid {pid}: {why}\n", w.id));
+            }
+        }
+        if !self.replaced.is_empty() {
+            let counts: Vec<String> = self.replaced.iter().map(|(why, n)| format!("{why} {n}")).collect();
+            out.push_str(&format!("replaced while running: {}\n", counts.join(", ")));
         }
         for problem in &self.problems {
             out.push_str(&format!("! {problem}\n"));

@@ -149,6 +149,77 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
+/// A size in bytes, as options take it: `512MiB`, `1GiB`, `300M`, `64KiB`, or a bare number of
+/// bytes (K, M, G, T and KiB, MiB, GiB, TiB are all powers of 1024, as in `ulimit` and systemd).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let bad = || format!("invalid size {text:?} (use e.g. 512MiB, 1GiB, 300M, or a number of bytes)");
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kb" | "kib" => 10,
+            "m" | "mb" | "mib" => 20,
+            "g" | "gb" | "gib" => 30,
+            "t" | "tb" | "tib" => 40,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(1u64 << shift).map(Self).ok_or_else(|| format!("size {text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Self(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A share in percent, as options take it: `10%` or `10` (0 to 100; the option bounds it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percent(pub f64);
+
+impl FromStr for Percent {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let number = text.strip_suffix('%').unwrap_or(text).trim();
+        match number.parse::<f64>() {
+            Ok(p) if p.is_finite() && (0.0..=100.0).contains(&p) => Ok(Self(p)),
+            _ => Err(format!("invalid percentage {text:?} (use e.g. 10% or 10, from 0 to 100)")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +250,22 @@ mod tests {
         assert!(parse_interval("99ms").is_err());
         assert!(parse_interval("2h").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_and_percentages() {
+        assert_eq!("512MiB".parse(), Ok(ByteSize(512 << 20)));
+        assert_eq!("1G".parse(), Ok(ByteSize(1 << 30)));
+        assert_eq!("64 kib".parse(), Ok(ByteSize(64 << 10)));
+        assert_eq!("1000".parse(), Ok(ByteSize(1000)));
+        assert!("".parse::<ByteSize>().is_err());
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("-1M".parse::<ByteSize>().is_err());
+        assert!("99999999999T".parse::<ByteSize>().is_err());
+        assert_eq!("10%".parse(), Ok(Percent(10.0)));
+        assert_eq!("2.5".parse(), Ok(Percent(2.5)));
+        assert!("101%".parse::<Percent>().is_err());
+        assert!("-1%".parse::<Percent>().is_err());
+        assert!("NaN".parse::<Percent>().is_err());
     }
 }

@@ -187,6 +187,7 @@ mod tests {
             draining_ms: None,
             handed_off,
             rss_bytes: rss,
+            replacing: None,
         }
     }
 
@@ -205,6 +206,7 @@ mod tests {
             workers,
             proxy_refused: 0,
             bridge: None,
+            replaced: Default::default(),
         }
     }
 

@@ -569,6 +569,48 @@ impl NodeLink {
         }
     }
 
+    /// Hands over a health-check connection the way client connections reach this worker: as a
+    /// sticky connection when clusterd has listeners of its own (`main`; `setupWorker(io)` takes
+    /// it), else as a `newconn` of the first listener the worker asked for. It carries no bytes:
+    /// clusterd wrote the request into the socket. Not counted as a client connection. `None`
+    /// when the worker has no way to receive it (no listener at all).
+    pub async fn probe(&mut self, fd: std::os::fd::OwnedFd, main: bool) -> Option<bool> {
+        let group = if main { None } else { Some(self.keys.keys().min().copied()?) };
+        let message = match group {
+            None => {
+                let data = match self.mode {
+                    Mode::Advanced => Value::buffer(Vec::new()),
+                    Mode::Json => Value::from(String::new()),
+                };
+                Value::object([
+                    ("cmd", Value::from("NODE_HANDLE")),
+                    ("type", Value::from("net.Socket")),
+                    ("msg", Value::object([("type", Value::from("sticky:connection")), ("data", data)])),
+                ])
+            }
+            Some(group) => {
+                let key = self.keys.get(&group).cloned().unwrap_or_default();
+                let seq = self.next_seq();
+                Value::object([
+                    ("cmd", Value::from("NODE_HANDLE")),
+                    ("type", Value::from("net.Native")),
+                    (
+                        "msg",
+                        Value::object([
+                            ("cmd", Value::from("NODE_CLUSTER")),
+                            ("act", Value::from("newconn")),
+                            ("key", Value::from(key)),
+                            ("seq", seq),
+                        ]),
+                    ),
+                ])
+            }
+        };
+        let Ok(frame) = Frame::encode(self.mode, &message) else { return Some(false) };
+        let handle = Out::Handle { frame: frame.into_raw().into(), fd, group };
+        Some(self.open && self.out.send(handle).await.is_ok())
+    }
+
     /// Graceful stop, as Node's `worker.kill()`: `act: "disconnect"` (the worker closes its
     /// servers and its channel), SIGTERM once the channel is closed, SIGKILL at the end of the
     /// grace time.

@@ -62,6 +62,7 @@ impl Dispatcher {
             draining_since: None,
             carried: 0,
             handed_off: 0,
+            replacing: None,
         }
     }
 
@@ -72,7 +73,9 @@ impl Dispatcher {
             if slot.restart_token == event.incarnation && !slot.removing && self.stop.is_none() {
                 if slot.current.is_none() {
                     self.start_worker(index);
-                } else if slot.successor.is_none() && self.replacing() == Some(slot.id) {
+                } else if slot.successor.is_none()
+                    && (self.replacing() == Some(slot.id) || self.replacing_slot(slot.id))
+                {
                     let successor = self.launch(index);
                     self.slots[index].successor = Some(successor);
                 }
@@ -185,7 +188,9 @@ impl Dispatcher {
                 Role::Current => self.handle_exit(index, info),
                 Role::Successor => {
                     slot.successor = None;
-                    tracing::warn!(worker = slot.id, "new-generation worker {info}");
+                    // A reload's successor, or a replacement's (health checks, recycling).
+                    let which = if self.rollout.is_some() { "new-generation worker" } else { "successor" };
+                    tracing::warn!(worker = slot.id, "{which} {info}");
                     let uptime = info.uptime;
                     slot.last_exit = Some(info);
                     self.successor_failed(index, uptime);
@@ -203,6 +208,11 @@ impl Dispatcher {
                     self.after_retired(index);
                 }
             },
+            EventKind::Replace(reason) => {
+                if matches!(role, Role::Current) {
+                    self.request_replacement(index, event.incarnation, reason);
+                }
+            }
             EventKind::RestartDue => {}
         }
     }
@@ -223,10 +233,11 @@ impl Dispatcher {
             // The old generation died while its successor starts: the successor takes over.
             slot.state = if successor.ready { WorkerState::Ready } else { WorkerState::Starting };
             slot.current = Some(successor);
-            self.update_readiness();
+            self.step_replacement();
             return;
         }
         self.after_exit(index, ending);
+        self.step_replacement();
     }
 
     /// A process of the slot could not be started (it has been taken out of the slot). clusterd's
@@ -559,6 +570,7 @@ impl Dispatcher {
                 handed_off: p.map_or(0, |c| c.handed_off),
                 // Filled by the control server, off the dispatcher (it reads /proc).
                 rss_bytes: None,
+                replacing: p.and_then(|c| c.replacing.clone()),
             }
         };
         let mut workers = Vec::new();
@@ -620,6 +632,7 @@ impl Dispatcher {
             problems,
             listen: self.listening.iter().map(String::as_str).chain(self.pools.bound()).map(str::to_owned).collect(),
             sessions: self.pools.session_count(),
+            replaced: self.replaced.clone(),
             program: std::iter::once(&self.config.program)
                 .chain(&self.config.args)
                 .map(|a| a.to_string_lossy())

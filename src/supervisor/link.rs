@@ -91,6 +91,16 @@ impl Link {
         }
     }
 
+    /// Hands over a health-check connection (not a client connection: not counted, no session).
+    /// `Some(false)` if it could not be sent, `None` if the worker has no way to receive one (a
+    /// Node worker with no listener). `main`: clusterd has listeners of its own.
+    pub async fn probe(&mut self, fd: std::os::fd::OwnedFd, main: bool) -> Option<bool> {
+        match self {
+            Link::Native(link) => Some(link.probe(fd).await),
+            Link::Node(link) => link.probe(fd, main).await,
+        }
+    }
+
     /// Tells the worker to drain within `grace`; `true` if it should get SIGTERM as well.
     pub async fn drain(&mut self, grace: Duration) -> bool {
         match self {

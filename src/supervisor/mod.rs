@@ -18,11 +18,14 @@ mod dispatch;
 pub mod exit;
 pub mod guard;
 pub mod link;
+mod memory;
 mod native;
 pub mod policy;
 mod pools;
+mod recycle;
 mod rollout;
 pub mod spawn;
+pub mod upkeep;
 pub mod worker;
 
 use std::sync::Arc;
@@ -113,6 +116,8 @@ struct Process {
     carried: u64,
     /// Connections routed to it since it started.
     handed_off: u64,
+    /// Why it is being replaced while it runs (health checks, recycling), for the log and `status`.
+    replacing: Option<String>,
 }
 
 impl Process {
@@ -213,6 +218,11 @@ struct Dispatcher {
     routes: mpsc::Sender<RouteMsg>,
     /// Requests waiting for their session to be reported (Node workers).
     held: Vec<HeldPick>,
+    /// Workers to replace while they run (health checks, recycling), one at a time.
+    replacements: recycle::Replacements,
+    /// Workers replaced while they ran, by reason (`health`, `memory`, `lifetime`, `connections`),
+    /// since clusterd started: `status` shows them, the metrics will.
+    replaced: std::collections::BTreeMap<String, u64>,
 }
 
 /// A request that names a session no worker reported yet.
@@ -250,6 +260,9 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         node_relay,
         main_listeners: !listening.is_empty(),
         limits,
+        health: config.health.clone(),
+        recycle: config.recycle.clone(),
+        jitter_seed: u64::from(std::process::id()),
     });
     let (events_tx, mut events) = mpsc::channel(256);
     let mut d = Dispatcher {
@@ -270,6 +283,8 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         limits,
         routes,
         held: Vec::new(),
+        replacements: recycle::Replacements::default(),
+        replaced: std::collections::BTreeMap::new(),
         settings,
         config,
         bridge,

@@ -51,6 +51,8 @@ pub struct NativeLink {
     claimed: HashMap<u64, Address>,
     /// How a connection the worker gives back is routed again.
     limits: crate::listener::Limits,
+    /// Health-check connections handed over and not yet closed, by id: their closes count nowhere.
+    probes: std::collections::HashSet<u64>,
 }
 
 impl NativeLink {
@@ -126,6 +128,7 @@ impl NativeLink {
             grouped: HashMap::new(),
             claimed: HashMap::new(),
             limits: settings.limits,
+            probes: std::collections::HashSet::new(),
         };
         Ok((link, spawned))
     }
@@ -192,7 +195,8 @@ impl NativeLink {
                         self.claimed.remove(id);
                     }
                 }
-                Ok(Said::Closed(ids.iter().map(|id| self.grouped.remove(id)).collect()))
+                let counted = ids.iter().filter(|id| !self.probes.remove(id));
+                Ok(Said::Closed(counted.map(|id| self.grouped.remove(id)).collect()))
             }
             FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
             FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr, index: 0 }),
@@ -249,6 +253,25 @@ impl NativeLink {
             self.claimed.insert(id, peer);
         }
         None
+    }
+
+    /// Hands over a health-check connection as a client connection (the worker cannot tell them
+    /// apart), with nothing read from it: clusterd wrote the request into it. Its close is not
+    /// reported as a client connection's. `false` if it could not be sent.
+    pub async fn probe(&mut self, fd: std::os::fd::OwnedFd) -> bool {
+        let id = self.next_connection;
+        self.next_connection += 1;
+        let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
+            id,
+            peer: clusterd_worker::protocol::Address::Unknown,
+            local: clusterd_worker::protocol::Address::Unknown,
+            initial: Vec::new(),
+        });
+        let sent = self.channel_open && send_bounded(&self.channel, &frame, Some(std::os::fd::AsFd::as_fd(&fd))).await;
+        if sent {
+            self.probes.insert(id);
+        }
+        sent
     }
 
     pub async fn drain(&mut self, grace: Duration) -> bool {

@@ -73,6 +73,7 @@ impl Dispatcher {
                 );
                 self.rollout = None;
                 self.phase.send_replace(Phase::Ready);
+                self.step_replacement();
             }
         }
         self.update_readiness();
@@ -92,6 +93,7 @@ impl Dispatcher {
         slot.state = WorkerState::Ready;
         slot.streak = super::policy::Streak::default();
         self.step_rollout();
+        self.step_replacement();
     }
 
     /// The current process became ready; if it was a successor promoted early (its predecessor
@@ -105,6 +107,9 @@ impl Dispatcher {
 
     /// The successor exited before it was ready: retry with backoff, or abort the reload.
     pub(super) fn successor_failed(&mut self, index: usize, uptime: std::time::Duration) {
+        if self.replacing() != Some(self.slots[index].id) && self.replacement_failed(index) {
+            return;
+        }
         let Some(rollout) = &mut self.rollout else {
             self.update_readiness();
             return;
@@ -141,7 +146,7 @@ impl Dispatcher {
         );
         self.generation = rollout.previous;
         self.phase.send_replace(Phase::Ready);
-        self.update_readiness();
+        self.step_replacement();
     }
 
     /// Sets the pool size.
@@ -192,6 +197,8 @@ impl Dispatcher {
             if self.replacing().is_some_and(|id| id >= workers) {
                 self.step_rollout();
             }
+            // A replacement of a slot scaled away ends with it.
+            self.step_replacement();
         }
         self.update_readiness();
         Ok(())

@@ -16,6 +16,7 @@ use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
 use super::link::{Heard, Link, Said, StartError};
 use super::native::NativeLink;
 use super::spawn::Spawner;
+use super::upkeep::{HealthTracker, Reason};
 use crate::config::{Protocol, ReadyOn};
 use crate::duration::show;
 use crate::listener::Handoff;
@@ -56,6 +57,12 @@ pub struct Settings {
     pub main_listeners: bool,
     /// How connections are routed, for those a worker gives back.
     pub limits: crate::listener::Limits,
+    /// `--health-check`, when on.
+    pub health: Option<crate::config::Health>,
+    /// `--max-memory`, `--max-lifetime`, `--max-connections`.
+    pub recycle: crate::config::Recycle,
+    /// Mixed with each worker's incarnation to draw its jittered limits.
+    pub jitter_seed: u64,
 }
 
 /// One worker to start.
@@ -125,6 +132,9 @@ pub enum EventKind {
     },
     /// It closed its server of this listener group.
     Unlisten(u32),
+    /// The worker should be replaced gracefully while it runs: it failed its health checks, or it
+    /// reached a recycling limit.
+    Replace(Reason),
     /// Not from a worker task: a restart timer of the dispatcher fired (`incarnation` is its token).
     RestartDue,
 }
@@ -201,8 +211,15 @@ async fn run(
     // Only a worker that must say it is ready can be stuck for want of the protocol.
     let mut greeted = false;
     let mut hinted = settings.ready_on == ReadyOn::Spawn && !settings.main_listeners;
+    let mut upkeep = Upkeep::new(&settings, launch.incarnation, started);
+    if ready {
+        upkeep.on_ready();
+    }
 
     let status = loop {
+        // Read before the select!, whose futures borrow parts of `upkeep`.
+        let (next_check, probing) = (upkeep.next_check, upkeep.probe.is_some());
+        let (lifetime_end, watch_memory) = (upkeep.lifetime_end(), upkeep.watch_memory());
         tokio::select! {
             status = &mut exit => break status.ok(),
             heard = link.next(), if link.open() => match heard {
@@ -217,6 +234,7 @@ async fn run(
                         }
                         Said::Ready if !ready && killed.is_none() => {
                             ready = true;
+                            upkeep.on_ready();
                             Some(EventKind::Ready)
                         }
                         Said::Closed(groups) => Some(EventKind::ConnectionsClosed(groups)),
@@ -301,6 +319,28 @@ async fn run(
                     crate::listener::reroute(handoff, settings.routes.clone());
                 } else if let Some(group) = link.hand_over(handoff).await {
                     report(EventKind::ConnectionsClosed(vec![group])).await;
+                } else if let Some(reason) = upkeep.handed_over() {
+                    report(EventKind::Replace(reason)).await;
+                }
+            }
+            () = sleep_until(next_check.unwrap_or(far)), if next_check.is_some() && !probing && killed.is_none() => {
+                upkeep.start_probe(&mut link, greeted, settings.main_listeners, launch.slot).await;
+            }
+            checked = probe_result(&mut upkeep.probe), if probing => {
+                upkeep.probe = None;
+                // The dispatcher logs the replacement, with what it does about it.
+                if let Some(reason) = upkeep.checked(checked, launch.slot, pid.as_raw()) {
+                    report(EventKind::Replace(reason)).await;
+                }
+            }
+            () = memory_tick(&mut upkeep.memory), if watch_memory && killed.is_none() => {
+                if let Some(reason) = upkeep.check_memory(pid.as_raw()) {
+                    report(EventKind::Replace(reason)).await;
+                }
+            }
+            () = sleep_until(lifetime_end.unwrap_or(far)), if lifetime_end.is_some() && killed.is_none() => {
+                if let Some(reason) = upkeep.lifetime_over() {
+                    report(EventKind::Replace(reason)).await;
                 }
             }
             () = sleep_until(started + NO_GREETING_HINT), if !greeted && !hinted && killed.is_none() => {
@@ -370,6 +410,234 @@ async fn run(
     let info =
         ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
+}
+
+/// One worker's health checks and recycling limits (`upkeep.rs` decides, this does the I/O).
+struct Upkeep {
+    health: Option<crate::config::Health>,
+    request: Vec<u8>,
+    tracker: HealthTracker,
+    /// When the next health check starts (from the worker's readiness on).
+    next_check: Option<Instant>,
+    /// The health check in progress: its result, `None` inside when it could not be made.
+    probe: Option<tokio::sync::oneshot::Receiver<Option<Result<(), String>>>>,
+    /// A check that could not be made was logged once.
+    skipped: bool,
+    max_memory: Option<u64>,
+    memory: Option<tokio::time::Interval>,
+    /// The jittered lifetime's end, and the jittered number of connections.
+    lifetime: Option<(Instant, Duration)>,
+    max_connections: Option<u64>,
+    handed: u64,
+    /// A recycling reason was reported: one is enough (the dispatcher sees it through).
+    recycling: bool,
+    /// The worker was ready: limits count from then on.
+    ready_seen: bool,
+}
+
+impl Upkeep {
+    fn new(settings: &Settings, incarnation: u64, started: Instant) -> Self {
+        let recycle = &settings.recycle;
+        let seed = settings.jitter_seed ^ incarnation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let lifetime = recycle.max_lifetime.map(|limit| {
+            let limit = super::upkeep::jittered_duration(limit, recycle.jitter, seed);
+            (started + limit, limit)
+        });
+        Self {
+            request: settings.health.as_ref().map(|h| super::upkeep::health_request(&h.path)).unwrap_or_default(),
+            health: settings.health.clone(),
+            tracker: HealthTracker::default(),
+            next_check: None,
+            probe: None,
+            skipped: false,
+            max_memory: recycle.max_memory,
+            memory: None,
+            lifetime,
+            // Another draw for the connections, so that they do not recycle in step with the lifetime.
+            max_connections: recycle.max_connections.map(|n| super::upkeep::jittered(n, recycle.jitter, !seed)),
+            handed: 0,
+            recycling: false,
+            ready_seen: false,
+        }
+    }
+
+    /// Checks and limits apply to a ready worker.
+    fn on_ready(&mut self) {
+        self.ready_seen = true;
+        if let Some(health) = &self.health {
+            self.next_check = Some(Instant::now() + health.interval);
+        }
+        if self.max_memory.is_some() {
+            let mut tick = tokio::time::interval(super::upkeep::MEMORY_CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            self.memory = Some(tick);
+        }
+    }
+
+    /// Hands the worker a connection with the health check's request in it, and reads the answer
+    /// in a task of its own, within the timeout (the handoff included).
+    async fn start_probe(&mut self, link: &mut Link, greeted: bool, main_listeners: bool, slot: u32) {
+        let Some(health) = &self.health else { return };
+        self.next_check = Some(Instant::now() + health.interval);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.probe = Some(rx);
+        let deadline = Instant::now() + health.timeout;
+        if !greeted {
+            // A program without the SDK cannot be handed a connection: nothing to check.
+            if !self.skipped {
+                self.skipped = true;
+                tracing::warn!(
+                    worker = slot,
+                    "health check: the worker does not speak clusterd's protocol, so it cannot be handed the \
+                     check's connection; not checked"
+                );
+            }
+            let _ = tx.send(None);
+            return;
+        }
+        let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(error) => {
+                // clusterd's own shortage (fds): not the worker's failure.
+                tracing::warn!(%error, "health check: cannot create a socket pair; check skipped");
+                let _ = tx.send(None);
+                return;
+            }
+        };
+        // An empty socket's buffer takes the request whole: this never blocks.
+        if let Err(error) = std::io::Write::write_all(&mut &ours, &self.request) {
+            tracing::warn!(%error, "health check: cannot write the request; check skipped");
+            let _ = tx.send(None);
+            return;
+        }
+        let timeout = health.timeout;
+        let handed = tokio::time::timeout_at(deadline, link.probe(theirs.into(), main_listeners)).await;
+        let result = match handed {
+            Ok(Some(true)) => None,
+            Ok(Some(false)) => Some(Err("the connection could not be handed to the worker".to_owned())),
+            Ok(None) => {
+                if !self.skipped {
+                    self.skipped = true;
+                    tracing::warn!(
+                        worker = slot,
+                        "health check: the worker has no listener to receive the check on (no --listen, and no \
+                         server.listen() yet); skipped until it has one"
+                    );
+                }
+                let _ = tx.send(None);
+                return;
+            }
+            Err(_) => Some(Err(format!("not handed to the worker within {}", show(timeout)))),
+        };
+        if let Some(result) = result {
+            let _ = tx.send(Some(result));
+            return;
+        }
+        tokio::spawn(async move {
+            let _ = tx.send(Some(exchange(ours, deadline, timeout).await));
+        });
+    }
+
+    /// A check ended; returns the reason to replace the worker after enough failures.
+    fn checked(&mut self, result: Option<Result<(), String>>, slot: u32, pid: i32) -> Option<Reason> {
+        let health = self.health.as_ref()?;
+        let result = result?;
+        if let Err(why) = &result {
+            let failures = self.tracker.consecutive + 1;
+            tracing::info!(worker = slot, pid, failures, of = health.failures, "health check failed: {why}");
+        }
+        self.tracker.record(result, health.failures)
+    }
+
+    fn watch_memory(&self) -> bool {
+        self.memory.is_some() && !self.recycling
+    }
+
+    fn check_memory(&mut self, pid: i32) -> Option<Reason> {
+        let limit = self.max_memory?;
+        let rss = super::memory::tree_rss(u32::try_from(pid).ok()?)?;
+        (rss > limit).then(|| self.recycle(Reason::Memory { rss, limit }))?
+    }
+
+    /// When the worker's lifetime ends, while it is ready and not yet recycling.
+    fn lifetime_end(&self) -> Option<Instant> {
+        self.lifetime.filter(|_| !self.recycling && self.ready_seen).map(|(end, _)| end)
+    }
+
+    fn lifetime_over(&mut self) -> Option<Reason> {
+        let (_, limit) = self.lifetime?;
+        self.recycle(Reason::Lifetime { limit })
+    }
+
+    /// A client connection was handed over.
+    fn handed_over(&mut self) -> Option<Reason> {
+        self.handed += 1;
+        let limit = self.max_connections?;
+        (self.handed >= limit).then(|| self.recycle(Reason::Connections { limit }))?
+    }
+
+    /// The first recycling reason is reported; later ones are not (one replacement is enough).
+    fn recycle(&mut self, reason: Reason) -> Option<Reason> {
+        if self.recycling {
+            return None;
+        }
+        self.recycling = true;
+        Some(reason)
+    }
+}
+
+/// The result of the health check in progress; pending when there is none.
+async fn probe_result(
+    probe: &mut Option<tokio::sync::oneshot::Receiver<Option<Result<(), String>>>>,
+) -> Option<Result<(), String>> {
+    match probe {
+        // A lost sender (the task panicked) counts as a check not made.
+        Some(rx) => rx.await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the next memory reading; pending when `--max-memory` is off or not armed yet.
+async fn memory_tick(memory: &mut Option<tokio::time::Interval>) {
+    match memory {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads a health check's answer on clusterd's end of the connection: at most
+/// [`super::upkeep::MAX_HEALTH_ANSWER`] bytes, until `deadline`.
+async fn exchange(ours: std::os::unix::net::UnixStream, deadline: Instant, timeout: Duration) -> Result<(), String> {
+    use super::upkeep::{Answer, MAX_HEALTH_ANSWER, read_answer};
+    use tokio::io::AsyncReadExt;
+    ours.set_nonblocking(true).map_err(|e| format!("cannot set up the connection: {e}"))?;
+    let mut stream =
+        tokio::net::UnixStream::from_std(ours).map_err(|e| format!("cannot set up the connection: {e}"))?;
+    let mut answer = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let room = (MAX_HEALTH_ANSWER - answer.len()).min(chunk.len());
+        let read = match tokio::time::timeout_at(deadline, stream.read(&mut chunk[..room])).await {
+            Err(_) if answer.is_empty() => return Err(format!("no answer within {}", show(timeout))),
+            Err(_) => return Err(format!("an incomplete status line within {}", show(timeout))),
+            Ok(Err(error)) => return Err(format!("connection error: {error}")),
+            Ok(Ok(0)) if answer.is_empty() => return Err("the worker closed the connection without answering".into()),
+            Ok(Ok(0)) => return Err("the worker closed the connection in the middle of its status line".into()),
+            Ok(Ok(n)) => n,
+        };
+        answer.extend_from_slice(&chunk[..read]);
+        match read_answer(&answer) {
+            Answer::Incomplete => {}
+            Answer::Healthy => return Ok(()),
+            Answer::Status(code) => return Err(format!("answered {code}")),
+            Answer::Garbage => {
+                let shown: String = String::from_utf8_lossy(&answer[..answer.len().min(32)]).escape_debug().collect();
+                return Err(format!("answered something that is not HTTP/1.x: \"{shown}\""));
+            }
+        }
+    }
 }
 
 /// What to do about a worker that never spoke the protocol, in one line.

@@ -14,7 +14,10 @@
 //! payloads of the comma-separated SIZES in turn until TOTAL bytes went out), `--bus-send ID` (send to a worker; prints
 //! direct messages and events), `--bus-answer` (answer requests; `--bus-answer-bytes N`: with N bytes), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
-//! once `--bus-wait` workers subscribe, print the answers), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
+//! and touch that many MiB, and keep them), `--log-requests` (print each request line served),
+//! `--starts-file PATH --fail-starts-after N` (count starts of every slot in PATH; exit 4 at start
+//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
 
 use std::io::Write;
 use std::time::Duration;
@@ -54,6 +57,10 @@ struct Flags {
     freeze: bool,
     fill_fds: bool,
     bad_handback: bool,
+    alloc: Option<usize>,
+    log_requests: bool,
+    starts_file: Option<String>,
+    fail_starts_after: Option<u64>,
 }
 
 fn parse() -> Flags {
@@ -109,6 +116,10 @@ fn parse() -> Flags {
             "--freeze" => flags.freeze = true,
             "--fill-fds" => flags.fill_fds = true,
             "--bad-handback" => flags.bad_handback = true,
+            "--alloc" => flags.alloc = Some(num(&mut it) as usize),
+            "--log-requests" => flags.log_requests = true,
+            "--starts-file" => flags.starts_file = it.next().cloned(),
+            "--fail-starts-after" => flags.fail_starts_after = Some(num(&mut it)),
             "--only-slot" => {
                 it.next();
             }
@@ -131,6 +142,16 @@ async fn main() {
     if flags.fail_generation.is_some() && flags.fail_generation == generation {
         say("failing in this generation");
         std::process::exit(4);
+    }
+    if let (Some(path), Some(allowed)) = (&flags.starts_file, flags.fail_starts_after) {
+        // One byte per start, appended atomically: the file's length counts the starts of all slots.
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("starts file");
+        file.write_all(b"x").expect("count a start");
+        let starts = file.metadata().expect("starts file").len();
+        if starts > allowed {
+            say(&format!("start {starts} of at most {allowed}: failing"));
+            std::process::exit(4);
+        }
     }
     if let Some(code) = flags.exit_at_start {
         say(&format!("exit-at-start {code}"));
@@ -197,7 +218,7 @@ async fn main() {
     }
     if flags.serve {
         let listener = worker.listener().expect("listener");
-        tokio::spawn(serve(worker.clone(), listener));
+        tokio::spawn(serve(worker.clone(), listener, flags.log_requests));
     }
     bus_modes(&worker, &flags).await;
     if !flags.never_ready {
@@ -229,6 +250,15 @@ async fn main() {
         say(&format!("fds full held={}", held.len()));
         std::mem::forget(held);
     }
+    // Kept until the process ends: the memory clusterd's --max-memory must see.
+    let _ballast: Vec<u8> = match flags.alloc {
+        Some(mib) => {
+            let ballast = vec![1u8; mib << 20];
+            say(&format!("allocated {mib} MiB"));
+            ballast
+        }
+        None => Vec::new(),
+    };
     if flags.freeze {
         say("freezing");
         // Blocks the only runtime thread: the SDK's heartbeat stops, as in a hung event loop.
@@ -258,18 +288,23 @@ async fn main() {
 /// A small HTTP/1.1 server on handed-off connections, keep-alive included. Every answer starts with
 /// `worker=<id> pid=<pid>`. Paths: `/open?sid=S` reports session S (answers after clusterd's ack),
 /// `/close?sid=S` ends it, `/nodelay` says whether the socket has TCP_NODELAY, `/hold` answers its head at once and keeps the connection open without
-/// a body end until the client leaves, `/echo` answers the request body; anything else answers
-/// the request line.
-async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener) {
+/// a body end until the client leaves, `/echo` answers the request body, `/spin` blocks the
+/// runtime's only thread forever (a stuck event loop), `/garbage` answers bytes that are not HTTP
+/// and closes, `/half` half a status line and closes, `/unavailable` answers 503; anything else answers the request line.
+async fn serve(worker: clusterd_worker::Worker, mut listener: clusterd_worker::Listener, log: bool) {
     while let Some(connection) = listener.accept().await {
         let worker = worker.clone();
         tokio::spawn(async move {
-            let _ = handle(worker, connection).await;
+            let _ = handle(worker, connection, log).await;
         });
     }
 }
 
-async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker::Connection) -> std::io::Result<()> {
+async fn handle(
+    worker: clusterd_worker::Worker,
+    mut connection: clusterd_worker::Connection,
+    log: bool,
+) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let me = format!("worker={} pid={}", worker.id(), std::process::id());
     let mut buf = Vec::new();
@@ -288,6 +323,9 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
         let line = head.lines().next().unwrap_or_default().to_owned();
         let target = line.split(' ').nth(1).unwrap_or("/").to_owned();
+        if log {
+            say(&format!("request {line}"));
+        }
         let length: usize = head
             .lines()
             .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
@@ -321,6 +359,27 @@ async fn handle(worker: clusterd_worker::Worker, mut connection: clusterd_worker
                 return Ok(());
             }
             "/nodelay" => format!("{me} nodelay={}\n", connection.nodelay()?).into_bytes(),
+            "/spin" => {
+                say("spinning");
+                // Blocks the only runtime thread: nothing of this worker runs any more.
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            "/half" => {
+                // A status line cut short, then the close.
+                connection.write_all(b"HTTP/1.1 20").await?;
+                return Ok(());
+            }
+            "/garbage" => {
+                connection.write_all(b"garbage, not HTTP\r\n\r\n").await?;
+                return Ok(());
+            }
+            "/unavailable" => {
+                let out = format!("HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n{me}\n", me.len() + 1);
+                connection.write_all(out.as_bytes()).await?;
+                continue;
+            }
             "/echo" => {
                 let mut out = format!("{me} echo ").into_bytes();
                 out.extend_from_slice(&body);
