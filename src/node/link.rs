@@ -24,7 +24,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::frame::{Frame, FrameDecoder, Mode};
+use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Control, Out};
 use crate::listener::Handoff;
@@ -68,6 +68,8 @@ pub struct NodeLink {
     pending: VecDeque<Said>,
     /// Read buffer.
     chunk: Vec<u8>,
+    /// The sticky connection message around its request, encoded once (advanced mode).
+    sticky: Option<BufferTemplate>,
     slot: u32,
     /// Messages of this worker's that were dropped (`dropped` in `status`).
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -138,6 +140,7 @@ impl NodeLink {
             keys: HashMap::new(),
             pending: VecDeque::new(),
             chunk: Vec::with_capacity(64 * 1024),
+            sticky: BufferTemplate::new(mode, |request| sticky_connection(Value::buffer(request))),
             slot: launch.slot,
             dropped: std::sync::Arc::clone(&launch.dropped),
         };
@@ -157,6 +160,13 @@ impl NodeLink {
             }
             if !self.open {
                 return Heard::End;
+            }
+            // The worker acknowledges every connection: that message is recognised by its bytes,
+            // neither copied out nor decoded.
+            let mode = self.mode;
+            if self.decoder.take_if(|payload| is_handle_ack(mode, payload)) {
+                let _ = self.control.send(Control::Ack);
+                continue;
             }
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
@@ -377,23 +387,20 @@ impl NodeLink {
     /// main listeners, a cluster `newconn` for a listener the worker asked for.
     pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
         let group = handoff.group;
-        let message = match group {
-            None => {
+        let frame = match (group, &self.sticky) {
+            (None, Some(template)) => template.frame(&handoff.initial).ok_or_else(|| "a request over 4 GiB".to_owned()),
+            (None, None) => {
                 let data = match self.mode {
                     Mode::Advanced => Value::buffer(handoff.initial),
                     // A string: `socket.unshift()` takes it, a `{type: "Buffer"}` object it does not.
                     Mode::Json => Value::from(String::from_utf8_lossy(&handoff.initial).into_owned()),
                 };
-                Value::object([
-                    ("cmd", Value::from("NODE_HANDLE")),
-                    ("type", Value::from("net.Socket")),
-                    ("msg", Value::object([("type", Value::from("sticky:connection")), ("data", data)])),
-                ])
+                Frame::encode(self.mode, &sticky_connection(data)).map(Frame::into_raw).map_err(|e| e.to_string())
             }
-            Some(group) => {
+            (Some(group), _) => {
                 let key = self.keys.get(&group).cloned().unwrap_or_default();
                 let seq = self.next_seq();
-                Value::object([
+                let message = Value::object([
                     ("cmd", Value::from("NODE_HANDLE")),
                     ("type", Value::from("net.Native")),
                     (
@@ -405,11 +412,12 @@ impl NodeLink {
                             ("seq", seq),
                         ]),
                     ),
-                ])
+                ]);
+                Frame::encode(self.mode, &message).map(Frame::into_raw).map_err(|e| e.to_string())
             }
         };
-        let frame = match Frame::encode(self.mode, &message) {
-            Ok(frame) => frame.into_raw(),
+        let frame = match frame {
+            Ok(frame) => frame,
             Err(error) => {
                 tracing::error!(worker = self.slot, %error, "node channel: cannot encode a handle message");
                 return Some(group);
@@ -454,5 +462,64 @@ impl NodeLink {
         if let Some(relay) = &self.relay {
             let _ = relay.send(super::relay::Input::Leave { key: self.key }).await;
         }
+    }
+}
+
+/// The message that hands a connection of clusterd's own listeners to a worker, as
+/// `@socket.io/sticky`'s primary sends it: the worker's `setupWorker` puts `data` (the request
+/// clusterd read) back in front of the socket.
+fn sticky_connection(data: Value) -> Value {
+    Value::object([
+        ("cmd", Value::from("NODE_HANDLE")),
+        ("type", Value::from("net.Socket")),
+        ("msg", Value::object([("type", Value::from("sticky:connection")), ("data", data)])),
+    ])
+}
+
+/// Whether a payload is Node's `{cmd: "NODE_HANDLE_ACK"}`, byte for byte as its channel writes it
+/// (any V8 format version; JSON). Anything else, even the same message written differently, goes
+/// the general way.
+fn is_handle_ack(mode: Mode, payload: &[u8]) -> bool {
+    const V8: &[u8] = b"o\"\x03cmd\"\x0fNODE_HANDLE_ACK{\x01";
+    const JSON: &[u8] = br#"{"cmd":"NODE_HANDLE_ACK"}"#;
+    match mode {
+        Mode::Advanced => matches!(payload, [0xff, version, rest @ ..] if *version < 0x80 && rest == V8),
+        Mode::Json => payload == JSON,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes Node 20 writes: `v8.serialize({cmd: "NODE_HANDLE_ACK"})` and `JSON.stringify`.
+    #[test]
+    fn handle_acks_are_recognised_by_their_bytes() {
+        let node = b"\xff\x0fo\"\x03cmd\"\x0fNODE_HANDLE_ACK{\x01";
+        assert!(is_handle_ack(Mode::Advanced, node));
+        assert!(is_handle_ack(Mode::Json, br#"{"cmd":"NODE_HANDLE_ACK"}"#));
+        let ours = Frame::encode(Mode::Advanced, &Value::object([("cmd", Value::from("NODE_HANDLE_ACK"))]))
+            .expect("encodable");
+        assert!(is_handle_ack(Mode::Advanced, ours.payload()));
+        for other in [&b"\xff\x0fo\"\x03cmd\"\x10NODE_HANDLE_NACK{\x01"[..], &node[..node.len() - 1], b""] {
+            assert!(!is_handle_ack(Mode::Advanced, other));
+        }
+        assert!(!is_handle_ack(Mode::Json, br#"{"cmd":"NODE_HANDLE_NACK"}"#));
+    }
+
+    /// The template gives the very bytes the general encoder gives, whatever the request's length
+    /// (its varint takes 1 to 3 bytes here).
+    #[test]
+    fn sticky_frames_from_the_template_match_the_encoder() {
+        let template = BufferTemplate::new(Mode::Advanced, |request| sticky_connection(Value::buffer(request)))
+            .expect("a template");
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let request: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let expected = Frame::encode(Mode::Advanced, &sticky_connection(Value::buffer(request.clone())))
+                .expect("encodable")
+                .into_raw();
+            assert_eq!(template.frame(&request), Some(expected), "{len} bytes");
+        }
+        assert!(BufferTemplate::new(Mode::Json, |request| sticky_connection(Value::buffer(request))).is_none());
     }
 }
