@@ -8,7 +8,9 @@
 //! and `node` in `PATH`. Options after `--`: `--quick` (smaller loads, for a check that it runs),
 //! `--keep <DIR>` (keep each run's callgrind output there, for `callgrind_annotate`),
 //! `--clusterd <PATH>` (measure that binary instead, say a copy built from an earlier commit; the
-//! workers still come from this build).
+//! workers still come from this build), `--clients <N>` (N clients at once, each with its share of
+//! the units, one at a time: under valgrind clusterd is the slowest party, so they queue up and it
+//! finds several connections per wakeup, as under a load generator).
 //!
 //! The units, the same bytes from the same client for both protocols, one at a time:
 //! - **connection**: `GET /` on a new connection with `Connection: close`: clusterd accepts it,
@@ -75,11 +77,13 @@ struct Options {
     keep: Option<PathBuf>,
     /// Another clusterd binary to measure (say, a copy built from an earlier commit).
     clusterd: Option<PathBuf>,
+    /// Clients running at once (each does its share of the units, one at a time).
+    clients: usize,
 }
 
 impl Options {
     fn parse() -> Self {
-        let mut options = Self { quick: false, keep: None, clusterd: None };
+        let mut options = Self { quick: false, keep: None, clusterd: None, clients: 1 };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -93,9 +97,17 @@ impl Options {
                 // clusterd runs in benches/node: a relative path would be taken from there.
                 "--clusterd" => options.clusterd = args.next().and_then(|p| std::fs::canonicalize(p).ok()),
                 // `cargo bench` passes `--bench`.
+                "--clients" => {
+                    options.clients = args.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0).unwrap_or_else(|| {
+                        eprintln!("error: --clients takes a number of clients, 1 or more");
+                        std::process::exit(2);
+                    })
+                }
                 "--bench" => {}
                 other => {
-                    eprintln!("error: unknown option {other:?} (known: --quick, --keep <DIR>, --clusterd <PATH>)");
+                    eprintln!(
+                        "error: unknown option {other:?} (known: --quick, --keep <DIR>, --clusterd <PATH>, --clients <N>)"
+                    );
                     std::process::exit(2);
                 }
             }
@@ -138,8 +150,8 @@ fn main() {
                     (Protocol::Node, _) => vec![node.display().to_string(), "worker.cjs".to_owned()],
                 };
                 let name = format!("{}-{:?}-{count}", unit.name(), protocol).to_lowercase();
-                let run =
-                    measure(&valgrind, &clusterd, protocol, &worker, (options.keep.as_deref(), &name), unit, count);
+                let keep = (options.keep.as_deref(), name.as_str());
+                let run = measure((&valgrind, &clusterd), protocol, &worker, keep, (unit, count, options.clients));
                 eprintln!("{name}: {} instructions", thousands(run.instructions as f64));
                 if let Some(kept) = &run.kept {
                     eprintln!("  kept {}", kept.display());
@@ -152,7 +164,7 @@ fn main() {
         }
         rows.push((unit, per_unit[0], per_unit[1]));
     }
-    report(&rows, &loads, &commands, options.quick);
+    report(&rows, &loads, &commands, (options.quick, options.clients));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     if let Some(warning) = common::stale_warning(root, &clusterd, &sources(&root.join("src"))) {
         println!("- **Warning**: {warning}.");
@@ -161,13 +173,11 @@ fn main() {
 
 /// One run of clusterd under callgrind with `count` units of load.
 fn measure(
-    valgrind: &Path,
-    clusterd: &Path,
+    (valgrind, clusterd): (&Path, &Path),
     protocol: Protocol,
     worker: &[String],
     keep: (Option<&Path>, &str),
-    unit: Unit,
-    count: usize,
+    (unit, count, clients): (Unit, usize, usize),
 ) -> Profiled {
     // Sessions that end are forgotten after the ttl (SDK workers report no close): a short one
     // lets every run end with none left, so that each session's whole cost is counted.
@@ -179,23 +189,39 @@ fn measure(
     args.push("--".to_owned());
     args.extend(worker.iter().cloned());
     let load = |port: u16| -> Result<(), String> {
-        for i in 0..count {
-            match unit {
-                Unit::Connection => polling::get_root(port),
-                Unit::Session => polling::session(port),
-            }
-            .map_err(|e| format!("unit {} of {count}: {e}", i + 1))?;
-        }
-        Ok(())
+        std::thread::scope(|scope| {
+            let shares: Vec<_> = (0..clients)
+                .map(|client| {
+                    scope.spawn(move || {
+                        for i in (client..count).step_by(clients) {
+                            match unit {
+                                Unit::Connection => polling::get_root(port),
+                                Unit::Session => polling::session(port),
+                            }
+                            .map_err(|e| format!("unit {} of {count}: {e}", i + 1))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            shares.into_iter().try_for_each(|share| share.join().unwrap_or_else(|_| Err("a client panicked".into())))
+        })
     };
     profile((valgrind, clusterd), &args, &common::node_dir(), keep, load)
         .unwrap_or_else(|e| panic!("{:?} {}: {e}", protocol, unit.name()))
 }
 
-fn report(rows: &[(Unit, f64, f64)], loads: &[(usize, usize); 2], commands: &[String], quick: bool) {
+fn report(
+    rows: &[(Unit, f64, f64)],
+    loads: &[(usize, usize); 2],
+    commands: &[String],
+    (quick, clients): (bool, usize),
+) {
     println!();
     println!(
-        "## clusterd's instructions per unit, `--protocol node` against native ({WORKERS} workers, callgrind{})",
+        "## clusterd's instructions per unit, `--protocol node` against native ({WORKERS} workers, {clients} \
+         client{} at once, callgrind{})",
+        if clients == 1 { "" } else { "s" },
         if quick { ", --quick: too few units for a figure to keep" } else { "" }
     );
     println!();
