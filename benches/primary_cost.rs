@@ -10,7 +10,7 @@
 //! `--clusterd <PATH>` (measure that binary instead, say a copy built from an earlier commit; the
 //! workers still come from this build), `--clients <N>` (N clients at once, each with its share of
 //! the units, one at a time: under valgrind clusterd is the slowest party, so they queue up and it
-//! finds several connections per wakeup, as under a load generator).
+//! finds several connections per wakeup, as under a load generator), `--only connection|session`.
 //!
 //! The units, the same bytes from the same client for both protocols, one at a time:
 //! - **connection**: `GET /` on a new connection with `Connection: close`: clusterd accepts it,
@@ -79,11 +79,13 @@ struct Options {
     clusterd: Option<PathBuf>,
     /// Clients running at once (each does its share of the units, one at a time).
     clients: usize,
+    /// Only this unit (`connection` or `session`).
+    only: Option<String>,
 }
 
 impl Options {
     fn parse() -> Self {
-        let mut options = Self { quick: false, keep: None, clusterd: None, clients: 1 };
+        let mut options = Self { quick: false, keep: None, clusterd: None, clients: 1, only: None };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             match arg.as_str() {
@@ -103,10 +105,11 @@ impl Options {
                         std::process::exit(2);
                     })
                 }
+                "--only" => options.only = args.next(),
                 "--bench" => {}
                 other => {
                     eprintln!(
-                        "error: unknown option {other:?} (known: --quick, --keep <DIR>, --clusterd <PATH>, --clients <N>)"
+                        "error: unknown option {other:?} (known: --quick, --keep <DIR>, --clusterd <PATH>, --clients <N>, --only <UNIT>)"
                     );
                     std::process::exit(2);
                 }
@@ -135,7 +138,8 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut commands = Vec::new();
-    for unit in [Unit::Connection, Unit::Session] {
+    let units = [Unit::Connection, Unit::Session];
+    for unit in units.into_iter().filter(|u| options.only.as_deref().is_none_or(|only| only == u.name())) {
         let mut per_unit = Vec::new();
         for protocol in [Protocol::Native, Protocol::Node] {
             let mut runs = Vec::new();

@@ -54,6 +54,10 @@ pub struct NodeLink {
     /// Connections handed over without a session id, oldest first: each becomes a session when
     /// the worker reports one, or stops counting after [`HANDSHAKE_WINDOW`].
     handshakes: VecDeque<Instant>,
+    /// Fires when the oldest handshake's window ends. Kept from one call of [`NodeLink::next`]
+    /// to the next and reset only when the oldest handshake changes: a timer made afresh for
+    /// every call cost a registration in the timer wheel per message heard.
+    window: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Sessions this worker reported that count as its connections.
     sessions: HashSet<String>,
     /// This side's `seq` of cluster messages.
@@ -133,6 +137,7 @@ impl NodeLink {
             failed,
             relay: settings.node_relay.clone(),
             handshakes: VecDeque::new(),
+            window: Box::pin(sleep_until(Instant::now())),
             sessions: HashSet::new(),
             seq: 0,
             listens: HashMap::new(),
@@ -183,6 +188,13 @@ impl NodeLink {
                 }
             }
             let expiry = self.handshakes.front().map(|at| *at + HANDSHAKE_WINDOW);
+            // Every handshake at or before the deadline it fired for is gone by then (below), so
+            // an unchanged deadline is a timer still to fire.
+            if let Some(at) = expiry
+                && self.window.deadline() != at
+            {
+                self.window.as_mut().reset(at);
+            }
             tokio::select! {
                 read = self.read.read_buf(&mut self.chunk) => match read {
                     Ok(0) | Err(_) => {
@@ -195,9 +207,16 @@ impl NodeLink {
                     }
                 },
                 Some(group) = self.failed.recv() => return Heard::Said(Said::Closed(vec![group])),
-                () = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                () = self.window.as_mut(), if expiry.is_some() => {
+                    // This one, and every other whose window is over by now, in one report.
                     self.handshakes.pop_front();
-                    return Heard::Said(Said::Closed(vec![None]));
+                    let now = Instant::now();
+                    let mut closed = vec![None];
+                    while self.handshakes.front().is_some_and(|at| *at + HANDSHAKE_WINDOW <= now) {
+                        self.handshakes.pop_front();
+                        closed.push(None);
+                    }
+                    return Heard::Said(Said::Closed(closed));
                 }
             }
         }
