@@ -416,6 +416,41 @@ mod tests {
         assert!(matches!(Frame::encode(Mode::Json, &Value::Undefined), Err(Error::Json(json::Error::Undefined))));
     }
 
+    /// A wanted frame is taken without a copy; an unwanted or incomplete one stays, whole, for
+    /// `next_frame`, in both modes and wherever the stream was cut.
+    #[test]
+    fn take_if_takes_only_whole_wanted_frames() {
+        for mode in [Mode::Advanced, Mode::Json] {
+            let message = |n: i32| Value::object([("n", Value::from(n))]);
+            let mut stream = Vec::new();
+            for n in [1, 2, 3] {
+                encode_frame(mode, &message(n), &mut stream).expect("encodable");
+            }
+            let second = Frame::encode(mode, &message(2)).expect("encodable");
+            // What the link does: the wanted frame by its bytes, anything else decoded.
+            let drain = |decoder: &mut FrameDecoder, seen: &mut Vec<i64>| loop {
+                if decoder.take_if(|payload| payload == second.payload()) {
+                    seen.push(2);
+                    continue;
+                }
+                match decoder.next_frame().expect("valid stream") {
+                    Some(frame) => seen.push(frame.decode().ok().and_then(|v| v.get("n")?.as_i64()).unwrap_or(0)),
+                    None => break,
+                }
+            };
+            for cut in 0..=stream.len() {
+                let mut decoder = FrameDecoder::new(mode);
+                let mut seen = Vec::new();
+                decoder.feed(&stream[..cut]);
+                drain(&mut decoder, &mut seen);
+                decoder.feed(&stream[cut..]);
+                drain(&mut decoder, &mut seen);
+                assert_eq!(seen, [1, 2, 3], "{mode:?} cut at {cut}");
+                assert_eq!(decoder.finish(), Ok(()));
+            }
+        }
+    }
+
     #[test]
     fn modes_from_env() {
         assert_eq!(Mode::from_env_value("advanced"), Some(Mode::Advanced));
