@@ -2,9 +2,12 @@
 //! primary it replaces, both running the very same worker script, `benches/node/worker.cjs` (the
 //! documented worker: an http server that never listens, `new Server(httpServer)`,
 //! `io.adapter(createAdapter())`, `setupWorker(io)`). It prints Markdown tables with the ratios,
-//! whether each target of issue #5 is met, and the exact commands.
+//! clusterd's rate as a share of what a primary that cost nothing would reach, whether each goal
+//! of issue #16 is met, and the exact commands.
 //!
-//! Run it with `cargo build --release --workspace --bins --examples && cargo bench --bench node_workers`.
+//! Run it with `cargo build --release --workspace --bins --examples && cargo bench --bench node_workers`
+//! (`-- --quick`: one round of short runs, [`QUICK`], to check that everything works; its figures
+//! mean little).
 //! Cargo builds `clusterd` before its benches (the report warns when it is older than `src/`).
 //! It needs `node` and `npm` in `PATH` (when `benches/node/node_modules` is missing it runs
 //! `npm ci` there, from the committed lock file) and `wrk` (Debian's package): without it the
@@ -17,31 +20,31 @@
 //!   `serialization: "advanced"`, forking `worker.cjs` through `cluster.setupPrimary({ exec })`;
 //! - **clusterd**: `clusterd --protocol node --workers 2 --listen 127.0.0.1:<port> -- node worker.cjs`.
 //!
-//! What is measured, in [`ROUNDS`] interleaved rounds (per round and test, one run on each
+//! What is measured, in [`Plan::rounds`] interleaved rounds (per round and test, one run on each
 //! primary; the primary that goes first alternates from round to round), medians over the rounds:
 //!
-//! 1. **Handoff rate**: `wrk -t2 -c64 -d5s -H 'Connection: close' /hello`: every request is a new
-//!    connection that the primary accepts, reads and passes to a worker (target: clusterd ≥
-//!    [`HANDOFF_TARGET`]× the Node primary). The primary's CPU per connection is shown too.
+//! 1. **Handoff rate**: `wrk -t2 -c64 -d5s -H 'Connection: close' --latency /hello`: every request
+//!    is a new connection that the primary accepts, reads and passes to a worker; wrk's p99. The
+//!    primary's CPU per connection is shown too.
 //! 2. **Polling sessions per second**: `benches/node/polling_load.mjs` ([`POLL_CONCURRENCY`]
-//!    loops of `socket.io-client`, polling only, for [`POLL_SECONDS`] s; each: handshake, a few
-//!    polls, one `whoami` ack, disconnect). Every request of a polling session goes through the
-//!    primary (the workers answer `Connection: close`). Errors are counted by kind; "Session ID
-//!    unknown" is the Node primary's known misrouting (target: ≥ [`POLLING_TARGET`]×).
-//! 3. **Broadcast fan-out** over WebSocket, for each of [`FANOUTS`]: that many Socket.IO clients,
+//!    loops of `socket.io-client`, polling only, for [`Plan::load_seconds`] s; each: handshake, a
+//!    few polls, one `whoami` ack, disconnect; the p99 of a session's duration). Every request of
+//!    a polling session goes through the primary (the workers answer `Connection: close`).
+//!    Errors are counted by kind; "Session ID unknown" is the Node primary's known misrouting.
+//! 3. **Broadcast fan-out** over WebSocket, for each of [`Plan::fanouts`]: that many Socket.IO clients,
 //!    connected one after the other through the primary (so both balancers spread them), written
 //!    here on one thread (a current-thread Tokio runtime: WebSocket framing and the few
 //!    Engine.IO / Socket.IO packets needed), several times cheaper per message than
 //!    `socket.io-client` on a machine whose 2 cores they share with the servers. [`SENDERS`] of
 //!    them, taking turns, emit `"chat message"` with a [`PAYLOAD`]-byte text; the worker emits it
 //!    to every client of every worker (`io.emit`), which crosses the primary once per broadcast
-//!    (the cluster adapter's relay). After [`WARMUP`] broadcasts: a **throughput** phase (a set
-//!    number of broadcasts, at most [`WINDOW`] in flight: a broadcast is in flight until every
+//!    (the cluster adapter's relay). After [`Plan::warmup`] broadcasts: a **throughput** phase (a
+//!    set number of broadcasts, at most [`WINDOW`] in flight: a broadcast is in flight until every
 //!    client has it) gives the deliveries per second (first send → last receipt) and the p50 /
-//!    p99 latency of every delivery under that saturation (target: ≥ [`FANOUT_TARGET`]× with a
-//!    lower p99); a **paced** phase ([`PACED`] broadcasts at [`PACED_RATE`]/s) the p50 / p99 at a
-//!    load both carry without queueing. Each text carries its phase, sequence number and send
-//!    time (µs on the bench's clock, shared by every client).
+//!    p99 latency of every delivery under that saturation; a **paced** phase ([`Plan::paced`]
+//!    broadcasts at [`PACED_RATE`]/s) the p50 / p99 at a load both carry without queueing. Each
+//!    text carries its phase, sequence number and send time (µs on the bench's clock, shared by
+//!    every client).
 //! 4. **The primary's memory**: `VmRSS` of the Node primary process and of clusterd once the
 //!    workers are ready and one GET answered (idle), and `VmRSS` / `VmHWM` right after each load
 //!    run (target: clusterd ≤ [`RSS_TARGET`] of the Node primary, on the peak over the tests).
@@ -51,6 +54,13 @@
 //! [`sio_client::MAX_STALLS`] times per run, and counted. Before each run the bench waits (at most
 //! [`QUIET_WAIT`]) for the machine to be quiet (other builds skew the figures; how busy it was is
 //! printed).
+//!
+//! **The goals** (issue #16): for each of the three, clusterd's rate is at least [`BOUND_GOAL`] of
+//! the **zero-cost bound**, what a primary that cost nothing would reach with the same workers and
+//! load generator on this machine ([`Run::bound`]: the cores divided by the workers' and the load
+//! generator's CPU per unit, measured in the same run), and its p99 is lower than the Node
+//! primary's in every row. The bound is computed for the Node primary's runs too (with its own
+//! workers' CPU per unit), in the table of what saturates.
 //!
 //! For every run the CPU time (utime + stime from `/proc/<pid>/stat`) of the primary, of each
 //! worker, of the load generator (wrk or node: `getrusage(RUSAGE_CHILDREN)`; the fan-out clients:
@@ -76,30 +86,49 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Interleaved rounds.
-const ROUNDS: usize = 3;
 /// Workers behind each primary.
 const WORKERS: usize = 2;
-/// polling_load.mjs: concurrent loops and seconds.
+/// polling_load.mjs: concurrent loops.
 const POLL_CONCURRENCY: usize = 16;
-const POLL_SECONDS: u64 = 5;
-/// Fan-out runs: clients, and broadcasts in the throughput phase (about 200 000 deliveries each).
-const FANOUTS: [Fanout; 2] = [Fanout { clients: 50, broadcasts: 4_000 }, Fanout { clients: 200, broadcasts: 1_000 }];
 /// Clients that send (half of them on each worker), the text's length, broadcasts in flight.
 const SENDERS: usize = 4;
 const PAYLOAD: usize = 64;
 const WINDOW: usize = 16;
-/// Broadcasts before the measured phases (Node's JIT, the buffers).
-const WARMUP: usize = 300;
-/// The paced phase: broadcasts and their rate (the most in flight before sending waits:
-/// [`broadcast::PACED_BACKLOG`]).
-const PACED: usize = 500;
+/// The paced phase's rate (the most in flight before sending waits: [`broadcast::PACED_BACKLOG`]).
 const PACED_RATE: f64 = 200.0;
 
-/// The targets of issue #5: clusterd / Node primary.
-const HANDOFF_TARGET: f64 = 2.5;
-const POLLING_TARGET: f64 = 2.0;
-const FANOUT_TARGET: f64 = 1.3;
+/// What a full run measures ([`FULL`]), and the very short one of `--quick` ([`QUICK`]), which
+/// only checks that every part runs: its figures mean little.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Interleaved rounds.
+    rounds: usize,
+    /// How long wrk and polling_load.mjs run, s.
+    load_seconds: u64,
+    /// Fan-out runs: clients, and broadcasts in the throughput phase.
+    fanouts: &'static [Fanout],
+    /// Broadcasts before the measured phases (Node's JIT, the buffers).
+    warmup: usize,
+    /// Broadcasts of the paced phase, at [`PACED_RATE`].
+    paced: usize,
+}
+
+/// About 200 000 deliveries per fan-out run.
+const FULL: Plan = Plan {
+    rounds: 3,
+    load_seconds: common::WRK_SECONDS,
+    fanouts: &[Fanout { clients: 50, broadcasts: 4_000 }, Fanout { clients: 200, broadcasts: 1_000 }],
+    warmup: 300,
+    paced: 500,
+};
+const QUICK: Plan =
+    Plan { rounds: 1, load_seconds: 1, fanouts: &[Fanout { clients: 20, broadcasts: 200 }], warmup: 50, paced: 50 };
+
+/// The goals of issue #16: clusterd reaches this share of what a primary that cost nothing would
+/// reach with the same workers and load generator (see [`Run::bound`]), with a lower p99 than the
+/// Node primary's in every row.
+const BOUND_GOAL: f64 = 0.9;
+/// The goal of issue #5 for the primary's memory: clusterd / Node primary.
 const RSS_TARGET: f64 = 0.2;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -115,6 +144,14 @@ const QUIET_SAMPLE: Duration = Duration::from_millis(500);
 const OTHER_CPU_WARNING: f64 = 0.10;
 
 fn main() {
+    let plan = match std::env::args().skip(1).find(|a| a != "--bench").as_deref() {
+        None => FULL,
+        Some("--quick") => QUICK,
+        Some(other) => {
+            eprintln!("error: unknown option {other:?} (known: --quick, a very short run to check that it works)");
+            std::process::exit(2);
+        }
+    };
     let tools = Tools::find();
     let clusterd = common::binary(&common::target_dir(), "node_workers", "clusterd");
     common::ensure_node_modules(
@@ -123,19 +160,19 @@ fn main() {
     );
     let started = Instant::now();
     let tests: Vec<Test> =
-        [Test::Handoff, Test::Polling].into_iter().chain(FANOUTS.iter().map(|f| Test::Fanout(*f))).collect();
+        [Test::Handoff, Test::Polling].into_iter().chain(plan.fanouts.iter().map(|f| Test::Fanout(*f))).collect();
     let mut runs = Vec::new();
-    for round in 1..=ROUNDS {
+    for round in 1..=plan.rounds {
         for &test in &tests {
             let order = if round % 2 == 1 { [Setup::Node, Setup::Clusterd] } else { [Setup::Clusterd, Setup::Node] };
             for setup in order {
-                let run = measure(&tools, &clusterd, round, test, setup);
-                eprintln!("round {round}/{ROUNDS} {} {}: {}", test.label(), setup.label(), run.summary());
+                let run = measure(&tools, &clusterd, &plan, (round, test, setup));
+                eprintln!("round {round}/{} {} {}: {}", plan.rounds, test.label(), setup.label(), run.summary());
                 runs.push(run);
             }
         }
     }
-    report(&runs, &tests, &tools, &clusterd, started.elapsed());
+    report(&runs, &tests, (&tools, &plan), &clusterd, started.elapsed());
 }
 
 /// The external programs.
@@ -200,14 +237,6 @@ impl Test {
             Self::Handoff => "connection",
             Self::Polling => "session",
             Self::Fanout(_) => "broadcast",
-        }
-    }
-
-    fn target(self) -> f64 {
-        match self {
-            Self::Handoff => HANDOFF_TARGET,
-            Self::Polling => POLLING_TARGET,
-            Self::Fanout(_) => FANOUT_TARGET,
         }
     }
 }
@@ -335,6 +364,22 @@ impl Run {
         }
     }
 
+    /// What a primary that cost nothing would reach in this run, in units per second: the
+    /// machine's cores shared by the workers and the load generator alone, each spending the CPU
+    /// per unit it spent here (README "Performance"): cores / ((workers + load generator) CPU
+    /// seconds / units done). It assumes both would saturate the cores; a run that left them
+    /// idle (a latency-bound load) is further below it for that reason, not for the primary.
+    fn bound(&self) -> f64 {
+        let per_unit = (self.cpu.workers.iter().sum::<f64>() + self.cpu.load) / (self.load.done as f64).max(1.0);
+        if per_unit > 0.0 { cores() / per_unit } else { 0.0 }
+    }
+
+    /// This run's rate as a share of [`Run::bound`].
+    fn share_of_bound(&self) -> f64 {
+        let bound = self.bound();
+        if bound > 0.0 { self.load.rate / bound } else { 0.0 }
+    }
+
     fn summary(&self) -> String {
         let latency = self.latency.map_or(String::new(), |[p50, p99, paced50, paced99]| {
             format!(", p50 {p50:.2} / p99 {p99:.2} ms (paced {paced50:.2} / {paced99:.2} ms)")
@@ -351,7 +396,7 @@ impl Run {
     }
 }
 
-fn measure(tools: &Tools, clusterd: &Path, round: usize, test: Test, setup: Setup) -> Run {
+fn measure(tools: &Tools, clusterd: &Path, plan: &Plan, (round, test, setup): (usize, Test, Setup)) -> Run {
     let busy_before = wait_for_quiet();
     let mut server = Server::start(tools, clusterd, setup);
     let idle = common::proc_memory(server.process.pid);
@@ -372,8 +417,8 @@ fn measure(tools: &Tools, clusterd: &Path, round: usize, test: Test, setup: Setu
         exit: None,
     };
     match test {
-        Test::Handoff | Test::Polling => external_load(tools, &mut server, &mut run),
-        Test::Fanout(fanout) => fanout_load(&mut server, fanout, &mut run),
+        Test::Handoff | Test::Polling => external_load(tools, &mut server, plan.load_seconds, &mut run),
+        Test::Fanout(fanout) => fanout_load(&mut server, fanout, plan, &mut run),
     }
     if let Some(status) = server.process.exited() {
         server.process.fail(&format!("the server exited during the run ({status})"));
@@ -429,15 +474,21 @@ fn wait_for_quiet() -> f64 {
 }
 
 /// wrk (handoff) or polling_load.mjs (polling sessions), as a child process with a deadline.
-fn external_load(tools: &Tools, server: &mut Server, run: &mut Run) {
+fn external_load(tools: &Tools, server: &mut Server, seconds: u64, run: &mut Run) {
     let url = format!("http://127.0.0.1:{}/", server.port);
-    let (program, args, seconds) = match run.test {
-        Test::Handoff => (&tools.wrk, common::wrk_args(format!("{url}hello"), true), common::WRK_SECONDS),
-        _ => (
-            &tools.node,
-            vec!["polling_load.mjs".into(), url, POLL_CONCURRENCY.to_string(), POLL_SECONDS.to_string()],
-            POLL_SECONDS,
-        ),
+    let (program, args) = match run.test {
+        Test::Handoff => {
+            let mut args = common::wrk_args(format!("{url}hello"), true);
+            // The run's length, and the latency distribution (its p99).
+            for arg in &mut args {
+                if arg.starts_with("-d") {
+                    *arg = format!("-d{seconds}s");
+                }
+            }
+            args.insert(args.len() - 1, "--latency".to_owned());
+            (&tools.wrk, args)
+        }
+        _ => (&tools.node, vec!["polling_load.mjs".into(), url, POLL_CONCURRENCY.to_string(), seconds.to_string()]),
     };
     let name = program.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
     run.load_command = match run.test {
@@ -486,7 +537,7 @@ fn external_load(tools: &Tools, server: &mut Server, run: &mut Run) {
 }
 
 /// The fan-out clients, on a current-thread runtime on this thread.
-fn fanout_load(server: &mut Server, fanout: Fanout, run: &mut Run) {
+fn fanout_load(server: &mut Server, fanout: Fanout, plan: &Plan, run: &mut Run) {
     run.load_command = format!(
         "(the bench's {} WebSocket clients: ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket, {SENDERS} \
          senders, {PAYLOAD}-byte texts, {WINDOW} broadcasts in flight)",
@@ -498,7 +549,7 @@ fn fanout_load(server: &mut Server, fanout: Fanout, run: &mut Run) {
         .unwrap_or_else(|e| server.process.fail(&format!("cannot build a Tokio runtime: {e}")));
     let local = tokio::task::LocalSet::new();
     let pids = (server.process.pid, server.workers.clone());
-    let outcome = match local.block_on(&runtime, clients(server.port, fanout, pids)) {
+    let outcome = match local.block_on(&runtime, clients(server.port, fanout, plan, pids)) {
         Ok(outcome) => outcome,
         Err(error) => server.process.fail(&format!("fan-out with {} clients: {error}", fanout.clients)),
     };
@@ -512,7 +563,7 @@ fn fanout_load(server: &mut Server, fanout: Fanout, run: &mut Run) {
     run.cpu = outcome.cpu;
     run.load.spread = outcome.spread.iter().map(|(id, n)| format!("{id}: {n}")).collect::<Vec<_>>().join(", ");
     let mut problems = Vec::new();
-    for (name, phase, broadcasts) in [("throughput", burst, fanout.broadcasts), ("paced", paced, PACED)] {
+    for (name, phase, broadcasts) in [("throughput", burst, fanout.broadcasts), ("paced", paced, plan.paced)] {
         let expected = (broadcasts * fanout.clients) as u64;
         if phase.completed != broadcasts || phase.deliveries != expected {
             run.load.errors += expected.saturating_sub(phase.deliveries);
@@ -545,7 +596,12 @@ struct Outcome {
 }
 
 /// Connects the clients one after the other, then runs the phases.
-async fn clients(port: u16, fanout: Fanout, (primary, workers): (i32, Vec<i32>)) -> Result<Outcome, String> {
+async fn clients(
+    port: u16,
+    fanout: Fanout,
+    plan: &Plan,
+    (primary, workers): (i32, Vec<i32>),
+) -> Result<Outcome, String> {
     let Connected { clients, stalls, spread } = sio_client::connect_all(port, fanout.clients).await?;
     // The senders: the first clients of each worker, in turn, so that they alternate workers.
     let per_worker = SENDERS.div_ceil(spread.len().max(1));
@@ -560,11 +616,11 @@ async fn clients(port: u16, fanout: Fanout, (primary, workers): (i32, Vec<i32>))
     senders.truncate(SENDERS);
     let shared = Rc::new(Shared::new(fanout.clients, 1, 100));
     let (burst, cpu, paced) = broadcast::run_clients(clients, Rc::clone(&shared), &senders, async |shared, senders| {
-        broadcast(shared, senders, (1, WARMUP), Pace::Window(WINDOW), PAYLOAD).await?;
+        broadcast(shared, senders, (1, plan.warmup), Pace::Window(WINDOW), PAYLOAD).await?;
         let before = CpuSample::take(primary, &workers);
         let burst = broadcast(shared, senders, (2, fanout.broadcasts), Pace::Window(WINDOW), PAYLOAD).await?;
         let cpu = before.until(&CpuSample::take(primary, &workers), LoadIn::Thread);
-        let paced = broadcast(shared, senders, (3, PACED), Pace::Rate(PACED_RATE), PAYLOAD).await?;
+        let paced = broadcast(shared, senders, (3, plan.paced), Pace::Rate(PACED_RATE), PAYLOAD).await?;
         Ok((burst, cpu, paced))
     })
     .await?;
@@ -607,14 +663,32 @@ fn stats(runs: &[Run], test: Test, setup: Setup, f: impl Fn(&Run) -> f64) -> (f6
 
 /// clusterd / Node in each round, marked `†` where either run had the machine busy beyond the
 /// servers and the load (another process was running).
-fn round_ratios(runs: &[Run], test: Test) -> String {
+/// A figure of a run, where it has one.
+type Figure = fn(&Run) -> Option<f64>;
+
+fn round_ratios(runs: &[Run], test: Test, f: impl Fn(&Run) -> Option<f64> + Copy) -> String {
+    per_round(runs, test, |node, clusterd| {
+        let (node, clusterd) = (f(node)?, f(clusterd)?);
+        Some(format!("{:.2}", clusterd / node.max(f64::MIN_POSITIVE)))
+    })
+}
+
+/// clusterd's share of its zero-cost bound in each round, in %, marked as [`round_ratios`] does.
+fn round_shares(runs: &[Run], test: Test) -> String {
+    per_round(runs, test, |_, clusterd| Some(format!("{:.0}", clusterd.share_of_bound() * 100.0)))
+}
+
+/// `cell(node run, clusterd run)` for each round, joined; `†` marks a round where either run had
+/// the machine busy beyond the servers and the load (another process was running).
+fn per_round(runs: &[Run], test: Test, cell: impl Fn(&Run, &Run) -> Option<String>) -> String {
     let noisy = |r: &Run| r.cpu.other > OTHER_CPU_WARNING * r.cpu.seconds;
-    (1..=ROUNDS)
+    let rounds = runs.iter().map(|r| r.round).max().unwrap_or(0);
+    (1..=rounds)
         .filter_map(|round| {
             let find = |setup| runs.iter().find(|r| r.round == round && r.test == test && r.setup == setup);
             let (node, clusterd) = (find(Setup::Node)?, find(Setup::Clusterd)?);
-            let ratio = clusterd.load.rate / node.load.rate.max(f64::MIN_POSITIVE);
-            Some(format!("{ratio:.2}{}", if noisy(node) || noisy(clusterd) { "†" } else { "" }))
+            let text = cell(node, clusterd)?;
+            Some(format!("{text}{}", if noisy(node) || noisy(clusterd) { "†" } else { "" }))
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -637,27 +711,34 @@ fn thousands(value: f64) -> String {
     out
 }
 
-fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Duration) {
+fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd: &Path, took: Duration) {
     println!();
     println!(
         "## clusterd `--protocol node` against the Node.js primary, the same `worker.cjs`, {WORKERS} workers \
-         ({ROUNDS} interleaved rounds, medians; min–max over the rounds in brackets)"
+         ({} interleaved rounds, medians; min–max over the rounds in brackets{})",
+        plan.rounds,
+        if plan.rounds == FULL.rounds { "" } else { "; --quick: a check that it runs, not figures to keep" }
     );
     println!();
-    println!("| measurement | Node primary | clusterd | clusterd / Node | target | met |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| measurement | Node primary | clusterd | clusterd / Node | zero-cost bound | clusterd / bound | goal | met |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     let range =
         |(m, lo, hi): (f64, f64, f64), precision: usize| format!("{m:.precision$} ({lo:.precision$}–{hi:.precision$})");
     for &test in tests {
         let rate = |setup| stats(runs, test, setup, |r| r.load.rate);
         let (node, clusterd) = (rate(Setup::Node), rate(Setup::Clusterd));
         let ratio = if node.0 > 0.0 { clusterd.0 / node.0 } else { 0.0 };
+        let bound = stats(runs, test, Setup::Clusterd, Run::bound).0;
+        let share = stats(runs, test, Setup::Clusterd, Run::share_of_bound);
         let what = match test {
             Test::Handoff => format!(
-                "handoff: new connection per request (`wrk -t{} -c{} -d{}s -H 'Connection: close'` /hello), req/s",
+                "handoff: new connection per request (`wrk -t{} -c{} -d{}s -H 'Connection: close' --latency` /hello), \
+                 req/s",
                 common::WRK_THREADS,
                 common::WRK_CONNECTIONS,
-                common::WRK_SECONDS
+                plan.load_seconds
             ),
             Test::Polling => format!(
                 "Socket.IO polling sessions established per second ({POLL_CONCURRENCY} loops, socket.io-client, \
@@ -669,37 +750,54 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
                 f.clients
             ),
         };
-        let mut met = ratio >= test.target();
-        let mut target = format!("≥ {:.1}×", test.target());
-        if let Test::Fanout(_) = test {
-            let p99 = |setup| stats(runs, test, setup, |r| r.latency.map_or(0.0, |l| l[1])).0;
-            met &= p99(Setup::Clusterd) < p99(Setup::Node);
-            target.push_str(", lower p99");
-        }
         println!(
-            "| {what} | {} | {} | **{ratio:.2}×** (rounds: {}) | {target} | {} |",
+            "| {what} | {} | {} | **{ratio:.2}×** (rounds: {}) | {} | **{:.0} %** ({:.0}–{:.0} %; rounds: {}) | ≥ {:.0} % \
+             of the bound | {} |",
             range(node, 0),
             range(clusterd, 0),
-            round_ratios(runs, test),
-            yes(met)
+            round_ratios(runs, test, |r| Some(r.load.rate)),
+            thousands(bound),
+            share.0 * 100.0,
+            share.1 * 100.0,
+            share.2 * 100.0,
+            round_shares(runs, test),
+            BOUND_GOAL * 100.0,
+            yes(share.0 >= BOUND_GOAL)
         );
-        if let Test::Fanout(_) = test {
-            let lat = |setup, i: usize| stats(runs, test, setup, |r| r.latency.map_or(0.0, |l| l[i])).0;
-            let phases = [
-                ("its latency under that load".to_owned(), 0),
-                (format!("latency at {PACED_RATE:.0} broadcasts/s"), 2),
-            ];
-            for (phase, p50) in phases {
-                let p99 = p50 + 1;
-                println!(
-                    "| — {phase}, p50 / p99 ms | {:.2} / {:.2} | {:.2} / {:.2} | p99 {:.2}× | | |",
-                    lat(Setup::Node, p50),
-                    lat(Setup::Node, p99),
-                    lat(Setup::Clusterd, p50),
-                    lat(Setup::Clusterd, p99),
-                    lat(Setup::Clusterd, p99) / lat(Setup::Node, p99).max(f64::MIN_POSITIVE)
-                );
+        // The p99 of a unit: a request (wrk), a session (polling_load.mjs), a delivery (fan-out).
+        let p99 = |setup, f: fn(&Run) -> Option<f64>| stats(runs, test, setup, |r| f(r).unwrap_or(f64::NAN)).0;
+        let latency_rows: Vec<(String, Figure, Figure)> = match test {
+            Test::Handoff => vec![("a request's latency, p99 ms".into(), |r| r.load.p99_ms, |_| None)],
+            Test::Polling => {
+                vec![("a session's duration (start to the `whoami` ack), p99 ms".into(), |r| r.load.p99_ms, |_| None)]
             }
+            Test::Fanout(_) => vec![
+                (
+                    "a delivery's latency under that load, p99 ms (p50)".into(),
+                    |r| r.latency.map(|l| l[1]),
+                    |r| r.latency.map(|l| l[0]),
+                ),
+                (
+                    format!("a delivery's latency at {PACED_RATE:.0} broadcasts/s, p99 ms (p50)"),
+                    |r| r.latency.map(|l| l[3]),
+                    |r| r.latency.map(|l| l[2]),
+                ),
+            ],
+        };
+        for (label, f, p50) in latency_rows {
+            let (node, clusterd) = (p99(Setup::Node, f), p99(Setup::Clusterd, f));
+            let with_p50 = |setup, value: f64| {
+                let median = p99(setup, p50);
+                if median.is_nan() { format!("{value:.2}") } else { format!("{value:.2} ({median:.2})") }
+            };
+            println!(
+                "| — {label} | {} | {} | {:.2}× (rounds: {}) | | | lower than the Node primary's | {} |",
+                with_p50(Setup::Node, node),
+                with_p50(Setup::Clusterd, clusterd),
+                clusterd / node,
+                round_ratios(runs, test, f),
+                yes(clusterd < node)
+            );
         }
         // What the primary spent per unit of work: a connection, a session, a relayed broadcast.
         let unit = test.work_unit();
@@ -707,7 +805,7 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
         let pct = |setup| stats(runs, test, setup, |r| r.cpu.pct(r.cpu.primary)).0;
         println!(
             "| — the primary's CPU: % of a core / µs per {unit} | {:.0} % / {:.0} µs | {:.0} % / {:.0} µs | {:.2}× per \
-             {unit} | | |",
+             {unit} | | | | |",
             pct(Setup::Node),
             per_unit(Setup::Node),
             pct(Setup::Clusterd),
@@ -722,22 +820,22 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
     let idle = |setup: Setup| common::median(runs.iter().filter(|r| r.setup == setup).map(|r| mib(r.idle.0)));
     let (idle_node, idle_clusterd) = (idle(Setup::Node), idle(Setup::Clusterd));
     println!(
-        "| the primary's memory, idle (VmRSS, workers ready), MiB | {idle_node:.1} | {idle_clusterd:.1} | **{:.3}** | \
-         ≤ {RSS_TARGET} | {} |",
+        "| the primary's memory, idle (VmRSS, workers ready), MiB | {idle_node:.1} | {idle_clusterd:.1} | **{:.3}** | | \
+         | ≤ {RSS_TARGET} | {} |",
         idle_clusterd / idle_node,
         yes(idle_clusterd <= RSS_TARGET * idle_node)
     );
     let (after_node, after_clusterd) = (memory(Setup::Node, &|r| r.after.0), memory(Setup::Clusterd, &|r| r.after.0));
     println!(
         "| the primary's memory after the load (VmRSS, the most loaded test), MiB | {after_node:.1} | {after_clusterd:.1} \
-         | **{:.3}** | ≤ {RSS_TARGET} | {} |",
+         | **{:.3}** | | | ≤ {RSS_TARGET} | {} |",
         after_clusterd / after_node,
         yes(after_clusterd <= RSS_TARGET * after_node)
     );
     let (peak_node, peak_clusterd) = (memory(Setup::Node, &|r| r.after.1), memory(Setup::Clusterd, &|r| r.after.1));
     println!(
         "| the primary's peak memory (VmHWM, the most loaded test), MiB | {peak_node:.1} | {peak_clusterd:.1} | \
-         **{:.3}** | ≤ {RSS_TARGET} | {} |",
+         **{:.3}** | | | ≤ {RSS_TARGET} | {} |",
         peak_clusterd / peak_node,
         yes(peak_clusterd <= RSS_TARGET * peak_node)
     );
@@ -751,8 +849,11 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
     println!();
     println!("What saturates (medians, % of one core over the load; the machine has {:.0}):", cores() * 100.0);
     println!();
-    println!("| test | primary | the primary | its workers | the load generator | the rest of the machine | total |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| test | primary | the primary | its workers | the load generator | the rest of the machine | total | \
+         zero-cost bound of this run's workers and load | rate / bound |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &test in tests {
         for setup in [Setup::Node, Setup::Clusterd] {
             let pct = |f: &dyn Fn(&Cpu) -> f64| stats(runs, test, setup, |r| r.cpu.pct(f(&r.cpu))).0;
@@ -761,10 +862,13 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
             let load = pct(&|c| c.load);
             let other = pct(&|c| c.other);
             println!(
-                "| {} | {} | {primary:.0} | {workers:.0} | {load:.0} | {other:.0} | {:.0} |",
+                "| {} | {} | {primary:.0} | {workers:.0} | {load:.0} | {other:.0} | {:.0} | {} {} | {:.0} % |",
                 test.label(),
                 setup.label(),
-                primary + workers + load + other
+                primary + workers + load + other,
+                thousands(stats(runs, test, setup, Run::bound).0),
+                test.unit(),
+                stats(runs, test, setup, Run::share_of_bound).0 * 100.0
             );
         }
     }
@@ -788,7 +892,10 @@ fn report(runs: &[Run], tests: &[Test], tools: &Tools, clusterd: &Path, took: Du
             r.setup.label(),
             thousands(r.load.rate),
             r.test.unit(),
-            r.latency.map_or("".into(), |[a, b, c, d]| format!("{a:.2} / {b:.2}; {c:.2} / {d:.2}")),
+            r.latency.map_or_else(
+                || r.load.p99_ms.map_or(String::new(), |p99| format!("p99 {p99:.2}")),
+                |[a, b, c, d]| format!("{a:.2} / {b:.2}; {c:.2} / {d:.2}")
+            ),
             r.load.errors,
             if r.load.error_detail.is_empty() { String::new() } else { format!(": {}", r.load.error_detail.trim()) },
             if r.stalls > 0 { format!(" ({} stalled handshakes)", r.stalls) } else { String::new() },

@@ -210,19 +210,28 @@ pub fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
 /// `Content-Length` announces), once its headers are complete; `None` before. A chunked body is
 /// not waited for (the headers' length).
 pub fn request_length(buf: &[u8]) -> Option<usize> {
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let headers = &buf[..end];
-    let body = headers
-        .split(|&b| b == b'\n')
-        .filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|&b| b == b':')?;
-            let (name, value) = line.split_at(colon);
-            name.eq_ignore_ascii_case(b"content-length").then(|| std::str::from_utf8(&value[1..]).ok())?
-        })
-        .find_map(|value| value.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    Some(end.saturating_add(body))
+    // One pass over the lines (this runs for every connection handed to a Node worker): the
+    // blank line that ends the head and the first valid `Content-Length` are found together.
+    let mut body = None;
+    let mut line_start = 0;
+    for (at, _) in buf.iter().enumerate().filter(|&(_, &b)| b == b'\n') {
+        if body.is_none() {
+            body = content_length(&buf[line_start..at]);
+        }
+        line_start = at + 1;
+        if at >= 3 && buf[at - 3..=at] == *b"\r\n\r\n" {
+            return Some(line_start.saturating_add(body.unwrap_or(0)));
+        }
+    }
+    None
+}
+
+/// The value of a `Content-Length` header line (without its `\n`), if it is one and valid.
+fn content_length(line: &[u8]) -> Option<usize> {
+    const NAME: &[u8] = b"content-length:";
+    let value = line.get(NAME.len()..).filter(|_| line[..NAME.len()].eq_ignore_ascii_case(NAME))?;
+    let value = value.strip_suffix(b"\r").unwrap_or(value);
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -704,5 +713,45 @@ mod tests {
         assert_eq!(request_length(huge), Some(huge.len()), "so does one that does not fit");
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(request_length(&[&chunked[..], b"5\r\n"].concat()), Some(chunked.len()));
+    }
+
+    /// The one-pass `request_length` agrees with the first, plainer version on every prefix of
+    /// heads with odd line ends, repeated, bad and spaced lengths and colons in odd places.
+    #[test]
+    fn request_length_matches_the_plain_version() {
+        fn plain(buf: &[u8]) -> Option<usize> {
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+            let body = buf[..end]
+                .split(|&b| b == b'\n')
+                .filter_map(|line| {
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let colon = line.iter().position(|&b| b == b':')?;
+                    let (name, value) = line.split_at(colon);
+                    name.eq_ignore_ascii_case(b"content-length").then(|| std::str::from_utf8(&value[1..]).ok())?
+                })
+                .find_map(|value| value.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            Some(end.saturating_add(body))
+        }
+        let heads: [&[u8]; 8] = [
+            b"GET http://h:1/ HTTP/1.1\r\nHost: h:1\r\n\r\nbody",
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\ncontent-length:  7 \r\n\r\n1234567",
+            b"POST / HTTP/1.1\nContent-Length: 3\n\r\n\r\nabc",
+            b"POST / HTTP/1.1\r\nContent-Length:3\r\nContent-Length: 9\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-Content-Length: 4\r\nContent-Length : 5\r\n\r\n",
+            b"\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\n\r\n\r\n",
+        ];
+        for head in heads {
+            for cut in 0..=head.len() {
+                assert_eq!(
+                    request_length(&head[..cut]),
+                    plain(&head[..cut]),
+                    "{:?}",
+                    String::from_utf8_lossy(&head[..cut])
+                );
+            }
+        }
     }
 }

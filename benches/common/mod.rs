@@ -7,7 +7,9 @@
 #![allow(dead_code)]
 
 pub mod broadcast;
+pub mod callgrind;
 pub mod cpu;
+pub mod polling;
 pub mod redis;
 pub mod sio_client;
 
@@ -237,6 +239,8 @@ pub struct Row {
     pub state: String,
     pub generation: u64,
     pub sessions: u64,
+    /// Connections counted on it (handed over and not yet reported closed).
+    pub connections: u64,
 }
 
 /// Part of a `status` reply.
@@ -280,6 +284,7 @@ pub fn status(socket: &Path) -> Result<Status, String> {
                 state: w["state"].as_str().ok_or("a worker without a state")?.to_owned(),
                 generation: w["generation"].as_u64().ok_or("a worker without a generation")?,
                 sessions: w["sessions"].as_u64().unwrap_or(0),
+                connections: w["connections"].as_u64().unwrap_or(0),
             })
         })
         .collect::<Result<Vec<Row>, String>>()?;
@@ -361,6 +366,8 @@ pub struct WrkResult {
     pub requests: u64,
     pub seconds: f64,
     pub latency_avg: String,
+    /// The 99th percentile latency in ms, when wrk ran with `--latency`.
+    pub p99_ms: Option<f64>,
     pub non_2xx: u64,
     /// connect, read, write, timeout
     pub socket_errors: [u64; 4],
@@ -387,6 +394,8 @@ impl WrkResult {
                     let n = part.split_whitespace().nth(1).and_then(|n| n.parse().ok());
                     result.socket_errors[i] = n.ok_or_else(|| format!("bad line {line:?}"))?;
                 }
+            } else if let Some(v) = line.strip_prefix("99%") {
+                result.p99_ms = parse_wrk_time(v).map(|s| s * 1e3);
             } else if let Some(v) = line.strip_prefix("Latency") {
                 result.latency_avg = v.split_whitespace().next().unwrap_or("?").to_owned();
             } else if let Some((n, rest)) = line.split_once(" requests in ") {
@@ -705,13 +714,16 @@ pub struct LoadOutcome {
     pub errors: u64,
     pub error_detail: String,
     pub spread: String,
+    /// The 99th percentile latency of a unit (a request, a session), ms, where the load generator
+    /// gives it.
+    pub p99_ms: Option<f64>,
 }
 
 impl LoadOutcome {
     /// Takes a later outcome's figures: the rate and the counts always, the error detail only
     /// when it had errors and the spread only when it has one (a run may have noted either).
     pub fn update(&mut self, later: LoadOutcome) {
-        (self.rate, self.done, self.errors) = (later.rate, later.done, later.errors);
+        (self.rate, self.done, self.errors, self.p99_ms) = (later.rate, later.done, later.errors, later.p99_ms);
         if later.errors > 0 {
             self.error_detail = later.error_detail;
         }
@@ -723,7 +735,8 @@ impl LoadOutcome {
     /// wrk's `Requests/sec`, request count, non-2xx and socket errors.
     pub fn from_wrk(text: &str) -> Result<Self, String> {
         let wrk = WrkResult::parse(text)?;
-        let mut outcome = Self { rate: wrk.rps, done: wrk.requests, errors: wrk.errors(), ..Self::default() };
+        let mut outcome =
+            Self { rate: wrk.rps, done: wrk.requests, errors: wrk.errors(), p99_ms: wrk.p99_ms, ..Self::default() };
         if outcome.errors > 0 {
             let [c, r, w, t] = wrk.socket_errors;
             outcome.error_detail =
@@ -744,8 +757,9 @@ impl LoadOutcome {
                 .as_object()
                 .map_or(String::new(), |m| m.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "))
         };
+        let p99_ms = v["latency_ms"]["p99"].as_f64();
         let mut outcome =
-            Self { rate: done as f64 / seconds, done, errors, spread: kinds("workers"), ..Self::default() };
+            Self { rate: done as f64 / seconds, done, errors, spread: kinds("workers"), p99_ms, ..Self::default() };
         if errors > 0 {
             let samples: Vec<&str> = v["error_samples"]
                 .as_array()

@@ -1,9 +1,10 @@
 // A bounded Socket.IO load client for benches/node_primary.rs: <concurrency> loops run for <seconds>;
 // each loop repeatedly connects a new socket.io-client over HTTP long-polling only, waits for
 // `connect`, asks "whoami" once (ack), and disconnects. Counts the completed sessions and the errors
-// by kind; prints one JSON line:
+// by kind, and times each completed session (from its start to the ack); prints one JSON line:
 //
-//   {"sessions", "errors", "seconds", "error_kinds": {...}, "workers": {...}, "error_samples": [...]}
+//   {"sessions", "errors", "seconds", "error_kinds": {...}, "workers": {...}, "error_samples": [...],
+//    "latency_ms": {"p50", "p99"}}
 //
 //   node polling_load.mjs <url> [concurrency=16] [seconds=5]
 //
@@ -26,6 +27,8 @@ const STEP_TIMEOUT_MS = 5000;
 const MAX_SAMPLES = 10;
 
 let sessions = 0;
+// How long each completed session took, ms.
+const durations = [];
 const errorKinds = {};
 const workers = {};
 const samples = [];
@@ -49,10 +52,18 @@ function report(code, note) {
     error_kinds: errorKinds,
     workers,
     error_samples: samples,
+    latency_ms: { p50: percentile(0.5), p99: percentile(0.99) },
   };
   if (note) out.note = note;
   console.log(JSON.stringify(out));
   process.exit(code);
+}
+
+// The nearest-rank percentile of the completed sessions' durations, null with none.
+function percentile(p) {
+  if (durations.length === 0) return null;
+  const sorted = [...durations].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)];
 }
 
 // The HTTP status of a transport error, where the client exposes it.
@@ -64,6 +75,7 @@ function describe(err) {
 
 function oneSession() {
   return new Promise((resolve) => {
+    const begun = performance.now();
     const socket = io(url, {
       transports: ["polling"],
       forceNew: true,
@@ -93,6 +105,7 @@ function oneSession() {
         if (err) return finish("ack_timeout", String(err.message || err));
         workers[me.worker] = (workers[me.worker] || 0) + 1;
         sessions++;
+        durations.push(performance.now() - begun);
         finish();
       });
     });

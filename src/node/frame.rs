@@ -163,6 +163,64 @@ impl Frame {
     }
 }
 
+/// The frames of one message shape whose only changing part is a `Buffer` (the request of each
+/// sticky connection): the bytes around the buffer are encoded once, and a frame is those bytes,
+/// the buffer's length and the buffer. Building and encoding a [`Value`] tree for every handed-off
+/// connection cost about as much as the rest of clusterd's work on it (callgrind, `benches/primary_cost.rs`).
+#[derive(Debug, Clone)]
+pub struct BufferTemplate {
+    /// The payload without the buffer's length and bytes (V8 header included)...
+    bytes: Box<[u8]>,
+    /// ...which go at this offset.
+    at: usize,
+}
+
+impl BufferTemplate {
+    /// The template of the messages `build(buffer)`, in advanced mode only (JSON has no buffer
+    /// type); `None` where the encoding does not split around the buffer as expected.
+    pub fn new(mode: Mode, build: impl Fn(Vec<u8>) -> Value) -> Option<Self> {
+        if mode != Mode::Advanced {
+            return None;
+        }
+        // The same message with an empty and a one-byte buffer: they differ only in the length
+        // (`00` / `01`) and the byte after it.
+        let empty = v8::serialize(&build(Vec::new()));
+        let one = v8::serialize(&build(vec![0xa5]));
+        let at = empty.iter().zip(&one).position(|(a, b)| a != b)?;
+        let bytes = [empty.get(..at)?, empty.get(at + 1..)?].concat().into_boxed_slice();
+        let template = BufferTemplate { bytes, at };
+        let mut check = Vec::new();
+        template.payload_into(&[0xa5], &mut check);
+        (empty[at] == 0 && check == one).then_some(template)
+    }
+
+    /// Appends the payload around `bytes` (at most `u32::MAX` of them).
+    fn payload_into(&self, bytes: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.bytes[..self.at]);
+        // The buffer's length, a varint as V8 writes it.
+        let mut n = bytes.len() as u32;
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out.extend_from_slice(bytes);
+        out.extend_from_slice(&self.bytes[self.at..]);
+    }
+
+    /// The whole frame (length header included) of the message around `bytes`; `None` for a
+    /// buffer of 4 GiB or more, which the format cannot state.
+    pub fn frame(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        u32::try_from(bytes.len()).ok()?;
+        let mut raw = Vec::with_capacity(4 + self.bytes.len() + 5 + bytes.len());
+        raw.extend_from_slice(&[0; 4]);
+        self.payload_into(bytes, &mut raw);
+        let len = u32::try_from(raw.len() - 4).ok()?;
+        raw[..4].copy_from_slice(&len.to_be_bytes());
+        Some(raw)
+    }
+}
+
 /// Splits a byte stream into [`Frame`]s.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -194,6 +252,37 @@ impl FrameDecoder {
             self.start = 0;
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the next complete frame without copying it out if `wanted` holds for its payload
+    /// (see [`Frame::payload`]): `true` if it was taken. A frame that is not there yet, or not
+    /// wanted, stays for [`FrameDecoder::next_frame`], as do errors.
+    pub fn take_if(&mut self, wanted: impl FnOnce(&[u8]) -> bool) -> bool {
+        let pending = &self.buf[self.start..];
+        let (payload, end) = match self.mode {
+            Mode::Advanced => {
+                let Some(header) = pending.first_chunk::<4>() else { return false };
+                let len = u32::from_be_bytes(*header) as usize;
+                match pending.get(4..4 + len) {
+                    Some(payload) if len <= self.max => (payload, 4 + len),
+                    _ => return false,
+                }
+            }
+            Mode::Json => {
+                // Only the bytes already known to hold no newline are skipped in the search.
+                let from = self.scanned.max(self.start) - self.start;
+                match pending[from..].iter().position(|&b| b == b'\n') {
+                    Some(at) if from + at <= self.max => (&pending[..from + at], from + at + 1),
+                    _ => return false,
+                }
+            }
+        };
+        if !wanted(payload) {
+            return false;
+        }
+        self.start += end;
+        self.scanned = self.start;
+        true
     }
 
     /// The next complete frame, `None` until more bytes are fed.
@@ -325,6 +414,41 @@ mod tests {
         let frame = decoder.next_frame().expect("complete").expect("a frame");
         assert!(matches!(frame.decode(), Err(Error::Json(_))));
         assert!(matches!(Frame::encode(Mode::Json, &Value::Undefined), Err(Error::Json(json::Error::Undefined))));
+    }
+
+    /// A wanted frame is taken without a copy; an unwanted or incomplete one stays, whole, for
+    /// `next_frame`, in both modes and wherever the stream was cut.
+    #[test]
+    fn take_if_takes_only_whole_wanted_frames() {
+        for mode in [Mode::Advanced, Mode::Json] {
+            let message = |n: i32| Value::object([("n", Value::from(n))]);
+            let mut stream = Vec::new();
+            for n in [1, 2, 3] {
+                encode_frame(mode, &message(n), &mut stream).expect("encodable");
+            }
+            let second = Frame::encode(mode, &message(2)).expect("encodable");
+            // What the link does: the wanted frame by its bytes, anything else decoded.
+            let drain = |decoder: &mut FrameDecoder, seen: &mut Vec<i64>| loop {
+                if decoder.take_if(|payload| payload == second.payload()) {
+                    seen.push(2);
+                    continue;
+                }
+                match decoder.next_frame().expect("valid stream") {
+                    Some(frame) => seen.push(frame.decode().ok().and_then(|v| v.get("n")?.as_i64()).unwrap_or(0)),
+                    None => break,
+                }
+            };
+            for cut in 0..=stream.len() {
+                let mut decoder = FrameDecoder::new(mode);
+                let mut seen = Vec::new();
+                decoder.feed(&stream[..cut]);
+                drain(&mut decoder, &mut seen);
+                decoder.feed(&stream[cut..]);
+                drain(&mut decoder, &mut seen);
+                assert_eq!(seen, [1, 2, 3], "{mode:?} cut at {cut}");
+                assert_eq!(decoder.finish(), Ok(()));
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::frame::{Frame, FrameDecoder, Mode};
+use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Control, Out};
 use crate::listener::Handoff;
@@ -67,6 +67,10 @@ pub struct NodeLink {
     /// Connections handed over without a session id, oldest first: each becomes a session when
     /// the worker reports one, or stops counting after [`HANDSHAKE_WINDOW`].
     handshakes: VecDeque<Instant>,
+    /// Fires when the oldest handshake's window ends. Kept from one call of [`NodeLink::next`]
+    /// to the next and reset only when the oldest handshake changes: a timer made afresh for
+    /// every call cost a registration in the timer wheel per message heard.
+    window: std::pin::Pin<Box<tokio::time::Sleep>>,
     /// Sessions this worker reported that count as its connections.
     sessions: HashSet<String>,
     /// This side's `seq` of cluster messages.
@@ -81,6 +85,8 @@ pub struct NodeLink {
     pending: VecDeque<Said>,
     /// Read buffer.
     chunk: Vec<u8>,
+    /// The sticky connection message around its request, encoded once (advanced mode).
+    sticky: Option<BufferTemplate>,
     slot: u32,
     /// Messages of this worker's that were dropped (`dropped` in `status`).
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -149,6 +155,7 @@ impl NodeLink {
             memory: std::sync::Arc::clone(&settings.bus_memory),
             parked: None,
             handshakes: VecDeque::new(),
+            window: Box::pin(sleep_until(Instant::now())),
             sessions: HashSet::new(),
             seq: 0,
             listens: HashMap::new(),
@@ -156,6 +163,7 @@ impl NodeLink {
             keys: HashMap::new(),
             pending: VecDeque::new(),
             chunk: Vec::with_capacity(64 * 1024),
+            sticky: BufferTemplate::new(mode, |request| sticky_connection(Value::buffer(request))),
             slot: launch.slot,
             dropped: std::sync::Arc::clone(&launch.dropped),
             refused_handle: false,
@@ -180,6 +188,13 @@ impl NodeLink {
                 return Heard::End;
             }
             let parked = self.parked.is_some();
+            // The worker acknowledges every connection: that message is recognised by its bytes,
+            // neither copied out nor decoded.
+            let mode = self.mode;
+            if !parked && self.decoder.take_if(|payload| is_handle_ack(mode, payload)) {
+                let _ = self.control.send(Control::Ack);
+                continue;
+            }
             let next = if parked { Ok(None) } else { self.decoder.next_frame() };
             match next {
                 Ok(Some(frame)) => {
@@ -196,6 +211,13 @@ impl NodeLink {
                 }
             }
             let expiry = self.handshakes.front().map(|at| *at + HANDSHAKE_WINDOW);
+            // Every handshake at or before the deadline it fired for is gone by then (below), so
+            // an unchanged deadline is a timer still to fire.
+            if let Some(at) = expiry
+                && self.window.deadline() != at
+            {
+                self.window.as_mut().reset(at);
+            }
             let waiting = async {
                 match &mut self.parked {
                     Some((_, waiting)) => waiting.await,
@@ -219,9 +241,16 @@ impl NodeLink {
                     }
                 },
                 Some(group) = self.failed.recv() => return Heard::Said(Said::Closed(vec![group])),
-                () = sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                () = self.window.as_mut(), if expiry.is_some() => {
+                    // This one, and every other whose window is over by now, in one report.
                     self.handshakes.pop_front();
-                    return Heard::Said(Said::Closed(vec![None]));
+                    let now = Instant::now();
+                    let mut closed = vec![None];
+                    while self.handshakes.front().is_some_and(|at| *at + HANDSHAKE_WINDOW <= now) {
+                        self.handshakes.pop_front();
+                        closed.push(None);
+                    }
+                    return Heard::Said(Said::Closed(closed));
                 }
             }
         }
@@ -496,24 +525,21 @@ impl NodeLink {
         let group = handoff.group;
         // The seq of a `newconn`, whose `accepted` answer may hand the connection on.
         let mut newconn = None;
-        let message = match group {
-            None => {
+        let frame = match (group, &self.sticky) {
+            (None, Some(template)) => template.frame(&handoff.initial).ok_or_else(|| "a request over 4 GiB".to_owned()),
+            (None, None) => {
                 let data = match self.mode {
                     Mode::Advanced => Value::buffer(std::mem::take(&mut handoff.initial)),
                     // A string: `socket.unshift()` takes it, a `{type: "Buffer"}` object it does not.
                     Mode::Json => Value::from(String::from_utf8_lossy(&handoff.initial).into_owned()),
                 };
-                Value::object([
-                    ("cmd", Value::from("NODE_HANDLE")),
-                    ("type", Value::from("net.Socket")),
-                    ("msg", Value::object([("type", Value::from("sticky:connection")), ("data", data)])),
-                ])
+                Frame::encode(self.mode, &sticky_connection(data)).map(Frame::into_raw).map_err(|e| e.to_string())
             }
-            Some(group) => {
+            (Some(group), _) => {
                 let key = self.keys.get(&group).cloned().unwrap_or_default();
                 newconn = Some(self.seq);
                 let seq = self.next_seq();
-                Value::object([
+                let message = Value::object([
                     ("cmd", Value::from("NODE_HANDLE")),
                     ("type", Value::from("net.Native")),
                     (
@@ -525,11 +551,12 @@ impl NodeLink {
                             ("seq", seq),
                         ]),
                     ),
-                ])
+                ]);
+                Frame::encode(self.mode, &message).map(Frame::into_raw).map_err(|e| e.to_string())
             }
         };
-        let frame = match Frame::encode(self.mode, &message) {
-            Ok(frame) => frame.into_raw(),
+        let frame = match frame {
+            Ok(frame) => frame,
             Err(error) => {
                 tracing::error!(worker = self.slot, %error, "node channel: cannot encode a handle message");
                 return Some(group);
@@ -634,5 +661,64 @@ impl NodeLink {
         if let Some(relay) = &self.relay {
             let _ = relay.send(super::relay::Input::Leave { key: self.key }).await;
         }
+    }
+}
+
+/// The message that hands a connection of clusterd's own listeners to a worker, as
+/// `@socket.io/sticky`'s primary sends it: the worker's `setupWorker` puts `data` (the request
+/// clusterd read) back in front of the socket.
+fn sticky_connection(data: Value) -> Value {
+    Value::object([
+        ("cmd", Value::from("NODE_HANDLE")),
+        ("type", Value::from("net.Socket")),
+        ("msg", Value::object([("type", Value::from("sticky:connection")), ("data", data)])),
+    ])
+}
+
+/// Whether a payload is Node's `{cmd: "NODE_HANDLE_ACK"}`, byte for byte as its channel writes it
+/// (any V8 format version; JSON). Anything else, even the same message written differently, goes
+/// the general way.
+fn is_handle_ack(mode: Mode, payload: &[u8]) -> bool {
+    const V8: &[u8] = b"o\"\x03cmd\"\x0fNODE_HANDLE_ACK{\x01";
+    const JSON: &[u8] = br#"{"cmd":"NODE_HANDLE_ACK"}"#;
+    match mode {
+        Mode::Advanced => matches!(payload, [0xff, version, rest @ ..] if *version < 0x80 && rest == V8),
+        Mode::Json => payload == JSON,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes Node 20 writes: `v8.serialize({cmd: "NODE_HANDLE_ACK"})` and `JSON.stringify`.
+    #[test]
+    fn handle_acks_are_recognised_by_their_bytes() {
+        let node = b"\xff\x0fo\"\x03cmd\"\x0fNODE_HANDLE_ACK{\x01";
+        assert!(is_handle_ack(Mode::Advanced, node));
+        assert!(is_handle_ack(Mode::Json, br#"{"cmd":"NODE_HANDLE_ACK"}"#));
+        let ours = Frame::encode(Mode::Advanced, &Value::object([("cmd", Value::from("NODE_HANDLE_ACK"))]))
+            .expect("encodable");
+        assert!(is_handle_ack(Mode::Advanced, ours.payload()));
+        for other in [&b"\xff\x0fo\"\x03cmd\"\x10NODE_HANDLE_NACK{\x01"[..], &node[..node.len() - 1], b""] {
+            assert!(!is_handle_ack(Mode::Advanced, other));
+        }
+        assert!(!is_handle_ack(Mode::Json, br#"{"cmd":"NODE_HANDLE_NACK"}"#));
+    }
+
+    /// The template gives the very bytes the general encoder gives, whatever the request's length
+    /// (its varint takes 1 to 3 bytes here).
+    #[test]
+    fn sticky_frames_from_the_template_match_the_encoder() {
+        let template = BufferTemplate::new(Mode::Advanced, |request| sticky_connection(Value::buffer(request)))
+            .expect("a template");
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            let request: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let expected = Frame::encode(Mode::Advanced, &sticky_connection(Value::buffer(request.clone())))
+                .expect("encodable")
+                .into_raw();
+            assert_eq!(template.frame(&request), Some(expected), "{len} bytes");
+        }
+        assert!(BufferTemplate::new(Mode::Json, |request| sticky_connection(Value::buffer(request))).is_none());
     }
 }

@@ -54,7 +54,11 @@ impl RawStr<'_> {
     /// [`Value::String`], or [`Value::Utf16`] for an unpaired surrogate.
     fn to_value(self) -> Value {
         match self {
-            RawStr::Latin1(b) => Value::String(b.iter().map(|&c| char::from(c)).collect()),
+            RawStr::Latin1(b) => Value::String(match std::str::from_utf8(b) {
+                // ASCII reads the same in Latin-1 and UTF-8: one copy, not a char at a time.
+                Ok(ascii) if b.is_ascii() => ascii.to_owned(),
+                _ => b.iter().map(|&c| char::from(c)).collect(),
+            }),
             RawStr::Utf16Le(b) => {
                 let units: Vec<u16> = Self::units(b).collect();
                 Value::from_utf16(&units)
@@ -85,6 +89,7 @@ impl RawStr<'_> {
     /// True if it equals `name`, without allocating (except for invalid UTF-8).
     fn matches(self, name: &str) -> bool {
         match self {
+            RawStr::Latin1(b) if b.is_ascii() => b == name.as_bytes(),
             RawStr::Latin1(b) => b.len() <= name.len() && b.iter().map(|&c| char::from(c)).eq(name.chars()),
             RawStr::Utf16Le(b) => Self::units(b).eq(name.encode_utf16()),
             RawStr::Utf8(b) => String::from_utf8_lossy(b) == name,

@@ -60,7 +60,13 @@ impl<'o> Writer<'o> {
     /// A string as V8 writes a flat one: Latin-1 if every character fits, else UTF-16LE with a `00`
     /// before the tag when that makes the character data start at an even offset.
     fn string(&mut self, s: &str) {
-        if s.chars().all(|c| u32::from(c) <= 0xff) {
+        if s.is_ascii() {
+            // The common case (every key, most values): the bytes are the Latin-1 characters.
+            let n = s.len().min(MAX_LEN);
+            self.out.push(tag::ONE_BYTE_STRING);
+            self.len(n);
+            self.out.extend_from_slice(&s.as_bytes()[..n]);
+        } else if s.chars().all(|c| u32::from(c) <= 0xff) {
             let n = s.chars().count().min(MAX_LEN);
             self.out.push(tag::ONE_BYTE_STRING);
             self.len(n);
