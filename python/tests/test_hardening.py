@@ -217,3 +217,77 @@ def test_a_kept_alive_connection_never_brings_a_poll_to_the_wrong_worker(start_c
 
     statuses = asyncio.run(scenario())
     assert all(status == 200 for status, _ in statuses), statuses
+
+
+BROWSER_DIR = os.path.join(os.path.dirname(APPS), "..", "..", "tests", "browser")
+
+
+def test_the_chat_page_in_a_real_browser_keeps_chatting_through_a_worker_kill(start_cluster, tmp_path):
+    """The Rust chat's browser test (tests/browser/chat.mjs: Chromium driven by playwright-core)
+    against the Python chat: the same page, bundle and icon, the worker shown and updated after a
+    reconnection, a message typed while disconnected sent once reconnected (acknowledged)."""
+    import json
+    import subprocess
+    assert os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")), (
+        "tests/browser/node_modules is missing: scripts/test installs it (npm ci --prefix tests/browser)")
+    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0"],
+                            [sys.executable, os.path.join(os.path.dirname(APPS), "..", "examples", "chat.py")])
+    cluster.wait_ready(2)
+    url = cluster.url()
+    node = subprocess.Popen(["node", os.path.join(BROWSER_DIR, "chat.mjs"), url, str(tmp_path), str(tmp_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = []
+
+        def next_line():
+            line = node.stdout.readline()
+            assert line, f"chat.mjs ended: {lines}\n{cluster.output()}"
+            lines.append(line)
+            return json.loads(line)
+
+        kill = next_line()
+        assert kill.get("phase") == "kill", kill
+        before = cluster.status()
+        worker = next(w for w in before["workers"] if w["id"] == kill["worker"])
+        assert worker["pid"] == kill["pid"], (kill, before)
+        os.kill(kill["pid"], signal.SIGKILL)
+        node.stdin.write("killed\n")
+        node.stdin.flush()
+        result = next_line()
+        assert node.wait(TIMEOUT * 2) == 0 and result.get("ok") is True, f"{result}\n{cluster.output()}"
+        assert result["desktop"][1]["pid"] != kill["pid"], result
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+
+
+@pytest.mark.parametrize("chat", ["aiohttp", "asgi"])
+def test_the_chat_serves_the_rust_chats_page_bundle_and_icon_and_acknowledges_messages(start_cluster, chat):
+    examples = os.path.join(os.path.dirname(APPS), "..", "..", "examples", "chat")
+    program = [sys.executable, os.path.join(os.path.dirname(APPS), "..", "examples", "chat.py")]
+    if chat == "asgi":
+        program.append("--asgi")
+    cluster = start_cluster(["--workers", "1", "--listen", "127.0.0.1:0"], program)
+    cluster.wait_ready(1)
+    url = cluster.url()
+
+    async def scenario():
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/") as response:
+                page = await response.text()
+            assert '<script src="/assets/socket.io-4.8.4.min.js"></script>' in page, page[:2000]
+            assert "This page came from worker 0 (pid " in page
+            for path, name in [("/assets/socket.io-4.8.4.min.js", "socket.io.min.js"),
+                               ("/favicon.svg", "favicon.svg"), ("/favicon.ico", "favicon.svg")]:
+                async with http.get(url + path) as response:
+                    assert response.status == 200, path
+                    with open(os.path.join(examples, name), "rb") as f:
+                        assert await response.read() == f.read(), path
+        client = await connect(url, ["websocket"])
+        try:
+            return await client.call("chat message", "hello", timeout=TIMEOUT)
+        finally:
+            await disconnect(client)
+
+    assert asyncio.run(scenario()) is True
