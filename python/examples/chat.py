@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """chat: the classic Socket.IO chat on python-socketio + aiohttp, served by several workers.
 
-The same chat as the Rust example (examples/chat.rs): the same page at ``/`` (it says which
-worker serves it) and the same events. Run it under clusterd::
+The same chat as the Rust example (examples/chat.rs): the same page at ``/``, served from the
+Rust example's files in examples/chat/ (the page says which worker served it and which one serves
+its Socket.IO connection, updated after a reconnection; it loads the vendored socket.io-client
+bundle from ``/assets/socket.io-4.8.4.min.js``, and its messages typed while disconnected are sent
+after the reconnection, each until acknowledged), the icon, and the same events. Run it under clusterd::
 
     scripts/python-env   # the project's venv with python-socketio, aiohttp and this package
     clusterd --workers 4 --listen 127.0.0.1:3000 -- .venv/bin/python python/examples/chat.py
@@ -13,7 +16,8 @@ The package's ClusterdManager makes Engine.IO sessions sticky (long-polling clie
 the worker that holds their session) and carries emits over clusterd's bus to the clients of every
 worker.
 
-Events: ``"chat message"`` (string, broadcast to every client on every worker), ``"whoami"``
+Events: ``"chat message"`` (string, broadcast to every client on every worker; acknowledged with
+``true`` once emitted when the client asks for an acknowledgement, as the page does), ``"whoami"``
 (ack: ``{worker, pid, transport}``), ``"join"`` (room name; ack ``"joined"``), ``"room message"``
 (room, text: to that room's clients on every worker), ``"clients"`` (ack: how many clients all
 workers have), ``"sockets"`` (ack: the ids of all the clients of all workers), ``"ask all"`` (any
@@ -52,7 +56,10 @@ def make_server(worker: clusterd_worker.Worker, async_mode: str):
 
     @sio.on("chat message")
     async def chat_message(sid, text):
+        # The acknowledgement tells the page's client that the message was taken, so that it does
+        # not send it again after a reconnection (a client that asks for none gets none).
         await sio.emit("chat message", text)
+        return True
 
     @sio.on("whoami")
     async def whoami(sid, *_):
@@ -114,8 +121,17 @@ def make_app(worker: clusterd_worker.Worker) -> web.Application:
     async def index(request):
         return web.Response(text=page, content_type="text/html")
 
+    def static(path):
+        content_type, cache, body = STATIC[path]
+
+        async def serve(request):
+            return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": cache})
+        return serve
+
     app = web.Application()
     app.router.add_get("/", index)
+    for path in STATIC:
+        app.router.add_get(path, static(path))
     sio.attach(app)
     app.on_shutdown.append(disconnect_clients)
     return app
@@ -127,13 +143,20 @@ def make_asgi(worker: clusterd_worker.Worker):
     body = page.encode()
 
     async def index(scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != "/":
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/":
+            content_type, cache, data = "text/html; charset=utf-8", "no-cache", body
+        elif scope["path"] in STATIC:
+            content_type, cache, data = STATIC[scope["path"]]
+        else:
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b"not found"})
             return
         await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+            (b"content-type", content_type.encode()), (b"cache-control", cache.encode()),
+            (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
 
     return socketio.ASGIApp(sio, other_asgi_app=index, on_shutdown=disconnect_clients)
 
@@ -146,57 +169,35 @@ async def serve_asgi() -> None:
     worker.close()
 
 
-#: The chat page, with a small Socket.IO client over WebSocket (Engine.IO 4, Socket.IO 5) so that
-#: the example needs no JavaScript download. The same page as the Rust example's.
-PAGE = r"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>clusterd chat</title>
-<style>
-  body { font: 16px system-ui, sans-serif; margin: 0; display: flex; flex-direction: column; height: 100vh; }
-  header { padding: .5rem 1rem; background: #223; color: #eee; }
-  #messages { flex: 1; overflow-y: auto; list-style: none; margin: 0; padding: 0; }
-  #messages li { padding: .4rem 1rem; border-bottom: 1px solid #eee; }
-  form { display: flex; padding: .5rem; gap: .5rem; background: #f4f4f4; }
-  input { flex: 1; padding: .5rem; font: inherit; }
-</style>
-</head>
-<body>
-<header>clusterd chat: this page came from worker {worker} (pid {pid}); <span id="state">connecting</span></header>
-<ul id="messages"></ul>
-<form id="form"><input id="input" autocomplete="off" placeholder="Say something"><button>Send</button></form>
-<script>
-const messages = document.getElementById("messages"), state = document.getElementById("state");
-function show(text) { const li = document.createElement("li"); li.textContent = text; messages.appendChild(li); li.scrollIntoView(); }
-let ws, acks = {}, nextAck = 0;
-function emit(event, data, ack) {
-  let id = "";
-  if (ack) { id = String(nextAck++); acks[id] = ack; }
-  ws.send("42" + id + JSON.stringify(data === undefined ? [event] : [event, data]));
+#: The page, the vendored socket.io-client bundle and the icon: the Rust example's files
+#: (examples/chat/), read from there rather than copied.
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "chat")
+#: The version of the vendored bundle (examples/chat/README.md); the page loads it from a path with
+#: the version in it, so browsers may keep it for a year and never run an old copy.
+SOCKET_IO_CLIENT_VERSION = "4.8.4"
+CLIENT_JS = f"/assets/socket.io-{SOCKET_IO_CLIENT_VERSION}.min.js"
+BUNDLE_CACHE = "public, max-age=31536000, immutable"
+ICON_CACHE = "public, max-age=86400"
+
+
+def read_asset(name: str) -> bytes:
+    with open(os.path.join(ASSETS, name), "rb") as f:
+        return f.read()
+
+
+PAGE = read_asset("index.html").decode("utf-8").replace("{client_js}", CLIENT_JS)
+CLIENT_BUNDLE = read_asset("socket.io.min.js")
+FAVICON = read_asset("favicon.svg")
+if f"Socket.IO v{SOCKET_IO_CLIENT_VERSION}\n".encode() not in CLIENT_BUNDLE:
+    sys.exit(f"chat: examples/chat/socket.io.min.js is not socket.io-client {SOCKET_IO_CLIENT_VERSION}: "
+             "update SOCKET_IO_CLIENT_VERSION in python/examples/chat.py")
+#: Path -> (content type, cache control, body) of the static files.
+STATIC = {
+    CLIENT_JS: ("text/javascript; charset=utf-8", BUNDLE_CACHE, CLIENT_BUNDLE),
+    # Browsers ask for /favicon.ico on their own: answer it too, rather than with a 404.
+    "/favicon.svg": ("image/svg+xml", ICON_CACHE, FAVICON),
+    "/favicon.ico": ("image/svg+xml", ICON_CACHE, FAVICON),
 }
-function connect() {
-  ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/socket.io/?EIO=4&transport=websocket");
-  ws.onmessage = (m) => {
-    const p = m.data;
-    if (p[0] === "0") ws.send("40");                       // Engine.IO open: join the default namespace
-    else if (p === "2") ws.send("3");                       // ping -> pong
-    else if (p.startsWith("40")) emit("whoami", undefined, (me) => { state.textContent = "connected to worker " + me.worker + " (pid " + me.pid + ")"; });
-    else if (p.startsWith("42")) { const [event, text] = JSON.parse(p.slice(2)); if (event === "chat message") show(text); }
-    else if (p.startsWith("43")) { const i = p.indexOf("["); const cb = acks[p.slice(2, i)]; delete acks[p.slice(2, i)]; if (cb) cb(...JSON.parse(p.slice(i))); }
-  };
-  ws.onclose = () => { state.textContent = "disconnected, reconnecting"; setTimeout(connect, 1000); };
-}
-connect();
-document.getElementById("form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  const input = document.getElementById("input");
-  if (input.value) { emit("chat message", input.value); input.value = ""; }
-});
-</script>
-</body>
-</html>
-"""
 
 
 def main() -> None:

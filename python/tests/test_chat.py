@@ -372,22 +372,3 @@ def test_rooms_and_disconnect_of_a_client_on_another_worker_and_a_raising_handle
 
     got = asyncio.run(scenario())
     assert got == ["in r", "marker in r", "marker left r", "marker r2 closed"], got
-
-
-def test_clusterd_counts_the_sessions_a_worker_reports_and_forgets_the_ended_ones(start_cluster):
-    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0"])
-    cluster.wait_ready(2)
-    url = cluster.url()
-
-    def sessions(status):
-        return sum(w["sessions"] for w in status["workers"])
-
-    async def scenario():
-        polling = await asyncio.gather(*(connect(url, ["polling"]) for _ in range(3)))
-        websocket = await connect(url, ["websocket"])  # lives on its connection: not reported
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: cluster.wait_status("3 sessions", lambda s: sessions(s) == 3))
-        await close(polling + [websocket])
-
-    asyncio.run(scenario())
-    cluster.wait_status("the ended sessions forgotten", lambda s: sessions(s) == 0)

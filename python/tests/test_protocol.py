@@ -40,6 +40,9 @@ FROM_WORKER = [
     (p.SessionOpen(1, "abc"), hx("04 01 03 61 62 63")),
     (p.SessionClose("abc"), hx("05 03 61 62 63")),
     (p.Listen(2, "127.0.0.1:0"), hx("06 02 0b 31 32 37 2e 30 2e 30 2e 31 3a 30")),
+    (p.Capacity(True), hx("07 01")),
+    (p.Capacity(False), hx("07 00")),
+    (p.Handback(300, b"GET /?sid=a HTTP/1.1\r\n"), hx("08 fb 2c 01 16") + b"GET /?sid=a HTTP/1.1\r\n"),
 ]
 
 
@@ -79,7 +82,7 @@ def test_varints_take_the_shortest_form_and_refuse_markers_wider_than_the_field(
         Writer().u16(65536)
 
 
-@pytest.mark.parametrize("data", [hx("7f"), b"", hx("00 01")])
+@pytest.mark.parametrize("data", [hx("7f"), b"", hx("00 01"), hx("09"), hx("07 02"), hx("08 fb 2c 01 16")])
 def test_garbage_unknown_tags_and_truncation_are_refused(data):
     with pytest.raises(Malformed):
         p.decode_from_worker(data)
@@ -96,6 +99,20 @@ def test_oversized_input_is_refused_before_decoding_and_oversized_frames_are_nev
         p.decode_to_worker(bytes(p.MAX_FRAME + 1))
     with pytest.raises(Oversized):
         p.encode(p.Listen(1, "x" * p.MAX_FRAME))
+
+
+def test_the_capacity_rule_is_the_rust_sdks():
+    # The cases of worker-sdk/src/capacity.rs's unit tests.
+    from clusterd_worker import capacity as c
+    assert [c.reserve(n) for n in (64, 256, 1024, 1 << 20)] == [16, 32, 128, 1024]
+    assert not c.is_full(223, 256, False) and c.is_full(224, 256, False)
+    assert c.is_full(193, 256, True) and not c.is_full(192, 256, True)
+    state = c.Capacity(256)
+    assert state.on_lost() and not state.on_lost() and state.full
+    assert not c.Capacity(1 << 20).on_fd(10)
+    roomy = c.Capacity(1 << 20)
+    roomy.full = True
+    assert roomy.recheck() and not roomy.full
 
 
 def test_a_to_worker_tag_beyond_version_1_is_unknown():

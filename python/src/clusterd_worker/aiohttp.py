@@ -15,7 +15,11 @@
 Each handed-off socket becomes a connection of aiohttp's own server (``web.Server``, the protocol
 factory ``AppRunner`` builds), with the bytes clusterd already read delivered first: no proxy, no
 copy. Engine.IO polling responses close their connection (PROTOCOL.md: a kept-alive connection
-could carry another worker's session). On drain, aiohttp's graceful shutdown runs (``on_shutdown``
+could carry another worker's session), and so does every response of a worker whose Socket.IO
+server holds sessions (:attr:`Worker.serves_socketio`: a browser reuses a page's connection for its
+polls). A request head must arrive within :attr:`Worker.header_timeout`: that is aiohttp's
+``keepalive_timeout``, which is armed from the connection's start and after each response and
+closes the connection while no complete head has arrived. On drain, aiohttp's graceful shutdown runs (``on_shutdown``
 hooks, requests in flight finish within ``shutdown_timeout``).
 """
 
@@ -36,21 +40,29 @@ __all__ = ["serve", "run_app", "SHUTDOWN_TIMEOUT"]
 SHUTDOWN_TIMEOUT = 10.0
 
 
-@web.middleware
-async def _close_polling(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                         ) -> web.StreamResponse:
-    response = await handler(request)
-    if is_polling(request.query_string):
-        response.force_close()
-    return response
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _closing(worker: Worker) -> Any:
+    @web.middleware
+    async def close_connections(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if worker.serves_socketio or is_polling(request.query_string):
+            response.force_close()
+        return response
+
+    return close_connections
 
 
 async def serve(worker: Worker, app: web.Application, *, shutdown_timeout: float = SHUTDOWN_TIMEOUT,
                 ready: bool = True, **runner_kwargs: Any) -> None:
     """Serves ``app`` on the handed-off connections until clusterd asks this worker to drain, then
-    shuts it down gracefully. Tells clusterd the worker is ready once it serves (unless
+    shuts it down gracefully. ``keepalive_timeout`` is :attr:`Worker.header_timeout` unless given
+    (see the module docs). Tells clusterd the worker is ready once it serves (unless
     ``ready=False``: then call :meth:`Worker.ready` yourself)."""
-    app.middlewares.append(_close_polling)
+    app.middlewares.append(_closing(worker))
+    if worker.header_timeout is not None:
+        runner_kwargs.setdefault("keepalive_timeout", worker.header_timeout)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout, **runner_kwargs)
     await runner.setup()
     try:

@@ -13,19 +13,22 @@ uvicorn does not listen: each handed-off socket becomes a connection of uvicorn'
 (``h11`` or ``httptools``, with WebSocket upgrades) through ``loop.connect_accepted_socket``, with
 the bytes clusterd already read delivered first. The lifespan protocol runs as under uvicorn
 (startup before ready, shutdown after the drain). Engine.IO polling responses carry
-``Connection: close`` (PROTOCOL.md). On drain, uvicorn's graceful shutdown runs: requests in
-flight finish within ``timeout_graceful_shutdown``.
+``Connection: close`` (PROTOCOL.md), and so does every HTTP response of a worker whose Socket.IO
+server holds sessions (:attr:`Worker.serves_socketio`). A request head must arrive within
+:attr:`Worker.header_timeout` (uvicorn's own ``timeout_keep_alive`` is not armed before the first
+request, and any byte of a next head disarms it). On drain, uvicorn's graceful shutdown runs:
+requests in flight finish within ``timeout_graceful_shutdown``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Dict, MutableMapping
+from typing import Any, Awaitable, Callable, Dict, MutableMapping, Optional
 
 from ._engineio import is_polling
 from .worker import Worker
 
-__all__ = ["serve", "run", "close_polling_connections", "SHUTDOWN_TIMEOUT"]
+__all__ = ["serve", "run", "close_polling_connections", "close_connections", "SHUTDOWN_TIMEOUT"]
 
 #: Seconds the requests in flight get to finish on drain, by default (keep it below ``--grace``).
 SHUTDOWN_TIMEOUT = 10.0
@@ -39,9 +42,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 def close_polling_connections(app: ASGIApp) -> ASGIApp:
     """Wraps an ASGI app so that its Engine.IO polling responses carry ``Connection: close``."""
+    return close_connections(app, lambda: False)
+
+
+def close_connections(app: ASGIApp, every: Callable[[], bool]) -> ASGIApp:
+    """Wraps an ASGI app so that its Engine.IO polling responses carry ``Connection: close``, and
+    all its HTTP responses while ``every()`` is true (a worker whose Socket.IO server holds
+    sessions: a browser reuses a page's kept-alive connection for its polling requests)."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_polling(scope.get("query_string", b"").decode("latin-1")):
+        if scope["type"] != "http" or not (
+                every() or is_polling(scope.get("query_string", b"").decode("latin-1"))):
             await app(scope, receive, send)
             return
 
@@ -67,7 +78,7 @@ async def serve(worker: Worker, app: ASGIApp, *, ready: bool = True, **config: A
 
     settings: Dict[str, Any] = {"timeout_graceful_shutdown": SHUTDOWN_TIMEOUT, "log_level": "warning"}
     settings.update(config)
-    cfg = uvicorn.Config(close_polling_connections(app), **settings)
+    cfg = uvicorn.Config(close_connections(app, lambda: worker.serves_socketio), **settings)
     if not cfg.loaded:
         cfg.load()
     server = uvicorn.Server(cfg)
@@ -77,9 +88,15 @@ async def serve(worker: Worker, app: ASGIApp, *, ready: bool = True, **config: A
     if server.lifespan.should_exit:
         raise RuntimeError("the ASGI application's lifespan startup failed")
 
+    loop = asyncio.get_running_loop()
+    head_timeout = worker.header_timeout
+
     def protocol() -> asyncio.Protocol:
-        return cfg.http_protocol_class(  # type: ignore[call-arg, no-any-return]
+        made: asyncio.Protocol = cfg.http_protocol_class(  # type: ignore[call-arg]
             config=cfg, server_state=server.server_state, app_state=server.lifespan.state)
+        if head_timeout is not None and hasattr(made, "cycle"):
+            _HeadWatch(made, head_timeout, loop)
+        return made
 
     # uvicorn's own tick keeps its Date header fresh and stops when asked.
     ticking = asyncio.ensure_future(server.main_loop())
@@ -92,6 +109,40 @@ async def serve(worker: Worker, app: ASGIApp, *, ready: bool = True, **config: A
         server.should_exit = True
         await ticking
         await server.shutdown()
+
+
+class _HeadWatch:
+    """Closes a uvicorn connection that takes over ``timeout`` to send a request head.
+
+    uvicorn's protocols (h11 and httptools) set ``cycle`` when a head is parsed and mark it
+    ``response_complete`` after its response. A check every ``timeout`` closes the connection when
+    no head came at all, or when the same finished cycle was already finished at the previous
+    check (a next head that has not come in one whole period: at most twice ``timeout``). One timer
+    per connection and period, nothing per read.
+    """
+
+    __slots__ = ("_proto", "_timeout", "_loop", "_seen", "_seen_complete")
+
+    def __init__(self, proto: asyncio.Protocol, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        self._proto = proto
+        self._timeout = timeout
+        self._loop = loop
+        self._seen: Any = None
+        self._seen_complete = False
+        loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        proto = self._proto
+        transport: Optional[asyncio.BaseTransport] = getattr(proto, "transport", None)
+        if transport is None or transport.is_closing() or transport.get_protocol() is not proto:
+            return  # closed, or switched to another protocol (a WebSocket): not ours to time
+        cycle = getattr(proto, "cycle", None)
+        if cycle is None or (cycle is self._seen and self._seen_complete):
+            transport.close()
+            return
+        self._seen = cycle
+        self._seen_complete = bool(getattr(cycle, "response_complete", False))
+        self._loop.call_later(self._timeout, self._check)
 
 
 def run(app: ASGIApp, **config: Any) -> None:

@@ -2,7 +2,10 @@
 
 Only ``ToWorker.Connection`` carries an fd (exactly one). Anything else with control data, a
 ``Connection`` without its fd, truncated control data (``MSG_CTRUNC``) or a truncated datagram
-(``MSG_TRUNC``) is a protocol error, and every fd that came with it is closed. fds are received
+(``MSG_TRUNC``) is a protocol error, and every fd that came with it is closed. One exception: a
+``Connection`` with ``MSG_CTRUNC`` and no fd at all is what the kernel delivers when this process
+is at its fd limit; it is returned with the fd :data:`LOST` (the connection is gone, the channel
+is fine). fds are received
 close-on-exec (``MSG_CMSG_CLOEXEC``). Sends use ``MSG_NOSIGNAL``: a gone clusterd is an error,
 not a ``SIGPIPE``.
 """
@@ -20,7 +23,7 @@ from .codec import CodecError, Oversized
 from .errors import BadEnvironment, Disconnected, ProtocolError
 from .protocol import MAX_FRAME, Connection, ToWorker, decode_to_worker
 
-__all__ = ["Channel", "take_socket_fd", "MAX_PENDING_FRAMES"]
+__all__ = ["Channel", "take_socket_fd", "MAX_PENDING_FRAMES", "LOST"]
 
 #: Frames queued while clusterd's socket buffer is full; more is an error (clusterd is not reading).
 MAX_PENDING_FRAMES = 8192
@@ -28,6 +31,8 @@ MAX_PENDING_FRAMES = 8192
 #: truncation that would hide them.
 _ANCILLARY_SPACE = socket.CMSG_SPACE(4 * 4)
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+#: The fd of a ``Connection`` whose fd the kernel could not install (``MSG_CTRUNC``, none received).
+LOST = -1
 
 
 def take_socket_fd(fd: int, kind: int, var: str) -> socket.socket:
@@ -73,7 +78,8 @@ class Channel:
         return self.sock.fileno()
 
     def recv(self) -> Optional[Tuple[ToWorker, Optional[int]]]:
-        """The next frame and its fd (for ``Connection``); ``None`` when clusterd closed its end.
+        """The next frame and its fd (for ``Connection``; :data:`LOST` when this process had no room
+        for it); ``None`` when clusterd closed its end.
 
         Raises ``BlockingIOError`` when no datagram is waiting, :class:`ProtocolError` or a
         :class:`~clusterd_worker.codec.CodecError` for bytes that are not a frame.
@@ -96,11 +102,13 @@ class Channel:
         try:
             if flags & socket.MSG_TRUNC or len(data) > MAX_FRAME:
                 raise Oversized(len(data), MAX_FRAME)
-            if flags & socket.MSG_CTRUNC:
-                raise ProtocolError("control data truncated (too many fds)")
             if other:
                 raise ProtocolError("unexpected control data on a frame")
             frame = decode_to_worker(data)
+            if flags & socket.MSG_CTRUNC:
+                if not fds and isinstance(frame, Connection):
+                    return frame, LOST  # at the fd limit: the kernel closed the fd, not the channel
+                raise ProtocolError("control data truncated (too many fds)")
             expected = 1 if isinstance(frame, Connection) else 0
             if len(fds) != expected:
                 raise ProtocolError(f"{len(fds)} fds on a {type(frame).__name__} frame (expected {expected})")

@@ -21,7 +21,7 @@ __all__ = [
     "UnknownAddress", "V4Address", "V6Address", "UnixAddress", "Address",
     "Hello", "Drain", "Connection", "SessionAck", "Bound", "Failed", "ListenResult", "Listening",
     "WorkerHello", "Ready", "Heartbeat", "ConnectionsClosed", "SessionOpen", "SessionClose", "Listen",
-    "ToWorker", "FromWorker", "encode", "decode_to_worker", "decode_from_worker", "valid_sid",
+    "Capacity", "Handback", "ToWorker", "FromWorker", "encode", "decode_to_worker", "decode_from_worker", "valid_sid",
 ]
 
 #: The protocol version this package speaks; clusterd replaces a worker that greets with another.
@@ -236,8 +236,27 @@ class Listen:
     addr: str
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """``FromWorker`` tag 7 (optional): ``full`` when the worker is near its fd limit, or lost a
+    connection's fd; not full when it has room again. Sent on a change only."""
+
+    full: bool
+
+
+@dataclass(frozen=True)
+class Handback:
+    """``FromWorker`` tag 8 (optional, + the connection's fd): give connection ``id`` back to
+    clusterd with the bytes read and not served. This package does not send it (it closes kept-alive
+    connections instead, see the README); it is here for the protocol's test vectors."""
+
+    id: int
+    initial: bytes
+
+
 #: A frame a worker sends.
-FromWorker = Union[WorkerHello, Ready, Heartbeat, ConnectionsClosed, SessionOpen, SessionClose, Listen]
+FromWorker = Union[WorkerHello, Ready, Heartbeat, ConnectionsClosed, SessionOpen, SessionClose, Listen,
+                   Capacity, Handback]
 
 _READY = bytes([1])
 _HEARTBEAT = bytes([2])
@@ -313,6 +332,10 @@ def _encode(frame: Union[ToWorker, FromWorker]) -> bytes:
         w.u32(5).string(frame.sid)
     elif isinstance(frame, Listen):
         w.u32(6).u32(frame.seq).string(frame.addr)
+    elif isinstance(frame, Capacity):
+        w.u32(7).boolean(frame.full)
+    elif isinstance(frame, Handback):
+        w.u32(8).u64(frame.id).bytes(frame.initial)
     else:
         raise TypeError(f"not a frame: {frame!r}")
     if len(w.buf) > MAX_FRAME:
@@ -354,7 +377,7 @@ def decode_to_worker(data: bytes) -> ToWorker:
 def decode_from_worker(data: bytes) -> FromWorker:
     """Decodes one datagram from a worker into exactly one frame (clusterd's side; for tests)."""
     r = _reader(data)
-    tag = r.tag(7, "FromWorker")
+    tag = r.tag(9, "FromWorker")
     frame: FromWorker
     if tag == 0:
         frame = WorkerHello(r.u16(), r.u32())
@@ -371,7 +394,11 @@ def decode_from_worker(data: bytes) -> FromWorker:
         frame = SessionOpen(r.u32(), r.string())
     elif tag == 5:
         frame = SessionClose(r.string())
-    else:
+    elif tag == 6:
         frame = Listen(r.u32(), r.string())
+    elif tag == 7:
+        frame = Capacity(r.boolean())
+    else:
+        frame = Handback(r.u64(), r.bytes())
     r.finish()
     return frame

@@ -13,10 +13,14 @@ That is all a python-socketio application changes to run on every core:
 - **Sticky sessions.** The manager hooks the Engine.IO server's ``connect`` and ``disconnect``
   events (:func:`sticky_sessions`): each new polling session is reported to clusterd
   (``SessionOpen``) and the handshake response leaves only after clusterd's ``SessionAck``, so the
-  client's next request, on whatever connection, reaches this worker; an ended session is
-  reported (``SessionClose``). The server integrations (:mod:`clusterd_worker.aiohttp`,
-  :mod:`clusterd_worker.asgi`) close the connection after each polling response, so a kept-alive
-  connection never carries a request of another worker's session.
+  client's next request, on whatever connection, reaches this worker. A WebSocket-only session is
+  reported too (without waiting: its id travels inside its one connection), so clusterd's
+  ``status`` counts every live session whatever its transport. A session is reported ended
+  (``SessionClose``) as soon as the Engine.IO server closes it (the client left or closed, its ping
+  timed out, or the server disconnected it). The server integrations (:mod:`clusterd_worker.aiohttp`,
+  :mod:`clusterd_worker.asgi`) close the connection of every HTTP response of such a worker, so a
+  kept-alive connection (a browser's, opened for the page) never carries a request of another
+  worker's session.
 - **Cross-worker emits.** :class:`ClusterdManager` is python-socketio's ``AsyncPubSubManager``
   over clusterd's bus instead of Redis: ``emit`` to everyone or a room, ``enter_room``,
   ``leave_room``, ``close_room``, ``disconnect`` and emits with callbacks (``call``) reach the
@@ -67,19 +71,26 @@ def sticky_sessions(server: "socketio.AsyncServer", worker: Worker) -> None:
     if getattr(eio, "_clusterd_sticky", False):
         return
     eio._clusterd_sticky = True
+    worker.serves_socketio = True
     connect = eio.handlers.get("connect")
     disconnect = eio.handlers.get("disconnect")
     reported: Set[str] = set()
 
+    async def report(eio_sid: str) -> None:
+        try:
+            await worker.session_open(eio_sid)
+        except ClusterdError as error:
+            # The session works while its requests reach this worker anyway.
+            log.warning("cannot register session %s with clusterd: %s", eio_sid, error)
+
     async def on_connect(eio_sid: str, environ: Dict[str, Any]) -> Any:
-        # A WebSocket-only session lives on its one connection: nothing to route.
+        reported.add(eio_sid)
         if is_polling(environ.get("QUERY_STRING", "")):
-            try:
-                await worker.session_open(eio_sid)
-                reported.add(eio_sid)
-            except ClusterdError as error:
-                # The session works while its requests reach this worker anyway.
-                log.warning("cannot register session %s with clusterd: %s", eio_sid, error)
+            await report(eio_sid)
+        else:
+            # WebSocket only: the session lives on its one connection and its client gets its id
+            # inside it, so nothing waits for clusterd; it is reported so that status counts it.
+            worker.session_report(eio_sid)
         accepted = True if connect is None else await _call(connect, eio_sid, environ)
         if accepted is not None and accepted is not True and eio_sid in reported:
             reported.discard(eio_sid)

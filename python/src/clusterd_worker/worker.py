@@ -31,7 +31,8 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from . import protocol as p
 from .bus import Bus
 from .bus_protocol import ENV_BUS_FD
-from .channel import Channel, take_socket_fd
+from .capacity import RECHECK_EVERY, Capacity
+from .channel import LOST, Channel, take_socket_fd
 from .codec import CodecError
 from .errors import (
     AlreadyTaken, BadEnvironment, BadSessionId, ClusterdError, Disconnected, ListenFailed,
@@ -40,6 +41,7 @@ from .errors import (
 
 __all__ = [
     "Worker", "SESSION_ACK_TIMEOUT", "DRAIN_FRAME_WAIT", "DRAIN_ACCEPT_WAIT", "CONNECTION_QUEUE",
+    "HEADER_TIMEOUT", "ENV_HEADER_TIMEOUT_MS", "MAX_HEADER_TIMEOUT",
 ]
 
 log = logging.getLogger("clusterd_worker")
@@ -54,6 +56,13 @@ DRAIN_ACCEPT_WAIT = 2.0
 #: Connections handed over before :meth:`Worker.serve` was called that wait for it; more are
 #: closed (and reported closed).
 CONNECTION_QUEUE = 1024
+#: How long a handed-off HTTP connection may take to send a request head, by default, in seconds
+#: (the Rust SDK's default): a client that never finishes its headers must not keep an fd forever.
+HEADER_TIMEOUT = 30.0
+#: Environment variable that sets the head timeout in milliseconds (``0``: none), as for the Rust SDK.
+ENV_HEADER_TIMEOUT_MS = "CLUSTERD_HEADER_TIMEOUT_MS"
+#: The longest head timeout the variable may set, in seconds (a day).
+MAX_HEADER_TIMEOUT = 86400.0
 #: Frames read per wake-up of the reader, so a flood of frames does not starve the loop.
 _READ_BATCH = 64
 
@@ -132,6 +141,19 @@ def _expire(ack: "asyncio.Future[None]", sid: str) -> None:
             f"clusterd did not acknowledge session {sid} within {SESSION_ACK_TIMEOUT}s"))
 
 
+def _header_timeout() -> Optional[float]:
+    value = os.environ.get(ENV_HEADER_TIMEOUT_MS)
+    if value is None:
+        return HEADER_TIMEOUT
+    try:
+        ms = int(value.strip())
+    except ValueError:
+        raise BadEnvironment(f"{ENV_HEADER_TIMEOUT_MS}={value!r} is not a number of milliseconds") from None
+    if not 0 <= ms <= MAX_HEADER_TIMEOUT * 1000:
+        raise BadEnvironment(f"{ENV_HEADER_TIMEOUT_MS}={ms}: from 0 (none) to {int(MAX_HEADER_TIMEOUT * 1000)}")
+    return ms / 1000 if ms else None
+
+
 def _env_int(var: str) -> int:
     value = os.environ.get(var)
     if value is None:
@@ -188,6 +210,16 @@ class Worker:
         self._heartbeat: Optional["asyncio.Task[None]"] = None
         self._reading = True
         self._tasks: Set["asyncio.Future[Any]"] = set()
+        self._capacity = Capacity()
+        self._recheck: Optional[asyncio.TimerHandle] = None
+        #: How long the server integrations give a connection to send a request head, in seconds
+        #: (``None``: no limit): :data:`HEADER_TIMEOUT`, or ``CLUSTERD_HEADER_TIMEOUT_MS``.
+        self.header_timeout: Optional[float] = _header_timeout()
+        #: Whether a Socket.IO server of this worker holds sessions (set by
+        #: :func:`clusterd_worker.socketio.sticky_sessions`): then the server integrations close
+        #: every HTTP response's connection, so that no kept-alive connection carries a request of
+        #: a session that lives on another worker.
+        self.serves_socketio = False
         loop.add_reader(self._channel.fileno(), self._readable)
 
     @classmethod
@@ -289,6 +321,20 @@ class Worker:
             timer.cancel()
             self._acks.pop(seq, None)
 
+    def session_report(self, sid: str) -> None:
+        """Reports session ``sid`` without waiting for clusterd's acknowledgement.
+
+        For a session whose client has its id already and whose requests all come on one
+        connection (a WebSocket-only Engine.IO session): nothing needs routing, but clusterd's
+        ``status`` then counts it. Never blocks; errors are logged, not raised.
+        """
+        if not p.valid_sid(sid):
+            return
+        try:
+            self._send(p.SessionOpen(next(self._seq) & 0xFFFF_FFFF, sid))
+        except ClusterdError as error:
+            log.debug("cannot report session %s: %s", sid, error)
+
     def session_close(self, sid: str) -> None:
         """Reports that session ``sid`` ended. Never blocks; errors are logged, not raised."""
         if not p.valid_sid(sid):
@@ -329,6 +375,11 @@ class Worker:
         await self._drained.wait()
 
     @property
+    def at_capacity(self) -> bool:
+        """Whether this worker told clusterd it is full (near its fd limit, or it lost an fd)."""
+        return self._capacity.full
+
+    @property
     def is_draining(self) -> bool:
         """Whether the drain was signalled (:meth:`draining` resolved)."""
         return self._drained.is_set()
@@ -338,6 +389,9 @@ class Worker:
         self._stop_reading()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         self._channel.close()
         if self._bus is not None:
             self._bus.close()
@@ -365,7 +419,10 @@ class Worker:
             frame, fd = got
             if isinstance(frame, p.Connection):
                 assert fd is not None, "the channel checks the fd count"
-                self._connection(frame, fd)
+                if fd == LOST:
+                    self._connection_lost(frame)
+                else:
+                    self._connection(frame, fd)
             elif isinstance(frame, p.SessionAck):
                 ack = self._acks.pop(frame.seq, None)
                 if ack is not None and not ack.done():
@@ -417,7 +474,35 @@ class Worker:
 
     # -- handed-off connections -----------------------------------------------------------------
 
+    def _connection_lost(self, frame: p.Connection) -> None:
+        # The kernel could not install the fd (this process is at RLIMIT_NOFILE) and closed it: the
+        # client lost this one connection, nothing else. clusterd must stop sending more.
+        log.warning("connection %d lost: no fd free to receive it (at the fd limit)", frame.id)
+        self._connection_closed(frame.id)
+        if self._capacity.on_lost():
+            self._capacity_changed()
+
+    def _capacity_changed(self) -> None:
+        full = self._capacity.full
+        log.warning("at the fd limit (%d): no new connections" if full else "room again under the fd limit (%d)",
+                    self._capacity.limit)
+        try:
+            self._send(p.Capacity(full))
+        except ClusterdError:
+            return
+        if full and self._recheck is None:
+            self._recheck = self._loop.call_later(RECHECK_EVERY, self._recheck_capacity)
+
+    def _recheck_capacity(self) -> None:
+        self._recheck = None
+        if self._capacity.recheck():
+            self._capacity_changed()
+        elif self._capacity.full and self._reading:
+            self._recheck = self._loop.call_later(RECHECK_EVERY, self._recheck_capacity)
+
     def _connection(self, frame: p.Connection, fd: int) -> None:
+        if self._capacity.on_fd(fd):
+            self._capacity_changed()
         # The frame says what the socket is (PROTOCOL.md: TCP for V4/V6, Unix otherwise), which
         # spares the kernel queries of socket(fileno=) on every handoff.
         if isinstance(frame.local, p.V4Address):
@@ -466,6 +551,8 @@ class Worker:
 
     def _report_closed(self) -> None:
         ids, self._closed = self._closed, []
+        if self._capacity.recheck():
+            self._capacity_changed()
         for start in range(0, len(ids), p.MAX_CLOSED_PER_FRAME):
             try:
                 self._send(p.ConnectionsClosed(tuple(ids[start:start + p.MAX_CLOSED_PER_FRAME])))

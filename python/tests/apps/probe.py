@@ -10,12 +10,19 @@ clusterd_worker.aiohttp (``probe.py asgi|aiohttp``). Routes:
 - ``GET /raise``: the handler raises (a 500); other clients must not notice.
 
 With ``LISTEN=ADDR`` it asks clusterd to listen there and prints ``listening on <addr>``.
+
+With ``PROBE_NOFILE=N`` its fd limit is N (``resource.setrlimit``, before the worker starts); with
+``PROBE_FILL_FDS=1`` it then opens ``/dev/null`` until no fd is left and prints ``filled <n>
+fds``, so the next handed-off connection cannot be received (``MSG_CTRUNC``); ``SIGUSR1`` closes
+them again and it prints ``freed <n> fds``.
 """
 
 import asyncio
 import hashlib
 import json
 import os
+import resource
+import signal
 import sys
 from urllib.parse import parse_qs
 
@@ -91,8 +98,33 @@ def aiohttp_app(worker):
     return app
 
 
+def fill_fds():
+    """Opens /dev/null until the fd table is full; SIGUSR1 closes them all again."""
+    filler = []
+    while True:
+        try:
+            filler.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            break
+    print(f"filled {len(filler)} fds", flush=True)
+
+    def free():
+        for fd in filler:
+            os.close(fd)
+        print(f"freed {len(filler)} fds", flush=True)
+        filler.clear()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, free)
+
+
 async def main(kind):
+    if os.environ.get("PROBE_NOFILE"):
+        limit = int(os.environ["PROBE_NOFILE"])
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     worker = await clusterd_worker.Worker.start()
+    if os.environ.get("PROBE_FILL_FDS"):
+        # Once the server is set up (it needs no fd of its own for a handed-off connection).
+        asyncio.get_running_loop().call_later(0, fill_fds)
     if os.environ.get("LISTEN"):
         print(f"listening on {await worker.listen(os.environ['LISTEN'])}", flush=True)
     if kind == "asgi":
