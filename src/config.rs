@@ -537,8 +537,9 @@ fn bridge_config(o: &mut Layers, run: &RunArgs, file: &FileConfig) -> Result<Opt
         None => None,
     };
     let queue = o.pick("bridge_queue", run.bridge_queue, file.bridge_queue).unwrap_or(b::DEFAULT_QUEUE);
-    if queue < b::MIN_QUEUE {
-        return Err(o.invalid("bridge_queue", format!("must be at least {} bytes (64 KiB)", b::MIN_QUEUE)));
+    if !(b::MIN_QUEUE..=b::MAX_QUEUE).contains(&queue) {
+        let message = format!("must be {} to {} bytes (64 KiB to 1 GiB), not {queue}", b::MIN_QUEUE, b::MAX_QUEUE);
+        return Err(o.invalid("bridge_queue", message));
     }
     let host_timeout = o.pick("bridge_host_timeout", run.bridge_host_timeout, file.bridge_host_timeout);
     let host_timeout = host_timeout.unwrap_or(b::DEFAULT_HOST_TIMEOUT);

@@ -296,6 +296,7 @@ fn bad_bridge_options_exit_2_naming_the_option_and_never_the_password() {
         ),
         (vec!["--bridge".into(), "redis://h".into(), "--bridge-group".into(), "a b".into()], "--bridge-group"),
         (vec!["--bridge".into(), "redis://h".into(), "--bridge-queue".into(), "10".into()], "--bridge-queue"),
+        (vec!["--bridge".into(), "redis://h".into(), "--bridge-queue".into(), "2147483648".into()], "--bridge-queue"),
         (
             vec!["--bridge".into(), "redis://h".into(), "--bridge-host-timeout".into(), "100ms".into()],
             "--bridge-host-timeout",

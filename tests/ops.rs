@@ -327,7 +327,7 @@ fn status_watch_through_a_pipe_ends_when_clusterd_stops() {
     let mut stderr = String::new();
     watch.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("clusterd stopped: its control socket"), "{stderr}");
+    assert!(stderr.contains("clusterd: it stopped: its control socket"), "{stderr}");
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub const DEFAULT_GROUP: &str = "clusterd";
 pub const DEFAULT_QUEUE: usize = 16 * 1024 * 1024;
 /// The smallest `--bridge-queue`: room for a few large Socket.IO messages.
 pub const MIN_QUEUE: usize = 64 * 1024;
+/// The most `--bridge-queue` may be: cross-host messages waiting for Redis are memory of clusterd.
+pub const MAX_QUEUE: usize = 1024 * 1024 * 1024;
 /// `--bridge-host-timeout` when none is given: a host not heard of for this long is gone.
 pub const DEFAULT_HOST_TIMEOUT: Duration = Duration::from_secs(3);
 /// The bounds of `--bridge-host-timeout`.

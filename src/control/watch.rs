@@ -52,7 +52,7 @@ async fn watch(control: &Path, interval: Duration, json: bool) -> anyhow::Result
             Ok(reply) if reply.ok => reply.status.context("clusterd answered without a status")?,
             Ok(reply) => bail!("{}", reply.error.unwrap_or_else(|| "refused, with no reason given".into())),
             Err(_) if previous.is_some() => {
-                bail!("clusterd stopped: its control socket {} no longer answers", control.display())
+                bail!("it stopped: its control socket {} no longer answers", control.display())
             }
             Err(error) => return Err(error),
         };
