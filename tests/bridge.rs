@@ -557,16 +557,18 @@ fn redis_over_a_unix_socket() {
 }
 
 /// The alternative that needs no bridge: Node workers that use @socket.io/redis-adapter
-/// themselves (tests/node/workers/redis-adapter-worker.cjs), under clusterd for sticky sessions.
+/// themselves (tests/node/workers/socketio-worker.cjs with ADAPTER=redis), under clusterd for
+/// sticky sessions.
 #[test]
 fn node_workers_with_their_own_redis_adapter_run_under_clusterd() {
     let redis = Redis::start();
-    let script = node_dir().join("workers/redis-adapter-worker.cjs");
+    let script = node_dir().join("workers/socketio-worker.cjs");
     let start = || {
         let mut c = Builder::new()
             .args(&["--protocol", "node", "--workers", "2", "--listen", "127.0.0.1:0"])
             .program(&["node", script.to_str().unwrap()])
             .env("REDIS_URL", &redis.url())
+            .env("ADAPTER", "redis")
             .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
             .start();
         c.wait_ready(2);

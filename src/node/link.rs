@@ -539,20 +539,7 @@ impl NodeLink {
                 let key = self.keys.get(&group).cloned().unwrap_or_default();
                 newconn = Some(self.seq);
                 let seq = self.next_seq();
-                let message = Value::object([
-                    ("cmd", Value::from("NODE_HANDLE")),
-                    ("type", Value::from("net.Native")),
-                    (
-                        "msg",
-                        Value::object([
-                            ("cmd", Value::from("NODE_CLUSTER")),
-                            ("act", Value::from("newconn")),
-                            ("key", Value::from(key)),
-                            ("seq", seq),
-                        ]),
-                    ),
-                ]);
-                Frame::encode(self.mode, &message).map(Frame::into_raw).map_err(|e| e.to_string())
+                Frame::encode(self.mode, &newconn_message(key, seq)).map(Frame::into_raw).map_err(|e| e.to_string())
             }
         };
         let frame = match frame {
@@ -609,28 +596,12 @@ impl NodeLink {
                     Mode::Advanced => Value::buffer(Vec::new()),
                     Mode::Json => Value::from(String::new()),
                 };
-                Value::object([
-                    ("cmd", Value::from("NODE_HANDLE")),
-                    ("type", Value::from("net.Socket")),
-                    ("msg", Value::object([("type", Value::from("sticky:connection")), ("data", data)])),
-                ])
+                sticky_connection(data)
             }
             Some(group) => {
                 let key = self.keys.get(&group).cloned().unwrap_or_default();
                 let seq = self.next_seq();
-                Value::object([
-                    ("cmd", Value::from("NODE_HANDLE")),
-                    ("type", Value::from("net.Native")),
-                    (
-                        "msg",
-                        Value::object([
-                            ("cmd", Value::from("NODE_CLUSTER")),
-                            ("act", Value::from("newconn")),
-                            ("key", Value::from(key)),
-                            ("seq", seq),
-                        ]),
-                    ),
-                ])
+                newconn_message(key, seq)
             }
         };
         let Ok(frame) = Frame::encode(self.mode, &message) else { return Some(false) };
@@ -667,6 +638,24 @@ impl NodeLink {
 /// The message that hands a connection of clusterd's own listeners to a worker, as
 /// `@socket.io/sticky`'s primary sends it: the worker's `setupWorker` puts `data` (the request
 /// clusterd read) back in front of the socket.
+/// A cluster `newconn` of the listener `key`: the handle message of a connection to a server the
+/// worker listens on itself.
+fn newconn_message(key: String, seq: Value) -> Value {
+    Value::object([
+        ("cmd", Value::from("NODE_HANDLE")),
+        ("type", Value::from("net.Native")),
+        (
+            "msg",
+            Value::object([
+                ("cmd", Value::from("NODE_CLUSTER")),
+                ("act", Value::from("newconn")),
+                ("key", Value::from(key)),
+                ("seq", seq),
+            ]),
+        ),
+    ])
+}
+
 fn sticky_connection(data: Value) -> Value {
     Value::object([
         ("cmd", Value::from("NODE_HANDLE")),
