@@ -47,20 +47,7 @@ fn said(c: &Cluster, what: &str) -> Vec<(u64, Value)> {
 
 /// Waits until the workers printed `n` `matrix <what>` lines; returns them.
 fn wait_said(c: &Cluster, what: &str, n: usize) -> Vec<(u64, Value)> {
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let seen = said(c, what);
-        if seen.len() >= n {
-            return seen;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {n} `matrix {what}` lines; output:\n{}",
-            c.stderr_dump()
-        );
-        // Polls the lines collected so far (a bounded wait, not a synchronisation).
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until(&format!("{n} `matrix {what}` lines"), || Some(said(c, what)).filter(|seen| seen.len() >= n))
 }
 
 /// Runs a Node client script of tests/node; returns its JSON line, which must say `"ok": true`.
