@@ -313,6 +313,10 @@ struct Incoming {
     peer: Address,
     local: Address,
     ip: Option<IpAddr>,
+    /// Bytes of the request line already read (a connection given back before its end).
+    initial: Vec<u8>,
+    /// `peer` came from a PROXY protocol header.
+    claimed: bool,
 }
 
 /// An accepted client socket while clusterd routes it.
@@ -323,11 +327,24 @@ enum Client {
 
 impl Client {
     fn new(fd: OwnedFd, unix: bool) -> io::Result<Self> {
+        // Tokio needs it non-blocking; a socket a worker gave back is, unless the worker changed it.
         Ok(if unix {
-            Self::Unix(tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?)
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)?;
+            Self::Unix(tokio::net::UnixStream::from_std(std)?)
         } else {
-            Self::Tcp(tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?)
+            let std = std::net::TcpStream::from(fd);
+            std.set_nonblocking(true)?;
+            Self::Tcp(tokio::net::TcpStream::from_std(std)?)
         })
+    }
+
+    /// Resolves once the client sent something, or closed.
+    async fn readable(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.readable().await,
+            Self::Unix(s) => s.readable().await,
+        }
     }
 
     /// Reads what has arrived into the spare capacity of `buf` (no zeroing), about `want` bytes.
@@ -381,7 +398,8 @@ async fn accept_loop<S, F, Fut>(
             Ok(stream) => {
                 backoff = Duration::from_millis(5);
                 let (client, peer, local, ip) = split(stream);
-                tokio::spawn(route(Incoming { group, client, peer, local, ip }, limits, routes.clone()));
+                let incoming = Incoming { group, client, peer, local, ip, initial: Vec::new(), claimed: false };
+                tokio::spawn(route(incoming, limits, routes.clone()));
             }
             Err(error) if is_transient(&error) => {
                 tracing::warn!(addr, %error, "accept failed; retrying in {}", crate::duration::show(backoff));
@@ -416,7 +434,7 @@ fn is_transient(error: &io::Error) -> bool {
 /// the byte limit gets `414` and is closed. With no ready worker, HTTP gets `503`, anything else
 /// is closed.
 async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
-    let Incoming { group, mut client, mut peer, local, mut ip } = accepted;
+    let Incoming { group, mut client, mut peer, local, mut ip, mut initial, mut claimed } = accepted;
     let unix = matches!(client, Client::Unix(_));
     if limits.node && group.is_some() {
         let Ok(fd) = client.into_fd() else { return };
@@ -435,9 +453,8 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
         };
         return deliver(handoff, routes).await;
     }
-    let mut initial = Vec::with_capacity(1024);
+    initial.reserve(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
-    let mut claimed = false;
     if limits.proxy_protocol {
         match read_proxy_header(&mut client, &mut initial, deadline, limits.sniff_bytes).await {
             Ok(Some(client_addr)) => {
@@ -526,6 +543,32 @@ async fn read_proxy_header(
 /// Hands a connection that a draining worker did not take to another worker.
 pub fn reroute(handoff: Handoff, routes: mpsc::Sender<RouteMsg>) {
     tokio::spawn(deliver(handoff, routes));
+}
+
+/// The longest clusterd keeps a kept-alive connection that a draining worker gave back between
+/// two requests, waiting for the client's next request to route it by. An idle client past that
+/// is closed, as a server's keep-alive timeout would close it.
+pub const IDLE_HANDBACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Routes a connection a worker gave back: at once by the request line the worker read; or,
+/// when the worker gave it back before a complete request line (a draining worker ends its idle
+/// kept-alive connections that way), once the client sent its next request line, as for a new
+/// connection (within [`IDLE_HANDBACK_WAIT`] for its first byte, then `--sniff-timeout`). So the
+/// next worker gets the request line and follows the connection's requests as the first did.
+pub fn reroute_handback(handoff: Handoff, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
+    if sniff(&handoff.initial, limits.sniff_bytes) != Sniffed::Incomplete {
+        return reroute(handoff, routes);
+    }
+    tokio::spawn(async move {
+        let Handoff { group, fd, peer, local, initial, ip, unix, claimed, .. } = handoff;
+        let Ok(client) = Client::new(fd, unix) else { return };
+        if initial.is_empty() && tokio::time::timeout(IDLE_HANDBACK_WAIT, client.readable()).await.is_err() {
+            return; // idle too long: dropped, so closed
+        }
+        // Its PROXY header, if any, was read at its accept.
+        let limits = Limits { proxy_protocol: false, ..limits };
+        route(Incoming { group, client, peer, local, ip, initial, claimed }, limits, routes).await;
+    });
 }
 
 /// Asks the dispatcher for a worker and queues the connection for it; `503` or a close when none

@@ -56,7 +56,8 @@ fn response(reader: &mut BufReader<TcpStream>) -> Result<(u16, bool), String> {
         Ok(_) => {}
         Err(e) => return Err(format!("reading the status line: {e}")),
     }
-    let code: u16 = line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("status line {line:?}"))?;
+    let code: u16 =
+        line.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("status line {line:?}"))?;
     let (mut length, mut close) = (0usize, false);
     loop {
         let mut header = String::new();
@@ -104,7 +105,9 @@ impl Load {
     /// Waits until the clients were served more requests than now: the pool serves after `what`.
     fn wait_served(&self, what: &str) {
         let before = self.served.load(Ordering::Relaxed);
-        wait_until(&format!("requests served {what}"), || (self.served.load(Ordering::Relaxed) > before + 50).then_some(()));
+        wait_until(&format!("requests served {what}"), || {
+            (self.served.load(Ordering::Relaxed) > before + 50).then_some(())
+        });
     }
 
     /// Stops the clients; returns how many requests were served and every failure.
@@ -198,6 +201,7 @@ fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
         served + failures.len() as u64,
         &failures[..failures.len().min(10)]
     );
+    println!("{served} requests served through 5 reloads and 5 scale-downs, none failed");
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }

@@ -245,7 +245,7 @@ async fn run(
                         Said::Handback(handoff) => {
                             // Counted closed here, and routed again as a new connection.
                             let group = handoff.group;
-                            crate::listener::reroute(*handoff, settings.routes.clone());
+                            crate::listener::reroute_handback(*handoff, settings.limits, settings.routes.clone());
                             Some(EventKind::ConnectionsClosed(vec![group]))
                         }
                         Said::Unlisten { group } => Some(EventKind::Unlisten(group)),

@@ -71,12 +71,29 @@ pub(crate) struct Tracker {
     state: State,
     /// The current head's bytes so far.
     head: Vec<u8>,
+    /// The last complete head lets the connection live on after its response: HTTP/1.1 without
+    /// `Connection: close`. (HTTP/1.0 with `Connection: keep-alive` persists too, but a server may
+    /// end its response with the close there, so it never counts.)
+    keep_alive: bool,
+    /// The stream became opaque because a request asked for another protocol (`Upgrade`, such as
+    /// a WebSocket, or `CONNECT`): a long-lived stream, not a malformed one.
+    upgraded: bool,
 }
 
 impl Tracker {
     /// A tracker for a stream whose first request has begun (clusterd read its request line).
     pub(crate) fn in_first_request() -> Self {
-        Self { state: State::Head, head: Vec::new() }
+        Self { state: State::Head, head: Vec::new(), keep_alive: false, upgraded: false }
+    }
+
+    /// Whether the last complete request head lets the connection carry another request.
+    pub(crate) fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+
+    /// Whether a request switched the stream to another protocol (see [`Phase::Opaque`]).
+    pub(crate) fn upgraded(&self) -> bool {
+        self.upgraded
     }
 
     pub(crate) fn phase(&self) -> Phase {
@@ -120,7 +137,9 @@ impl Tracker {
                     self.head.extend_from_slice(&take[..used]);
                     i += used;
                     if end.is_some() {
-                        self.state = body_of(&self.head);
+                        let framing = body_of(&self.head);
+                        (self.state, self.keep_alive, self.upgraded) =
+                            (framing.state, framing.keep_alive, framing.upgraded);
                         self.head.clear();
                     }
                 }
@@ -161,8 +180,21 @@ fn find_head_end(head: &[u8], more: &[u8]) -> Option<usize> {
     None
 }
 
+/// What a complete head says about the stream after it.
+struct Framing {
+    state: State,
+    keep_alive: bool,
+    upgraded: bool,
+}
+
+impl Framing {
+    fn opaque(upgraded: bool) -> Self {
+        Self { state: State::Opaque, keep_alive: false, upgraded }
+    }
+}
+
 /// The state after a complete head.
-fn body_of(head: &[u8]) -> State {
+fn body_of(head: &[u8]) -> Framing {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
     let line = lines.next().unwrap_or_default();
@@ -170,37 +202,47 @@ fn body_of(head: &[u8]) -> State {
     let method = parts.next().unwrap_or_default();
     let _target = parts.next();
     let version = parts.next().unwrap_or_default();
-    if !(version == "HTTP/1.1" || version == "HTTP/1.0") || method == "CONNECT" {
-        return State::Opaque;
+    if !(version == "HTTP/1.1" || version == "HTTP/1.0") {
+        return Framing::opaque(false);
+    }
+    if method == "CONNECT" {
+        return Framing::opaque(true);
     }
     let mut length: Option<u64> = None;
     let mut chunked = false;
+    // RFC 9112, 9.3: HTTP/1.1 persists unless told to close.
+    let mut keep_alive = version == "HTTP/1.1";
     for header in lines {
         let Some((name, value)) = header.split_once(':') else { continue };
         let value = value.trim();
         if name.eq_ignore_ascii_case("upgrade") {
-            return State::Opaque;
+            return Framing::opaque(true);
+        } else if name.eq_ignore_ascii_case("connection") {
+            if value.split(',').any(|token| token.trim().eq_ignore_ascii_case("close")) {
+                keep_alive = false;
+            }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
             if !chunked {
                 // A request body without a length: the server refuses it; nothing to follow.
-                return State::Opaque;
+                return Framing::opaque(false);
             }
         } else if name.eq_ignore_ascii_case("content-length") {
             match value.parse::<u64>() {
                 Ok(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => return State::Opaque,
+                _ => return Framing::opaque(false),
             }
         }
     }
-    if chunked {
+    let state = if chunked {
         State::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })
     } else {
         match length {
             Some(left) if left > 0 => State::Fixed { left },
             _ => State::Idle,
         }
-    }
+    };
+    Framing { state, keep_alive, upgraded: false }
 }
 
 /// One step of a chunked body over `bytes`: how many it took, and the next chunk state (`None`
@@ -395,6 +437,28 @@ mod tests {
         assert_eq!((used, t.phase()), (18, Phase::Head));
         assert_eq!(t.feed(&two[used..]), 18);
         assert_eq!(t.phase(), Phase::Idle);
+    }
+
+    /// Whether a draining worker may give a connection back after each request, or must let it end.
+    #[test]
+    fn keep_alive_and_upgrades_of_the_last_head() {
+        let after = |stream: &[u8]| {
+            let mut t = Tracker::in_first_request();
+            t.feed(stream);
+            (t.keep_alive(), t.upgraded())
+        };
+        assert_eq!(after(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), (true, false));
+        assert_eq!(after(b"GET / HTTP/1.1\r\nconnection: Keep-Alive, CLOSE\r\n\r\n"), (false, false));
+        assert_eq!(after(b"GET / HTTP/1.0\r\n\r\n"), (false, false));
+        assert_eq!(
+            after(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+            (false, false),
+            "its end may be the close"
+        );
+        assert_eq!(after(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"), (false, true));
+        assert_eq!(after(b"CONNECT a:1 HTTP/1.1\r\n\r\n"), (false, true));
+        assert_eq!(after(b"PRI * HTTP/2.0\r\n\r\n"), (false, false), "opaque, not upgraded");
+        assert_eq!(after(b"GET / HTTP/1.1\r\n"), (false, false), "no complete head yet");
     }
 
     #[test]

@@ -6,10 +6,11 @@
 //! socket and tells clusterd, which counts the connections each worker carries.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -89,6 +90,12 @@ pub struct Connection {
     report: Option<(u64, mpsc::Sender<Report>)>,
     /// Counted until the application first reads: a drain waits for that (see `Worker::draining`).
     unread: Option<Arc<Unread>>,
+    /// The worker's drain, as its connections see it (counted live in it until closed).
+    drain: Arc<Drain>,
+    /// Registered with the drain once a request switched the stream to another protocol.
+    upgraded: Option<Arc<UpgradedSocket>>,
+    /// Queued for clusterd: the report task counts it closed once the frame is sent.
+    handed: bool,
 }
 
 /// The HTTP/1.x side of a connection: its framing, the header timer, and the check of each later
@@ -136,6 +143,99 @@ pub(crate) struct Serving {
     /// The longest a request head may take; `None`: no limit.
     pub(crate) header_timeout: Option<std::time::Duration>,
     pub(crate) sessions: Arc<Sessions>,
+    pub(crate) drain: Arc<Drain>,
+}
+
+/// The worker's drain as its connections see it, shared by all of them.
+///
+/// Once the drain starts, a kept-alive connection between two requests is given back to clusterd
+/// instead of closing (its client may be sending its next request at that very moment: a close
+/// would lose it), and upgraded connections (WebSockets) are shut down one by one over a spread,
+/// so that their clients do not all reconnect to the other workers in the same second.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    started: AtomicBool,
+    /// Connections handed over and neither closed nor given back (a handback counts once its
+    /// frame is sent: the process may exit after that, not before).
+    live: AtomicUsize,
+    /// Signalled when `live` comes down to 0.
+    pub(crate) idle: tokio::sync::Notify,
+    upgrades: Mutex<Upgrades>,
+}
+
+#[derive(Debug, Default)]
+struct Upgrades {
+    sockets: Vec<Weak<UpgradedSocket>>,
+    /// The list is compacted (ended connections dropped) when it reaches this length.
+    compact_at: usize,
+    /// The spread is over: a connection upgraded from now on is shut down at once.
+    swept: bool,
+}
+
+impl Drain {
+    pub(crate) fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn live(&self) -> usize {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// One connection fewer: closed, or its handback sent.
+    pub(crate) fn release(&self) {
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// The upgraded connections still open, in the order they upgraded; with `last`, the spread
+    /// ends: later upgrades are shut down at once.
+    pub(crate) fn upgraded(&self, last: bool) -> Vec<Arc<UpgradedSocket>> {
+        let mut upgrades = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
+        upgrades.swept |= last;
+        std::mem::take(&mut upgrades.sockets).iter().filter_map(Weak::upgrade).collect()
+    }
+
+    fn register(&self, fd: RawFd) -> Arc<UpgradedSocket> {
+        let socket = Arc::new(UpgradedSocket { fd: Mutex::new(Some(fd)) });
+        let mut upgrades = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
+        if upgrades.swept {
+            drop(upgrades);
+            socket.shut_down();
+            return socket;
+        }
+        upgrades.sockets.push(Arc::downgrade(&socket));
+        if upgrades.sockets.len() >= upgrades.compact_at {
+            upgrades.sockets.retain(|s| s.strong_count() > 0);
+            upgrades.compact_at = (upgrades.sockets.len() * 2).max(64);
+        }
+        socket
+    }
+}
+
+/// The socket of an upgraded connection, for the drain's spread to shut down while the
+/// connection lives (the fd number is forgotten, under the lock, before the fd closes).
+#[derive(Debug)]
+pub(crate) struct UpgradedSocket {
+    fd: Mutex<Option<RawFd>>,
+}
+
+impl UpgradedSocket {
+    /// Ends the stream both ways: the client sees the close now (a WebSocket client reconnects,
+    /// through clusterd, to a live worker), and the server reads its end and lets go.
+    pub(crate) fn shut_down(&self) {
+        if let Some(fd) = *self.fd.lock().unwrap_or_else(|p| p.into_inner()) {
+            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+        }
+    }
+
+    fn forget(&self) {
+        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
 }
 
 /// The Engine.IO sessions this worker process holds (it created them), so that a kept-alive
@@ -268,7 +368,38 @@ impl Connection {
                 unread.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Some(unread)
             },
+            drain: {
+                serving.drain.live.fetch_add(1, Ordering::SeqCst);
+                Arc::clone(&serving.drain)
+            },
+            upgraded: None,
+            handed: false,
         })
+    }
+
+    /// Registers an upgraded connection with the drain, once.
+    fn note_upgrade(&mut self) {
+        if self.upgraded.is_some() || !self.http.as_ref().is_some_and(|h| h.tracker.upgraded()) {
+            return;
+        }
+        let fd = match &self.socket {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+            Socket::Gone => return,
+        };
+        self.upgraded = Some(self.drain.register(fd));
+    }
+
+    /// The server ends the connection between two requests while the worker drains: give it
+    /// back instead. Only a connection whose last request let it persist (HTTP/1.1 without
+    /// `Connection: close`), and whose next request the server has not begun to read: nothing of
+    /// it, or only bytes held back.
+    fn give_back_on_close(&self) -> bool {
+        let Some(http) = &self.http else { return false };
+        self.drain.started()
+            && http.tracker.keep_alive()
+            && (http.decide
+                || (http.tracker.phase() == crate::http1::Phase::Idle && self.consumed == self.initial.len()))
     }
 
     /// The application has started with this connection (or dropped it).
@@ -329,7 +460,9 @@ impl Connection {
             Some(fd) => report.try_send(Report::Handback { id, fd, initial }).is_ok(),
             None => false,
         };
-        if !sent {
+        if sent {
+            self.handed = true;
+        } else {
             // The connection is lost (the fd closed with the failed report): count it closed.
             let _ = report.try_send(Report::Closed(id));
         }
@@ -371,6 +504,12 @@ impl Drop for Connection {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
             let _ = report.try_send(Report::Closed(id));
         }
+        if let Some(upgraded) = self.upgraded.take() {
+            upgraded.forget();
+        }
+        if !self.handed {
+            self.drain.release();
+        }
     }
 }
 
@@ -378,6 +517,7 @@ impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         this.mark_read();
+        this.note_upgrade();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -391,7 +531,16 @@ impl AsyncRead for Connection {
                     return Poll::Ready(Err(error));
                 }
                 if http.decide {
-                    match verdict(&this.initial[this.consumed..], &http.sessions) {
+                    let start = &this.initial[this.consumed..];
+                    let verdict = match verdict(start, &http.sessions) {
+                        // A draining worker gives back every later request it can: once the
+                        // server has its bytes, it may close the connection with them unserved.
+                        Verdict::Keep if this.drain.started() && crate::http1::request_line(start).is_some() => {
+                            Verdict::HandBack
+                        }
+                        verdict => verdict,
+                    };
+                    match verdict {
                         Verdict::Keep => http.decide = false,
                         Verdict::HandBack => {
                             http.handing = true;
@@ -497,6 +646,12 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.handing()
+            && self.give_back_on_close()
+            && let Some(http) = &mut self.http
+        {
+            http.handing = true;
+        }
         if self.handing() {
             // Everything the server wrote is flushed: the client's connection goes on elsewhere.
             self.hand_back();
@@ -605,7 +760,7 @@ mod tests {
             initial: initial.to_vec(),
         };
         let (tx, rx) = mpsc::channel(8);
-        let serving = Serving { header_timeout: None, sessions };
+        let serving = Serving { header_timeout: None, sessions, drain: Arc::default() };
         let c = Connection::new(frame, OwnedFd::from(ours), tx, Arc::default(), &serving).unwrap();
         (c, client, rx)
     }

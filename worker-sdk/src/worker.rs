@@ -37,6 +37,12 @@ const DRAIN_ACCEPT_WAIT: Duration = Duration::from_secs(2);
 /// While at capacity, how often the open fds are counted again besides when connections close
 /// (fds the application closes on its own are seen this way).
 const CAPACITY_RECHECK: Duration = Duration::from_secs(1);
+/// A draining worker shuts its upgraded connections (WebSockets) down one by one over the grace
+/// divided by this, so that their clients reconnect to the other workers gradually, and the rest
+/// of the grace is left for the last ones to finish before `SIGKILL`.
+pub const SPREAD_SHARE_OF_GRACE: u32 = 2;
+/// The longest that spread lasts, whatever the grace.
+pub const MAX_SPREAD: Duration = Duration::from_secs(60);
 
 /// A worker's connection to clusterd.
 ///
@@ -87,6 +93,8 @@ struct Inner {
     sessions: Arc<crate::listener::Sessions>,
     /// Milliseconds a request head may take on a handed-off connection; 0: no limit.
     header_timeout_ms: std::sync::atomic::AtomicU64,
+    /// The drain as the connections see it: the live ones, the upgraded ones.
+    conns: Arc<crate::listener::Drain>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -157,8 +165,14 @@ impl Worker {
             capacity: Arc::new(crate::capacity::Capacity::from_rlimit()),
             sessions: Arc::default(),
             header_timeout_ms: std::sync::atomic::AtomicU64::new(header_timeout_from_env()?),
+            conns: Arc::default(),
         });
-        runtime.spawn(send_reports(Arc::clone(&inner.channel), report_queue, Arc::clone(&inner.capacity)));
+        runtime.spawn(send_reports(
+            Arc::clone(&inner.channel),
+            report_queue,
+            Arc::clone(&inner.capacity),
+            Arc::clone(&inner.conns),
+        ));
         let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Error::BadIpcFd { fd, reason: format!("cannot watch SIGTERM ({e})") })?;
         runtime.spawn(watch_sigterm(sigterm, Arc::clone(&inner)));
@@ -200,6 +214,36 @@ impl Worker {
     /// this resolves loses no client.
     pub async fn draining(&self) {
         self.inner.drain.cancelled().await
+    }
+
+    /// Resolves once the drain has begun and every connection handed to this worker is closed
+    /// or given back to clusterd. Await it after the server returned and before `main` does:
+    /// the process's exit would end the connections still open all at once.
+    ///
+    /// While a worker drains, the SDK ends its connections itself, for any server:
+    ///
+    /// - **Kept-alive HTTP/1.1 connections** between two requests go back to clusterd instead of
+    ///   closing (a server that shuts down gracefully closes its idle connections, as axum's
+    ///   `with_graceful_shutdown` does; a request that comes meanwhile goes back with its bytes),
+    ///   and clusterd routes each to a live worker by its next request. A client never sees
+    ///   its connection close under a request it already sent.
+    /// - **Upgraded connections** (WebSockets, and so Socket.IO sessions over WebSocket) are shut
+    ///   down one by one, evenly over the grace divided by [`SPREAD_SHARE_OF_GRACE`] (at most
+    ///   [`MAX_SPREAD`]; at once when clusterd gave no grace), so that their clients do not all
+    ///   reconnect to the other workers in the same second.
+    ///
+    /// Requests in flight, long-polls included, are the server's to finish.
+    pub async fn drained(&self) {
+        self.draining().await;
+        loop {
+            let idle = self.inner.conns.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.inner.conns.live() == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// Whether a drain has been requested.
@@ -336,6 +380,7 @@ async fn send_reports(
     channel: Arc<WorkerChannel>,
     mut queue: mpsc::Receiver<Report>,
     capacity: Arc<crate::capacity::Capacity>,
+    conns: Arc<crate::listener::Drain>,
 ) {
     let mut batch = Vec::new();
     let mut recheck = tokio::time::interval(CAPACITY_RECHECK);
@@ -363,6 +408,9 @@ async fn send_reports(
                         tracing::warn!(id, %error, "cannot give a connection back to clusterd");
                         ids.push(id);
                     }
+                    // clusterd holds the socket now (or it is lost): our copy may close.
+                    drop(fd);
+                    conns.release();
                 }
                 Report::Frame(frame) => {
                     if channel.send(&frame).await.is_err() {
@@ -453,8 +501,32 @@ fn start_drain(inner: &Arc<Inner>) {
                 }
             }
         }
+        // The connections first: a server that closes its idle ones when told gives them back.
+        inner.conns.start();
         inner.drain.cancel();
+        let grace = *lock(&inner.grace);
+        spread_upgraded(&inner.conns, grace.map_or(Duration::ZERO, spread_of)).await;
     });
+}
+
+/// How long a drain with this grace spreads the ends of its upgraded connections.
+fn spread_of(grace: Duration) -> Duration {
+    (grace / SPREAD_SHARE_OF_GRACE).min(MAX_SPREAD)
+}
+
+/// Shuts the upgraded connections down one by one, evenly over `spread`; then any left, and
+/// any upgraded later, at once.
+async fn spread_upgraded(conns: &crate::listener::Drain, spread: Duration) {
+    let start = tokio::time::Instant::now();
+    let sockets = conns.upgraded(false);
+    let n = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
+    for (i, socket) in (0..n).zip(sockets) {
+        tokio::time::sleep_until(start + spread * i / n).await;
+        socket.shut_down();
+    }
+    for socket in conns.upgraded(true) {
+        socket.shut_down();
+    }
 }
 
 /// Reads clusterd's frames until the channel closes; a drain frame or the close cancels the drain
@@ -483,6 +555,7 @@ async fn read_frames(inner: Arc<Inner>) {
                 let serving = crate::listener::Serving {
                     header_timeout: (ms > 0).then(|| Duration::from_millis(ms)),
                     sessions: Arc::clone(&inner.sessions),
+                    drain: Arc::clone(&inner.conns),
                 };
                 match Connection::new(frame, fd, inner.reports.clone(), Arc::clone(&inner.unread), &serving) {
                     // A full queue (nobody accepts) drops the connection, which reports it closed.
