@@ -205,3 +205,97 @@ fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// Socket.IO clients on a worker that drains, from `tests/node/drain_spread.mjs`: when their
+/// sessions ended and when they were connected again (ms since the first end).
+struct Reconnects {
+    disconnects: Vec<u64>,
+    reconnects: Vec<u64>,
+    reasons: Value,
+}
+
+impl Reconnects {
+    /// The most reconnections within one second.
+    fn peak_per_second(&self) -> usize {
+        let r = &self.reconnects;
+        (0..r.len()).map(|i| r[i..].iter().take_while(|&&t| t < r[i] + 1000).count()).max().unwrap_or(0)
+    }
+
+    /// From the first reconnection to the last.
+    fn span_ms(&self) -> u64 {
+        self.reconnects.last().unwrap_or(&0) - self.reconnects.first().unwrap_or(&0)
+    }
+}
+
+/// `clients` socket.io-clients on one `chat` worker (`--grace 8s`), then a reload: the worker
+/// drains, and its clients reconnect to its successor.
+fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnects {
+    let chat = example("chat");
+    let mut builder = Builder::new()
+        .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "8s"])
+        .program(&[chat.to_str().unwrap()]);
+    if let Some(ms) = spread_ms {
+        builder = builder.env("CLUSTERD_DRAIN_SPREAD_MS", ms);
+    }
+    let mut c = builder.start();
+    let status = c.wait_ready(1);
+    let url = format!("http://{}", listen_addr(&status));
+    let mut node = Command::new("node")
+        .arg(node_dir().join("drain_spread.mjs"))
+        .args([&url, &clients.to_string(), "90000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut lines = BufReader::new(node.stdout.take().unwrap()).lines();
+    let mut next = || -> Value {
+        let line = lines.next().expect("a line from drain_spread.mjs").expect("read");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"))
+    };
+    let connected = next();
+    assert_eq!(connected["phase"], "connected", "{connected}");
+    let pid = worker_pid(&status, 0);
+    assert!(connected["pids"].as_array().unwrap().iter().all(|p| p.as_i64() == Some(pid.into())), "{connected}");
+    c.wait_status("every session counted", |s| s["sessions"].as_u64() == Some(clients as u64));
+    cli(&c, &["reload"]);
+    let done = next();
+    assert_eq!(done["phase"], "done", "{done}\n{}", c.stderr_dump());
+    assert!(node.wait().unwrap().success());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    let times = |key: &str| -> Vec<u64> { done[key].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect() };
+    Reconnects { disconnects: times("disconnects"), reconnects: times("reconnects"), reasons: done["reasons"].clone() }
+}
+
+/// Issue 13, item 4: the Socket.IO sessions of a draining worker end spread over half the grace
+/// (the SDK shuts their WebSockets down one by one), not all at once: no reconnection storm on the
+/// workers left. Compared in one run with a spread of 0 (every session ends at once, as when the
+/// process exits with them).
+#[test]
+fn socketio_sessions_of_a_draining_worker_end_spread_over_the_grace() {
+    const CLIENTS: usize = 40;
+    let at_once = sessions_through_a_drain(CLIENTS, Some("0"));
+    let spread = sessions_through_a_drain(CLIENTS, None);
+    for (name, r) in [("at once", &at_once), ("spread", &spread)] {
+        println!(
+            "{name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
+            r.disconnects.last().unwrap(),
+            r.reasons,
+            r.span_ms(),
+            r.peak_per_second()
+        );
+        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
+    }
+    // The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
+    assert!(
+        *spread.disconnects.last().unwrap() >= 2_000,
+        "the sessions ended over at least half the spread: {:?}",
+        spread.disconnects
+    );
+    assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
+    assert!(
+        spread.peak_per_second() * 2 <= at_once.peak_per_second(),
+        "the spread at least halves the peak of reconnections per second: {} against {}",
+        spread.peak_per_second(),
+        at_once.peak_per_second()
+    );
+}

@@ -43,6 +43,11 @@ const CAPACITY_RECHECK: Duration = Duration::from_secs(1);
 pub const SPREAD_SHARE_OF_GRACE: u32 = 2;
 /// The longest that spread lasts, whatever the grace.
 pub const MAX_SPREAD: Duration = Duration::from_secs(60);
+/// The variable that sets the spread of every worker, in milliseconds (`0`: all at once), in
+/// place of the share of the grace.
+pub(crate) const ENV_DRAIN_SPREAD_MS: &str = "CLUSTERD_DRAIN_SPREAD_MS";
+/// `drain_spread_ms` when no spread was set: the share of the grace.
+const SPREAD_OF_GRACE: u64 = u64::MAX;
 
 /// A worker's connection to clusterd.
 ///
@@ -95,6 +100,8 @@ struct Inner {
     header_timeout_ms: std::sync::atomic::AtomicU64,
     /// The drain as the connections see it: the live ones, the upgraded ones.
     conns: Arc<crate::listener::Drain>,
+    /// Milliseconds over which a drain shuts the upgraded connections down, or `SPREAD_OF_GRACE`.
+    drain_spread_ms: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -166,6 +173,7 @@ impl Worker {
             sessions: Arc::default(),
             header_timeout_ms: std::sync::atomic::AtomicU64::new(header_timeout_from_env()?),
             conns: Arc::default(),
+            drain_spread_ms: std::sync::atomic::AtomicU64::new(drain_spread_from_env()?),
         });
         runtime.spawn(send_reports(
             Arc::clone(&inner.channel),
@@ -274,6 +282,16 @@ impl Worker {
     pub fn set_header_timeout(&self, timeout: Option<Duration>) {
         let ms = timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
         self.inner.header_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets the time over which a drain shuts this worker's upgraded connections (WebSockets)
+    /// down, one by one and evenly (see [`Worker::drained`]); `Duration::ZERO` shuts them all
+    /// down at once, when the drain begins; `None` restores the default: the grace divided by
+    /// [`SPREAD_SHARE_OF_GRACE`], at most [`MAX_SPREAD`]. A spread is never longer than the grace.
+    /// `CLUSTERD_DRAIN_SPREAD_MS` in clusterd's environment sets it for every worker.
+    pub fn set_drain_spread(&self, spread: Option<Duration>) {
+        let ms = spread.map_or(SPREAD_OF_GRACE, |s| u64::try_from(s.as_millis()).unwrap_or(u64::MAX - 1));
+        self.inner.drain_spread_ms.store(ms, Ordering::Relaxed);
     }
 
     /// The connections clusterd hands to this worker. Can be taken once; later calls fail with
@@ -456,6 +474,17 @@ fn header_timeout_from_env() -> Result<u64, Error> {
     }
 }
 
+/// The spread set by `CLUSTERD_DRAIN_SPREAD_MS`, or `SPREAD_OF_GRACE`.
+fn drain_spread_from_env() -> Result<u64, Error> {
+    match std::env::var(ENV_DRAIN_SPREAD_MS) {
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(ms) if ms < SPREAD_OF_GRACE => Ok(ms),
+            _ => Err(Error::BadEnv { var: ENV_DRAIN_SPREAD_MS, value }),
+        },
+        Err(_) => Ok(SPREAD_OF_GRACE),
+    }
+}
+
 fn env_parse<T: std::str::FromStr>(var: &'static str) -> Result<T, Error> {
     let value = std::env::var(var).map_err(|_| Error::NotUnderClusterd { var })?;
     value.trim().parse().map_err(|_| Error::BadEnv { var, value })
@@ -504,14 +533,19 @@ fn start_drain(inner: &Arc<Inner>) {
         // The connections first: a server that closes its idle ones when told gives them back.
         inner.conns.start();
         inner.drain.cancel();
-        let grace = *lock(&inner.grace);
-        spread_upgraded(&inner.conns, grace.map_or(Duration::ZERO, spread_of)).await;
+        let spread = spread_of(*lock(&inner.grace), inner.drain_spread_ms.load(Ordering::Relaxed));
+        spread_upgraded(&inner.conns, spread).await;
     });
 }
 
-/// How long a drain with this grace spreads the ends of its upgraded connections.
-fn spread_of(grace: Duration) -> Duration {
-    (grace / SPREAD_SHARE_OF_GRACE).min(MAX_SPREAD)
+/// How long a drain spreads the ends of its upgraded connections: as set (`ms`), or a share of
+/// the grace; never longer than the grace, and at once without one (no drain frame came).
+fn spread_of(grace: Option<Duration>, ms: u64) -> Duration {
+    let Some(grace) = grace else { return Duration::ZERO };
+    match ms {
+        SPREAD_OF_GRACE => (grace / SPREAD_SHARE_OF_GRACE).min(MAX_SPREAD),
+        ms => Duration::from_millis(ms).min(grace),
+    }
 }
 
 /// Shuts the upgraded connections down one by one, evenly over `spread`; then any left, and
@@ -615,5 +649,21 @@ async fn heartbeat(channel: Arc<WorkerChannel>, every: Duration, _drain: Cancell
         if channel.send(&FromWorker::Heartbeat).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spread_is_half_the_grace_by_default_and_never_longer_than_it() {
+        let s = Duration::from_secs;
+        assert_eq!(spread_of(Some(s(30)), SPREAD_OF_GRACE), s(15));
+        assert_eq!(spread_of(Some(s(3600)), SPREAD_OF_GRACE), MAX_SPREAD);
+        assert_eq!(spread_of(None, SPREAD_OF_GRACE), Duration::ZERO, "no drain frame, no grace known");
+        assert_eq!(spread_of(Some(s(30)), 0), Duration::ZERO);
+        assert_eq!(spread_of(Some(s(30)), 5_000), s(5));
+        assert_eq!(spread_of(Some(s(30)), 90_000), s(30));
     }
 }
