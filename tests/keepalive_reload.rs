@@ -90,13 +90,14 @@ struct Load {
 }
 
 impl Load {
-    fn start(addr: SocketAddr) -> Self {
+    /// `CLIENTS` clients sending `GET <path>`.
+    fn start(addr: SocketAddr, path: &'static str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let clients = (0..CLIENTS)
             .map(|_| {
                 let (stop, served) = (stop.clone(), served.clone());
-                std::thread::spawn(move || client(addr, &stop, &served))
+                std::thread::spawn(move || client(addr, path, &stop, &served))
             })
             .collect();
         Self { stop, served, clients }
@@ -120,7 +121,8 @@ impl Load {
 
 /// One client: `GET /` after `GET /` on its kept-alive connection; a new connection only when the
 /// server said `Connection: close` or the previous one failed. Returns its failures.
-fn client(addr: SocketAddr, stop: &AtomicBool, served: &AtomicU64) -> Vec<String> {
+fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU64) -> Vec<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut connection: Option<BufReader<TcpStream>> = None;
@@ -143,7 +145,7 @@ fn client(addr: SocketAddr, stop: &AtomicBool, served: &AtomicU64) -> Vec<String
         };
         let result = reader
             .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .write_all(request.as_bytes())
             .map_err(|e| format!("write: {e}"))
             .and_then(|()| response(reader));
         match result {
@@ -171,13 +173,23 @@ fn client(addr: SocketAddr, stop: &AtomicBool, served: &AtomicU64) -> Vec<String
 /// keep-alive load: not one request fails, and the pool serves after each change.
 #[test]
 fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
-    let hello = example("hello");
+    through_reloads_and_scale_downs("hello", "/");
+}
+
+/// The same with the `chat` example (socketioxide, the SDK's `SessionLayer`), its page kept alive.
+#[test]
+fn keep_alive_load_on_a_socketio_worker_through_reloads_and_scale_downs_loses_no_request() {
+    through_reloads_and_scale_downs("chat", "/");
+}
+
+fn through_reloads_and_scale_downs(example_name: &str, path: &'static str) {
+    let program = example(example_name);
     let mut c = Builder::new()
         .args(&["--workers", "3", "--listen", "127.0.0.1:0", "--grace", "20s"])
-        .program(&[hello.to_str().unwrap()])
+        .program(&[program.to_str().unwrap()])
         .start();
     let addr = listen_addr(&c.wait_ready(3));
-    let load = Load::start(addr);
+    let load = Load::start(addr, path);
     load.wait_served("at the start");
     let mut generation = 1;
     for _ in 0..5 {
@@ -201,7 +213,7 @@ fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
         served + failures.len() as u64,
         &failures[..failures.len().min(10)]
     );
-    println!("{served} requests served through 5 reloads and 5 scale-downs, none failed");
+    println!("{example_name}: {served} requests served through 5 reloads and 5 scale-downs, none failed");
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
