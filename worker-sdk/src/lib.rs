@@ -9,7 +9,10 @@
 //! starting, and one that never gets there is replaced after `--ready-timeout`); and
 //! [`Worker::draining`] resolves when clusterd wants the worker to stop, by a drain frame or by
 //! `SIGTERM` to the worker's process group. After the drain request the worker has `--grace` to
-//! finish and exit before clusterd sends `SIGKILL`.
+//! finish and exit before clusterd sends `SIGKILL`. Meanwhile the SDK gives kept-alive connections
+//! back to clusterd rather than let the server close them under a client's next request, and shuts
+//! upgraded ones (WebSockets) down spread over half the grace; [`Worker::drained`] resolves once
+//! every connection is closed or given back, the moment to exit.
 //!
 //! ```no_run
 //! #[tokio::main]
@@ -17,6 +20,8 @@
 //!     let worker = clusterd_worker::Worker::from_env()?;
 //!     worker.ready().await?;
 //!     worker.draining().await;
+//!     // ... the server stops taking work and finishes what it has ...
+//!     worker.drained().await;
 //!     Ok(())
 //! }
 //! ```
@@ -50,4 +55,4 @@ pub use bus::{Answers, Bus, BusEvent, BusMessage, IncomingRequest, Subscription}
 pub use engineio::{BoxError, NAMESPACE_GRACE, SESSION_SWEEP, SessionLayer, SessionService};
 pub use error::Error;
 pub use listener::{ClientAddr, Connection, DEFAULT_HEADER_TIMEOUT, Listener};
-pub use worker::Worker;
+pub use worker::{MAX_SPREAD, SPREAD_SHARE_OF_GRACE, Worker};
