@@ -138,6 +138,18 @@ class Channel:
         except OSError as error:
             self._broke(error)
 
+    def send_with_fd(self, data: bytes, fd: int) -> bool:
+        """Sends one encoded frame with ``fd`` (``SCM_RIGHTS``) now, or not at all: ``False`` when
+        frames are queued before it, the socket buffer is full, or the channel is broken."""
+        if self.broken or self._pending:
+            return False
+        try:
+            rights = array.array("i", [fd]).tobytes()
+            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], socket.MSG_NOSIGNAL)
+        except OSError:
+            return False
+        return True
+
     def flush(self) -> None:
         """Sends the queued frames the socket takes now (call when it is writable)."""
         while self._pending:

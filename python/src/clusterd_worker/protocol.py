@@ -247,8 +247,9 @@ class Capacity:
 @dataclass(frozen=True)
 class Handback:
     """``FromWorker`` tag 8 (optional, + the connection's fd): give connection ``id`` back to
-    clusterd with the bytes read and not served. This package does not send it (it closes kept-alive
-    connections instead, see the README); it is here for the protocol's test vectors."""
+    clusterd with the bytes read and not served. This package sends it, with no bytes, for a
+    kept-alive connection its server closes between two requests while the worker drains; it
+    closes kept-alive connections that carry another worker's session instead (see the README)."""
 
     id: int
     initial: bytes

@@ -71,16 +71,101 @@ _taken = False
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
+#: The start of a request looked at to tell whether its connection may persist.
+_PEEK = 4096
+#: The most bytes of an unanswered request a draining worker gives back with its connection
+#: (``MAX_HANDBACK`` of PROTOCOL.md: clusterd refuses more).
+MAX_HANDBACK = 16 * 1024
+#: Requests a draining server may have read without answering that go back to clusterd with their
+#: bytes: safe methods, which a client would retry itself (RFC 9110, 9.2.2).
+_RETRIABLE = (b"GET ", b"HEAD ", b"OPTIONS ")
+
+
+def _persists(start: bytes) -> bool:
+    """Whether the request that begins with ``start`` lets its connection carry another one: an
+    HTTP/1.1 request without ``Connection: close`` (nor an upgrade: that stream is not HTTP after)."""
+    line, _, head = start.partition(b"\n")
+    head = b"\n" + head.lower()
+    return line.rstrip(b"\r").endswith(b" HTTP/1.1") and b"\nconnection: close" not in head and b"\nupgrade:" not in head
+
+
 class _HandedSocket(socket.socket):
     """A handed-over connection's socket: closing it reports the close to clusterd, once.
 
     The report hangs on the socket, not on a protocol, because servers switch protocols on the
     same socket (uvicorn's WebSocket upgrade) and every transport ends by closing its socket.
+
+    It also follows the server's reads and writes (asyncio's transports call ``recv``,
+    ``recv_into``, ``send`` and ``sendmsg``), so that a draining worker can give a kept-alive
+    connection back to clusterd instead of closing it (see :meth:`Worker.draining`): when the
+    server closes it after answering, having read nothing since, any next request is still in the
+    kernel's buffer and reaches the worker clusterd picks; when the server read a next ``GET``,
+    ``HEAD`` or ``OPTIONS`` and closes without a byte of its answer (aiohttp's shutdown drops a
+    request it read but had not begun), its bytes go back with it.
     """
 
-    __slots__ = ("_report",)
+    __slots__ = ("_report", "_give_back", "_unanswered", "_fresh", "_persistent", "_answered", "_ended")
+
+    def _track(self, initial: bytes) -> None:
+        self._unanswered = bytearray(initial)  # the first request, whose start clusterd read
+        self._fresh = False
+        self._persistent = _persists(initial[:_PEEK])
+        self._answered = False
+        self._ended = False
+
+    def _read(self, data: Any, n: int) -> None:
+        if n == 0:
+            self._ended = True
+            return
+        if self._fresh:
+            self._fresh = False
+            self._persistent = _persists(bytes(data[:_PEEK]))
+        if len(self._unanswered) <= MAX_HANDBACK:
+            self._unanswered += data[:n]
+
+    def _wrote(self, n: int) -> None:
+        if n:
+            self._unanswered = bytearray()
+            self._fresh = True
+            self._answered = True
+
+    def recv(self, *args: Any) -> bytes:
+        data = super().recv(*args)
+        self._read(data, len(data))
+        return data
+
+    def recv_into(self, buffer: Any, *args: Any) -> int:
+        n = super().recv_into(buffer, *args)
+        self._read(memoryview(buffer)[:n], n)
+        return n
+
+    def _between_requests(self) -> Optional[bytes]:
+        """What to give back with the connection, if it may go back: ``b""`` between two
+        requests, or the bytes of an unanswered retriable request; ``None`` otherwise."""
+        if not self._answered or self._ended:
+            return None
+        if not self._unanswered:
+            return b"" if self._persistent else None
+        held = bytes(self._unanswered)
+        return held if len(held) <= MAX_HANDBACK and held.startswith(_RETRIABLE) else None
+
+    def send(self, data: Any, *args: Any) -> int:
+        n = super().send(data, *args)
+        self._wrote(n)
+        return n
+
+    def sendmsg(self, *args: Any) -> int:
+        n = super().sendmsg(*args)
+        self._wrote(n)
+        return n
 
     def close(self) -> None:
+        give_back = getattr(self, "_give_back", None)
+        if give_back is not None:
+            self._give_back = None
+            held = self._between_requests()
+            if held is not None and give_back(self, held):
+                self._report = None  # the handback counts as its close
         super().close()
         report = getattr(self, "_report", None)
         if report is not None:
@@ -519,6 +604,8 @@ class Worker:
             self._connection_closed(frame.id)
             return
         sock._report = functools.partial(self._connection_closed, frame.id)
+        sock._track(frame.initial)
+        sock._give_back = functools.partial(self._give_back, frame.id)
         if self._factory is None:
             if len(self._waiting) >= CONNECTION_QUEUE:
                 log.warning("no server took %d waiting connections: closing one", CONNECTION_QUEUE)
@@ -542,6 +629,15 @@ class Worker:
         except Exception as error:  # the server refused the connection: close it, report it
             log.warning("cannot serve handed-off connection %d: %s", frame.id, error)
             sock.close()
+
+    def _give_back(self, conn_id: int, sock: socket.socket, held: bytes) -> bool:
+        """Gives a kept-alive connection back to clusterd (``Handback``, with the bytes of a next
+        request the server read and left unanswered) instead of closing it, once the server was
+        told to drain; ``False`` otherwise, or when the frame cannot go out now (then the
+        connection closes as the server wanted)."""
+        if not self._drained.is_set():
+            return False
+        return self._channel.send_with_fd(p.encode(p.Handback(conn_id, held)), sock.fileno())
 
     def _connection_closed(self, conn_id: int) -> None:
         # Closes in one loop iteration go out as one frame.

@@ -1,0 +1,95 @@
+"""Issue 13, item 4, for Python workers: reloads and scale-downs lose no request of clients that keep
+their connections alive and never retry. The race: the draining server closes an idle kept-alive
+connection at the moment its client sends the next request on it. The SDK gives such connections
+back to clusterd instead (``Handback``), which routes them to a live worker.
+
+The workers are ``apps/probe.py`` on aiohttp and on uvicorn (no Socket.IO: their responses keep
+the connection alive).
+"""
+
+import http.client
+import os
+import sys
+import threading
+
+import pytest
+
+from conftest import APPS, TIMEOUT, wait_until
+
+PROBE = os.path.join(APPS, "probe.py")
+#: Clients, each with one kept-alive connection at a time.
+CLIENTS = 8
+
+
+class KeepAliveLoad:
+    """Clients sending ``GET /`` on their kept-alive connections until ``finish``; a new connection
+    only after ``Connection: close`` or a failure. A request without a response is a failure:
+    nothing is retried."""
+
+    def __init__(self, url: str) -> None:
+        self.host, port = url[len("http://"):].rsplit(":", 1)
+        self.port = int(port)
+        self.served = 0
+        self.failed = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(CLIENTS)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self) -> None:
+        connection = None
+        while not self.stop.is_set():
+            if connection is None:
+                connection = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+            try:
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                response.read()
+                outcome = None if response.status == 200 else f"status {response.status}"
+                if response.will_close:
+                    connection.close()
+                    connection = None
+            except (OSError, http.client.HTTPException) as error:
+                outcome = repr(error)
+                connection.close()
+                connection = None
+            with self.lock:
+                if outcome is None:
+                    self.served += 1
+                else:
+                    self.failed.append(outcome)
+        if connection is not None:
+            connection.close()
+
+    def wait_served(self, what: str) -> None:
+        before = self.served
+        wait_until(f"requests served {what}", lambda: True if self.served > before + 20 else None)
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(TIMEOUT)
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "asgi"])
+def test_kept_alive_clients_lose_no_request_through_reloads_and_a_scale_down(start_cluster, kind):
+    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0", "--grace", "20s"],
+                            [sys.executable, PROBE, kind])
+    cluster.wait_ready(2)
+    load = KeepAliveLoad(cluster.url())
+    try:
+        load.wait_served("at the start")
+        for generation in (2, 3, 4):
+            done = cluster.cli("reload")
+            assert done.returncode == 0, done.stderr
+            # A Python start takes seconds on a loaded machine: a bound for two of them.
+            cluster.wait_ready(2, generation=generation, timeout=2 * TIMEOUT)
+            load.wait_served(f"after the reload to generation {generation}")
+        done = cluster.cli("scale", "1")
+        assert done.returncode == 0, done.stderr
+        cluster.wait_ready(1, timeout=2 * TIMEOUT)
+        load.wait_served("after the scale-down")
+    finally:
+        load.finish()
+    assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
