@@ -752,6 +752,15 @@ mod tests {
         initial: &[u8],
         sessions: Arc<Sessions>,
     ) -> (Connection, std::os::unix::net::UnixStream, mpsc::Receiver<Report>) {
+        connection_draining(initial, sessions, Arc::default())
+    }
+
+    /// As `connection`, with the worker's drain state.
+    fn connection_draining(
+        initial: &[u8],
+        sessions: Arc<Sessions>,
+        drain: Arc<Drain>,
+    ) -> (Connection, std::os::unix::net::UnixStream, mpsc::Receiver<Report>) {
         let (ours, client) = std::os::unix::net::UnixStream::pair().unwrap();
         let frame = crate::protocol::Connection {
             id: 7,
@@ -760,7 +769,7 @@ mod tests {
             initial: initial.to_vec(),
         };
         let (tx, rx) = mpsc::channel(8);
-        let serving = Serving { header_timeout: None, sessions, drain: Arc::default() };
+        let serving = Serving { header_timeout: None, sessions, drain };
         let c = Connection::new(frame, OwnedFd::from(ours), tx, Arc::default(), &serving).unwrap();
         (c, client, rx)
     }
@@ -795,6 +804,73 @@ mod tests {
         assert_eq!(served, both);
         drop(c);
         assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
+    }
+
+    /// Reads the first request of `c` (its initial bytes) as a server would, and answers it.
+    async fn serve_first(c: &mut Connection, request: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut got = vec![0u8; request.len()];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, request);
+        c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_draining_worker_gives_back_the_kept_alive_connection_its_server_closes_between_requests() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, _client, mut reports) = connection_draining(request, Arc::default(), drain.clone());
+        assert_eq!(drain.live(), 1);
+        serve_first(&mut c, request).await;
+        drain.start();
+        c.shutdown().await.unwrap();
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { id, initial, .. }) => assert_eq!((id, initial.len()), (7, 0)),
+            other => panic!("{other:?}"),
+        }
+        assert!(reports.try_recv().is_err(), "no close report besides the handback");
+        assert_eq!(drain.live(), 1, "live until the report task sent the handback");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_last_request_said_close_or_that_is_not_draining_closes() {
+        use tokio::io::AsyncWriteExt;
+        for (request, draining) in [
+            (&b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"[..], true),
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], false),
+        ] {
+            let drain = Arc::new(Drain::default());
+            let (mut c, _client, mut reports) = connection_draining(request, Arc::default(), drain.clone());
+            serve_first(&mut c, request).await;
+            if draining {
+                drain.start();
+            }
+            c.shutdown().await.unwrap();
+            drop(c);
+            assert!(matches!(reports.recv().await, Some(Report::Closed(7))), "{request:?}");
+            assert_eq!(drain.live(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_arriving_on_a_draining_worker_goes_back_with_its_bytes() {
+        let drain = Arc::new(Drain::default());
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, mut reports) = connection_draining(first, Arc::default(), drain.clone());
+        serve_first(&mut c, first).await;
+        drain.start();
+        let second = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        std::io::Write::write_all(&mut client, second).unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the server sees the end instead of the request");
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { initial, .. }) => assert_eq!(initial, second),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
