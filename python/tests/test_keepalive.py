@@ -4,17 +4,20 @@ connection at the moment its client sends the next request on it. The SDK gives 
 back to clusterd instead (``Handback``), which routes them to a live worker.
 
 The workers are ``apps/probe.py`` on aiohttp and on uvicorn (no Socket.IO: their responses keep
-the connection alive).
+the connection alive). Then the Socket.IO sessions of a draining chat worker end spread over half
+the grace, not all at once.
 """
 
 import http.client
+import json
 import os
+import subprocess
 import sys
 import threading
 
 import pytest
 
-from conftest import APPS, TIMEOUT, wait_until
+from conftest import APPS, NODE_DIR, TIMEOUT, wait_until
 
 PROBE = os.path.join(APPS, "probe.py")
 #: Clients, each with one kept-alive connection at a time.
@@ -93,3 +96,48 @@ def test_kept_alive_clients_lose_no_request_through_reloads_and_a_scale_down(sta
     finally:
         load.finish()
     assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
+
+
+def _reconnects_through_a_drain(start_cluster, clients: int, env: dict) -> dict:
+    """``clients`` socket.io-clients (tests/node/drain_spread.mjs) on one chat worker (``--grace
+    8s``), then a reload: when their sessions ended and when they reconnected (ms since the first
+    end)."""
+    cluster = start_cluster(["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "8s"], env=env)
+    status = cluster.wait_ready(1)
+    assert os.path.isdir(os.path.join(NODE_DIR, "node_modules", "socket.io-client")), (
+        "tests/node/node_modules is missing: run ./scripts/test, or `npm ci --prefix tests/node`")
+    node = subprocess.Popen(["node", os.path.join(NODE_DIR, "drain_spread.mjs"), cluster.url(), str(clients), "90000"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        connected = json.loads(node.stdout.readline())
+        assert connected.get("phase") == "connected", connected
+        assert set(connected["pids"]) == {status["workers"][0]["pid"]}, connected
+        done = cluster.cli("reload")
+        assert done.returncode == 0, done.stderr
+        result = json.loads(node.stdout.readline())
+        assert result.get("phase") == "done", f"{result}\n{cluster.output()}"
+        assert node.wait(TIMEOUT) == 0
+    finally:
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+    # The next cluster of the test uses the same control socket path.
+    assert cluster.stop() == 0, cluster.output()
+    return result
+
+
+def _peak_per_second(times) -> int:
+    return max(sum(1 for t in times[i:] if t < times[i] + 1000) for i in range(len(times)))
+
+
+def test_socketio_sessions_of_a_draining_worker_end_spread_over_the_grace(start_cluster):
+    clients = 30
+    at_once = _reconnects_through_a_drain(start_cluster, clients, {"CLUSTERD_DRAIN_SPREAD_MS": "0"})
+    spread = _reconnects_through_a_drain(start_cluster, clients, {})
+    for name, r in (("at once", at_once), ("spread", spread)):
+        print(f"{name}: {clients} sessions ended over {r['disconnects'][-1]} ms ({r['reasons']}), reconnected over "
+              f"{r['reconnects'][-1] - r['reconnects'][0]} ms, at most {_peak_per_second(r['reconnects'])} in one second")
+        assert len(r["reconnects"]) == clients, f"{name}: every client reconnected"
+    # The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
+    assert spread["disconnects"][-1] >= 2000, spread["disconnects"]
+    assert _peak_per_second(spread["reconnects"]) * 2 <= _peak_per_second(at_once["reconnects"]), (spread, at_once)

@@ -71,6 +71,8 @@ async def serve(worker: Worker, app: web.Application, *, shutdown_timeout: float
         if ready:
             await worker.ready()
         await worker.draining()
+        # WebSockets end spread out first: the server's shutdown would end them all at once.
+        await worker.end_upgraded()
     finally:
         await runner.cleanup()
 

@@ -105,6 +105,8 @@ async def serve(worker: Worker, app: ASGIApp, *, ready: bool = True, **config: A
         if ready:
             await worker.ready()
         await worker.draining()
+        # WebSockets end spread out first: the server's shutdown would end them all at once.
+        await worker.end_upgraded()
     finally:
         server.should_exit = True
         await ticking

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import weakref
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 
 from . import protocol as p
@@ -41,7 +42,8 @@ from .errors import (
 
 __all__ = [
     "Worker", "SESSION_ACK_TIMEOUT", "DRAIN_FRAME_WAIT", "DRAIN_ACCEPT_WAIT", "CONNECTION_QUEUE",
-    "HEADER_TIMEOUT", "ENV_HEADER_TIMEOUT_MS", "MAX_HEADER_TIMEOUT",
+    "HEADER_TIMEOUT", "ENV_HEADER_TIMEOUT_MS", "MAX_HEADER_TIMEOUT", "SPREAD_SHARE_OF_GRACE", "MAX_SPREAD",
+    "ENV_DRAIN_SPREAD_MS",
 ]
 
 log = logging.getLogger("clusterd_worker")
@@ -79,14 +81,25 @@ MAX_HANDBACK = 16 * 1024
 #: Requests a draining server may have read without answering that go back to clusterd with their
 #: bytes: safe methods, which a client would retry itself (RFC 9110, 9.2.2).
 _RETRIABLE = (b"GET ", b"HEAD ", b"OPTIONS ")
+#: A draining worker shuts its upgraded connections (WebSockets) down one by one over the grace
+#: divided by this (as the Rust SDK does), so that their clients reconnect to the other workers
+#: gradually; the rest of the grace is for the server's own shutdown.
+SPREAD_SHARE_OF_GRACE = 2
+#: The longest that spread lasts, in seconds, whatever the grace.
+MAX_SPREAD = 60.0
+#: Environment variable that sets the spread in milliseconds (``0``: all at once), as for the Rust SDK.
+ENV_DRAIN_SPREAD_MS = "CLUSTERD_DRAIN_SPREAD_MS"
 
 
-def _persists(start: bytes) -> bool:
-    """Whether the request that begins with ``start`` lets its connection carry another one: an
-    HTTP/1.1 request without ``Connection: close`` (nor an upgrade: that stream is not HTTP after)."""
+def _persists(start: bytes) -> Tuple[bool, bool]:
+    """Whether the request that begins with ``start`` lets its connection carry another one (an
+    HTTP/1.1 request without ``Connection: close``, nor an upgrade), and whether it asks for an
+    upgrade (a WebSocket: the stream is not HTTP after it)."""
     line, _, head = start.partition(b"\n")
     head = b"\n" + head.lower()
-    return line.rstrip(b"\r").endswith(b" HTTP/1.1") and b"\nconnection: close" not in head and b"\nupgrade:" not in head
+    upgrade = b"\nupgrade:" in head
+    persists = line.rstrip(b"\r").endswith(b" HTTP/1.1") and b"\nconnection: close" not in head and not upgrade
+    return persists, upgrade
 
 
 class _HandedSocket(socket.socket):
@@ -104,22 +117,36 @@ class _HandedSocket(socket.socket):
     request it read but had not begun), its bytes go back with it.
     """
 
-    __slots__ = ("_report", "_give_back", "_unanswered", "_fresh", "_persistent", "_answered", "_ended")
+    __slots__ = ("_report", "_give_back", "_on_upgrade", "_unanswered", "_fresh", "_start", "_persistent",
+                 "_answered", "_ended")
 
     def _track(self, initial: bytes) -> None:
         self._unanswered = bytearray(initial)  # the first request, whose start clusterd read
-        self._fresh = False
-        self._persistent = _persists(initial[:_PEEK])
         self._answered = False
         self._ended = False
+        self._persistent = False
+        # Its head may go on past what clusterd read: look at it with the first read, then.
+        self._start = b""
+        self._fresh = True
+        if b"\r\n\r\n" in initial or b"\n\n" in initial or len(initial) >= _PEEK:
+            self._begins(initial[:_PEEK])
+        elif initial:
+            self._start = bytes(initial)
+
+    def _begins(self, start: bytes) -> None:
+        """A request begins with ``start``."""
+        self._fresh = False
+        self._start = b""
+        self._persistent, upgrade = _persists(start)
+        if upgrade and self._on_upgrade is not None:
+            self._on_upgrade(self)
 
     def _read(self, data: Any, n: int) -> None:
         if n == 0:
             self._ended = True
             return
         if self._fresh:
-            self._fresh = False
-            self._persistent = _persists(bytes(data[:_PEEK]))
+            self._begins(self._start + bytes(data[:_PEEK]))
         if len(self._unanswered) <= MAX_HANDBACK:
             self._unanswered += data[:n]
 
@@ -127,6 +154,7 @@ class _HandedSocket(socket.socket):
         if n:
             self._unanswered = bytearray()
             self._fresh = True
+            self._start = b""
             self._answered = True
 
     def recv(self, *args: Any) -> bytes:
@@ -239,6 +267,31 @@ def _header_timeout() -> Optional[float]:
     return ms / 1000 if ms else None
 
 
+def _drain_spread_ms() -> Optional[int]:
+    """``CLUSTERD_DRAIN_SPREAD_MS``, or ``None`` (a share of the grace)."""
+    value = os.environ.get(ENV_DRAIN_SPREAD_MS)
+    if value is None:
+        return None
+    try:
+        ms = int(value.strip())
+    except ValueError:
+        raise BadEnvironment(f"{ENV_DRAIN_SPREAD_MS}={value!r} is not a number of milliseconds") from None
+    if ms < 0:
+        raise BadEnvironment(f"{ENV_DRAIN_SPREAD_MS}={ms}: a number of milliseconds, 0 for all at once")
+    return ms
+
+
+def spread_of(grace: Optional[float], spread_ms: Optional[int]) -> float:
+    """How long a drain spreads the ends of the upgraded connections, in seconds: as set, or the
+    grace divided by :data:`SPREAD_SHARE_OF_GRACE` (at most :data:`MAX_SPREAD`); never longer than
+    the grace, and at once without one (no drain frame came)."""
+    if grace is None:
+        return 0.0
+    if spread_ms is None:
+        return min(grace / SPREAD_SHARE_OF_GRACE, MAX_SPREAD)
+    return min(spread_ms / 1000, grace)
+
+
 def _env_int(var: str) -> int:
     value = os.environ.get(var)
     if value is None:
@@ -305,6 +358,9 @@ class Worker:
         #: every HTTP response's connection, so that no kept-alive connection carries a request of
         #: a session that lives on another worker.
         self.serves_socketio = False
+        #: Connections whose request asked for an upgrade (WebSockets), in that order.
+        self._upgraded: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+        self._spread_ms = _drain_spread_ms()
         loop.add_reader(self._channel.fileno(), self._readable)
 
     @classmethod
@@ -464,6 +520,28 @@ class Worker:
         """Whether this worker told clusterd it is full (near its fd limit, or it lost an fd)."""
         return self._capacity.full
 
+    async def end_upgraded(self) -> None:
+        """Shuts this worker's upgraded connections (WebSockets, so Socket.IO sessions over them)
+        down one by one, evenly over a spread of the grace (see :func:`spread_of`;
+        ``CLUSTERD_DRAIN_SPREAD_MS`` sets it), so that their clients do not all reconnect to the
+        other workers in the same second. Their clients see the transport close and reconnect
+        through clusterd. The serving integrations call it once the drain began, before their
+        server shuts down (which would end them all at once); a program with its own server calls
+        it there too."""
+        await self._drained.wait()
+        spread = spread_of(self.grace, self._spread_ms)
+        sockets = list(self._upgraded)
+        start = self._loop.time()
+        for i, sock in enumerate(sockets):
+            delay = start + spread * i / len(sockets) - self._loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if sock.fileno() != -1:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the client left meanwhile
+
     @property
     def is_draining(self) -> bool:
         """Whether the drain was signalled (:meth:`draining` resolved)."""
@@ -604,8 +682,9 @@ class Worker:
             self._connection_closed(frame.id)
             return
         sock._report = functools.partial(self._connection_closed, frame.id)
-        sock._track(frame.initial)
         sock._give_back = functools.partial(self._give_back, frame.id)
+        sock._on_upgrade = self._upgraded.add
+        sock._track(frame.initial)
         if self._factory is None:
             if len(self._waiting) >= CONNECTION_QUEUE:
                 log.warning("no server took %d waiting connections: closing one", CONNECTION_QUEUE)
