@@ -70,5 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app.into_make_service_with_connect_info::<ClientAddr>())
         .with_graceful_shutdown(async move { drain.cancelled().await })
         .await?;
+    // Kept-alive connections go back to clusterd, WebSockets end one by one: wait for them.
+    worker.drained().await;
     Ok(())
 }
