@@ -304,9 +304,12 @@ fn socketio_sessions_of_a_draining_worker_end_spread_over_the_grace() {
         spread.disconnects
     );
     assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
+    // Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random
+    // delay, 0.5 to 1.5 s, blurs it): at most half of them in any one second.
     assert!(
-        spread.peak_per_second() * 2 <= at_once.peak_per_second(),
-        "the spread at least halves the peak of reconnections per second: {} against {}",
+        spread.peak_per_second() <= CLIENTS / 2,
+        "at most {} reconnections in one second, not {} (all at once: {})",
+        CLIENTS / 2,
         spread.peak_per_second(),
         at_once.peak_per_second()
     );

@@ -140,4 +140,6 @@ def test_socketio_sessions_of_a_draining_worker_end_spread_over_the_grace(start_
         assert len(r["reconnects"]) == clients, f"{name}: every client reconnected"
     # The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
     assert spread["disconnects"][-1] >= 2000, spread["disconnects"]
-    assert _peak_per_second(spread["reconnects"]) * 2 <= _peak_per_second(at_once["reconnects"]), (spread, at_once)
+    # Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random delay
+    # blurs it): at most half of them in any one second.
+    assert _peak_per_second(spread["reconnects"]) <= clients // 2, (spread, at_once)
