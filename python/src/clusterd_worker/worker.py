@@ -148,7 +148,7 @@ class _HandedSocket(socket.socket):
         if self._fresh:
             self._begins(self._start + bytes(data[:_PEEK]))
         if len(self._unanswered) <= MAX_HANDBACK:
-            self._unanswered += data[:n]
+            self._unanswered += data  # ``data`` is what was read: ``n`` bytes
 
     def _wrote(self, n: int) -> None:
         if n:
