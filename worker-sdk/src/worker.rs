@@ -240,7 +240,9 @@ impl Worker {
     ///   [`MAX_SPREAD`]; at once when clusterd gave no grace), so that their clients do not all
     ///   reconnect to the other workers in the same second.
     ///
-    /// Requests in flight, long-polls included, are the server's to finish.
+    /// Requests in flight, long-polls included, are the server's to finish. A server that keeps
+    /// its idle connections open after the drain keeps this pending until they close (clusterd's
+    /// `SIGKILL` ends the wait at the end of the grace).
     pub async fn drained(&self) {
         self.draining().await;
         loop {
