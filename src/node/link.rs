@@ -683,10 +683,18 @@ impl NodeLink {
 async fn read_some(socket: &AsyncFd<UnixStream>, chunk: &mut [u8]) -> std::io::Result<usize> {
     loop {
         let mut guard = socket.readable().await?;
-        match guard.try_io(|socket| socket.get_ref().read(chunk)) {
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Ok(result) => return result,
-            Err(_would_block) => {}
+        match guard.get_inner().read(chunk) {
+            Ok(read) => {
+                // A read that did not fill the buffer emptied the socket (as tokio's own streams
+                // assume on epoll): the next one waits for news instead of failing with EAGAIN.
+                if read < chunk.len() {
+                    guard.clear_ready();
+                }
+                return Ok(read);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
     }
 }
