@@ -18,16 +18,19 @@
 //!   (`relay.rs`) as the bytes they came in.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use tokio::io::AsyncReadExt;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
-use super::writer::{Control, Out};
+use super::writer::{Channel, Control, Out, RELAY_QUEUE};
 use crate::listener::Handoff;
 use crate::supervisor::link::{Heard, Said, StartError};
 use crate::supervisor::spawn::{SpawnSpec, Spawned};
@@ -47,17 +50,27 @@ const MAX_REFUSABLE: usize = 1024;
 /// How long a connection handed over without a session id counts as a handshake in progress
 /// (for least-connection) if the worker reports no session for it.
 const HANDSHAKE_WINDOW: Duration = Duration::from_secs(5);
+/// Bytes read from the channel at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Relayed messages taken from the relay's queue at once.
+const RELAY_BATCH: usize = 256;
 
 pub struct NodeLink {
-    read: tokio::net::unix::OwnedReadHalf,
+    /// The channel, registered for reading only (see `writer.rs` on why not for room).
+    socket: AsyncFd<UnixStream>,
     decoder: FrameDecoder,
     open: bool,
     mode: Mode,
     key: u64,
-    out: mpsc::Sender<Out>,
-    control: mpsc::UnboundedSender<Control>,
-    /// Handoffs the writer could not deliver (the worker refused them).
-    failed: mpsc::UnboundedReceiver<Option<u32>>,
+    /// The writing half: what goes to the worker, and the handles it has yet to acknowledge.
+    channel: Channel,
+    /// Messages the relay sends this worker, and whether the relay still can.
+    relayed: mpsc::Receiver<Out>,
+    relay_open: bool,
+    batch: Vec<Out>,
+    /// The listener groups of connections that could not be handed over (the worker refused
+    /// them, or writing failed), to report.
+    failed: Vec<Option<u32>>,
     relay: Option<mpsc::Sender<super::relay::Input>>,
     /// The bus budget that relayed messages are charged to before the channel is read on.
     memory: std::sync::Arc<crate::bus_memory::BusMemory>,
@@ -83,7 +96,7 @@ pub struct NodeLink {
     keys: HashMap<u32, String>,
     /// What the worker task has yet to hear.
     pending: VecDeque<Said>,
-    /// Read buffer.
+    /// Read buffer ([`READ_CHUNK`] bytes).
     chunk: Vec<u8>,
     /// The sticky connection message around its request, encoded once (advanced mode).
     sticky: Option<BufferTemplate>,
@@ -112,11 +125,10 @@ impl NodeLink {
     pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), StartError> {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| StartError::setup("cannot create the IPC socket pair", e))?;
-        let stream = std::os::unix::net::UnixStream::from(ours);
+        let stream = UnixStream::from(ours);
         stream.set_nonblocking(true).map_err(|e| StartError::setup("cannot make the IPC socket non-blocking", e))?;
-        let (read, write) = tokio::net::UnixStream::from_std(stream)
-            .map_err(|e| StartError::setup("cannot register the IPC socket", e))?
-            .into_split();
+        let socket = super::writer::register(stream, Interest::READABLE)
+            .map_err(|e| StartError::setup("cannot register the IPC socket", e))?;
         let mode = Mode::from(settings.serialization);
         let env = vec![
             ("NODE_CHANNEL_FD".to_owned(), CHANNEL_FD.to_string()),
@@ -131,26 +143,30 @@ impl NodeLink {
         let spec =
             SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs, bus: None };
         let spawned = settings.spawner.spawn(spec).await.map_err(|e| StartError::spawn(&settings.program, e))?;
-        let super::writer::Writer { out, control, failed, queued } = super::writer::start(write);
+        let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (out, relayed) = mpsc::channel(RELAY_QUEUE);
+        let channel = Channel::new(std::sync::Arc::clone(&queued));
         if let Some(relay) = &settings.node_relay {
             let join = super::relay::Input::Join {
                 key: launch.incarnation,
                 worker_id: launch.incarnation,
-                out: out.clone(),
+                out,
                 queued,
                 dropped: std::sync::Arc::clone(&launch.dropped),
             };
             let _ = relay.send(join).await;
         }
         let link = Self {
-            read,
+            socket,
             decoder: FrameDecoder::with_max_frame(mode, MAX_MESSAGE),
             open: true,
             mode,
             key: launch.incarnation,
-            out,
-            control,
-            failed,
+            channel,
+            relayed,
+            relay_open: true,
+            batch: Vec::with_capacity(RELAY_BATCH),
+            failed: Vec::new(),
             relay: settings.node_relay.clone(),
             memory: std::sync::Arc::clone(&settings.bus_memory),
             parked: None,
@@ -162,7 +178,7 @@ impl NodeLink {
             next_listen: 1,
             keys: HashMap::new(),
             pending: VecDeque::new(),
-            chunk: Vec::with_capacity(64 * 1024),
+            chunk: vec![0; READ_CHUNK],
             sticky: BufferTemplate::new(mode, |request| sticky_connection(Value::buffer(request))),
             slot: launch.slot,
             dropped: std::sync::Arc::clone(&launch.dropped),
@@ -174,7 +190,14 @@ impl NodeLink {
     }
 
     pub fn open(&self) -> bool {
-        self.open || !self.pending.is_empty()
+        self.open || !self.pending.is_empty() || !self.failed.is_empty()
+    }
+
+    /// Whether the worker's queue takes another connection now (a full one: the worker does
+    /// not read; connections wait in the worker task's queue, then go elsewhere). A channel that
+    /// failed takes them, to report them closed at once.
+    pub fn takes_connections(&self) -> bool {
+        self.channel.broken() || self.channel.has_room()
     }
 
     /// The next thing worth reporting. Cancel-safe: bytes read stay in the decoder, and a frame
@@ -184,6 +207,9 @@ impl NodeLink {
             if let Some(said) = self.pending.pop_front() {
                 return Heard::Said(said);
             }
+            if !self.failed.is_empty() {
+                return Heard::Said(Said::Closed(std::mem::take(&mut self.failed)));
+            }
             if !self.open {
                 return Heard::End;
             }
@@ -192,7 +218,7 @@ impl NodeLink {
             // neither copied out nor decoded.
             let mode = self.mode;
             if !parked && self.decoder.take_if(|payload| is_handle_ack(mode, payload)) {
-                let _ = self.control.send(Control::Ack);
+                self.channel.answered(self.socket.get_ref(), Control::Ack, &mut self.failed);
                 continue;
             }
             let next = if parked { Ok(None) } else { self.decoder.next_frame() };
@@ -230,17 +256,23 @@ impl NodeLink {
                         self.relay_frame(frame, charge);
                     }
                 }
-                read = self.read.read_buf(&mut self.chunk), if !parked => match read {
+                read = read_some(&self.socket, &mut self.chunk), if !parked => match read {
                     Ok(0) | Err(_) => {
                         self.open = false;
                         return Heard::End;
                     }
-                    Ok(_) => {
-                        self.decoder.feed(&self.chunk);
-                        self.chunk.clear();
-                    }
+                    Ok(read) => self.decoder.feed(&self.chunk[..read]),
                 },
-                Some(group) = self.failed.recv() => return Heard::Said(Said::Closed(vec![group])),
+                count = self.relayed.recv_many(&mut self.batch, RELAY_BATCH),
+                    if self.relay_open && self.channel.has_room() =>
+                {
+                    if count == 0 {
+                        self.relay_open = false;
+                    }
+                    // Queued together, written together (one vectored write when they fit).
+                    self.channel.extend(self.socket.get_ref(), self.batch.drain(..), &mut self.failed);
+                }
+                () = self.channel.writable(self.socket.get_ref(), &mut self.failed), if self.channel.waiting() => {}
                 () = self.window.as_mut(), if expiry.is_some() => {
                     // This one, and every other whose window is over by now, in one report.
                     self.handshakes.pop_front();
@@ -290,11 +322,11 @@ impl NodeLink {
         }
         match cmd.as_ref().and_then(Value::as_str) {
             Some("NODE_HANDLE_ACK") => {
-                let _ = self.control.send(Control::Ack);
+                self.channel.answered(self.socket.get_ref(), Control::Ack, &mut self.failed);
                 return Ok(());
             }
             Some("NODE_HANDLE_NACK") => {
-                let _ = self.control.send(Control::Nack);
+                self.channel.answered(self.socket.get_ref(), Control::Nack, &mut self.failed);
                 return Ok(());
             }
             Some("NODE_CLUSTER") => return self.cluster(&frame.decode().map_err(|e| e.to_string())?),
@@ -459,7 +491,9 @@ impl NodeLink {
     fn send(&mut self, message: &Value) {
         match Frame::encode(self.mode, message) {
             Ok(frame) => {
-                if self.out.try_send(Out::Frame(frame.into_raw().into())).is_err() {
+                if self.channel.has_room() {
+                    self.channel.push(self.socket.get_ref(), Out::Frame(frame.into_raw().into()), &mut self.failed);
+                } else {
                     tracing::warn!(
                         worker = self.slot,
                         "node channel: the worker's queue is full; a message was dropped"
@@ -564,13 +598,15 @@ impl NodeLink {
             }
             _ => handoff.fd,
         };
-        let handle = Out::Handle { frame: frame.into(), fd, group };
-        if !self.open || self.out.send(handle).await.is_err() {
+        if !self.open || self.channel.broken() {
             if let Some(seq) = newconn {
                 self.refusable.remove(&seq);
             }
             return Some(group);
         }
+        // Written now if the socket takes it; the worker task offers no more than the queue
+        // takes (`takes_connections`), but a drain hands over what was already picked.
+        self.channel.push(self.socket.get_ref(), Out::Handle { frame: frame.into(), fd, group }, &mut self.failed);
         if group.is_none() && no_sid {
             // A handshake (or plain HTTP): counted until the worker reports its session.
             self.handshakes.push_back(Instant::now());
@@ -605,8 +641,15 @@ impl NodeLink {
             }
         };
         let Ok(frame) = Frame::encode(self.mode, &message) else { return Some(false) };
-        let handle = Out::Handle { frame: frame.into_raw().into(), fd, group };
-        Some(self.open && self.out.send(handle).await.is_ok())
+        if !self.open || self.channel.broken() {
+            return Some(false);
+        }
+        self.channel.push(
+            self.socket.get_ref(),
+            Out::Handle { frame: frame.into_raw().into(), fd, group },
+            &mut self.failed,
+        );
+        Some(true)
     }
 
     /// Graceful stop, as Node's `worker.kill()`: `act: "disconnect"` (the worker closes its
@@ -616,13 +659,13 @@ impl NodeLink {
         let seq = self.next_seq();
         let message =
             Value::object([("cmd", Value::from("NODE_CLUSTER")), ("act", Value::from("disconnect")), ("seq", seq)]);
-        // Waits (bounded) for room rather than lose the one message that makes the worker go;
-        // without it, the grace time's SIGKILL still ends the worker.
+        // Queued even past the queue's bound rather than lose the one message that makes the
+        // worker go; if it cannot be written, the grace time's SIGKILL still ends the worker.
         if let Ok(frame) = Frame::encode(self.mode, &message) {
-            let out = Out::Last(frame.into_raw().into());
-            if self.out.send_timeout(out, Duration::from_secs(1)).await.is_err() {
+            if self.channel.broken() {
                 tracing::warn!(worker = self.slot, "node channel: could not send the disconnect");
             }
+            self.channel.push(self.socket.get_ref(), Out::Last(frame.into_raw().into()), &mut self.failed);
         }
         false
     }
@@ -631,6 +674,27 @@ impl NodeLink {
     pub async fn gone(&mut self) {
         if let Some(relay) = &self.relay {
             let _ = relay.send(super::relay::Input::Leave { key: self.key }).await;
+        }
+    }
+}
+
+/// Reads what the channel has (cancel-safe: nothing is read until the socket is readable, and
+/// then without waiting).
+async fn read_some(socket: &AsyncFd<UnixStream>, chunk: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut guard = socket.readable().await?;
+        match guard.get_inner().read(chunk) {
+            Ok(read) => {
+                // A read that did not fill the buffer emptied the socket (as tokio's own streams
+                // assume on epoll): the next one waits for news instead of failing with EAGAIN.
+                if read < chunk.len() {
+                    guard.clear_ready();
+                }
+                return Ok(read);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! - `value`, `v8`, `json`, `frame`: the channel's messages (V8 serialization or JSON lines);
 //! - `link`: one worker's channel (what it says, connections, drains);
-//! - `writer`: the channel's writing half (handles one at a time, until acknowledged);
+//! - `writer`: the channel's writing half (written from the worker's task, without waiting;
+//!   handles in flight until acknowledged);
 //! - `relay`: the cluster adapter's messages between workers.
 
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]

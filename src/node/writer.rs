@@ -1,8 +1,8 @@
-//! The writing half of a Node worker's channel: one task per worker that writes messages in the
-//! order they were queued. A connection is a `NODE_HANDLE` message with the fd as `SCM_RIGHTS`;
-//! it is in flight until the worker's `NODE_HANDLE_ACK`, and a `NODE_HANDLE_NACK` sends the same
-//! one again, up to three times. clusterd's copy of a connection's fd is closed once the worker
-//! has acknowledged it.
+//! The writing half of a Node worker's channel, owned by the worker's link (`link.rs`) and driven
+//! by the worker's task: messages go out in the order they were queued. A connection is a
+//! `NODE_HANDLE` message with the fd as `SCM_RIGHTS`; it is in flight until the worker's
+//! `NODE_HANDLE_ACK`, and a `NODE_HANDLE_NACK` sends the same one again, up to three times.
+//! clusterd's copy of a connection's fd is closed once the worker has acknowledged it.
 //!
 //! Node's own sender holds everything after a handle until its acknowledgement, because it
 //! attaches the fd to the first bytes of the message: a second fd could then reach the receiver
@@ -12,33 +12,46 @@
 //! that delivers an fd always completes its message too, and up to [`MAX_IN_FLIGHT`] handles can
 //! be on their way at once. A worker busy with one connection finds the next ones already queued
 //! instead of waiting a round trip through clusterd for each.
+//!
+//! Writes are tried at once, from the worker's task, without waiting: a handle goes out in the
+//! same turn that picked the connection, and an acknowledgement closes its fd where it is read.
+//! (A writer task of its own cost a task switch for each handle and each acknowledgement.) Only
+//! what the socket does not take at once waits, and only then is the socket watched for room:
+//! a socket registered for writability wakes clusterd every time the worker reads from it (a Unix
+//! socket signals room after every read its peer makes), which was one wakeup more per
+//! connection.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio::io::Interest;
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::io::unix::AsyncFd;
 
-/// Messages queued for one worker.
-const QUEUE: usize = 1024;
+/// Messages queued for one worker, and relayed messages waiting to be queued
+/// ([`RELAY_QUEUE`]).
+pub const QUEUE: usize = 1024;
+/// Relayed messages on their way from the relay to a worker's queue.
+pub const RELAY_QUEUE: usize = 1024;
 /// How often a refused handle is sent again before the connection is given up.
 const MAX_RETRANSMISSIONS: u8 = 3;
 /// Handles written and not yet acknowledged, per worker. It bounds the fds clusterd holds for a
 /// worker that stopped reading, and how far a worker's share of new connections runs ahead of
 /// what it has taken.
 pub const MAX_IN_FLIGHT: usize = 8;
+/// Buffers in one vectored write (well under the kernel's `IOV_MAX`, 1024).
+const MAX_IOV: usize = 64;
 
 /// Something to write to the worker.
 pub enum Out {
     /// A message clusterd wrote for this worker.
     Frame(Bytes),
-    /// A message relayed from another worker (its bytes count in [`Writer::queued`]).
+    /// A message relayed from another worker (its bytes count in [`Channel::queued`]).
     Relayed(Bytes),
     /// A connection: the message and the fd that goes with it, and its listener group.
     Handle { frame: Bytes, fd: OwnedFd, group: Option<u32> },
@@ -53,25 +66,6 @@ pub enum Control {
     Nack,
 }
 
-/// The handles on a worker's writer task.
-pub struct Writer {
-    pub out: mpsc::Sender<Out>,
-    pub control: mpsc::UnboundedSender<Control>,
-    /// The listener group of each connection the worker refused for good.
-    pub failed: mpsc::UnboundedReceiver<Option<u32>>,
-    /// Bytes of relayed messages queued and not yet written.
-    pub queued: Arc<AtomicUsize>,
-}
-
-pub fn start(socket: OwnedWriteHalf) -> Writer {
-    let (out, outs) = mpsc::channel(QUEUE);
-    let (control, controls) = mpsc::unbounded_channel();
-    let (failed_tx, failed) = mpsc::unbounded_channel();
-    let queued = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(run(socket, outs, controls, failed_tx, Arc::clone(&queued)));
-    Writer { out, control, failed, queued }
-}
-
 struct InFlight {
     frame: Bytes,
     /// Dropped (closed) when the worker acknowledges the handle.
@@ -80,143 +74,279 @@ struct InFlight {
     sent: u8,
 }
 
+/// Bytes on their way out, in order.
+enum Piece {
+    /// Message bytes, the front ones possibly written in part; `relayed`: how many count in
+    /// [`Channel::queued`] until they are written.
+    Bytes { bytes: Bytes, relayed: usize },
+    /// The last byte of a handle's message, with the handle's fd (owned by its [`InFlight`],
+    /// which stays until the worker answers, so after this byte was written).
+    Fd { byte: u8, fd: RawFd },
+}
+
 /// The writer's state: what waits to be written and what waits for the worker's answer.
-struct Channel {
-    socket: OwnedWriteHalf,
-    /// Queued and not yet written, in order.
-    pending: VecDeque<Out>,
+pub struct Channel {
+    /// Queued and not yet begun, in order.
+    queue: VecDeque<Out>,
+    /// Begun: the bytes of the messages taken from `queue`, not yet all written.
+    wire: VecDeque<Piece>,
     /// Written handles, oldest first: the worker answers them in the order it reads them.
     in_flight: VecDeque<InFlight>,
     /// The `disconnect` has been written.
     closing: bool,
-    failed: mpsc::UnboundedSender<Option<u32>>,
+    /// A write failed: the worker is gone or stopped reading for good; its reading half sees
+    /// the end. Nothing more is written.
+    broken: bool,
+    /// A second registration of the socket, for writability, while something waits for room.
+    room: Option<AsyncFd<OwnedFd>>,
+    /// Bytes of relayed messages queued and not yet written (the relay reads it).
     queued: Arc<AtomicUsize>,
-}
-
-async fn run(
-    socket: OwnedWriteHalf,
-    mut outs: mpsc::Receiver<Out>,
-    mut controls: mpsc::UnboundedReceiver<Control>,
-    failed: mpsc::UnboundedSender<Option<u32>>,
-    queued: Arc<AtomicUsize>,
-) {
-    let mut channel =
-        Channel { socket, pending: VecDeque::new(), in_flight: VecDeque::new(), closing: false, failed, queued };
-    let mut batch = Vec::new();
-    loop {
-        let result = tokio::select! {
-            biased;
-            control = controls.recv() => match control {
-                Some(control) => channel.answered(control).await,
-                None => return,
-            },
-            count = outs.recv_many(&mut batch, 256), if channel.pending.len() < QUEUE => {
-                if count == 0 {
-                    return;
-                }
-                channel.pending.extend(batch.drain(..));
-                Ok(())
-            }
-        };
-        let result = match result {
-            Ok(()) => channel.write_pending().await,
-            error => error,
-        };
-        if result.is_err() {
-            // The worker is gone or stopped reading for good: its task sees the end on the other
-            // half. What is still queued closes with this task (fds included).
-            channel.give_up();
-            return;
-        }
-    }
 }
 
 impl Channel {
+    pub fn new(queued: Arc<AtomicUsize>) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            wire: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            closing: false,
+            broken: false,
+            room: None,
+            queued,
+        }
+    }
+
+    /// Whether more can be queued: below [`QUEUE`], and writing still works.
+    pub fn has_room(&self) -> bool {
+        !self.broken && self.queue.len() < QUEUE
+    }
+
+    /// Whether writing failed for good.
+    pub fn broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Whether bytes wait for the socket to have room (see [`Channel::room`]).
+    pub fn waiting(&self) -> bool {
+        self.room.is_some()
+    }
+
+    /// Queues `out` and writes what the socket takes now. The listener groups of connections
+    /// that cannot be handed over any more (writing failed) are added to `failed`.
+    pub fn push(&mut self, socket: &UnixStream, out: Out, failed: &mut Vec<Option<u32>>) {
+        self.extend(socket, std::iter::once(out), failed);
+    }
+
+    /// Queues every message of `outs`, then writes what the socket takes (together, in one
+    /// vectored write when it takes them all).
+    pub fn extend(&mut self, socket: &UnixStream, outs: impl Iterator<Item = Out>, failed: &mut Vec<Option<u32>>) {
+        self.queue.extend(outs);
+        if self.broken {
+            let queue = std::mem::take(&mut self.queue);
+            return self.drop_queued(queue, failed);
+        }
+        self.flush(socket, failed);
+    }
+
     /// The worker's answer about the oldest handle in flight.
-    async fn answered(&mut self, control: Control) -> std::io::Result<()> {
+    pub fn answered(&mut self, socket: &UnixStream, control: Control, failed: &mut Vec<Option<u32>>) {
         // The fd of an acknowledged handle closes here.
-        let Some(handle) = self.in_flight.pop_front() else { return Ok(()) };
+        let Some(handle) = self.in_flight.pop_front() else { return };
         match control {
-            Control::Ack => Ok(()),
-            Control::Nack if handle.sent <= MAX_RETRANSMISSIONS && !self.closing => {
-                self.write(Vec::new(), Some(handle)).await
+            Control::Ack => {}
+            Control::Nack if handle.sent <= MAX_RETRANSMISSIONS && !self.closing && !self.broken => {
+                self.begin_handle(handle);
             }
             Control::Nack => {
                 tracing::warn!("a Node worker refused a connection {} times; closing it", handle.sent);
-                let _ = self.failed.send(handle.group);
-                Ok(())
+                failed.push(handle.group);
+            }
+        }
+        // Room in flight: handles that waited for it can go.
+        self.flush(socket, failed);
+    }
+
+    /// Waits until the socket has room for what waits (cancel-safe), then writes what it takes.
+    /// Pending forever when nothing waits.
+    pub async fn writable(&mut self, socket: &UnixStream, failed: &mut Vec<Option<u32>>) {
+        let Some(room) = &self.room else { return std::future::pending().await };
+        match room.writable().await {
+            Ok(mut guard) => {
+                // Cleared before writing: room made after this point signals again.
+                guard.clear_ready();
+            }
+            Err(_) => return self.fail(failed),
+        }
+        self.flush(socket, failed);
+    }
+
+    /// Writes what waits and what the queue allows (handles only while fewer than
+    /// [`MAX_IN_FLIGHT`] are in flight), until the socket takes no more.
+    fn flush(&mut self, socket: &UnixStream, failed: &mut Vec<Option<u32>>) {
+        loop {
+            self.begin_queued();
+            if self.wire.is_empty() {
+                // Everything written: stop watching for room.
+                self.room = None;
+                return;
+            }
+            match self.write_some(socket) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if self.room.is_none() {
+                        match watch_room(socket) {
+                            Ok(room) => self.room = Some(room),
+                            Err(error) => {
+                                tracing::warn!(%error, "node channel: cannot watch the worker's socket for room");
+                                return self.fail(failed);
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(_) => return self.fail(failed),
             }
         }
     }
 
-    /// Writes what is pending, in order and in vectored runs, while there is room for handles in
-    /// flight; a handle that finds no room waits, with everything after it.
-    async fn write_pending(&mut self) -> std::io::Result<()> {
-        let mut run: Vec<Bytes> = Vec::new();
-        let mut relayed = 0;
-        while self.in_flight.len() < MAX_IN_FLIGHT {
-            let Some(out) = self.pending.pop_front() else { break };
+    /// Moves queued messages onto the wire, in order; a handle that finds no room in flight
+    /// waits, with everything after it.
+    fn begin_queued(&mut self) {
+        while let Some(front) = self.queue.front() {
+            if matches!(front, Out::Handle { .. }) && self.in_flight.len() >= MAX_IN_FLIGHT {
+                return;
+            }
+            let Some(out) = self.queue.pop_front() else { return };
             match out {
-                Out::Frame(bytes) => run.push(bytes),
+                Out::Frame(bytes) => self.wire.push_back(Piece::Bytes { bytes, relayed: 0 }),
                 Out::Relayed(bytes) => {
-                    relayed += bytes.len();
-                    run.push(bytes);
+                    let relayed = bytes.len();
+                    self.wire.push_back(Piece::Bytes { bytes, relayed });
                 }
                 Out::Last(bytes) => {
                     self.closing = true;
-                    run.push(bytes);
+                    self.wire.push_back(Piece::Bytes { bytes, relayed: 0 });
                 }
-                Out::Handle { frame, fd, group } => {
-                    self.write(std::mem::take(&mut run), Some(InFlight { frame, fd, group, sent: 0 })).await?;
-                }
+                Out::Handle { frame, fd, group } => self.begin_handle(InFlight { frame, fd, group, sent: 0 }),
             }
         }
-        self.write(run, None).await?;
-        self.queued.fetch_sub(relayed, Ordering::Relaxed);
-        Ok(())
     }
 
-    /// Writes `run`, then the handle: all of its message but the last byte with the run, then
-    /// the last byte with the fd attached. The handle then waits in flight for its answer.
-    async fn write(&mut self, mut run: Vec<Bytes>, handle: Option<InFlight>) -> std::io::Result<()> {
-        let Some(mut handle) = handle else {
-            return clusterd_worker::bus_protocol::write_frames(&mut self.socket, &run).await;
-        };
-        // In flight from here on: if a write fails, `give_up` reports it with the others.
+    /// Puts a handle's message on the wire, its last byte on its own with the fd; it is in
+    /// flight from here on (if a write fails, [`Channel::fail`] reports it with the others).
+    fn begin_handle(&mut self, mut handle: InFlight) {
         handle.sent += 1;
-        let (frame, fd) = (handle.frame.clone(), handle.fd.as_raw_fd());
+        let Some((&byte, _)) = handle.frame.split_last() else {
+            // Encoded messages are never empty; nothing to send the fd with.
+            return;
+        };
+        let last = handle.frame.len() - 1;
+        self.wire.push_back(Piece::Bytes { bytes: handle.frame.slice(..last), relayed: 0 });
+        self.wire.push_back(Piece::Fd { byte, fd: handle.fd.as_raw_fd() });
         self.in_flight.push_back(handle);
-        let last = frame.len() - 1;
-        run.push(frame.slice(..last));
-        clusterd_worker::bus_protocol::write_frames(&mut self.socket, &run).await?;
-        let stream = self.socket.as_ref();
-        loop {
-            stream.writable().await?;
-            let sent = stream.try_io(Interest::WRITABLE, || {
-                let fds = [fd];
+    }
+
+    /// One write of the wire's front: `Ok(false)` when the socket has no room.
+    fn write_some(&mut self, socket: &UnixStream) -> std::io::Result<bool> {
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        let result = match self.wire.front() {
+            Some(Piece::Fd { byte, fd }) => {
+                let fds = [*fd];
                 let cmsg = [ControlMessage::ScmRights(&fds)];
-                let byte = [IoSlice::new(&frame[last..])];
-                sendmsg::<()>(stream.as_raw_fd(), &byte, &cmsg, MsgFlags::MSG_NOSIGNAL, None)
-                    .map_err(std::io::Error::from)
-            });
-            match sent {
-                Ok(_) => return Ok(()),
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Err(error),
+                let byte = [*byte];
+                sendmsg::<()>(socket.as_raw_fd(), &[IoSlice::new(&byte)], &cmsg, flags, None)
+            }
+            Some(Piece::Bytes { .. }) => {
+                let slices: Vec<IoSlice<'_>> = self
+                    .wire
+                    .iter()
+                    .map_while(|piece| match piece {
+                        Piece::Bytes { bytes, .. } => Some(IoSlice::new(bytes)),
+                        Piece::Fd { .. } => None,
+                    })
+                    .take(MAX_IOV)
+                    .collect();
+                sendmsg::<()>(socket.as_raw_fd(), &slices, &[], flags, None)
+            }
+            None => return Ok(true),
+        };
+        let mut written = match result {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => written,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+            Err(nix::errno::Errno::EINTR) => return Ok(true),
+            Err(errno) => return Err(errno.into()),
+        };
+        let mut relayed = 0;
+        while written > 0 {
+            let Some(front) = self.wire.front_mut() else { break };
+            match front {
+                Piece::Fd { .. } => {
+                    written -= 1;
+                    self.wire.pop_front();
+                }
+                Piece::Bytes { bytes, relayed: count } => {
+                    if written < bytes.len() {
+                        bytes.advance(written);
+                        break;
+                    }
+                    written -= bytes.len();
+                    relayed += *count;
+                    self.wire.pop_front();
+                }
+            }
+        }
+        if relayed > 0 {
+            self.queued.fetch_sub(relayed, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
+
+    /// Writing failed: every connection not handed over (in flight, or still queued) is
+    /// reported, and their fds close.
+    fn fail(&mut self, failed: &mut Vec<Option<u32>>) {
+        self.broken = true;
+        self.room = None;
+        let relayed: usize = self
+            .wire
+            .drain(..)
+            .map(|piece| match piece {
+                Piece::Bytes { relayed, .. } => relayed,
+                Piece::Fd { .. } => 0,
+            })
+            .sum();
+        self.queued.fetch_sub(relayed, Ordering::Relaxed);
+        failed.extend(self.in_flight.drain(..).map(|handle| handle.group));
+        let queue = std::mem::take(&mut self.queue);
+        self.drop_queued(queue, failed);
+    }
+
+    /// Drops messages that will never be written: their relayed bytes no longer count, and the
+    /// connections among them are reported.
+    fn drop_queued(&self, queue: VecDeque<Out>, failed: &mut Vec<Option<u32>>) {
+        for out in queue {
+            match out {
+                Out::Handle { group, .. } => failed.push(group),
+                Out::Relayed(bytes) => {
+                    self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+                }
+                Out::Frame(_) | Out::Last(_) => {}
             }
         }
     }
+}
 
-    /// Reports every connection not handed over: in flight, or still queued.
-    fn give_up(self) {
-        let queued = self.pending.into_iter().filter_map(|out| match out {
-            Out::Handle { group, .. } => Some(group),
-            _ => None,
-        });
-        for group in self.in_flight.into_iter().map(|h| h.group).chain(queued) {
-            let _ = self.failed.send(group);
-        }
-    }
+/// A second registration of the channel's socket, for writability only (a `dup`: epoll takes
+/// one registration per fd, and the first one, for reading, must not hear of room).
+fn watch_room(socket: &UnixStream) -> std::io::Result<AsyncFd<OwnedFd>> {
+    register(socket.as_fd().try_clone_to_owned()?, Interest::WRITABLE)
+}
+
+/// Registers a socket that the returned `AsyncFd` owns with the runtime, for `interest` only.
+pub fn register<T: AsRawFd>(socket: T, interest: Interest) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: the `AsyncFd` owns `socket` (an `OwnedFd` or a std socket) for its whole life, so
+    // the fd stays open and names the same socket until the registration is dropped.
+    Ok(unsafe { AsyncFd::register_with_interest(socket, interest) }?)
 }
 
 #[cfg(test)]
@@ -227,6 +357,7 @@ mod tests {
 
     use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
+    use super::*;
     /// Reads once (as libuv does) into a 64 KiB buffer: the bytes and the fds that came with them.
     fn read_once(socket: &UnixStream) -> (usize, usize) {
         let mut buffer = vec![0u8; 64 * 1024];
@@ -267,5 +398,118 @@ mod tests {
         assert_eq!(read_once(&receiver), (300, 1), "message 1 and its fd, nothing of message 2");
         assert_eq!(read_once(&receiver), (300, 1), "message 2 and its fd");
         assert_eq!(read_once(&receiver), (100, 0));
+    }
+
+    fn pair() -> (UnixStream, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        (ours, theirs)
+    }
+
+    /// Everything the peer can read now: the bytes, and how many fds came with them.
+    fn drain(socket: &UnixStream) -> (Vec<u8>, usize) {
+        let (mut bytes, mut fds) = (Vec::new(), 0);
+        loop {
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+            let mut iov = [IoSliceMut::new(&mut buffer)];
+            let message = match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_DONTWAIT) {
+                Ok(message) => message,
+                Err(nix::errno::Errno::EAGAIN) => return (bytes, fds),
+                Err(error) => panic!("recvmsg: {error}"),
+            };
+            let read = message.bytes;
+            for cmsg in message.cmsgs().unwrap() {
+                if let ControlMessageOwned::ScmRights(received) = cmsg {
+                    fds += received.len();
+                    for fd in received {
+                        nix::unistd::close(fd).unwrap();
+                    }
+                }
+            }
+            if read == 0 {
+                return (bytes, fds);
+            }
+            bytes.extend_from_slice(&buffer[..read]);
+        }
+    }
+
+    fn handle(n: u8) -> Out {
+        let (fd, _) = UnixStream::pair().unwrap();
+        Out::Handle { frame: Bytes::from(vec![n; 300]), fd: fd.into(), group: Some(u32::from(n)) }
+    }
+
+    /// Handles go out at once, up to [`MAX_IN_FLIGHT`]; the next ones wait, with everything
+    /// queued after them, until the worker acknowledges; each message arrives whole with its fd.
+    #[tokio::test]
+    async fn handles_wait_for_room_in_flight_and_acknowledgements_release_them() {
+        let (ours, theirs) = pair();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut channel = Channel::new(Arc::clone(&queued));
+        let mut failed = Vec::new();
+        for n in 0..MAX_IN_FLIGHT as u8 + 2 {
+            channel.push(&ours, handle(n), &mut failed);
+        }
+        channel.push(&ours, Out::Frame(Bytes::from_static(b"after")), &mut failed);
+        let (bytes, fds) = drain(&theirs);
+        assert_eq!((bytes.len(), fds), (300 * MAX_IN_FLIGHT, MAX_IN_FLIGHT), "only the handles in flight");
+        channel.answered(&ours, Control::Ack, &mut failed);
+        let (bytes, fds) = drain(&theirs);
+        assert_eq!((bytes, fds), (vec![MAX_IN_FLIGHT as u8; 300], 1), "the next handle, once one was acknowledged");
+        // A refusal sends the oldest one in flight again.
+        channel.answered(&ours, Control::Nack, &mut failed);
+        let (bytes, fds) = drain(&theirs);
+        assert_eq!((bytes, fds), (vec![1; 300], 1), "the refused handle again");
+        channel.answered(&ours, Control::Ack, &mut failed);
+        let (bytes, fds) = drain(&theirs);
+        let mut expected = vec![MAX_IN_FLIGHT as u8 + 1; 300];
+        expected.extend_from_slice(b"after");
+        assert_eq!((bytes, fds), (expected, 1), "the last handle, then what was queued after it");
+        assert!(failed.is_empty() && !channel.waiting());
+    }
+
+    /// What the socket does not take waits, is written in order once the worker reads, and
+    /// counts in `queued` until then; then the socket is no longer watched for room.
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_waits_and_goes_out_in_order() {
+        let (ours, theirs) = pair();
+        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let mut channel = Channel::new(Arc::clone(&queued));
+        let mut failed = Vec::new();
+        let messages: Vec<Bytes> = (0..64u8).map(|n| Bytes::from(vec![n; 4000])).collect();
+        let total: usize = messages.iter().map(Bytes::len).sum();
+        queued.fetch_add(total, Ordering::Relaxed);
+        channel.extend(&ours, messages.iter().cloned().map(Out::Relayed), &mut failed);
+        assert!(channel.waiting(), "64 × 4000 bytes do not fit a 4 KiB send buffer");
+        assert!(queued.load(Ordering::Relaxed) > 0);
+        let mut received = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while received.len() < total {
+            received.extend(drain(&theirs).0);
+            if channel.waiting() {
+                tokio::time::timeout_at(deadline, channel.writable(&ours, &mut failed))
+                    .await
+                    .expect("the channel wrote on within 30 s of the peer reading");
+            }
+        }
+        assert_eq!(received, messages.concat(), "every message, whole and in order");
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+        assert!(failed.is_empty() && !channel.waiting());
+    }
+
+    /// A worker that is gone: the connections queued and in flight are reported, and later
+    /// ones at once.
+    #[tokio::test]
+    async fn connections_of_a_worker_that_is_gone_are_reported() {
+        let (ours, theirs) = pair();
+        drop(theirs);
+        let mut channel = Channel::new(Arc::new(AtomicUsize::new(0)));
+        let mut failed = Vec::new();
+        channel.push(&ours, handle(1), &mut failed);
+        channel.push(&ours, handle(2), &mut failed);
+        assert!(channel.broken());
+        assert_eq!(failed, [Some(1), Some(2)]);
     }
 }

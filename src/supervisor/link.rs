@@ -81,6 +81,15 @@ impl Link {
         }
     }
 
+    /// Whether the worker takes another connection now; while it does not, connections wait in
+    /// the worker task's queue (and go to another worker after a while).
+    pub fn takes_connections(&self) -> bool {
+        match self {
+            Link::Native(_) => true,
+            Link::Node(link) => link.takes_connections(),
+        }
+    }
+
     /// Sends one connection to the worker; clusterd's copy of the fd closes once it is handed over
     /// (or could not be). Returns the group of a connection that could not be handed over (it
     /// counts as closed at once); what closes later is heard as [`Said::Closed`].

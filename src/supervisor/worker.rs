@@ -312,7 +312,7 @@ async fn run(
                     kill_deadline = None;
                 }
             },
-            Some(handoff) = handoffs.recv() => {
+            Some(handoff) = handoffs.recv(), if link.takes_connections() => {
                 if killed.is_some() || disconnected.is_some() {
                     // Picked before the drain began: it goes to a worker that takes connections.
                     report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
