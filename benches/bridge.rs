@@ -561,13 +561,18 @@ fn relay_host(
     (Process::new(Setup::Clusterd.label(), child, log, text, true), lines, dir)
 }
 
-/// Waits for `n` subscribers' `relay done` lines.
-fn relay_done(process: &mut Process, lines: &std::sync::mpsc::Receiver<String>, n: usize) -> Vec<Done> {
+/// Waits for `n` subscribers' `relay done` lines; also returns clusterd's CPU time (`schedstat`,
+/// ns) from the publisher's `relay start` line to then.
+fn relay_done(process: &mut Process, lines: &std::sync::mpsc::Receiver<String>, n: usize) -> (Vec<Done>, u64) {
     let deadline = Instant::now() + RUN_TIMEOUT;
     let mut done = Vec::new();
+    let mut cpu_at_start = None;
     while done.len() < n {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
+                if line.contains("relay start ") {
+                    cpu_at_start = common::run_ns(process.pid);
+                }
                 let Some(rest) = line.split("relay done ").nth(1) else { continue };
                 let field = |name: &str| -> f64 {
                     rest.split_whitespace()
@@ -584,7 +589,8 @@ fn relay_done(process: &mut Process, lines: &std::sync::mpsc::Receiver<String>, 
             Err(_) => process.fail("the subscribers did not report in time"),
         }
     }
-    done
+    let cpu = common::run_ns(process.pid).unwrap_or(0).saturating_sub(cpu_at_start.unwrap_or(0));
+    (done, cpu)
 }
 
 /// Paced, timestamped messages from one worker to another, on one host or across two: (p50, p99)
@@ -605,7 +611,7 @@ fn bus_latency(bins: &Binaries, hop: Hop) -> (f64, f64) {
         Hop::Local => {
             // Slot 0 publishes, slot 1 subscribes.
             let (mut host, lines, _dir) = relay_host(bins, &bins.clusterd, 2, None, &env(None, "bench"));
-            let done = relay_done(&mut host, &lines, 1);
+            let (done, _) = relay_done(&mut host, &lines, 1);
             host.stop();
             done
         }
@@ -620,7 +626,7 @@ fn bus_latency(bins: &Binaries, hop: Hop) -> (f64, f64) {
                 relay_host(bins, clusterd, 1, Some(&redis), &env(Some("subscriber"), BRIDGED_CHANNEL));
             let (mut a, _a_lines, _a_dir) =
                 relay_host(bins, clusterd, 1, Some(&redis), &env(Some("publisher"), BRIDGED_CHANNEL));
-            let done = relay_done(&mut b, &lines, 1);
+            let (done, _) = relay_done(&mut b, &lines, 1);
             a.stop();
             b.stop();
             done
@@ -634,19 +640,18 @@ fn bus_latency(bins: &Binaries, hop: Hop) -> (f64, f64) {
 }
 
 /// benches/relay.rs's scenario on one host, with or without a bridge configured: messages
-/// delivered per second, and clusterd's CPU per message delivered (ns; from `schedstat`, which
-/// the machine's other load disturbs far less than the rate).
+/// delivered per second, and clusterd's CPU per message delivered from the first publish on (ns;
+/// from `schedstat`, which the machine's other load disturbs far less than the rate).
 fn local_relay(bins: &Binaries, bridge: bool) -> (f64, f64) {
     let redis = Redis::start();
     let env = [("RELAY_SIZE", RELAY_SIZE.to_string()), ("RELAY_COUNT", RELAY_COUNT.to_string())];
     let (mut process, lines, _dir) = relay_host(bins, &bins.clusterd, 3, bridge.then_some(&redis), &env);
-    let done = relay_done(&mut process, &lines, 2);
-    let cpu_ns = common::run_ns(process.pid).unwrap_or(0) as f64;
+    let (done, cpu_ns) = relay_done(&mut process, &lines, 2);
     process.stop();
     let received: u64 = done.iter().map(|d| d.received).sum();
     let elapsed_ms = done.iter().map(|d| d.elapsed_ms).fold(0.0, f64::max);
     let rate = if elapsed_ms > 0.0 { received as f64 / (elapsed_ms / 1e3) } else { 0.0 };
-    (rate, cpu_ns / received.max(1) as f64)
+    (rate, cpu_ns as f64 / received.max(1) as f64)
 }
 
 // ---- Report ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 //! Role: `RELAY_ROLE=publisher|subscriber` when set, otherwise the worker in slot 0 publishes and
 //! the others subscribe (clusterd gives every worker the same environment). Subscribers subscribe,
 //! then report ready; the publisher reports ready, waits (bounded) until `count - 1` workers
-//! subscribe, then publishes. Each payload starts with its send time, 8 bytes little-endian,
+//! subscribe, prints `relay start`, then publishes. Each payload starts with its send time, 8 bytes little-endian,
 //! nanoseconds since the Unix epoch (`SystemTime`: one clock for every process). A subscriber
 //! prints `relay done received=N elapsed_ms=E p50_us=P p99_us=Q` once it has all messages (or
 //! after [`IDLE_TIMEOUT`] without one), where E runs from the first message's send time to the
@@ -148,6 +148,8 @@ async fn publish(bus: &clusterd_worker::Bus, what: &Publishing<'_>) -> Result<()
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         pace
     });
+    // The bench reads clusterd's CPU time at this line: what it spent starting is not the relay's.
+    println!("relay start count={} size={}", what.count, what.size);
     let started = now_ns();
     let mut payload = vec![0xa5u8; what.size];
     for _ in 0..what.count {

@@ -36,10 +36,11 @@ const MIN_DEADLINE: Duration = Duration::from_millis(500);
 /// Items taken off the queue for one pipeline of PUBLISHes.
 const BATCH: usize = 512;
 /// Pipelines of PUBLISHes sent and not answered yet, at most. The connection task goes on
-/// receiving and queueing while Redis answers; beyond this many, what the relay hands over waits
-/// in the bytes-bounded queue. Below redis-rs's own request buffer (50), so that sending one never
-/// waits.
-const MAX_IN_FLIGHT: usize = 32;
+/// receiving while Redis answers (it no longer waits for the answer in place); what the relay
+/// hands over meanwhile waits in the bytes-bounded queue and leaves in the next pipeline, so a
+/// busy host sends few large pipelines instead of many small ones (more in flight measured more
+/// CPU per delivery, for no gain in latency: benches/bridge.rs, README's bridge table).
+const MAX_IN_FLIGHT: usize = 1;
 /// How long a published message's echo is awaited before it is forgotten.
 const ECHO_TTL: Duration = Duration::from_secs(10);
 /// The most echoes awaited on one channel.
@@ -60,8 +61,8 @@ const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Builds the Redis client: with `--bridge-ca`, a `rediss://` client that trusts that CA (and only
 /// it); otherwise the system's roots for `rediss://`.
 ///
-/// TCP_NODELAY: with several pipelines in flight, Nagle's algorithm would hold a pipeline back
-/// until Redis acknowledged the previous one.
+/// TCP_NODELAY: Nagle's algorithm would hold back a PUBLISH sent while an earlier write (a
+/// heartbeat, a PING) is not acknowledged yet.
 pub fn client(config: &BridgeConfig) -> Result<redis::Client, redis::RedisError> {
     let info = redis::IntoConnectionInfo::into_connection_info(config.url.secret())?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
