@@ -21,11 +21,24 @@
 //!    under `clusterd --protocol node --bridge`, against the Node primary (benches/node/primary.cjs,
 //!    `cluster` + `@socket.io/sticky`) forking benches/node/redis_worker.cjs
 //!    (`@socket.io/redis-adapter` in every worker).
-//! 3. **The local relay**: benches/relay.rs's scenario (`relay_worker`, one publisher and two
+//! 3. **The bus alone** (no Socket.IO): `relay_worker` publishing [`BUS_SAMPLES`] messages at
+//!    [`BUS_RATE`] per second, timestamped; p50 / p99 from the publish to the receipt, for one
+//!    local hop (two workers of one host) and across hosts (a worker of host A, under `--bridge`,
+//!    on a bridged channel, to a worker of host B). This is the bridge's own latency, against the
+//!    raw Redis round trip: what the Socket.IO rows add on top is the same for every setup.
+//! 4. **The local relay**: benches/relay.rs's scenario (`relay_worker`, one publisher and two
 //!    subscribers on one host, [`RELAY_COUNT`] messages of [`RELAY_SIZE`] bytes) with and without
-//!    `--bridge` configured (its channel is not bridged: the cost is the relay's check).
+//!    `--bridge` configured (its channel is not bridged: the cost is the relay's check),
+//!    [`RELAY_PAIRS`] pairs a round, each pair run back to back in alternating order, so that the
+//!    paired ratios cancel the drift of the machine's load; median and range reported, of the
+//!    rate and of clusterd's CPU per message (`schedstat`: less disturbed by the machine's other
+//!    load than the rate, which depends on when the kernel runs each process).
 //!
-//! [`ROUNDS`] rounds, the setups interleaved; medians.
+//! [`ROUNDS`] rounds, the setups interleaved; medians. `BRIDGE_BENCH_PHASES` (a comma-separated
+//! subset of `latency,throughput,node,bus,relay`; all when unset) runs only some phases.
+//! `BRIDGE_BENCH_BEFORE=<another clusterd binary>` adds that binary's bridge as one more setup
+//! of the SDK rows (`chat`, `--bridge`) and of the cross-host bus row: a change measured side by
+//! side with what it changed, in one run.
 
 mod common;
 
@@ -59,6 +72,13 @@ const PACED_RATE: f64 = 100.0;
 const RAW_SAMPLES: usize = 2_000;
 const RELAY_SIZE: usize = 100;
 const RELAY_COUNT: u64 = 200_000;
+/// Local relay runs with and without a bridge, pairs per round.
+const RELAY_PAIRS: usize = 5;
+/// Bus-level latency: messages, and their rate.
+const BUS_SAMPLES: u64 = 2_000;
+const BUS_RATE: u64 = 1_000;
+/// A bridged channel (socketioxide's request channel of the root namespace).
+const BRIDGED_CHANNEL: &str = "socket.io-request#/#";
 /// Starting a host, and each wait of the relay runs.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -67,6 +87,8 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 enum Kind {
     /// `chat` on two clusterd hosts joined by `--bridge`.
     Bridge,
+    /// The same with the clusterd binary of `BRIDGE_BENCH_BEFORE`.
+    Before,
     /// `chat_redis` (socketioxide-redis in every worker) on two clusterd hosts without a bridge.
     PerWorker,
     /// benches/node/worker.cjs (cluster adapter) under `clusterd --protocol node --bridge`.
@@ -80,6 +102,7 @@ impl Kind {
     fn label(self) -> &'static str {
         match self {
             Self::Bridge => "clusterd --bridge",
+            Self::Before => "clusterd --bridge, BRIDGE_BENCH_BEFORE's binary",
             Self::PerWorker => "socketioxide-redis in every worker",
             Self::NodeBridge => "Node workers, clusterd --bridge",
             Self::NodeRedis => "Node primary, @socket.io/redis-adapter in every worker",
@@ -87,13 +110,15 @@ impl Kind {
     }
 
     fn bridged(self) -> bool {
-        matches!(self, Self::Bridge | Self::NodeBridge)
+        matches!(self, Self::Bridge | Self::Before | Self::NodeBridge)
     }
 }
 
 struct Binaries {
     node: PathBuf,
     clusterd: PathBuf,
+    /// `BRIDGE_BENCH_BEFORE`: another clusterd to compare with.
+    before: Option<PathBuf>,
     chat: PathBuf,
     chat_redis: PathBuf,
     relay_worker: PathBuf,
@@ -111,44 +136,113 @@ fn main() {
     let bins = Binaries {
         node: need("node"),
         clusterd: common::binary(&dir, "bridge", "clusterd"),
+        before: std::env::var_os("BRIDGE_BENCH_BEFORE").map(PathBuf::from),
         chat: common::example(&dir, "chat"),
         chat_redis: common::example(&dir, "chat_redis"),
         relay_worker: common::example(&dir, "relay_worker"),
     };
+    let phases = Phases::from_env();
     let started = Instant::now();
-    let mut raw = Vec::new();
-    let mut latency: Vec<(Kind, Phase)> = Vec::new();
-    let mut throughput: Vec<(Kind, Throughput)> = Vec::new();
-    let mut relay: Vec<(bool, f64)> = Vec::new();
+    let mut results = Results::default();
     for round in 1..=ROUNDS {
         let (p50, p99) = raw_round_trip();
         eprintln!("round {round}: raw Redis PUBLISH → message p50 {p50:.0} µs, p99 {p99:.0} µs");
-        raw.push((p50, p99));
-        for kind in [Kind::PerWorker, Kind::Bridge, Kind::NodeRedis, Kind::NodeBridge] {
-            let phase = cross_host_latency(&bins, kind);
-            eprintln!("round {round} {}: cross-host p50 {} µs, p99 {} µs", kind.label(), phase.p50, phase.p99);
-            latency.push((kind, phase));
-            let t = cross_host_throughput(&bins, kind);
-            eprintln!(
-                "round {round} {}: {:.0} deliveries/s, {} Redis connections, Redis CPU {:.2} µs and hosts' CPU {:.2} µs per delivery",
-                kind.label(),
-                t.phase.rate(),
-                t.connections,
-                t.redis_cpu_us,
-                t.hosts_cpu_us
-            );
-            throughput.push((kind, t));
+        results.raw.push((p50, p99));
+        if phases.bus {
+            let hops = [Hop::Local, Hop::Cross, Hop::CrossBefore];
+            for hop in hops.into_iter().filter(|h| *h != Hop::CrossBefore || bins.before.is_some()) {
+                let (p50, p99) = bus_latency(&bins, hop);
+                eprintln!("round {round} bus, {}: p50 {p50:.0} µs, p99 {p99:.0} µs", hop.label());
+                results.bus.push((hop, (p50, p99)));
+            }
         }
-        for bridge in [false, true] {
-            let rate = local_relay(&bins, bridge);
-            eprintln!(
-                "round {round} local relay {}: {rate:.0} messages/s",
-                if bridge { "with --bridge" } else { "without" }
-            );
-            relay.push((bridge, rate));
+        let kinds = [Kind::PerWorker, Kind::Before, Kind::Bridge, Kind::NodeRedis, Kind::NodeBridge];
+        for kind in kinds
+            .into_iter()
+            .filter(|k| phases.node || !matches!(k, Kind::NodeRedis | Kind::NodeBridge))
+            .filter(|k| *k != Kind::Before || bins.before.is_some())
+        {
+            if phases.latency {
+                let phase = cross_host_latency(&bins, kind);
+                eprintln!("round {round} {}: cross-host p50 {} µs, p99 {} µs", kind.label(), phase.p50, phase.p99);
+                results.latency.push((kind, phase));
+            }
+            if phases.throughput {
+                let t = cross_host_throughput(&bins, kind);
+                eprintln!(
+                    "round {round} {}: {:.0} deliveries/s, {} Redis connections, per delivery: Redis CPU {:.2} µs, hosts' CPU {:.2} µs, the bench's clients {:.2} µs",
+                    kind.label(),
+                    t.phase.rate(),
+                    t.connections,
+                    t.redis_cpu_us,
+                    t.hosts_cpu_us,
+                    t.clients_cpu_us
+                );
+                results.throughput.push((kind, t));
+            }
+        }
+        if phases.relay {
+            for pair in 0..RELAY_PAIRS {
+                // Alternating which runs first, so that neither always gets the quieter moment.
+                let order = if pair % 2 == 0 { [false, true] } else { [true, false] };
+                let mut runs = [(0.0, 0.0); 2];
+                for bridge in order {
+                    let (rate, cpu) = local_relay(&bins, bridge);
+                    eprintln!(
+                        "round {round} local relay {}: {rate:.0} messages/s, clusterd's CPU {cpu:.0} ns per message",
+                        if bridge { "with --bridge" } else { "without" }
+                    );
+                    runs[usize::from(bridge)] = (rate, cpu);
+                }
+                results.relay.push((runs[0], runs[1]));
+            }
         }
     }
-    report(&raw, &latency, &throughput, &relay, started.elapsed());
+    report(&results, started.elapsed());
+}
+
+/// Which phases run (`BRIDGE_BENCH_PHASES`).
+struct Phases {
+    latency: bool,
+    throughput: bool,
+    node: bool,
+    bus: bool,
+    relay: bool,
+}
+
+impl Phases {
+    fn from_env() -> Self {
+        let Ok(list) = std::env::var("BRIDGE_BENCH_PHASES") else {
+            return Self { latency: true, throughput: true, node: true, bus: true, relay: true };
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for name in &names {
+            if !["latency", "throughput", "node", "bus", "relay"].contains(name) {
+                eprintln!("error: BRIDGE_BENCH_PHASES: unknown phase {name:?} (latency, throughput, node, bus, relay)");
+                std::process::exit(2);
+            }
+        }
+        let has = |name: &str| names.contains(&name);
+        Self {
+            latency: has("latency"),
+            throughput: has("throughput"),
+            node: has("node"),
+            bus: has("bus"),
+            relay: has("relay"),
+        }
+    }
+}
+
+/// Every figure of every round.
+#[derive(Default)]
+struct Results {
+    raw: Vec<(f64, f64)>,
+    bus: Vec<(Hop, (f64, f64))>,
+    latency: Vec<(Kind, Phase)>,
+    throughput: Vec<(Kind, Throughput)>,
+    /// Local relay pairs: (without, with) a bridge, each (messages/s, clusterd's CPU ns per
+    /// message).
+    relay: Vec<((f64, f64), (f64, f64))>,
 }
 
 // ---- Raw Redis ------------------------------------------------------------------------------------
@@ -211,7 +305,7 @@ impl Host {
             args.extend(["--bridge".into(), redis.url()]);
         }
         match kind {
-            Kind::Bridge => args.extend(["--".into(), bins.chat.display().to_string()]),
+            Kind::Bridge | Kind::Before => args.extend(["--".into(), bins.chat.display().to_string()]),
             Kind::PerWorker => args.extend(["--".into(), bins.chat_redis.display().to_string()]),
             Kind::NodeBridge | Kind::NodeRedis => {
                 let worker = common::node_dir().join("worker.cjs");
@@ -219,11 +313,15 @@ impl Host {
                 args.extend(["--".into(), bins.node.display().to_string(), worker.display().to_string()]);
             }
         }
-        let mut command = Command::new(&bins.clusterd);
+        let clusterd = match (kind, &bins.before) {
+            (Kind::Before, Some(before)) => before,
+            _ => &bins.clusterd,
+        };
+        let mut command = Command::new(clusterd);
         command.args(&args).env("REDIS_URL", format!("{}?protocol=resp3", redis.url()));
         common::log_to(&mut command, &log, "clusterd");
         let child = common::spawn_group(&mut command, |_| false);
-        let text = format!("{} {}", bins.clusterd.display(), common::shell_join(&args));
+        let text = format!("{} {}", clusterd.display(), common::shell_join(&args));
         let mut process = Process::new(Setup::Clusterd.label(), child, log, text, true);
         let status = common::wait_for_status(
             &mut process,
@@ -348,6 +446,16 @@ struct Throughput {
     connections: usize,
     redis_cpu_us: f64,
     hosts_cpu_us: f64,
+    /// The bench's own thread (every client): it shares the 2 cores with the hosts and Redis.
+    clients_cpu_us: f64,
+}
+
+/// CPU time of the calling thread (the bench's clients run on it), µs.
+fn thread_cpu_us() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).expect("getrusage");
+    let us = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
+    us(usage.user_time()) + us(usage.system_time())
 }
 
 fn cross_host_throughput(bins: &Binaries, kind: Kind) -> Throughput {
@@ -356,7 +464,7 @@ fn cross_host_throughput(bins: &Binaries, kind: Kind) -> Throughput {
     let pids: Vec<i32> = a.pids().into_iter().chain(b.pids()).collect();
     let redis_pid = redis.pid();
     let ticks = |pids: &[i32]| pids.iter().map(|&p| common::cpu_ticks(p)).sum::<u64>() as f64;
-    let (phase, redis_ticks, host_ticks) = run_local("cross-host throughput", async {
+    let (phase, redis_ticks, host_ticks, clients_us) = run_local("cross-host throughput", async {
         let mut clients = sio_client::connect_all(a.port, CLIENTS).await?.clients;
         clients.extend(sio_client::connect_all(b.port, CLIENTS).await?.clients);
         // One sender per worker of each host: the first client each worker got.
@@ -370,9 +478,9 @@ fn cross_host_throughput(bins: &Binaries, kind: Kind) -> Throughput {
         let shared = Rc::new(Shared::new(clients.len(), 5, 120));
         broadcast::run_clients(clients, shared, &senders, async |shared, senders| {
             broadcast(shared, senders, (1, WARMUP), Pace::Window(WINDOW), SIZE).await?;
-            let (redis0, hosts0) = (ticks(&[redis_pid]), ticks(&pids));
+            let (redis0, hosts0, clients0) = (ticks(&[redis_pid]), ticks(&pids), thread_cpu_us());
             let phase = broadcast(shared, senders, (2, BURST), Pace::Window(WINDOW), SIZE).await?;
-            Ok((phase, ticks(&[redis_pid]) - redis0, ticks(&pids) - hosts0))
+            Ok((phase, ticks(&[redis_pid]) - redis0, ticks(&pids) - hosts0, thread_cpu_us() - clients0))
         })
         .await
     });
@@ -386,71 +494,174 @@ fn cross_host_throughput(bins: &Binaries, kind: Kind) -> Throughput {
             phase.broadcasts
         );
     }
-    Throughput { connections, redis_cpu_us: per_delivery(redis_ticks), hosts_cpu_us: per_delivery(host_ticks), phase }
+    Throughput {
+        connections,
+        redis_cpu_us: per_delivery(redis_ticks),
+        hosts_cpu_us: per_delivery(host_ticks),
+        clients_cpu_us: clients_us / (phase.deliveries.max(1) as f64),
+        phase,
+    }
 }
 
-// ---- The local relay ------------------------------------------------------------------------------
+// ---- The bus alone, and the local relay ----------------------------------------------------------
 
-/// benches/relay.rs's scenario on one host, with or without a bridge configured: messages
-/// delivered per second.
-fn local_relay(bins: &Binaries, bridge: bool) -> f64 {
-    let redis = Redis::start();
-    let (_dir, socket, log) = common::scratch("clusterd-bridge-relay-", "clusterd.log");
-    let mut args = vec!["--workers".to_owned(), "3".into(), "--control".into(), socket.display().to_string()];
-    if bridge {
+/// Where the bus-level latency is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// Two workers of one host, no bridge.
+    Local,
+    /// A worker of host A to a worker of host B, on a bridged channel through Redis.
+    Cross,
+    /// The same with the clusterd binary of `BRIDGE_BENCH_BEFORE`.
+    CrossBefore,
+}
+
+impl Hop {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Local => "worker → worker on one host",
+            Self::Cross => "worker on host A → worker on host B, --bridge",
+            Self::CrossBefore => "the same, BRIDGE_BENCH_BEFORE's binary",
+        }
+    }
+}
+
+/// What a `relay_worker` subscriber reported.
+struct Done {
+    received: u64,
+    elapsed_ms: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// clusterd running `relay_worker`s, with `env` for them; its stdout's lines.
+fn relay_host(
+    bins: &Binaries,
+    clusterd: &Path,
+    workers: usize,
+    redis: Option<&Redis>,
+    env: &[(&str, String)],
+) -> (Process, std::sync::mpsc::Receiver<String>, tempfile::TempDir) {
+    let (dir, socket, log) = common::scratch("clusterd-bridge-relay-", "clusterd.log");
+    let mut args = vec!["--workers".to_owned(), workers.to_string(), "--control".into(), socket.display().to_string()];
+    if let Some(redis) = redis {
         args.extend(["--bridge".into(), redis.url()]);
     }
     args.extend(["--".into(), bins.relay_worker.display().to_string()]);
-    let mut command = Command::new(&bins.clusterd);
-    command
-        .args(&args)
-        .env("RELAY_SIZE", RELAY_SIZE.to_string())
-        .env("RELAY_COUNT", RELAY_COUNT.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("a log file"));
+    let mut command = Command::new(clusterd);
+    command.args(&args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped());
+    command.stderr(std::fs::File::create(&log).expect("a log file"));
+    for (name, value) in env {
+        command.env(name, value);
+    }
     let mut child = common::spawn_group(&mut command, |_| false);
     let lines = common::forward_lines(&mut child, &log);
-    let text = format!("{} {}", bins.clusterd.display(), common::shell_join(&args));
-    let mut process = Process::new(Setup::Clusterd.label(), child, log, text, true);
+    let vars: Vec<String> = env.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    let text = format!("{} {} {}", vars.join(" "), clusterd.display(), common::shell_join(&args));
+    (Process::new(Setup::Clusterd.label(), child, log, text, true), lines, dir)
+}
+
+/// Waits for `n` subscribers' `relay done` lines; also returns clusterd's CPU time (`schedstat`,
+/// ns) from the publisher's `relay start` line to then.
+fn relay_done(process: &mut Process, lines: &std::sync::mpsc::Receiver<String>, n: usize) -> (Vec<Done>, u64) {
     let deadline = Instant::now() + RUN_TIMEOUT;
-    let (mut received, mut elapsed_ms, mut done) = (0u64, 0f64, 0);
-    while done < 2 {
+    let mut done = Vec::new();
+    let mut cpu_at_start = None;
+    while done.len() < n {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => {
+                if line.contains("relay start ") {
+                    cpu_at_start = common::run_ns(process.pid);
+                }
                 let Some(rest) = line.split("relay done ").nth(1) else { continue };
                 let field = |name: &str| -> f64 {
                     rest.split_whitespace()
                         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
                         .unwrap_or(0.0)
                 };
-                received += field("received") as u64;
-                elapsed_ms = elapsed_ms.max(field("elapsed_ms"));
-                done += 1;
+                done.push(Done {
+                    received: field("received") as u64,
+                    elapsed_ms: field("elapsed_ms"),
+                    p50_us: field("p50_us"),
+                    p99_us: field("p99_us"),
+                });
             }
             Err(_) => process.fail("the subscribers did not report in time"),
         }
     }
+    let cpu = common::run_ns(process.pid).unwrap_or(0).saturating_sub(cpu_at_start.unwrap_or(0));
+    (done, cpu)
+}
+
+/// Paced, timestamped messages from one worker to another, on one host or across two: (p50, p99)
+/// in µs.
+fn bus_latency(bins: &Binaries, hop: Hop) -> (f64, f64) {
+    let env = |role: Option<&str>, channel: &str| {
+        let mut env = vec![
+            ("RELAY_CHANNEL", channel.to_owned()),
+            ("RELAY_COUNT", BUS_SAMPLES.to_string()),
+            ("RELAY_SIZE", RELAY_SIZE.to_string()),
+            ("RELAY_RATE", BUS_RATE.to_string()),
+            ("RELAY_SUBSCRIBERS", "1".to_owned()),
+        ];
+        env.extend(role.map(|role| ("RELAY_ROLE", role.to_owned())));
+        env
+    };
+    let done = match hop {
+        Hop::Local => {
+            // Slot 0 publishes, slot 1 subscribes.
+            let (mut host, lines, _dir) = relay_host(bins, &bins.clusterd, 2, None, &env(None, "bench"));
+            let (done, _) = relay_done(&mut host, &lines, 1);
+            host.stop();
+            done
+        }
+        Hop::Cross | Hop::CrossBefore => {
+            let clusterd = match (hop, &bins.before) {
+                (Hop::CrossBefore, Some(before)) => before,
+                _ => &bins.clusterd,
+            };
+            let redis = Redis::start();
+            // The subscriber's host first: the publisher waits until the bus counts it.
+            let (mut b, lines, _b_dir) =
+                relay_host(bins, clusterd, 1, Some(&redis), &env(Some("subscriber"), BRIDGED_CHANNEL));
+            let (mut a, _a_lines, _a_dir) =
+                relay_host(bins, clusterd, 1, Some(&redis), &env(Some("publisher"), BRIDGED_CHANNEL));
+            let (done, _) = relay_done(&mut b, &lines, 1);
+            a.stop();
+            b.stop();
+            done
+        }
+    };
+    let done = &done[0];
+    if done.received < BUS_SAMPLES {
+        eprintln!("warning: bus, {}: {} of {BUS_SAMPLES} messages arrived", hop.label(), done.received);
+    }
+    (done.p50_us, done.p99_us)
+}
+
+/// benches/relay.rs's scenario on one host, with or without a bridge configured: messages
+/// delivered per second, and clusterd's CPU per message delivered from the first publish on (ns;
+/// from `schedstat`, which the machine's other load disturbs far less than the rate).
+fn local_relay(bins: &Binaries, bridge: bool) -> (f64, f64) {
+    let redis = Redis::start();
+    let env = [("RELAY_SIZE", RELAY_SIZE.to_string()), ("RELAY_COUNT", RELAY_COUNT.to_string())];
+    let (mut process, lines, _dir) = relay_host(bins, &bins.clusterd, 3, bridge.then_some(&redis), &env);
+    let (done, cpu_ns) = relay_done(&mut process, &lines, 2);
     process.stop();
-    if elapsed_ms > 0.0 { received as f64 / (elapsed_ms / 1e3) } else { 0.0 }
+    let received: u64 = done.iter().map(|d| d.received).sum();
+    let elapsed_ms = done.iter().map(|d| d.elapsed_ms).fold(0.0, f64::max);
+    let rate = if elapsed_ms > 0.0 { received as f64 / (elapsed_ms / 1e3) } else { 0.0 };
+    (rate, cpu_ns as f64 / received.max(1) as f64)
 }
 
 // ---- Report ---------------------------------------------------------------------------------------
 
-fn report(
-    raw: &[(f64, f64)],
-    latency: &[(Kind, Phase)],
-    throughput: &[(Kind, Throughput)],
-    relay: &[(bool, f64)],
-    took: Duration,
-) {
-    let lat = |kind: Kind, p99: bool| {
-        common::median(
-            latency.iter().filter(|(k, _)| *k == kind).map(|(_, p)| f64::from(if p99 { p.p99 } else { p.p50 })),
-        )
-    };
-    let thr = |kind: Kind, f: &dyn Fn(&Throughput) -> f64| {
-        common::median(throughput.iter().filter(|(k, _)| *k == kind).map(|(_, t)| f(t)))
+fn report(results: &Results, took: Duration) {
+    let Results { raw, bus, latency, throughput, relay } = results;
+    let range = |values: &[f64]| {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (min, max)
     };
     let (raw50, raw99) = (common::median(raw.iter().map(|r| r.0)), common::median(raw.iter().map(|r| r.1)));
     println!();
@@ -459,40 +670,98 @@ fn report(
     println!("| latency, µs | p50 | p99 | p50 / raw Redis |");
     println!("|---|---|---|---|");
     println!("| raw Redis PUBLISH → message | {raw50:.0} | {raw99:.0} | 1.0× |");
-    for kind in [Kind::Bridge, Kind::PerWorker, Kind::NodeBridge, Kind::NodeRedis] {
-        let (p50, p99) = (lat(kind, false), lat(kind, true));
+    for hop in [Hop::Local, Hop::Cross, Hop::CrossBefore] {
+        let of = |i: usize| bus.iter().filter(|(h, _)| *h == hop).map(move |(_, p)| if i == 0 { p.0 } else { p.1 });
+        if of(0).next().is_none() {
+            continue;
+        }
+        let (p50, p99) = (common::median(of(0)), common::median(of(1)));
+        println!(
+            "| bus alone ({BUS_RATE}/s, {RELAY_SIZE} B), {}: | {p50:.0} | {p99:.0} | {:.1}× |",
+            hop.label(),
+            p50 / raw50
+        );
+    }
+    let lat = |kind: Kind, p99: bool| {
+        let mut values = latency
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, p)| f64::from(if p99 { p.p99 } else { p.p50 }))
+            .peekable();
+        values.peek().is_some().then(|| common::median(values))
+    };
+    for kind in [Kind::Bridge, Kind::Before, Kind::PerWorker, Kind::NodeBridge, Kind::NodeRedis] {
+        let (Some(p50), Some(p99)) = (lat(kind, false), lat(kind, true)) else { continue };
         println!(
             "| chat message, host A → client on host B, {}: | {p50:.0} | {p99:.0} | {:.1}× |",
             kind.label(),
             p50 / raw50
         );
     }
-    println!();
-    println!(
-        "| throughput: 2 hosts × {WORKERS} workers, {} clients, {BURST} broadcasts of {SIZE} B | deliveries/s | Redis connections | Redis CPU per delivery | hosts' CPU per delivery |",
-        2 * CLIENTS
-    );
-    println!("|---|---|---|---|---|");
-    for kind in [Kind::Bridge, Kind::PerWorker, Kind::NodeBridge, Kind::NodeRedis] {
+    let thr = |kind: Kind, f: &dyn Fn(&Throughput) -> f64| {
+        let mut values = throughput.iter().filter(|(k, _)| *k == kind).map(|(_, t)| f(t)).peekable();
+        values.peek().is_some().then(|| common::median(values))
+    };
+    if !throughput.is_empty() {
+        println!();
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} µs | {:.2} µs |",
-            kind.label(),
-            thr(kind, &|t| t.phase.rate()),
-            thr(kind, &|t| t.connections as f64),
-            thr(kind, &|t| t.redis_cpu_us),
-            thr(kind, &|t| t.hosts_cpu_us)
+            "| throughput: 2 hosts × {WORKERS} workers, {} clients, {BURST} broadcasts of {SIZE} B | deliveries/s | Redis connections | Redis CPU per delivery | hosts' CPU per delivery | the bench's clients' CPU per delivery |",
+            2 * CLIENTS
         );
+        println!("|---|---|---|---|---|---|");
+        for kind in [Kind::Bridge, Kind::Before, Kind::PerWorker, Kind::NodeBridge, Kind::NodeRedis] {
+            let Some(rate) = thr(kind, &|t| t.phase.rate()) else { continue };
+            println!(
+                "| {} | {rate:.0} | {:.0} | {:.2} µs | {:.2} µs | {:.2} µs |",
+                kind.label(),
+                thr(kind, &|t| t.connections as f64).unwrap_or(0.0),
+                thr(kind, &|t| t.redis_cpu_us).unwrap_or(0.0),
+                thr(kind, &|t| t.hosts_cpu_us).unwrap_or(0.0),
+                thr(kind, &|t| t.clients_cpu_us).unwrap_or(0.0)
+            );
+        }
+        let ratio = |a: Kind, b: Kind| Some(thr(a, &|t| t.phase.rate())? / thr(b, &|t| t.phase.rate())?);
+        println!();
+        if let Some(ratio) = ratio(Kind::Bridge, Kind::PerWorker) {
+            println!("bridge / socketioxide-redis in every worker: {ratio:.2}× deliveries/s");
+        }
+        if let Some(ratio) = ratio(Kind::Before, Kind::PerWorker) {
+            println!("BRIDGE_BENCH_BEFORE's bridge / socketioxide-redis in every worker: {ratio:.2}× deliveries/s");
+        }
+        if let Some(node) = ratio(Kind::NodeBridge, Kind::NodeRedis) {
+            println!(
+                "Node workers: clusterd --bridge / Node primary with @socket.io/redis-adapter: {node:.2}× deliveries/s"
+            );
+        }
     }
-    let ratio = thr(Kind::Bridge, &|t| t.phase.rate()) / thr(Kind::PerWorker, &|t| t.phase.rate());
-    println!();
-    println!("bridge / socketioxide-redis in every worker: {ratio:.2}× deliveries/s");
-    let node = thr(Kind::NodeBridge, &|t| t.phase.rate()) / thr(Kind::NodeRedis, &|t| t.phase.rate());
-    println!("Node workers: clusterd --bridge / Node primary with @socket.io/redis-adapter: {node:.2}× deliveries/s");
-    let without = common::median(relay.iter().filter(|(b, _)| !b).map(|(_, r)| *r));
-    let with = common::median(relay.iter().filter(|(b, _)| *b).map(|(_, r)| *r));
-    println!();
-    println!("| local relay, {RELAY_COUNT} × {RELAY_SIZE} B to 2 subscribers | messages delivered/s |");
-    println!("|---|---|");
-    println!("| without a bridge | {without:.0} |");
-    println!("| with --bridge configured | {with:.0} ({:.1}%) |", (with / without - 1.0) * 100.0);
+    if !relay.is_empty() {
+        println!();
+        println!(
+            "| local relay, {RELAY_COUNT} × {RELAY_SIZE} B to 2 subscribers, {} runs each | median | range |",
+            relay.len()
+        );
+        println!("|---|---|---|");
+        for (what, unit, pick) in [
+            ("messages delivered/s", "", (|r: (f64, f64)| r.0) as fn((f64, f64)) -> f64),
+            ("clusterd's CPU per message", " ns", |r: (f64, f64)| r.1),
+        ] {
+            let without: Vec<f64> = relay.iter().map(|r| pick(r.0)).collect();
+            let with: Vec<f64> = relay.iter().map(|r| pick(r.1)).collect();
+            let diffs: Vec<f64> = relay.iter().map(|r| (pick(r.1) / pick(r.0) - 1.0) * 100.0).collect();
+            let ((w0, w1), (b0, b1), (d0, d1)) = (range(&without), range(&with), range(&diffs));
+            println!(
+                "| {what}, without a bridge | {:.0}{unit} | {w0:.0} to {w1:.0} |",
+                common::median(without.iter().copied())
+            );
+            println!(
+                "| {what}, with --bridge configured | {:.0}{unit} | {b0:.0} to {b1:.0} |",
+                common::median(with.iter().copied())
+            );
+            println!(
+                "| {what}, with / without, paired runs | {:+.1}% | {d0:+.1}% to {d1:+.1}% (each: {}) |",
+                common::median(diffs.iter().copied()),
+                diffs.iter().map(|d| format!("{d:+.1}%")).collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
 }

@@ -9,17 +9,27 @@
 //! Role: `RELAY_ROLE=publisher|subscriber` when set, otherwise the worker in slot 0 publishes and
 //! the others subscribe (clusterd gives every worker the same environment). Subscribers subscribe,
 //! then report ready; the publisher reports ready, waits (bounded) until `count - 1` workers
-//! subscribe, then publishes. Each payload starts with its send time, 8 bytes little-endian,
+//! subscribe, prints `relay start`, then publishes. Each payload starts with its send time, 8 bytes little-endian,
 //! nanoseconds since the Unix epoch (`SystemTime`: one clock for every process). A subscriber
 //! prints `relay done received=N elapsed_ms=E p50_us=P p99_us=Q` once it has all messages (or
 //! after [`IDLE_TIMEOUT`] without one), where E runs from the first message's send time to the
 //! last receipt. Then both wait for clusterd's drain.
+//!
+//! For latency rather than throughput (benches/bridge.rs): `RELAY_CHANNEL` picks the channel (a
+//! bridged one, such as `socket.io-request#/#`, crosses hosts under `--bridge`), `RELAY_RATE`
+//! paces the publisher at that many messages a second (unpaced when unset), and
+//! `RELAY_SUBSCRIBERS` is how many subscribers the publisher waits for (`count - 1` when unset;
+//! subscribers on other hosts count, as the bus counts them).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clusterd_worker::Worker;
 
 const CHANNEL: &str = "bench";
+/// The longest channel name accepted from `RELAY_CHANNEL`.
+const MAX_CHANNEL: usize = 256;
+/// The most messages a second `RELAY_RATE` may ask for.
+const MAX_RATE: u64 = 1_000_000;
 /// How long the publisher waits for the subscribers.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A subscriber gives up when no message came for this long.
@@ -56,12 +66,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(other) => return Err(format!("RELAY_ROLE must be publisher or subscriber, not {other:?}").into()),
         Err(_) => worker.id() == 0,
     };
+    let channel = std::env::var("RELAY_CHANNEL").unwrap_or_else(|_| CHANNEL.to_owned());
+    if channel.is_empty() || channel.len() > MAX_CHANNEL {
+        return Err(format!("RELAY_CHANNEL must be 1 to {MAX_CHANNEL} bytes").into());
+    }
     let bus = worker.bus()?;
     if publisher {
         worker.ready().await?;
-        publish(&worker, &bus, size, count).await?;
+        let wanted = env_number("RELAY_SUBSCRIBERS", u64::from(worker.count().saturating_sub(1)));
+        let rate = std::env::var("RELAY_RATE").ok().and_then(|v| v.parse::<u64>().ok()).map(|r| r.clamp(1, MAX_RATE));
+        let publishing = Publishing { channel: &channel, size, count, wanted, rate };
+        publish(&bus, &publishing).await?;
     } else {
-        let mut subscription = bus.subscribe(CHANNEL).await?;
+        let mut subscription = bus.subscribe(&channel).await?;
         worker.ready().await?;
         let mut latencies = Vec::with_capacity(usize::try_from(count)?);
         let mut first_sent = None;
@@ -98,33 +115,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Waits for the other workers to subscribe, then publishes `count` messages of `size` bytes.
-async fn publish(
-    worker: &Worker,
-    bus: &clusterd_worker::Bus,
+/// What the publisher sends, where, and when.
+struct Publishing<'a> {
+    channel: &'a str,
     size: usize,
     count: u64,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let wanted = worker.count().saturating_sub(1);
+    /// Subscribers to wait for before the first message.
+    wanted: u64,
+    /// Messages a second, or as fast as the bus takes them.
+    rate: Option<u64>,
+}
+
+/// Waits for the subscribers, then publishes `count` messages of `size` bytes.
+async fn publish(bus: &clusterd_worker::Bus, what: &Publishing<'_>) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
     loop {
-        let subscribers = bus.subscribers(CHANNEL).await?;
-        if subscribers >= wanted {
+        let subscribers = bus.subscribers(what.channel).await?;
+        if subscribers as u64 >= what.wanted {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(
-                format!("only {subscribers} of {wanted} workers subscribed within {SUBSCRIBE_TIMEOUT:?}").into()
-            );
+            return Err(format!(
+                "only {subscribers} of {} workers subscribed within {SUBSCRIBE_TIMEOUT:?}",
+                what.wanted
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let mut pace = what.rate.map(|rate| {
+        let mut pace = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        pace
+    });
+    // The bench reads clusterd's CPU time at this line: what it spent starting is not the relay's.
+    println!("relay start count={} size={}", what.count, what.size);
     let started = now_ns();
-    let mut payload = vec![0xa5u8; size];
-    for _ in 0..count {
+    let mut payload = vec![0xa5u8; what.size];
+    for _ in 0..what.count {
+        if let Some(pace) = &mut pace {
+            pace.tick().await;
+        }
         payload[..8].copy_from_slice(&now_ns().to_le_bytes());
-        bus.publish(CHANNEL, payload.clone()).await?;
+        bus.publish(what.channel, payload.clone()).await?;
     }
-    println!("relay published count={count} size={size} elapsed_ms={:.3}", (now_ns() - started) as f64 / 1e6);
+    println!(
+        "relay published count={} size={} elapsed_ms={:.3}",
+        what.count,
+        what.size,
+        (now_ns() - started) as f64 / 1e6
+    );
     Ok(())
 }

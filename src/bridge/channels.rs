@@ -44,6 +44,12 @@ pub fn single_server(channel: &str) -> bool {
 
 /// The path and the server's uid of an adapter channel.
 fn parts(channel: &str) -> Option<(&str, Option<&str>)> {
+    // The relay asks this for every publish: a channel without a `#` (most of an application's
+    // own) is answered by one byte scan, before the substring searches, whose set-up alone
+    // cost the local relay about a tenth of its CPU per message.
+    if !channel.as_bytes().contains(&b'#') {
+        return None;
+    }
     let (prefix, rest) = channel
         .split_once("-request#")
         .or_else(|| channel.split_once("-response#").filter(|(_, rest)| rest.matches('#').count() == 2))?;

@@ -7,9 +7,12 @@
 //! within two heartbeats, not when TCP gives up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +35,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const MIN_DEADLINE: Duration = Duration::from_millis(500);
 /// Items taken off the queue for one pipeline of PUBLISHes.
 const BATCH: usize = 512;
+/// Pipelines of PUBLISHes sent and not answered yet, at most. The connection task goes on
+/// receiving while Redis answers (it no longer waits for the answer in place); what the relay
+/// hands over meanwhile waits in the bytes-bounded queue and leaves in the next pipeline, so a
+/// busy host sends few large pipelines instead of many small ones (more in flight measured more
+/// CPU per delivery, for no gain in latency: benches/bridge.rs, README's bridge table).
+const MAX_IN_FLIGHT: usize = 1;
 /// How long a published message's echo is awaited before it is forgotten.
 const ECHO_TTL: Duration = Duration::from_secs(10);
 /// The most echoes awaited on one channel.
@@ -42,20 +51,37 @@ const MAX_HOSTS: usize = 1024;
 /// The most requests of other hosts being answered here at once.
 const MAX_INBOUND: usize = 64 * 1024;
 /// How long a message from Redis may wait for room in the relay's input before it is dropped.
+/// After one such wait ran out, messages that find no room are dropped at once until one finds
+/// room again: the connection task keeps draining redis-rs's read-ahead (which it cannot bound),
+/// so that holds at most what Redis sends in this long.
 const INCOMING_WAIT: Duration = Duration::from_millis(500);
 /// At most one log line about malformed messages in this long.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the Redis client: with `--bridge-ca`, a `rediss://` client that trusts that CA (and only
 /// it); otherwise the system's roots for `rediss://`.
+///
+/// TCP_NODELAY: Nagle's algorithm would hold back a PUBLISH sent while an earlier write (a
+/// heartbeat, a PING) is not acknowledged yet.
 pub fn client(config: &BridgeConfig) -> Result<redis::Client, redis::RedisError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(config.url.secret())?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     match &config.ca {
         Some(ca) => {
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
-            redis::Client::build_with_tls(config.url.secret(), certificates)
+            redis::Client::build_with_tls(info, certificates)
         }
-        None => redis::Client::open(config.url.secret()),
+        None => redis::Client::open(info),
     }
+}
+
+/// The answer to a pipeline of PUBLISHes, with its deadline inside.
+type Reply = Pin<Box<dyn Future<Output = redis::RedisResult<()>> + Send>>;
+
+/// A pipeline sent and not answered yet: its answer, and how many messages it published.
+struct InFlight {
+    reply: Reply,
+    published: u64,
 }
 
 /// A local request waiting for other hosts.
@@ -99,6 +125,8 @@ struct Live {
     /// Per channel: the hashes of this host's messages whose echo has not come back yet.
     echoes: HashMap<String, VecDeque<(u64, Instant)>>,
     shadows: Vec<Shadow>,
+    /// Pipelines sent, oldest first (Redis answers them in order).
+    in_flight: VecDeque<InFlight>,
 }
 
 pub(super) struct Task {
@@ -127,6 +155,9 @@ pub(super) struct Task {
     foreign_sample: HashMap<String, u32>,
     malformed_logged: Option<Instant>,
     malformed_unlogged: u64,
+    /// A message from Redis waited [`INCOMING_WAIT`] for the relay in vain, and none found room
+    /// since: the next ones that find none are dropped without waiting.
+    relay_congested: bool,
 }
 
 struct OwnChannels {
@@ -172,6 +203,7 @@ impl Task {
             foreign_sample: HashMap::new(),
             malformed_logged: None,
             malformed_unlogged: 0,
+            relay_congested: false,
         }
     }
 
@@ -244,6 +276,7 @@ impl Task {
             subscribed: BTreeSet::new(),
             echoes: HashMap::new(),
             shadows: Vec::new(),
+            in_flight: VecDeque::new(),
         };
         self.sync_subscriptions(&mut live).await?;
         self.shared.connected.store(true, Ordering::Relaxed);
@@ -270,6 +303,14 @@ impl Task {
                     None => Err(redis::RedisError::from(std::io::Error::other("the connection closed"))),
                 },
                 () = shared.out.ready.notified() => self.flush(&mut live).await,
+                result = oldest_reply(&mut live.in_flight), if !live.in_flight.is_empty() => match result {
+                    Ok(published) => {
+                        self.shared.stats.published.fetch_add(published, Ordering::Relaxed);
+                        // A pipeline fewer in flight: what waited for room goes now.
+                        self.flush(&mut live).await
+                    }
+                    Err(error) => Err(error),
+                },
                 () = shared.local_changed.notified() => match self.sync_subscriptions(&mut live).await {
                     Ok(()) => self.heartbeat(&mut live).await,
                     Err(error) => Err(error),
@@ -452,10 +493,15 @@ impl Task {
         }
     }
 
-    /// Publishes what the relay queued, in order, in pipelines.
+    /// Publishes what the relay queued, in order, in pipelines, without waiting for their answers
+    /// (the serving loop collects them): at most [`MAX_IN_FLIGHT`] pipelines are unanswered, and
+    /// what does not fit waits in the queue.
     async fn flush(&mut self, live: &mut Live) -> redis::RedisResult<()> {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
+            if live.in_flight.len() >= MAX_IN_FLIGHT {
+                return Ok(());
+            }
             self.shared.out.take(BATCH, &mut batch);
             if batch.is_empty() {
                 return Ok(());
@@ -516,11 +562,24 @@ impl Task {
                 }
             }
             if published > 0 {
-                match tokio::time::timeout(self.deadline(), pipe.query_async::<()>(&mut live.publisher)).await {
-                    Ok(result) => result?,
-                    Err(_) => return Err(std::io::Error::other("no answer to PUBLISH in time").into()),
+                let mut publisher = live.publisher.clone();
+                let deadline = self.deadline();
+                let mut reply: Reply = Box::pin(async move {
+                    match tokio::time::timeout(deadline, pipe.query_async::<()>(&mut publisher)).await {
+                        Ok(result) => result,
+                        Err(_) => Err(std::io::Error::other("no answer to PUBLISH in time").into()),
+                    }
+                });
+                // redis-rs queues a request for the socket at its first poll: polled here, so that
+                // pipelines leave in the order they were made (and the order of each worker's
+                // messages holds).
+                match std::future::poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => {
+                        result?;
+                        self.shared.stats.published.fetch_add(published, Ordering::Relaxed);
+                    }
+                    Poll::Pending => live.in_flight.push_back(InFlight { reply, published }),
                 }
-                self.shared.stats.published.fetch_add(published, Ordering::Relaxed);
             }
             for input in answered {
                 let _ = self.relay.send(Input::Bridge(input)).await;
@@ -562,15 +621,23 @@ impl Task {
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
         let input = BridgeInput::Message { channel: channel.to_owned(), payload: Bytes::copy_from_slice(payload) };
         // The Redis client reads ahead into a queue of its own: a relay that takes no message for
-        // INCOMING_WAIT costs its message, not unbounded memory.
-        // Most messages find room at once: no timer is armed for them.
+        // INCOMING_WAIT costs its message, then (while it stays full) every message at once, not
+        // unbounded memory. Most messages find room at once: no timer is armed for them.
         let permit = match self.relay.try_reserve() {
-            Ok(permit) => Some(permit),
+            Ok(permit) => {
+                self.relay_congested = false;
+                Some(permit)
+            }
             Err(mpsc::error::TrySendError::Closed(())) => None,
+            Err(mpsc::error::TrySendError::Full(())) if self.relay_congested => {
+                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
             Err(mpsc::error::TrySendError::Full(())) => {
                 match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
                     Ok(permit) => permit.ok(),
                     Err(_) => {
+                        self.relay_congested = true;
                         self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
                         None
                     }
@@ -752,6 +819,19 @@ impl Task {
         self.malformed_logged = Some(now);
         self.malformed_unlogged = 0;
     }
+}
+
+/// The answer to the oldest pipeline in flight, once it came: how many messages it published. Only
+/// the oldest is polled: Redis answers in order, and each pipeline's deadline is later than the
+/// one before it.
+async fn oldest_reply(in_flight: &mut VecDeque<InFlight>) -> redis::RedisResult<u64> {
+    let result = std::future::poll_fn(|cx| match in_flight.front_mut() {
+        Some(oldest) => oldest.reply.as_mut().poll(cx).map(|result| result.map(|()| oldest.published)),
+        None => Poll::Pending,
+    })
+    .await;
+    in_flight.pop_front();
+    result
 }
 
 fn hash(payload: &[u8]) -> u64 {
