@@ -329,3 +329,34 @@ fn bad_metrics_addresses_exit_2_and_an_address_in_use_exits_1_before_any_worker(
     let line = stderr.lines().find(|l| l.contains("--metrics")).unwrap();
     assert!(line.contains("in use"), "the reason, once: {line}");
 }
+
+/// With `--bridge`, its counters are served: down while Redis is unreachable, then connected,
+/// with the reconnection counted.
+#[test]
+fn the_bridge_counters_are_served_and_a_reconnect_is_counted() {
+    let mut redis = Redis::start();
+    redis.stop();
+    let url = redis.url();
+    let mut c = Cluster::start(&["--workers", "1", "--metrics", "127.0.0.1:0", "--bridge", &url], &[]);
+    c.wait_ready(1);
+    let at = metrics_addr(&c);
+    c.wait_status("the bridge down", |s| s["bridge"]["state"] == "down");
+    let m = scrape(&at);
+    assert_eq!(m.value("clusterd_bridge_connected", &[]), Some(0.0), "{}", m.text);
+    assert_eq!(m.value("clusterd_bridge_reconnects_total", &[]), Some(0.0));
+    assert_eq!(m.value("clusterd_bridge_hosts", &[]), Some(1.0));
+    redis.restart();
+    let m = wait_until("the bridge connected in the metrics", || {
+        let m = scrape(&at);
+        (m.value("clusterd_bridge_connected", &[]) == Some(1.0)).then_some(m)
+    });
+    assert_eq!(m.value("clusterd_bridge_reconnects_total", &[]), Some(1.0), "{}", m.text);
+    let status = c.status().unwrap();
+    assert_eq!(status["bridge"]["reconnects"], 1, "{status:#}");
+    for name in ["published", "received", "dropped", "malformed"] {
+        let counted = m.value(&format!("clusterd_bridge_{name}_total"), &[]).expect("a bridge counter");
+        assert!(counted <= status["bridge"][name].as_f64().unwrap(), "{name} counted before status was read");
+    }
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0));
+}
