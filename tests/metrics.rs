@@ -15,7 +15,7 @@ use serde_json::Value;
 use support::*;
 
 /// The families clusterd always serves, whatever it did.
-const ALWAYS: [&str; 20] = [
+const ALWAYS: [&str; 21] = [
     "clusterd_workers",
     "clusterd_connections_accepted_total",
     "clusterd_connections_handed_off_total",
@@ -36,6 +36,7 @@ const ALWAYS: [&str; 20] = [
     "process_virtual_memory_bytes",
     "process_open_fds",
     "process_max_fds",
+    "process_start_time_seconds",
 ];
 
 /// `GET path` on the worker pool (a sticky session is opened by the test worker's `/open`).
@@ -106,6 +107,9 @@ fn metrics_follow_handoffs_sessions_a_kill_and_a_reload_and_agree_with_status() 
     assert_eq!(first.value("clusterd_info", &[("version", env!("CARGO_PKG_VERSION"))]), Some(1.0));
     assert!(first.value("process_open_fds", &[]).unwrap() > 3.0);
     assert!(first.value("process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = first.value("process_start_time_seconds", &[]).unwrap();
+    assert!((now - 120.0..=now + 1.0).contains(&started), "clusterd started {started}, now is {now}");
     assert_eq!(first.value("clusterd_connections_accepted_total", &[("listener", &listener)]), Some(0.0));
     assert_agree(&first, &c.status().unwrap());
 

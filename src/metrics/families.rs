@@ -1,5 +1,5 @@
-//! The families read from the dispatcher's `status` document at each scrape: built afresh each
-//! time, so a worker slot that is gone has no series left, and `/metrics` says what
+//! The families read from the dispatcher's `status` document (and clusterd's own `process_*`)
+//! at each scrape: built afresh each time, so a worker slot that is gone has no series left, and `/metrics` says what
 //! `clusterd status --json` says.
 
 use std::collections::BTreeMap;
@@ -40,6 +40,7 @@ struct SlotFigures {
 pub fn from_status(status: &Status) -> Vec<MetricFamily> {
     let families = Families::new();
     families.fill(status);
+    super::process::register(&families.registry);
     families.registry.gather()
 }
 

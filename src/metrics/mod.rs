@@ -36,6 +36,7 @@ pub mod server;
 pub mod workers;
 
 mod families;
+mod process;
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -48,8 +49,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 pub const HANDOFF_BUCKETS: [f64; 16] =
     [50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0];
 
-/// The counters of the hot paths, and the registry that holds them (with clusterd's own
-/// `process_*` collector).
+/// The counters of the hot paths, and the registry that holds them.
 pub struct Hot {
     registry: Registry,
     handoff: Histogram,
@@ -112,14 +112,13 @@ impl Hot {
             "Workers whose own metrics were left out of a scrape (no answer by the deadline, or garbage).",
         )
         .expect("a valid counter");
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
             Box::new(handoff.clone()),
             Box::new(accepted.clone()),
             Box::new(handed_off.clone()),
             Box::new(bus_messages.clone()),
             Box::new(bus_dropped.clone()),
             Box::new(scrapes_missed.clone()),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
         for collector in collectors {
             registry.register(collector).expect("distinct metric names");
