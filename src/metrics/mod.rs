@@ -36,6 +36,7 @@ pub mod server;
 pub mod workers;
 
 mod families;
+pub mod head;
 mod process;
 
 use std::sync::OnceLock;
