@@ -364,3 +364,27 @@ fn the_bridge_counters_are_served_and_a_reconnect_is_counted() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0));
 }
+
+/// Bus traffic is counted: 50 messages published and relayed to a subscriber, none dropped.
+#[test]
+fn bus_messages_are_counted() {
+    let script = format!(
+        "case \"$CLUSTERD_WORKER_ID\" in 0) exec {WORKER} --bus-sub news --bus-pub news 50 --bus-wait 2 ;; \
+         *) exec {WORKER} --bus-sub news ;; esac"
+    );
+    let mut c =
+        Builder::new().args(&["--workers", "2", "--metrics", "127.0.0.1:0"]).program(&["sh", "-c", &script]).start();
+    c.wait_ready(2);
+    let at = metrics_addr(&c);
+    c.output.wait_contains("[w0] bus published 50");
+    wait_until("worker 1 to receive the 50 messages", || {
+        c.output.snapshot().iter().any(|l| l.starts_with("[w1] bus got from=0 n=49")).then_some(())
+    });
+    let m = scrape(&at);
+    // The 50 publishes, and the subscriptions and whatever else the workers said on the bus.
+    let messages = m.value("clusterd_bus_messages_total", &[]).unwrap();
+    assert!((52.0..1000.0).contains(&messages), "bus frames counted: {messages}\n{}", m.text);
+    assert_eq!(m.value("clusterd_bus_dropped_total", &[]), Some(0.0));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0));
+}
