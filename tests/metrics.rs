@@ -388,3 +388,40 @@ fn bus_messages_are_counted() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0));
 }
+
+/// A worker recycled after `--max-connections` is counted by reason, as `status` counts it.
+#[test]
+fn a_recycled_worker_is_counted_by_reason() {
+    let mut c = Cluster::start(
+        &[
+            "--workers",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--max-connections",
+            "3",
+            "--lifetime-jitter",
+            "0",
+        ],
+        &["--serve"],
+    );
+    let status = c.wait_ready(1);
+    let addr = listen_addr(&status);
+    let at = metrics_addr(&c);
+    for i in 0..3 {
+        request(addr, &format!("/r{i}"));
+    }
+    let status = c.wait_status("the worker recycled", |s| {
+        s["replaced"]["connections"] == 1 && s["workers"].as_array().unwrap().iter().all(|w| w["state"] == "ready")
+    });
+    let m = scrape(&at);
+    assert_eq!(m.value("clusterd_workers_replaced_total", &[("reason", "connections")]), Some(1.0), "{}", m.text);
+    assert_eq!(m.value("clusterd_workers_replaced_total", &[("reason", "health")]), Some(0.0));
+    // A recycled worker retires, it does not restart.
+    assert!(m.samples("clusterd_worker_restarts_total").is_empty(), "{}", m.text);
+    assert_eq!(worker(&status, 0)["restarts"], 0);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0));
+}
