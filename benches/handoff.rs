@@ -10,12 +10,14 @@
 //! (Debian package `wrk`) in `PATH`.
 //!
 //! What is measured, in one run, interleaved (for each round: new-connection direct, clusterd,
-//! then keep-alive direct, clusterd; [`ROUNDS`] rounds), each wrk run against a freshly started
-//! server on a fresh loopback port:
+//! clusterd with `--metrics`, then keep-alive direct, clusterd; [`ROUNDS`] rounds), each wrk run
+//! against a freshly started server on a fresh loopback port:
 //!
 //! 1. **New connection per request**: `wrk -t2 -c64 -d5s -H 'Connection: close'`, so every request
 //!    is one accept, and with clusterd one handoff. `hello_direct` runs a 2-thread Tokio runtime;
 //!    clusterd runs 2 `hello` workers (each a multi-thread Tokio runtime).
+//!    The same with `--metrics` on: every handoff counted and timed into `clusterd_handoff_seconds`
+//!    (the goal: within 3 % of clusterd without it).
 //! 2. **Keep-alive**: `wrk -t2 -c64 -d5s`: 64 connections handed off once, then requests go straight
 //!    from wrk to the workers; clusterd should cost nothing here.
 //! 3. **clusterd's own cost**: its CPU time during each run (utime + stime from `/proc/<pid>/stat`,
@@ -51,6 +53,9 @@ const DIRECT_THREADS: usize = 2;
 /// The targets of the issue, as clusterd / direct.
 const CLOSE_TARGET: f64 = 0.80;
 const KEEP_ALIVE_TARGET: f64 = 0.97;
+/// clusterd with `--metrics` against clusterd without, new connection per request (issue 13:
+/// within 3 %).
+const METRICS_TARGET: f64 = 0.97;
 
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long wrk may run beyond its `-d` before it is killed.
@@ -77,7 +82,7 @@ fn main() {
     let mut runs = Vec::new();
     for round in 1..=ROUNDS {
         for test in [Test::Close, Test::KeepAlive] {
-            for setup in [Setup::Direct, Setup::Clusterd] {
+            for &setup in test.setups() {
                 let run = measure(&bins, &wrk, round, test, setup);
                 eprintln!(
                     "round {round}/{ROUNDS} {} {}: {:.0} req/s{}",
@@ -145,6 +150,15 @@ impl Test {
         }
     }
 
+    /// What is measured for the test, in this order in each round: `--metrics` only where every
+    /// request is a handoff (its histogram is on the accept path).
+    fn setups(self) -> &'static [Setup] {
+        match self {
+            Self::Close => &[Setup::Direct, Setup::Clusterd, Setup::ClusterdMetrics],
+            Self::KeepAlive => &[Setup::Direct, Setup::Clusterd],
+        }
+    }
+
     fn target(self) -> f64 {
         match self {
             Self::Close => CLOSE_TARGET,
@@ -162,6 +176,9 @@ impl Test {
 enum Setup {
     Direct,
     Clusterd,
+    /// clusterd with `--metrics` (on a Unix socket in the run's scratch dir): the hot counters and
+    /// the handoff histogram on.
+    ClusterdMetrics,
 }
 
 impl Setup {
@@ -169,6 +186,7 @@ impl Setup {
         match self {
             Self::Direct => "direct",
             Self::Clusterd => "clusterd",
+            Self::ClusterdMetrics => "clusterd --metrics",
         }
     }
 }
@@ -193,7 +211,7 @@ impl Server {
         let addr = format!("127.0.0.1:{port}");
         let (program, args): (&Path, Vec<String>) = match setup {
             Setup::Direct => (&bins.direct, vec![addr, DIRECT_THREADS.to_string()]),
-            Setup::Clusterd => (
+            Setup::Clusterd | Setup::ClusterdMetrics => (
                 &bins.clusterd,
                 vec![
                     "--workers".into(),
@@ -204,9 +222,16 @@ impl Server {
                     addr,
                     // As measured before clusterd stopped setting it unasked (issue 14).
                     "--tcp-nodelay".into(),
-                    "--".into(),
-                    bins.hello.display().to_string(),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    (setup == Setup::ClusterdMetrics)
+                        .then(|| ["--metrics".to_owned(), format!("unix:{}", metrics_socket(dir.path()).display())])
+                        .into_iter()
+                        .flatten(),
+                )
+                .chain(["--".into(), bins.hello.display().to_string()])
+                .collect(),
             ),
         };
         let mut command = Command::new(program);
@@ -220,7 +245,7 @@ impl Server {
         let mut server = Self { setup, process, port, socket, workers: Vec::new(), dir };
         match setup {
             Setup::Direct => server.wait_for_http(),
-            Setup::Clusterd => {
+            Setup::Clusterd | Setup::ClusterdMetrics => {
                 let what = format!("all {WORKERS} workers to be ready");
                 let timing = (START_TIMEOUT, POLL_EVERY);
                 server.workers = common::wait_for_status(&mut server.process, &server.socket, timing, &what, |s| {
@@ -263,7 +288,7 @@ impl Server {
         let Some(hello) = Hello::parse(body) else { self.process.fail(&format!("unexpected body {body:?}")) };
         let expected = match self.setup {
             Setup::Direct => hello.worker == 0 && hello.generation == 0 && hello.pid == self.process.pid.unsigned_abs(),
-            Setup::Clusterd => self
+            Setup::Clusterd | Setup::ClusterdMetrics => self
                 .workers
                 .iter()
                 .any(|w| w.pid == Some(hello.pid) && w.id == hello.worker && w.generation == hello.generation),
@@ -393,9 +418,19 @@ fn measure(bins: &Binaries, wrk: &Path, round: usize, test: Test, setup: Setup) 
     let result = WrkResult::parse(&output)
         .unwrap_or_else(|e| server.process.fail(&format!("cannot read wrk's output ({e}):\n{output}{errors}")));
 
+    // With --metrics, the histogram must have observed every handoff of the run.
+    let observed = (setup == Setup::ClusterdMetrics).then(|| {
+        handoffs_observed(&metrics_socket(server.dir.path()))
+            .unwrap_or_else(|e| server.process.fail(&format!("GET /metrics failed: {e}")))
+    });
+    if let Some(observed) = observed
+        && observed < result.requests
+    {
+        server.process.fail(&format!("the handoff histogram counted {observed} of {} requests", result.requests));
+    }
     let (memory, workers_changed) = match setup {
         Setup::Direct => (None, None),
-        Setup::Clusterd => {
+        Setup::Clusterd | Setup::ClusterdMetrics => {
             let memory = common::proc_memory(server.process.pid);
             let rows = common::status(&server.socket)
                 .map(|s| s.workers)
@@ -429,6 +464,25 @@ fn measure(bins: &Binaries, wrk: &Path, round: usize, test: Test, setup: Setup) 
         workers_changed,
         exit,
     }
+}
+
+/// Where clusterd serves `/metrics` in a `--metrics` run.
+fn metrics_socket(dir: &Path) -> PathBuf {
+    dir.join("metrics.sock")
+}
+
+/// `clusterd_handoff_seconds_count` from one `GET /metrics` on the Unix socket `path`.
+fn handoffs_observed(path: &Path) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(START_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("clusterd_handoff_seconds_count "))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| format!("no clusterd_handoff_seconds_count in {text:?}"))
 }
 
 fn of(runs: &[Run], test: Test, setup: Setup) -> Vec<&Run> {
@@ -504,6 +558,24 @@ fn report(runs: &[Run], wrk: &Path, stale: &[String], took: Duration) {
         close.len(),
         common::list(close.iter().map(|r| us_per(r.main_cpu, r.wrk.requests)), 1)
     );
+    let with_metrics = of(runs, Test::Close, Setup::ClusterdMetrics);
+    let (off, on) =
+        (common::median(close.iter().map(|r| r.wrk.rps)), common::median(with_metrics.iter().map(|r| r.wrk.rps)));
+    let ratio = on / off;
+    let verdict = if ratio >= METRICS_TARGET { "meets" } else { "MISSES" };
+    println!(
+        "| new conn: clusterd `--metrics` on / off, req/s median (runs) | | {on:.0} ({}) / {off:.0} | **{ratio:.3}** \
+         ({verdict} the ≥ {METRICS_TARGET:.2} target) |",
+        common::list(with_metrics.iter().map(|r| r.wrk.rps), 0),
+    );
+    let cpu = |runs: &[&Run]| common::median(runs.iter().map(|r| us_per(r.main_cpu, r.wrk.requests)));
+    println!(
+        "| new conn: clusterd CPU per handed-off connection, `--metrics` on / off, median | | {:.1} / {:.1} µs | \
+         {:.2} |",
+        cpu(&with_metrics),
+        cpu(&close),
+        cpu(&with_metrics) / cpu(&close)
+    );
     let cores = |r: &&Run| r.main_cpu / r.wrk.seconds * 100.0;
     println!(
         "| clusterd CPU during the new-connection runs, % of one core, median | | {:.0} % | |",
@@ -537,7 +609,9 @@ fn report(runs: &[Run], wrk: &Path, stale: &[String], took: Duration) {
     for r in runs {
         let server_cpu = match r.setup {
             Setup::Direct => format!("{:.2} s", r.main_cpu),
-            Setup::Clusterd => format!("{:.2} s ({:.2} + {:.2})", r.server_cpu(), r.main_cpu, r.worker_cpu),
+            Setup::Clusterd | Setup::ClusterdMetrics => {
+                format!("{:.2} s ({:.2} + {:.2})", r.server_cpu(), r.main_cpu, r.worker_cpu)
+            }
         };
         let memory = r
             .memory
@@ -611,7 +685,8 @@ fn report(runs: &[Run], wrk: &Path, stale: &[String], took: Duration) {
     println!(
         "- Each wrk run gets a freshly started server on a free loopback port; clusterd's status showed all \
          {WORKERS} workers ready and one GET / answered 200 from the expected process before it. Order in a \
-         round: new-connection direct, clusterd, keep-alive direct, clusterd."
+         round: new-connection direct, clusterd, clusterd --metrics, keep-alive direct, clusterd. After each \
+         --metrics run, its `clusterd_handoff_seconds_count` was at least wrk's request count."
     );
     println!(
         "- CPU is utime+stime from `/proc/<pid>/stat` ({} Hz ticks) over the wrk run; clusterd's is also given \

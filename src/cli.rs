@@ -227,6 +227,11 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_LOG_TIMESTAMPS", value_enum)]
     pub log_timestamps: Option<LogTimestamps>,
 
+    /// Serve Prometheus metrics (`GET /metrics`, text format 0.0.4) on this address: HOST:PORT,
+    /// [V6]:PORT or unix:/path [default: none].
+    #[arg(long, env = "CLUSTERD_METRICS", value_name = "ADDR")]
+    pub metrics: Option<String>,
+
     /// TOML config file (see config/clusterd.toml).
     #[arg(long, env = "CLUSTERD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -163,6 +163,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     log_timestamps: Option<LogTimestamps>,
     proxy_protocol: Option<ProxyProtocolFile>,
+    metrics: Option<String>,
     command: Option<Vec<String>>,
 }
 
@@ -250,6 +251,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_timestamps: LogTimestamps,
     pub proxy_protocol: ProxyProtocol,
+    /// `--metrics`: where `GET /metrics` is served (one socket per address the option resolved
+    /// to); empty when off.
+    pub metrics: Vec<ListenAddr>,
     pub program: OsString,
     pub args: Vec<OsString>,
     /// What clusterd decided for the operator (the protocol, what a bare port listens on): logged
@@ -417,6 +421,14 @@ impl Config {
                 ProxyProtocol::Only(only)
             }
         };
+        let metrics = match o.pick("metrics", run.metrics, file.metrics) {
+            Some(text) => {
+                let (addrs, decision) = resolve_listen(&text, ipv6_available()).map_err(|m| o.invalid("metrics", m))?;
+                decisions.extend(decision.map(|d| d.replacen("--listen", "--metrics", 1)));
+                addrs
+            }
+            None => Vec::new(),
+        };
         let control_given = o.pick("control", control, file.control);
         let health_path = o.pick("health_check", run.health_check, file.health_check);
         let health_interval = o.pick("health_interval", run.health_interval, file.health_interval);
@@ -471,6 +483,7 @@ impl Config {
             log_format: o.pick("log_format", run.log_format, file.log_format).unwrap_or_default(),
             log_timestamps: o.pick("log_timestamps", run.log_timestamps, file.log_timestamps).unwrap_or_default(),
             proxy_protocol,
+            metrics,
             program,
             args,
             decisions,
@@ -509,6 +522,15 @@ impl Config {
         for addr in &self.listen {
             if let ListenAddr::Unix(path) = addr {
                 unix_path_fits(path).map_err(|message| o.invalid("listen", message))?;
+            }
+        }
+        for addr in &self.metrics {
+            if let ListenAddr::Unix(path) = addr {
+                unix_path_fits(path).map_err(|message| o.invalid("metrics", message))?;
+            }
+            if self.listen.contains(addr) && !matches!(addr, ListenAddr::Tcp(a) if a.port() == 0) {
+                let message = format!("{addr} is also a `listen` address; give the metrics an address of their own");
+                return Err(o.invalid("metrics", message));
             }
         }
         Ok(())

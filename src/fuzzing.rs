@@ -23,6 +23,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("node_v8", node_v8),
     ("control", control),
     ("config", config),
+    ("metrics_head", metrics_head),
 ];
 
 /// The request sniffer: the first bytes of a connection, at every limit the option allows.
@@ -96,4 +97,9 @@ pub fn config(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = crate::config::parse_file_text(Path::new("fuzz.toml"), text);
     }
+}
+
+/// A scrape's request head, as the `--metrics` server reads it.
+pub fn metrics_head(data: &[u8]) {
+    let _ = crate::metrics::head::parse_head(data);
 }

@@ -16,6 +16,9 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod fuzzing;
+pub mod metrics {
+    pub mod head;
+}
 pub mod sniff;
 pub mod status;
 pub mod values;

@@ -216,6 +216,9 @@ pub struct Handoff {
     /// How many workers refused it (a Node worker over `server.maxConnections`, or whose
     /// server just closed); it is handed on at most `node::link::MAX_REFUSALS` times.
     pub refusals: u8,
+    /// When clusterd accepted it, for `clusterd_handoff_seconds`: only with `--metrics`, and
+    /// not for a connection a worker gave back (its accept was long before).
+    pub accepted: Option<std::time::Instant>,
 }
 
 /// Where the dispatcher sends a connection.
@@ -309,6 +312,7 @@ type Accepted = (Client, Address, Address, Option<IpAddr>);
 /// A connection as accepted, before routing.
 struct Incoming {
     group: Option<u32>,
+    accepted: Option<std::time::Instant>,
     client: Client,
     peer: Address,
     local: Address,
@@ -393,12 +397,18 @@ async fn accept_loop<S, F, Fut>(
     Fut: Future<Output = io::Result<S>>,
 {
     let mut backoff = Duration::from_millis(5);
+    let counter = crate::metrics::accepted_counter(addr);
     loop {
         match accept().await {
             Ok(stream) => {
+                let accepted = crate::metrics::accept_instant();
+                if let Some(counter) = &counter {
+                    counter.inc();
+                }
                 backoff = Duration::from_millis(5);
                 let (client, peer, local, ip) = split(stream);
-                let incoming = Incoming { group, client, peer, local, ip, initial: Vec::new(), claimed: false };
+                let incoming =
+                    Incoming { group, accepted, client, peer, local, ip, initial: Vec::new(), claimed: false };
                 tokio::spawn(route(incoming, limits, routes.clone()));
             }
             Err(error) if is_transient(&error) => {
@@ -434,7 +444,7 @@ fn is_transient(error: &io::Error) -> bool {
 /// the byte limit gets `414` and is closed. With no ready worker, HTTP gets `503`, anything else
 /// is closed.
 async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg>) {
-    let Incoming { group, mut client, mut peer, local, mut ip, mut initial, mut claimed } = accepted;
+    let Incoming { group, accepted, mut client, mut peer, local, mut ip, mut initial, mut claimed } = accepted;
     let unix = matches!(client, Client::Unix(_));
     if limits.node && group.is_some() {
         let Ok(fd) = client.into_fd() else { return };
@@ -450,6 +460,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             unix,
             claimed: false,
             refusals: 0,
+            accepted,
         };
         return deliver(handoff, routes).await;
     }
@@ -507,7 +518,8 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
-    deliver(Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0 }, routes).await;
+    let handoff = Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
+    deliver(handoff, routes).await;
 }
 
 /// Reads the PROXY protocol header at the start of `client` within `deadline` and `limit` bytes,
@@ -567,7 +579,9 @@ pub fn reroute_handback(handoff: Handoff, limits: Limits, routes: mpsc::Sender<R
         }
         // Its PROXY header, if any, was read at its accept.
         let limits = Limits { proxy_protocol: false, ..limits };
-        route(Incoming { group, client, peer, local, ip, initial, claimed }, limits, routes).await;
+        // Not a new accept: the handoff histogram measures only first handoffs.
+        let accepted = None;
+        route(Incoming { group, accepted, client, peer, local, ip, initial, claimed }, limits, routes).await;
     });
 }
 

@@ -13,6 +13,7 @@ mod control;
 mod duration;
 mod listener;
 mod logs;
+mod metrics;
 mod node;
 mod notify;
 mod proxy_protocol;
@@ -102,6 +103,10 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
+/// Scrapes whose request for the workers' metrics may wait for the supervisor at once (more than
+/// [`metrics::server::MAX_SCRAPERS`] cannot be in flight anyway).
+const METRICS_GATHER_QUEUE: usize = metrics::server::MAX_SCRAPERS;
+
 fn run(config: Config) -> anyhow::Result<Outcome> {
     // systemd's sockets first, before clusterd opens any fd of its own: fd 3 and up are theirs
     // only while nothing else has taken a free number.
@@ -122,14 +127,26 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
     let bound = if config.listen.is_empty() { systemd } else { listener::bind_all(&config.listen)? };
     // `bind_all` keeps the order of `config.listen`; systemd's sockets have no `--listen` entry.
     let proxied: Vec<bool> = (0..bound.len()).map(|i| config.proxy_protocol.applies_to(config.listen.get(i))).collect();
+    // The metrics address too: cannot bind it, exit 1 before any worker starts.
+    let metrics = metrics::server::bind(&config.metrics)?;
     let listening: Vec<String> = bound.iter().map(|b| b.addr().to_owned()).collect();
-    let unix_paths: Vec<std::path::PathBuf> = bound.iter().filter_map(listener::Bound::unix_path).collect();
+    let unix_paths: Vec<std::path::PathBuf> =
+        bound.iter().chain(&metrics).filter_map(listener::Bound::unix_path).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let (spawner, reaper) = supervisor::spawn::start(std::sync::Arc::clone(&guard))?;
         let signals = signals::start(reaper.clone())?;
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);
+        // The workers' own metrics: each scrape asks the supervisor, which answers by a deadline.
+        let (gather_tx, metrics_gather) = mpsc::channel(METRICS_GATHER_QUEUE);
+        let metrics_gather = if metrics.is_empty() {
+            None
+        } else {
+            // Before the listeners serve: the accept path counts from the first connection.
+            metrics::server::serve(metrics, requests_tx.clone(), Some(gather_tx))?;
+            Some(metrics_gather)
+        };
         control.serve(requests_tx)?;
         let (routes_tx, routes) = mpsc::channel(1024);
         let limits = listener::Limits {
@@ -174,6 +191,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             relay,
             bus_memory,
             bridge: bridge.clone(),
+            metrics_gather,
         };
         let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
         if let Some(bridge) = bridge {

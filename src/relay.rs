@@ -226,6 +226,7 @@ impl Relay {
             Input::Join { key, slot, writer, dropped } => self.join(key, slot, writer, dropped).await,
             Input::Leave { key } => self.leave(key).await,
             Input::Frame { key, frame, charge } => {
+                crate::metrics::bus_message();
                 self.frame(key, frame).await;
                 self.done.absorb(charge);
             }
@@ -545,6 +546,7 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     if member.stuck {
         if member.queued.load(Ordering::Relaxed) > member.budget / 2 {
             member.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::bus_dropped();
             return;
         }
         member.stuck = false;
@@ -564,6 +566,7 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
             tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
             member.stuck = true;
             member.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::bus_dropped();
             return;
         }
     }
@@ -580,6 +583,7 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
         // The writer is gone (the worker left) or the queue stayed full: count it.
         member.queued.fetch_sub(size, Ordering::Relaxed);
         member.dropped.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::bus_dropped();
     }
 }
 

@@ -57,6 +57,9 @@ pub struct Status {
     /// `connections`), since clusterd started.
     #[serde(default)]
     pub replaced: std::collections::BTreeMap<String, u64>,
+    /// Rolling reloads by result (`ok`, `aborted`, `interrupted`), since clusterd started.
+    #[serde(default)]
+    pub reloads: std::collections::BTreeMap<String, u64>,
     pub workers: Vec<WorkerStatus>,
     /// Connections closed on a `--proxy-protocol` listener for want of a valid header, since
     /// clusterd started.
@@ -77,6 +80,11 @@ pub struct WorkerStatus {
     pub generation: u64,
     /// Restarts of this slot since clusterd started.
     pub restarts: u32,
+    /// The same restarts by the reason the slot's previous process ended (`signal`, `failed`,
+    /// `exited`, `oom`, `ready_timeout`, `heartbeat`, `protocol`, `stopped`, `start_failed`);
+    /// they add up to `restarts`.
+    #[serde(default)]
+    pub restart_reasons: std::collections::BTreeMap<String, u64>,
     pub connections: u64,
     pub sessions: u64,
     /// The worker said it is close to its fd limit: it gets no new connection until it has room.

@@ -59,16 +59,24 @@ fn a_worker_at_its_fd_limit_stays_alive_and_clusterd_routes_around_it() {
     let hello = hello_example();
     let wrapper = r#"if [ "$CLUSTERD_WORKER_ID" = 0 ]; then exec prlimit --nofile=256:256 "$0"; else exec "$0"; fi"#;
     let mut c = Builder::new()
-        .args(&["--workers", "2", "--listen", "127.0.0.1:0"])
+        .args(&["--workers", "2", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .program(&["sh", "-c", wrapper, hello.to_str().unwrap()])
         .start();
     let status = c.wait_ready(2);
     let addr = listen_addr(&status);
     let before = pids(&status);
+    let metrics = metrics_addr(&c);
 
     let attackers = slow_header_clients(addr, ATTACKERS);
     let status = c.wait_status("worker 0 at capacity", |s| at_capacity(s, 0));
     assert!(!at_capacity(&status, 1), "worker 1 has no such limit: {status:#}");
+    // The metrics say it too (issue 14: "status and metrics show a worker at capacity").
+    wait_until("clusterd_worker_at_capacity{worker=\"0\"} 1", || {
+        let m = scrape(&metrics);
+        (m.value("clusterd_worker_at_capacity", &[("worker", "0")]) == Some(1.0)).then_some(m)
+    });
+    let m = scrape(&metrics);
+    assert_eq!(m.value("clusterd_worker_at_capacity", &[("worker", "1")]), Some(0.0), "{}", m.text);
     for round in 0..10 {
         let response = answer(addr, Duration::from_secs(10))
             .unwrap_or_else(|| panic!("round {round}: no answer during the attack\n{}", c.stderr_dump()));
@@ -80,6 +88,9 @@ fn a_worker_at_its_fd_limit_stays_alive_and_clusterd_routes_around_it() {
 
     drop(attackers);
     c.wait_status("worker 0 has room again", |s| !at_capacity(s, 0));
+    wait_until("clusterd_worker_at_capacity{worker=\"0\"} 0", || {
+        (scrape(&metrics).value("clusterd_worker_at_capacity", &[("worker", "0")]) == Some(0.0)).then_some(())
+    });
     // Lost fds were reported closed like the others: the counts come back to zero exactly.
     c.wait_status("no connection counted", |s| s["workers"].as_array().unwrap().iter().all(|w| w["connections"] == 0));
     let served = wait_until("worker 0 answering again", || {

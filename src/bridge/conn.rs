@@ -224,6 +224,9 @@ impl Task {
         loop {
             let error = match tokio::time::timeout(self.deadline() * 2, self.connect()).await {
                 Ok(Ok(live)) => {
+                    if self.state == State::Down {
+                        self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.set_state(State::Connected);
                     tracing::info!(url, "bridge: connected");
                     let since = Instant::now();

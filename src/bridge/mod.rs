@@ -48,6 +48,8 @@ pub struct Stats {
     received: AtomicU64,
     dropped: AtomicU64,
     malformed: AtomicU64,
+    /// Connections to Redis made again after it was lost (or unreachable at the start).
+    reconnects: AtomicU64,
     /// Plain socketioxide-redis servers counted (the most on any channel).
     plain: AtomicUsize,
 }
@@ -61,6 +63,7 @@ impl Stats {
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             plain: AtomicUsize::new(0),
         }
     }
@@ -107,6 +110,7 @@ impl Handle {
             received: s.received.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             malformed: s.malformed.load(Ordering::Relaxed),
+            reconnects: s.reconnects.load(Ordering::Relaxed),
             plain_servers: s.plain.load(Ordering::Relaxed),
         }
     }

@@ -31,6 +31,9 @@ pub struct BridgeStatus {
     pub dropped: u64,
     /// Messages on clusterd's own channels that did not parse.
     pub malformed: u64,
+    /// Connections to Redis made again after it was lost (or unreachable at the start).
+    #[serde(default)]
+    pub reconnects: u64,
     /// Plain socketioxide-redis servers on the same Redis, counted as members.
     pub plain_servers: usize,
 }

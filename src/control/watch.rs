@@ -176,6 +176,7 @@ mod tests {
             state: if pid.is_some() { WorkerState::Ready } else { WorkerState::Backoff },
             generation: 1,
             restarts: 0,
+            restart_reasons: Default::default(),
             connections: 1,
             sessions: 0,
             at_capacity: false,
@@ -207,6 +208,7 @@ mod tests {
             proxy_refused: 0,
             bridge: None,
             replaced: Default::default(),
+            reloads: Default::default(),
         }
     }
 

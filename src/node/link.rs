@@ -297,6 +297,7 @@ impl NodeLink {
             if let super::relay::Input::Frame { charge, .. } = refused.into_inner() {
                 self.memory.release(charge);
             }
+            crate::metrics::bus_dropped();
             if self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
                 tracing::warn!(worker = self.slot, "node relay: queue full, adapter messages are dropped");
             }

@@ -134,6 +134,7 @@ pub fn start(
                 }
                 Input::Leave { key } => relay.leave(key).await,
                 Input::Frame { key, frame, charge } => {
+                    crate::metrics::bus_message();
                     relay.frame(key, frame).await;
                     memory.release(charge);
                 }
@@ -337,6 +338,7 @@ impl Relay {
             || (member.stuck && member.out.capacity() < member.out.max_capacity() / 2)
         {
             member.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::bus_dropped();
             return;
         }
         member.queued.fetch_add(size, Ordering::Relaxed);
@@ -345,6 +347,7 @@ impl Relay {
             _ => {
                 member.queued.fetch_sub(size, Ordering::Relaxed);
                 member.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::bus_dropped();
                 if !member.stuck {
                     tracing::warn!(
                         worker = member.worker_id,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::exit::ExitInfo;
+use super::exit::{ExitInfo, START_FAILED};
 use super::link::StartError;
 use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind, Launch};
@@ -228,6 +228,7 @@ impl Dispatcher {
             tracing::warn!(worker = slot.id, pid, "worker {info}");
         }
         let ending = Ending::Exited { uptime: info.uptime, was_ready: info.was_ready };
+        let reason = info.restart_reason();
         slot.last_exit = Some(info);
         if let Some(successor) = slot.successor.take().filter(|_| self.stop.is_none()) {
             // The old generation died while its successor starts: the successor takes over.
@@ -236,7 +237,7 @@ impl Dispatcher {
             self.step_replacement();
             return;
         }
-        self.after_exit(index, ending);
+        self.after_exit(index, ending, reason);
         self.step_replacement();
     }
 
@@ -249,7 +250,8 @@ impl Dispatcher {
             (_, Role::Retiring(_)) => self.after_retired(index),
             (StartError::Unexecutable { .. }, Role::Current) => {
                 if self.stop.is_some() || self.slots[index].removing {
-                    return self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+                    let ending = Ending::Exited { uptime: Duration::ZERO, was_ready: false };
+                    return self.after_exit(index, ending, START_FAILED);
                 }
                 self.slots[index].state = WorkerState::Exited;
                 let reason = format!("worker {id}: {error}");
@@ -259,7 +261,7 @@ impl Dispatcher {
             }
             (StartError::Unexecutable { .. }, Role::Successor) => self.abort_reload(index, &error.to_string()),
             (StartError::Resources { .. }, Role::Current) if self.stop.is_some() || self.slots[index].removing => {
-                self.after_exit(index, Ending::Resources);
+                self.after_exit(index, Ending::Resources, START_FAILED);
             }
             (StartError::Resources { .. }, Role::Current) => {
                 self.slots[index].state = WorkerState::Backoff;
@@ -269,7 +271,7 @@ impl Dispatcher {
             (StartError::Resources { .. }, Role::Successor) => self.retry_start(index, &error),
             (StartError::Failed(_), Role::Current) => {
                 tracing::error!(worker = id, "{error}");
-                self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false });
+                self.after_exit(index, Ending::Exited { uptime: Duration::ZERO, was_ready: false }, START_FAILED);
             }
             (StartError::Failed(_), Role::Successor) => {
                 tracing::error!(worker = id, "{error}");
@@ -290,8 +292,9 @@ impl Dispatcher {
         }
     }
 
-    /// The slot's current process is gone: restart it, or let it rest while stopping.
-    pub(super) fn after_exit(&mut self, index: usize, ending: Ending) {
+    /// The slot's current process is gone: restart it, or let it rest while stopping. `reason`:
+    /// why it ended, in the words of [`ExitInfo::restart_reason`], counted with the restart.
+    pub(super) fn after_exit(&mut self, index: usize, ending: Ending, reason: &'static str) {
         if self.stop.is_some() || self.slots[index].removing {
             self.slots[index].state = WorkerState::Exited;
             self.after_retired(index);
@@ -303,6 +306,7 @@ impl Dispatcher {
             Decision::Restart { after, streak } => {
                 slot.streak = streak;
                 slot.restarts += 1;
+                *slot.restart_reasons.entry(reason).or_default() += 1;
                 slot.state = WorkerState::Backoff;
                 let when = if after.is_zero() { "at once".to_owned() } else { format!("in {}", show(after)) };
                 if decision.is_crash_loop() {
@@ -349,6 +353,7 @@ impl Dispatcher {
     pub(super) fn after_retired(&mut self, index: usize) {
         if self.slots[index].removing && self.slots[index].is_empty() {
             let slot = self.slots.remove(index);
+            crate::metrics::forget_slot(slot.id);
             tracing::info!(worker = slot.id, "slot removed");
         }
         self.update_readiness();
@@ -497,7 +502,9 @@ impl Dispatcher {
             }
             None => self.stop = Some(Stop { deadline, outcome }),
         }
-        self.rollout = None;
+        if self.rollout.take().is_some() {
+            *self.reloads.entry("interrupted").or_default() += 1;
+        }
         self.phase.send_replace(if immediate { Phase::Stopping } else { Phase::Draining });
         let command = if immediate { Command::Kill } else { Command::Drain { grace: self.config.grace } };
         for slot in &mut self.slots {
@@ -556,6 +563,7 @@ impl Dispatcher {
                 state,
                 generation: p.map_or(self.generation, |c| c.generation),
                 restarts: slot.restarts,
+                restart_reasons: slot.restart_reasons.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
                 connections: p.map_or(0, |c| {
                     if c.draining_since.is_some() { c.carried } else { self.pools.connections(c.incarnation) }
                 }),
@@ -633,6 +641,7 @@ impl Dispatcher {
             listen: self.listening.iter().map(String::as_str).chain(self.pools.bound()).map(str::to_owned).collect(),
             sessions: self.pools.session_count(),
             replaced: self.replaced.clone(),
+            reloads: self.reloads.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
             program: std::iter::once(&self.config.program)
                 .chain(&self.config.args)
                 .map(|a| a.to_string_lossy())

@@ -59,6 +59,28 @@ pub struct ExitInfo {
     pub oom_evidence: bool,
 }
 
+impl ExitInfo {
+    /// Why a restart that follows this end happens, as one word of a fixed set (the `reason`
+    /// label of `clusterd_worker_restarts_total`, `restart_reasons` in `status`): `exited` (code
+    /// 0) and `failed` (another code) on its own, `signal` (a signal clusterd did not send),
+    /// `oom` (SIGKILL while the cgroup counted an OOM kill), or what clusterd killed it for.
+    pub fn restart_reason(&self) -> &'static str {
+        match (&self.killed_by_clusterd, self.status) {
+            (Some(KillReason::ReadyTimeout), _) => "ready_timeout",
+            (Some(KillReason::HeartbeatTimeout), _) => "heartbeat",
+            (Some(KillReason::Protocol(_)), _) => "protocol",
+            (Some(KillReason::Stop), _) => "stopped",
+            (None, Status::Code(0)) => "exited",
+            (None, Status::Code(_)) => "failed",
+            (None, Status::Signal { .. }) if self.oom_evidence => "oom",
+            (None, Status::Signal { .. }) => "signal",
+        }
+    }
+}
+
+/// The reason of a restart after a process that could not be started at all.
+pub const START_FAILED: &str = "start_failed";
+
 impl fmt::Display for ExitInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {

@@ -95,6 +95,9 @@ pub struct Parts {
     pub bus_memory: Arc<crate::bus_memory::BusMemory>,
     /// The bridge to other hosts, for `status`.
     pub bridge: Option<crate::bridge::Handle>,
+    /// `--metrics`: each scrape's request for the workers' own metrics (`None` without
+    /// `--metrics`). The supervisor answers each by its deadline (`crate::metrics::workers`).
+    pub metrics_gather: Option<mpsc::Receiver<crate::metrics::workers::GatherRequest>>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -147,6 +150,9 @@ struct Slot {
     /// Scaled away: the slot disappears once its processes are gone.
     removing: bool,
     restarts: u32,
+    /// The same restarts by the reason the previous process ended (`ExitInfo::restart_reason`):
+    /// a fixed set of keys, for `status` and the metrics.
+    restart_reasons: std::collections::BTreeMap<&'static str, u64>,
     /// Its consecutive failed starts, deaths and resource failures.
     streak: policy::Streak,
     /// Matches the pending restart timer; bumped to cancel it.
@@ -164,6 +170,7 @@ impl Slot {
             retiring: Vec::new(),
             removing: false,
             restarts: 0,
+            restart_reasons: std::collections::BTreeMap::new(),
             streak: policy::Streak::default(),
             restart_token: 0,
             last_exit: None,
@@ -223,6 +230,8 @@ struct Dispatcher {
     /// Workers replaced while they ran, by reason (`health`, `memory`, `lifetime`, `connections`),
     /// since clusterd started: `status` shows them, the metrics will.
     replaced: std::collections::BTreeMap<String, u64>,
+    /// Rolling reloads by result (`ok`, `aborted`, `interrupted`), since clusterd started.
+    reloads: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A request that names a session no worker reported yet.
@@ -237,7 +246,12 @@ struct HeldPick {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory, bridge } = parts;
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory, bridge, metrics_gather } =
+        parts;
+    // The gathering of the workers' own metrics plugs in here (prom-client's cluster protocol for
+    // Node workers, the SDKs' registries). Until it does, the receiver is dropped: each scrape
+    // finds the channel closed at once and serves clusterd's own metrics without waiting.
+    drop(metrics_gather);
     let node_relay = (config.protocol == crate::config::Protocol::Node)
         .then(|| crate::node::relay::start(config.bus_queue, config.serialization, Arc::clone(&bus_memory)));
     if let (Some(bridge), Some(node_relay)) = (&bridge, &node_relay) {
@@ -285,6 +299,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         held: Vec::new(),
         replacements: recycle::Replacements::default(),
         replaced: std::collections::BTreeMap::new(),
+        reloads: std::collections::BTreeMap::new(),
         settings,
         config,
         bridge,

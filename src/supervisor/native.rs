@@ -370,7 +370,8 @@ fn handback(
         _ => None,
     };
     let ip = peer.socket_addr().map(|a| a.ip()).filter(|_| limits.sticky == crate::config::Sticky::Ip);
-    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed: claimed.is_some(), refusals: 0 })
+    let claimed = claimed.is_some();
+    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed, refusals: 0, accepted: None })
 }
 
 /// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.

@@ -72,6 +72,7 @@ impl Dispatcher {
                     crate::duration::show(rollout.started.elapsed())
                 );
                 self.rollout = None;
+                *self.reloads.entry("ok").or_default() += 1;
                 self.phase.send_replace(Phase::Ready);
                 self.step_replacement();
             }
@@ -138,6 +139,7 @@ impl Dispatcher {
     /// Ends the reload: the slots not yet replaced keep their old processes.
     pub(super) fn abort_reload(&mut self, index: usize, why: &str) {
         let Some(rollout) = self.rollout.take() else { return };
+        *self.reloads.entry("aborted").or_default() += 1;
         tracing::error!(
             worker = self.slots[index].id,
             "reload to generation {} aborted: {why}; generation {} keeps serving",

@@ -212,6 +212,8 @@ async fn run(
     let mut greeted = false;
     let mut hinted = settings.ready_on == ReadyOn::Spawn && !settings.main_listeners;
     let mut upkeep = Upkeep::new(&settings, launch.incarnation, started);
+    // `clusterd_connections_handed_off_total{worker}`: the slot's series, taken once.
+    let handed_off = crate::metrics::handed_off_counter(launch.slot);
     if ready {
         upkeep.on_ready();
     }
@@ -293,8 +295,10 @@ async fn run(
                         // Connections queued before the drain go first: the worker takes everything
                         // it was handed before the drain frame.
                         while let Ok(handoff) = handoffs.try_recv() {
-                            if let Some(group) = link.hand_over(handoff).await {
-                                report(EventKind::ConnectionsClosed(vec![group])).await;
+                            let accepted = handoff.accepted;
+                            match link.hand_over(handoff).await {
+                                Some(group) => report(EventKind::ConnectionsClosed(vec![group])).await,
+                                None => crate::metrics::handed_off(handed_off.as_ref(), accepted),
                             }
                         }
                         if link.drain(grace).await {
@@ -317,10 +321,16 @@ async fn run(
                     // Picked before the drain began: it goes to a worker that takes connections.
                     report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
                     crate::listener::reroute(handoff, settings.routes.clone());
-                } else if let Some(group) = link.hand_over(handoff).await {
-                    report(EventKind::ConnectionsClosed(vec![group])).await;
-                } else if let Some(reason) = upkeep.handed_over() {
-                    report(EventKind::Replace(reason)).await;
+                } else {
+                    let accepted = handoff.accepted;
+                    if let Some(group) = link.hand_over(handoff).await {
+                        report(EventKind::ConnectionsClosed(vec![group])).await;
+                    } else {
+                        crate::metrics::handed_off(handed_off.as_ref(), accepted);
+                        if let Some(reason) = upkeep.handed_over() {
+                            report(EventKind::Replace(reason)).await;
+                        }
+                    }
                 }
             }
             () = sleep_until(next_check.unwrap_or(far)), if next_check.is_some() && !probing && killed.is_none() => {

@@ -555,3 +555,109 @@ impl Drop for Redis {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
 }
+
+/// The `--metrics` address clusterd serves on, from its start line (`127.0.0.1:0` gets a port
+/// only when bound).
+pub fn metrics_addr(c: &Cluster) -> String {
+    let line = c.output.wait_contains("GET /metrics on ");
+    let after = line.rsplit("GET /metrics on ").next().unwrap_or_default();
+    after.split_whitespace().next().expect("an address after `GET /metrics on`").to_owned()
+}
+
+/// One raw HTTP/1.1 exchange on a new connection to `addr` (`HOST:PORT` or `unix:/path`):
+/// returns the status code, the headers (lowercase names) and the body.
+pub fn http_exchange(addr: &str, request: &str) -> (u16, Vec<(String, String)>, String) {
+    let mut bytes = Vec::new();
+    if let Some(path) = addr.strip_prefix("unix:") {
+        let mut s = UnixStream::connect(path).expect("connect to the metrics socket");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        s.read_to_end(&mut bytes).expect("read the answer");
+    } else {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        s.read_to_end(&mut bytes).expect("read the answer");
+    }
+    let text = String::from_utf8(bytes).expect("a UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let mut lines = head.lines();
+    let code = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (code, headers, body.to_owned())
+}
+
+/// A scrape of `/metrics`, read by a Prometheus text parser (the `prometheus-parse` crate: a
+/// parser written by others, so that the test does not read the format the way clusterd writes
+/// it). It is lenient, skipping what it does not understand, so [`Metrics::parse`] also checks
+/// that every sample line of the text became a sample.
+pub struct Metrics {
+    pub text: String,
+    pub scrape: prometheus_parse::Scrape,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("a Prometheus text exposition");
+        let sample_lines = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).count();
+        let understood: usize = scrape
+            .samples
+            .iter()
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => buckets.len(),
+                _ => 1,
+            })
+            .sum();
+        assert_eq!(understood, sample_lines, "every sample line is understood by the parser:\n{text}");
+        Self { text: text.to_owned(), scrape }
+    }
+
+    /// The value of the sample `name` whose labels are exactly `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.sample(name, labels).map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is not a single value: {other:?}"),
+        })
+    }
+
+    pub fn sample(&self, name: &str, labels: &[(&str, &str)]) -> Option<&prometheus_parse::Sample> {
+        self.scrape.samples.iter().find(|s| {
+            s.metric == name
+                && s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+    }
+
+    /// Every sample of `name`.
+    pub fn samples(&self, name: &str) -> Vec<&prometheus_parse::Sample> {
+        self.scrape.samples.iter().filter(|s| s.metric == name).collect()
+    }
+
+    /// The sum of every sample of `name` (a counter or gauge over all its label sets).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples(name)
+            .iter()
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name} is not a single value: {other:?}"),
+            })
+            .sum()
+    }
+}
+
+/// `GET /metrics` on `addr`: 200 with the 0.0.4 content type, parsed.
+pub fn scrape(addr: &str) -> Metrics {
+    let (code, headers, body) = http_exchange(addr, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
+    assert_eq!(content_type, Some("text/plain; version=0.0.4; charset=utf-8"));
+    Metrics::parse(&body)
+}
