@@ -13,6 +13,7 @@ mod control;
 mod duration;
 mod listener;
 mod logs;
+mod metrics;
 mod node;
 mod notify;
 mod proxy_protocol;
@@ -130,7 +131,9 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         let signals = signals::start(reaper.clone())?;
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);
-        control.serve(requests_tx)?;
+        // Scrapes of the workers' metrics: the control socket's `metrics` (and `--metrics`).
+        let (gather_tx, metrics) = mpsc::channel(metrics::workers::GATHER_QUEUE);
+        control.serve(requests_tx, gather_tx)?;
         let (routes_tx, routes) = mpsc::channel(1024);
         let limits = listener::Limits {
             sniff_bytes: config.sniff_bytes,
@@ -175,7 +178,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             bus_memory,
             bridge: bridge.clone(),
         };
-        let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
+        let outcome = supervisor::run(parts, Inputs { signals, requests, routes, metrics }).await;
         if let Some(bridge) = bridge {
             // The other hosts count this one out at once, not after the host timeout.
             bridge.leave(std::time::Duration::from_secs(1)).await;

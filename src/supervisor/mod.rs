@@ -16,6 +16,7 @@
 pub(crate) mod bus_reader;
 mod dispatch;
 pub mod exit;
+pub mod gather;
 pub mod guard;
 pub mod link;
 mod memory;
@@ -77,6 +78,8 @@ pub struct Inputs {
     pub signals: mpsc::Receiver<SignalEvent>,
     pub requests: mpsc::Receiver<Request>,
     pub routes: mpsc::Receiver<RouteMsg>,
+    /// Scrapes asking for the workers' metrics (`--metrics`, `clusterd metrics`).
+    pub metrics: mpsc::Receiver<crate::metrics::workers::GatherRequest>,
 }
 
 /// Everything the supervisor needs to start.
@@ -311,6 +314,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
             Some(signal) = inputs.signals.recv() => d.handle_signal(signal),
             Some(request) = inputs.requests.recv() => d.handle_request(request),
             Some(route) = inputs.routes.recv() => d.handle_route(route),
+            Some(gather) = inputs.metrics.recv() => d.handle_gather(gather),
             _ = expire.tick() => {
                 let dropped = d.pools.expire(std::time::Instant::now());
                 if dropped > 0 {
