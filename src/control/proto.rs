@@ -18,7 +18,9 @@ pub enum ControlRequest {
     Status,
     Stop,
     Reload,
-    Scale { workers: u32 },
+    Scale {
+        workers: u32,
+    },
     /// The workers' own metrics, gathered now.
     Metrics,
 }

@@ -15,8 +15,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{ControlReply, ControlRequest, MAX_REQUEST};
-use crate::socketfile::Occupied;
 use crate::metrics::workers::{CONTROL_DEADLINE, GatherRequest};
+use crate::socketfile::Occupied;
 use crate::supervisor::Request;
 
 /// How long a client has to send its request.

@@ -163,10 +163,9 @@ fn family_of(name: &str, families: &[Family<'_>], index: &HashMap<&str, usize>) 
     if let Some(&at) = index.get(name) {
         return Some(at);
     }
-    for (suffix, kinds) in [("_bucket", &["histogram"][..]), ("_sum", &["histogram", "summary"]), ("_count", &[
-        "histogram",
-        "summary",
-    ])] {
+    for (suffix, kinds) in
+        [("_bucket", &["histogram"][..]), ("_sum", &["histogram", "summary"]), ("_count", &["histogram", "summary"])]
+    {
         if let Some(base) = name.strip_suffix(suffix)
             && let Some(&at) = index.get(base)
             && families[at].kind.is_some_and(|k| kinds.contains(&k))
@@ -359,11 +358,10 @@ mod tests {
     fn parses_families_and_their_suffixed_series() {
         let families = parse(WORKER).expect("valid");
         let names: Vec<_> = families.iter().map(|f| (f.name, f.kind, f.samples.len())).collect();
-        assert_eq!(names, [
-            ("requests_total", Some("counter"), 2),
-            ("latency", Some("histogram"), 4),
-            ("free", None, 1)
-        ]);
+        assert_eq!(
+            names,
+            [("requests_total", Some("counter"), 2), ("latency", Some("histogram"), 4), ("free", None, 1)]
+        );
         assert_eq!(families[0].samples[1].labels, [("code", "500"), ("path", "/a \\\"b\\\"")]);
         assert_eq!(families[0].samples[1].timestamp, Some("1700000000000"));
     }
@@ -371,9 +369,11 @@ mod tests {
     #[test]
     fn merges_workers_with_a_worker_label() {
         let zero = parse(WORKER).expect("valid");
-        let one = parse("# TYPE requests_total counter\nrequests_total{code=\"200\",worker=\"mine\"} 4\n\
+        let one = parse(
+            "# TYPE requests_total counter\nrequests_total{code=\"200\",worker=\"mine\"} 4\n\
              # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.5\n\
-             # TYPE free gauge\nfree 1\n")
+             # TYPE free gauge\nfree 1\n",
+        )
         .expect("valid");
         let mut merger = Merger::default();
         merger.add(0, &zero);

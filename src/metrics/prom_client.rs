@@ -142,15 +142,30 @@ pub fn parse_answer(message: &Value) -> Result<Vec<Metric>, AnswerError> {
         };
         return Err(AnswerError::Registry(text));
     }
-    let registries = message.get("metrics").and_then(Value::as_array).ok_or_else(|| malformed("no metrics array"))?;
+    let registries = message.get("metrics").and_then(elements).ok_or_else(|| malformed("no metrics array"))?;
     let mut metrics = Vec::new();
     for registry in registries {
-        let registry = registry.as_array().ok_or_else(|| malformed("a registry that is not an array"))?;
+        let registry = elements(registry).ok_or_else(|| malformed("a registry that is not an array"))?;
         for metric in registry {
             metrics.push(parse_metric(metric)?);
         }
     }
     Ok(metrics)
+}
+
+/// The elements of an array as `forEach` visits them (holes skipped), dense or sparse (V8 writes
+/// some arrays in its sparse form).
+fn elements(value: &Value) -> Option<Vec<&Value>> {
+    match value {
+        Value::Array(items) => Some(items.iter().filter(|v| !matches!(v, Value::Hole)).collect()),
+        Value::SparseArray { entries, .. } => {
+            let mut indexed: Vec<(u32, &Value)> =
+                entries.iter().filter_map(|(k, v)| k.array_index().map(|i| (i, v))).collect();
+            indexed.sort_by_key(|(i, _)| *i);
+            Some(indexed.into_iter().map(|(_, v)| v).collect())
+        }
+        _ => None,
+    }
 }
 
 /// JavaScript's truthiness.
@@ -186,8 +201,9 @@ fn parse_metric(metric: &Value) -> Result<Metric, AnswerError> {
         _ => None,
     }
     .ok_or_else(|| malformed(format!("metric {name}: no known aggregator")))?;
-    let values = metric.get("values").and_then(Value::as_array).ok_or_else(|| malformed("a metric without values"))?;
-    let values = values.iter().map(parse_sample).collect::<Result<_, _>>()?;
+    let values =
+        metric.get("values").and_then(elements).ok_or_else(|| malformed(format!("metric {name}: no values")))?;
+    let values = values.into_iter().map(parse_sample).collect::<Result<_, _>>()?;
     Ok(Metric { name, help, kind, aggregator, values })
 }
 

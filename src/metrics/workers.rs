@@ -78,7 +78,10 @@ pub fn merge(mut answers: Vec<(u32, WorkerMetrics)>, mut missed: u32) -> WorkerS
     }
     merger.render(&mut text);
     if merger.conflicts > 0 {
-        tracing::debug!(families = merger.conflicts, "workers' families left out: another worker gave their name another type");
+        tracing::debug!(
+            families = merger.conflicts,
+            "workers' families left out: another worker gave their name another type"
+        );
     }
     super::prom_client::render(&super::prom_client::aggregate(&prom), &mut text);
     WorkerScrape { text, missed }

@@ -341,7 +341,10 @@ impl NodeLink {
             // Only its id is read.
             let Ok([id]) = frame.select(&[&["requestId"]]) else { return };
             let Some(id) = id.as_ref().and_then(Value::as_i64).and_then(|id| u32::try_from(id).ok()) else { return };
-            let why = format!("its metrics answer is {} bytes, over the limit of {MAX_NODE_METRICS_MESSAGE}", frame.raw().len());
+            let why = format!(
+                "its metrics answer is {} bytes, over the limit of {MAX_NODE_METRICS_MESSAGE}",
+                frame.raw().len()
+            );
             self.pending.push_back(Said::Metrics { id, metrics: WorkerMetrics::Failed(why) });
             return;
         } else {
