@@ -27,8 +27,8 @@ pub struct WorkerScrape {
 /// How long a scrape through the control socket (`clusterd metrics`) waits for the workers.
 pub const CONTROL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Gather requests waiting for the dispatcher; a scrape that finds the queue full is answered
-/// at once with nothing from the workers (and every worker counted missed is not known: 0).
+/// Gather requests waiting for the dispatcher; a scrape that finds the queue full waits for room
+/// (within its own time bound: the control socket's answer timeout).
 pub const GATHER_QUEUE: usize = 16;
 
 /// The largest prom-client answer (the whole IPC message) accepted from one Node worker, in bytes.
