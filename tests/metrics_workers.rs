@@ -127,6 +127,29 @@ fn node_available() -> bool {
     std::process::Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
+/// A Node worker without prom-client's cluster support never answers: its first scrapes wait for
+/// the deadline and count it, then it is no longer asked and scrapes return at once.
+#[test]
+fn a_node_worker_that_never_answers_is_no_longer_asked_after_three_scrapes() {
+    assert!(node_available(), "node is needed (see README, 'Before you start')");
+    let dir = node_dir();
+    let script = dir.join("workers/prom-worker.cjs");
+    let mut cluster = Builder::new()
+        .args(&["--workers", "1", "--protocol", "node"])
+        .program(&["node", script.to_str().expect("utf-8 path")])
+        .env("NODE_PATH", dir.join("node_modules").to_str().expect("utf-8"))
+        .env("NO_AGGREGATOR", "1")
+        .start();
+    cluster.wait_ready(1);
+    for scrape in 1..=3 {
+        assert_eq!(gather(&cluster), (String::new(), 1), "scrape {scrape}");
+    }
+    let started = Instant::now();
+    assert_eq!(gather(&cluster), (String::new(), 0), "no longer asked");
+    assert!(started.elapsed() < Duration::from_secs(1), "nothing waited for: {:?}", started.elapsed());
+    cluster.output.wait_contains("does not seem to use prom-client's AggregatorRegistry");
+}
+
 #[test]
 fn node_workers_with_prom_client_are_aggregated_as_a_node_primary_does() {
     assert!(node_available(), "node is needed (see README, 'Before you start')");

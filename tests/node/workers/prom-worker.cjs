@@ -3,11 +3,12 @@
 // sets a gauge aggregated with `max` to 10 × (slot + 1), and observes 0.05 s and 2 s in a
 // histogram. With PRIMARY=1 the same file is a Node cluster primary of WORKERS workers that prints
 // `await new AggregatorRegistry().clusterMetrics()` once every worker has set its metrics, and exits.
+// With NO_AGGREGATOR=1 a worker creates no AggregatorRegistry: it never answers the primary.
 'use strict';
 const cluster = require('node:cluster');
 const client = require('prom-client');
 
-const registry = new client.AggregatorRegistry();
+const registry = process.env.NO_AGGREGATOR ? null : new client.AggregatorRegistry();
 
 if (process.env.PRIMARY && cluster.isPrimary) {
 	cluster.setupPrimary({ serialization: process.env.SERIALIZATION || 'json' });
