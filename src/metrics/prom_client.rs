@@ -571,6 +571,26 @@ mod tests {
         );
     }
 
+    /// V8 writes some arrays in its sparse form; they read as `forEach` visits them.
+    #[test]
+    fn sparse_arrays_read_in_index_order() {
+        let values = Value::SparseArray {
+            length: 3,
+            entries: vec![
+                (Key::Int(2), value(Value::from(5), vec![("l", "b".into())])),
+                (Key::Int(0), value(Value::from(4), vec![("l", "a".into())])),
+            ],
+        };
+        let m = Value::object([
+            ("help", Value::from("h")),
+            ("name", Value::from("m")),
+            ("type", Value::from("gauge")),
+            ("values", values),
+            ("aggregator", Value::from("sum")),
+        ]);
+        assert_eq!(text(&[answer(vec![m])]), "# HELP m h\n# TYPE m gauge\nm{l=\"a\"} 4\nm{l=\"b\"} 5\n");
+    }
+
     #[test]
     fn reserved_names_are_renamed() {
         let m = metric("process_cpu_seconds_total", "counter", "sum", vec![value(Value::from(1), vec![])]);

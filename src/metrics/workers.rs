@@ -45,6 +45,57 @@ pub enum WorkerMetrics {
     Failed(String),
 }
 
+/// An SDK worker's metrics answer, put together from its `Metrics` frames. The declared length
+/// is checked against [`MAX_METRICS`](clusterd_worker::protocol::MAX_METRICS) before anything is
+/// kept; one answer is assembled at a time (a frame of another answer starts afresh).
+#[derive(Debug, Default)]
+pub struct Assembly {
+    current: Option<Partial>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    id: u32,
+    total: usize,
+    text: Vec<u8>,
+    /// Refused (over the limit, or broken): its further chunks are dropped.
+    refused: bool,
+}
+
+impl Assembly {
+    /// Takes one frame; returns the answer once it is whole, or as soon as it is refused.
+    pub fn add(&mut self, chunk: clusterd_worker::protocol::MetricsChunk) -> Option<WorkerMetrics> {
+        use clusterd_worker::protocol::MAX_METRICS;
+        let clusterd_worker::protocol::MetricsChunk { id, total, chunk } = chunk;
+        let total = total as usize;
+        if !matches!(&self.current, Some(p) if p.id == id && p.total == total) {
+            if total > MAX_METRICS {
+                self.current = Some(Partial { id, total, text: Vec::new(), refused: true });
+                return Some(WorkerMetrics::Failed(format!(
+                    "its metrics are {total} bytes, over the limit of {MAX_METRICS}"
+                )));
+            }
+            self.current = Some(Partial { id, total, text: Vec::with_capacity(total), refused: false });
+        }
+        let partial = self.current.as_mut().filter(|p| !p.refused)?;
+        if partial.text.len() + chunk.len() > partial.total {
+            partial.refused = true;
+            partial.text = Vec::new();
+            return Some(WorkerMetrics::Failed("its metrics chunks are longer than the length it declared".into()));
+        }
+        partial.text.extend_from_slice(&chunk);
+        if partial.text.len() < partial.total {
+            return None;
+        }
+        let text = std::mem::take(&mut partial.text);
+        self.current = None;
+        Some(match String::from_utf8(text) {
+            Ok(text) => WorkerMetrics::Text(text),
+            Err(_) => WorkerMetrics::Failed("its metrics are not UTF-8".to_owned()),
+        })
+    }
+}
+
 /// Merges the answers (slot, metrics) of one scrape; `missed` counts the workers that did not
 /// answer in time, to which the unusable answers are added.
 pub fn merge(mut answers: Vec<(u32, WorkerMetrics)>, mut missed: u32) -> WorkerScrape {
@@ -90,6 +141,29 @@ pub fn merge(mut answers: Vec<(u32, WorkerMetrics)>, mut missed: u32) -> WorkerS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clusterd_worker::protocol::{MAX_METRICS, MetricsChunk};
+
+    fn chunk(id: u32, total: usize, bytes: &[u8]) -> MetricsChunk {
+        MetricsChunk { id, total: total as u32, chunk: bytes.to_vec() }
+    }
+
+    #[test]
+    fn chunks_make_one_answer_and_bad_ones_are_refused() {
+        let mut assembly = Assembly::default();
+        assert!(assembly.add(chunk(1, 7, b"hits")).is_none());
+        assert!(matches!(assembly.add(chunk(1, 7, b" 1\n")), Some(WorkerMetrics::Text(t)) if t == "hits 1\n"));
+        assert!(matches!(assembly.add(chunk(2, 0, b"")), Some(WorkerMetrics::Text(t)) if t.is_empty()));
+        // Over the limit: refused at its first frame, its other chunks dropped.
+        assert!(matches!(assembly.add(chunk(3, MAX_METRICS + 1, b"")), Some(WorkerMetrics::Failed(_))));
+        assert!(assembly.add(chunk(3, MAX_METRICS + 1, b"more")).is_none());
+        // Longer than declared, and not UTF-8.
+        assert!(matches!(assembly.add(chunk(4, 2, b"abc")), Some(WorkerMetrics::Failed(_))));
+        assert!(assembly.add(chunk(4, 2, b"a")).is_none());
+        assert!(matches!(assembly.add(chunk(5, 2, b"\xff\xfe")), Some(WorkerMetrics::Failed(_))));
+        // A frame of another answer starts afresh (the one before was given up).
+        assert!(assembly.add(chunk(6, 4, b"ab")).is_none());
+        assert!(matches!(assembly.add(chunk(7, 1, b"x")), Some(WorkerMetrics::Text(t)) if t == "x"));
+    }
 
     #[test]
     fn garbage_and_failures_count_as_missed() {

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 
 use clusterd_worker::protocol::{
     Address, ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, ListenResult,
-    MAX_FRAME, MAX_HANDBACK, MAX_METRICS, MetricsChunk, PROTOCOL_VERSION, ToWorker,
+    MAX_FRAME, MAX_HANDBACK, MetricsChunk, PROTOCOL_VERSION, ToWorker,
 };
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::sync::mpsc;
@@ -56,16 +56,7 @@ pub struct NativeLink {
     /// The worker said it has metrics (`MetricsAvailable`): scrapes ask it.
     metrics_offered: bool,
     /// The metrics answer being received, chunk by chunk.
-    metrics: Option<MetricsAnswer>,
-}
-
-/// A metrics answer whose chunks are arriving.
-struct MetricsAnswer {
-    id: u32,
-    total: usize,
-    text: Vec<u8>,
-    /// Refused (declared over [`MAX_METRICS`], or broken): its further chunks are dropped.
-    refused: bool,
+    metrics: crate::metrics::workers::Assembly,
 }
 
 impl NativeLink {
@@ -143,7 +134,7 @@ impl NativeLink {
             limits: settings.limits,
             probes: std::collections::HashSet::new(),
             metrics_offered: false,
-            metrics: None,
+            metrics: crate::metrics::workers::Assembly::default(),
         };
         Ok((link, spawned))
     }
@@ -308,38 +299,12 @@ impl NativeLink {
     }
 
     /// A chunk of a metrics answer: the answer once it is whole (or refused), else a sign of life.
-    /// The declared length is checked before anything is kept.
     fn metrics_chunk(&mut self, chunk: MetricsChunk) -> Said {
-        use crate::metrics::workers::WorkerMetrics;
-        let MetricsChunk { id, total, chunk } = chunk;
-        let total = total as usize;
-        let fresh = !matches!(&self.metrics, Some(answer) if answer.id == id && answer.total == total);
-        if fresh {
-            if total > MAX_METRICS {
-                self.metrics = Some(MetricsAnswer { id, total, text: Vec::new(), refused: true });
-                let why = format!("its metrics are {total} bytes, over the limit of {MAX_METRICS}");
-                return Said::Metrics { id, metrics: WorkerMetrics::Failed(why) };
-            }
-            self.metrics = Some(MetricsAnswer { id, total, text: Vec::with_capacity(total), refused: false });
+        let id = chunk.id;
+        match self.metrics.add(chunk) {
+            Some(metrics) => Said::Metrics { id, metrics },
+            None => Said::Alive,
         }
-        let Some(answer) = self.metrics.as_mut().filter(|a| !a.refused) else { return Said::Alive };
-        if answer.text.len() + chunk.len() > answer.total {
-            answer.refused = true;
-            answer.text = Vec::new();
-            let why = "its metrics chunks are longer than the length it declared".to_owned();
-            return Said::Metrics { id, metrics: WorkerMetrics::Failed(why) };
-        }
-        answer.text.extend_from_slice(&chunk);
-        if answer.text.len() < answer.total {
-            return Said::Alive;
-        }
-        let text = std::mem::take(&mut answer.text);
-        self.metrics = None;
-        let metrics = match String::from_utf8(text) {
-            Ok(text) => WorkerMetrics::Text(text),
-            Err(_) => WorkerMetrics::Failed("its metrics are not UTF-8".to_owned()),
-        };
-        Said::Metrics { id, metrics }
     }
 
     pub async fn drain(&mut self, grace: Duration) -> bool {
