@@ -100,6 +100,29 @@ fn a_worker_that_answers_garbage_is_left_out_and_counted_and_clusterd_keeps_runn
     assert_eq!(status["workers"][0]["restarts"], 0, "{status}");
 }
 
+/// A text of many frames is put together whole; one over the 1 MiB bound is left out, at once.
+#[test]
+fn large_metrics_travel_in_chunks_and_oversized_ones_are_left_out() {
+    // About 120 KiB: three frames.
+    let mut cluster = Cluster::start(&["--workers", "1"], &["--metrics-lines", "5000"]);
+    cluster.wait_ready(1);
+    let text = wait_until("the large answer", || {
+        let (text, missed) = gather(&cluster);
+        (missed == 0 && !text.is_empty()).then_some(text)
+    });
+    let lines = samples(&text, "app_line");
+    assert_eq!(lines.len(), 5000);
+    assert_eq!(lines[4999], "app_line{worker=\"0\",n=\"4999\"} 4999");
+    drop(cluster);
+
+    // About 1.5 MiB.
+    let mut cluster = Cluster::start(&["--workers", "1"], &["--metrics-lines", "60000"]);
+    cluster.wait_ready(1);
+    let started = Instant::now();
+    wait_until("the oversized answer to be counted", || (gather(&cluster) == (String::new(), 1)).then_some(()));
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not at the deadline");
+}
+
 #[test]
 fn workers_without_metrics_are_not_asked_and_not_counted() {
     let mut cluster = Cluster::start(&["--workers", "2"], &[]);
