@@ -29,6 +29,13 @@ def test_each_workers_registry_is_on_the_scrape_with_a_worker_label(start_cluste
         'app_hits_total{worker="0",kind="test"} 1.0',
         'app_hits_total{worker="1",kind="test"} 2.0',
     ]
+    # A real Prometheus text parser reads it: one family, one sample per worker.
+    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(done.stdout)}
+    hits = families["app_hits"]
+    assert hits.type == "counter"
+    assert sorted((s.labels["worker"], s.value) for s in hits.samples if s.name == "app_hits_total") == [
+        ("0", 1.0), ("1", 2.0)]
     # prometheus_client's process collector would collide with clusterd's own process_*.
     assert not samples(done.stdout, "process_resident_memory_bytes"), done.stdout
     assert len(samples(done.stdout, "worker_process_resident_memory_bytes")) == 2, done.stdout

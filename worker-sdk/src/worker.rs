@@ -321,7 +321,8 @@ impl Worker {
     /// `render` runs on the runtime, once per scrape: keep it quick. A text over
     /// [`MAX_METRICS`](crate::protocol::MAX_METRICS) bytes, or one that is not valid 0.0.4, leaves
     /// this worker out of the scrape. Calling it again replaces the function. A worker that never
-    /// calls it is never asked.
+    /// calls it is never asked; one that calls it is asked from the first scrape after clusterd
+    /// has read its announcement (sent in the background, a moment after this call).
     ///
     /// ```no_run
     /// # fn run(worker: &clusterd_worker::Worker) {
