@@ -68,6 +68,11 @@ pub enum Command {
     },
     /// Stop gracefully: drain every worker, then exit.
     Stop,
+    /// Print the workers' own metrics (Prometheus text format 0.0.4), gathered now.
+    ///
+    /// What `--metrics` appends to clusterd's own families. Workers that do not answer within 2 s
+    /// (or answer garbage) are left out and counted on stderr.
+    Metrics,
 }
 
 /// Options of the supervisor itself.

@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("control", control),
     ("config", config),
     ("metrics_head", metrics_head),
+    ("worker_metrics", worker_metrics),
 ];
 
 /// The request sniffer: the first bytes of a connection, at every limit the option allows.
@@ -90,6 +91,29 @@ fn node_frames(mode: Mode, data: &[u8]) {
 pub fn control(data: &[u8]) {
     let _ = serde_json::from_slice::<crate::control::proto::ControlRequest>(data);
     let _ = serde_json::from_slice::<crate::control::proto::ControlReply>(data);
+}
+
+/// A worker's metrics answer: as an SDK worker's text (parsed, merged with itself as a second
+/// worker, rendered), and as a Node worker's prom-client answer in JSON (read, aggregated twice
+/// over, rendered).
+pub fn worker_metrics(data: &[u8]) {
+    use crate::metrics::{exposition, prom_client};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(families) = exposition::parse(text) {
+        let mut merger = exposition::Merger::default();
+        merger.add(0, &families);
+        merger.add(1, &families);
+        let mut out = String::new();
+        merger.render(&mut out);
+        // What clusterd prints is valid for its own parser.
+        assert!(exposition::parse(&out).is_ok(), "the merged text does not parse:\n{out}");
+    }
+    if let Ok(value) = crate::node::json::from_json(text)
+        && let Ok(metrics) = prom_client::parse_answer(&value)
+    {
+        let mut out = String::new();
+        prom_client::render(&prom_client::aggregate(&[metrics.clone(), metrics]), &mut out);
+    }
 }
 
 /// A config file's text.

@@ -27,6 +27,11 @@ pub mod control {
     pub mod proto;
 }
 
+pub mod metrics {
+    pub mod exposition;
+    pub mod prom_client;
+}
+
 pub mod node {
     pub mod frame;
     pub mod json;

@@ -103,10 +103,6 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
-/// Scrapes whose request for the workers' metrics may wait for the supervisor at once (more than
-/// [`metrics::server::MAX_SCRAPERS`] cannot be in flight anyway).
-const METRICS_GATHER_QUEUE: usize = metrics::server::MAX_SCRAPERS;
-
 fn run(config: Config) -> anyhow::Result<Outcome> {
     // systemd's sockets first, before clusterd opens any fd of its own: fd 3 and up are theirs
     // only while nothing else has taken a free number.
@@ -138,16 +134,14 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         let signals = signals::start(reaper.clone())?;
         tokio::spawn(reaper.run());
         let (requests_tx, requests) = mpsc::channel(64);
-        // The workers' own metrics: each scrape asks the supervisor, which answers by a deadline.
-        let (gather_tx, metrics_gather) = mpsc::channel(METRICS_GATHER_QUEUE);
-        let metrics_gather = if metrics.is_empty() {
-            None
-        } else {
+        // The workers' own metrics: each scrape (`--metrics`, or the control socket's `metrics`)
+        // asks the supervisor, which answers by the scrape's deadline.
+        let (gather_tx, gather) = mpsc::channel(metrics::workers::GATHER_QUEUE);
+        if !metrics.is_empty() {
             // Before the listeners serve: the accept path counts from the first connection.
-            metrics::server::serve(metrics, requests_tx.clone(), Some(gather_tx))?;
-            Some(metrics_gather)
-        };
-        control.serve(requests_tx)?;
+            metrics::server::serve(metrics, requests_tx.clone(), Some(gather_tx.clone()))?;
+        }
+        control.serve(requests_tx, gather_tx)?;
         let (routes_tx, routes) = mpsc::channel(1024);
         let limits = listener::Limits {
             sniff_bytes: config.sniff_bytes,
@@ -191,9 +185,8 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
             relay,
             bus_memory,
             bridge: bridge.clone(),
-            metrics_gather,
         };
-        let outcome = supervisor::run(parts, Inputs { signals, requests, routes }).await;
+        let outcome = supervisor::run(parts, Inputs { signals, requests, routes, metrics: gather }).await;
         if let Some(bridge) = bridge {
             // The other hosts count this one out at once, not after the host timeout.
             bridge.leave(std::time::Duration::from_secs(1)).await;

@@ -30,6 +30,7 @@ TO_WORKER = [
     (p.Listening(2, p.Bound("127.0.0.1:3000")),
      hx("04 02 00 0e 31 32 37 2e 30 2e 30 2e 31 3a 33 30 30 30")),
     (p.Listening(3, p.Failed("in use")), hx("04 03 01 06 69 6e 20 75 73 65")),
+    (p.MetricsRequest(300), hx("05 fb 2c 01")),
 ]
 
 FROM_WORKER = [
@@ -43,6 +44,8 @@ FROM_WORKER = [
     (p.Capacity(True), hx("07 01")),
     (p.Capacity(False), hx("07 00")),
     (p.Handback(300, b"GET /?sid=a HTTP/1.1\r\n"), hx("08 fb 2c 01 16") + b"GET /?sid=a HTTP/1.1\r\n"),
+    (p.MetricsAvailable(), hx("09")),
+    (p.Metrics(300, 7, b"hits 1\n"), hx("0a fb 2c 01 07 07 68 69 74 73 20 31 0a")),
 ]
 
 
@@ -82,7 +85,7 @@ def test_varints_take_the_shortest_form_and_refuse_markers_wider_than_the_field(
         Writer().u16(65536)
 
 
-@pytest.mark.parametrize("data", [hx("7f"), b"", hx("00 01"), hx("09"), hx("07 02"), hx("08 fb 2c 01 16")])
+@pytest.mark.parametrize("data", [hx("7f"), b"", hx("00 01"), hx("0b"), hx("07 02"), hx("08 fb 2c 01 16")])
 def test_garbage_unknown_tags_and_truncation_are_refused(data):
     with pytest.raises(Malformed):
         p.decode_from_worker(data)
@@ -116,8 +119,8 @@ def test_the_capacity_rule_is_the_rust_sdks():
 
 
 def test_a_to_worker_tag_beyond_version_1_is_unknown():
-    with pytest.raises(Malformed, match="unknown tag 5"):
-        p.decode_to_worker(hx("05"))
+    with pytest.raises(Malformed, match="unknown tag 6"):
+        p.decode_to_worker(hx("06"))
 
 
 # -- the bus ---------------------------------------------------------------------------------

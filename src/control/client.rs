@@ -18,10 +18,20 @@ pub fn run(command: Command, control: &Path) -> anyhow::Result<()> {
         Command::Stop => (ControlRequest::Stop, false),
         Command::Reload => (ControlRequest::Reload, false),
         Command::Scale { workers } => (ControlRequest::Scale { workers }, false),
+        Command::Metrics => (ControlRequest::Metrics, false),
     };
     let reply = send(control, &request)?;
     if !reply.ok {
         bail!("{}", reply.error.unwrap_or_else(|| "refused, with no reason given".into()));
+    }
+    if let Some(text) = reply.metrics {
+        print!("{text}");
+        match reply.missed.unwrap_or(0) {
+            0 => {}
+            1 => eprintln!("clusterd: 1 worker did not answer in time (or answered garbage): left out"),
+            n => eprintln!("clusterd: {n} workers did not answer in time (or answered garbage): left out"),
+        }
+        return Ok(());
     }
     match (reply.status, json) {
         (Some(status), true) => println!("{}", serde_json::to_string(&status)?),

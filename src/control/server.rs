@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{ControlReply, ControlRequest, MAX_REQUEST};
+use crate::metrics::workers::{CONTROL_DEADLINE, GatherRequest};
 use crate::socketfile::Occupied;
 use crate::supervisor::Request;
 
@@ -81,7 +82,8 @@ impl ControlSocket {
     /// `EMFILE` it closes the reserve, accepts into the number that freed, serves that one request
     /// itself, and then turns the connection's fd back into the reserve with `dup3` (closing the
     /// connection and taking the number in one step, so no other accept can take it between).
-    pub fn serve(&mut self, requests: mpsc::Sender<Request>) -> io::Result<()> {
+    pub fn serve(&mut self, requests: mpsc::Sender<Request>, gather: mpsc::Sender<GatherRequest>) -> io::Result<()> {
+        let requests = Senders { requests, gather };
         let std_listener = self.listener.take().ok_or_else(|| io::Error::other("served twice"))?;
         let mut reserve = Some(OwnedFd::from(std_listener.try_clone()?));
         let listener = UnixListener::from_std(std_listener)?;
@@ -116,7 +118,7 @@ impl ControlSocket {
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                 }
-                if requests.is_closed() {
+                if requests.requests.is_closed() {
                     return;
                 }
             }
@@ -154,12 +156,19 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn serve_one(mut stream: UnixStream, requests: mpsc::Sender<Request>) {
+/// Where the control socket's requests go.
+#[derive(Clone)]
+struct Senders {
+    requests: mpsc::Sender<Request>,
+    gather: mpsc::Sender<GatherRequest>,
+}
+
+async fn serve_one(mut stream: UnixStream, requests: Senders) {
     serve_on(&mut stream, &requests).await;
 }
 
 /// Reads one request from `stream` and writes the reply; the caller closes the stream.
-async fn serve_on(stream: &mut UnixStream, requests: &mpsc::Sender<Request>) {
+async fn serve_on(stream: &mut UnixStream, requests: &Senders) {
     let (read, mut write) = stream.split();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
     let mut line = Vec::new();
@@ -177,8 +186,21 @@ async fn serve_on(stream: &mut UnixStream, requests: &mpsc::Sender<Request>) {
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&bytes)).await;
 }
 
-async fn answer(request: ControlRequest, requests: &mpsc::Sender<Request>) -> ControlReply {
+async fn answer(request: ControlRequest, senders: &Senders) -> ControlReply {
+    let requests = &senders.requests;
     match request {
+        ControlRequest::Metrics => {
+            let (reply, answer) = oneshot::channel();
+            let deadline = tokio::time::Instant::now() + CONTROL_DEADLINE;
+            if senders.gather.send(GatherRequest { deadline, reply }).await.is_err() {
+                return ControlReply::error("shutting down");
+            }
+            match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+                Ok(Ok(scrape)) => ControlReply::metrics(scrape.text, scrape.missed),
+                Ok(Err(_)) => ControlReply::error("shutting down"),
+                Err(_) => ControlReply::error(format!("no answer within {}", crate::duration::show(ANSWER_TIMEOUT))),
+            }
+        }
         ControlRequest::Status => match ask(requests, Request::Status).await {
             Ok(mut status) => {
                 // /proc is read here, in the request's own task, not in the dispatcher.

@@ -29,10 +29,9 @@
 //! replacement reasons and worker states are fixed sets; listeners are the addresses clusterd
 //! listens on. A scrape allocates in proportion to the pool and the listeners, never to traffic.
 
+pub mod exposition;
+pub mod prom_client;
 pub mod server;
-// Its requests' fields are read by the supervisor's gathering of the workers' metrics, which
-// plugs in at `supervisor::run`; until it does, only the scrape side uses them.
-#[allow(dead_code)]
 pub mod workers;
 
 mod families;

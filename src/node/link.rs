@@ -344,6 +344,7 @@ impl NodeLink {
             data.as_ref().and_then(Value::as_str).map(str::to_owned)
         };
         match kind.as_ref().and_then(Value::as_str) {
+            Some(crate::metrics::prom_client::ANSWER_TYPE) => self.metrics_answer(&frame),
             Some("sticky:connection") => {
                 let Some(sid) = sid() else { return Ok(()) };
                 // The oldest handshake in progress became this session: it counts until it closes.
@@ -363,6 +364,45 @@ impl NodeLink {
             _ => {}
         }
         Ok(())
+    }
+
+    /// prom-client's answer to a metrics request ([`NodeLink::ask_metrics`]), for the worker task.
+    fn metrics_answer(&mut self, frame: &Frame) {
+        use crate::metrics::prom_client::{parse_answer, request_id};
+        use crate::metrics::workers::{MAX_NODE_METRICS_MESSAGE, WorkerMetrics};
+        let message = if frame.raw().len() > MAX_NODE_METRICS_MESSAGE {
+            // Only its id is read.
+            let Ok([id]) = frame.select(&[&["requestId"]]) else { return };
+            let Some(id) = id.as_ref().and_then(Value::as_i64).and_then(|id| u32::try_from(id).ok()) else { return };
+            let why = format!(
+                "its metrics answer is {} bytes, over the limit of {MAX_NODE_METRICS_MESSAGE}",
+                frame.raw().len()
+            );
+            self.pending.push_back(Said::Metrics { id, metrics: WorkerMetrics::Failed(why) });
+            return;
+        } else {
+            match frame.decode() {
+                Ok(message) => message,
+                Err(_) => return,
+            }
+        };
+        let Some(id) = request_id(&message) else { return };
+        let metrics = match parse_answer(&message) {
+            Ok(metrics) => WorkerMetrics::PromClient(metrics),
+            Err(error) => WorkerMetrics::Failed(error.to_string()),
+        };
+        self.pending.push_back(Said::Metrics { id, metrics });
+    }
+
+    /// Asks the worker for its metrics the way prom-client's `AggregatorRegistry` in a Node
+    /// primary does; a worker that uses it answers with `prom-client:getMetricsRes`.
+    pub fn ask_metrics(&mut self, id: u32) -> crate::supervisor::link::Asked {
+        use crate::supervisor::link::Asked;
+        let message = Value::object([
+            ("type", Value::from(crate::metrics::prom_client::REQUEST_TYPE)),
+            ("requestId", Value::from(id)),
+        ]);
+        if self.open && self.send(&message) { Asked::Sent } else { Asked::Failed }
     }
 
     /// A handle the worker sent (`process.send(message, handle)`). clusterd takes none (it reads
@@ -489,7 +529,8 @@ impl NodeLink {
         Value::from(seq)
     }
 
-    fn send(&mut self, message: &Value) {
+    /// Queues a message for the worker; `false` if it was dropped.
+    fn send(&mut self, message: &Value) -> bool {
         match Frame::encode(self.mode, message) {
             Ok(frame) => {
                 if self.channel.has_room() {
@@ -499,9 +540,14 @@ impl NodeLink {
                         worker = self.slot,
                         "node channel: the worker's queue is full; a message was dropped"
                     );
+                    return false;
                 }
+                true
             }
-            Err(error) => tracing::error!(worker = self.slot, %error, "node channel: cannot encode a message"),
+            Err(error) => {
+                tracing::error!(worker = self.slot, %error, "node channel: cannot encode a message");
+                false
+            }
         }
     }
 

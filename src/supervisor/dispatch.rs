@@ -409,6 +409,20 @@ impl Dispatcher {
         }
     }
 
+    /// A scrape asks for the workers' metrics: the current process of every slot that serves
+    /// (ready, speaking the protocol, not draining) is asked, by a task of its own.
+    pub(super) fn handle_gather(&mut self, request: crate::metrics::workers::GatherRequest) {
+        let asked = self
+            .slots
+            .iter()
+            .filter(|s| !s.removing)
+            .filter_map(|s| s.current.as_ref().map(|p| (s.id, p)))
+            .filter(|(_, p)| p.ready && p.greeted && p.draining_since.is_none())
+            .map(|(id, p)| (id, p.handle.clone()))
+            .collect();
+        super::gather::start(asked, request);
+    }
+
     /// A route task asks for a worker for a new connection, or reports a failed handoff.
     pub(super) fn handle_route(&mut self, message: RouteMsg) {
         match message {

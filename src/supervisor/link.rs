@@ -45,6 +45,22 @@ pub enum Said {
     Unlisten {
         group: u32,
     },
+    /// Its answer to the metrics question `id` ([`Link::ask_metrics`]).
+    Metrics {
+        id: u32,
+        metrics: crate::metrics::workers::WorkerMetrics,
+    },
+}
+
+/// What asking a worker for its metrics did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The question is on its way; the answer comes as [`Said::Metrics`].
+    Sent,
+    /// The worker has no metrics to give (an SDK worker that registered none): not asked.
+    Nothing,
+    /// The question could not be sent.
+    Failed,
 }
 
 /// What reading a link gave.
@@ -116,6 +132,20 @@ impl Link {
             Link::Native(link) => link.drain(grace).await,
             Link::Node(link) => link.drain(grace).await,
         }
+    }
+
+    /// Asks the worker for its metrics, as question `id`.
+    pub async fn ask_metrics(&mut self, id: u32) -> Asked {
+        match self {
+            Link::Native(link) => link.ask_metrics(id).await,
+            Link::Node(link) => link.ask_metrics(id),
+        }
+    }
+
+    /// Whether the worker says that it has metrics before it is asked (SDK workers do; Node
+    /// workers are asked with prom-client's request, which a worker without it never answers).
+    pub fn declares_metrics(&self) -> bool {
+        matches!(self, Link::Native(_))
     }
 
     /// Whether the worker sends heartbeats (Node workers do not: `--heartbeat-timeout` does not

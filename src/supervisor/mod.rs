@@ -16,6 +16,7 @@
 pub(crate) mod bus_reader;
 mod dispatch;
 pub mod exit;
+pub mod gather;
 pub mod guard;
 pub mod link;
 mod memory;
@@ -77,6 +78,8 @@ pub struct Inputs {
     pub signals: mpsc::Receiver<SignalEvent>,
     pub requests: mpsc::Receiver<Request>,
     pub routes: mpsc::Receiver<RouteMsg>,
+    /// Scrapes asking for the workers' metrics (`--metrics`, `clusterd metrics`).
+    pub metrics: mpsc::Receiver<crate::metrics::workers::GatherRequest>,
 }
 
 /// Everything the supervisor needs to start.
@@ -95,9 +98,6 @@ pub struct Parts {
     pub bus_memory: Arc<crate::bus_memory::BusMemory>,
     /// The bridge to other hosts, for `status`.
     pub bridge: Option<crate::bridge::Handle>,
-    /// `--metrics`: each scrape's request for the workers' own metrics (`None` without
-    /// `--metrics`). The supervisor answers each by its deadline (`crate::metrics::workers`).
-    pub metrics_gather: Option<mpsc::Receiver<crate::metrics::workers::GatherRequest>>,
 }
 
 /// A worker process as the dispatcher knows it.
@@ -246,12 +246,7 @@ struct HeldPick {
 /// Runs the cluster until it has stopped; every worker process has been reaped when this returns
 /// (or the reap margin after the grace time ran out).
 pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
-    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory, bridge, metrics_gather } =
-        parts;
-    // The gathering of the workers' own metrics plugs in here (prom-client's cluster protocol for
-    // Node workers, the SDKs' registries). Until it does, the receiver is dropped: each scrape
-    // finds the channel closed at once and serves clusterd's own metrics without waiting.
-    drop(metrics_gather);
+    let Parts { config, spawner, logs, phase, listening, limits, routes, relay, bus_memory, bridge } = parts;
     let node_relay = (config.protocol == crate::config::Protocol::Node)
         .then(|| crate::node::relay::start(config.bus_queue, config.serialization, Arc::clone(&bus_memory)));
     if let (Some(bridge), Some(node_relay)) = (&bridge, &node_relay) {
@@ -326,6 +321,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
             Some(signal) = inputs.signals.recv() => d.handle_signal(signal),
             Some(request) = inputs.requests.recv() => d.handle_request(request),
             Some(route) = inputs.routes.recv() => d.handle_route(route),
+            Some(gather) = inputs.metrics.recv() => d.handle_gather(gather),
             _ = expire.tick() => {
                 let dropped = d.pools.expire(std::time::Instant::now());
                 if dropped > 0 {

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 
 use clusterd_worker::protocol::{
     Address, ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, ListenResult,
-    MAX_FRAME, MAX_HANDBACK, PROTOCOL_VERSION, ToWorker,
+    MAX_FRAME, MAX_HANDBACK, MetricsChunk, PROTOCOL_VERSION, ToWorker,
 };
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::sync::mpsc;
@@ -53,6 +53,10 @@ pub struct NativeLink {
     limits: crate::listener::Limits,
     /// Health-check connections handed over and not yet closed, by id: their closes count nowhere.
     probes: std::collections::HashSet<u64>,
+    /// The worker said it has metrics (`MetricsAvailable`): scrapes ask it.
+    metrics_offered: bool,
+    /// The metrics answer being received, chunk by chunk.
+    metrics: crate::metrics::workers::Assembly,
 }
 
 impl NativeLink {
@@ -129,6 +133,8 @@ impl NativeLink {
             claimed: HashMap::new(),
             limits: settings.limits,
             probes: std::collections::HashSet::new(),
+            metrics_offered: false,
+            metrics: crate::metrics::workers::Assembly::default(),
         };
         Ok((link, spawned))
     }
@@ -215,6 +221,11 @@ impl NativeLink {
                 }
             }
             FromWorker::Handback(_) => Err("gave back a connection never handed over".to_owned()),
+            FromWorker::MetricsAvailable => {
+                self.metrics_offered = true;
+                Ok(Said::Alive)
+            }
+            FromWorker::Metrics(chunk) => Ok(self.metrics_chunk(chunk)),
             _ => Ok(Said::Alive),
         };
         match said {
@@ -272,6 +283,28 @@ impl NativeLink {
             self.probes.insert(id);
         }
         sent
+    }
+
+    /// Asks for the worker's metrics, if it has any.
+    pub async fn ask_metrics(&mut self, id: u32) -> super::link::Asked {
+        use super::link::Asked;
+        if !self.metrics_offered {
+            return Asked::Nothing;
+        }
+        if self.channel_open && send_bounded(&self.channel, &ToWorker::MetricsRequest { id }, None).await {
+            Asked::Sent
+        } else {
+            Asked::Failed
+        }
+    }
+
+    /// A chunk of a metrics answer: the answer once it is whole (or refused), else a sign of life.
+    fn metrics_chunk(&mut self, chunk: MetricsChunk) -> Said {
+        let id = chunk.id;
+        match self.metrics.add(chunk) {
+            Some(metrics) => Said::Metrics { id, metrics },
+            None => Said::Alive,
+        }
     }
 
     pub async fn drain(&mut self, grace: Duration) -> bool {

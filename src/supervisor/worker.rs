@@ -86,6 +86,8 @@ pub enum Command {
     SessionAck { seq: u32 },
     /// The answer to the worker's `Listen {seq}`.
     Listening { seq: u32, result: clusterd_worker::protocol::ListenResult, group: Option<u32> },
+    /// A scrape asks for the worker's metrics; the answer goes to `reply` (`gather.rs`).
+    Metrics { slot: u32, reply: mpsc::Sender<super::gather::Answer> },
 }
 
 /// What a worker task reports.
@@ -154,6 +156,11 @@ impl Handle {
         // is stuck, and a lost session ack only makes the worker's `session_open` time out.
         let _ = self.commands.try_send(command);
     }
+
+    /// Sends a command; `false` if the task is gone or its queue is full.
+    pub fn try_send(&self, command: Command) -> bool {
+        self.commands.try_send(command).is_ok()
+    }
 }
 
 /// Starts the task for one worker.
@@ -214,6 +221,7 @@ async fn run(
     let mut upkeep = Upkeep::new(&settings, launch.incarnation, started);
     // `clusterd_connections_handed_off_total{worker}`: the slot's series, taken once.
     let handed_off = crate::metrics::handed_off_counter(launch.slot);
+    let mut asks = super::gather::Asks::default();
     if ready {
         upkeep.on_ready();
     }
@@ -251,6 +259,10 @@ async fn run(
                             Some(EventKind::ConnectionsClosed(vec![group]))
                         }
                         Said::Unlisten { group } => Some(EventKind::Unlisten(group)),
+                        Said::Metrics { id, metrics } => {
+                            asks.answered(id, metrics);
+                            None
+                        }
                         Said::Ready | Said::Alive => None,
                     };
                     if let Some(kind) = kind {
@@ -310,6 +322,7 @@ async fn run(
                 }
                 Some(Command::SessionAck { seq }) => link.session_ack(seq).await,
                 Some(Command::Listening { seq, result, group }) => link.listening(seq, result, group).await,
+                Some(Command::Metrics { slot, reply }) => asks.ask(&mut link, slot, reply).await,
                 Some(Command::Kill) | None => {
                     killed.get_or_insert(KillReason::Stop);
                     signal_group(pid, Signal::SIGKILL);

@@ -17,7 +17,7 @@
 //! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
 //! and touch that many MiB, and keep them), `--log-requests` (print each request line served),
 //! `--starts-file PATH --fail-starts-after N` (count starts of every slot in PATH; exit 4 at start
-//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve).
+//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve), `--metrics` (register metrics: a counter `app_hits_total` of id + 1, a gauge `process_open_fds`), `--metrics-garbage` (register a text that is not the 0.0.4 format), `--metrics-lines N` (register N series `app_line{n="i"} i`, to make a large text).
 
 use std::io::Write;
 use std::time::Duration;
@@ -61,6 +61,9 @@ struct Flags {
     log_requests: bool,
     starts_file: Option<String>,
     fail_starts_after: Option<u64>,
+    metrics: bool,
+    metrics_garbage: bool,
+    metrics_lines: Option<u64>,
 }
 
 fn parse() -> Flags {
@@ -120,6 +123,9 @@ fn parse() -> Flags {
             "--log-requests" => flags.log_requests = true,
             "--starts-file" => flags.starts_file = it.next().cloned(),
             "--fail-starts-after" => flags.fail_starts_after = Some(num(&mut it)),
+            "--metrics" => flags.metrics = true,
+            "--metrics-garbage" => flags.metrics_garbage = true,
+            "--metrics-lines" => flags.metrics_lines = Some(num(&mut it)),
             "--only-slot" => {
                 it.next();
             }
@@ -221,6 +227,27 @@ async fn main() {
         tokio::spawn(serve(worker.clone(), listener, flags.log_requests));
     }
     bus_modes(&worker, &flags).await;
+    if flags.metrics {
+        let hits = u64::from(worker.id()) + 1;
+        worker.set_metrics(move || {
+            format!(
+                "# HELP app_hits_total Hits.\n# TYPE app_hits_total counter\napp_hits_total{{kind=\"test\"}} {hits}\n\
+                 # HELP process_open_fds Open fds.\n# TYPE process_open_fds gauge\nprocess_open_fds 7\n"
+            )
+        });
+    }
+    if let Some(lines) = flags.metrics_lines {
+        worker.set_metrics(move || {
+            let mut text = String::from("# TYPE app_line gauge\n");
+            for n in 0..lines {
+                text.push_str(&format!("app_line{{n=\"{n}\"}} {n}\n"));
+            }
+            text
+        });
+    }
+    if flags.metrics_garbage {
+        worker.set_metrics(|| "app_hits_total{kind=\"oops} 1\n".to_owned());
+    }
     if !flags.never_ready {
         // A slow start is the behaviour under test here (tests watch the states in between).
         tokio::time::sleep(Duration::from_millis(flags.ready_after)).await;

@@ -63,7 +63,7 @@ pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
 mod tests {
     //! Byte-level test vectors; `PROTOCOL.md` shows the same bytes. A change here is a protocol change.
     use super::*;
-    use crate::protocol::{Address, Connection, FromWorker, Handback, Hello, ListenResult, ToWorker};
+    use crate::protocol::{Address, Connection, FromWorker, Handback, Hello, ListenResult, MetricsChunk, ToWorker};
 
     /// A frame and its exact encoding.
     type Vector<T> = (T, Vec<u8>);
@@ -107,6 +107,7 @@ mod tests {
                 ToWorker::Listening { seq: 3, result: ListenResult::Failed { reason: "in use".into() } },
                 [&[0x04, 0x03, 0x01, 0x06][..], b"in use"].concat(),
             ),
+            (ToWorker::MetricsRequest { id: 300 }, vec![0x05, 0xfb, 0x2c, 0x01]),
         ];
         let from = vec![
             (FromWorker::Hello { version: 1, pid: 4242 }, vec![0x00, 0x01, 0xfb, 0x92, 0x10]),
@@ -124,6 +125,11 @@ mod tests {
             (
                 FromWorker::Handback(Handback { id: 300, initial: b"GET /?sid=a HTTP/1.1\r\n".to_vec() }),
                 [&[0x08, 0xfb, 0x2c, 0x01, 0x16][..], b"GET /?sid=a HTTP/1.1\r\n"].concat(),
+            ),
+            (FromWorker::MetricsAvailable, vec![0x09]),
+            (
+                FromWorker::Metrics(MetricsChunk { id: 300, total: 7, chunk: b"hits 1\n".to_vec() }),
+                [&[0x0a, 0xfb, 0x2c, 0x01, 0x07, 0x07][..], b"hits 1\n"].concat(),
             ),
         ];
         (to, from)

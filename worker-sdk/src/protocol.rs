@@ -71,6 +71,12 @@ pub enum ToWorker {
         /// What clusterd did.
         result: ListenResult,
     },
+    /// Tag 5. A scrape asks for the worker's metrics: answer with [`FromWorker::Metrics`] frames
+    /// carrying this `id`. Sent only to a worker that sent [`FromWorker::MetricsAvailable`].
+    MetricsRequest {
+        /// clusterd's number for the request, echoed by the answer.
+        id: u32,
+    },
 }
 
 /// The outcome of a worker's listen request.
@@ -245,7 +251,34 @@ pub enum FromWorker {
     /// it again as a new connection whose first bytes are `initial` (that request's start, which
     /// the worker read), and counts connection `id` closed for this worker. Optional.
     Handback(Handback),
+    /// Tag 9. The worker has metrics to be asked for ([`ToWorker::MetricsRequest`]); a worker
+    /// that never sends it is never asked. Optional; sent once.
+    MetricsAvailable,
+    /// Tag 10. A piece of the answer to [`ToWorker::MetricsRequest`] `id`: the worker's metrics
+    /// in the Prometheus text format 0.0.4, `total` bytes of UTF-8 in all, sent as consecutive
+    /// frames whose `chunk`s (each at most [`MAX_METRICS_CHUNK`] bytes, empty only when `total`
+    /// is 0) add up to `total`. A `total` over [`MAX_METRICS`] makes clusterd leave the worker out
+    /// of that scrape; the worker then sends just one frame, with an empty chunk.
+    Metrics(MetricsChunk),
 }
+
+/// A piece of a worker's metrics text (see [`FromWorker::Metrics`]).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct MetricsChunk {
+    /// The `id` of the [`ToWorker::MetricsRequest`] it answers.
+    pub id: u32,
+    /// The length of the whole text in bytes, the same in every chunk of the answer.
+    pub total: u32,
+    /// The next bytes of the text.
+    pub chunk: Vec<u8>,
+}
+
+/// The largest metrics text a worker may send in answer to one [`ToWorker::MetricsRequest`], in
+/// bytes.
+pub const MAX_METRICS: usize = 1024 * 1024;
+
+/// The most text bytes in one [`FromWorker::Metrics`] frame (the frame stays inside [`MAX_FRAME`]).
+pub const MAX_METRICS_CHUNK: usize = 60 * 1024;
 
 /// A connection a worker gives back to clusterd (the socket is the frame's file descriptor).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

@@ -102,6 +102,20 @@ struct Inner {
     conns: Arc<crate::listener::Drain>,
     /// Milliseconds over which a drain shuts the upgraded connections down, or `SPREAD_OF_GRACE`.
     drain_spread_ms: std::sync::atomic::AtomicU64,
+    /// What renders this worker's metrics for clusterd's scrapes ([`Worker::set_metrics`]).
+    metrics: Mutex<Option<MetricsSource>>,
+    /// Answers to metrics requests go out one at a time: the chunks of one are consecutive.
+    metrics_answering: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The function that renders a worker's metrics.
+#[derive(Clone)]
+struct MetricsSource(Arc<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MetricsSource")
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,6 +188,8 @@ impl Worker {
             header_timeout_ms: std::sync::atomic::AtomicU64::new(header_timeout_from_env()?),
             conns: Arc::default(),
             drain_spread_ms: std::sync::atomic::AtomicU64::new(drain_spread_from_env()?),
+            metrics: Mutex::new(None),
+            metrics_answering: Arc::default(),
         });
         runtime.spawn(send_reports(
             Arc::clone(&inner.channel),
@@ -355,6 +371,44 @@ impl Worker {
             Ok(ListenResult::Bound { addr }) => Ok(addr),
             Ok(ListenResult::Failed { reason }) => Err(Error::Listen { addr: addr.to_owned(), reason }),
             Err(_) => Err(Error::Disconnected),
+        }
+    }
+
+    /// Registers this worker's metrics for clusterd's scrapes (`clusterd --metrics`, `clusterd
+    /// metrics`): on each scrape clusterd asks every ready worker, and `render` gives this one's
+    /// metrics in the Prometheus text format 0.0.4 (what `prometheus::TextEncoder`, or any
+    /// Prometheus client's 0.0.4 encoder, writes). clusterd adds `worker="<id>"` to every sample
+    /// and merges the families of all workers, each once with its HELP and TYPE; a family named
+    /// `process_*` or `clusterd_*` is renamed `worker_process_*` / `worker_clusterd_*` (those
+    /// names are clusterd's own).
+    ///
+    /// `render` runs on the runtime, once per scrape: keep it quick. A text over
+    /// [`MAX_METRICS`](crate::protocol::MAX_METRICS) bytes, or one that is not valid 0.0.4, leaves
+    /// this worker out of the scrape. Calling it again replaces the function. A worker that never
+    /// calls it is never asked; one that calls it is asked from the first scrape after clusterd
+    /// has read its announcement (sent in the background, a moment after this call).
+    ///
+    /// ```no_run
+    /// # fn run(worker: &clusterd_worker::Worker) {
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// let served = Arc::new(AtomicU64::new(0));
+    /// let counter = Arc::clone(&served);
+    /// worker.set_metrics(move || {
+    ///     format!(
+    ///         "# HELP app_requests_total Requests served.\n# TYPE app_requests_total counter\napp_requests_total {}\n",
+    ///         counter.load(Ordering::Relaxed)
+    ///     )
+    /// });
+    /// # }
+    /// ```
+    pub fn set_metrics<F>(&self, render: F)
+    where
+        F: Fn() -> String + Send + Sync + 'static,
+    {
+        let first = lock(&self.inner.metrics).replace(MetricsSource(Arc::new(render))).is_none();
+        if first {
+            let _ = self.inner.reports.try_send(Report::Frame(FromWorker::MetricsAvailable));
         }
     }
 
@@ -616,6 +670,15 @@ async fn read_frames(inner: Arc<Inner>) {
                     let _ = ack.send(());
                 }
             }
+            Ok(Some((ToWorker::MetricsRequest { id }, _))) => {
+                let source = lock(&inner.metrics).clone();
+                tokio::spawn(answer_metrics(
+                    Arc::clone(&inner.channel),
+                    Arc::clone(&inner.metrics_answering),
+                    id,
+                    source,
+                ));
+            }
             Ok(Some((ToWorker::Connection(frame), None))) => {
                 // At the fd limit the kernel drops the fd (the client sees the connection close).
                 // It costs this connection: report it closed, and full, and read on.
@@ -637,6 +700,37 @@ async fn read_frames(inner: Arc<Inner>) {
                 start_drain(&inner);
                 return;
             }
+        }
+    }
+}
+
+/// Answers clusterd's metrics request `id` with the text `source` renders (empty without one), in
+/// chunks; a text over the limit is announced by its length alone, and clusterd leaves it out.
+async fn answer_metrics(
+    channel: Arc<WorkerChannel>,
+    answering: Arc<tokio::sync::Mutex<()>>,
+    id: u32,
+    source: Option<MetricsSource>,
+) {
+    use crate::protocol::{MAX_METRICS, MAX_METRICS_CHUNK, MetricsChunk};
+    let text = source.map(|render| (render.0)()).unwrap_or_default();
+    let _turn = answering.lock().await;
+    let total = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    if text.len() > MAX_METRICS {
+        tracing::warn!(bytes = text.len(), max = MAX_METRICS, "the metrics are too large for clusterd: not sent");
+        let _ = channel.send(&FromWorker::Metrics(MetricsChunk { id, total, chunk: Vec::new() })).await;
+        return;
+    }
+    let bytes = text.as_bytes();
+    let mut chunks = bytes.chunks(MAX_METRICS_CHUNK).peekable();
+    if chunks.peek().is_none() {
+        let _ = channel.send(&FromWorker::Metrics(MetricsChunk { id, total, chunk: Vec::new() })).await;
+        return;
+    }
+    for chunk in chunks {
+        let frame = FromWorker::Metrics(MetricsChunk { id, total, chunk: chunk.to_vec() });
+        if channel.send(&frame).await.is_err() {
+            return;
         }
     }
 }

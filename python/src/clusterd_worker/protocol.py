@@ -30,6 +30,10 @@ PROTOCOL_VERSION = 1
 MAX_FRAME = 64 * 1024
 #: The most connection ids in one :class:`ConnectionsClosed`.
 MAX_CLOSED_PER_FRAME = 4096
+#: The largest metrics text a worker may send in answer to one :class:`MetricsRequest`, in bytes.
+MAX_METRICS = 1024 * 1024
+#: The most text bytes in one :class:`Metrics` frame.
+MAX_METRICS_CHUNK = 60 * 1024
 #: The longest Engine.IO session id clusterd records, in bytes.
 MAX_SID = 64
 #: The fd number clusterd places the IPC socket on (read ``CLUSTERD_IPC_FD``, do not assume it).
@@ -182,7 +186,15 @@ class Listening:
 
 
 #: A frame clusterd sends.
-ToWorker = Union[Hello, Drain, Connection, SessionAck, Listening]
+@dataclass(frozen=True)
+class MetricsRequest:
+    """``ToWorker`` tag 5: a scrape asks for the worker's metrics; answered by :class:`Metrics`
+    frames with this ``id``. Sent only to a worker that sent :class:`MetricsAvailable`."""
+
+    id: int
+
+
+ToWorker = Union[Hello, Drain, Connection, SessionAck, Listening, MetricsRequest]
 
 # -- worker -> clusterd -----------------------------------------------------------------------
 
@@ -255,9 +267,25 @@ class Handback:
     initial: bytes
 
 
+@dataclass(frozen=True)
+class MetricsAvailable:
+    """``FromWorker`` tag 9 (optional): the worker has metrics to be asked for; sent once."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """``FromWorker`` tag 10 (optional): a piece of the answer to :class:`MetricsRequest` ``id``:
+    ``total`` bytes of text in all, of which ``chunk`` is the next (at most
+    :data:`MAX_METRICS_CHUNK`)."""
+
+    id: int
+    total: int
+    chunk: bytes
+
+
 #: A frame a worker sends.
 FromWorker = Union[WorkerHello, Ready, Heartbeat, ConnectionsClosed, SessionOpen, SessionClose, Listen,
-                   Capacity, Handback]
+                   Capacity, Handback, MetricsAvailable, Metrics]
 
 _READY = bytes([1])
 _HEARTBEAT = bytes([2])
@@ -319,6 +347,8 @@ def _encode(frame: Union[ToWorker, FromWorker]) -> bytes:
             w.u32(0).string(frame.result.addr)
         else:
             w.u32(1).string(frame.result.reason)
+    elif isinstance(frame, MetricsRequest):
+        w.u32(5).u32(frame.id)
     elif isinstance(frame, WorkerHello):
         w.u32(0).u16(frame.version).u32(frame.pid)
     elif isinstance(frame, ConnectionsClosed):
@@ -337,6 +367,10 @@ def _encode(frame: Union[ToWorker, FromWorker]) -> bytes:
         w.u32(7).boolean(frame.full)
     elif isinstance(frame, Handback):
         w.u32(8).u64(frame.id).bytes(frame.initial)
+    elif isinstance(frame, MetricsAvailable):
+        w.u32(9)
+    elif isinstance(frame, Metrics):
+        w.u32(10).u32(frame.id).u32(frame.total).bytes(frame.chunk)
     else:
         raise TypeError(f"not a frame: {frame!r}")
     if len(w.buf) > MAX_FRAME:
@@ -357,7 +391,7 @@ def decode_to_worker(data: bytes) -> ToWorker:
     if len(data) == 2 and data[0] == 3 and data[1] < 251:
         return SessionAck(data[1])  # the most frequent frame, whole in two bytes
     r = _reader(data)
-    tag = r.tag(5, "ToWorker")
+    tag = r.tag(6, "ToWorker")
     frame: ToWorker
     if tag == 0:
         frame = Hello(r.u16(), r.u32(), r.u32(), r.u64(), r.u32(), r.u32())
@@ -367,6 +401,8 @@ def decode_to_worker(data: bytes) -> ToWorker:
         frame = Connection(r.u64(), _read_address(r), _read_address(r), r.bytes())
     elif tag == 3:
         frame = SessionAck(r.u32())
+    elif tag == 5:
+        frame = MetricsRequest(r.u32())
     else:
         seq = r.u32()
         result: ListenResult = Bound(r.string()) if r.tag(2, "ListenResult") == 0 else Failed(r.string())
@@ -378,7 +414,7 @@ def decode_to_worker(data: bytes) -> ToWorker:
 def decode_from_worker(data: bytes) -> FromWorker:
     """Decodes one datagram from a worker into exactly one frame (clusterd's side; for tests)."""
     r = _reader(data)
-    tag = r.tag(9, "FromWorker")
+    tag = r.tag(11, "FromWorker")
     frame: FromWorker
     if tag == 0:
         frame = WorkerHello(r.u16(), r.u32())
@@ -399,7 +435,11 @@ def decode_from_worker(data: bytes) -> FromWorker:
         frame = Listen(r.u32(), r.string())
     elif tag == 7:
         frame = Capacity(r.boolean())
-    else:
+    elif tag == 8:
         frame = Handback(r.u64(), r.bytes())
+    elif tag == 9:
+        frame = MetricsAvailable()
+    else:
+        frame = Metrics(r.u32(), r.u32(), r.bytes())
     r.finish()
     return frame

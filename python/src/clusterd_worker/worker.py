@@ -361,6 +361,7 @@ class Worker:
         #: Connections whose request asked for an upgrade (WebSockets), in that order.
         self._upgraded: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
         self._spread_ms = _drain_spread_ms()
+        self._metrics: Optional[Callable[[], Any]] = None
         loop.add_reader(self._channel.fileno(), self._readable)
 
     @classmethod
@@ -425,6 +426,57 @@ class Worker:
             return
         self._ready_sent = True
         self._send(p.Ready())
+
+    def set_metrics(self, source: Any) -> None:
+        """Registers this worker's metrics for clusterd's scrapes (``clusterd --metrics``,
+        ``clusterd metrics``): on each scrape clusterd asks every ready worker, and this one
+        answers with ``source``'s metrics in the Prometheus text format 0.0.4.
+
+        ``source`` is a ``prometheus_client`` registry (``prometheus_client.REGISTRY`` or a
+        ``CollectorRegistry``; rendered with ``prometheus_client.generate_latest``), or a function
+        of no arguments that returns the text (``str`` or ``bytes``). clusterd adds
+        ``worker="<id>"`` to every sample and merges the families of all workers; families named
+        ``process_*`` or ``clusterd_*`` are renamed ``worker_process_*`` / ``worker_clusterd_*``.
+        A text over :data:`~clusterd_worker.protocol.MAX_METRICS` bytes leaves this worker out of
+        the scrape. Calling it again replaces the source; a worker that never calls it is never
+        asked.
+
+        ::
+
+            from prometheus_client import Counter, REGISTRY
+            hits = Counter("app_hits", "Hits.")
+            worker.set_metrics(REGISTRY)
+        """
+        if callable(source) and not hasattr(source, "collect"):
+            render = source
+        else:
+            from prometheus_client import generate_latest
+
+            def render() -> bytes:
+                return generate_latest(source)
+        first = self._metrics is None
+        self._metrics = render
+        if first:
+            self._send(p.MetricsAvailable())
+
+    def _answer_metrics(self, request_id: int) -> None:
+        """Answers clusterd's metrics request, in chunks sent one after the other."""
+        text: bytes = b""
+        if self._metrics is not None:
+            try:
+                rendered = self._metrics()
+                text = rendered.encode("utf-8") if isinstance(rendered, str) else bytes(rendered)
+            except Exception:  # the application's own code: answer empty, and say why
+                log.exception("rendering the metrics failed")
+        if len(text) > p.MAX_METRICS:
+            log.warning("the metrics are %d bytes, over clusterd's limit of %d: not sent", len(text), p.MAX_METRICS)
+            self._send(p.Metrics(request_id, len(text) & 0xFFFF_FFFF, b""))
+            return
+        if not text:
+            self._send(p.Metrics(request_id, 0, b""))
+            return
+        for start in range(0, len(text), p.MAX_METRICS_CHUNK):
+            self._send(p.Metrics(request_id, len(text), text[start:start + p.MAX_METRICS_CHUNK]))
 
     def serve(self, protocol_factory: ProtocolFactory) -> None:
         """Hands every connection clusterd passes to ``protocol_factory``'s protocols.
@@ -596,6 +648,8 @@ class Worker:
                 self.grace = frame.grace_ms / 1000
                 self._asked.set()
                 self._start_drain()
+            elif isinstance(frame, p.MetricsRequest):
+                self._answer_metrics(frame.id)
             elif isinstance(frame, p.Listening):
                 answer = self._listens.pop(frame.seq, None)
                 if answer is not None and not answer.done():
