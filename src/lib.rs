@@ -16,9 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod fuzzing;
-pub mod metrics {
-    pub mod head;
-}
 pub mod sniff;
 pub mod status;
 pub mod values;
@@ -29,6 +26,7 @@ pub mod control {
 
 pub mod metrics {
     pub mod exposition;
+    pub mod head;
     pub mod prom_client;
 }
 

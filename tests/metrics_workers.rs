@@ -54,6 +54,23 @@ fn sdk_workers_metrics_carry_a_worker_label_and_merge_per_family() {
 }
 
 #[test]
+fn a_metrics_scrape_carries_the_workers_families_after_clusterds_own() {
+    let mut cluster = Cluster::start(&["--workers", "2", "--metrics", "127.0.0.1:0"], &["--metrics"]);
+    cluster.wait_ready(2);
+    let at = metrics_addr(&cluster);
+    let scraped = wait_until("both workers' metrics on GET /metrics", || {
+        let scraped = scrape(&at);
+        (samples(&scraped.text, "app_hits_total").len() == 2).then_some(scraped)
+    });
+    // The whole body, clusterd's families and the workers', is one valid exposition.
+    assert_eq!(scraped.value("app_hits_total", &[("worker", "0"), ("kind", "test")]), Some(1.0), "{}", scraped.text);
+    assert_eq!(scraped.value("app_hits_total", &[("worker", "1"), ("kind", "test")]), Some(2.0), "{}", scraped.text);
+    assert_eq!(scraped.value("clusterd_worker_scrapes_missed_total", &[]), Some(0.0), "{}", scraped.text);
+    assert!(scraped.text.find("clusterd_workers").unwrap() < scraped.text.find("app_hits_total").unwrap());
+    assert_eq!(scraped.text.matches("# TYPE process_open_fds ").count(), 1, "{}", scraped.text);
+}
+
+#[test]
 fn a_frozen_worker_is_left_out_and_counted_and_the_gather_returns_by_its_deadline() {
     let mut cluster = Cluster::start(&["--workers", "2"], &["--metrics"]);
     let status = cluster.wait_ready(2);
