@@ -12,21 +12,7 @@ use support::*;
 
 /// Runs clusterd to completion with a scrubbed environment; returns (code, stderr).
 fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (Option<i32>, String) {
-    let mut child = Command::new(CLUSTERD)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_until("clusterd to exit on bad input", || child.try_wait().unwrap());
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status.code(), stderr)
+    run_to_exit(args, env, dir)
 }
 
 /// Arguments, environment, and a part of the expected message.

@@ -6,7 +6,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -279,26 +278,13 @@ fn metrics_on_a_unix_socket_removed_at_exit() {
     assert!(!path.exists(), "the socket file is removed on exit");
 }
 
-/// Runs clusterd to its exit; returns (code, stderr).
+/// Runs clusterd with a worker to its exit; returns (code, stderr).
 fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> (Option<i32>, String) {
-    let mut child = Command::new(CLUSTERD)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .arg("--control")
-        .arg(dir.join("control.sock"))
-        .args(args)
-        .args(["--", WORKER])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_until("clusterd to exit on bad input", || child.try_wait().unwrap());
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status.code(), stderr)
+    let control = dir.join("control.sock");
+    let mut all = vec!["--control", control.to_str().expect("a UTF-8 temporary path")];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", WORKER]);
+    run_to_exit(&all, env, dir)
 }
 
 /// Arguments, environment, and how the error names the option.

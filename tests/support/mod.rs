@@ -661,3 +661,23 @@ pub fn scrape(addr: &str) -> Metrics {
     assert_eq!(content_type, Some("text/plain; version=0.0.4; charset=utf-8"));
     Metrics::parse(&body)
 }
+
+/// Runs clusterd to its exit with a scrubbed environment (only `PATH`, plus `env`) in `dir`;
+/// returns (exit code, stderr). For bad input, which must end clusterd before anything starts.
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(CLUSTERD)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_until("clusterd to exit on bad input", || child.try_wait().unwrap());
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
