@@ -637,19 +637,6 @@ async fn clients(
 
 // ---- The report -----------------------------------------------------------------------------------
 
-/// The files under `dir`, recursively (clusterd's sources, for the staleness warning).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() { dirs.push(path) } else { files.push(path) }
-        }
-    }
-    files
-}
-
 /// Median of `f` over the runs of `test` on `setup`, with the lowest and highest.
 fn stats(runs: &[Run], test: Test, setup: Setup, f: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
     let values: Vec<f64> = runs.iter().filter(|r| r.test == test && r.setup == setup).map(f).collect();
@@ -998,7 +985,7 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
         );
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(warning) = common::stale_warning(root, clusterd, &files_under(&root.join("src"))) {
+    if let Some(warning) = common::stale_warning(root, clusterd, &common::files_under(&root.join("src"))) {
         println!("- **Warning**: {warning}.");
     }
     println!(

@@ -170,7 +170,7 @@ fn main() {
     }
     report(&rows, &loads, &commands, (options.quick, options.clients));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if let Some(warning) = common::stale_warning(root, &clusterd, &sources(&root.join("src"))) {
+    if let Some(warning) = common::stale_warning(root, &clusterd, &common::files_under(&root.join("src"))) {
         println!("- **Warning**: {warning}.");
     }
 }
@@ -257,19 +257,6 @@ fn report(
         println!("{command}");
     }
     println!("```");
-}
-
-/// The files under `dir`, recursively (clusterd's sources, for the staleness warning).
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() { dirs.push(path) } else { files.push(path) }
-        }
-    }
-    files
 }
 
 /// Thousands separated by a space, as in the README.

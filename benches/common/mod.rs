@@ -76,6 +76,19 @@ pub fn sdk_sources(root: &Path) -> Vec<PathBuf> {
     sdk
 }
 
+/// The files under `dir`, recursively (clusterd's sources, for the staleness warning).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() { dirs.push(path) } else { files.push(path) }
+        }
+    }
+    files
+}
+
 /// A warning when `binary` is older than one of `sources` (paths shown relative to `root`).
 pub fn stale_warning(root: &Path, binary: &Path, sources: &[PathBuf]) -> Option<String> {
     let built = modified(binary)?;
