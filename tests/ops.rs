@@ -266,14 +266,7 @@ fn status_watch_through_a_pipe_ends_when_clusterd_stops() {
         let addr = listen_addr(&status);
         (c, addr)
     };
-    let mut watch = Command::new(CLUSTERD)
-        .args(["status", "--watch", "200ms", "--control"])
-        .arg(&c.control)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = status_watch(&c, &["200ms"]);
     let mut next_frame = || {
         let mut frame = Vec::new();
         loop {
@@ -455,14 +448,7 @@ fn behind_a_real_haproxy_v1_and_v2() {
 fn status_watch_ends_with_0_on_ctrl_c() {
     let mut c = Cluster::start(&["--workers", "1"], &[]);
     c.wait_ready(1);
-    let mut watch = Command::new(CLUSTERD)
-        .args(["status", "--watch", "--json", "--control"])
-        .arg(&c.control)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = status_watch(&c, &["--json"]);
     let first: serde_json::Value = serde_json::from_str(&lines.next().expect("a JSON line").unwrap()).unwrap();
     assert_eq!(first["workers"][0]["state"], "ready", "{first}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(watch.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
@@ -521,4 +507,22 @@ fn proxy_protocol_with_node_workers() {
     assert_eq!(second.code, 200, "{}", second.body);
     assert_ne!(first.worker(), second.worker(), "stickiness still follows the header's client");
     assert_eq!(get_behind(addr, &v1("192.0.2.1", 1001), 1).worker(), first.worker());
+}
+
+/// `clusterd status --watch ARGS` on `c`'s control socket, and the lines it prints.
+fn status_watch(
+    c: &Cluster,
+    args: &[&str],
+) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut watch = Command::new(CLUSTERD)
+        .args(["status", "--watch"])
+        .args(args)
+        .arg("--control")
+        .arg(&c.control)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    (watch, lines)
 }
