@@ -56,13 +56,14 @@ pub const REMOTE: u32 = u32::MAX;
 pub enum BridgeInput {
     /// The bridge joins: from now on it gets the local traffic of bridged channels.
     Attach(crate::bridge::Sink),
-    /// A message of another host's worker, for the local subscribers.
-    Message { channel: String, payload: Bytes },
+    /// A message of another host's worker, for the local subscribers, with its charge to the bus
+    /// budget (given back once it is queued, as for a worker's frame).
+    Message { channel: String, payload: Bytes, charge: Charge },
     /// Live subscribers of each channel on the other hosts (replaces the previous counts).
     Remote(HashMap<String, u32>),
     /// A request of another host's worker to the local subscribers of `channel`; answered through
-    /// the bridge's sink under `id`.
-    Request { id: u64, channel: String, payload: Vec<u8>, timeout: std::time::Duration },
+    /// the bridge's sink under `id`; `charge` as for a message.
+    Request { id: u64, channel: String, payload: Vec<u8>, timeout: std::time::Duration, charge: Charge },
     /// The other hosts' answers to the relay's request `request`.
     Answers { request: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32> },
 }
@@ -398,18 +399,21 @@ impl Relay {
         match input {
             BridgeInput::Attach(sink) => self.bridge = Some(sink),
             BridgeInput::Remote(counts) => self.remote = counts,
-            BridgeInput::Message { channel, payload } => {
+            BridgeInput::Message { channel, payload, charge } => {
                 // Only to the local subscribers: it came from another host, and goes back to none.
-                let Some(subscribers) = self.subscriptions.get(&channel) else { return };
-                self.head.clear();
-                message_head(&channel, REMOTE, payload.len(), &mut self.head);
-                let message = Outgoing { head: Head::new(&self.head), payload };
-                let targets: Vec<u64> = subscribers.iter().copied().collect();
-                self.send_to(&targets, message).await;
+                if let Some(subscribers) = self.subscriptions.get(&channel) {
+                    self.head.clear();
+                    message_head(&channel, REMOTE, payload.len(), &mut self.head);
+                    let message = Outgoing { head: Head::new(&self.head), payload };
+                    let targets: Vec<u64> = subscribers.iter().copied().collect();
+                    self.send_to(&targets, message).await;
+                }
+                self.done.absorb(charge);
             }
-            BridgeInput::Request { id, channel, payload, timeout } => {
+            BridgeInput::Request { id, channel, payload, timeout, charge } => {
                 let waiting = self.subscriptions.get(&channel).cloned().unwrap_or_default();
                 self.request(BRIDGE, id, REMOTE, Some(&channel), waiting, payload, timeout).await;
+                self.done.absorb(charge);
             }
             BridgeInput::Answers { request, answers, missing } => {
                 let Some(pending) = self.requests.get_mut(&request) else { return };

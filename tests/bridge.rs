@@ -612,3 +612,157 @@ fn a_host_that_joins_is_counted_within_the_bound() {
     let result = hosts_mjs(&[http(&a), http(&b), http(&c)], 1, 3);
     assert_eq!(result["counts"], serde_json::json!([3, 3, 3]), "{result:#}");
 }
+
+/// A message of another host's Node worker as the bridge publishes it on `{group}:node`: the
+/// codec's magic, then bincode (standard) of `Wire::Node { host, mode, frame }` (variant 5).
+fn node_wire(host: u8, mode: u8, frame: &[u8]) -> Vec<u8> {
+    assert!(host < 251, "a one-byte varint");
+    let mut out = b"CDB1".to_vec();
+    out.extend_from_slice(&[5, host, mode]);
+    match u32::try_from(frame.len()) {
+        Ok(n) if n < 251 => out.push(n as u8),
+        Ok(n) if n <= u32::from(u16::MAX) => {
+            out.push(251);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+        Ok(n) => {
+            out.push(252);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        Err(_) => panic!("a frame over 4 GiB"),
+    }
+    out.extend_from_slice(frame);
+    out
+}
+
+/// Runs tests/node/flood_clients.mjs: `n` clients of `url`; returns the child, its stdout's lines
+/// and the worker slot of each client.
+fn flood_clients(
+    url: &str,
+    n: usize,
+) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>, Vec<u64>) {
+    use std::io::BufRead;
+    let mut child = Command::new("node")
+        .arg(node_dir().join("flood_clients.mjs"))
+        .arg(url)
+        .arg(n.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) must be installed");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().expect("a line").expect("stdout")).expect("JSON");
+    let workers = first["workers"].as_array().unwrap_or_else(|| panic!("flood_clients.mjs: {first}"));
+    let workers = workers.iter().map(|w| w.as_u64().unwrap()).collect();
+    (child, lines, workers)
+}
+
+/// One round of flood_clients.mjs: the clients of every worker but `stopped` broadcast, and each
+/// receives every broadcast.
+fn broadcast_round(
+    child: &mut std::process::Child,
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    stopped: u64,
+) -> Value {
+    use std::io::Write;
+    writeln!(child.stdin.as_mut().unwrap(), "go {stopped}").unwrap();
+    let line = lines.next().expect("a line").expect("stdout");
+    let result: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("flood_clients.mjs said: {line}"));
+    assert_eq!(result["ok"], true, "local deliveries during the flood: {result:#}");
+    result
+}
+
+/// Issue 11 (bounded memory toward Node workers): anyone who can PUBLISH on `{group}:node` can
+/// flood a host with large frames. What comes from Redis is charged to the bus budget before a
+/// relay gets it, and may fill at most half of a worker's queue: with a worker SIGSTOPped and
+/// 320 MiB of valid and garbage frames published as fast as Redis takes them, clusterd's peak
+/// memory stays bounded, the drops and the garbage are counted, and the other workers' clients
+/// keep getting each other's broadcasts (the local relay never stalls).
+#[test]
+fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const FRAME: usize = 1024 * 1024;
+    const MESSAGES: usize = 320;
+    // The bus budget (8 MiB), the read-ahead from Redis (16 MiB), three workers' queues of 2 MiB
+    // (twice that in memory), the copies of the message on its way, the allocator's slack: far
+    // below the 320 MiB published (before the fix, the peak was 293 MiB above idle).
+    const BOUND: u64 = 64 * 1024 * 1024;
+    // Redis keeps whatever clusterd has not read yet (by default it would cut a subscriber that
+    // falls 32 MiB behind): every message of the flood reaches clusterd.
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
+    let mut a = node_host(&redis.url(), 3, &["--serialization", "json", "--bus-queue", "2097152"]);
+    wait_hosts(&mut a, 1);
+    let (mut clients, mut lines, workers) = flood_clients(&http(&a), 6);
+    let stopped = 0;
+    let live: std::collections::BTreeSet<u64> = workers.iter().copied().filter(|w| *w != stopped).collect();
+    assert!(live.len() >= 2, "the clients must land on two workers besides the stopped one: {workers:?}");
+    broadcast_round(&mut clients, &mut lines, stopped);
+    let status = a.status().unwrap();
+    let victim = Pid::from_raw(worker_pid(&status, stopped));
+    let (idle, _) = memory_of(a.pid());
+    kill(victim, Signal::SIGSTOP).unwrap();
+
+    let url = redis.url();
+    let flood = std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut connection = client.get_connection().expect("a Redis connection");
+        let filler = "x".repeat(FRAME);
+        let valid =
+            format!(r#"{{"source":"_sio_adapter","type":99,"uid":"flood","nsp":"/flood","data":"{filler}"}}"#) + "\n";
+        let valid = node_wire(77, 1, valid.as_bytes());
+        let not_json = node_wire(78, 1, format!("{{{filler}\n").as_bytes());
+        let mut not_wire = b"CDB1".to_vec();
+        not_wire.extend(std::iter::repeat_n(0xfd, FRAME));
+        let (mut garbage, mut good) = (0, 0);
+        for chunk in 0..MESSAGES / 8 {
+            let mut pipe = redis::pipe();
+            for i in 0..8 {
+                let payload = match (chunk * 8 + i) % 4 {
+                    1 => &not_json,
+                    3 => &not_wire,
+                    _ => &valid,
+                };
+                if payload == &valid {
+                    good += 1
+                } else {
+                    garbage += 1
+                }
+                pipe.cmd("PUBLISH").arg("clusterd:node").arg(&payload[..]).ignore();
+            }
+            pipe.query::<()>(&mut connection).expect("PUBLISH");
+        }
+        (good, garbage)
+    });
+    // While it floods: the live workers' clients get each other's broadcasts.
+    broadcast_round(&mut clients, &mut lines, stopped);
+    let (good, garbage) = flood.join().expect("the flood thread");
+    // The end of the flood: a hello of a made-up host, published once the flood's last PUBLISH was
+    // answered (Redis queues a subscriber's messages in the order it ran the PUBLISHes), makes the
+    // bridge count 2 hosts once clusterd has taken the whole flood.
+    redis.publish("clusterd:hosts", b"CDB1\x00\x63\x00\x00");
+    let bridge = wait_bridge(&mut a, "the flood taken (the hello after it heard)", |b| b["hosts"] == 2);
+    broadcast_round(&mut clients, &mut lines, stopped);
+    let (_, peak) = memory_of(a.pid());
+    let status = a.status().unwrap();
+    kill(victim, Signal::SIGCONT).unwrap();
+    assert!(
+        peak.saturating_sub(idle) < BOUND,
+        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
+        (peak - idle) >> 20,
+        idle >> 20,
+        BOUND >> 20
+    );
+    // Every message is accounted for: taken (received), refused (malformed) or dropped (the
+    // read-ahead or the bus budget full), and some of each kind happened.
+    let counted = |name: &str| bridge[name].as_u64().unwrap();
+    assert!(counted("received") + counted("malformed") + counted("dropped") >= (good + garbage) as u64, "{bridge:#}");
+    assert!(counted("malformed") > 0, "garbage is counted: {bridge:#}");
+    let dropped = worker(&status, stopped)["dropped"].as_u64().unwrap() + counted("dropped");
+    assert!(dropped > 0, "what the stopped worker could not take is counted: {status:#}");
+    assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
+    eprintln!("flood: peak {} MiB above idle ({} MiB), {bridge}", (peak - idle) >> 20, idle >> 20);
+    use std::io::Write;
+    writeln!(clients.stdin.as_mut().unwrap(), "done").unwrap();
+    assert!(clients.wait().unwrap().success());
+}

@@ -16,15 +16,16 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
 
 use super::codec::{HostId, Wire};
 use super::hosts::{Change, Hosts};
+use super::inbox::{Inbox, MAX_READ_AHEAD};
 use super::options::BridgeConfig;
 use super::queue::Out;
 use super::{Shared, State, channels};
+use crate::bus_memory::{BusMemory, Charge};
 use crate::relay::{BridgeInput, Input, REMOTE};
 
 /// The first wait before connecting again; it doubles up to [`BACKOFF_MAX`].
@@ -50,22 +51,32 @@ const MAX_ECHOES: usize = 64 * 1024;
 const MAX_HOSTS: usize = 1024;
 /// The most requests of other hosts being answered here at once.
 const MAX_INBOUND: usize = 64 * 1024;
-/// How long a message from Redis may wait for room in the relay's input before it is dropped.
-/// After one such wait ran out, messages that find no room are dropped at once until one finds
-/// room again: the connection task keeps draining redis-rs's read-ahead (which it cannot bound),
-/// so that holds at most what Redis sends in this long.
+/// How long a message from Redis may wait for its share of the bus budget, and then for room in
+/// its relay's input, before it is dropped. After one such wait ran out, messages that find no
+/// room are dropped at once until one finds room again, so the connection task keeps taking from
+/// the read-ahead ([`Inbox`], bounded in bytes; what overflows it is dropped there).
 const INCOMING_WAIT: Duration = Duration::from_millis(500);
+/// Room kept for the start of a bus frame (its channel, the sender, lengths) beside a message's
+/// payload: a message from Redis that would not fit a bus frame with it is refused.
+const FRAME_SLACK: usize = 64;
 /// At most one log line about malformed messages in this long.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the Redis client: with `--bridge-ca`, a `rediss://` client that trusts that CA (and only
 /// it); otherwise the system's roots for `rediss://`.
 ///
+/// RESP3 (Redis 6 or later): pub/sub messages arrive as pushes handed to [`Inbox`], which bounds
+/// in bytes what waits for the connection task (redis-rs's RESP2 pub/sub queues without bound).
+///
 /// TCP_NODELAY: Nagle's algorithm would hold back a PUBLISH sent while an earlier write (a
 /// heartbeat, a PING) is not acknowledged yet.
 pub fn client(config: &BridgeConfig) -> Result<redis::Client, redis::RedisError> {
     let info = redis::IntoConnectionInfo::into_connection_info(config.url.secret())?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let info = {
+        let resp3 = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        info.set_redis_settings(resp3)
+    };
     match &config.ca {
         Some(ca) => {
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
@@ -96,17 +107,10 @@ struct Ask {
 }
 
 /// One more subscription of the request channels, so that `PUBSUB NUMSUB` counts every worker of
-/// this host (see `Task::count_foreign`). What it receives is read and dropped.
+/// this host (see `Task::count_foreign`). What it receives is dropped as redis-rs reads it.
 struct Shadow {
-    control: PubSubSink,
+    connection: MultiplexedConnection,
     subscribed: BTreeSet<String>,
-    drain: tokio::task::AbortHandle,
-}
-
-impl Drop for Shadow {
-    fn drop(&mut self) {
-        self.drain.abort();
-    }
 }
 
 /// Why a connection ended.
@@ -118,8 +122,9 @@ enum End {
 /// The live connections.
 struct Live {
     publisher: MultiplexedConnection,
-    control: PubSubSink,
-    messages: PubSubStream,
+    /// Subscribed (RESP3): what Redis sends it waits in `inbox`, bounded in bytes.
+    subscriber: MultiplexedConnection,
+    inbox: Arc<Inbox>,
     /// Bridged channels subscribed on Redis.
     subscribed: BTreeSet<String>,
     /// Per channel: the hashes of this host's messages whose echo has not come back yet.
@@ -155,9 +160,19 @@ pub(super) struct Task {
     foreign_sample: HashMap<String, u32>,
     malformed_logged: Option<Instant>,
     malformed_unlogged: u64,
-    /// A message from Redis waited [`INCOMING_WAIT`] for the relay in vain, and none found room
-    /// since: the next ones that find none are dropped without waiting.
-    relay_congested: bool,
+    /// What comes from Redis is charged to the bus budget before a relay gets it.
+    memory: Arc<BusMemory>,
+    /// A message from Redis waited [`INCOMING_WAIT`] in vain (for the bus budget, for the relay,
+    /// for the Node relay), and none found room since: the next ones that find none are dropped
+    /// without waiting.
+    congested: Congested,
+}
+
+#[derive(Default)]
+struct Congested {
+    budget: bool,
+    relay: bool,
+    node: bool,
 }
 
 struct OwnChannels {
@@ -173,6 +188,7 @@ impl Task {
         client: redis::Client,
         shared: Arc<Shared>,
         relay: mpsc::Sender<Input>,
+        memory: Arc<BusMemory>,
         handle: &super::Handle,
     ) -> Self {
         let me = host_id();
@@ -203,7 +219,8 @@ impl Task {
             foreign_sample: HashMap::new(),
             malformed_logged: None,
             malformed_unlogged: 0,
-            relay_congested: false,
+            memory,
+            congested: Congested::default(),
         }
     }
 
@@ -269,13 +286,22 @@ impl Task {
             .set_connection_timeout(Some(self.deadline()))
             .set_response_timeout(Some(self.deadline()));
         let publisher = self.client.get_multiplexed_async_connection_with_config(&settings).await?;
-        let (mut control, messages) = self.client.get_async_pubsub().await?.split();
+        let inbox = Arc::new(Inbox::new(MAX_READ_AHEAD, Arc::clone(&self.shared.stats)));
+        let pushes = {
+            let inbox = Arc::clone(&inbox);
+            move |info: redis::PushInfo| {
+                inbox.push(info);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        };
+        let mut subscriber =
+            self.client.get_multiplexed_async_connection_with_config(&settings.clone().set_push_sender(pushes)).await?;
         let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
-        control.subscribe(&own).await?;
+        subscriber.subscribe(&own).await?;
         let mut live = Live {
             publisher,
-            control,
-            messages,
+            subscriber,
+            inbox,
             subscribed: BTreeSet::new(),
             echoes: HashMap::new(),
             shadows: Vec::new(),
@@ -294,6 +320,7 @@ impl Task {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = Arc::clone(&self.shared);
         let leave = Arc::clone(&self.leave);
+        let inbox = Arc::clone(&live.inbox);
         loop {
             let result = tokio::select! {
                 () = leave.notified() => {
@@ -301,7 +328,7 @@ impl Task {
                     let _ = self.publish_now(&mut live, &self.channels.hosts.clone(), goodbye).await;
                     return End::Stop;
                 }
-                message = live.messages.next() => match message {
+                message = inbox.next() => match message {
                     Some(message) => self.incoming(&mut live, &message).await,
                     None => Err(redis::RedisError::from(std::io::Error::other("the connection closed"))),
                 },
@@ -332,8 +359,7 @@ impl Task {
         self.heartbeat(live).await?;
         let deadline = self.deadline();
         let ping = async {
-            // A subscribed connection answers `["pong", ""]`, the other `PONG`: any answer will do.
-            live.control.ping::<redis::Value>().await?;
+            redis::cmd("PING").query_async::<redis::Value>(&mut live.subscriber).await?;
             redis::cmd("PING").query_async::<redis::Value>(&mut live.publisher).await
         };
         match tokio::time::timeout(deadline, ping).await {
@@ -371,10 +397,10 @@ impl Task {
         let deadline = self.deadline();
         let change = async {
             if !add.is_empty() {
-                live.control.subscribe(&add).await?;
+                live.subscriber.subscribe(&add).await?;
             }
             if !remove.is_empty() {
-                live.control.unsubscribe(&remove).await?;
+                live.subscriber.unsubscribe(&remove).await?;
             }
             Ok::<_, redis::RedisError>(())
         };
@@ -447,13 +473,20 @@ impl Task {
         live.shadows.truncate(needed);
         let deadline = self.deadline();
         while live.shadows.len() < needed {
-            let pubsub = match tokio::time::timeout(deadline, self.client.get_async_pubsub()).await {
+            let settings = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(deadline))
+                .set_response_timeout(Some(deadline))
+                .set_push_sender(|_: redis::PushInfo| Ok::<(), std::convert::Infallible>(()));
+            let connection = match tokio::time::timeout(
+                deadline,
+                self.client.get_multiplexed_async_connection_with_config(&settings),
+            )
+            .await
+            {
                 Ok(result) => result?,
                 Err(_) => return Err(std::io::Error::other("no answer in time (shadow connection)").into()),
             };
-            let (control, mut messages) = pubsub.split();
-            let drain = tokio::spawn(async move { while messages.next().await.is_some() {} }).abort_handle();
-            live.shadows.push(Shadow { control, subscribed: BTreeSet::new(), drain });
+            live.shadows.push(Shadow { connection, subscribed: BTreeSet::new() });
         }
         let group = self.config.group.clone();
         for (i, shadow) in live.shadows.iter_mut().enumerate() {
@@ -465,10 +498,10 @@ impl Task {
                 shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, c)).collect();
             let change = async {
                 if !add.is_empty() {
-                    shadow.control.subscribe(&add).await?;
+                    shadow.connection.subscribe(&add).await?;
                 }
                 if !remove.is_empty() {
-                    shadow.control.unsubscribe(&remove).await?;
+                    shadow.connection.unsubscribe(&remove).await?;
                 }
                 Ok::<_, redis::RedisError>(())
             };
@@ -622,33 +655,17 @@ impl Task {
             }
         }
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
-        let input = BridgeInput::Message { channel: channel.to_owned(), payload: Bytes::copy_from_slice(payload) };
-        // The Redis client reads ahead into a queue of its own: a relay that takes no message for
-        // INCOMING_WAIT costs its message, then (while it stays full) every message at once, not
-        // unbounded memory. Most messages find room at once: no timer is armed for them.
-        let permit = match self.relay.try_reserve() {
-            Ok(permit) => {
-                self.relay_congested = false;
-                Some(permit)
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => None,
-            Err(mpsc::error::TrySendError::Full(())) if self.relay_congested => {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
-                    Ok(permit) => permit.ok(),
-                    Err(_) => {
-                        self.relay_congested = true;
-                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(permit) = permit {
-            permit.send(Input::Bridge(input));
+        // A message that no bus frame can carry would break the workers' bus: garbage.
+        if channel.len() + payload.len() + FRAME_SLACK > clusterd_worker::bus_protocol::MAX_BUS_FRAME {
+            self.malformed(channel, &super::codec::Malformed::TooLarge(payload.len()));
+            return Ok(());
+        }
+        let channel = channel.to_owned();
+        let payload = Bytes::copy_from_slice(payload);
+        let bytes = channel.len() + payload.len();
+        let make = |charge| Input::Bridge(BridgeInput::Message { channel, payload, charge });
+        if !admit(&self.memory, &mut self.congested.budget, &self.relay, &mut self.congested.relay, bytes, make).await {
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -683,8 +700,17 @@ impl Task {
                 let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
                 self.inbound.insert(local, (host, id, Instant::now() + timeout + Duration::from_secs(1)));
                 if super::lock(&self.shared.local).contains_key(&channel) {
-                    let input = BridgeInput::Request { id: local, channel, payload, timeout };
-                    let _ = self.relay.send(Input::Bridge(input)).await;
+                    let bytes = channel.len() + payload.len();
+                    let make =
+                        |charge| Input::Bridge(BridgeInput::Request { id: local, channel, payload, timeout, charge });
+                    let relay = &self.relay;
+                    if !admit(&self.memory, &mut self.congested.budget, relay, &mut self.congested.relay, bytes, make)
+                        .await
+                    {
+                        // Its asker waits for its deadline, as for any request lost on the way.
+                        self.inbound.remove(&local);
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
                     // Nobody here listens (any more): answer at once, so the asker does not wait.
                     self.shared.out.push(Out::Answers { id: local, answers: Vec::new(), missing: Vec::new() });
@@ -694,8 +720,20 @@ impl Task {
                 if let Some(node) = self.node.get() {
                     let mode =
                         if mode == 0 { crate::node::frame::Mode::Advanced } else { crate::node::frame::Mode::Json };
-                    let input = crate::node::relay::BridgeInput::Frame { host, mode, frame };
-                    let _ = node.send(crate::node::relay::Input::Bridge(input)).await;
+                    let bytes = frame.len();
+                    let make = |charge| {
+                        crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::Frame {
+                            host,
+                            mode,
+                            frame,
+                            charge,
+                        })
+                    };
+                    if !admit(&self.memory, &mut self.congested.budget, node, &mut self.congested.node, bytes, make)
+                        .await
+                    {
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             Wire::Answers { host, id, answers, missing } => {
@@ -821,6 +859,48 @@ impl Task {
         );
         self.malformed_logged = Some(now);
         self.malformed_unlogged = 0;
+    }
+}
+
+/// Hands a message from Redis to a relay, charged to the bus budget first, as a worker's frame is:
+/// what comes from other hosts (or from anyone who can `PUBLISH`) shares the bounded memory of
+/// local traffic, and never waits more than [`INCOMING_WAIT`] for the budget, then as long for
+/// room in the relay's input (nothing while that kind of wait is known to be in vain). `false`:
+/// dropped (the caller counts it).
+async fn admit<T>(
+    memory: &BusMemory,
+    budget_congested: &mut bool,
+    relay: &mpsc::Sender<T>,
+    relay_congested: &mut bool,
+    bytes: usize,
+    make: impl FnOnce(Charge) -> T,
+) -> bool {
+    let charge = match memory.try_acquire(bytes) {
+        Some(charge) => Some(charge),
+        None if *budget_congested => None,
+        None => tokio::time::timeout(INCOMING_WAIT, memory.queue(bytes)).await.ok(),
+    };
+    *budget_congested = charge.is_none();
+    let Some(charge) = charge else { return false };
+    // Most messages find room at once: no timer is armed for them.
+    let permit = match relay.try_reserve() {
+        Ok(permit) => Some(permit),
+        Err(mpsc::error::TrySendError::Closed(())) => None,
+        Err(mpsc::error::TrySendError::Full(())) if *relay_congested => None,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            tokio::time::timeout(INCOMING_WAIT, relay.reserve()).await.ok().and_then(Result::ok)
+        }
+    };
+    *relay_congested = permit.is_none();
+    match permit {
+        Some(permit) => {
+            permit.send(make(charge));
+            true
+        }
+        None => {
+            memory.release(charge);
+            false
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub mod channels;
 pub mod codec;
 pub mod conn;
 pub mod hosts;
+pub mod inbox;
 pub mod options;
 pub mod queue;
 pub mod status;
@@ -194,6 +195,12 @@ impl Sink {
         self.push(Out::Answers { id, answers, missing });
     }
 
+    /// A message from another host that failed a relay's stricter check (a Node frame that is not
+    /// a cluster-adapter message): counted with the malformed ones.
+    pub fn malformed(&self) {
+        self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn push(&self, item: Out) {
         let stats = &self.shared.stats;
         if !self.shared.connected.load(Ordering::Relaxed) {
@@ -213,9 +220,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Starts the bridge: it attaches itself to the relay and connects (and keeps reconnecting) in
 /// the background; clusterd serves locally whatever Redis does.
+/// What comes from Redis is charged to `memory`, the bus budget of local traffic, before it is
+/// handed to a relay.
 pub fn start(
     config: options::BridgeConfig,
     relay: tokio::sync::mpsc::Sender<crate::relay::Input>,
+    memory: Arc<crate::bus_memory::BusMemory>,
 ) -> Result<Handle, redis::RedisError> {
     let stats = Arc::new(Stats::new());
     let shared = Arc::new(Shared {
@@ -236,7 +246,7 @@ pub fn start(
         node: Arc::default(),
     };
     let client = conn::client(&config)?;
-    let task = conn::Task::new(config, client, shared, relay, &handle);
+    let task = conn::Task::new(config, client, shared, relay, memory, &handle);
     tokio::spawn(async move {
         // The relay learns of the bridge before anything can come from Redis.
         if task.relay.send(crate::relay::Input::Bridge(crate::relay::BridgeInput::Attach(sink))).await.is_ok() {

@@ -41,6 +41,8 @@ const SOURCE: &str = "_sio_adapter";
 /// Notices kept for a worker that has not spoken yet; beyond that its adapter's own heartbeat
 /// timeout (0.3.x) has to do.
 const MAX_DEFERRED: usize = 1024;
+/// Messages from other hosts may fill a worker's queue up to `--bus-queue` / this much.
+const REMOTE_SHARE: usize = 2;
 
 /// What the bridge to other hosts (`crate::bridge`) tells the relay. Across hosts only the 0.3.x
 /// dialect travels (its messages name their adapter by `uid`; 0.2.x's worker ids are only unique
@@ -48,8 +50,9 @@ const MAX_DEFERRED: usize = 1024;
 pub enum BridgeInput {
     /// The bridge joins: from now on it gets the 0.3.x messages of the local workers.
     Attach(crate::bridge::Sink),
-    /// A message of a worker of another host, framed in that host's serialization.
-    Frame { host: u64, mode: Mode, frame: Vec<u8> },
+    /// A message of a worker of another host, framed in that host's serialization, with its
+    /// charge to the bus budget (given back once it is queued or dropped).
+    Frame { host: u64, mode: Mode, frame: Vec<u8>, charge: Charge },
     /// A host is gone: the survivors here learn that its adapters are closed.
     HostGone { host: u64 },
     /// A host joined: the local adapters announce themselves to it at once (an `INITIAL_HEARTBEAT`
@@ -106,6 +109,7 @@ struct Relay {
     /// The bridge to other hosts, and the adapters (uid, namespace) seen from each of them.
     bridge: Option<crate::bridge::Sink>,
     remote: BTreeMap<u64, BTreeSet<(String, String)>>,
+    memory: Arc<BusMemory>,
 }
 
 pub fn start(
@@ -116,7 +120,14 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel(4096);
     let mode = Mode::from(serialization);
     tokio::spawn(async move {
-        let mut relay = Relay { members: BTreeMap::new(), budget, mode, bridge: None, remote: BTreeMap::new() };
+        let mut relay = Relay {
+            members: BTreeMap::new(),
+            budget,
+            mode,
+            bridge: None,
+            remote: BTreeMap::new(),
+            memory: Arc::clone(&memory),
+        };
         while let Some(input) = rx.recv().await {
             match input {
                 Input::Join { key, worker_id, out, queued, dropped } => {
@@ -201,40 +212,9 @@ impl Relay {
     async fn bridge(&mut self, input: BridgeInput) {
         match input {
             BridgeInput::Attach(sink) => self.bridge = Some(sink),
-            BridgeInput::Frame { host, mode, frame } => {
-                if mode != self.mode {
-                    return; // Every host of a group must use the same --serialization.
-                }
-                let mut decoder = super::frame::FrameDecoder::new(mode);
-                decoder.feed(&frame);
-                let Ok(Some(frame)) = decoder.next_frame() else { return };
-                if decoder.buffered() != 0 {
-                    return;
-                }
-                let fields = frame.select(&[&["type"], &["uid"], &["nsp"], &["requesterUid"]]);
-                let Ok([kind, uid, nsp, requester]) = fields else { return };
-                let Some(uid) = uid.as_ref().and_then(Value::as_str) else { return };
-                let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
-                let adapters = self.remote.entry(host).or_default();
-                if adapters.len() < MAX_DEFERRED {
-                    adapters.insert((uid.to_owned(), nsp.to_owned()));
-                }
-                let kind = kind.as_ref().and_then(Value::as_i64);
-                let targets: Vec<u64> = if matches!(kind, Some(8 | 10)) {
-                    let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();
-                    self.members
-                        .iter()
-                        .filter(|(_, m)| m.adapters.iter().any(|(u, _)| u == requester))
-                        .map(|(k, _)| *k)
-                        .collect()
-                } else {
-                    // Not to a 0.2.x worker: the dialects differ.
-                    self.members.iter().filter(|(_, m)| m.version != Some(Version::V02)).map(|(k, _)| *k).collect()
-                };
-                let bytes = Bytes::from(frame.into_raw());
-                for target in targets {
-                    self.deliver(target, bytes.clone()).await;
-                }
+            BridgeInput::Frame { host, mode, frame, charge } => {
+                self.remote_frame(host, mode, &frame).await;
+                self.memory.release(charge);
             }
             BridgeInput::HostJoined => {
                 let v03 = self.members.iter().filter(|(_, m)| m.version == Some(Version::V03));
@@ -274,6 +254,63 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// A message of a worker of another host.
+    async fn remote_frame(&mut self, host: u64, mode: Mode, frame: &[u8]) {
+        if mode != self.mode {
+            return; // Every host of a group must use the same --serialization.
+        }
+        let mut decoder = super::frame::FrameDecoder::new(mode);
+        decoder.feed(frame);
+        let frame = match decoder.next_frame() {
+            Ok(Some(frame)) if decoder.buffered() == 0 => frame,
+            _ => return self.malformed(),
+        };
+        let fields = frame.select(&[&["type"], &["uid"], &["nsp"], &["requesterUid"]]);
+        let Ok([kind, uid, nsp, requester]) = fields else { return self.malformed() };
+        let Some(uid) = uid.as_ref().and_then(Value::as_str) else { return self.malformed() };
+        let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
+        let adapters = self.remote.entry(host).or_default();
+        if adapters.len() < MAX_DEFERRED {
+            adapters.insert((uid.to_owned(), nsp.to_owned()));
+        }
+        let kind = kind.as_ref().and_then(Value::as_i64);
+        let targets: Vec<u64> = if matches!(kind, Some(8 | 10)) {
+            let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();
+            self.members
+                .iter()
+                .filter(|(_, m)| m.adapters.iter().any(|(u, _)| u == requester))
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            // Not to a 0.2.x worker: the dialects differ.
+            self.members.iter().filter(|(_, m)| m.version != Some(Version::V02)).map(|(k, _)| *k).collect()
+        };
+        let bytes = Bytes::from(frame.into_raw());
+        for target in targets {
+            self.deliver_remote(target, bytes.clone()).await;
+        }
+    }
+
+    /// Queues a message of another host for a worker, within half of its queue: a flood from Redis
+    /// (anyone who can `PUBLISH`) never takes the room the local workers' messages need.
+    async fn deliver_remote(&mut self, key: u64, bytes: Bytes) {
+        let Some(member) = self.members.get(&key) else { return };
+        // As locally, an empty queue takes one message however large.
+        if member.queued.load(Ordering::Relaxed) + bytes.len() > (self.budget / REMOTE_SHARE).max(bytes.len()) {
+            member.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::bus_dropped();
+            return;
+        }
+        self.deliver(key, bytes).await;
+    }
+
+    /// A message from another host that is not a cluster-adapter message: counted, never relayed.
+    fn malformed(&self) {
+        if let Some(bridge) = &self.bridge {
+            bridge.malformed();
         }
     }
 
