@@ -358,6 +358,11 @@ fn the_example_config_of_a_host_is_valid() {
 
 /// A host of unmodified Node workers (tests/node/workers/socketio-worker.cjs, cluster-adapter 0.3).
 fn node_host(url: &str, workers: usize, more: &[&str]) -> Cluster {
+    node_host_with(url, workers, more, "0.3")
+}
+
+/// The same with `adapter` (`0.2` or `0.3`, the `ADAPTER` of socketio-worker.cjs).
+fn node_host_with(url: &str, workers: usize, more: &[&str], adapter: &str) -> Cluster {
     let script = node_dir().join("workers/socketio-worker.cjs");
     let n = workers.to_string();
     let mut args = vec!["--protocol", "node", "--workers", &n, "--listen", "127.0.0.1:0", "--bridge", url];
@@ -366,7 +371,7 @@ fn node_host(url: &str, workers: usize, more: &[&str]) -> Cluster {
         .args(&args)
         .program(&["node", script.to_str().unwrap()])
         .env("STICKY", "2")
-        .env("ADAPTER", "0.3")
+        .env("ADAPTER", adapter)
         .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
         .start();
     c.wait_ready(workers);
@@ -416,6 +421,37 @@ fn node_workers_hear_at_once_that_a_killed_host_is_gone() {
     wait_hosts(&mut b, 2);
     // The survivors' adapters were told that the dead host's adapter is closed: serverSideEmit
     // expects the 3 other workers at once, without the adapters' 10 s heartbeat timeout.
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 2, 4);
+    for r in result["results"].as_array().unwrap() {
+        assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");
+    }
+}
+
+/// Issue 11: `@socket.io/cluster-adapter` 0.2.x across hosts. Its workers count each other by
+/// `cluster.worker.id`, which every host numbers from 1: each host gives the other hosts' workers
+/// ids of its own (aliases) and routes answers by request id, so two hosts of 0.2.x workers act as
+/// one (a broadcast, `fetchSockets`, `serverSideEmit` with acks and a broadcast with acks, from a
+/// client of each host, counting every worker of both hosts), and a host killed with `SIGKILL` is
+/// out of the survivors' counts (they hear `WORKER_EXIT` for each of its workers): the next
+/// `serverSideEmit` expects exactly the survivors and answers at once.
+#[test]
+fn node_workers_with_the_0_2_adapter_act_as_one_cluster_across_hosts() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = node_host_with(&redis.url(), 2, &timeout, "0.2");
+    let mut b = node_host_with(&redis.url(), 2, &timeout, "0.2");
+    let mut c = node_host_with(&redis.url(), 1, &timeout, "0.2");
+    for h in [&mut a, &mut b, &mut c] {
+        wait_hosts(h, 3);
+    }
+    let result = node_hosts_mjs(&[http(&a), http(&b), http(&c)], 2, 5);
+    assert_eq!(result["clients"], 6, "{result:#}");
+    c.signal(nix::sys::signal::Signal::SIGKILL);
+    c.wait_exit();
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    // Without the WORKER_EXIT of the dead host's worker, 0.2.x would wait for its answer until its
+    // requestsTimeout (5 s) and report an error.
     let result = node_hosts_mjs(&[http(&a), http(&b)], 2, 4);
     for r in result["results"].as_array().unwrap() {
         assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");

@@ -589,6 +589,12 @@ impl Task {
                         pipe.cmd("PUBLISH").arg(&self.channels.node).arg(wire.encode()).ignore();
                         published += 1;
                     }
+                    Out::NodeTo { host, mode, frame } => {
+                        // On the host's own channel, which it reads like the Node channel.
+                        let wire = Wire::Node { host: self.me, mode, frame: frame.to_vec() };
+                        pipe.cmd("PUBLISH").arg(channels::host(&self.config.group, host)).arg(wire.encode()).ignore();
+                        published += 1;
+                    }
                     Out::Answers { id, answers, missing } => {
                         let Some((host, their_id, _)) = self.inbound.remove(&id) else { continue };
                         let wire = Wire::Answers { host: self.me, id: their_id, answers, missing };
@@ -775,8 +781,9 @@ impl Task {
                     tracing::warn!(host = %format!("{host:016x}"), "bridge: a host timed out; counted out");
                 }
             }
-            if let (Change::Joined(_), Some(node)) = (change, self.node.get()) {
-                let _ = node.send(crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::HostJoined)).await;
+            if let (Change::Joined(host), Some(node)) = (change, self.node.get()) {
+                let joined = crate::node::relay::BridgeInput::HostJoined { host: *host };
+                let _ = node.send(crate::node::relay::Input::Bridge(joined)).await;
             }
             let (Change::Left(host) | Change::TimedOut(host)) = change else { continue };
             if let Some(node) = self.node.get() {

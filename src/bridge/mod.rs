@@ -183,11 +183,12 @@ impl Sink {
 
     /// A local Node worker's cluster-adapter message, for the Node workers of the other hosts.
     pub fn node(&self, mode: crate::node::frame::Mode, frame: &Bytes) {
-        let mode = match mode {
-            crate::node::frame::Mode::Advanced => 0,
-            crate::node::frame::Mode::Json => 1,
-        };
-        self.push(Out::Node { mode, frame: frame.clone() });
+        self.push(Out::Node { mode: mode_byte(mode), frame: frame.clone() });
+    }
+
+    /// The same, for the Node workers of one other host only.
+    pub fn node_to(&self, host: u64, mode: crate::node::frame::Mode, frame: &Bytes) {
+        self.push(Out::NodeTo { host, mode: mode_byte(mode), frame: frame.clone() });
     }
 
     /// The local answers to another host's request.
@@ -211,6 +212,14 @@ impl Sink {
         if dropped > 0 {
             stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         }
+    }
+}
+
+/// How a Node frame's serialization is named on the wire (`codec::Wire::Node`).
+fn mode_byte(mode: crate::node::frame::Mode) -> u8 {
+    match mode {
+        crate::node::frame::Mode::Advanced => 0,
+        crate::node::frame::Mode::Json => 1,
     }
 }
 
