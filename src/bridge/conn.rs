@@ -26,7 +26,7 @@ use super::options::BridgeConfig;
 use super::queue::Out;
 use super::{Shared, State, channels};
 use crate::bus_memory::{BusMemory, Charge};
-use crate::relay::{BridgeInput, Input, REMOTE};
+use crate::relay::{BridgeInput, Input, MAX_HELD_ANSWERS, REMOTE};
 
 /// The first wait before connecting again; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -101,6 +101,8 @@ struct Ask {
     answers: Vec<(u32, Vec<u8>)>,
     missing: Vec<u32>,
     until: Instant,
+    /// Bytes of `answers`.
+    held: usize,
     /// Plain socketioxide-redis servers were asked too: their answers cannot be tracked, so the
     /// ask is never completed early (socketioxide's own count of answers ends it).
     foreign: bool,
@@ -146,6 +148,8 @@ pub(super) struct Task {
     channels: OwnChannels,
     hosts: Hosts,
     asks: HashMap<u64, Ask>,
+    /// Bytes of the answers the asks hold, all together (at most [`MAX_HELD_ANSWERS`]).
+    held_answers: usize,
     /// Other hosts' requests being answered here: the relay's id for it → (host, its id, until).
     inbound: HashMap<u64, (HostId, u64, Instant)>,
     next_inbound: u64,
@@ -210,6 +214,7 @@ impl Task {
             channels,
             hosts: Hosts::default(),
             asks: HashMap::new(),
+            held_answers: 0,
             inbound: HashMap::new(),
             next_inbound: 1,
             remote: HashMap::new(),
@@ -373,6 +378,7 @@ impl Task {
         let changes = self.hosts.expire(now, self.config.host_timeout);
         self.hosts_changed(changes).await;
         self.asks.retain(|_, ask| ask.until > now);
+        self.held_answers = self.asks.values().map(|ask| ask.held).sum();
         self.inbound.retain(|_, (_, _, until)| *until > now);
         Ok(())
     }
@@ -575,7 +581,7 @@ impl Task {
                         }
                         let until = now + Duration::from_millis(u64::from(timeout_ms)) + Duration::from_secs(1);
                         let empty = waiting.is_empty();
-                        let ask = Ask { waiting, answers: Vec::new(), missing: Vec::new(), until, foreign };
+                        let ask = Ask { waiting, answers: Vec::new(), missing: Vec::new(), until, held: 0, foreign };
                         self.asks.insert(id, ask);
                         if empty {
                             continue;
@@ -745,7 +751,17 @@ impl Task {
             Wire::Answers { host, id, answers, missing } => {
                 let Some(ask) = self.asks.get_mut(&id) else { return Ok(()) };
                 if ask.waiting.remove(&host).is_some() {
-                    ask.answers.extend(answers);
+                    // Held within the relay's bound for answers being gathered, all asks together
+                    // (anyone who can PUBLISH can answer); beyond it, an answer counts as missing.
+                    for (from, answer) in answers {
+                        if self.held_answers + answer.len() <= MAX_HELD_ANSWERS {
+                            self.held_answers += answer.len();
+                            ask.held += answer.len();
+                            ask.answers.push((from, answer));
+                        } else {
+                            ask.missing.push(from);
+                        }
+                    }
                     ask.missing.extend(missing);
                 }
                 if ask.waiting.is_empty() && !ask.foreign {
@@ -766,6 +782,7 @@ impl Task {
     /// Hands a finished ask's answers to the relay.
     async fn complete(&mut self, id: u64) {
         if let Some(ask) = self.asks.remove(&id) {
+            self.held_answers -= ask.held;
             let input = BridgeInput::Answers { request: id, answers: ask.answers, missing: ask.missing };
             let _ = self.relay.send(Input::Bridge(input)).await;
         }
