@@ -802,3 +802,64 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
     writeln!(clients.stdin.as_mut().unwrap(), "done").unwrap();
     assert!(clients.wait().unwrap().success());
 }
+
+/// A host of `clusterd-test-worker`s bridged to `url`, each with the flags of its slot (`*`: all
+/// others), with more options for clusterd.
+fn bus_host(url: &str, more: &[&str], flags: &[(&str, &str)]) -> Cluster {
+    let mut script = String::from("case \"$CLUSTERD_WORKER_ID\" in ");
+    for (slot, args) in flags {
+        script.push_str(&format!("{slot}) exec {WORKER} {args} ;; "));
+    }
+    script.push_str("esac");
+    let n = flags.len().to_string();
+    let mut args = vec!["--workers", &n, "--bridge", url];
+    args.extend_from_slice(more);
+    let mut c = Builder::new().args(&args).program(&["sh", "-c", &script]).start();
+    c.wait_ready(flags.len());
+    c
+}
+
+/// The numbers of the `n=<k>` messages a worker printed from sender `from` (`u32::MAX`: another
+/// host), in order.
+fn bus_received(c: &Cluster, id: u32, from: u32) -> Vec<u64> {
+    let prefix = format!("[w{id}] bus got from={from} n=");
+    c.output.snapshot().iter().filter_map(|l| l.strip_prefix(&prefix)?.parse().ok()).collect()
+}
+
+/// Issue 11: an application's own bus channels cross hosts when it names them
+/// (`--bridge-channels`): a publisher on one host waits until the subscribers of both hosts are
+/// counted (exact counts across hosts), every subscriber of the other host gets every message once
+/// and in order, the local one gets them through the local relay only, and a channel not named
+/// never reaches Redis.
+#[test]
+fn an_applications_named_channels_cross_hosts_and_the_others_stay_home() {
+    let redis = Redis::start();
+    let channels = ["--bridge-channels", "news,chat.*"];
+    let mut b = bus_host(&redis.url(), &channels, &[("0", "--bus-sub news"), ("*", "--bus-sub weather")]);
+    let mut a = bus_host(
+        &redis.url(),
+        &channels,
+        &[("0", "--bus-sub news --bus-pub news 300 --bus-wait 3"), ("*", "--bus-sub news --bus-pub weather 50")],
+    );
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    wait_until("300 news messages on host b", || (bus_received(&b, 0, u32::MAX).len() == 300).then_some(()));
+    assert_eq!(bus_received(&b, 0, u32::MAX), (0..300).collect::<Vec<_>>(), "all, once, in order");
+    wait_until("300 news messages on host a's other worker", || (bus_received(&a, 1, 0).len() == 300).then_some(()));
+    assert!(bus_received(&a, 1, u32::MAX).is_empty(), "a host never delivers its own message twice");
+    a.output.wait_contains("[w1] bus published 50");
+    let subscribed = redis.cli(&["PUBSUB", "CHANNELS", "clusterd:app:*"]);
+    assert_eq!(subscribed.split_whitespace().collect::<Vec<_>>(), ["clusterd:app:news"], "{subscribed}");
+    assert!(bus_received(&b, 1, u32::MAX).is_empty(), "weather stays on host a");
+}
+
+#[test]
+fn bad_bridge_channels_exit_2_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["a#b", &"x,".repeat(65)] {
+        let (code, stderr) =
+            run_to_exit(&["--bridge", "redis://127.0.0.1:1", "--bridge-channels", bad, "--", "true"], &[], dir.path());
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("bridge-channels"), "{stderr}");
+    }
+}

@@ -398,8 +398,9 @@ impl Task {
         let add: Vec<&String> = wanted.difference(&live.subscribed).collect();
         let remove: Vec<&String> = live.subscribed.difference(&wanted).collect();
         let group = &self.config.group;
-        let add: Vec<String> = add.into_iter().map(|c| channels::redis_name(group, c)).collect();
-        let remove: Vec<String> = remove.into_iter().map(|c| channels::redis_name(group, c)).collect();
+        let add: Vec<String> = add.into_iter().map(|c| channels::redis_name(group, &self.config.app, c)).collect();
+        let remove: Vec<String> =
+            remove.into_iter().map(|c| channels::redis_name(group, &self.config.app, c)).collect();
         let deadline = self.deadline();
         let change = async {
             if !add.is_empty() {
@@ -425,15 +426,18 @@ impl Task {
     /// yet). Once there are such servers, this host shadows its request channels so that they
     /// count each of its workers too, and its asks on those channels are not completed early.
     async fn count_foreign(&mut self, live: &mut Live) -> redis::RedisResult<()> {
-        let channels: Vec<(String, u32)> =
-            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        let channels: Vec<(String, u32)> = self
+            .local_counts()
+            .into_iter()
+            .filter(|(c, _)| channels::adapter(c) && !channels::single_server(c))
+            .collect();
         if channels.is_empty() {
             return Ok(());
         }
         let mut numsub = redis::cmd("PUBSUB");
         numsub.arg("NUMSUB");
         for (channel, _) in &channels {
-            numsub.arg(channels::redis_name(&self.config.group, channel));
+            numsub.arg(channels::redis_name(&self.config.group, &self.config.app, channel));
         }
         let query = numsub.query_async::<Vec<(String, u32)>>(&mut live.publisher);
         let counted = match tokio::time::timeout(self.deadline(), query).await {
@@ -473,8 +477,11 @@ impl Task {
         if !self.shadowed {
             return Ok(());
         }
-        let counts: Vec<(String, u32)> =
-            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        let counts: Vec<(String, u32)> = self
+            .local_counts()
+            .into_iter()
+            .filter(|(c, _)| channels::adapter(c) && !channels::single_server(c))
+            .collect();
         let needed = counts.iter().map(|(_, n)| n.saturating_sub(1) as usize).max().unwrap_or(0);
         live.shadows.truncate(needed);
         let deadline = self.deadline();
@@ -495,13 +502,14 @@ impl Task {
             live.shadows.push(Shadow { connection, subscribed: BTreeSet::new() });
         }
         let group = self.config.group.clone();
+        let app = self.config.app.clone();
         for (i, shadow) in live.shadows.iter_mut().enumerate() {
             let wanted: BTreeSet<String> =
                 counts.iter().filter(|(_, n)| *n as usize > i + 1).map(|(c, _)| c.clone()).collect();
             let add: Vec<String> =
-                wanted.difference(&shadow.subscribed).map(|c| channels::redis_name(&group, c)).collect();
+                wanted.difference(&shadow.subscribed).map(|c| channels::redis_name(&group, &app, c)).collect();
             let remove: Vec<String> =
-                shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, c)).collect();
+                shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, &app, c)).collect();
             let change = async {
                 if !add.is_empty() {
                     shadow.connection.subscribe(&add).await?;
@@ -563,7 +571,7 @@ impl Task {
                             echoes.push_back((hash(&payload), now));
                         }
                         pipe.cmd("PUBLISH")
-                            .arg(channels::redis_name(&self.config.group, &channel))
+                            .arg(channels::redis_name(&self.config.group, &self.config.app, &channel))
                             .arg(&payload[..])
                             .ignore();
                         published += 1;
@@ -650,7 +658,7 @@ impl Task {
             }
             return Ok(());
         }
-        let Some(channel) = channels::bus_name(&self.config.group, channel) else { return Ok(()) };
+        let Some(channel) = channels::bus_name(&self.config.group, &self.config.app, channel) else { return Ok(()) };
         if !live.subscribed.contains(channel) {
             return Ok(());
         }
@@ -694,12 +702,14 @@ impl Task {
                 self.malformed("requests", &super::codec::Malformed::Invalid("more requests waiting than the limit"));
             }
             Wire::Hello { host, counts, shadowed } if host != self.me => {
+                let counts = self.bridged_only(counts);
                 let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;
                 // The newcomer learns of this host at once.
                 self.heartbeat(live).await?;
             }
             Wire::Heartbeat { host, counts, shadowed } if host != self.me => {
+                let counts = self.bridged_only(counts);
                 let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;
             }
@@ -771,6 +781,13 @@ impl Task {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The counts of the channels this host bridges too: another host may name more of an
+    /// application's channels (`--bridge-channels`); their traffic does not cross here.
+    fn bridged_only(&self, mut counts: Vec<(String, u32)>) -> Vec<(String, u32)> {
+        counts.retain(|(channel, _)| channels::bridged(&self.config.app, channel));
+        counts
     }
 
     fn inbound_id(&mut self) -> u64 {

@@ -141,13 +141,15 @@ struct Shared {
     local: Mutex<std::collections::BTreeMap<String, u32>>,
     /// Woken when `local` changed.
     local_changed: tokio::sync::Notify,
+    /// The application's channels that cross hosts (`--bridge-channels`).
+    app: channels::AppChannels,
 }
 
 impl Sink {
     /// A local worker published on `channel`; `local` tells whether a worker of this host
     /// subscribes to it (asked only for a channel that crosses hosts).
     pub fn publish(&self, channel: &str, payload: &Bytes, local: impl FnOnce() -> bool) {
-        if !channels::bridged(channel) || (channels::single_server(channel) && local()) {
+        if !channels::bridged(&self.shared.app, channel) || (channels::single_server(channel) && local()) {
             return;
         }
         self.push(Out::Publish { channel: channel.to_owned(), payload: payload.clone() });
@@ -155,7 +157,7 @@ impl Sink {
 
     /// The number of local subscribers of `channel` changed.
     pub fn subscribers(&self, channel: &str, count: usize) {
-        if !channels::bridged(channel) {
+        if !channels::bridged(&self.shared.app, channel) {
             return;
         }
         let count = u32::try_from(count).unwrap_or(u32::MAX);
@@ -243,6 +245,7 @@ pub fn start(
         connected: AtomicBool::new(false),
         local: Mutex::default(),
         local_changed: tokio::sync::Notify::new(),
+        app: config.app.clone(),
     });
     let sink = Sink { shared: Arc::clone(&shared) };
     let handle = Handle {
