@@ -44,6 +44,9 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// most one request's answers may add up to, so that its `Answers` frame stays within the frame
 /// limit. An answer beyond it counts its worker as missing.
 pub const MAX_HELD_ANSWERS: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME - 1024 * 1024;
+/// Messages from other hosts may fill a member's queue up to its budget / this much (bytes and
+/// frames).
+const REMOTE_SHARE: usize = 2;
 /// Charges given back at once when they add up to this much (else when the input runs dry).
 const RELEASE_BATCH: usize = 64 * 1024;
 
@@ -406,7 +409,11 @@ impl Relay {
                     message_head(&channel, REMOTE, payload.len(), &mut self.head);
                     let message = Outgoing { head: Head::new(&self.head), payload };
                     let targets: Vec<u64> = subscribers.iter().copied().collect();
-                    self.send_to(&targets, message).await;
+                    for key in targets {
+                        if let Some(member) = self.members.get_mut(&key) {
+                            enqueue_remote(member, message.clone()).await;
+                        }
+                    }
                 }
                 self.done.absorb(charge);
             }
@@ -538,6 +545,21 @@ impl Relay {
 
 /// Queues a frame for a member: waits for room while the member makes progress, drops (and
 /// counts) once it is stuck.
+/// Queues a message of another host without waiting: within half of the member's queue (bytes
+/// and frames), else it is dropped and counted. A flood from Redis (anyone who can `PUBLISH`)
+/// never makes the relay wait, and never takes the room that local messages need.
+async fn enqueue_remote(member: &mut Member, bytes: Outgoing) {
+    let size = bytes.len();
+    if member.queued.load(Ordering::Relaxed) + size > (member.budget / REMOTE_SHARE).max(size)
+        || member.queue.capacity() < QUEUE / REMOTE_SHARE
+    {
+        member.dropped.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::bus_dropped();
+        return;
+    }
+    enqueue(member, bytes).await;
+}
+
 async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     let size = bytes.len();
     if member.queued.load(Ordering::Relaxed) > member.budget / 32 && !bytes.payload.is_empty() {

@@ -863,3 +863,61 @@ fn bad_bridge_channels_exit_2_naming_the_option() {
         assert!(stderr.contains("bridge-channels"), "{stderr}");
     }
 }
+
+/// The SDK direction of the flood test above: 320 MiB published on the Socket.IO adapter's
+/// request channel (which every chat worker subscribes to) toward a host whose worker 0 is
+/// `SIGSTOP`ped. What comes from Redis never makes the relay wait and fills at most half of a
+/// worker's queue: clusterd's peak stays bounded, the drops are counted, no worker is replaced
+/// for the garbage, and once the worker runs again the host works as before (every message to
+/// every client, counts exact).
+#[test]
+fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const FRAME: usize = 1024 * 1024;
+    const MESSAGES: usize = 320;
+    // The bus budget, the read-ahead, three workers' queues of 2 MiB (twice that in memory), the
+    // copies of the message on its way, the allocator's slack.
+    const BOUND: u64 = 64 * 1024 * 1024;
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
+    let mut a = host(&redis.url(), 3, &["--bus-queue", "2097152"]);
+    wait_hosts(&mut a, 1);
+    let channel = "socket.io-request#/#";
+    wait_until("the chat workers' request channel on Redis", || {
+        redis.cli(&["PUBSUB", "CHANNELS", channel]).contains(channel).then_some(())
+    });
+    let victim = Pid::from_raw(worker_pid(&a.status().unwrap(), 0));
+    let (idle, _) = memory_of(a.pid());
+    kill(victim, Signal::SIGSTOP).unwrap();
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut connection = client.get_connection().expect("a Redis connection");
+    let payload = vec![0xc1u8; FRAME]; // not MessagePack: socketioxide's business, not clusterd's
+    for _ in 0..MESSAGES / 8 {
+        let mut pipe = redis::pipe();
+        for _ in 0..8 {
+            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+        }
+        pipe.query::<()>(&mut connection).expect("PUBLISH");
+    }
+    redis.publish("clusterd:hosts", b"CDB1\x00\x63\x00\x00");
+    let bridge = wait_bridge(&mut a, "the flood taken (the hello after it heard)", |b| b["hosts"] == 2);
+    let (_, peak) = memory_of(a.pid());
+    let status = a.status().unwrap();
+    kill(victim, Signal::SIGCONT).unwrap();
+    assert!(
+        peak.saturating_sub(idle) < BOUND,
+        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
+        (peak - idle) >> 20,
+        idle >> 20,
+        BOUND >> 20
+    );
+    let counted = |name: &str| bridge[name].as_u64().unwrap();
+    assert!(counted("received") + counted("dropped") >= MESSAGES as u64, "{bridge:#}");
+    let dropped = worker(&status, 0)["dropped"].as_u64().unwrap() + counted("dropped");
+    assert!(dropped > 0, "what the stopped worker could not take is counted: {status:#}");
+    eprintln!("flood: peak {} MiB above idle ({} MiB), {bridge}", (peak - idle) >> 20, idle >> 20);
+    let result = hosts_mjs(&[http(&a)], 3, 5);
+    assert_eq!(result["counts"], serde_json::json!([3]), "{result:#}");
+    let status = a.status().unwrap();
+    assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
+}
