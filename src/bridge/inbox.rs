@@ -9,7 +9,7 @@
 //! comes beyond: Redis pub/sub is at-most-once, and the oldest messages keep their order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redis::{Msg, PushInfo, PushKind};
@@ -33,11 +33,18 @@ pub struct Inbox {
     ready: tokio::sync::Notify,
     limit: usize,
     stats: Arc<super::Stats>,
+    /// Messages Redis sent (kept or dropped): a sign of life that needs no answer.
+    heard: AtomicU64,
 }
 
 impl Inbox {
     pub fn new(limit: usize, stats: Arc<super::Stats>) -> Self {
-        Self { inner: Mutex::default(), ready: tokio::sync::Notify::new(), limit, stats }
+        Self { inner: Mutex::default(), ready: tokio::sync::Notify::new(), limit, stats, heard: AtomicU64::new(0) }
+    }
+
+    /// How many messages Redis sent on this connection so far.
+    pub fn heard(&self) -> u64 {
+        self.heard.load(Ordering::Relaxed)
     }
 
     /// What redis-rs's reader hands on; it must not wait.
@@ -48,6 +55,7 @@ impl Inbox {
                 self.ready.notify_one();
             }
             PushKind::Message => {
+                self.heard.fetch_add(1, Ordering::Relaxed);
                 let Some(message) = Msg::from_push_info(info) else { return };
                 let size = OVERHEAD + message.get_channel_name().len() + message.get_payload_bytes().len();
                 {

@@ -13,6 +13,10 @@
 //!   the survivors on 0.2.x as `WORKER_EXIT` (type 3) with its id. Type 13 means something else
 //!   there (`BROADCAST_ACK`) and is never sent to them.
 //!
+//! Across hosts (`--bridge`), both dialects travel on the group's Node channel: 0.3.x as it is,
+//! 0.2.x with the other hosts' worker ids made unique here (`aliases.rs`), its answers sent to
+//! the asking host only. What comes from another host fills at most half of a worker's queue.
+//!
 //! A worker that has not said anything yet (it is starting) has an unknown dialect: the notices
 //! for a worker that leaves meanwhile wait until it speaks, and it gets those of its dialect. It
 //! may already hold messages of the one that left (a rolling reload starts each new worker while
