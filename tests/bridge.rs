@@ -708,6 +708,27 @@ fn broadcast_round(
     result
 }
 
+/// The end of a flood: a hello of a made-up host, published once the flood's last PUBLISH was
+/// answered (Redis queues a subscriber's messages in the order it ran the PUBLISHes), makes the
+/// bridge count 2 hosts once clusterd has taken the whole flood. Published again every 2 s (a
+/// reconnect of the bridge under the flood loses what Redis had queued for it); returns the
+/// bridge's status.
+fn wait_flood_taken(redis: &Redis, c: &mut Cluster) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        redis.publish("clusterd:hosts", b"CDB1\x00\x63\x00\x00");
+        let again = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < again {
+            let bridge = c.status().expect("status")["bridge"].clone();
+            if bridge["hosts"] == 2 {
+                return bridge;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // the poll's period
+        }
+        assert!(Instant::now() < deadline, "the flood not taken within 60 s:\n{}", c.stderr_dump());
+    }
+}
+
 /// Issue 11 (bounded memory toward Node workers): anyone who can PUBLISH on `{group}:node` can
 /// flood a host with large frames. What comes from Redis is charged to the bus budget before a
 /// relay gets it, and may fill at most half of a worker's queue: with a worker SIGSTOPped and
@@ -727,7 +748,10 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
     // Redis keeps whatever clusterd has not read yet (by default it would cut a subscriber that
     // falls 32 MiB behind): every message of the flood reaches clusterd.
     let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
-    let mut a = node_host(&redis.url(), 3, &["--serialization", "json", "--bus-queue", "2097152"]);
+    // A generous host timeout (Redis's deadline is a third of it): the flood is about memory, and
+    // a debug build beside other tests is slow.
+    let more = ["--serialization", "json", "--bus-queue", "2097152", "--bridge-host-timeout", "10s"];
+    let mut a = node_host(&redis.url(), 3, &more);
     wait_hosts(&mut a, 1);
     let (mut clients, mut lines, workers) = flood_clients(&http(&a), 6);
     let stopped = 0;
@@ -773,11 +797,7 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
     // While it floods: the live workers' clients get each other's broadcasts.
     broadcast_round(&mut clients, &mut lines, stopped);
     let (good, garbage) = flood.join().expect("the flood thread");
-    // The end of the flood: a hello of a made-up host, published once the flood's last PUBLISH was
-    // answered (Redis queues a subscriber's messages in the order it ran the PUBLISHes), makes the
-    // bridge count 2 hosts once clusterd has taken the whole flood.
-    redis.publish("clusterd:hosts", b"CDB1\x00\x63\x00\x00");
-    let bridge = wait_bridge(&mut a, "the flood taken (the hello after it heard)", |b| b["hosts"] == 2);
+    let bridge = wait_flood_taken(&redis, &mut a);
     broadcast_round(&mut clients, &mut lines, stopped);
     let (_, peak) = memory_of(a.pid());
     let status = a.status().unwrap();
@@ -792,7 +812,13 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
     // Every message is accounted for: taken (received), refused (malformed) or dropped (the
     // read-ahead or the bus budget full), and some of each kind happened.
     let counted = |name: &str| bridge[name].as_u64().unwrap();
-    assert!(counted("received") + counted("malformed") + counted("dropped") >= (good + garbage) as u64, "{bridge:#}");
+    // (Unless the bridge reconnected meanwhile: a busy machine can make Redis's answers miss
+    // their deadline, and what Redis had queued for the old connection is gone uncounted.)
+    assert!(
+        counted("reconnects") > 0
+            || counted("received") + counted("malformed") + counted("dropped") >= (good + garbage) as u64,
+        "{bridge:#}"
+    );
     assert!(counted("malformed") > 0, "garbage is counted: {bridge:#}");
     let dropped = worker(&status, stopped)["dropped"].as_u64().unwrap() + counted("dropped");
     assert!(dropped > 0, "what the stopped worker could not take is counted: {status:#}");
@@ -880,7 +906,7 @@ fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
     // copies of the message on its way, the allocator's slack (before the fix: 322 MiB above idle).
     const BOUND: u64 = 64 * 1024 * 1024;
     let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
-    let mut a = host(&redis.url(), 3, &["--bus-queue", "2097152"]);
+    let mut a = host(&redis.url(), 3, &["--bus-queue", "2097152", "--bridge-host-timeout", "10s"]);
     wait_hosts(&mut a, 1);
     let channel = "socket.io-request#/#";
     wait_until("the chat workers' request channel on Redis", || {
@@ -899,8 +925,7 @@ fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
         }
         pipe.query::<()>(&mut connection).expect("PUBLISH");
     }
-    redis.publish("clusterd:hosts", b"CDB1\x00\x63\x00\x00");
-    let bridge = wait_bridge(&mut a, "the flood taken (the hello after it heard)", |b| b["hosts"] == 2);
+    let bridge = wait_flood_taken(&redis, &mut a);
     let (_, peak) = memory_of(a.pid());
     let status = a.status().unwrap();
     kill(victim, Signal::SIGCONT).unwrap();
@@ -912,7 +937,7 @@ fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
         BOUND >> 20
     );
     let counted = |name: &str| bridge[name].as_u64().unwrap();
-    assert!(counted("received") + counted("dropped") >= MESSAGES as u64, "{bridge:#}");
+    assert!(counted("reconnects") > 0 || counted("received") + counted("dropped") >= MESSAGES as u64, "{bridge:#}");
     let dropped = worker(&status, 0)["dropped"].as_u64().unwrap() + counted("dropped");
     assert!(dropped > 0, "what the stopped worker could not take is counted: {status:#}");
     eprintln!("flood: peak {} MiB above idle ({} MiB), {bridge}", (peak - idle) >> 20, idle >> 20);

@@ -18,6 +18,10 @@
 //! A host opens two Redis connections, whatever its number of workers: one subscribed to the
 //! bridged channels its workers subscribe to and to the group's own channels, one to publish.
 //!
+//! What comes from Redis is bounded in bytes all the way: the subscribed connection speaks RESP3
+//! and its messages wait in [`inbox::Inbox`] (16 MiB), each is charged to the bus budget
+//! (`bus_memory.rs`) before a relay gets it, and it fills at most half of a worker's queue.
+//!
 //! Exact counts: every host announces, with each heartbeat and at once when they change, how many
 //! of its live workers subscribe to each bridged channel. A host is out of every count when it
 //! says goodbye, when it is not heard of for `--bridge-host-timeout`, and, for this host, as soon
