@@ -175,6 +175,12 @@ pub struct RunArgs {
     #[arg(long, env = "CLUSTERD_BRIDGE_HOST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     pub bridge_host_timeout: Option<Duration>,
 
+    /// The application's own bus channels that cross hosts too, comma-separated; `*` stands for
+    /// any run of characters (`news,chat.*`). At most once to each subscriber, like everything
+    /// through Redis [default: none: an application's channels stay on their host].
+    #[arg(long, env = "CLUSTERD_BRIDGE_CHANNELS", value_name = "PATTERNS")]
+    pub bridge_channels: Option<String>,
+
     /// Set TCP_NODELAY on accepted TCP connections (Nagle off) before they go to a worker; off by
     /// default: the application's own choice (variable: `true` or `false`).
     #[arg(long, env = "CLUSTERD_TCP_NODELAY", value_parser = env_bool())]

@@ -148,6 +148,7 @@ struct FileConfig {
     bridge_queue: Option<usize>,
     #[serde(default, deserialize_with = "de_duration")]
     bridge_host_timeout: Option<Duration>,
+    bridge_channels: Option<String>,
     health_check: Option<String>,
     #[serde(default, deserialize_with = "de_duration")]
     health_interval: Option<Duration>,
@@ -566,7 +567,10 @@ fn bridge_config(o: &mut Layers, run: &RunArgs, file: &FileConfig) -> Result<Opt
     let host_timeout = o.pick("bridge_host_timeout", run.bridge_host_timeout, file.bridge_host_timeout);
     let host_timeout = host_timeout.unwrap_or(b::DEFAULT_HOST_TIMEOUT);
     o.within("bridge_host_timeout", host_timeout, b::MIN_HOST_TIMEOUT, b::MAX_HOST_TIMEOUT)?;
-    Ok(Some(BridgeConfig { url, group, ca, queue, host_timeout }))
+    let app = o.pick("bridge_channels", run.bridge_channels.clone(), file.bridge_channels.clone());
+    let app = crate::bridge::channels::AppChannels::parse(app.as_deref().unwrap_or_default())
+        .map_err(|message| o.invalid("bridge_channels", message))?;
+    Ok(Some(BridgeConfig { url, group, ca, queue, host_timeout, app }))
 }
 
 impl Config {

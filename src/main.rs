@@ -171,7 +171,7 @@ fn run(config: Config) -> anyhow::Result<Outcome> {
         let relay = relay::start(config.bus_queue, config.requests_timeout, std::sync::Arc::clone(&bus_memory));
         // Redis is not waited for: clusterd serves locally whatever it does.
         let bridge = match config.bridge.clone() {
-            Some(bridge) => Some(bridge::start(bridge, relay.clone())?),
+            Some(bridge) => Some(bridge::start(bridge, relay.clone(), std::sync::Arc::clone(&bus_memory))?),
             None => None,
         };
         let parts = Parts {

@@ -44,6 +44,9 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// most one request's answers may add up to, so that its `Answers` frame stays within the frame
 /// limit. An answer beyond it counts its worker as missing.
 pub const MAX_HELD_ANSWERS: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME - 1024 * 1024;
+/// Messages from other hosts may fill a member's queue up to its budget / this much (bytes and
+/// frames).
+const REMOTE_SHARE: usize = 2;
 /// Charges given back at once when they add up to this much (else when the input runs dry).
 const RELEASE_BATCH: usize = 64 * 1024;
 
@@ -56,13 +59,14 @@ pub const REMOTE: u32 = u32::MAX;
 pub enum BridgeInput {
     /// The bridge joins: from now on it gets the local traffic of bridged channels.
     Attach(crate::bridge::Sink),
-    /// A message of another host's worker, for the local subscribers.
-    Message { channel: String, payload: Bytes },
+    /// A message of another host's worker, for the local subscribers, with its charge to the bus
+    /// budget (given back once it is queued, as for a worker's frame).
+    Message { channel: String, payload: Bytes, charge: Charge },
     /// Live subscribers of each channel on the other hosts (replaces the previous counts).
     Remote(HashMap<String, u32>),
     /// A request of another host's worker to the local subscribers of `channel`; answered through
-    /// the bridge's sink under `id`.
-    Request { id: u64, channel: String, payload: Vec<u8>, timeout: std::time::Duration },
+    /// the bridge's sink under `id`; `charge` as for a message.
+    Request { id: u64, channel: String, payload: Vec<u8>, timeout: std::time::Duration, charge: Charge },
     /// The other hosts' answers to the relay's request `request`.
     Answers { request: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32> },
 }
@@ -398,18 +402,25 @@ impl Relay {
         match input {
             BridgeInput::Attach(sink) => self.bridge = Some(sink),
             BridgeInput::Remote(counts) => self.remote = counts,
-            BridgeInput::Message { channel, payload } => {
+            BridgeInput::Message { channel, payload, charge } => {
                 // Only to the local subscribers: it came from another host, and goes back to none.
-                let Some(subscribers) = self.subscriptions.get(&channel) else { return };
-                self.head.clear();
-                message_head(&channel, REMOTE, payload.len(), &mut self.head);
-                let message = Outgoing { head: Head::new(&self.head), payload };
-                let targets: Vec<u64> = subscribers.iter().copied().collect();
-                self.send_to(&targets, message).await;
+                if let Some(subscribers) = self.subscriptions.get(&channel) {
+                    self.head.clear();
+                    message_head(&channel, REMOTE, payload.len(), &mut self.head);
+                    let message = Outgoing { head: Head::new(&self.head), payload };
+                    let targets: Vec<u64> = subscribers.iter().copied().collect();
+                    for key in targets {
+                        if let Some(member) = self.members.get_mut(&key) {
+                            enqueue_remote(member, message.clone()).await;
+                        }
+                    }
+                }
+                self.done.absorb(charge);
             }
-            BridgeInput::Request { id, channel, payload, timeout } => {
+            BridgeInput::Request { id, channel, payload, timeout, charge } => {
                 let waiting = self.subscriptions.get(&channel).cloned().unwrap_or_default();
                 self.request(BRIDGE, id, REMOTE, Some(&channel), waiting, payload, timeout).await;
+                self.done.absorb(charge);
             }
             BridgeInput::Answers { request, answers, missing } => {
                 let Some(pending) = self.requests.get_mut(&request) else { return };
@@ -534,6 +545,21 @@ impl Relay {
 
 /// Queues a frame for a member: waits for room while the member makes progress, drops (and
 /// counts) once it is stuck.
+/// Queues a message of another host without waiting: within half of the member's queue (bytes
+/// and frames), else it is dropped and counted. A flood from Redis (anyone who can `PUBLISH`)
+/// never makes the relay wait, and never takes the room that local messages need.
+async fn enqueue_remote(member: &mut Member, bytes: Outgoing) {
+    let size = bytes.len();
+    if member.queued.load(Ordering::Relaxed) + size > (member.budget / REMOTE_SHARE).max(size)
+        || member.queue.capacity() < QUEUE / REMOTE_SHARE
+    {
+        member.dropped.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::bus_dropped();
+        return;
+    }
+    enqueue(member, bytes).await;
+}
+
 async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     let size = bytes.len();
     if member.queued.load(Ordering::Relaxed) > member.budget / 32 && !bytes.payload.is_empty() {

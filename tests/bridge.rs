@@ -358,6 +358,11 @@ fn the_example_config_of_a_host_is_valid() {
 
 /// A host of unmodified Node workers (tests/node/workers/socketio-worker.cjs, cluster-adapter 0.3).
 fn node_host(url: &str, workers: usize, more: &[&str]) -> Cluster {
+    node_host_with(url, workers, more, "0.3")
+}
+
+/// The same with `adapter` (`0.2` or `0.3`, the `ADAPTER` of socketio-worker.cjs).
+fn node_host_with(url: &str, workers: usize, more: &[&str], adapter: &str) -> Cluster {
     let script = node_dir().join("workers/socketio-worker.cjs");
     let n = workers.to_string();
     let mut args = vec!["--protocol", "node", "--workers", &n, "--listen", "127.0.0.1:0", "--bridge", url];
@@ -366,7 +371,7 @@ fn node_host(url: &str, workers: usize, more: &[&str]) -> Cluster {
         .args(&args)
         .program(&["node", script.to_str().unwrap()])
         .env("STICKY", "2")
-        .env("ADAPTER", "0.3")
+        .env("ADAPTER", adapter)
         .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
         .start();
     c.wait_ready(workers);
@@ -416,6 +421,37 @@ fn node_workers_hear_at_once_that_a_killed_host_is_gone() {
     wait_hosts(&mut b, 2);
     // The survivors' adapters were told that the dead host's adapter is closed: serverSideEmit
     // expects the 3 other workers at once, without the adapters' 10 s heartbeat timeout.
+    let result = node_hosts_mjs(&[http(&a), http(&b)], 2, 4);
+    for r in result["results"].as_array().unwrap() {
+        assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");
+    }
+}
+
+/// Issue 11: `@socket.io/cluster-adapter` 0.2.x across hosts. Its workers count each other by
+/// `cluster.worker.id`, which every host numbers from 1: each host gives the other hosts' workers
+/// ids of its own (aliases) and routes answers by request id, so two hosts of 0.2.x workers act as
+/// one (a broadcast, `fetchSockets`, `serverSideEmit` with acks and a broadcast with acks, from a
+/// client of each host, counting every worker of both hosts), and a host killed with `SIGKILL` is
+/// out of the survivors' counts (they hear `WORKER_EXIT` for each of its workers): the next
+/// `serverSideEmit` expects exactly the survivors and answers at once.
+#[test]
+fn node_workers_with_the_0_2_adapter_act_as_one_cluster_across_hosts() {
+    let redis = Redis::start();
+    let timeout = ["--bridge-host-timeout", "1s"];
+    let mut a = node_host_with(&redis.url(), 2, &timeout, "0.2");
+    let mut b = node_host_with(&redis.url(), 2, &timeout, "0.2");
+    let mut c = node_host_with(&redis.url(), 1, &timeout, "0.2");
+    for h in [&mut a, &mut b, &mut c] {
+        wait_hosts(h, 3);
+    }
+    let result = node_hosts_mjs(&[http(&a), http(&b), http(&c)], 2, 5);
+    assert_eq!(result["clients"], 6, "{result:#}");
+    c.signal(nix::sys::signal::Signal::SIGKILL);
+    c.wait_exit();
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    // Without the WORKER_EXIT of the dead host's worker, 0.2.x would wait for its answer until its
+    // requestsTimeout (5 s) and report an error.
     let result = node_hosts_mjs(&[http(&a), http(&b)], 2, 4);
     for r in result["results"].as_array().unwrap() {
         assert!(r["serverMs"].as_u64().unwrap() < 3000, "{result:#}");
@@ -611,4 +647,302 @@ fn a_host_that_joins_is_counted_within_the_bound() {
     assert!(took < Duration::from_secs(3), "the new host was counted after {took:?}");
     let result = hosts_mjs(&[http(&a), http(&b), http(&c)], 1, 3);
     assert_eq!(result["counts"], serde_json::json!([3, 3, 3]), "{result:#}");
+}
+
+/// A message of another host's Node worker as the bridge publishes it on `{group}:node`: the
+/// codec's magic, then bincode (standard) of `Wire::Node { host, mode, frame }` (variant 5).
+fn node_wire(host: u8, mode: u8, frame: &[u8]) -> Vec<u8> {
+    assert!(host < 251, "a one-byte varint");
+    let mut out = b"CDB1".to_vec();
+    out.extend_from_slice(&[5, host, mode]);
+    match u32::try_from(frame.len()) {
+        Ok(n) if n < 251 => out.push(n as u8),
+        Ok(n) if n <= u32::from(u16::MAX) => {
+            out.push(251);
+            out.extend_from_slice(&(n as u16).to_le_bytes());
+        }
+        Ok(n) => {
+            out.push(252);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        Err(_) => panic!("a frame over 4 GiB"),
+    }
+    out.extend_from_slice(frame);
+    out
+}
+
+/// Runs tests/node/flood_clients.mjs: `n` clients of `url`; returns the child, its stdout's lines
+/// and the worker slot of each client.
+fn flood_clients(
+    url: &str,
+    n: usize,
+) -> (std::process::Child, std::io::Lines<std::io::BufReader<std::process::ChildStdout>>, Vec<u64>) {
+    use std::io::BufRead;
+    let mut child = Command::new("node")
+        .arg(node_dir().join("flood_clients.mjs"))
+        .arg(url)
+        .arg(n.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node (Node.js) must be installed");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().expect("a line").expect("stdout")).expect("JSON");
+    let workers = first["workers"].as_array().unwrap_or_else(|| panic!("flood_clients.mjs: {first}"));
+    let workers = workers.iter().map(|w| w.as_u64().unwrap()).collect();
+    (child, lines, workers)
+}
+
+/// One round of flood_clients.mjs: the clients of every worker but `stopped` broadcast, and each
+/// receives every broadcast.
+fn broadcast_round(
+    child: &mut std::process::Child,
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    stopped: u64,
+) -> Value {
+    use std::io::Write;
+    writeln!(child.stdin.as_mut().unwrap(), "go {stopped}").unwrap();
+    let line = lines.next().expect("a line").expect("stdout");
+    let result: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("flood_clients.mjs said: {line}"));
+    assert_eq!(result["ok"], true, "local deliveries during the flood: {result:#}");
+    result
+}
+
+/// The end of a flood: a hello of a made-up host, published once the flood's last PUBLISH was
+/// answered (Redis queues a subscriber's messages in the order it ran the PUBLISHes), makes the
+/// bridge count 2 hosts once clusterd has taken the whole flood. Published again every 2 s (a
+/// reconnect of the bridge under the flood loses what Redis had queued for it); returns the
+/// bridge's status.
+fn wait_flood_taken(redis: &Redis, c: &mut Cluster) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        redis.publish("clusterd:hosts", b"CDB1\x00\x63\x00\x00");
+        let again = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < again {
+            let bridge = c.status().expect("status")["bridge"].clone();
+            if bridge["hosts"] == 2 {
+                return bridge;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // the poll's period
+        }
+        assert!(Instant::now() < deadline, "the flood not taken within 60 s:\n{}", c.stderr_dump());
+    }
+}
+
+/// Issue 11 (bounded memory toward Node workers): anyone who can PUBLISH on `{group}:node` can
+/// flood a host with large frames. What comes from Redis is charged to the bus budget before a
+/// relay gets it, and may fill at most half of a worker's queue: with a worker SIGSTOPped and
+/// 320 MiB of valid and garbage frames published as fast as Redis takes them, clusterd's peak
+/// memory stays bounded, the drops and the garbage are counted, and the other workers' clients
+/// keep getting each other's broadcasts (the local relay never stalls).
+#[test]
+fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const FRAME: usize = 1024 * 1024;
+    const MESSAGES: usize = 320;
+    // The bus budget (8 MiB), the read-ahead from Redis (16 MiB), three workers' queues of 2 MiB
+    // (twice that in memory), the copies of the message on its way, the allocator's slack: far
+    // below the 320 MiB published (before the fix, the peak was 305 MiB above idle).
+    const BOUND: u64 = 64 * 1024 * 1024;
+    // Redis keeps whatever clusterd has not read yet (by default it would cut a subscriber that
+    // falls 32 MiB behind): every message of the flood reaches clusterd.
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
+    // A generous host timeout (Redis's deadline is a third of it): the flood is about memory, and
+    // a debug build beside other tests is slow.
+    let more = ["--serialization", "json", "--bus-queue", "2097152", "--bridge-host-timeout", "10s"];
+    let mut a = node_host(&redis.url(), 3, &more);
+    wait_hosts(&mut a, 1);
+    let (mut clients, mut lines, workers) = flood_clients(&http(&a), 6);
+    let stopped = 0;
+    let live: std::collections::BTreeSet<u64> = workers.iter().copied().filter(|w| *w != stopped).collect();
+    assert!(live.len() >= 2, "the clients must land on two workers besides the stopped one: {workers:?}");
+    broadcast_round(&mut clients, &mut lines, stopped);
+    let status = a.status().unwrap();
+    let victim = Pid::from_raw(worker_pid(&status, stopped));
+    let (idle, _) = memory_of(a.pid());
+    kill(victim, Signal::SIGSTOP).unwrap();
+
+    let url = redis.url();
+    let flood = std::thread::spawn(move || {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut connection = client.get_connection().expect("a Redis connection");
+        let filler = "x".repeat(FRAME);
+        let valid =
+            format!(r#"{{"source":"_sio_adapter","type":99,"uid":"flood","nsp":"/flood","data":"{filler}"}}"#) + "\n";
+        let valid = node_wire(77, 1, valid.as_bytes());
+        let not_json = node_wire(78, 1, format!("{{{filler}\n").as_bytes());
+        let mut not_wire = b"CDB1".to_vec();
+        not_wire.extend(std::iter::repeat_n(0xfd, FRAME));
+        let (mut garbage, mut good) = (0, 0);
+        for chunk in 0..MESSAGES / 8 {
+            let mut pipe = redis::pipe();
+            for i in 0..8 {
+                let payload = match (chunk * 8 + i) % 4 {
+                    1 => &not_json,
+                    3 => &not_wire,
+                    _ => &valid,
+                };
+                if payload == &valid {
+                    good += 1
+                } else {
+                    garbage += 1
+                }
+                pipe.cmd("PUBLISH").arg("clusterd:node").arg(&payload[..]).ignore();
+            }
+            pipe.query::<()>(&mut connection).expect("PUBLISH");
+        }
+        (good, garbage)
+    });
+    // While it floods: the live workers' clients get each other's broadcasts.
+    broadcast_round(&mut clients, &mut lines, stopped);
+    let (good, garbage) = flood.join().expect("the flood thread");
+    let bridge = wait_flood_taken(&redis, &mut a);
+    broadcast_round(&mut clients, &mut lines, stopped);
+    let (_, peak) = memory_of(a.pid());
+    let status = a.status().unwrap();
+    kill(victim, Signal::SIGCONT).unwrap();
+    assert!(
+        peak.saturating_sub(idle) < BOUND,
+        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
+        (peak - idle) >> 20,
+        idle >> 20,
+        BOUND >> 20
+    );
+    // Every message is accounted for: taken (received), refused (malformed) or dropped (the
+    // read-ahead or the bus budget full), and some of each kind happened.
+    let counted = |name: &str| bridge[name].as_u64().unwrap();
+    // (Unless the bridge reconnected meanwhile: a busy machine can make Redis's answers miss
+    // their deadline, and what Redis had queued for the old connection is gone uncounted.)
+    assert!(
+        counted("reconnects") > 0
+            || counted("received") + counted("malformed") + counted("dropped") >= (good + garbage) as u64,
+        "{bridge:#}"
+    );
+    assert!(counted("malformed") > 0, "garbage is counted: {bridge:#}");
+    let dropped = worker(&status, stopped)["dropped"].as_u64().unwrap() + counted("dropped");
+    assert!(dropped > 0, "what the stopped worker could not take is counted: {status:#}");
+    assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
+    eprintln!("flood: peak {} MiB above idle ({} MiB), {bridge}", (peak - idle) >> 20, idle >> 20);
+    use std::io::Write;
+    writeln!(clients.stdin.as_mut().unwrap(), "done").unwrap();
+    assert!(clients.wait().unwrap().success());
+}
+
+/// A host of `clusterd-test-worker`s bridged to `url`, each with the flags of its slot (`*`: all
+/// others), with more options for clusterd.
+fn bus_host(url: &str, more: &[&str], flags: &[(&str, &str)]) -> Cluster {
+    let mut script = String::from("case \"$CLUSTERD_WORKER_ID\" in ");
+    for (slot, args) in flags {
+        script.push_str(&format!("{slot}) exec {WORKER} {args} ;; "));
+    }
+    script.push_str("esac");
+    let n = flags.len().to_string();
+    let mut args = vec!["--workers", &n, "--bridge", url];
+    args.extend_from_slice(more);
+    let mut c = Builder::new().args(&args).program(&["sh", "-c", &script]).start();
+    c.wait_ready(flags.len());
+    c
+}
+
+/// The numbers of the `n=<k>` messages a worker printed from sender `from` (`u32::MAX`: another
+/// host), in order.
+fn bus_received(c: &Cluster, id: u32, from: u32) -> Vec<u64> {
+    let prefix = format!("[w{id}] bus got from={from} n=");
+    c.output.snapshot().iter().filter_map(|l| l.strip_prefix(&prefix)?.parse().ok()).collect()
+}
+
+/// Issue 11: an application's own bus channels cross hosts when it names them
+/// (`--bridge-channels`): a publisher on one host waits until the subscribers of both hosts are
+/// counted (exact counts across hosts), every subscriber of the other host gets every message once
+/// and in order, the local one gets them through the local relay only, and a channel not named
+/// never reaches Redis.
+#[test]
+fn an_applications_named_channels_cross_hosts_and_the_others_stay_home() {
+    let redis = Redis::start();
+    let channels = ["--bridge-channels", "news,chat.*"];
+    let mut b = bus_host(&redis.url(), &channels, &[("0", "--bus-sub news"), ("*", "--bus-sub weather")]);
+    let mut a = bus_host(
+        &redis.url(),
+        &channels,
+        &[("0", "--bus-sub news --bus-pub news 300 --bus-wait 3"), ("*", "--bus-sub news --bus-pub weather 50")],
+    );
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    wait_until("300 news messages on host b", || (bus_received(&b, 0, u32::MAX).len() == 300).then_some(()));
+    assert_eq!(bus_received(&b, 0, u32::MAX), (0..300).collect::<Vec<_>>(), "all, once, in order");
+    wait_until("300 news messages on host a's other worker", || (bus_received(&a, 1, 0).len() == 300).then_some(()));
+    assert!(bus_received(&a, 1, u32::MAX).is_empty(), "a host never delivers its own message twice");
+    a.output.wait_contains("[w1] bus published 50");
+    let subscribed = redis.cli(&["PUBSUB", "CHANNELS", "clusterd:app:*"]);
+    assert_eq!(subscribed.split_whitespace().collect::<Vec<_>>(), ["clusterd:app:news"], "{subscribed}");
+    assert!(bus_received(&b, 1, u32::MAX).is_empty(), "weather stays on host a");
+}
+
+#[test]
+fn bad_bridge_channels_exit_2_naming_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["a#b", &"x,".repeat(65)] {
+        let (code, stderr) =
+            run_to_exit(&["--bridge", "redis://127.0.0.1:1", "--bridge-channels", bad, "--", "true"], &[], dir.path());
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains("bridge-channels"), "{stderr}");
+    }
+}
+
+/// The SDK direction of the flood test above: 320 MiB published on the Socket.IO adapter's
+/// request channel (which every chat worker subscribes to) toward a host whose worker 0 is
+/// `SIGSTOP`ped. What comes from Redis never makes the relay wait and fills at most half of a
+/// worker's queue: clusterd's peak stays bounded, the drops are counted, no worker is replaced
+/// for the garbage, and once the worker runs again the host works as before (every message to
+/// every client, counts exact).
+#[test]
+fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const FRAME: usize = 1024 * 1024;
+    const MESSAGES: usize = 320;
+    // The bus budget, the read-ahead, three workers' queues of 2 MiB (twice that in memory), the
+    // copies of the message on its way, the allocator's slack (before the fix: 322 MiB above idle).
+    const BOUND: u64 = 64 * 1024 * 1024;
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
+    let mut a = host(&redis.url(), 3, &["--bus-queue", "2097152", "--bridge-host-timeout", "10s"]);
+    wait_hosts(&mut a, 1);
+    let channel = "socket.io-request#/#";
+    wait_until("the chat workers' request channel on Redis", || {
+        redis.cli(&["PUBSUB", "CHANNELS", channel]).contains(channel).then_some(())
+    });
+    let victim = Pid::from_raw(worker_pid(&a.status().unwrap(), 0));
+    let (idle, _) = memory_of(a.pid());
+    kill(victim, Signal::SIGSTOP).unwrap();
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut connection = client.get_connection().expect("a Redis connection");
+    let payload = vec![0xc1u8; FRAME]; // not MessagePack: socketioxide's business, not clusterd's
+    for _ in 0..MESSAGES / 8 {
+        let mut pipe = redis::pipe();
+        for _ in 0..8 {
+            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+        }
+        pipe.query::<()>(&mut connection).expect("PUBLISH");
+    }
+    let bridge = wait_flood_taken(&redis, &mut a);
+    let (_, peak) = memory_of(a.pid());
+    let status = a.status().unwrap();
+    kill(victim, Signal::SIGCONT).unwrap();
+    assert!(
+        peak.saturating_sub(idle) < BOUND,
+        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
+        (peak - idle) >> 20,
+        idle >> 20,
+        BOUND >> 20
+    );
+    let counted = |name: &str| bridge[name].as_u64().unwrap();
+    assert!(counted("reconnects") > 0 || counted("received") + counted("dropped") >= MESSAGES as u64, "{bridge:#}");
+    let dropped = worker(&status, 0)["dropped"].as_u64().unwrap() + counted("dropped");
+    assert!(dropped > 0, "what the stopped worker could not take is counted: {status:#}");
+    eprintln!("flood: peak {} MiB above idle ({} MiB), {bridge}", (peak - idle) >> 20, idle >> 20);
+    let result = hosts_mjs(&[http(&a)], 3, 5);
+    assert_eq!(result["counts"], serde_json::json!([3]), "{result:#}");
+    let status = a.status().unwrap();
+    assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
 }

@@ -92,8 +92,10 @@ impl Wire {
                 if counts.len() > MAX_CHANNELS {
                     return Err(Malformed::Invalid("too many channels"));
                 }
-                if counts.iter().any(|(channel, n)| *n == 0 || !super::channels::bridged(channel)) {
-                    return Err(Malformed::Invalid("a count of 0 or a channel that is not bridged"));
+                // Whether a channel crosses hosts is each host's to say (`--bridge-channels`): a host
+                // keeps the counts of the channels it bridges itself.
+                if counts.iter().any(|(channel, n)| *n == 0 || !channel_name(channel)) {
+                    return Err(Malformed::Invalid("a count of 0 or a channel name empty or too long"));
                 }
                 let mut names: Vec<&str> = counts.iter().map(|(c, _)| c.as_str()).collect();
                 names.sort_unstable();
@@ -107,8 +109,8 @@ impl Wire {
                 if *host == 0 {
                     return Err(Malformed::Invalid("host id 0"));
                 }
-                if !super::channels::bridged(channel) {
-                    return Err(Malformed::Invalid("a request on a channel that is not bridged"));
+                if !channel_name(channel) {
+                    return Err(Malformed::Invalid("a request on a channel name empty or too long"));
                 }
             }
             Self::Node { host, mode, frame } => {
@@ -130,6 +132,10 @@ impl Wire {
         }
         Ok(())
     }
+}
+
+fn channel_name(channel: &str) -> bool {
+    !channel.is_empty() && channel.len() <= super::channels::MAX_CHANNEL_NAME
 }
 
 #[cfg(test)]
@@ -169,8 +175,8 @@ mod tests {
         assert!(matches!(Wire::decode(&Wire::Leave { host: 0 }.encode()), Err(Malformed::Invalid(_))));
         let bad_count = Wire::Heartbeat { host: 1, counts: vec![("socket.io-request#/#".into(), 0)], shadowed: false };
         assert!(matches!(Wire::decode(&bad_count.encode()), Err(Malformed::Invalid(_))));
-        let not_bridged = Wire::Heartbeat { host: 1, counts: vec![("news".into(), 1)], shadowed: false };
-        assert!(matches!(Wire::decode(&not_bridged.encode()), Err(Malformed::Invalid(_))));
+        let unnamed = Wire::Heartbeat { host: 1, counts: vec![(String::new(), 1)], shadowed: false };
+        assert!(matches!(Wire::decode(&unnamed.encode()), Err(Malformed::Invalid(_))));
         let twice = Wire::Heartbeat {
             host: 1,
             counts: vec![("socket.io-request#/#".into(), 1), ("socket.io-request#/#".into(), 1)],

@@ -16,16 +16,17 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
 
 use super::codec::{HostId, Wire};
 use super::hosts::{Change, Hosts};
+use super::inbox::{Inbox, MAX_READ_AHEAD};
 use super::options::BridgeConfig;
 use super::queue::Out;
 use super::{Shared, State, channels};
-use crate::relay::{BridgeInput, Input, REMOTE};
+use crate::bus_memory::{BusMemory, Charge};
+use crate::relay::{BridgeInput, Input, MAX_HELD_ANSWERS, REMOTE};
 
 /// The first wait before connecting again; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -50,22 +51,32 @@ const MAX_ECHOES: usize = 64 * 1024;
 const MAX_HOSTS: usize = 1024;
 /// The most requests of other hosts being answered here at once.
 const MAX_INBOUND: usize = 64 * 1024;
-/// How long a message from Redis may wait for room in the relay's input before it is dropped.
-/// After one such wait ran out, messages that find no room are dropped at once until one finds
-/// room again: the connection task keeps draining redis-rs's read-ahead (which it cannot bound),
-/// so that holds at most what Redis sends in this long.
+/// How long a message from Redis may wait for its share of the bus budget, and then for room in
+/// its relay's input, before it is dropped. After one such wait ran out, messages that find no
+/// room are dropped at once until one finds room again, so the connection task keeps taking from
+/// the read-ahead ([`Inbox`], bounded in bytes; what overflows it is dropped there).
 const INCOMING_WAIT: Duration = Duration::from_millis(500);
+/// Room kept for the start of a bus frame (its channel, the sender, lengths) beside a message's
+/// payload: a message from Redis that would not fit a bus frame with it is refused.
+const FRAME_SLACK: usize = 64;
 /// At most one log line about malformed messages in this long.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Builds the Redis client: with `--bridge-ca`, a `rediss://` client that trusts that CA (and only
 /// it); otherwise the system's roots for `rediss://`.
 ///
+/// RESP3 (Redis 6 or later): pub/sub messages arrive as pushes handed to [`Inbox`], which bounds
+/// in bytes what waits for the connection task (redis-rs's RESP2 pub/sub queues without bound).
+///
 /// TCP_NODELAY: Nagle's algorithm would hold back a PUBLISH sent while an earlier write (a
 /// heartbeat, a PING) is not acknowledged yet.
 pub fn client(config: &BridgeConfig) -> Result<redis::Client, redis::RedisError> {
     let info = redis::IntoConnectionInfo::into_connection_info(config.url.secret())?
         .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    let info = {
+        let resp3 = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+        info.set_redis_settings(resp3)
+    };
     match &config.ca {
         Some(ca) => {
             let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
@@ -90,23 +101,18 @@ struct Ask {
     answers: Vec<(u32, Vec<u8>)>,
     missing: Vec<u32>,
     until: Instant,
+    /// Bytes of `answers`.
+    held: usize,
     /// Plain socketioxide-redis servers were asked too: their answers cannot be tracked, so the
     /// ask is never completed early (socketioxide's own count of answers ends it).
     foreign: bool,
 }
 
 /// One more subscription of the request channels, so that `PUBSUB NUMSUB` counts every worker of
-/// this host (see `Task::count_foreign`). What it receives is read and dropped.
+/// this host (see `Task::count_foreign`). What it receives is dropped as redis-rs reads it.
 struct Shadow {
-    control: PubSubSink,
+    connection: MultiplexedConnection,
     subscribed: BTreeSet<String>,
-    drain: tokio::task::AbortHandle,
-}
-
-impl Drop for Shadow {
-    fn drop(&mut self) {
-        self.drain.abort();
-    }
 }
 
 /// Why a connection ended.
@@ -118,8 +124,9 @@ enum End {
 /// The live connections.
 struct Live {
     publisher: MultiplexedConnection,
-    control: PubSubSink,
-    messages: PubSubStream,
+    /// Subscribed (RESP3): what Redis sends it waits in `inbox`, bounded in bytes.
+    subscriber: MultiplexedConnection,
+    inbox: Arc<Inbox>,
     /// Bridged channels subscribed on Redis.
     subscribed: BTreeSet<String>,
     /// Per channel: the hashes of this host's messages whose echo has not come back yet.
@@ -141,6 +148,8 @@ pub(super) struct Task {
     channels: OwnChannels,
     hosts: Hosts,
     asks: HashMap<u64, Ask>,
+    /// Bytes of the answers the asks hold, all together (at most [`MAX_HELD_ANSWERS`]).
+    held_answers: usize,
     /// Other hosts' requests being answered here: the relay's id for it → (host, its id, until).
     inbound: HashMap<u64, (HostId, u64, Instant)>,
     next_inbound: u64,
@@ -155,9 +164,19 @@ pub(super) struct Task {
     foreign_sample: HashMap<String, u32>,
     malformed_logged: Option<Instant>,
     malformed_unlogged: u64,
-    /// A message from Redis waited [`INCOMING_WAIT`] for the relay in vain, and none found room
-    /// since: the next ones that find none are dropped without waiting.
-    relay_congested: bool,
+    /// What comes from Redis is charged to the bus budget before a relay gets it.
+    memory: Arc<BusMemory>,
+    /// A message from Redis waited [`INCOMING_WAIT`] in vain (for the bus budget, for the relay,
+    /// for the Node relay), and none found room since: the next ones that find none are dropped
+    /// without waiting.
+    congested: Congested,
+}
+
+#[derive(Default)]
+struct Congested {
+    budget: bool,
+    relay: bool,
+    node: bool,
 }
 
 struct OwnChannels {
@@ -173,6 +192,7 @@ impl Task {
         client: redis::Client,
         shared: Arc<Shared>,
         relay: mpsc::Sender<Input>,
+        memory: Arc<BusMemory>,
         handle: &super::Handle,
     ) -> Self {
         let me = host_id();
@@ -194,6 +214,7 @@ impl Task {
             channels,
             hosts: Hosts::default(),
             asks: HashMap::new(),
+            held_answers: 0,
             inbound: HashMap::new(),
             next_inbound: 1,
             remote: HashMap::new(),
@@ -203,7 +224,8 @@ impl Task {
             foreign_sample: HashMap::new(),
             malformed_logged: None,
             malformed_unlogged: 0,
-            relay_congested: false,
+            memory,
+            congested: Congested::default(),
         }
     }
 
@@ -269,13 +291,25 @@ impl Task {
             .set_connection_timeout(Some(self.deadline()))
             .set_response_timeout(Some(self.deadline()));
         let publisher = self.client.get_multiplexed_async_connection_with_config(&settings).await?;
-        let (mut control, messages) = self.client.get_async_pubsub().await?.split();
+        let inbox = Arc::new(Inbox::new(MAX_READ_AHEAD, Arc::clone(&self.shared.stats)));
+        let pushes = {
+            let inbox = Arc::clone(&inbox);
+            move |info: redis::PushInfo| {
+                inbox.push(info);
+                Ok::<(), std::convert::Infallible>(())
+            }
+        };
+        // No response timeout of redis-rs's own here: every operation on it has a deadline of the
+        // bridge's, and a PING's late answer may be no failure (see `periodic`).
+        let subscribing =
+            redis::AsyncConnectionConfig::new().set_connection_timeout(Some(self.deadline())).set_push_sender(pushes);
+        let mut subscriber = self.client.get_multiplexed_async_connection_with_config(&subscribing).await?;
         let own = [&self.channels.hosts, &self.channels.requests, &self.channels.mine, &self.channels.node];
-        control.subscribe(&own).await?;
+        subscriber.subscribe(&own).await?;
         let mut live = Live {
             publisher,
-            control,
-            messages,
+            subscriber,
+            inbox,
             subscribed: BTreeSet::new(),
             echoes: HashMap::new(),
             shadows: Vec::new(),
@@ -294,6 +328,7 @@ impl Task {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shared = Arc::clone(&self.shared);
         let leave = Arc::clone(&self.leave);
+        let inbox = Arc::clone(&live.inbox);
         loop {
             let result = tokio::select! {
                 () = leave.notified() => {
@@ -301,7 +336,7 @@ impl Task {
                     let _ = self.publish_now(&mut live, &self.channels.hosts.clone(), goodbye).await;
                     return End::Stop;
                 }
-                message = live.messages.next() => match message {
+                message = inbox.next() => match message {
                     Some(message) => self.incoming(&mut live, &message).await,
                     None => Err(redis::RedisError::from(std::io::Error::other("the connection closed"))),
                 },
@@ -331,22 +366,33 @@ impl Task {
     async fn periodic(&mut self, live: &mut Live) -> redis::RedisResult<()> {
         self.heartbeat(live).await?;
         let deadline = self.deadline();
-        let ping = async {
-            // A subscribed connection answers `["pong", ""]`, the other `PONG`: any answer will do.
-            live.control.ping::<redis::Value>().await?;
-            redis::cmd("PING").query_async::<redis::Value>(&mut live.publisher).await
-        };
+        let silent = || std::io::Error::other(format!("no answer to PING within {deadline:?}"));
+        // Redis answers the subscribed connection's PING after the messages it queued for it
+        // before: under a flood the answer is late, but the messages coming meanwhile show that
+        // Redis is alive (a frozen Redis sends nothing).
+        let heard = live.inbox.heard();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<redis::Value>(&mut live.subscriber);
         match tokio::time::timeout(deadline, ping).await {
             Ok(result) => {
                 result?;
             }
-            Err(_) => return Err(std::io::Error::other(format!("no answer to PING within {deadline:?}")).into()),
+            Err(_) if live.inbox.heard() != heard => {}
+            Err(_) => return Err(silent().into()),
+        }
+        let ping = command.query_async::<redis::Value>(&mut live.publisher);
+        match tokio::time::timeout(deadline, ping).await {
+            Ok(result) => {
+                result?;
+            }
+            Err(_) => return Err(silent().into()),
         }
         self.count_foreign(live).await?;
         let now = Instant::now();
         let changes = self.hosts.expire(now, self.config.host_timeout);
         self.hosts_changed(changes).await;
         self.asks.retain(|_, ask| ask.until > now);
+        self.held_answers = self.asks.values().map(|ask| ask.held).sum();
         self.inbound.retain(|_, (_, _, until)| *until > now);
         Ok(())
     }
@@ -366,15 +412,16 @@ impl Task {
         let add: Vec<&String> = wanted.difference(&live.subscribed).collect();
         let remove: Vec<&String> = live.subscribed.difference(&wanted).collect();
         let group = &self.config.group;
-        let add: Vec<String> = add.into_iter().map(|c| channels::redis_name(group, c)).collect();
-        let remove: Vec<String> = remove.into_iter().map(|c| channels::redis_name(group, c)).collect();
+        let add: Vec<String> = add.into_iter().map(|c| channels::redis_name(group, &self.config.app, c)).collect();
+        let remove: Vec<String> =
+            remove.into_iter().map(|c| channels::redis_name(group, &self.config.app, c)).collect();
         let deadline = self.deadline();
         let change = async {
             if !add.is_empty() {
-                live.control.subscribe(&add).await?;
+                live.subscriber.subscribe(&add).await?;
             }
             if !remove.is_empty() {
-                live.control.unsubscribe(&remove).await?;
+                live.subscriber.unsubscribe(&remove).await?;
             }
             Ok::<_, redis::RedisError>(())
         };
@@ -393,15 +440,18 @@ impl Task {
     /// yet). Once there are such servers, this host shadows its request channels so that they
     /// count each of its workers too, and its asks on those channels are not completed early.
     async fn count_foreign(&mut self, live: &mut Live) -> redis::RedisResult<()> {
-        let channels: Vec<(String, u32)> =
-            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        let channels: Vec<(String, u32)> = self
+            .local_counts()
+            .into_iter()
+            .filter(|(c, _)| channels::adapter(c) && !channels::single_server(c))
+            .collect();
         if channels.is_empty() {
             return Ok(());
         }
         let mut numsub = redis::cmd("PUBSUB");
         numsub.arg("NUMSUB");
         for (channel, _) in &channels {
-            numsub.arg(channels::redis_name(&self.config.group, channel));
+            numsub.arg(channels::redis_name(&self.config.group, &self.config.app, channel));
         }
         let query = numsub.query_async::<Vec<(String, u32)>>(&mut live.publisher);
         let counted = match tokio::time::timeout(self.deadline(), query).await {
@@ -441,34 +491,45 @@ impl Task {
         if !self.shadowed {
             return Ok(());
         }
-        let counts: Vec<(String, u32)> =
-            self.local_counts().into_iter().filter(|(c, _)| !channels::single_server(c)).collect();
+        let counts: Vec<(String, u32)> = self
+            .local_counts()
+            .into_iter()
+            .filter(|(c, _)| channels::adapter(c) && !channels::single_server(c))
+            .collect();
         let needed = counts.iter().map(|(_, n)| n.saturating_sub(1) as usize).max().unwrap_or(0);
         live.shadows.truncate(needed);
         let deadline = self.deadline();
         while live.shadows.len() < needed {
-            let pubsub = match tokio::time::timeout(deadline, self.client.get_async_pubsub()).await {
+            let settings = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(deadline))
+                .set_response_timeout(Some(deadline))
+                .set_push_sender(|_: redis::PushInfo| Ok::<(), std::convert::Infallible>(()));
+            let connection = match tokio::time::timeout(
+                deadline,
+                self.client.get_multiplexed_async_connection_with_config(&settings),
+            )
+            .await
+            {
                 Ok(result) => result?,
                 Err(_) => return Err(std::io::Error::other("no answer in time (shadow connection)").into()),
             };
-            let (control, mut messages) = pubsub.split();
-            let drain = tokio::spawn(async move { while messages.next().await.is_some() {} }).abort_handle();
-            live.shadows.push(Shadow { control, subscribed: BTreeSet::new(), drain });
+            live.shadows.push(Shadow { connection, subscribed: BTreeSet::new() });
         }
         let group = self.config.group.clone();
+        let app = self.config.app.clone();
         for (i, shadow) in live.shadows.iter_mut().enumerate() {
             let wanted: BTreeSet<String> =
                 counts.iter().filter(|(_, n)| *n as usize > i + 1).map(|(c, _)| c.clone()).collect();
             let add: Vec<String> =
-                wanted.difference(&shadow.subscribed).map(|c| channels::redis_name(&group, c)).collect();
+                wanted.difference(&shadow.subscribed).map(|c| channels::redis_name(&group, &app, c)).collect();
             let remove: Vec<String> =
-                shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, c)).collect();
+                shadow.subscribed.difference(&wanted).map(|c| channels::redis_name(&group, &app, c)).collect();
             let change = async {
                 if !add.is_empty() {
-                    shadow.control.subscribe(&add).await?;
+                    shadow.connection.subscribe(&add).await?;
                 }
                 if !remove.is_empty() {
-                    shadow.control.unsubscribe(&remove).await?;
+                    shadow.connection.unsubscribe(&remove).await?;
                 }
                 Ok::<_, redis::RedisError>(())
             };
@@ -524,7 +585,7 @@ impl Task {
                             echoes.push_back((hash(&payload), now));
                         }
                         pipe.cmd("PUBLISH")
-                            .arg(channels::redis_name(&self.config.group, &channel))
+                            .arg(channels::redis_name(&self.config.group, &self.config.app, &channel))
                             .arg(&payload[..])
                             .ignore();
                         published += 1;
@@ -542,7 +603,7 @@ impl Task {
                         }
                         let until = now + Duration::from_millis(u64::from(timeout_ms)) + Duration::from_secs(1);
                         let empty = waiting.is_empty();
-                        let ask = Ask { waiting, answers: Vec::new(), missing: Vec::new(), until, foreign };
+                        let ask = Ask { waiting, answers: Vec::new(), missing: Vec::new(), until, held: 0, foreign };
                         self.asks.insert(id, ask);
                         if empty {
                             continue;
@@ -554,6 +615,12 @@ impl Task {
                     Out::Node { mode, frame } => {
                         let wire = Wire::Node { host: self.me, mode, frame: frame.to_vec() };
                         pipe.cmd("PUBLISH").arg(&self.channels.node).arg(wire.encode()).ignore();
+                        published += 1;
+                    }
+                    Out::NodeTo { host, mode, frame } => {
+                        // On the host's own channel, which it reads like the Node channel.
+                        let wire = Wire::Node { host: self.me, mode, frame: frame.to_vec() };
+                        pipe.cmd("PUBLISH").arg(channels::host(&self.config.group, host)).arg(wire.encode()).ignore();
                         published += 1;
                     }
                     Out::Answers { id, answers, missing } => {
@@ -605,7 +672,7 @@ impl Task {
             }
             return Ok(());
         }
-        let Some(channel) = channels::bus_name(&self.config.group, channel) else { return Ok(()) };
+        let Some(channel) = channels::bus_name(&self.config.group, &self.config.app, channel) else { return Ok(()) };
         if !live.subscribed.contains(channel) {
             return Ok(());
         }
@@ -622,33 +689,17 @@ impl Task {
             }
         }
         self.shared.stats.received.fetch_add(1, Ordering::Relaxed);
-        let input = BridgeInput::Message { channel: channel.to_owned(), payload: Bytes::copy_from_slice(payload) };
-        // The Redis client reads ahead into a queue of its own: a relay that takes no message for
-        // INCOMING_WAIT costs its message, then (while it stays full) every message at once, not
-        // unbounded memory. Most messages find room at once: no timer is armed for them.
-        let permit = match self.relay.try_reserve() {
-            Ok(permit) => {
-                self.relay_congested = false;
-                Some(permit)
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => None,
-            Err(mpsc::error::TrySendError::Full(())) if self.relay_congested => {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                match tokio::time::timeout(INCOMING_WAIT, self.relay.reserve()).await {
-                    Ok(permit) => permit.ok(),
-                    Err(_) => {
-                        self.relay_congested = true;
-                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
-                }
-            }
-        };
-        if let Some(permit) = permit {
-            permit.send(Input::Bridge(input));
+        // A message that no bus frame can carry would break the workers' bus: garbage.
+        if channel.len() + payload.len() + FRAME_SLACK > clusterd_worker::bus_protocol::MAX_BUS_FRAME {
+            self.malformed(channel, &super::codec::Malformed::TooLarge(payload.len()));
+            return Ok(());
+        }
+        let channel = channel.to_owned();
+        let payload = Bytes::copy_from_slice(payload);
+        let bytes = channel.len() + payload.len();
+        let make = |charge| Input::Bridge(BridgeInput::Message { channel, payload, charge });
+        if !admit(&self.memory, &mut self.congested.budget, &self.relay, &mut self.congested.relay, bytes, make).await {
+            self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -665,12 +716,14 @@ impl Task {
                 self.malformed("requests", &super::codec::Malformed::Invalid("more requests waiting than the limit"));
             }
             Wire::Hello { host, counts, shadowed } if host != self.me => {
+                let counts = self.bridged_only(counts);
                 let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;
                 // The newcomer learns of this host at once.
                 self.heartbeat(live).await?;
             }
             Wire::Heartbeat { host, counts, shadowed } if host != self.me => {
+                let counts = self.bridged_only(counts);
                 let change = self.hosts.heard(host, counts, shadowed, Instant::now());
                 self.hosts_changed(change.into_iter().collect()).await;
             }
@@ -683,8 +736,17 @@ impl Task {
                 let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
                 self.inbound.insert(local, (host, id, Instant::now() + timeout + Duration::from_secs(1)));
                 if super::lock(&self.shared.local).contains_key(&channel) {
-                    let input = BridgeInput::Request { id: local, channel, payload, timeout };
-                    let _ = self.relay.send(Input::Bridge(input)).await;
+                    let bytes = channel.len() + payload.len();
+                    let make =
+                        |charge| Input::Bridge(BridgeInput::Request { id: local, channel, payload, timeout, charge });
+                    let relay = &self.relay;
+                    if !admit(&self.memory, &mut self.congested.budget, relay, &mut self.congested.relay, bytes, make)
+                        .await
+                    {
+                        // Its asker waits for its deadline, as for any request lost on the way.
+                        self.inbound.remove(&local);
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 } else {
                     // Nobody here listens (any more): answer at once, so the asker does not wait.
                     self.shared.out.push(Out::Answers { id: local, answers: Vec::new(), missing: Vec::new() });
@@ -694,14 +756,36 @@ impl Task {
                 if let Some(node) = self.node.get() {
                     let mode =
                         if mode == 0 { crate::node::frame::Mode::Advanced } else { crate::node::frame::Mode::Json };
-                    let input = crate::node::relay::BridgeInput::Frame { host, mode, frame };
-                    let _ = node.send(crate::node::relay::Input::Bridge(input)).await;
+                    let bytes = frame.len();
+                    let make = |charge| {
+                        crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::Frame {
+                            host,
+                            mode,
+                            frame,
+                            charge,
+                        })
+                    };
+                    if !admit(&self.memory, &mut self.congested.budget, node, &mut self.congested.node, bytes, make)
+                        .await
+                    {
+                        self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             Wire::Answers { host, id, answers, missing } => {
                 let Some(ask) = self.asks.get_mut(&id) else { return Ok(()) };
                 if ask.waiting.remove(&host).is_some() {
-                    ask.answers.extend(answers);
+                    // Held within the relay's bound for answers being gathered, all asks together
+                    // (anyone who can PUBLISH can answer); beyond it, an answer counts as missing.
+                    for (from, answer) in answers {
+                        if self.held_answers + answer.len() <= MAX_HELD_ANSWERS {
+                            self.held_answers += answer.len();
+                            ask.held += answer.len();
+                            ask.answers.push((from, answer));
+                        } else {
+                            ask.missing.push(from);
+                        }
+                    }
                     ask.missing.extend(missing);
                 }
                 if ask.waiting.is_empty() && !ask.foreign {
@@ -713,6 +797,13 @@ impl Task {
         Ok(())
     }
 
+    /// The counts of the channels this host bridges too: another host may name more of an
+    /// application's channels (`--bridge-channels`); their traffic does not cross here.
+    fn bridged_only(&self, mut counts: Vec<(String, u32)>) -> Vec<(String, u32)> {
+        counts.retain(|(channel, _)| channels::bridged(&self.config.app, channel));
+        counts
+    }
+
     fn inbound_id(&mut self) -> u64 {
         let id = self.next_inbound;
         self.next_inbound += 1;
@@ -722,6 +813,7 @@ impl Task {
     /// Hands a finished ask's answers to the relay.
     async fn complete(&mut self, id: u64) {
         if let Some(ask) = self.asks.remove(&id) {
+            self.held_answers -= ask.held;
             let input = BridgeInput::Answers { request: id, answers: ask.answers, missing: ask.missing };
             let _ = self.relay.send(Input::Bridge(input)).await;
         }
@@ -737,8 +829,9 @@ impl Task {
                     tracing::warn!(host = %format!("{host:016x}"), "bridge: a host timed out; counted out");
                 }
             }
-            if let (Change::Joined(_), Some(node)) = (change, self.node.get()) {
-                let _ = node.send(crate::node::relay::Input::Bridge(crate::node::relay::BridgeInput::HostJoined)).await;
+            if let (Change::Joined(host), Some(node)) = (change, self.node.get()) {
+                let joined = crate::node::relay::BridgeInput::HostJoined { host: *host };
+                let _ = node.send(crate::node::relay::Input::Bridge(joined)).await;
             }
             let (Change::Left(host) | Change::TimedOut(host)) = change else { continue };
             if let Some(node) = self.node.get() {
@@ -821,6 +914,48 @@ impl Task {
         );
         self.malformed_logged = Some(now);
         self.malformed_unlogged = 0;
+    }
+}
+
+/// Hands a message from Redis to a relay, charged to the bus budget first, as a worker's frame is:
+/// what comes from other hosts (or from anyone who can `PUBLISH`) shares the bounded memory of
+/// local traffic, and never waits more than [`INCOMING_WAIT`] for the budget, then as long for
+/// room in the relay's input (nothing while that kind of wait is known to be in vain). `false`:
+/// dropped (the caller counts it).
+async fn admit<T>(
+    memory: &BusMemory,
+    budget_congested: &mut bool,
+    relay: &mpsc::Sender<T>,
+    relay_congested: &mut bool,
+    bytes: usize,
+    make: impl FnOnce(Charge) -> T,
+) -> bool {
+    let charge = match memory.try_acquire(bytes) {
+        Some(charge) => Some(charge),
+        None if *budget_congested => None,
+        None => tokio::time::timeout(INCOMING_WAIT, memory.queue(bytes)).await.ok(),
+    };
+    *budget_congested = charge.is_none();
+    let Some(charge) = charge else { return false };
+    // Most messages find room at once: no timer is armed for them.
+    let permit = match relay.try_reserve() {
+        Ok(permit) => Some(permit),
+        Err(mpsc::error::TrySendError::Closed(())) => None,
+        Err(mpsc::error::TrySendError::Full(())) if *relay_congested => None,
+        Err(mpsc::error::TrySendError::Full(())) => {
+            tokio::time::timeout(INCOMING_WAIT, relay.reserve()).await.ok().and_then(Result::ok)
+        }
+    };
+    *relay_congested = permit.is_none();
+    match permit {
+        Some(permit) => {
+            permit.send(make(charge));
+            true
+        }
+        None => {
+            memory.release(charge);
+            false
+        }
     }
 }
 

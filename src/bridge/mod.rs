@@ -18,6 +18,10 @@
 //! A host opens two Redis connections, whatever its number of workers: one subscribed to the
 //! bridged channels its workers subscribe to and to the group's own channels, one to publish.
 //!
+//! What comes from Redis is bounded in bytes all the way: the subscribed connection speaks RESP3
+//! and its messages wait in [`inbox::Inbox`] (16 MiB), each is charged to the bus budget
+//! (`bus_memory.rs`) before a relay gets it, and it fills at most half of a worker's queue.
+//!
 //! Exact counts: every host announces, with each heartbeat and at once when they change, how many
 //! of its live workers subscribe to each bridged channel. A host is out of every count when it
 //! says goodbye, when it is not heard of for `--bridge-host-timeout`, and, for this host, as soon
@@ -27,6 +31,7 @@ pub mod channels;
 pub mod codec;
 pub mod conn;
 pub mod hosts;
+pub mod inbox;
 pub mod options;
 pub mod queue;
 pub mod status;
@@ -140,13 +145,15 @@ struct Shared {
     local: Mutex<std::collections::BTreeMap<String, u32>>,
     /// Woken when `local` changed.
     local_changed: tokio::sync::Notify,
+    /// The application's channels that cross hosts (`--bridge-channels`).
+    app: channels::AppChannels,
 }
 
 impl Sink {
     /// A local worker published on `channel`; `local` tells whether a worker of this host
     /// subscribes to it (asked only for a channel that crosses hosts).
     pub fn publish(&self, channel: &str, payload: &Bytes, local: impl FnOnce() -> bool) {
-        if !channels::bridged(channel) || (channels::single_server(channel) && local()) {
+        if !channels::bridged(&self.shared.app, channel) || (channels::single_server(channel) && local()) {
             return;
         }
         self.push(Out::Publish { channel: channel.to_owned(), payload: payload.clone() });
@@ -154,7 +161,7 @@ impl Sink {
 
     /// The number of local subscribers of `channel` changed.
     pub fn subscribers(&self, channel: &str, count: usize) {
-        if !channels::bridged(channel) {
+        if !channels::bridged(&self.shared.app, channel) {
             return;
         }
         let count = u32::try_from(count).unwrap_or(u32::MAX);
@@ -182,16 +189,23 @@ impl Sink {
 
     /// A local Node worker's cluster-adapter message, for the Node workers of the other hosts.
     pub fn node(&self, mode: crate::node::frame::Mode, frame: &Bytes) {
-        let mode = match mode {
-            crate::node::frame::Mode::Advanced => 0,
-            crate::node::frame::Mode::Json => 1,
-        };
-        self.push(Out::Node { mode, frame: frame.clone() });
+        self.push(Out::Node { mode: mode_byte(mode), frame: frame.clone() });
+    }
+
+    /// The same, for the Node workers of one other host only.
+    pub fn node_to(&self, host: u64, mode: crate::node::frame::Mode, frame: &Bytes) {
+        self.push(Out::NodeTo { host, mode: mode_byte(mode), frame: frame.clone() });
     }
 
     /// The local answers to another host's request.
     pub fn answers(&self, id: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32>) {
         self.push(Out::Answers { id, answers, missing });
+    }
+
+    /// A message from another host that failed a relay's stricter check (a Node frame that is not
+    /// a cluster-adapter message): counted with the malformed ones.
+    pub fn malformed(&self) {
+        self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
     }
 
     fn push(&self, item: Out) {
@@ -207,15 +221,26 @@ impl Sink {
     }
 }
 
+/// How a Node frame's serialization is named on the wire (`codec::Wire::Node`).
+fn mode_byte(mode: crate::node::frame::Mode) -> u8 {
+    match mode {
+        crate::node::frame::Mode::Advanced => 0,
+        crate::node::frame::Mode::Json => 1,
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Starts the bridge: it attaches itself to the relay and connects (and keeps reconnecting) in
 /// the background; clusterd serves locally whatever Redis does.
+/// What comes from Redis is charged to `memory`, the bus budget of local traffic, before it is
+/// handed to a relay.
 pub fn start(
     config: options::BridgeConfig,
     relay: tokio::sync::mpsc::Sender<crate::relay::Input>,
+    memory: Arc<crate::bus_memory::BusMemory>,
 ) -> Result<Handle, redis::RedisError> {
     let stats = Arc::new(Stats::new());
     let shared = Arc::new(Shared {
@@ -224,6 +249,7 @@ pub fn start(
         connected: AtomicBool::new(false),
         local: Mutex::default(),
         local_changed: tokio::sync::Notify::new(),
+        app: config.app.clone(),
     });
     let sink = Sink { shared: Arc::clone(&shared) };
     let handle = Handle {
@@ -236,7 +262,7 @@ pub fn start(
         node: Arc::default(),
     };
     let client = conn::client(&config)?;
-    let task = conn::Task::new(config, client, shared, relay, &handle);
+    let task = conn::Task::new(config, client, shared, relay, memory, &handle);
     tokio::spawn(async move {
         // The relay learns of the bridge before anything can come from Redis.
         if task.relay.send(crate::relay::Input::Bridge(crate::relay::BridgeInput::Attach(sink))).await.is_ok() {

@@ -32,6 +32,8 @@ pub struct BridgeConfig {
     pub queue: usize,
     /// A host not heard of for this long is out of every count.
     pub host_timeout: Duration,
+    /// The application's own bus channels that cross hosts (`--bridge-channels`).
+    pub app: super::channels::AppChannels,
 }
 
 /// Where the bridge connects: `redis://`, `rediss://` (TLS) or `redis+unix://`.

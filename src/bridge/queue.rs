@@ -21,6 +21,8 @@ pub enum Out {
     Answers { id: u64, answers: Vec<(u32, Vec<u8>)>, missing: Vec<u32> },
     /// A Node worker's cluster-adapter message, framed in `mode` (`--protocol node`).
     Node { mode: u8, frame: Bytes },
+    /// The same, for one host only (an answer to its request, a greeting when it joined).
+    NodeTo { host: u64, mode: u8, frame: Bytes },
 }
 
 impl Out {
@@ -32,7 +34,7 @@ impl Out {
                 Self::Answers { answers, missing, .. } => {
                     answers.iter().map(|(_, a)| a.len() + 8).sum::<usize>() + missing.len() * 4
                 }
-                Self::Node { frame, .. } => frame.len(),
+                Self::Node { frame, .. } | Self::NodeTo { frame, .. } => frame.len(),
             }
     }
 }

@@ -196,12 +196,12 @@ impl Families {
         counter("clusterd_bridge_received_total", "Messages received from the other hosts through Redis.", b.received);
         counter(
             "clusterd_bridge_dropped_total",
-            "Cross-host messages dropped: the bridge's queue overflowed, or Redis was down.",
+            "Cross-host messages dropped: the bridge's queue overflowed, Redis was down, or a message from Redis found no room in the bus budget or a relay in time.",
             b.dropped,
         );
         counter(
             "clusterd_bridge_malformed_total",
-            "Messages on clusterd's own Redis channels that did not parse.",
+            "Messages from Redis that did not parse (clusterd's own channels, Node frames), or too large for a bus frame.",
             b.malformed,
         );
         counter(

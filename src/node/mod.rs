@@ -5,8 +5,10 @@
 //! - `link`: one worker's channel (what it says, connections, drains);
 //! - `writer`: the channel's writing half (written from the worker's task, without waiting;
 //!   handles in flight until acknowledged);
-//! - `relay`: the cluster adapter's messages between workers.
+//! - `relay`: the cluster adapter's messages between workers;
+//! - `aliases`: the 0.2.x adapter's worker ids across hosts.
 
+pub mod aliases;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod frame;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]

@@ -13,6 +13,10 @@
 //!   the survivors on 0.2.x as `WORKER_EXIT` (type 3) with its id. Type 13 means something else
 //!   there (`BROADCAST_ACK`) and is never sent to them.
 //!
+//! Across hosts (`--bridge`), both dialects travel on the group's Node channel: 0.3.x as it is,
+//! 0.2.x with the other hosts' worker ids made unique here (`aliases.rs`), its answers sent to
+//! the asking host only. What comes from another host fills at most half of a worker's queue.
+//!
 //! A worker that has not said anything yet (it is starting) has an unknown dialect: the notices
 //! for a worker that leaves meanwhile wait until it speaks, and it gets those of its dialect. It
 //! may already hold messages of the one that left (a rolling reload starts each new worker while
@@ -27,10 +31,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::aliases::{Aliases, RemoteRequests};
 use super::frame::{Frame, Mode};
 use super::value::Value;
 use super::writer::Out;
@@ -41,21 +47,26 @@ const SOURCE: &str = "_sio_adapter";
 /// Notices kept for a worker that has not spoken yet; beyond that its adapter's own heartbeat
 /// timeout (0.3.x) has to do.
 const MAX_DEFERRED: usize = 1024;
+/// Messages from other hosts may fill a worker's queue up to `--bus-queue` / this much.
+const REMOTE_SHARE: usize = 2;
 
-/// What the bridge to other hosts (`crate::bridge`) tells the relay. Across hosts only the 0.3.x
-/// dialect travels (its messages name their adapter by `uid`; 0.2.x's worker ids are only unique
-/// on one host).
+/// What the bridge to other hosts (`crate::bridge`) tells the relay. Both dialects travel: 0.3.x's
+/// messages name their adapter by `uid`, and 0.2.x's worker ids are made unique for the local
+/// workers as they come in (`aliases.rs`).
 pub enum BridgeInput {
-    /// The bridge joins: from now on it gets the 0.3.x messages of the local workers.
+    /// The bridge joins: from now on it gets the adapter messages of the local workers.
     Attach(crate::bridge::Sink),
-    /// A message of a worker of another host, framed in that host's serialization.
-    Frame { host: u64, mode: Mode, frame: Vec<u8> },
-    /// A host is gone: the survivors here learn that its adapters are closed.
+    /// A message of a worker of another host, framed in that host's serialization, with its
+    /// charge to the bus budget (given back once it is queued or dropped).
+    Frame { host: u64, mode: Mode, frame: Vec<u8>, charge: Charge },
+    /// A host is gone: the survivors here learn that its adapters are closed (0.3.x) and that its
+    /// workers exited (0.2.x).
     HostGone { host: u64 },
-    /// A host joined: the local adapters announce themselves to it at once (an `INITIAL_HEARTBEAT`
-    /// from the adapter's "emitter", which no adapter counts as a server, makes each one publish
-    /// a `HEARTBEAT`), instead of after their heartbeat interval.
-    HostJoined,
+    /// A host joined: the local adapters announce themselves to it at once (0.3.x: an
+    /// `INITIAL_HEARTBEAT` from the adapter's "emitter", which no adapter counts as a server,
+    /// makes each one publish a `HEARTBEAT`; 0.2.x: clusterd sends it each local worker's
+    /// `WORKER_PING`), instead of after their heartbeat interval, or never (0.2.x).
+    HostJoined { host: u64 },
 }
 
 pub enum Input {
@@ -95,6 +106,8 @@ struct Member {
     version: Option<Version>,
     /// The adapter instances (uid, namespace) of this worker (0.3.x).
     adapters: BTreeSet<(String, String)>,
+    /// The namespaces this worker's adapters spoke in (0.2.x).
+    namespaces: BTreeSet<String>,
     /// Departure notices that came while this worker's dialect was unknown.
     deferred: Vec<(Version, Bytes)>,
 }
@@ -106,6 +119,11 @@ struct Relay {
     /// The bridge to other hosts, and the adapters (uid, namespace) seen from each of them.
     bridge: Option<crate::bridge::Sink>,
     remote: BTreeMap<u64, BTreeSet<(String, String)>>,
+    /// 0.2.x across hosts: the other hosts' workers as the local ones know them, and the other
+    /// hosts' requests that local workers answer.
+    aliases: Aliases,
+    remote_requests: RemoteRequests,
+    memory: Arc<BusMemory>,
 }
 
 pub fn start(
@@ -116,7 +134,16 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel(4096);
     let mode = Mode::from(serialization);
     tokio::spawn(async move {
-        let mut relay = Relay { members: BTreeMap::new(), budget, mode, bridge: None, remote: BTreeMap::new() };
+        let mut relay = Relay {
+            members: BTreeMap::new(),
+            budget,
+            mode,
+            bridge: None,
+            remote: BTreeMap::new(),
+            aliases: Aliases::default(),
+            remote_requests: RemoteRequests::default(),
+            memory: Arc::clone(&memory),
+        };
         while let Some(input) = rx.recv().await {
             match input {
                 Input::Join { key, worker_id, out, queued, dropped } => {
@@ -128,6 +155,7 @@ pub fn start(
                         stuck: false,
                         version: None,
                         adapters: BTreeSet::new(),
+                        namespaces: BTreeSet::new(),
                         deferred: Vec::new(),
                     };
                     relay.members.insert(key, member);
@@ -147,8 +175,9 @@ pub fn start(
 
 impl Relay {
     async fn frame(&mut self, key: u64, frame: Frame) {
-        let fields = frame.select(&[&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"]]);
-        let Ok([kind, uid, nsp, requester, worker_id]) = fields else { return };
+        let paths: [&[&str]; 6] =
+            [&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"], &["data", "requestId"]];
+        let Ok([kind, uid, nsp, requester, worker_id, request]) = frame.select(&paths) else { return };
         let kind = kind.as_ref().and_then(Value::as_i64);
         let Some(member) = self.members.get_mut(&key) else { return };
         let version = if uid.is_some() { Version::V03 } else { Version::V02 };
@@ -156,6 +185,7 @@ impl Relay {
             None => std::mem::take(&mut member.deferred),
             Some(_) => Vec::new(),
         };
+        let mut answer_to = None;
         let targets: Vec<u64> = match uid.as_ref().and_then(Value::as_str) {
             Some(uid) => {
                 let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
@@ -174,9 +204,25 @@ impl Relay {
                 }
             }
             None => {
+                if let Some(nsp) = nsp.as_ref().and_then(Value::as_str)
+                    && member.namespaces.len() < MAX_DEFERRED
+                {
+                    member.namespaces.insert(nsp.to_owned());
+                }
+                let request = request.as_ref().and_then(Value::as_str);
                 if matches!(kind, Some(9 | 11)) {
+                    // An answer: to the asker, here or on the host whose request it answers.
+                    answer_to = request.and_then(|r| self.remote_requests.host_of(r, Instant::now()));
                     let to = worker_id.as_ref().and_then(Value::as_f64);
-                    self.members.iter().filter(|(_, m)| Some(m.worker_id as f64) == to).map(|(k, _)| *k).collect()
+                    match answer_to {
+                        Some(_) => Vec::new(),
+                        None => self
+                            .members
+                            .iter()
+                            .filter(|(_, m)| Some(m.worker_id as f64) == to)
+                            .map(|(k, _)| *k)
+                            .collect(),
+                    }
                 } else {
                     self.others(key)
                 }
@@ -185,12 +231,19 @@ impl Relay {
         for (_, notice) in deferred.into_iter().filter(|(dialect, _)| *dialect == version) {
             self.deliver(key, notice).await;
         }
-        // Other hosts get every 0.3.x message but a response whose asker is here.
-        let response = matches!(kind, Some(8 | 10));
-        let to_hosts = version == Version::V03 && (!response || targets.is_empty());
+        // Other hosts get every message but an answer: a 0.3.x one whose asker is here stays
+        // here; a 0.2.x one goes to the host whose request it answers, if not this one.
+        let to_hosts = match version {
+            Version::V03 => !matches!(kind, Some(8 | 10)) || targets.is_empty(),
+            Version::V02 => !matches!(kind, Some(9 | 11)),
+        };
         let bytes = Bytes::from(frame.into_raw());
-        if to_hosts && let Some(bridge) = &self.bridge {
-            bridge.node(self.mode, &bytes);
+        if let Some(bridge) = &self.bridge {
+            match answer_to {
+                Some(host) => bridge.node_to(host, self.mode, &bytes),
+                None if to_hosts => bridge.node(self.mode, &bytes),
+                None => {}
+            }
         }
         for target in targets {
             self.deliver(target, bytes.clone()).await;
@@ -201,42 +254,12 @@ impl Relay {
     async fn bridge(&mut self, input: BridgeInput) {
         match input {
             BridgeInput::Attach(sink) => self.bridge = Some(sink),
-            BridgeInput::Frame { host, mode, frame } => {
-                if mode != self.mode {
-                    return; // Every host of a group must use the same --serialization.
-                }
-                let mut decoder = super::frame::FrameDecoder::new(mode);
-                decoder.feed(&frame);
-                let Ok(Some(frame)) = decoder.next_frame() else { return };
-                if decoder.buffered() != 0 {
-                    return;
-                }
-                let fields = frame.select(&[&["type"], &["uid"], &["nsp"], &["requesterUid"]]);
-                let Ok([kind, uid, nsp, requester]) = fields else { return };
-                let Some(uid) = uid.as_ref().and_then(Value::as_str) else { return };
-                let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
-                let adapters = self.remote.entry(host).or_default();
-                if adapters.len() < MAX_DEFERRED {
-                    adapters.insert((uid.to_owned(), nsp.to_owned()));
-                }
-                let kind = kind.as_ref().and_then(Value::as_i64);
-                let targets: Vec<u64> = if matches!(kind, Some(8 | 10)) {
-                    let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();
-                    self.members
-                        .iter()
-                        .filter(|(_, m)| m.adapters.iter().any(|(u, _)| u == requester))
-                        .map(|(k, _)| *k)
-                        .collect()
-                } else {
-                    // Not to a 0.2.x worker: the dialects differ.
-                    self.members.iter().filter(|(_, m)| m.version != Some(Version::V02)).map(|(k, _)| *k).collect()
-                };
-                let bytes = Bytes::from(frame.into_raw());
-                for target in targets {
-                    self.deliver(target, bytes.clone()).await;
-                }
+            BridgeInput::Frame { host, mode, frame, charge } => {
+                self.remote_frame(host, mode, &frame).await;
+                self.memory.release(charge);
             }
-            BridgeInput::HostJoined => {
+            BridgeInput::HostJoined { host } => {
+                self.greet_v02(host);
                 let v03 = self.members.iter().filter(|(_, m)| m.version == Some(Version::V03));
                 let namespaces: BTreeSet<String> =
                     v03.flat_map(|(_, m)| m.adapters.iter().map(|(_, n)| n.clone())).collect();
@@ -257,6 +280,10 @@ impl Relay {
                 }
             }
             BridgeInput::HostGone { host } => {
+                self.remote_requests.host_gone(host);
+                for alias in self.aliases.host_gone(host) {
+                    self.worker_exit_v02(alias).await;
+                }
                 let Some(adapters) = self.remote.remove(&host) else { return };
                 let survivors: Vec<u64> =
                     self.members.iter().filter(|(_, m)| m.version == Some(Version::V03)).map(|(k, _)| *k).collect();
@@ -274,6 +301,165 @@ impl Relay {
                     }
                 }
             }
+        }
+    }
+
+    /// A message of a worker of another host.
+    async fn remote_frame(&mut self, host: u64, mode: Mode, frame: &[u8]) {
+        if mode != self.mode {
+            return; // Every host of a group must use the same --serialization.
+        }
+        let mut decoder = super::frame::FrameDecoder::new(mode);
+        decoder.feed(frame);
+        let frame = match decoder.next_frame() {
+            Ok(Some(frame)) if decoder.buffered() == 0 => frame,
+            _ => return self.malformed(),
+        };
+        let paths: [&[&str]; 6] =
+            [&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"], &["data", "requestId"]];
+        let Ok([kind, uid, nsp, requester, worker_id, request]) = frame.select(&paths) else { return self.malformed() };
+        let Some(uid) = uid.as_ref().and_then(Value::as_str) else {
+            let kind = kind.as_ref().and_then(Value::as_i64);
+            let nsp = nsp.as_ref().and_then(Value::as_str);
+            let worker_id = worker_id.as_ref().and_then(Value::as_f64);
+            let request = request.as_ref().and_then(Value::as_str);
+            return self.remote_v02(host, frame, kind, nsp, worker_id, request).await;
+        };
+        let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
+        let adapters = self.remote.entry(host).or_default();
+        if adapters.len() < MAX_DEFERRED {
+            adapters.insert((uid.to_owned(), nsp.to_owned()));
+        }
+        let kind = kind.as_ref().and_then(Value::as_i64);
+        let targets: Vec<u64> = if matches!(kind, Some(8 | 10)) {
+            let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();
+            self.members
+                .iter()
+                .filter(|(_, m)| m.adapters.iter().any(|(u, _)| u == requester))
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            // Not to a 0.2.x worker: the dialects differ.
+            self.members.iter().filter(|(_, m)| m.version != Some(Version::V02)).map(|(k, _)| *k).collect()
+        };
+        let bytes = Bytes::from(frame.into_raw());
+        for target in targets {
+            self.deliver_remote(target, bytes.clone()).await;
+        }
+    }
+
+    /// A 0.2.x message of a worker of another host (see `aliases.rs`).
+    async fn remote_v02(
+        &mut self,
+        host: u64,
+        frame: Frame,
+        kind: Option<i64>,
+        nsp: Option<&str>,
+        worker_id: Option<f64>,
+        request: Option<&str>,
+    ) {
+        let v02: Vec<u64> =
+            self.members.iter().filter(|(_, m)| m.version == Some(Version::V02)).map(|(k, _)| *k).collect();
+        let bytes = match kind {
+            // WORKER_INIT, WORKER_PING: the worker's id becomes its alias here.
+            Some(kind @ (1 | 2)) => {
+                let (Some(nsp), Some(id)) = (nsp, worker_id_of(&frame)) else { return self.malformed() };
+                let Some(alias) = self.aliases.alias(host, id) else { return self.malformed() };
+                let hello = Value::object([
+                    ("type", Value::from(kind)),
+                    ("data", Value::from(alias)),
+                    ("source", Value::from(SOURCE)),
+                    ("nsp", Value::from(nsp)),
+                ]);
+                let Ok(frame) = Frame::encode(self.mode, &hello) else { return };
+                Bytes::from(frame.into_raw())
+            }
+            // WORKER_EXIT
+            Some(3) => {
+                let Some(id) = worker_id_of(&frame) else { return self.malformed() };
+                if let Some(alias) = self.aliases.remove(host, id) {
+                    self.worker_exit_v02(alias).await;
+                }
+                return;
+            }
+            // An answer to a request of this host: to the asker, by its own id.
+            Some(9 | 11) => {
+                let bytes = Bytes::from(frame.into_raw());
+                let asker = self
+                    .members
+                    .iter()
+                    .find(|(_, m)| m.version == Some(Version::V02) && Some(m.worker_id as f64) == worker_id)
+                    .map(|(k, _)| *k);
+                if let Some(asker) = asker {
+                    self.deliver_remote(asker, bytes).await;
+                }
+                return;
+            }
+            Some(kind) => {
+                if matches!(kind, 8 | 10)
+                    && let Some(request) = request
+                {
+                    self.remote_requests.insert(request, host, Instant::now());
+                }
+                Bytes::from(frame.into_raw())
+            }
+            None => return self.malformed(),
+        };
+        for target in v02 {
+            self.deliver_remote(target, bytes.clone()).await;
+        }
+    }
+
+    /// Tells the local 0.2.x workers that the worker they know as `id` exited.
+    async fn worker_exit_v02(&mut self, id: u64) {
+        let exit =
+            Value::object([("source", Value::from(SOURCE)), ("type", Value::from(3)), ("data", Value::from(id))]);
+        let Ok(frame) = Frame::encode(self.mode, &exit) else { return };
+        let bytes = Bytes::from(frame.into_raw());
+        let v02: Vec<u64> =
+            self.members.iter().filter(|(_, m)| m.version == Some(Version::V02)).map(|(k, _)| *k).collect();
+        for target in v02 {
+            self.deliver(target, bytes.clone()).await;
+        }
+    }
+
+    /// Introduces the local 0.2.x workers to a host that joined: a `WORKER_PING` of each, in each
+    /// namespace it spoke in, as the worker itself would answer a `WORKER_INIT` (its adapters
+    /// announced themselves when they started, maybe before that host was there).
+    fn greet_v02(&self, host: u64) {
+        let Some(bridge) = &self.bridge else { return };
+        for member in self.members.values().filter(|m| m.version == Some(Version::V02)) {
+            for nsp in &member.namespaces {
+                let ping = Value::object([
+                    ("type", Value::from(2)),
+                    ("data", Value::from(member.worker_id)),
+                    ("source", Value::from(SOURCE)),
+                    ("nsp", Value::from(nsp.as_str())),
+                ]);
+                if let Ok(frame) = Frame::encode(self.mode, &ping) {
+                    bridge.node_to(host, self.mode, &Bytes::from(frame.into_raw()));
+                }
+            }
+        }
+    }
+
+    /// Queues a message of another host for a worker, within half of its queue: a flood from Redis
+    /// (anyone who can `PUBLISH`) never takes the room the local workers' messages need.
+    async fn deliver_remote(&mut self, key: u64, bytes: Bytes) {
+        let Some(member) = self.members.get(&key) else { return };
+        // As locally, an empty queue takes one message however large.
+        if member.queued.load(Ordering::Relaxed) + bytes.len() > (self.budget / REMOTE_SHARE).max(bytes.len()) {
+            member.dropped.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::bus_dropped();
+            return;
+        }
+        self.deliver(key, bytes).await;
+    }
+
+    /// A message from another host that is not a cluster-adapter message: counted, never relayed.
+    fn malformed(&self) {
+        if let Some(bridge) = &self.bridge {
+            bridge.malformed();
         }
     }
 
@@ -306,9 +492,10 @@ impl Relay {
                 notices.push((Version::V02, frame.into_raw().into()));
             }
         }
-        // The workers of other hosts learn it too (their adapters speak 0.3.x across hosts).
-        if let Some(bridge) = &self.bridge {
-            for (_, bytes) in notices.iter().filter(|(dialect, _)| *dialect == Version::V03) {
+        // The workers of other hosts learn it too, in the dialect the worker spoke (one that never
+        // spoke is known to no other host).
+        if let (Some(bridge), Some(version)) = (&self.bridge, dead.version) {
+            for (_, bytes) in notices.iter().filter(|(dialect, _)| *dialect == version) {
                 bridge.node(self.mode, bytes);
             }
         }
@@ -358,4 +545,12 @@ impl Relay {
             }
         }
     }
+}
+
+/// The worker id a 0.2.x `WORKER_INIT`, `WORKER_PING` or `WORKER_EXIT` carries (`data`): a whole
+/// number that Node's `cluster.worker.id` can be.
+fn worker_id_of(frame: &Frame) -> Option<u64> {
+    let [data] = frame.select(&[&["data"]]).ok()?;
+    let id = data.as_ref().and_then(Value::as_f64)?;
+    (id >= 1.0 && id < 2f64.powi(31) && id.fract() == 0.0).then_some(id as u64)
 }
