@@ -1,0 +1,79 @@
+//! Issue 13, item 4, for Node.js workers: a drain loses no request of a kept-alive connection,
+//! and the Socket.IO sessions of a draining worker end spread over half the grace.
+//!
+//! The workers are unmodified Node programs (`tests/node/workers`): clusterd's preload (see
+//! README, "Drains and kept-alive connections") gives their idle kept-alive connections back to
+//! clusterd at the drain and ends their WebSockets one by one.
+
+mod support;
+
+use nix::sys::signal::Signal;
+use support::keepalive_load::*;
+use support::*;
+
+/// `n` Node workers of `tests/node/workers/<script>` that listen themselves, all ready and
+/// listening, and the port they share.
+fn node_pool(script: &str, n: usize, extra: &[&str], env: &[(&str, &str)]) -> (Cluster, std::net::SocketAddr) {
+    let script = node_dir().join("workers").join(script);
+    let mut builder = Builder::new()
+        .args(&["--protocol", "node", "--workers", &n.to_string(), "--grace", "20s"])
+        .args(extra)
+        .program(&["node", script.to_str().unwrap()])
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap());
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let mut c = builder.start();
+    c.wait_ready(n);
+    let line = c.output.wait_contains("listening on ");
+    let port: u16 = line.rsplit(' ').next().unwrap().trim().parse().unwrap();
+    (c, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// Keep-alive clients that never retry through 5 reloads and 5 scale-downs of 3 Node workers;
+/// returns the requests served and the failures.
+fn keep_alive_through_reloads(extra: &[&str], env: &[(&str, &str)]) -> (u64, Vec<String>) {
+    let (mut c, addr) = node_pool("keepalive-worker.cjs", 3, extra, env);
+    let load = Load::start(addr, "/");
+    load.wait_served("at the start");
+    reloads_and_scale_downs(&mut c, &load);
+    let (served, failures) = load.finish();
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    (served, failures)
+}
+
+fn assert_none_failed(what: &str, served: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{what}: {} of {} requests failed through 5 reloads and 5 scale-downs, e.g. {:#?}",
+        failures.len(),
+        served + failures.len() as u64,
+        &failures[..failures.len().min(10)]
+    );
+    println!("{what}: {served} requests served through 5 reloads and 5 scale-downs, none failed");
+}
+
+/// Without the preload, the race is there: a plain `http` server under keep-alive clients loses
+/// requests at the drains (Node closes its idle kept-alive connections as its server closes,
+/// under the clients' next requests). The evidence the preload is needed, kept as a test.
+#[test]
+fn without_the_preload_a_node_http_worker_loses_kept_alive_requests_at_drains() {
+    let (served, failures) = keep_alive_through_reloads(&["--node-preload", "off"], &[]);
+    println!("without the preload: {} of {} requests failed", failures.len(), served + failures.len() as u64);
+    assert!(!failures.is_empty(), "no request failed without the preload ({served} served): the race is gone?");
+}
+
+/// A plain `http.createServer` with keep-alive (Node's default) loses no request.
+#[test]
+fn a_node_http_worker_loses_no_kept_alive_request_through_reloads_and_scale_downs() {
+    let (served, failures) = keep_alive_through_reloads(&[], &[]);
+    assert_none_failed("node http", served, &failures);
+}
+
+/// The same with an Express app.
+#[test]
+fn an_express_worker_loses_no_kept_alive_request_through_reloads_and_scale_downs() {
+    let (served, failures) = keep_alive_through_reloads(&[], &[("EXPRESS", "1")]);
+    assert_none_failed("express", served, &failures);
+}
