@@ -5,13 +5,15 @@
 //! - `link`: one worker's channel (what it says, connections, drains);
 //! - `writer`: the channel's writing half (written from the worker's task, without waiting;
 //!   handles in flight until acknowledged);
-//! - `relay`: the cluster adapter's messages between workers.
+//! - `relay`: the cluster adapter's messages between workers;
+//! - `preload`: the `--require` that gives kept-alive connections back at a drain.
 
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod frame;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod json;
 pub mod link;
+pub mod preload;
 pub mod relay;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod v8;
