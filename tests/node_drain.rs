@@ -38,6 +38,9 @@ fn keep_alive_through_reloads(extra: &[&str], env: &[(&str, &str)]) -> (u64, Vec
     load.wait_served("at the start");
     reloads_and_scale_downs(&mut c, &load);
     let (served, failures) = load.finish();
+    if !failures.is_empty() {
+        println!("clusterd's log:\n{}", c.stderr_dump());
+    }
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
     (served, failures)

@@ -236,7 +236,8 @@ struct Dispatcher {
 
 /// A request that names a session no worker reported yet.
 struct HeldPick {
-    sid: String,
+    /// The session it waits for, or none: it waits for a worker to listen on `group`.
+    sid: Option<String>,
     group: Option<u32>,
     ip: Option<std::net::IpAddr>,
     reply: tokio::sync::oneshot::Sender<Option<crate::listener::Route>>,
