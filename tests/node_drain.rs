@@ -80,3 +80,51 @@ fn an_express_worker_loses_no_kept_alive_request_through_reloads_and_scale_downs
     let (served, failures) = keep_alive_through_reloads(&[], &[("EXPRESS", "1")]);
     assert_none_failed("express", served, &failures);
 }
+
+/// `CLIENTS` socket.io-clients on one Node Socket.IO worker (sticky, cluster adapter, `--grace
+/// 8s`) through a reload, with the preload `on` or `off`.
+fn node_sessions_through_a_drain(clients: usize, preload: &str) -> Reconnects {
+    let script = node_dir().join("workers/socketio-worker.cjs");
+    let mut c = Builder::new()
+        .args(&["--protocol", "node", "--workers", "1", "--listen", "127.0.0.1:0", "--grace", "8s"])
+        .args(&["--node-preload", preload])
+        .program(&["node", script.to_str().unwrap()])
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
+        .start();
+    let status = c.wait_ready(1);
+    reconnects_through_a_reload(c, &status, clients)
+}
+
+/// The Socket.IO sessions (WebSockets) of a draining Node worker end spread over half the grace:
+/// the preload ends them one by one, and their clients reconnect a few at a time. Without it,
+/// they all end when the process exits.
+#[test]
+fn socketio_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
+    const CLIENTS: usize = 40;
+    let at_once = node_sessions_through_a_drain(CLIENTS, "off");
+    let spread = node_sessions_through_a_drain(CLIENTS, "on");
+    for (name, r) in [("without the preload", &at_once), ("with the preload", &spread)] {
+        println!(
+            "{name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
+            r.disconnects.last().unwrap(),
+            r.reasons,
+            r.span_ms(),
+            r.peak_per_second()
+        );
+        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
+    }
+    // The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
+    assert!(
+        *spread.disconnects.last().unwrap() >= 2_000,
+        "the sessions ended over at least half the spread: {:?}",
+        spread.disconnects
+    );
+    assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
+    assert!(
+        spread.peak_per_second() <= CLIENTS / 2,
+        "at most {} reconnections in one second, not {} (without the preload: {})",
+        CLIENTS / 2,
+        spread.peak_per_second(),
+        at_once.peak_per_second()
+    );
+}
