@@ -128,3 +128,26 @@ fn socketio_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
         at_once.peak_per_second()
     );
 }
+
+/// Bad input: a worker that sends NODE_CLUSTERD_HANDBACK without a handle, with a listening
+/// server, with a UDP socket, and 200 connections clusterd never handed it. Each handle is
+/// refused (NACK; clusterd keeps none of the fds), logged once; the worker goes on serving and
+/// is not replaced, and it still drains and stops cleanly.
+#[test]
+fn bad_handbacks_are_refused_and_cost_nothing() {
+    let (mut c, addr) = node_pool("handback-garbage-worker.cjs", 1, &[], &[("FLOOD", "200")]);
+    let pid = worker_pid(&c.status().unwrap(), 0);
+    c.output.wait_contains("garbage sent");
+    // Node sends the next handle only once the previous one was answered: the last one written
+    // means every earlier one was refused; the last is answered before a request made after it.
+    assert!(get(addr, "/").body.contains(&format!("pid {pid}")));
+    let status = c.wait_status("the worker still ready", |s| worker(s, 0)["state"] == "ready");
+    assert_eq!(worker_pid(&status, 0), pid, "the worker was not replaced");
+    let refused =
+        c.output.snapshot().iter().filter(|l| l.contains("a connection the worker gave back was refused")).count();
+    assert_eq!(refused, 1, "said once: {}", c.stderr_dump());
+    let fds = fd_count(c.pid());
+    assert!(fds < 100, "clusterd keeps none of the 200 connections: {fds} fds open");
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
