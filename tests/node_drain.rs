@@ -151,3 +151,62 @@ fn bad_handbacks_are_refused_and_cost_nothing() {
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
+
+/// The environment of a process, from /proc.
+fn environ(pid: i32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|&b| b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect()
+}
+
+/// The preload goes after the operator's own NODE_OPTIONS, which are kept; the file is private
+/// and goes when clusterd stops.
+#[test]
+fn the_preload_is_added_to_the_operators_node_options_and_removed_at_exit() {
+    let (mut c, addr) = node_pool("keepalive-worker.cjs", 1, &[], &[("NODE_OPTIONS", "--max-http-header-size=20000")]);
+    assert_eq!(get(addr, "/").code, 200);
+    let pid = worker_pid(&c.status().unwrap(), 0);
+    let options = environ(pid).into_iter().find_map(|v| v.strip_prefix("NODE_OPTIONS=").map(str::to_owned)).unwrap();
+    let file = options
+        .strip_prefix("--max-http-header-size=20000 --require \"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("NODE_OPTIONS={options}"));
+    let file = std::path::PathBuf::from(file);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+    assert!(!file.parent().unwrap().exists(), "{} removed at exit", file.display());
+}
+
+/// `--node-preload off`: no NODE_OPTIONS from clusterd. A preload that cannot be written is
+/// said once, and the workers run without it. A bad value is refused before any worker starts.
+#[test]
+fn without_the_preload_workers_run_as_before() {
+    let (mut c, addr) = node_pool("keepalive-worker.cjs", 1, &["--node-preload", "off"], &[]);
+    assert_eq!(get(addr, "/").code, 200);
+    let pid = worker_pid(&c.status().unwrap(), 0);
+    assert!(!environ(pid).iter().any(|v| v.starts_with("NODE_OPTIONS=")));
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+
+    let missing = tempfile::tempdir().unwrap().path().join("gone");
+    let (mut c, addr) = node_pool("keepalive-worker.cjs", 2, &[], &[("TMPDIR", missing.to_str().unwrap())]);
+    assert_eq!(get(addr, "/").code, 200);
+    let said = c.output.snapshot().iter().filter(|l| l.contains("cannot write the Node preload")).count();
+    assert_eq!(said, 1, "{}", c.stderr_dump());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+
+    let out = std::process::Command::new(CLUSTERD)
+        .args(["--node-preload", "maybe", "--", "node", "-e", "0"])
+        .env_remove("CLUSTERD_CONTROL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--node-preload"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -42,8 +42,12 @@ impl Preload {
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
         let error = |source| PreloadError { dir: parent.clone(), source };
-        // tempfile makes the directory 0700 with a random name.
-        let dir = tempfile::Builder::new().prefix("clusterd-node-").tempdir_in(&parent).map_err(error)?;
+        // A random name, created 0700 (tempfile's default follows the umask).
+        let dir = tempfile::Builder::new()
+            .prefix("clusterd-node-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(&parent)
+            .map_err(error)?;
         let path = dir.path().join("preload.cjs");
         let mut file =
             std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(error)?;
