@@ -210,3 +210,38 @@ fn without_the_preload_workers_run_as_before() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// One kept-alive connection across a reload: the draining worker gives it back between two
+/// requests, and the next request on the same connection is answered by its successor.
+fn a_kept_alive_connection_moves_to_the_next_worker(serialization: &str) {
+    use std::io::Write;
+    let (mut c, addr) = node_pool("keepalive-worker.cjs", 1, &["--serialization", serialization], &[]);
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut ask = || {
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        read_response(&mut stream).expect("a response on the kept-alive connection")
+    };
+    let first = ask();
+    assert!(!first.close, "{}", first.body);
+    let old = worker_pid(&c.status().unwrap(), 0);
+    assert!(first.body.contains(&format!("pid {old}")), "{}", first.body);
+    cli(&c, &["reload"]);
+    let status = c.wait_status("the new worker alone, the old one gone", |s| settled(s, 1, 2));
+    let new = worker_pid(&status, 0);
+    let second = ask();
+    assert!(second.body.contains(&format!("pid {new}")), "answered by the new worker {new}: {}", second.body);
+    assert!(c.output.snapshot().iter().all(|l| !l.contains("was refused")), "{}", c.stderr_dump());
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
+#[test]
+fn a_kept_alive_connection_moves_to_the_next_worker_with_advanced_serialization() {
+    a_kept_alive_connection_moves_to_the_next_worker("advanced");
+}
+
+#[test]
+fn a_kept_alive_connection_moves_to_the_next_worker_with_json_serialization() {
+    a_kept_alive_connection_moves_to_the_next_worker("json");
+}
