@@ -20,6 +20,9 @@
 //! a socket registered for writability wakes clusterd every time the worker reads from it (a Unix
 //! socket signals room after every read its peer makes), which was one wakeup more per
 //! connection.
+//!
+//! The reading side's one system call is here too ([`recv_with_fds`]), beside the sending one:
+//! the fds a worker sends (a connection its preload gives back at a drain) come with the bytes.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
