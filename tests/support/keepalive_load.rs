@@ -147,7 +147,8 @@ pub fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU6
                 connection = None;
             }
             Err(e) => {
-                failures.push(format!("{e} (request {} on its connection)", on_this + 1));
+                let at = wall_clock();
+                failures.push(format!("{e} (request {} on its connection, at {at})", on_this + 1));
                 connection = None;
             }
         }
@@ -224,4 +225,11 @@ pub fn reconnects_through_a_reload(mut c: Cluster, status: &Value, clients: usiz
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
     let times = |key: &str| -> Vec<u64> { done[key].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect() };
     Reconnects { disconnects: times("disconnects"), reconnects: times("reconnects"), reasons: done["reasons"].clone() }
+}
+
+/// The time of day (UTC, `HH:MM:SS.mmm`), to find a failure in clusterd's log.
+fn wall_clock() -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let day = ms % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", day / 3_600_000, day / 60_000 % 60, day / 1000 % 60, day % 1000)
 }
