@@ -133,9 +133,8 @@ pub struct NodeLink {
     limits: crate::listener::Limits,
     /// Bytes read from the channel so far: a frame's position, to match it with its fd.
     fed: u64,
-    /// fds that came with the bytes from `.1` to `.2` (the stream positions of the read that
-    /// brought them): they belong to the `NODE_HANDLE` frame that starts there.
-    fds: VecDeque<(u64, u64, OwnedFd)>,
+    /// fds that came from the worker, waiting for their `NODE_HANDLE` frame.
+    fds: PendingFds,
     /// Connections handed to this worker, and given back: it may give back no more than it got.
     handed: u64,
     given_back: u64,
@@ -230,7 +229,7 @@ impl NodeLink {
             routes: settings.routes.clone(),
             limits: settings.limits,
             fed: 0,
-            fds: VecDeque::new(),
+            fds: PendingFds::default(),
             handed: 0,
             given_back: 0,
             bound: HashMap::new(),
@@ -320,10 +319,7 @@ impl NodeLink {
                         let start = self.fed;
                         self.fed += read as u64;
                         for fd in fds {
-                            if self.fds.len() == MAX_PENDING_FDS {
-                                self.fds.pop_front();
-                            }
-                            self.fds.push_back((start, self.fed, fd));
+                            self.fds.received(start, self.fed, fd);
                         }
                         self.decoder.feed(&self.chunk[..read]);
                     }
@@ -484,7 +480,7 @@ impl NodeLink {
     /// A handle the worker sent: a connection its preload gives back, routed again as a new
     /// connection (as an SDK worker's handback); anything else is refused.
     fn handle_from_worker(&mut self, frame: &Frame, at: u64) {
-        let fd = self.take_fd(at);
+        let fd = self.fds.take(at);
         let kind = frame.select(&[&["msg", "cmd"]]).ok().and_then(|[cmd]| cmd);
         if kind.as_ref().and_then(Value::as_str) != Some(HANDBACK) {
             return self.refuse_handle();
@@ -521,19 +517,6 @@ impl NodeLink {
         let cmd = if matches!(answer, Control::Ack) { "NODE_HANDLE_ACK" } else { "NODE_HANDLE_NACK" };
         if let Ok(frame) = Frame::encode(self.mode, &Value::object([("cmd", Value::from(cmd))])) {
             self.channel.push(self.socket.get_ref(), Out::Frame(frame.into_raw().into()), &mut self.failed);
-        }
-    }
-
-    /// The fd of the `NODE_HANDLE` frame that starts at `at`: the kernel ends a read after the
-    /// bytes an fd came with, and Node attaches it to its message's first bytes, so that frame
-    /// starts within the read that brought the fd. fds of earlier reads had no such frame: closed.
-    fn take_fd(&mut self, at: u64) -> Option<OwnedFd> {
-        while self.fds.front().is_some_and(|(_, end, _)| *end <= at) {
-            self.fds.pop_front();
-        }
-        match self.fds.front() {
-            Some((start, _, _)) if *start <= at => self.fds.pop_front().map(|(_, _, fd)| fd),
-            _ => None,
         }
     }
 
@@ -923,6 +906,35 @@ impl NodeLink {
     }
 }
 
+/// fds a worker sent, each with the stream positions of the read that brought it.
+#[derive(Default)]
+struct PendingFds(VecDeque<(u64, u64, OwnedFd)>);
+
+impl PendingFds {
+    /// An fd that came with the bytes from `start` to `end`; past [`MAX_PENDING_FDS`], the oldest
+    /// waiting one is closed.
+    fn received(&mut self, start: u64, end: u64, fd: OwnedFd) {
+        if self.0.len() == MAX_PENDING_FDS {
+            self.0.pop_front();
+        }
+        self.0.push_back((start, end, fd));
+    }
+
+    /// The fd of the `NODE_HANDLE` frame that starts at `at`: the kernel ends a read after the
+    /// bytes an fd came with, and Node attaches it to its message's first bytes, so that frame
+    /// starts within the read that brought the fd. fds of reads that ended before `at` had no
+    /// such frame: closed.
+    fn take(&mut self, at: u64) -> Option<OwnedFd> {
+        while self.0.front().is_some_and(|(_, end, _)| *end <= at) {
+            self.0.pop_front();
+        }
+        match self.0.front() {
+            Some((start, _, _)) if *start <= at => self.0.pop_front().map(|(_, _, fd)| fd),
+            _ => None,
+        }
+    }
+}
+
 /// Reads what the channel has, with the fds that came with it (cancel-safe: nothing is read until
 /// the socket is readable, and then without waiting).
 async fn read_some(socket: &AsyncFd<UnixStream>, chunk: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
@@ -1001,6 +1013,34 @@ fn is_handle_ack(mode: Mode, payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
+    }
+
+    fn raw(fd: &OwnedFd) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(fd)
+    }
+
+    /// An fd goes to the handle frame that starts within the read that brought it; one whose read
+    /// ended before the frame is closed; a frame before it gets none; the oldest of too many goes.
+    #[test]
+    fn fds_are_matched_to_their_frame_by_position() {
+        let mut fds = PendingFds::default();
+        let b = fd();
+        let rb = raw(&b);
+        fds.received(10, 20, fd());
+        fds.received(20, 30, b);
+        assert!(fds.take(5).is_none(), "a frame before the fd's read");
+        assert_eq!(fds.take(25).as_ref().map(raw), Some(rb), "the fd of [10, 20) had no frame: dropped");
+        assert!(fds.take(30).is_none());
+        for start in 30..30 + 2 * MAX_PENDING_FDS as u64 {
+            fds.received(start, start + 1, fd());
+        }
+        let waiting: Vec<u64> = fds.0.iter().map(|(start, _, _)| *start).collect();
+        let newest: Vec<u64> = (30 + MAX_PENDING_FDS as u64..30 + 2 * MAX_PENDING_FDS as u64).collect();
+        assert_eq!(waiting, newest, "the oldest were closed");
+    }
 
     /// The bytes Node 20 writes: `v8.serialize({cmd: "NODE_HANDLE_ACK"})` and `JSON.stringify`.
     #[test]
