@@ -163,7 +163,11 @@ impl Dispatcher {
                 }
             }
             EventKind::Listen { seq, addr, index } => {
-                let ready = process.routable() && self.stop.is_none() && !slot.removing;
+                // A process that listens once its drain began (a Node worker that calls
+                // `listen()` late, retired by a reload or a scale-down meanwhile) joins the group
+                // as not ready: it would get connections while it leaves.
+                let ready =
+                    process.routable() && process.draining_since.is_none() && self.stop.is_none() && !slot.removing;
                 let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());
                 let (result, group) = self.listen_for(key, slot_id, ready, &addr, index);
                 handle.send(Command::Listening { seq, result, group });
