@@ -13,8 +13,8 @@ use clap::{ArgMatches, Args, CommandFactory, Parser, Subcommand};
 
 use crate::duration::parse_duration;
 use crate::values::{
-    Balance, ByteSize, LogFormat, LogTimestamps, MAX_WORKERS, Percent, ProtocolChoice, ReadyOn, Serialization, Sticky,
-    WorkerCount,
+    Balance, ByteSize, LogFormat, LogTimestamps, MAX_WORKERS, NodePreload, Percent, ProtocolChoice, ReadyOn,
+    Serialization, Sticky, WorkerCount,
 };
 
 /// The values a boolean `CLUSTERD_*` variable accepts: `true` or `false`, nothing else (a typo
@@ -102,6 +102,11 @@ pub struct RunArgs {
     /// Node channel format (node protocol only).
     #[arg(long, env = "CLUSTERD_SERIALIZATION", value_enum)]
     pub serialization: Option<Serialization>,
+
+    /// Node workers: clusterd's preload (`--require`, in NODE_OPTIONS) gives idle kept-alive
+    /// connections back at a drain and ends WebSockets spread out [default: on].
+    #[arg(long, env = "CLUSTERD_NODE_PRELOAD", value_enum)]
+    pub node_preload: Option<NodePreload>,
 
     /// Drain time a worker gets before SIGKILL [default: 30s].
     #[arg(long, env = "CLUSTERD_GRACE", value_name = "DURATION", value_parser = parse_duration)]

@@ -25,8 +25,8 @@ use crate::duration::{parse_duration, show};
 // The value types live in `values` so that the command line can parse them without importing
 // this module; they are re-exported here, where the rest of clusterd looks for them.
 pub use crate::values::{
-    Balance, ByteSize, ListenAddr, LogFormat, LogTimestamps, MAX_WORKERS, Percent, Protocol, ProtocolChoice, ReadyOn,
-    Serialization, Sticky, WorkerCount,
+    Balance, ByteSize, ListenAddr, LogFormat, LogTimestamps, MAX_WORKERS, NodePreload, Percent, Protocol,
+    ProtocolChoice, ReadyOn, Serialization, Sticky, WorkerCount,
 };
 
 /// The smallest `--sniff-bytes`: a request line with a sid fits.
@@ -122,6 +122,7 @@ struct FileConfig {
     sticky: Option<Sticky>,
     protocol: Option<ProtocolChoice>,
     serialization: Option<Serialization>,
+    node_preload: Option<NodePreload>,
     #[serde(default, deserialize_with = "de_duration")]
     grace: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -222,6 +223,8 @@ pub struct Config {
     pub sticky: Sticky,
     pub protocol: Protocol,
     pub serialization: Serialization,
+    /// `--node-preload`: Node workers get clusterd's preload.
+    pub node_preload: NodePreload,
     pub grace: Duration,
     pub ready_timeout: Duration,
     pub requests_timeout: Duration,
@@ -456,6 +459,7 @@ impl Config {
             sticky: o.pick("sticky", run.sticky, file.sticky).unwrap_or_default(),
             protocol,
             serialization: o.pick("serialization", run.serialization, file.serialization).unwrap_or_default(),
+            node_preload: o.pick("node_preload", run.node_preload, file.node_preload).unwrap_or_default(),
             grace: o.pick("grace", run.grace, file.grace).unwrap_or(DEFAULT_GRACE),
             ready_timeout: o
                 .pick("ready_timeout", run.ready_timeout, file.ready_timeout)

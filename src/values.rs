@@ -87,6 +87,11 @@ choice!(
     Serialization { #[default] Advanced, Json }
 );
 choice!(
+    /// Whether Node workers get clusterd's preload (`--node-preload`), which gives their idle
+    /// kept-alive connections back and spreads the end of their WebSockets at a drain.
+    NodePreload { #[default] On, Off }
+);
+choice!(
     /// Format of clusterd's own log lines.
     LogFormat { #[default] Text, Json }
 );

@@ -9,7 +9,12 @@
 //!   `queryServer` (a `server.listen()` in the worker, TCP or a Unix path; UDP is refused) is
 //!   answered with a round-robin reply, and its connections come as `newconn` handles until the
 //!   worker's `close`; `exitedAfterDisconnect` is acknowledged; a drain is `act: "disconnect"`.
-//! - a handle the worker sends (`NODE_HANDLE`) is refused with `NODE_HANDLE_NACK`;
+//! - a handle the worker sends (`NODE_HANDLE`) is refused with `NODE_HANDLE_NACK`, unless it is
+//!   a connection given back by clusterd's preload (`{cmd: "NODE_CLUSTERD_HANDBACK"}`, see
+//!   `preload.rs`): acknowledged and routed again, as an SDK worker's handback;
+//! - with the preload, a drain is `NODE_CLUSTERD_DRAIN` first (the preload gives idle kept-alive
+//!   connections back and ends WebSockets over the spread), then, once the preload says
+//!   `NODE_CLUSTERD_DRAINED` (or the spread and a margin passed), Node's `disconnect`;
 //! - connections go as `NODE_HANDLE` messages (`net.Socket`, `{type: "sticky:connection", data:
 //!   <the request clusterd read>}`), several in flight, each until the worker's
 //!   `NODE_HANDLE_ACK` (`writer.rs`);
@@ -18,7 +23,7 @@
 //!   (`relay.rs`) as the bytes they came in.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -54,6 +59,20 @@ const HANDSHAKE_WINDOW: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 * 1024;
 /// Relayed messages taken from the relay's queue at once.
 const RELAY_BATCH: usize = 256;
+/// fds received from a worker and not yet matched with their `NODE_HANDLE` message (they wait
+/// while the message's bytes arrive); past this, the oldest is closed. Node sends one handle at a
+/// time, each waiting for its acknowledgement.
+const MAX_PENDING_FDS: usize = 4;
+/// After `NODE_CLUSTERD_DRAIN`, how long past the spread clusterd waits for the preload's
+/// `NODE_CLUSTERD_DRAINED` before it sends Node's `disconnect` anyway (a worker whose event loop
+/// is busy; `--grace` still ends it with SIGKILL).
+const PRELOAD_DRAIN_MARGIN: Duration = Duration::from_secs(5);
+/// The message of the preload that gives a connection back, and the version of the preload's
+/// messages that clusterd speaks.
+const HANDBACK: &str = "NODE_CLUSTERD_HANDBACK";
+const PRELOAD_VERSION: i64 = 1;
+/// A Node worker whose preload found a Node older than it supports is logged once per clusterd.
+static OLD_NODE_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub struct NodeLink {
     /// The channel, registered for reading only (see `writer.rs` on why not for room).
@@ -110,6 +129,26 @@ pub struct NodeLink {
     refusable: HashMap<u64, Handoff>,
     /// Where a refused connection goes to be routed again.
     routes: mpsc::Sender<crate::listener::RouteMsg>,
+    /// How a connection the worker gives back is routed again.
+    limits: crate::listener::Limits,
+    /// Bytes read from the channel so far: a frame's position, to match it with its fd.
+    fed: u64,
+    /// fds that came from the worker, waiting for their `NODE_HANDLE` frame.
+    fds: PendingFds,
+    /// Connections handed to this worker, and given back: it may give back no more than it got.
+    handed: u64,
+    given_back: u64,
+    /// The address clusterd bound for each listener group the worker listens on, to tell which a
+    /// connection given back belongs to.
+    bound: HashMap<u32, String>,
+    /// A handback was refused (logged once).
+    refused_handback: bool,
+    /// The worker runs clusterd's preload (it said so): a drain goes through it first.
+    preload: bool,
+    /// When Node's `disconnect` goes if the preload has not said it is done; `None` once sent.
+    disconnect_at: Option<Instant>,
+    disconnect_sent: bool,
+    disconnect_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 /// A `queryServer` being answered.
@@ -130,7 +169,7 @@ impl NodeLink {
         let socket = super::writer::register(stream, Interest::READABLE)
             .map_err(|e| StartError::setup("cannot register the IPC socket", e))?;
         let mode = Mode::from(settings.serialization);
-        let env = vec![
+        let mut env = vec![
             ("NODE_CHANNEL_FD".to_owned(), CHANNEL_FD.to_string()),
             ("NODE_CHANNEL_SERIALIZATION_MODE".to_owned(), mode.as_str().to_owned()),
             // Node never reuses a worker id; neither does clusterd (one per process).
@@ -140,6 +179,9 @@ impl NodeLink {
             (clusterd_worker::protocol::ENV_WORKER_COUNT.to_owned(), launch.count.to_string()),
             (clusterd_worker::protocol::ENV_GENERATION.to_owned(), launch.generation.to_string()),
         ];
+        if let Some(preload) = &settings.node_preload {
+            env.push(("NODE_OPTIONS".to_owned(), preload.node_options().to_string_lossy().into_owned()));
+        }
         let spec =
             SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs, bus: None };
         let spawned = settings.spawner.spawn(spec).await.map_err(|e| StartError::spawn(&settings.program, e))?;
@@ -185,6 +227,17 @@ impl NodeLink {
             refused_handle: false,
             refusable: HashMap::new(),
             routes: settings.routes.clone(),
+            limits: settings.limits,
+            fed: 0,
+            fds: PendingFds::default(),
+            handed: 0,
+            given_back: 0,
+            bound: HashMap::new(),
+            refused_handback: false,
+            preload: false,
+            disconnect_at: None,
+            disconnect_sent: false,
+            disconnect_timer: Box::pin(sleep_until(Instant::now())),
         };
         Ok((link, spawned))
     }
@@ -221,10 +274,11 @@ impl NodeLink {
                 self.channel.answered(self.socket.get_ref(), Control::Ack, &mut self.failed);
                 continue;
             }
+            let at = self.fed - self.decoder.buffered() as u64;
             let next = if parked { Ok(None) } else { self.decoder.next_frame() };
             match next {
                 Ok(Some(frame)) => {
-                    if let Err(why) = self.frame(frame) {
+                    if let Err(why) = self.frame(frame, at) {
                         self.open = false;
                         return Heard::Violation(format!("node channel: {why}"));
                     }
@@ -257,12 +311,20 @@ impl NodeLink {
                     }
                 }
                 read = read_some(&self.socket, &mut self.chunk), if !parked => match read {
-                    Ok(0) | Err(_) => {
+                    Ok((0, ..)) | Err(_) => {
                         self.open = false;
                         return Heard::End;
                     }
-                    Ok(read) => self.decoder.feed(&self.chunk[..read]),
+                    Ok((read, fds)) => {
+                        let start = self.fed;
+                        self.fed += read as u64;
+                        for fd in fds {
+                            self.fds.received(start, self.fed, fd);
+                        }
+                        self.decoder.feed(&self.chunk[..read]);
+                    }
                 },
+                () = self.disconnect_timer.as_mut(), if self.disconnect_at.is_some() => self.send_disconnect(),
                 count = self.relayed.recv_many(&mut self.batch, RELAY_BATCH),
                     if self.relay_open && self.channel.has_room() =>
                 {
@@ -305,7 +367,7 @@ impl NodeLink {
     }
 
     /// Acts on one message, queueing what the worker task must hear.
-    fn frame(&mut self, frame: Frame) -> Result<(), String> {
+    fn frame(&mut self, frame: Frame, at: u64) -> Result<(), String> {
         let [cmd, source, kind] = frame.select(&[&["cmd"], &["source"], &["type"]]).map_err(|e| e.to_string())?;
         if source.as_ref().and_then(Value::as_str) == Some("_sio_adapter") {
             if self.relay.is_some() {
@@ -332,7 +394,17 @@ impl NodeLink {
             }
             Some("NODE_CLUSTER") => return self.cluster(&frame.decode().map_err(|e| e.to_string())?),
             Some("NODE_HANDLE") => {
-                self.refuse_handle();
+                self.handle_from_worker(&frame, at);
+                return Ok(());
+            }
+            Some("NODE_CLUSTERD_PRELOAD") => {
+                self.preload_said(&frame);
+                return Ok(());
+            }
+            Some("NODE_CLUSTERD_DRAINED") => {
+                if self.disconnect_at.is_some() {
+                    self.send_disconnect();
+                }
                 return Ok(());
             }
             // NODE_SOCKET_* and other internal messages: nothing to do.
@@ -403,6 +475,106 @@ impl NodeLink {
             ("requestId", Value::from(id)),
         ]);
         if self.open && self.send(&message) { Asked::Sent } else { Asked::Failed }
+    }
+
+    /// A handle the worker sent: a connection its preload gives back, routed again as a new
+    /// connection (as an SDK worker's handback); anything else is refused.
+    fn handle_from_worker(&mut self, frame: &Frame, at: u64) {
+        let fd = self.fds.take(at);
+        let kind = frame.select(&[&["msg", "cmd"]]).ok().and_then(|[cmd]| cmd);
+        if kind.as_ref().and_then(Value::as_str) != Some(HANDBACK) {
+            return self.refuse_handle();
+        }
+        let refused = match fd {
+            None => "its fd did not arrive (clusterd at its fd limit?)".to_owned(),
+            Some(_) if self.given_back >= self.handed => {
+                format!("more than the {} connections it was handed", self.handed)
+            }
+            Some(fd) => {
+                let group = self.group_of(&fd);
+                match crate::supervisor::native::handback(fd, Vec::new(), group, None, &self.limits) {
+                    Ok(handoff) => {
+                        self.given_back += 1;
+                        self.acknowledge(Control::Ack);
+                        crate::listener::reroute_handback(handoff, self.limits, self.routes.clone());
+                        return;
+                    }
+                    Err(why) => why,
+                }
+            }
+        };
+        if !self.refused_handback {
+            self.refused_handback = true;
+            tracing::warn!(worker = self.slot, "a connection the worker gave back was refused: {refused} (said once)");
+        }
+        self.acknowledge(Control::Nack);
+    }
+
+    /// Answers a handle from the worker. Queued past the queue's bound: Node holds every later
+    /// message of the worker, its `disconnect` included, until the answer; one answer per handle,
+    /// and the worker sends the next handle only after it.
+    fn acknowledge(&mut self, answer: Control) {
+        let cmd = if matches!(answer, Control::Ack) { "NODE_HANDLE_ACK" } else { "NODE_HANDLE_NACK" };
+        if let Ok(frame) = Frame::encode(self.mode, &Value::object([("cmd", Value::from(cmd))])) {
+            self.channel.push(self.socket.get_ref(), Out::Frame(frame.into_raw().into()), &mut self.failed);
+        }
+    }
+
+    /// The listener group a connection given back came from, by its local address: one the worker
+    /// listens on, else clusterd's own listeners (`None`).
+    fn group_of(&self, fd: &OwnedFd) -> Option<u32> {
+        use nix::sys::socket::{SockaddrStorage, getsockname};
+        let local: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(fd)).ok()?;
+        let matches = |bound: &str| -> bool {
+            if let Some(path) = bound.strip_prefix("unix:") {
+                return local.as_unix_addr().and_then(|u| u.path()).is_some_and(|p| p == std::path::Path::new(path));
+            }
+            let Ok(bound) = bound.parse::<std::net::SocketAddr>() else { return false };
+            let local = if let Some(v4) = local.as_sockaddr_in() {
+                std::net::SocketAddr::from(std::net::SocketAddrV4::from(*v4))
+            } else if let Some(v6) = local.as_sockaddr_in6() {
+                std::net::SocketAddr::from(std::net::SocketAddrV6::from(*v6))
+            } else {
+                return false;
+            };
+            local.port() == bound.port() && (bound.ip().is_unspecified() || bound.ip() == local.ip())
+        };
+        self.bound.iter().find(|(_, addr)| matches(addr)).map(|(group, _)| *group)
+    }
+
+    /// The preload's greeting: it runs (its drains go through it), or it found a Node too old.
+    fn preload_said(&mut self, frame: &Frame) {
+        let Ok([version, unsupported]) = frame.select(&[&["version"], &["unsupported"]]) else { return };
+        if let Some(node) = unsupported.as_ref().and_then(Value::as_str) {
+            if !OLD_NODE_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    worker = self.slot,
+                    "the worker runs Node {node}, older than clusterd's preload supports (20): it runs without it (said once)"
+                );
+            }
+            return;
+        }
+        self.preload = version.as_ref().and_then(Value::as_i64) == Some(PRELOAD_VERSION);
+    }
+
+    /// Node's `disconnect` (`worker.kill()`'s first step), once.
+    fn send_disconnect(&mut self) {
+        self.disconnect_at = None;
+        if self.disconnect_sent {
+            return;
+        }
+        self.disconnect_sent = true;
+        let seq = self.next_seq();
+        let message =
+            Value::object([("cmd", Value::from("NODE_CLUSTER")), ("act", Value::from("disconnect")), ("seq", seq)]);
+        // Queued even past the queue's bound rather than lose the one message that makes the
+        // worker go; if it cannot be written, the grace time's SIGKILL still ends the worker.
+        if let Ok(frame) = Frame::encode(self.mode, &message) {
+            if self.channel.broken() {
+                tracing::warn!(worker = self.slot, "node channel: could not send the disconnect");
+            }
+            self.channel.push(self.socket.get_ref(), Out::Last(frame.into_raw().into()), &mut self.failed);
+        }
     }
 
     /// A handle the worker sent (`process.send(message, handle)`). clusterd takes none (it reads
@@ -588,6 +760,7 @@ impl NodeLink {
                 let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(query.port);
                 if let Some(group) = group {
                     self.keys.insert(group, query.key.clone());
+                    self.bound.insert(group, addr.clone());
                 }
                 self.reply_query(&query, Ok(port));
             }
@@ -604,6 +777,7 @@ impl NodeLink {
     /// main listeners, a cluster `newconn` for a listener the worker asked for.
     pub async fn hand_over(&mut self, mut handoff: Handoff) -> Option<Option<u32>> {
         let group = handoff.group;
+        self.handed += 1;
         // The seq of a `newconn`, whose `accepted` answer may hand the connection on.
         let mut newconn = None;
         let frame = match (group, &self.sticky) {
@@ -691,6 +865,8 @@ impl NodeLink {
         if !self.open || self.channel.broken() {
             return Some(false);
         }
+        // Its server may give it back at a drain like any connection.
+        self.handed += 1;
         self.channel.push(
             self.socket.get_ref(),
             Out::Handle { frame: frame.into_raw().into(), fd, group },
@@ -701,19 +877,24 @@ impl NodeLink {
 
     /// Graceful stop, as Node's `worker.kill()`: `act: "disconnect"` (the worker closes its
     /// servers and its channel), SIGTERM once the channel is closed, SIGKILL at the end of the
-    /// grace time.
-    pub async fn drain(&mut self, _grace: Duration) -> bool {
-        let seq = self.next_seq();
-        let message =
-            Value::object([("cmd", Value::from("NODE_CLUSTER")), ("act", Value::from("disconnect")), ("seq", seq)]);
-        // Queued even past the queue's bound rather than lose the one message that makes the
-        // worker go; if it cannot be written, the grace time's SIGKILL still ends the worker.
-        if let Ok(frame) = Frame::encode(self.mode, &message) {
-            if self.channel.broken() {
-                tracing::warn!(worker = self.slot, "node channel: could not send the disconnect");
+    /// grace time. With the preload, `NODE_CLUSTERD_DRAIN` (with the spread of its WebSockets'
+    /// ends) goes first, and the `disconnect` once the preload is done.
+    pub async fn drain(&mut self, grace: Duration) -> bool {
+        if self.preload && !self.disconnect_sent && self.disconnect_at.is_none() {
+            let spread = drain_spread(grace);
+            let message = Value::object([
+                ("cmd", Value::from("NODE_CLUSTERD_DRAIN")),
+                ("spread", Value::from(u64::try_from(spread.as_millis()).unwrap_or(u64::MAX) as f64)),
+            ]);
+            if let Ok(frame) = Frame::encode(self.mode, &message) {
+                self.channel.push(self.socket.get_ref(), Out::Frame(frame.into_raw().into()), &mut self.failed);
+                let at = Instant::now() + spread + PRELOAD_DRAIN_MARGIN;
+                self.disconnect_at = Some(at);
+                self.disconnect_timer.as_mut().reset(at);
+                return false;
             }
-            self.channel.push(self.socket.get_ref(), Out::Last(frame.into_raw().into()), &mut self.failed);
         }
+        self.send_disconnect();
         false
     }
 
@@ -725,25 +906,67 @@ impl NodeLink {
     }
 }
 
-/// Reads what the channel has (cancel-safe: nothing is read until the socket is readable, and
-/// then without waiting).
-async fn read_some(socket: &AsyncFd<UnixStream>, chunk: &mut [u8]) -> std::io::Result<usize> {
+/// fds a worker sent, each with the stream positions of the read that brought it.
+#[derive(Default)]
+struct PendingFds(VecDeque<(u64, u64, OwnedFd)>);
+
+impl PendingFds {
+    /// An fd that came with the bytes from `start` to `end`; past [`MAX_PENDING_FDS`], the oldest
+    /// waiting one is closed.
+    fn received(&mut self, start: u64, end: u64, fd: OwnedFd) {
+        if self.0.len() == MAX_PENDING_FDS {
+            self.0.pop_front();
+        }
+        self.0.push_back((start, end, fd));
+    }
+
+    /// The fd of the `NODE_HANDLE` frame that starts at `at`: the kernel ends a read after the
+    /// bytes an fd came with, and Node attaches it to its message's first bytes, so that frame
+    /// starts within the read that brought the fd. fds of reads that ended before `at` had no
+    /// such frame: closed.
+    fn take(&mut self, at: u64) -> Option<OwnedFd> {
+        while self.0.front().is_some_and(|(_, end, _)| *end <= at) {
+            self.0.pop_front();
+        }
+        match self.0.front() {
+            Some((start, _, _)) if *start <= at => self.0.pop_front().map(|(_, _, fd)| fd),
+            _ => None,
+        }
+    }
+}
+
+/// Reads what the channel has, with the fds that came with it (cancel-safe: nothing is read until
+/// the socket is readable, and then without waiting).
+async fn read_some(socket: &AsyncFd<UnixStream>, chunk: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
     loop {
         let mut guard = socket.readable().await?;
-        match guard.get_inner().read(chunk) {
-            Ok(read) => {
+        match super::writer::recv_with_fds(guard.get_inner(), chunk) {
+            Ok((read, fds, _)) => {
                 // A read that did not fill the buffer emptied the socket (as tokio's own streams
-                // assume on epoll): the next one waits for news instead of failing with EAGAIN.
-                if read < chunk.len() {
+                // assume on epoll), unless it ended early at an fd: the next one waits for news
+                // instead of failing with EAGAIN.
+                if read < chunk.len() && fds.is_empty() {
                     guard.clear_ready();
                 }
-                return Ok(read);
+                return Ok((read, fds));
             }
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
     }
+}
+
+/// The spread over which a draining worker's preload ends its WebSockets: as for SDK workers,
+/// `CLUSTERD_DRAIN_SPREAD_MS`, else the grace divided by `SPREAD_SHARE_OF_GRACE`, at most
+/// `MAX_SPREAD`, never longer than the grace.
+fn drain_spread(grace: Duration) -> Duration {
+    let set = std::env::var("CLUSTERD_DRAIN_SPREAD_MS").ok().and_then(|ms| ms.trim().parse::<u64>().ok());
+    let spread = match set {
+        Some(ms) => Duration::from_millis(ms),
+        None => (grace / clusterd_worker::SPREAD_SHARE_OF_GRACE).min(clusterd_worker::MAX_SPREAD),
+    };
+    spread.min(grace)
 }
 
 /// The message that hands a connection of clusterd's own listeners to a worker, as
@@ -790,6 +1013,34 @@ fn is_handle_ack(mode: Mode, payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fd() -> OwnedFd {
+        OwnedFd::from(std::fs::File::open("/dev/null").expect("/dev/null"))
+    }
+
+    fn raw(fd: &OwnedFd) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(fd)
+    }
+
+    /// An fd goes to the handle frame that starts within the read that brought it; one whose read
+    /// ended before the frame is closed; a frame before it gets none; the oldest of too many goes.
+    #[test]
+    fn fds_are_matched_to_their_frame_by_position() {
+        let mut fds = PendingFds::default();
+        let b = fd();
+        let rb = raw(&b);
+        fds.received(10, 20, fd());
+        fds.received(20, 30, b);
+        assert!(fds.take(5).is_none(), "a frame before the fd's read");
+        assert_eq!(fds.take(25).as_ref().map(raw), Some(rb), "the fd of [10, 20) had no frame: dropped");
+        assert!(fds.take(30).is_none());
+        for start in 30..30 + 2 * MAX_PENDING_FDS as u64 {
+            fds.received(start, start + 1, fd());
+        }
+        let waiting: Vec<u64> = fds.0.iter().map(|(start, _, _)| *start).collect();
+        let newest: Vec<u64> = (30 + MAX_PENDING_FDS as u64..30 + 2 * MAX_PENDING_FDS as u64).collect();
+        assert_eq!(waiting, newest, "the oldest were closed");
+    }
 
     /// The bytes Node 20 writes: `v8.serialize({cmd: "NODE_HANDLE_ACK"})` and `JSON.stringify`.
     #[test]

@@ -6,7 +6,8 @@
 //! - `writer`: the channel's writing half (written from the worker's task, without waiting;
 //!   handles in flight until acknowledged);
 //! - `relay`: the cluster adapter's messages between workers;
-//! - `aliases`: the 0.2.x adapter's worker ids across hosts.
+//! - `aliases`: the 0.2.x adapter's worker ids across hosts;
+//! - `preload`: the `--require` that gives kept-alive connections back at a drain.
 
 pub mod aliases;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
@@ -14,6 +15,7 @@ pub mod frame;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod json;
 pub mod link;
+pub mod preload;
 pub mod relay;
 #[cfg_attr(not(test), allow(dead_code, reason = "a whole codec: the relay uses part of it, the tests all of it"))]
 pub mod v8;

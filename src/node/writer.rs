@@ -20,6 +20,9 @@
 //! a socket registered for writability wakes clusterd every time the worker reads from it (a Unix
 //! socket signals room after every read its peer makes), which was one wakeup more per
 //! connection.
+//!
+//! The reading side's one system call is here too ([`recv_with_fds`]), beside the sending one:
+//! the fds a worker sends (a connection its preload gives back at a drain) come with the bytes.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -340,6 +343,54 @@ impl Channel {
 /// one registration per fd, and the first one, for reading, must not hear of room).
 fn watch_room(socket: &UnixStream) -> std::io::Result<AsyncFd<OwnedFd>> {
     register(socket.as_fd().try_clone_to_owned()?, Interest::WRITABLE)
+}
+
+/// The most fds taken from one read of a worker's channel. Node attaches one fd to a message,
+/// and the kernel ends a read after the bytes that carried fds; more than this in one read is not
+/// Node's doing, and the kernel closes the rest (`MSG_CTRUNC`).
+pub const MAX_FDS_PER_READ: usize = 2;
+
+/// One read of the channel, with the fds that came with it: the bytes read, the fds, and whether
+/// the kernel dropped fds for want of room (`MSG_CTRUNC`: more than [`MAX_FDS_PER_READ`], or
+/// clusterd at its fd limit), so that a handle's message may arrive without its fd.
+pub fn recv_with_fds(socket: &UnixStream, chunk: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>, bool)> {
+    use std::os::fd::FromRawFd;
+    // Room for the control header and MAX_FDS_PER_READ ints, 8-byte aligned as cmsghdr wants.
+    let mut space = [0u64; 2 + MAX_FDS_PER_READ];
+    let mut iov = libc::iovec { iov_base: chunk.as_mut_ptr().cast(), iov_len: chunk.len() };
+    // SAFETY: msghdr is plain data; all-zero is its empty value.
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    header.msg_iov = &raw mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = space.as_mut_ptr().cast();
+    header.msg_controllen = std::mem::size_of_val(&space) as _;
+    // SAFETY: `header` points at `iov` (into `chunk`) and at `space`, both alive and of the sizes
+    // given, for the call's duration; the socket is open.
+    let read =
+        unsafe { libc::recvmsg(socket.as_raw_fd(), &raw mut header, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    let read = usize::try_from(read).map_err(|_| std::io::Error::last_os_error())?;
+    let truncated = header.msg_flags & libc::MSG_CTRUNC != 0;
+    let mut fds = Vec::new();
+    // Not nix's iterator: it refuses a truncated message, and the fds the kernel did install
+    // would then leak. The kernel's `cmsg_len` counts only those it installed.
+    // SAFETY: `header` is the one recvmsg filled; CMSG_FIRSTHDR/NXTHDR stay within
+    // `msg_controllen`, and each SCM_RIGHTS header is followed by `cmsg_len` bytes of ints.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&raw const header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let bytes = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                    // The kernel installed it in this process for this message; owned once here.
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&raw const header, cmsg);
+        }
+    }
+    Ok((read, fds, truncated))
 }
 
 /// Registers a socket that the returned `AsyncFd` owns with the runtime, for `interest` only.

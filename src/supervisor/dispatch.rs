@@ -22,6 +22,10 @@ use clusterd_worker::protocol::ListenResult;
 const HOLD_UNKNOWN_SID: Duration = Duration::from_millis(500);
 /// The most requests held at once; more are routed without waiting.
 const MAX_HELD: usize = 4096;
+/// How long a connection to a server that Node workers listen on waits for a worker while none
+/// listens (a rolling reload of workers that call `listen()` a moment after they are ready, as an
+/// Express app that loads its modules first; the last old one has closed its server by then).
+const HOLD_EMPTY_GROUP: Duration = Duration::from_secs(5);
 
 /// Where an event's process sits in its slot.
 #[derive(Clone, Copy)]
@@ -159,10 +163,17 @@ impl Dispatcher {
                 }
             }
             EventKind::Listen { seq, addr, index } => {
-                let ready = process.routable() && self.stop.is_none() && !slot.removing;
+                // A process that listens once its drain began (a Node worker that calls
+                // `listen()` late, retired by a reload or a scale-down meanwhile) joins the group
+                // as not ready: it would get connections while it leaves.
+                let ready =
+                    process.routable() && process.draining_since.is_none() && self.stop.is_none() && !slot.removing;
                 let (key, slot_id, handle) = (event.incarnation, slot.id, process.handle.clone());
                 let (result, group) = self.listen_for(key, slot_id, ready, &addr, index);
                 handle.send(Command::Listening { seq, result, group });
+                if ready && let Some(group) = group {
+                    self.release_group(group);
+                }
             }
             EventKind::SessionOpen { seq, sid } => {
                 self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
@@ -435,10 +446,10 @@ impl Dispatcher {
                     // A Node worker reports a session after answering its handshake, so the
                     // session's next request can arrive first: wait for the report, briefly.
                     let until = Instant::now() + HOLD_UNKNOWN_SID;
-                    self.held.push(super::HeldPick { sid: sid.clone(), group, ip, reply, until });
+                    self.held.push(super::HeldPick { sid: Some(sid.clone()), group, ip, reply, until });
                     return;
                 }
-                self.answer_pick(group, sid, ip, reply);
+                self.answer_pick(group, sid, ip, reply, true);
             }
             RouteMsg::Failed { key, group } => {
                 self.pools.connection_closed(group, key);
@@ -453,10 +464,20 @@ impl Dispatcher {
         let now = Instant::now();
         let (release, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
             .into_iter()
-            .partition(|held| sid.map_or(held.until <= now, |sid| held.sid == sid));
+            .partition(|held| sid.map_or(held.until <= now, |sid| held.sid.as_deref() == Some(sid)));
         self.held = keep;
         for held in release {
-            self.answer_pick(held.group, Some(held.sid), held.ip, held.reply);
+            self.answer_pick(held.group, held.sid, held.ip, held.reply, false);
+        }
+    }
+
+    /// Answers the held picks of a listener group a worker just joined.
+    fn release_group(&mut self, group: u32) {
+        let (release, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.held).into_iter().partition(|held| held.group == Some(group));
+        self.held = keep;
+        for held in release {
+            self.answer_pick(held.group, held.sid, held.ip, held.reply, false);
         }
     }
 
@@ -466,8 +487,19 @@ impl Dispatcher {
         sid: Option<String>,
         ip: Option<std::net::IpAddr>,
         reply: tokio::sync::oneshot::Sender<Option<Route>>,
+        may_hold: bool,
     ) {
         let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
+        if picked.is_none()
+            && may_hold
+            && group.is_some()
+            && self.config.protocol == crate::config::Protocol::Node
+            && self.held.len() < MAX_HELD
+        {
+            let until = Instant::now() + HOLD_EMPTY_GROUP;
+            self.held.push(super::HeldPick { sid, group, ip, reply, until });
+            return;
+        }
         let route = picked.and_then(|key| {
             let process = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key);
             match process {

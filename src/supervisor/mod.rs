@@ -20,7 +20,7 @@ pub mod gather;
 pub mod guard;
 pub mod link;
 mod memory;
-mod native;
+pub(crate) mod native;
 pub mod policy;
 mod pools;
 mod recycle;
@@ -236,7 +236,8 @@ struct Dispatcher {
 
 /// A request that names a session no worker reported yet.
 struct HeldPick {
-    sid: String,
+    /// The session it waits for, or none: it waits for a worker to listen on `group`.
+    sid: Option<String>,
     group: Option<u32>,
     ip: Option<std::net::IpAddr>,
     reply: tokio::sync::oneshot::Sender<Option<crate::listener::Route>>,
@@ -252,6 +253,18 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
     if let (Some(bridge), Some(node_relay)) = (&bridge, &node_relay) {
         bridge.attach_node(node_relay.clone()).await;
     }
+    let node_preload = (config.protocol == crate::config::Protocol::Node
+        && config.node_preload == crate::config::NodePreload::On)
+        .then(|| {
+            crate::node::preload::Preload::write()
+                .inspect_err(|error| {
+                    tracing::warn!(
+                        "{error}: Node workers run without it (their drains close kept-alive connections, and end WebSockets all at once)"
+                    );
+                })
+                .ok()
+        })
+        .flatten();
     let settings = Arc::new(Settings {
         program: config.program.clone(),
         args: config.args.clone(),
@@ -267,6 +280,7 @@ pub async fn run(parts: Parts, mut inputs: Inputs) -> Outcome {
         protocol: config.protocol,
         serialization: config.serialization,
         node_relay,
+        node_preload,
         main_listeners: !listening.is_empty(),
         limits,
         health: config.health.clone(),

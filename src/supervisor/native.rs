@@ -366,7 +366,7 @@ async fn relay_frames(
 /// socket (anything else is a protocol violation), its addresses are read from it (the peer is
 /// `claimed`, the client a PROXY header named, when there was one), and its sticky key from the
 /// request line the worker read.
-fn handback(
+pub(crate) fn handback(
     fd: OwnedFd,
     initial: Vec<u8>,
     group: Option<u32>,

@@ -52,6 +52,8 @@ pub struct Settings {
     pub bus_memory: Arc<crate::bus_memory::BusMemory>,
     /// The relay between Node workers (`--protocol node`).
     pub node_relay: Option<mpsc::Sender<crate::node::relay::Input>>,
+    /// The preload Node workers get (`--node-preload on`, and it could be written).
+    pub node_preload: Option<crate::node::preload::Preload>,
     /// clusterd has listeners of its own (`--listen`, systemd's): their clients need workers
     /// that speak the protocol, even with `--ready-on spawn`.
     pub main_listeners: bool,

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod keepalive_load;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
