@@ -189,8 +189,14 @@ impl Relay {
         let response = matches!(kind, Some(8 | 10));
         let to_hosts = version == Version::V03 && (!response || targets.is_empty());
         let bytes = Bytes::from(frame.into_raw());
-        if to_hosts && let Some(bridge) = &self.bridge {
-            bridge.node(self.mode, &bytes);
+        if to_hosts
+            && let Some(bridge) = &self.bridge
+            && bridge.node(self.mode, &bytes) == crate::bridge::Handed::First
+            && !targets.is_empty()
+        {
+            // The PUBLISH to the other hosts leaves before the local workers are woken (see
+            // `crate::bridge::Handed`).
+            tokio::task::yield_now().await;
         }
         for target in targets {
             self.deliver(target, bytes.clone()).await;
@@ -309,7 +315,7 @@ impl Relay {
         // The workers of other hosts learn it too (their adapters speak 0.3.x across hosts).
         if let Some(bridge) = &self.bridge {
             for (_, bytes) in notices.iter().filter(|(dialect, _)| *dialect == Version::V03) {
-                bridge.node(self.mode, bytes);
+                let _ = bridge.node(self.mode, bytes);
             }
         }
         let survivors: Vec<(u64, Option<Version>)> = self.members.iter().map(|(k, m)| (*k, m.version)).collect();
