@@ -268,3 +268,41 @@ pub fn start(
     });
     Ok(handle)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(connected: bool) -> Sink {
+        let shared = Arc::new(Shared {
+            out: OutQueue::new(1 << 20),
+            stats: Arc::new(Stats::new()),
+            connected: AtomicBool::new(connected),
+            local: Mutex::default(),
+            local_changed: tokio::sync::Notify::new(),
+        });
+        Sink { shared }
+    }
+
+    #[test]
+    fn only_the_message_that_finds_the_bridge_idle_makes_the_relay_yield() {
+        let sink = sink(true);
+        let payload = Bytes::from_static(b"broadcast");
+        let request = "socket.io-request#/#";
+        assert_eq!(sink.publish("news", &payload, || false), Handed::No, "an application's channel stays local");
+        assert_eq!(sink.publish(request, &payload, || false), Handed::First);
+        // The connection task has not taken it yet: the next one queues behind it.
+        assert_eq!(sink.publish(request, &payload, || false), Handed::Queued);
+        sink.shared.out.take_all();
+        assert_eq!(sink.publish(request, &payload, || false), Handed::First);
+        // A channel of one server that is here goes nowhere else.
+        assert_eq!(sink.publish("socket.io-request#/#q7Z_0a#", &payload, || true), Handed::No);
+        let mode = crate::node::frame::Mode::Json;
+        assert_eq!(sink.node(mode, &payload), Handed::Queued);
+
+        // Down: dropped and counted, nothing to yield for.
+        let down = super::tests::sink(false);
+        assert_eq!(down.publish(request, &payload, || false), Handed::No);
+        assert_eq!(down.shared.stats.dropped.load(Ordering::Relaxed), 1);
+    }
+}
