@@ -26,6 +26,10 @@
 //!    local hop (two workers of one host) and across hosts (a worker of host A, under `--bridge`,
 //!    on a bridged channel, to a worker of host B). This is the bridge's own latency, against the
 //!    raw Redis round trip: what the Socket.IO rows add on top is the same for every setup.
+//!    Beside them, in the same round, **the bound** of that path: the same hops (a unix socket
+//!    into a forwarder process, TCP to Redis, TCP from Redis to a second forwarder, a unix socket
+//!    out of it) through two minimal forwarders, one blocking thread each, no runtime, no relay:
+//!    what any primary between the workers and Redis costs on this machine, at the least.
 //! 4. **The local relay**: benches/relay.rs's scenario (`relay_worker`, one publisher and two
 //!    subscribers on one host, [`RELAY_COUNT`] messages of [`RELAY_SIZE`] bytes) with and without
 //!    `--bridge` configured (its channel is not bridged: the cost is the relay's check),
@@ -125,6 +129,10 @@ struct Binaries {
 }
 
 fn main() {
+    if let Ok(role) = std::env::var(FORWARDER_ROLE) {
+        forwarder(&role);
+        return;
+    }
     let dir = common::target_dir();
     let need = |name: &str| {
         common::find_in_path(name).unwrap_or_else(|| {
@@ -149,7 +157,7 @@ fn main() {
         eprintln!("round {round}: raw Redis PUBLISH → message p50 {p50:.0} µs, p99 {p99:.0} µs");
         results.raw.push((p50, p99));
         if phases.bus {
-            let hops = [Hop::Local, Hop::Cross, Hop::CrossBefore];
+            let hops = [Hop::Local, Hop::Cross, Hop::CrossBefore, Hop::Bound];
             for hop in hops.into_iter().filter(|h| *h != Hop::CrossBefore || bins.before.is_some()) {
                 let (p50, p99) = bus_latency(&bins, hop);
                 eprintln!("round {round} bus, {}: p50 {p50:.0} µs, p99 {p99:.0} µs", hop.label());
@@ -514,6 +522,8 @@ enum Hop {
     Cross,
     /// The same with the clusterd binary of `BRIDGE_BENCH_BEFORE`.
     CrossBefore,
+    /// The same hops through two minimal forwarders ([`bound_latency`]).
+    Bound,
 }
 
 impl Hop {
@@ -522,6 +532,7 @@ impl Hop {
             Self::Local => "worker → worker on one host",
             Self::Cross => "worker on host A → worker on host B, --bridge",
             Self::CrossBefore => "the same, BRIDGE_BENCH_BEFORE's binary",
+            Self::Bound => "the same hops through two minimal forwarders (the bound)",
         }
     }
 }
@@ -608,6 +619,7 @@ fn bus_latency(bins: &Binaries, hop: Hop) -> (f64, f64) {
         env
     };
     let done = match hop {
+        Hop::Bound => return bound_latency(),
         Hop::Local => {
             // Slot 0 publishes, slot 1 subscribes.
             let (mut host, lines, _dir) = relay_host(bins, &bins.clusterd, 2, None, &env(None, "bench"));
@@ -637,6 +649,147 @@ fn bus_latency(bins: &Binaries, hop: Hop) -> (f64, f64) {
         eprintln!("warning: bus, {}: {} of {BUS_SAMPLES} messages arrived", hop.label(), done.received);
     }
     (done.p50_us, done.p99_us)
+}
+
+/// The environment variable that makes the bench a forwarder of [`bound_latency`]
+/// (`to-redis` or `from-redis`), and the ones that tell it its unix socket and Redis.
+const FORWARDER_ROLE: &str = "BRIDGE_BENCH_FORWARDER";
+const FORWARDER_SOCKET: &str = "BRIDGE_BENCH_FORWARDER_SOCKET";
+const FORWARDER_REDIS: &str = "BRIDGE_BENCH_FORWARDER_REDIS";
+/// The largest frame a forwarder takes.
+const FORWARDER_MAX_FRAME: usize = 1 << 20;
+
+/// The bound of the cross-host bus row: a timestamped message from one thread of the bench,
+/// through a unix socket, a forwarder process that PUBLISHes it, Redis, a second forwarder that
+/// is subscribed, and a unix socket to another thread of the bench. The forwarders are the bench
+/// itself, run again as [`forwarder`]: blocking reads and writes, one thread, nothing else. Paced
+/// like the bus rows ([`BUS_SAMPLES`] at [`BUS_RATE`] per second, [`RELAY_SIZE`] bytes); (p50,
+/// p99) in µs.
+fn bound_latency() -> (f64, f64) {
+    use std::io::Read;
+    let redis = Redis::start();
+    let dir = tempfile::Builder::new().prefix("clusterd-bridge-bound-").tempdir().expect("a temporary directory");
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let mut children = Vec::new();
+    let mut connect = |role: &str| -> UnixStream {
+        let socket = dir.path().join(format!("{role}.sock"));
+        let mut command = Command::new(&exe);
+        command
+            .env(FORWARDER_ROLE, role)
+            .env(FORWARDER_SOCKET, &socket)
+            .env(FORWARDER_REDIS, redis.url())
+            .stdin(std::process::Stdio::null());
+        common::die_with_bench(&mut command);
+        let mut child = command.spawn().expect("a forwarder");
+        // A forwarder binds its socket once it is connected (and subscribed): connecting is the
+        // readiness.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(stream) = UnixStream::connect(&socket) {
+                children.push(child);
+                return stream;
+            }
+            if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                panic!("the {role} forwarder did not listen on {} within {START_TIMEOUT:?}", socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // The subscriber first: the publisher's messages must find it subscribed.
+    let (mut out, mut into) = (connect("from-redis"), connect("to-redis"));
+    let base = Instant::now();
+    out.set_read_timeout(Some(RUN_TIMEOUT)).expect("a read timeout");
+    let receiver = std::thread::spawn(move || {
+        let mut latencies = Vec::with_capacity(BUS_SAMPLES as usize);
+        let mut frame = vec![0u8; 4 + RELAY_SIZE];
+        while (latencies.len() as u64) < BUS_SAMPLES {
+            if out.read_exact(&mut frame).is_err() {
+                break;
+            }
+            let now = base.elapsed().as_nanos() as u64;
+            let sent = u64::from_le_bytes(frame[4..12].try_into().expect("8 bytes"));
+            latencies.push(now.saturating_sub(sent) as f64 / 1e3);
+        }
+        latencies
+    });
+    let mut frame = Vec::with_capacity(4 + RELAY_SIZE);
+    for i in 0..BUS_SAMPLES {
+        // Pacing, as the bus rows' publisher paces.
+        let at = Duration::from_nanos(i * 1_000_000_000 / BUS_RATE);
+        if let Some(wait) = at.checked_sub(base.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        frame.clear();
+        frame.extend_from_slice(&u32::try_from(RELAY_SIZE).expect("a small size").to_le_bytes());
+        frame.extend_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+        frame.resize(4 + RELAY_SIZE, 0xa5);
+        into.write_all(&frame).expect("a write to the forwarder");
+    }
+    let mut latencies = receiver.join().expect("the receiving thread");
+    drop(into);
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if (latencies.len() as u64) < BUS_SAMPLES {
+        eprintln!("warning: bus, the bound: {} of {BUS_SAMPLES} messages arrived", latencies.len());
+    }
+    if latencies.is_empty() {
+        return (0.0, 0.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
+    (at(0.5), at(0.99))
+}
+
+/// The bench run as a forwarder of [`bound_latency`]: `to-redis` reads length-prefixed frames
+/// from its unix socket and PUBLISHes each on [`BRIDGED_CHANNEL`]; `from-redis` subscribes to it
+/// and writes each message, length-prefixed, to its unix socket. Blocking calls on one thread;
+/// ends when its connection closes.
+fn forwarder(role: &str) {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
+    let (socket, url) = (var(FORWARDER_SOCKET), var(FORWARDER_REDIS));
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let mut connection = client.get_connection().expect("a Redis connection");
+    match role {
+        "to-redis" => {
+            let (mut stream, _) = UnixListener::bind(&socket).expect("the socket").accept().expect("the bench");
+            let mut head = [0u8; 4];
+            let mut payload = Vec::new();
+            while stream.read_exact(&mut head).is_ok() {
+                let size = u32::from_le_bytes(head) as usize;
+                assert!(size <= FORWARDER_MAX_FRAME, "a {size}-byte frame");
+                payload.resize(size, 0);
+                if stream.read_exact(&mut payload).is_err() {
+                    return;
+                }
+                redis::cmd("PUBLISH")
+                    .arg(BRIDGED_CHANNEL)
+                    .arg(&payload)
+                    .query::<i64>(&mut connection)
+                    .expect("PUBLISH");
+            }
+        }
+        "from-redis" => {
+            let mut pubsub = connection.as_pubsub();
+            pubsub.subscribe(BRIDGED_CHANNEL).expect("SUBSCRIBE");
+            let (mut stream, _) = UnixListener::bind(&socket).expect("the socket").accept().expect("the bench");
+            let mut frame = Vec::new();
+            while let Ok(message) = pubsub.get_message() {
+                let payload = message.get_payload_bytes();
+                frame.clear();
+                frame.extend_from_slice(&u32::try_from(payload.len()).expect("a small payload").to_le_bytes());
+                frame.extend_from_slice(payload);
+                if stream.write_all(&frame).is_err() {
+                    return;
+                }
+            }
+        }
+        other => panic!("{FORWARDER_ROLE}: unknown role {other:?}"),
+    }
 }
 
 /// benches/relay.rs's scenario on one host, with or without a bridge configured: messages
@@ -670,7 +823,7 @@ fn report(results: &Results, took: Duration) {
     println!("| latency, µs | p50 | p99 | p50 / raw Redis |");
     println!("|---|---|---|---|");
     println!("| raw Redis PUBLISH → message | {raw50:.0} | {raw99:.0} | 1.0× |");
-    for hop in [Hop::Local, Hop::Cross, Hop::CrossBefore] {
+    for hop in [Hop::Local, Hop::Cross, Hop::CrossBefore, Hop::Bound] {
         let of = |i: usize| bus.iter().filter(|(h, _)| *h == hop).map(move |(_, p)| if i == 0 { p.0 } else { p.1 });
         if of(0).next().is_none() {
             continue;

@@ -294,8 +294,17 @@ impl Relay {
 
     /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
     async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
-        if let Some(bridge) = &self.bridge {
-            bridge.publish(channel, &payload, || self.subscriptions.contains_key(channel));
+        let handed = match &self.bridge {
+            Some(bridge) => bridge.publish(channel, &payload, || self.subscriptions.contains_key(channel)),
+            None => crate::bridge::Handed::No,
+        };
+        if !self.subscriptions.contains_key(channel) {
+            return;
+        }
+        if handed == crate::bridge::Handed::First {
+            // The PUBLISH to the other hosts leaves before the local workers are woken (see
+            // `Handed`).
+            tokio::task::yield_now().await;
         }
         let Some(subscribers) = self.subscriptions.get(channel) else { return };
         self.head.clear();

@@ -79,6 +79,11 @@ impl OutQueue {
         dropped
     }
 
+    /// Whether nothing waits: an item pushed now is taken by the connection task's next turn.
+    pub fn is_empty(&self) -> bool {
+        lock(&self.inner).items.is_empty()
+    }
+
     /// Takes up to `max` items, in order.
     pub fn take(&self, max: usize, into: &mut Vec<Out>) {
         let mut inner = lock(&self.inner);

@@ -239,10 +239,15 @@ impl Relay {
         };
         let bytes = Bytes::from(frame.into_raw());
         if let Some(bridge) = &self.bridge {
-            match answer_to {
+            let handed = match answer_to {
                 Some(host) => bridge.node_to(host, self.mode, &bytes),
                 None if to_hosts => bridge.node(self.mode, &bytes),
-                None => {}
+                None => crate::bridge::Handed::No,
+            };
+            if handed == crate::bridge::Handed::First && !targets.is_empty() {
+                // The PUBLISH to the other hosts leaves before the local workers are woken (see
+                // `crate::bridge::Handed`).
+                tokio::task::yield_now().await;
             }
         }
         for target in targets {
@@ -496,7 +501,7 @@ impl Relay {
         // spoke is known to no other host).
         if let (Some(bridge), Some(version)) = (&self.bridge, dead.version) {
             for (_, bytes) in notices.iter().filter(|(dialect, _)| *dialect == version) {
-                bridge.node(self.mode, bytes);
+                let _ = bridge.node(self.mode, bytes);
             }
         }
         let survivors: Vec<(u64, Option<Version>)> = self.members.iter().map(|(k, m)| (*k, m.version)).collect();
