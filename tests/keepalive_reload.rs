@@ -22,6 +22,8 @@ use support::*;
 
 /// Clients, each with one kept-alive connection at a time.
 const CLIENTS: usize = 8;
+/// Requests a pipelining client writes at once.
+const PIPELINE_DEPTH: usize = 4;
 /// The most a load runs, whatever happens to the test (a failure bound, not a pace).
 const LOAD_LIMIT: Duration = Duration::from_secs(300);
 
@@ -90,14 +92,15 @@ struct Load {
 }
 
 impl Load {
-    /// `CLIENTS` clients sending `GET <path>`.
-    fn start(addr: SocketAddr, path: &'static str) -> Self {
+    /// `CLIENTS` clients sending `GET <path>`, `depth` at a time on each connection (1: each
+    /// request after the previous answer; more: pipelined).
+    fn start(addr: SocketAddr, path: &'static str, depth: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let clients = (0..CLIENTS)
             .map(|_| {
                 let (stop, served) = (stop.clone(), served.clone());
-                std::thread::spawn(move || client(addr, path, &stop, &served))
+                std::thread::spawn(move || client(addr, path, depth, &stop, &served))
             })
             .collect();
         Self { stop, served, clients }
@@ -119,10 +122,13 @@ impl Load {
     }
 }
 
-/// One client: `GET /` after `GET /` on its kept-alive connection; a new connection only when the
-/// server said `Connection: close` or the previous one failed. Returns its failures.
-fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU64) -> Vec<String> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+/// One client: `depth` requests `GET <path>` written at once on its kept-alive connection (a
+/// pipeline when `depth` > 1), then their `depth` responses, again and again; a new connection
+/// only when the server said `Connection: close` or the connection failed. A request whose
+/// response does not come is a failure, one answered after a `Connection: close` too (a client
+/// must not read on past it; RFC 9112, 9.6). Returns its failures.
+fn client(addr: SocketAddr, path: &str, depth: usize, stop: &AtomicBool, served: &AtomicU64) -> Vec<String> {
+    let batch = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").repeat(depth);
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut connection: Option<BufReader<TcpStream>> = None;
@@ -143,26 +149,35 @@ fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU64) -
                 }
             },
         };
-        let result = reader
-            .get_mut()
-            .write_all(request.as_bytes())
-            .map_err(|e| format!("write: {e}"))
-            .and_then(|()| response(reader));
-        match result {
-            Ok((200, close)) => {
-                served.fetch_add(1, Ordering::Relaxed);
-                on_this += 1;
-                if close {
-                    connection = None;
+        if let Err(e) = reader.get_mut().write_all(batch.as_bytes()) {
+            failures.extend((0..depth).map(|_| format!("write: {e}")));
+            connection = None;
+            continue;
+        }
+        for k in 0..depth {
+            match response(reader) {
+                Ok((200, close)) => {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    on_this += 1;
+                    if close {
+                        let unanswered = depth - k - 1;
+                        failures.extend((0..unanswered).map(|_| {
+                            format!("unanswered after a Connection: close (request {} on its connection)", on_this + 1)
+                        }));
+                        connection = None;
+                        break;
+                    }
                 }
-            }
-            Ok((code, _)) => {
-                failures.push(format!("status {code}"));
-                connection = None;
-            }
-            Err(e) => {
-                failures.push(format!("{e} (request {} on its connection)", on_this + 1));
-                connection = None;
+                Ok((code, _)) => {
+                    failures.extend((k..depth).map(|_| format!("status {code}")));
+                    connection = None;
+                    break;
+                }
+                Err(e) => {
+                    failures.extend((k..depth).map(|_| format!("{e} (request {} on its connection)", on_this + 1)));
+                    connection = None;
+                    break;
+                }
             }
         }
     }
@@ -173,23 +188,32 @@ fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU64) -
 /// keep-alive load: not one request fails, and the pool serves after each change.
 #[test]
 fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
-    through_reloads_and_scale_downs("hello", "/");
+    through_reloads_and_scale_downs("hello", "/", 1);
+}
+
+/// Clients that pipeline (4 requests written at once, then their 4 responses) through 5 reloads
+/// and 5 scale-downs of `hello_wait` workers, whose answers take 2 ms (as a handler that awaits a
+/// database): a drain begins while a response is in flight and requests wait behind it. The
+/// answer in flight is not cut off, and the requests behind it go on to a live worker.
+#[test]
+fn pipelining_clients_through_reloads_and_scale_downs_lose_no_request() {
+    through_reloads_and_scale_downs("hello_wait", "/?ms=2", PIPELINE_DEPTH);
 }
 
 /// The same with the `chat` example (socketioxide, the SDK's `SessionLayer`), its page kept alive.
 #[test]
 fn keep_alive_load_on_a_socketio_worker_through_reloads_and_scale_downs_loses_no_request() {
-    through_reloads_and_scale_downs("chat", "/");
+    through_reloads_and_scale_downs("chat", "/", 1);
 }
 
-fn through_reloads_and_scale_downs(example_name: &str, path: &'static str) {
+fn through_reloads_and_scale_downs(example_name: &str, path: &'static str, depth: usize) {
     let program = example(example_name);
     let mut c = Builder::new()
         .args(&["--workers", "3", "--listen", "127.0.0.1:0", "--grace", "20s"])
         .program(&[program.to_str().unwrap()])
         .start();
     let addr = listen_addr(&c.wait_ready(3));
-    let load = Load::start(addr, path);
+    let load = Load::start(addr, path, depth);
     load.wait_served("at the start");
     let mut generation = 1;
     for _ in 0..5 {
@@ -213,7 +237,9 @@ fn through_reloads_and_scale_downs(example_name: &str, path: &'static str) {
         served + failures.len() as u64,
         &failures[..failures.len().min(10)]
     );
-    println!("{example_name}: {served} requests served through 5 reloads and 5 scale-downs, none failed");
+    println!(
+        "{example_name}, {depth} at a time: {served} requests served through 5 reloads and 5 scale-downs, none failed"
+    );
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
