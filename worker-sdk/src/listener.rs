@@ -100,8 +100,17 @@ pub struct Connection {
 
 /// The HTTP/1.x side of a connection: its framing, the header timer, and the check of each later
 /// request's session.
+///
+/// A later request reaches the server only once the response to the one before is complete
+/// (pipelined bytes wait here, not in the server's buffer): so when a drain begins, every request
+/// the server has read is the one it is answering, which it finishes, and the requests behind it
+/// go back to clusterd with their bytes, unread by this worker's application.
 struct Http {
     tracker: crate::http1::Tracker,
+    /// The server's responses, to know when the request in flight is answered.
+    responses: crate::http1::Responses,
+    /// The server's read waiting for that answer.
+    reader: Option<std::task::Waker>,
     /// The sessions this worker holds, to tell a later request of another worker's session.
     sessions: Arc<Sessions>,
     /// A later request begins at the held-back bytes and is not checked yet.
@@ -116,6 +125,22 @@ struct Http {
 }
 
 impl Http {
+    /// A request the server has read is not answered yet (and the answers are followed).
+    fn awaiting_answer(&self) -> bool {
+        self.responses.followed() && self.responses.answered() < self.tracker.heads()
+    }
+
+    /// Follows what the server wrote; wakes a read held until this answer.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let before = self.responses.answered();
+        self.responses.feed(bytes, self.tracker.head_method());
+        if self.responses.answered() != before
+            && let Some(reader) = self.reader.take()
+        {
+            reader.wake();
+        }
+    }
+
     /// `Err(TimedOut)` once the current head took longer than the timeout; registers the
     /// timer's wakeup otherwise.
     fn poll_timeout(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -348,6 +373,8 @@ impl Connection {
         let http = crate::http1::starts_with_request_line(&frame.initial).then(|| {
             Box::new(Http {
                 tracker: crate::http1::Tracker::in_first_request(),
+                responses: crate::http1::Responses::new(),
+                reader: None,
                 sessions: Arc::clone(&serving.sessions),
                 decide: false,
                 handing: false,
@@ -392,12 +419,15 @@ impl Connection {
 
     /// The server ends the connection between two requests while the worker drains: give it
     /// back instead. Only a connection whose last request let it persist (HTTP/1.1 without
-    /// `Connection: close`), and whose next request the server has not begun to read: nothing of
-    /// it, or only bytes held back.
+    /// `Connection: close`), whose last response is complete and was not delimited by the close,
+    /// and whose next request the server has not begun to read: nothing of it, or only bytes held
+    /// back.
     fn give_back_on_close(&self) -> bool {
         let Some(http) = &self.http else { return false };
         self.drain.started()
             && http.tracker.keep_alive()
+            && http.responses.between()
+            && !http.awaiting_answer()
             && (http.decide
                 || (http.tracker.phase() == crate::http1::Phase::Idle && self.consumed == self.initial.len()))
     }
@@ -527,6 +557,13 @@ impl AsyncRead for Connection {
                     // The end of this connection for the server; clusterd gets the socket.
                     return Poll::Ready(Ok(()));
                 }
+                if http.decide && http.awaiting_answer() {
+                    // A pipelined request waits for the answer to the one before; its head timer
+                    // starts once it goes on.
+                    http.armed = false;
+                    http.reader = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
                 if let Err(error) = http.poll_timeout(cx) {
                     return Poll::Ready(Err(error));
                 }
@@ -608,13 +645,35 @@ impl AsyncRead for Connection {
     }
 }
 
+fn write_socket(socket: &mut Socket, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    match socket {
+        Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        Socket::Gone => Poll::Ready(Err(gone())),
+    }
+}
+
+impl Connection {
+    /// A draining connection whose client may go on after this response (on another worker, once
+    /// the connection is given back): a response head's `Connection: close` is hidden from it.
+    fn keeps_open(&self) -> bool {
+        self.drain.started() && self.http.as_ref().is_some_and(|h| h.tracker.keep_alive())
+    }
+}
+
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.socket {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Gone => Poll::Ready(Err(gone())),
-        }
+        let keeps_open = self.keeps_open();
+        let this = &mut *self;
+        let Some(http) = &mut this.http else { return write_socket(&mut this.socket, cx, buf) };
+        let renamed = if keeps_open { http.responses.keep_open(buf) } else { None };
+        let data = match &renamed {
+            Some((bytes, limit)) => &bytes[..*limit],
+            None => buf,
+        };
+        let written = std::task::ready!(write_socket(&mut this.socket, cx, data))?;
+        http.wrote(&data[..written]);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -622,6 +681,31 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.http.is_some() {
+            if self.keeps_open() {
+                // A head may need renaming: one slice at a time (a shorter write is allowed).
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                return self.poll_write(cx, first);
+            }
+            let this = &mut *self;
+            let written = std::task::ready!(match &mut this.socket {
+                Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                Socket::Gone => Poll::Ready(Err(gone())),
+            })?;
+            if let Some(http) = &mut this.http {
+                let mut left = written;
+                for b in bufs {
+                    let n = left.min(b.len());
+                    http.wrote(&b[..n]);
+                    left -= n;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+            return Poll::Ready(Ok(written));
+        }
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -781,9 +865,10 @@ mod tests {
         let first = b"GET /?EIO=4&sid=mine HTTP/1.1\r\nHost: x\r\n\r\n";
         let second = b"GET /?EIO=4&transport=polling&sid=theirs HTTP/1.1\r\nHost: x\r\n\r\n";
         let (mut c, _client, mut reports) = connection(&[&first[..], second].concat(), sessions);
+        serve_first(&mut c, first).await;
         let mut served = Vec::new();
         c.read_to_end(&mut served).await.unwrap();
-        assert_eq!(served, first, "the server sees the first request, then the end");
+        assert!(served.is_empty(), "the server sees the first request, then the end");
         drop(c);
         match reports.recv().await {
             Some(Report::Handback { id, initial, .. }) => assert_eq!((id, initial.as_slice()), (7, &second[..])),
@@ -796,12 +881,14 @@ mod tests {
     async fn a_later_request_of_a_held_session_is_served_and_the_connection_closes_normally() {
         let sessions = Arc::new(Sessions::default());
         sessions.insert("mine");
-        let both = b"GET / HTTP/1.1\r\n\r\nGET /?EIO=4&sid=mine HTTP/1.1\r\n\r\n";
-        let (mut c, client, mut reports) = connection(both, sessions);
-        drop(client);
+        let first = b"GET / HTTP/1.1\r\n\r\n";
+        let second = b"GET /?EIO=4&sid=mine HTTP/1.1\r\n\r\n";
+        let (mut c, client, mut reports) = connection(&[&first[..], second].concat(), sessions);
+        serve_first(&mut c, first).await;
+        client.shutdown(std::net::Shutdown::Write).unwrap();
         let mut served = Vec::new();
         c.read_to_end(&mut served).await.unwrap();
-        assert_eq!(served, both);
+        assert_eq!(served, second);
         drop(c);
         assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
     }
@@ -871,6 +958,58 @@ mod tests {
             Some(Report::Handback { initial, .. }) => assert_eq!(initial, second),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Issue 13: a pipelining client's next request waits for the answer in flight; when the
+    /// drain begins meanwhile, the answer is written whole, without hyper's `Connection: close`,
+    /// and the next request goes back to clusterd with its bytes instead of to the server.
+    #[tokio::test]
+    async fn a_pipelined_request_waits_for_the_answer_in_flight_and_goes_back_when_the_drain_begins() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let second = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, mut reports) =
+            connection_draining(&[&first[..], second].concat(), Arc::default(), drain.clone());
+        let mut got = vec![0u8; first.len()];
+        c.read_exact(&mut got).await.unwrap();
+        let mut chunk = [0u8; 64];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            Pin::new(&mut c).poll_read(&mut cx, &mut ReadBuf::new(&mut chunk)).is_pending(),
+            "the second request waits for the first answer"
+        );
+        drain.start();
+        let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        c.write_all(answer).await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the server sees the end once it answered");
+        c.shutdown().await.unwrap();
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { initial, .. }) => assert_eq!(initial, second),
+            other => panic!("{other:?}"),
+        }
+        let mut seen = vec![0u8; answer.len()];
+        std::io::Read::read_exact(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, b"HTTP/1.1 200 OK\r\nX-Draining: close\r\ncontent-length: 2\r\n\r\nok");
+    }
+
+    /// A response that ends with the connection (no length) is never followed by a handback.
+    #[tokio::test]
+    async fn a_response_delimited_by_the_close_closes() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, _client, mut reports) = connection_draining(request, Arc::default(), drain.clone());
+        let mut got = vec![0u8; request.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        c.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await.unwrap();
+        c.shutdown().await.unwrap();
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
     }
 
     #[test]
