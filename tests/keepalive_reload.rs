@@ -265,9 +265,18 @@ impl Reconnects {
     }
 }
 
+/// How the clients of `sessions_through_a_drain` talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// socket.io-client's default: long-polling, then the upgrade to a WebSocket.
+    WebSocket,
+    /// `transports: ["polling"]`: long-polling only.
+    Polling,
+}
+
 /// `clients` socket.io-clients on one `chat` worker (`--grace 8s`), then a reload: the worker
 /// drains, and its clients reconnect to its successor.
-fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnects {
+fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>, transport: Transport) -> Reconnects {
     let chat = example("chat");
     let mut builder = Builder::new()
         .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "8s"])
@@ -281,6 +290,7 @@ fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnec
     let mut node = Command::new("node")
         .arg(node_dir().join("drain_spread.mjs"))
         .args([&url, &clients.to_string(), "90000"])
+        .args((transport == Transport::Polling).then_some("polling"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("node");
@@ -311,17 +321,34 @@ fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnec
 #[test]
 fn socketio_sessions_of_a_draining_worker_end_spread_over_the_grace() {
     const CLIENTS: usize = 40;
-    let at_once = sessions_through_a_drain(CLIENTS, Some("0"));
-    let spread = sessions_through_a_drain(CLIENTS, None);
-    for (name, r) in [("at once", &at_once), ("spread", &spread)] {
+    let at_once = sessions_through_a_drain(CLIENTS, Some("0"), Transport::WebSocket);
+    let spread = sessions_through_a_drain(CLIENTS, None, Transport::WebSocket);
+    assert_spread(CLIENTS, &at_once, &spread);
+}
+
+/// Issue 13, item 4: the same with long-polling clients (`transports: ["polling"]`): the SDK
+/// answers each session's pending poll with an Engine.IO `close` packet, one by one over half the
+/// grace, and socket.io-client reconnects on it.
+#[test]
+fn socketio_polling_sessions_of_a_draining_worker_end_spread_over_the_grace() {
+    const CLIENTS: usize = 40;
+    let at_once = sessions_through_a_drain(CLIENTS, Some("0"), Transport::Polling);
+    let spread = sessions_through_a_drain(CLIENTS, None, Transport::Polling);
+    assert_spread(CLIENTS, &at_once, &spread);
+}
+
+/// Every client reconnected, and with the spread over at least 2 s, at most half of them in any
+/// one second.
+fn assert_spread(clients: usize, at_once: &Reconnects, spread: &Reconnects) {
+    for (name, r) in [("at once", at_once), ("spread", spread)] {
         println!(
-            "{name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
+            "{name}: {clients} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
             r.disconnects.last().unwrap(),
             r.reasons,
             r.span_ms(),
             r.peak_per_second()
         );
-        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
+        assert_eq!(r.reconnects.len(), clients, "{name}: every client reconnected");
     }
     // The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
     assert!(
@@ -333,9 +360,9 @@ fn socketio_sessions_of_a_draining_worker_end_spread_over_the_grace() {
     // Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random
     // delay, 0.5 to 1.5 s, blurs it): at most half of them in any one second.
     assert!(
-        spread.peak_per_second() <= CLIENTS / 2,
+        spread.peak_per_second() <= clients / 2,
         "at most {} reconnections in one second, not {} (all at once: {})",
-        CLIENTS / 2,
+        clients / 2,
         spread.peak_per_second(),
         at_once.peak_per_second()
     );
