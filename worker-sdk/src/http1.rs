@@ -82,17 +82,61 @@ pub(crate) struct Tracker {
     heads: u64,
     /// The last complete head was a `HEAD` request: its response has no body.
     head_method: bool,
+    /// The last complete head was an Engine.IO long-polling `GET` of a session (see [`Poll`]).
+    poll: Option<Poll>,
+}
+
+/// An Engine.IO long-polling `GET` of a session: the server answers it when it has packets for
+/// the client (or a ping), so it is usually pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Poll {
+    /// Engine.IO protocol 3 (`EIO=3`), whose payloads prefix each packet with its length.
+    pub(crate) v3: bool,
+}
+
+/// The Engine.IO long-poll a request line asks for, if it is one (`GET`, `transport=polling`,
+/// with a session id).
+pub(crate) fn long_poll(line: &[u8]) -> Option<Poll> {
+    if !line.starts_with(b"GET ") {
+        return None;
+    }
+    engineio_sid(line)?;
+    let line = std::str::from_utf8(line).ok()?;
+    let query = line.split(' ').nth(1)?.split_once('?')?.1;
+    let mut polling = false;
+    let mut v3 = false;
+    for pair in query.split('&') {
+        match pair {
+            "transport=polling" => polling = true,
+            "EIO=3" => v3 = true,
+            _ => {}
+        }
+    }
+    polling.then_some(Poll { v3 })
 }
 
 impl Tracker {
     /// A tracker for a stream whose first request has begun (clusterd read its request line).
     pub(crate) fn in_first_request() -> Self {
-        Self { state: State::Head, head: Vec::new(), keep_alive: false, upgraded: false, heads: 0, head_method: false }
+        Self {
+            state: State::Head,
+            head: Vec::new(),
+            keep_alive: false,
+            upgraded: false,
+            heads: 0,
+            head_method: false,
+            poll: None,
+        }
     }
 
     /// How many request heads were complete so far (the requests the server may have begun).
     pub(crate) fn heads(&self) -> u64 {
         self.heads
+    }
+
+    /// The long-poll the last complete head asked for, if it was one.
+    pub(crate) fn poll(&self) -> Option<Poll> {
+        self.poll
     }
 
     /// Whether the last complete head was a `HEAD` request.
@@ -156,6 +200,7 @@ impl Tracker {
                             (framing.state, framing.keep_alive, framing.upgraded);
                         self.heads += 1;
                         self.head_method = self.head.starts_with(b"HEAD ");
+                        self.poll = request_line(&self.head).and_then(long_poll);
                         self.head.clear();
                     }
                 }
@@ -748,6 +793,18 @@ mod tests {
         assert_eq!((&bytes[..limit], limit), (&b"X-Draining: Close\r\n\r\n"[..], 21));
         r.feed(b"Connection", false);
         assert_eq!(r.keep_open(b": close\r\n\r\n"), None, "begun: past changing");
+    }
+
+    #[test]
+    fn long_polls() {
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=4&transport=polling&t=x&sid=Ab HTTP/1.1"), Some(Poll { v3: false }));
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=3&transport=polling&sid=Ab HTTP/1.1"), Some(Poll { v3: true }));
+        assert_eq!(long_poll(b"POST /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1"), None, "a send");
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"), None, "a handshake");
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=4&transport=websocket&sid=Ab HTTP/1.1"), None);
+        let mut t = Tracker::in_first_request();
+        t.feed(b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(t.poll(), Some(Poll { v3: false }));
     }
 
     #[test]

@@ -92,8 +92,9 @@ pub struct Connection {
     unread: Option<Arc<Unread>>,
     /// The worker's drain, as its connections see it (counted live in it until closed).
     drain: Arc<Drain>,
-    /// Registered with the drain once a request switched the stream to another protocol.
-    upgraded: Option<Arc<UpgradedSocket>>,
+    /// Registered with the drain once a request switched the stream to another protocol, or
+    /// once it carried an Engine.IO long-poll.
+    spread: Option<Arc<SpreadSocket>>,
     /// Queued for clusterd: the report task counts it closed once the frame is sent.
     handed: bool,
 }
@@ -175,8 +176,9 @@ pub(crate) struct Serving {
 ///
 /// Once the drain starts, a kept-alive connection between two requests is given back to clusterd
 /// instead of closing (its client may be sending its next request at that very moment: a close
-/// would lose it), and upgraded connections (WebSockets) are shut down one by one over a spread,
-/// so that their clients do not all reconnect to the other workers in the same second.
+/// would lose it), and the Socket.IO sessions are ended one by one over a spread, so that their
+/// clients do not all reconnect to the other workers in the same second: upgraded connections
+/// (WebSockets) are shut down, pending long-polls answered with an Engine.IO `close` packet.
 #[derive(Debug, Default)]
 pub(crate) struct Drain {
     started: AtomicBool,
@@ -190,10 +192,10 @@ pub(crate) struct Drain {
 
 #[derive(Debug, Default)]
 struct Upgrades {
-    sockets: Vec<Weak<UpgradedSocket>>,
+    sockets: Vec<Weak<SpreadSocket>>,
     /// The list is compacted (ended connections dropped) when it reaches this length.
     compact_at: usize,
-    /// The spread is over: a connection upgraded from now on is shut down at once.
+    /// The spread is over: a connection registered from now on is ended at once.
     swept: bool,
 }
 
@@ -217,20 +219,20 @@ impl Drain {
         }
     }
 
-    /// The upgraded connections still open, in the order they upgraded; with `last`, the spread
-    /// ends: later upgrades are shut down at once.
-    pub(crate) fn upgraded(&self, last: bool) -> Vec<Arc<UpgradedSocket>> {
+    /// The connections whose sessions the spread ends (upgraded ones, long-polling ones) still
+    /// open, in the order they registered; with `last`, the spread ends: later ones are ended at
+    /// once.
+    pub(crate) fn sessions(&self, last: bool) -> Vec<Arc<SpreadSocket>> {
         let mut upgrades = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
         upgrades.swept |= last;
         std::mem::take(&mut upgrades.sockets).iter().filter_map(Weak::upgrade).collect()
     }
 
-    fn register(&self, fd: RawFd) -> Arc<UpgradedSocket> {
-        let socket = Arc::new(UpgradedSocket { fd: Mutex::new(Some(fd)) });
+    fn register(&self, socket: Arc<SpreadSocket>) -> Arc<SpreadSocket> {
         let mut upgrades = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
         if upgrades.swept {
             drop(upgrades);
-            socket.shut_down();
+            socket.end();
             return socket;
         }
         upgrades.sockets.push(Arc::downgrade(&socket));
@@ -242,24 +244,98 @@ impl Drain {
     }
 }
 
-/// The socket of an upgraded connection, for the drain's spread to shut down while the
-/// connection lives (the fd number is forgotten, under the lock, before the fd closes).
+/// The answer that ends a pending Engine.IO long-poll: one `close` packet. socket.io-client
+/// reconnects on it ("transport close"), through clusterd, to a live worker; it would not on a
+/// Socket.IO disconnect ("io server disconnect").
+const CLOSE_POLL: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1";
+/// The same in Engine.IO protocol 3, whose payload prefixes each packet with its length.
+const CLOSE_POLL_V3: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\n1:1";
+
+/// The socket of a connection that carries a Socket.IO session, for the drain's spread to end
+/// while the connection lives (the fd number is forgotten, under the lock, before the fd closes
+/// or goes back to clusterd).
 #[derive(Debug)]
-pub(crate) struct UpgradedSocket {
-    fd: Mutex<Option<RawFd>>,
+pub(crate) struct SpreadSocket {
+    state: Mutex<SpreadState>,
 }
 
-impl UpgradedSocket {
-    /// Ends the stream both ways: the client sees the close now (a WebSocket client reconnects,
-    /// through clusterd, to a live worker), and the server reads its end and lets go.
-    pub(crate) fn shut_down(&self) {
-        if let Some(fd) = *self.fd.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+#[derive(Debug)]
+struct SpreadState {
+    fd: Option<RawFd>,
+    kind: SpreadKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpreadKind {
+    /// A WebSocket (or another upgraded protocol).
+    Upgraded,
+    /// Carries long-polls: `pending`, one the server has not begun to answer.
+    Polling { pending: Option<crate::http1::Poll>, ended: bool },
+}
+
+impl SpreadSocket {
+    fn new(fd: RawFd, kind: SpreadKind) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(SpreadState { fd: Some(fd), kind }) })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SpreadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the session on this connection. An upgraded stream is shut down both ways: the
+    /// client sees the close now (a WebSocket client reconnects, through clusterd, to a live
+    /// worker), and the server reads its end and lets go. A long-poll the server has not begun to
+    /// answer is answered with an Engine.IO `close` packet, then the stream is shut down (the
+    /// server's own answer, if it comes, fails). A connection between two polls is left alone:
+    /// its next poll goes back to clusterd and finds the session gone, on which the client
+    /// reconnects too.
+    pub(crate) fn end(&self) {
+        let mut state = self.state();
+        let Some(fd) = state.fd else { return };
+        match &mut state.kind {
+            SpreadKind::Upgraded => {}
+            SpreadKind::Polling { pending: None, .. } | SpreadKind::Polling { ended: true, .. } => return,
+            SpreadKind::Polling { pending: Some(poll), ended } => {
+                *ended = true;
+                let answer = if poll.v3 { CLOSE_POLL_V3 } else { CLOSE_POLL };
+                // The socket's buffer is empty while a poll waits for its answer: the few bytes
+                // fit. If not, the client sees the stream end, an error it reconnects on as well.
+                let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+                let _ = nix::sys::socket::send(fd, answer, flags);
+            }
         }
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }
 
     fn forget(&self) {
-        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.state().fd = None;
+    }
+
+    /// A long-poll reached the server on this connection.
+    fn poll_pending(&self, poll: crate::http1::Poll) {
+        if let SpreadKind::Polling { pending, .. } = &mut self.state().kind {
+            *pending = Some(poll);
+        }
+    }
+
+    /// The server writes: `Err` once the spread answered the poll itself.
+    fn server_writes(&self) -> io::Result<()> {
+        match &mut self.state().kind {
+            SpreadKind::Polling { ended: true, .. } => {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "the drain ended this Engine.IO session"))
+            }
+            SpreadKind::Polling { pending, .. } => {
+                *pending = None;
+                Ok(())
+            }
+            SpreadKind::Upgraded => Ok(()),
+        }
+    }
+
+    fn upgrade(&self) {
+        self.state().kind = SpreadKind::Upgraded;
     }
 }
 
@@ -399,22 +475,55 @@ impl Connection {
                 serving.drain.live.fetch_add(1, Ordering::SeqCst);
                 Arc::clone(&serving.drain)
             },
-            upgraded: None,
+            spread: None,
             handed: false,
         })
     }
 
+    fn raw_fd(&self) -> Option<RawFd> {
+        match &self.socket {
+            Socket::Tcp(s) => Some(s.as_raw_fd()),
+            Socket::Unix(s) => Some(s.as_raw_fd()),
+            Socket::Gone => None,
+        }
+    }
+
     /// Registers an upgraded connection with the drain, once.
     fn note_upgrade(&mut self) {
-        if self.upgraded.is_some() || !self.http.as_ref().is_some_and(|h| h.tracker.upgraded()) {
+        if !self.http.as_ref().is_some_and(|h| h.tracker.upgraded()) {
             return;
         }
-        let fd = match &self.socket {
-            Socket::Tcp(s) => s.as_raw_fd(),
-            Socket::Unix(s) => s.as_raw_fd(),
-            Socket::Gone => return,
+        match &self.spread {
+            Some(spread) => {
+                if spread.state().kind != SpreadKind::Upgraded {
+                    spread.upgrade();
+                }
+            }
+            None => {
+                let Some(fd) = self.raw_fd() else { return };
+                self.spread = Some(self.drain.register(SpreadSocket::new(fd, SpreadKind::Upgraded)));
+            }
+        }
+    }
+
+    /// After request heads went to the server: when the last was an Engine.IO long-poll, the
+    /// drain's spread may answer it.
+    fn note_heads(&mut self, before: u64) {
+        let Some(http) = &self.http else { return };
+        if http.tracker.heads() == before {
+            return;
+        }
+        let Some(poll) = http.tracker.poll() else { return };
+        let spread = match &self.spread {
+            Some(spread) => Arc::clone(spread),
+            None => {
+                let Some(fd) = self.raw_fd() else { return };
+                let socket = SpreadSocket::new(fd, SpreadKind::Polling { pending: Some(poll), ended: false });
+                self.spread = Some(Arc::clone(&socket));
+                self.drain.register(socket)
+            }
         };
-        self.upgraded = Some(self.drain.register(fd));
+        spread.poll_pending(poll);
     }
 
     /// The server ends the connection between two requests while the worker drains: give it
@@ -479,6 +588,9 @@ impl Connection {
     /// Gives the socket back to clusterd with the bytes held back (once; the socket is gone after).
     fn hand_back(&mut self) {
         let Some((id, report)) = self.report.take() else { return };
+        if let Some(spread) = self.spread.take() {
+            spread.forget();
+        }
         let socket = std::mem::replace(&mut self.socket, Socket::Gone);
         let fd: Option<OwnedFd> = match socket {
             Socket::Tcp(s) => s.into_std().ok().map(OwnedFd::from),
@@ -534,8 +646,8 @@ impl Drop for Connection {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
             let _ = report.try_send(Report::Closed(id));
         }
-        if let Some(upgraded) = self.upgraded.take() {
-            upgraded.forget();
+        if let Some(spread) = self.spread.take() {
+            spread.forget();
         }
         if !self.handed {
             self.drain.release();
@@ -546,6 +658,18 @@ impl Drop for Connection {
 impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let heads = this.http.as_ref().map_or(0, |h| h.tracker.heads());
+        let read = this.read_for_server(cx, buf);
+        this.note_heads(heads);
+        read
+    }
+}
+
+impl Connection {
+    /// What the server reads: the bytes the client sent, held back at the start of each later
+    /// request until it is decided (and the answer before it complete).
+    fn read_for_server(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         this.mark_read();
         this.note_upgrade();
         if buf.remaining() == 0 {
@@ -666,6 +790,9 @@ impl AsyncWrite for Connection {
         let keeps_open = self.keeps_open();
         let this = &mut *self;
         let Some(http) = &mut this.http else { return write_socket(&mut this.socket, cx, buf) };
+        if let Some(spread) = &this.spread {
+            spread.server_writes()?;
+        }
         let renamed = if keeps_open { http.responses.keep_open(buf) } else { None };
         let data = match &renamed {
             Some((bytes, limit)) => &bytes[..*limit],
@@ -688,6 +815,9 @@ impl AsyncWrite for Connection {
                 return self.poll_write(cx, first);
             }
             let this = &mut *self;
+            if let Some(spread) = &this.spread {
+                spread.server_writes()?;
+            }
             let written = std::task::ready!(match &mut this.socket {
                 Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                 Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -994,6 +1124,48 @@ mod tests {
         let mut seen = vec![0u8; answer.len()];
         std::io::Read::read_exact(&mut client, &mut seen).unwrap();
         assert_eq!(seen, b"HTTP/1.1 200 OK\r\nX-Draining: close\r\ncontent-length: 2\r\n\r\nok");
+    }
+
+    /// Issue 13: the drain's spread answers a pending long-poll with an Engine.IO `close` packet
+    /// (socket.io-client reconnects on it); the server's own answer, if it comes later, fails.
+    #[tokio::test]
+    async fn the_spread_answers_a_pending_long_poll_with_a_close_packet() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, _reports) = connection_draining(poll, Arc::default(), drain.clone());
+        let mut got = vec![0u8; poll.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        let sessions = drain.sessions(false);
+        assert_eq!(sessions.len(), 1, "the connection with a pending poll is in the spread");
+        sessions[0].end();
+        let mut seen = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, CLOSE_POLL, "one close packet, then the end");
+        let late = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await;
+        assert_eq!(late.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    /// A connection between two polls (its last one answered) is left to its next poll.
+    #[tokio::test]
+    async fn the_spread_leaves_an_answered_long_poll_alone() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, _reports) = connection_draining(poll, Arc::default(), drain.clone());
+        let mut got = vec![0u8; poll.len()];
+        c.read_exact(&mut got).await.unwrap();
+        c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await.unwrap();
+        drain.start();
+        for socket in drain.sessions(true) {
+            socket.end();
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2";
+        c.write_all(answer).await.expect("the connection is still open");
+        let mut seen = vec![0u8; 2 * answer.len()];
+        std::io::Read::read_exact(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, [&answer[..], answer].concat(), "no close packet");
     }
 
     /// A response that ends with the connection (no length) is never followed by a handback.

@@ -590,7 +590,7 @@ fn start_drain(inner: &Arc<Inner>) {
         inner.conns.start();
         inner.drain.cancel();
         let spread = spread_of(*lock(&inner.grace), inner.drain_spread_ms.load(Ordering::Relaxed));
-        spread_upgraded(&inner.conns, spread).await;
+        spread_sessions(&inner.conns, spread).await;
     });
 }
 
@@ -604,18 +604,18 @@ fn spread_of(grace: Option<Duration>, ms: u64) -> Duration {
     }
 }
 
-/// Shuts the upgraded connections down one by one, evenly over `spread`; then any left, and
-/// any upgraded later, at once.
-async fn spread_upgraded(conns: &crate::listener::Drain, spread: Duration) {
+/// Ends the Socket.IO sessions (upgraded connections, pending long-polls) one by one, evenly
+/// over `spread`; then any left, and any registered later, at once.
+async fn spread_sessions(conns: &crate::listener::Drain, spread: Duration) {
     let start = tokio::time::Instant::now();
-    let sockets = conns.upgraded(false);
+    let sockets = conns.sessions(false);
     let n = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
     for (i, socket) in (0..n).zip(sockets) {
         tokio::time::sleep_until(start + spread * i / n).await;
-        socket.shut_down();
+        socket.end();
     }
-    for socket in conns.upgraded(true) {
-        socket.shut_down();
+    for socket in conns.sessions(true) {
+        socket.end();
     }
 }
 
