@@ -84,6 +84,11 @@ pub(crate) struct Tracker {
     head_method: bool,
     /// The last complete head was an Engine.IO long-polling `GET` of a session (see [`Poll`]).
     poll: Option<Poll>,
+    /// The last complete head, when its request has no body: what a draining worker gives back
+    /// of a safe request its server read and then dropped unanswered (see `PROTOCOL.md`).
+    last: Vec<u8>,
+    /// `last` is the whole last request.
+    bodiless: bool,
 }
 
 /// An Engine.IO long-polling `GET` of a session: the server answers it when it has packets for
@@ -126,12 +131,21 @@ impl Tracker {
             heads: 0,
             head_method: false,
             poll: None,
+            last: Vec::new(),
+            bodiless: false,
         }
     }
 
     /// How many request heads were complete so far (the requests the server may have begun).
     pub(crate) fn heads(&self) -> u64 {
         self.heads
+    }
+
+    /// The whole last request, when it is a safe one (`GET`, `HEAD`, `OPTIONS`: a client may
+    /// retry it, RFC 9110, 9.2.2) without a body, and its head is complete.
+    pub(crate) fn last_safe_request(&self) -> Option<&[u8]> {
+        let safe = [&b"GET "[..], b"HEAD ", b"OPTIONS "].iter().any(|m| self.last.starts_with(m));
+        (self.bodiless && safe && self.state == State::Idle).then_some(&self.last[..])
     }
 
     /// The long-poll the last complete head asked for, if it was one.
@@ -201,6 +215,8 @@ impl Tracker {
                         self.heads += 1;
                         self.head_method = self.head.starts_with(b"HEAD ");
                         self.poll = request_line(&self.head).and_then(long_poll);
+                        self.bodiless = self.state == State::Idle;
+                        std::mem::swap(&mut self.head, &mut self.last);
                         self.head.clear();
                     }
                 }

@@ -244,6 +244,11 @@ impl Drain {
     }
 }
 
+/// The answer a draining worker gives a request its server read and dropped unanswered, when the
+/// request may not go to another worker (see `Connection::settle_unanswered`).
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 0\r\nConnection: close\r\n\r\n";
+
 /// The answer that ends a pending Engine.IO long-poll: one `close` packet. socket.io-client
 /// reconnects on it ("transport close"), through clusterd, to a live worker; it would not on a
 /// Socket.IO disconnect ("io server disconnect").
@@ -311,6 +316,11 @@ impl SpreadSocket {
 
     fn forget(&self) {
         self.state().fd = None;
+    }
+
+    /// The spread answered this connection's long-poll itself and shut it down.
+    fn ended(&self) -> bool {
+        matches!(self.state().kind, SpreadKind::Polling { ended: true, .. })
     }
 
     /// A long-poll reached the server on this connection.
@@ -541,6 +551,40 @@ impl Connection {
                 || (http.tracker.phase() == crate::http1::Phase::Idle && self.consumed == self.initial.len()))
     }
 
+    /// The server ends the connection, while the worker drains, without a byte of the answer to a
+    /// request it read (a server that drops what it had not begun; hyper finishes it). A safe
+    /// request without a body (`GET`, `HEAD`, `OPTIONS`) goes back to clusterd with its bytes
+    /// (and those held back behind it), as its client would retry it; any other is answered
+    /// `503` with `Connection: close`, never dropped silently.
+    fn settle_unanswered(&mut self) {
+        let Some(http) = &mut self.http else { return };
+        if http.handing || !self.drain.started() || !http.awaiting_answer() || !http.responses.between() {
+            return;
+        }
+        if self.spread.as_ref().is_some_and(|s| s.ended()) {
+            // The spread answered the poll itself.
+            return;
+        }
+        let held = self.initial.len() - self.consumed;
+        match http.tracker.last_safe_request() {
+            Some(request) if request.len() + held <= crate::protocol::MAX_HANDBACK => {
+                let mut initial = request.to_vec();
+                initial.extend_from_slice(&self.initial[self.consumed..]);
+                (self.initial, self.consumed) = (initial, 0);
+                http.handing = true;
+            }
+            _ => {
+                // The socket's buffer has room for a few bytes while the client awaits an answer
+                // (straight to the fd: Tokio's `try_write` refuses until it saw the socket
+                // writable).
+                if let Some(fd) = self.raw_fd() {
+                    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+                    let _ = nix::sys::socket::send(fd, UNAVAILABLE, flags);
+                }
+            }
+        }
+    }
+
     /// The application has started with this connection (or dropped it).
     fn mark_read(&mut self) {
         if let Some(unread) = self.unread.take() {
@@ -639,6 +683,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.mark_read();
+        self.settle_unanswered();
         if self.handing() {
             self.hand_back();
         }
@@ -860,6 +905,7 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.settle_unanswered();
         if !self.handing()
             && self.give_back_on_close()
             && let Some(http) = &mut self.http
@@ -1133,7 +1179,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let drain = Arc::new(Drain::default());
         let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n";
-        let (mut c, mut client, _reports) = connection_draining(poll, Arc::default(), drain.clone());
+        let (mut c, mut client, mut reports) = connection_draining(poll, Arc::default(), drain.clone());
         let mut got = vec![0u8; poll.len()];
         c.read_exact(&mut got).await.unwrap();
         drain.start();
@@ -1145,6 +1191,8 @@ mod tests {
         assert_eq!(seen, CLOSE_POLL, "one close packet, then the end");
         let late = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await;
         assert_eq!(late.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))), "closed, not given back");
     }
 
     /// A connection between two polls (its last one answered) is left to its next poll.
@@ -1166,6 +1214,35 @@ mod tests {
         let mut seen = vec![0u8; 2 * answer.len()];
         std::io::Read::read_exact(&mut client, &mut seen).unwrap();
         assert_eq!(seen, [&answer[..], answer].concat(), "no close packet");
+    }
+
+    /// Issue 13: a server that drops a request it read, unanswered, while the worker drains: a
+    /// `GET` goes back with its bytes; a `POST` is answered `503`, never dropped silently.
+    #[tokio::test]
+    async fn a_request_the_server_drops_unanswered_at_the_drain_goes_back_or_gets_503() {
+        let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let drain = Arc::new(Drain::default());
+        let (mut c, _client, mut reports) = connection_draining(get, Arc::default(), drain.clone());
+        let mut got = vec![0u8; get.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { initial, .. }) => assert_eq!(initial, get),
+            other => panic!("{other:?}"),
+        }
+
+        let post = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+        let drain = Arc::new(Drain::default());
+        let (mut c, mut client, mut reports) = connection_draining(post, Arc::default(), drain.clone());
+        let mut got = vec![0u8; post.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
+        let mut seen = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, UNAVAILABLE);
     }
 
     /// A response that ends with the connection (no length) is never followed by a handback.
