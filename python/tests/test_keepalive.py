@@ -11,6 +11,7 @@ the grace, not all at once.
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -95,6 +96,92 @@ def test_kept_alive_clients_lose_no_request_through_reloads_and_a_scale_down(sta
         load.wait_served("after the scale-down")
     finally:
         load.finish()
+    assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
+
+
+class PipeliningLoad(KeepAliveLoad):
+    """Clients that write ``DEPTH`` requests ``GET /wait?ms=2`` at once on their kept-alive
+    connections, then read their ``DEPTH`` answers, again and again; a request whose answer does
+    not come is a failure, and so is one behind an answer that said ``Connection: close`` (a
+    client must not read on past it, RFC 9112, 9.6)."""
+
+    DEPTH = 4
+
+    def _client(self) -> None:
+        batch = b"GET /wait?ms=2 HTTP/1.1\r\nHost: t\r\n\r\n" * self.DEPTH
+        sock = None
+        while not self.stop.is_set():
+            if sock is None:
+                sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT)
+                reader = sock.makefile("rb")
+            outcomes = []
+            try:
+                sock.sendall(batch)
+                for k in range(self.DEPTH):
+                    response = http.client.HTTPResponse(_Replay(reader), method="GET")
+                    response.begin()
+                    response.read()
+                    outcomes.append(None if response.status == 200 else f"status {response.status}")
+                    if response.will_close:
+                        outcomes += ["unanswered after a Connection: close"] * (self.DEPTH - k - 1)
+                        sock.close()
+                        sock = None
+                        break
+            except (OSError, http.client.HTTPException) as error:
+                outcomes += [repr(error)] * (self.DEPTH - len(outcomes))
+                sock.close()
+                sock = None
+            with self.lock:
+                for outcome in outcomes:
+                    if outcome is None:
+                        self.served += 1
+                    else:
+                        self.failed.append(outcome)
+        if sock is not None:
+            sock.close()
+
+
+class _Replay:
+    """A socket stand-in for ``HTTPResponse`` that reads from one shared buffered reader, so that
+    several answers can be read in turn from one connection."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def makefile(self, *args, **kwargs):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def close(self) -> None:
+        """The answer is read; the connection goes on."""
+
+
+def _through_reloads_and_a_scale_down(cluster, load) -> None:
+    try:
+        load.wait_served("at the start")
+        for generation in (2, 3, 4):
+            done = cluster.cli("reload")
+            assert done.returncode == 0, done.stderr
+            cluster.wait_ready(2, generation=generation, timeout=2 * TIMEOUT)
+            load.wait_served(f"after the reload to generation {generation}")
+        done = cluster.cli("scale", "1")
+        assert done.returncode == 0, done.stderr
+        cluster.wait_ready(1, timeout=2 * TIMEOUT)
+        load.wait_served("after the scale-down")
+    finally:
+        load.finish()
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "asgi"])
+def test_pipelining_clients_lose_no_request_through_reloads_and_a_scale_down(start_cluster, kind):
+    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0", "--grace", "20s"],
+                            [sys.executable, PROBE, kind])
+    cluster.wait_ready(2)
+    load = PipeliningLoad(cluster.url())
+    _through_reloads_and_a_scale_down(cluster, load)
+    print(f"{kind}: {load.served} pipelined requests served, {len(load.failed)} failed")
     assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
 
 

@@ -39,6 +39,7 @@ from .errors import (
     AlreadyTaken, BadEnvironment, BadSessionId, ClusterdError, Disconnected, ListenFailed,
     NotUnderClusterd, ProtocolError, SessionTimeout,
 )
+from .http1 import Exchanges
 
 __all__ = [
     "Worker", "SESSION_ACK_TIMEOUT", "DRAIN_FRAME_WAIT", "DRAIN_ACCEPT_WAIT", "CONNECTION_QUEUE",
@@ -112,16 +113,19 @@ class _HandedSocket(socket.socket):
     ``recv_into``, ``send`` and ``sendmsg``), so that a draining worker can give a kept-alive
     connection back to clusterd instead of closing it (see :meth:`Worker.draining`): when the
     server closes it after answering, having read nothing since, any next request is still in the
-    kernel's buffer and reaches the worker clusterd picks; when the server read a next ``GET``,
-    ``HEAD`` or ``OPTIONS`` and closes without a byte of its answer (aiohttp's shutdown drops a
-    request it read but had not begun), its bytes go back with it.
+    kernel's buffer and reaches the worker clusterd picks; when the server read next requests, all
+    ``GET``, ``HEAD`` or ``OPTIONS``, and closes without a byte of their answers (aiohttp's
+    shutdown drops a request it read but had not begun; a pipelining client's next requests wait
+    in the server's buffer), their bytes go back with it. The requests and answers are told apart
+    by their framing (:mod:`clusterd_worker.http1`), so each complete answer retires its request.
     """
 
-    __slots__ = ("_report", "_give_back", "_on_upgrade", "_unanswered", "_fresh", "_start", "_persistent",
+    __slots__ = ("_report", "_give_back", "_on_upgrade", "_exchanges", "_fresh", "_start", "_persistent",
                  "_answered", "_ended")
 
     def _track(self, initial: bytes) -> None:
-        self._unanswered = bytearray(initial)  # the first request, whose start clusterd read
+        self._exchanges = Exchanges()
+        self._exchanges.read(initial)  # the first request, whose start clusterd read
         self._answered = False
         self._ended = False
         self._persistent = False
@@ -147,12 +151,11 @@ class _HandedSocket(socket.socket):
             return
         if self._fresh:
             self._begins(self._start + bytes(data[:_PEEK]))
-        if len(self._unanswered) <= MAX_HANDBACK:
-            self._unanswered += data  # ``data`` is what was read: ``n`` bytes
+        self._exchanges.read(bytes(data))  # ``data`` is what was read: ``n`` bytes
 
-    def _wrote(self, n: int) -> None:
-        if n:
-            self._unanswered = bytearray()
+    def _wrote(self, data: bytes) -> None:
+        if data:
+            self._exchanges.wrote(data)
             self._fresh = True
             self._start = b""
             self._answered = True
@@ -172,19 +175,28 @@ class _HandedSocket(socket.socket):
         requests, or the bytes of an unanswered retriable request; ``None`` otherwise."""
         if not self._answered or self._ended:
             return None
-        if not self._unanswered:
+        held = self._exchanges.unanswered()
+        if held is None:
+            return None
+        if not held:
             return b"" if self._persistent else None
-        held = bytes(self._unanswered)
-        return held if len(held) <= MAX_HANDBACK and held.startswith(_RETRIABLE) else None
+        retriable = all(request.startswith(_RETRIABLE) for request in self._exchanges.requests())
+        return held if len(held) <= MAX_HANDBACK and retriable else None
 
     def send(self, data: Any, *args: Any) -> int:
         n = super().send(data, *args)
-        self._wrote(n)
+        self._wrote(bytes(memoryview(data).cast("B")[:n]))
         return n
 
     def sendmsg(self, *args: Any) -> int:
         n = super().sendmsg(*args)
-        self._wrote(n)
+        written = bytearray()
+        for buffer in args[0] if args else ():
+            view = memoryview(buffer).cast("B")
+            written += view[:n - len(written)]
+            if len(written) >= n:
+                break
+        self._wrote(bytes(written))
         return n
 
     def close(self) -> None:
