@@ -1,7 +1,7 @@
 """The framing of requests and answers that a draining Python worker follows to give back the
 requests its server read and did not answer (``clusterd_worker.http1``): pure, no I/O."""
 
-from clusterd_worker.http1 import MAX_HANDBACK, Exchanges
+from clusterd_worker.http1 import CLOSE_POLL, CLOSE_POLL_V3, MAX_HANDBACK, Exchanges, close_poll_answer
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -42,3 +42,16 @@ def test_what_is_not_followed_gives_nothing_back():
         e.read(read)
         e.wrote(wrote)
         assert e.unanswered() is None, (read[:40], wrote)
+
+
+def test_the_answer_that_ends_a_long_poll():
+    assert close_poll_answer(b"GET /socket.io/?EIO=4&transport=polling&t=x&sid=Ab HTTP/1.1\r\n\r\n") == CLOSE_POLL
+    assert close_poll_answer(b"GET /socket.io/?EIO=3&transport=polling&sid=Ab HTTP/1.1\r\n\r\n") == CLOSE_POLL_V3
+    assert CLOSE_POLL.endswith(b"\r\n\r\n1") and CLOSE_POLL_V3.endswith(b"\r\n\r\n1:1")
+    for request in [
+        b"POST /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\n\r\n",  # a send
+        b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\n\r\n",  # a handshake
+        b"GET /socket.io/?EIO=4&transport=websocket&sid=Ab HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
+    ]:
+        assert close_poll_answer(request) is None, request

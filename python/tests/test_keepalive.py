@@ -185,7 +185,7 @@ def test_pipelining_clients_lose_no_request_through_reloads_and_a_scale_down(sta
     assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
 
 
-def _reconnects_through_a_drain(start_cluster, clients: int, env: dict) -> dict:
+def _reconnects_through_a_drain(start_cluster, clients: int, env: dict, polling: bool = False) -> dict:
     """``clients`` socket.io-clients (tests/node/drain_spread.mjs) on one chat worker (``--grace
     8s``), then a reload: when their sessions ended and when they reconnected (ms since the first
     end)."""
@@ -193,7 +193,8 @@ def _reconnects_through_a_drain(start_cluster, clients: int, env: dict) -> dict:
     status = cluster.wait_ready(1)
     assert os.path.isdir(os.path.join(NODE_DIR, "node_modules", "socket.io-client")), (
         "tests/node/node_modules is missing: run ./scripts/test, or `npm ci --prefix tests/node`")
-    node = subprocess.Popen(["node", os.path.join(NODE_DIR, "drain_spread.mjs"), cluster.url(), str(clients), "90000"],
+    node = subprocess.Popen(["node", os.path.join(NODE_DIR, "drain_spread.mjs"), cluster.url(), str(clients), "90000"]
+                            + (["polling"] if polling else []),
                             stdout=subprocess.PIPE, text=True)
     try:
         connected = json.loads(node.stdout.readline())
@@ -229,4 +230,19 @@ def test_socketio_sessions_of_a_draining_worker_end_spread_over_the_grace(start_
     assert spread["disconnects"][-1] >= 2000, spread["disconnects"]
     # Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random delay
     # blurs it): at most half of them in any one second.
+    assert _peak_per_second(spread["reconnects"]) <= clients // 2, (spread, at_once)
+
+
+def test_long_polling_sessions_of_a_draining_worker_end_spread_over_the_grace(start_cluster):
+    """The same with clients on long-polling only (``transports: ["polling"]``): each pending poll
+    is answered with an Engine.IO ``close`` packet at its session's turn."""
+    clients = 30
+    at_once = _reconnects_through_a_drain(start_cluster, clients, {"CLUSTERD_DRAIN_SPREAD_MS": "0"}, polling=True)
+    spread = _reconnects_through_a_drain(start_cluster, clients, {}, polling=True)
+    for name, r in (("at once", at_once), ("spread", spread)):
+        print(f"{name}, polling: {clients} sessions ended over {r['disconnects'][-1]} ms ({r['reasons']}), reconnected "
+              f"over {r['reconnects'][-1] - r['reconnects'][0]} ms, at most {_peak_per_second(r['reconnects'])} in one "
+              "second")
+        assert len(r["reconnects"]) == clients, f"{name}: every client reconnected"
+    assert spread["disconnects"][-1] >= 2000, spread["disconnects"]
     assert _peak_per_second(spread["reconnects"]) <= clients // 2, (spread, at_once)

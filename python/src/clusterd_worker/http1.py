@@ -20,6 +20,30 @@ MAX_HANDBACK = 16 * 1024
 MAX_HEAD = 64 * 1024
 
 
+#: The answer that ends a pending Engine.IO long-poll: one ``close`` packet. socket.io-client
+#: reconnects on it ("transport close"), through clusterd, to a live worker; it would not on a
+#: Socket.IO disconnect ("io server disconnect"). As the Rust SDK's (``PROTOCOL.md``).
+CLOSE_POLL = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 1\r\n"
+              b"Connection: close\r\n\r\n1")
+#: The same in Engine.IO protocol 3, whose payload prefixes each packet with its length.
+CLOSE_POLL_V3 = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 3\r\n"
+                 b"Connection: close\r\n\r\n1:1")
+
+
+def close_poll_answer(request: bytes) -> Optional[bytes]:
+    """The answer that ends ``request`` when it is an Engine.IO long-poll of a session (``GET``,
+    ``transport=polling``, ``EIO`` and ``sid`` in the query); ``None`` otherwise."""
+    if not request.startswith(b"GET "):
+        return None
+    target = request.split(b"\r\n", 1)[0].split(b" ")
+    if len(target) < 3 or b"?" not in target[1]:
+        return None
+    params = dict(pair.partition(b"=")[::2] for pair in target[1].split(b"?", 1)[1].split(b"&"))
+    if params.get(b"transport") != b"polling" or not params.get(b"sid") or b"EIO" not in params:
+        return None
+    return CLOSE_POLL_V3 if params[b"EIO"] == b"3" else CLOSE_POLL
+
+
 def _header(head: bytes, name: bytes) -> Optional[bytes]:
     """The value of the last ``name`` header of ``head`` (lower-case name), or ``None``."""
     value = None
