@@ -14,6 +14,9 @@ use nix::sys::signal::Signal;
 use support::keepalive_load::*;
 use support::*;
 
+/// Requests a pipelining client writes at once.
+const PIPELINE_DEPTH: usize = 4;
+
 fn example(name: &str) -> PathBuf {
     let path = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join(name);
     assert!(path.exists(), "{} is missing: `cargo test` builds examples, run it from the workspace", path.display());
@@ -24,23 +27,32 @@ fn example(name: &str) -> PathBuf {
 /// keep-alive load: not one request fails, and the pool serves after each change.
 #[test]
 fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
-    through_reloads_and_scale_downs("hello", "/");
+    through_reloads_and_scale_downs("hello", "/", 1);
+}
+
+/// Clients that pipeline (4 requests written at once, then their 4 responses) through 5 reloads
+/// and 5 scale-downs of `hello_wait` workers, whose answers take 2 ms (as a handler that awaits a
+/// database): a drain begins while a response is in flight and requests wait behind it. The
+/// answer in flight is not cut off, and the requests behind it go on to a live worker.
+#[test]
+fn pipelining_clients_through_reloads_and_scale_downs_lose_no_request() {
+    through_reloads_and_scale_downs("hello_wait", "/?ms=2", PIPELINE_DEPTH);
 }
 
 /// The same with the `chat` example (socketioxide, the SDK's `SessionLayer`), its page kept alive.
 #[test]
 fn keep_alive_load_on_a_socketio_worker_through_reloads_and_scale_downs_loses_no_request() {
-    through_reloads_and_scale_downs("chat", "/");
+    through_reloads_and_scale_downs("chat", "/", 1);
 }
 
-fn through_reloads_and_scale_downs(example_name: &str, path: &'static str) {
+fn through_reloads_and_scale_downs(example_name: &str, path: &'static str, depth: usize) {
     let program = example(example_name);
     let mut c = Builder::new()
         .args(&["--workers", "3", "--listen", "127.0.0.1:0", "--grace", "20s"])
         .program(&[program.to_str().unwrap()])
         .start();
     let addr = listen_addr(&c.wait_ready(3));
-    let load = Load::start(addr, path);
+    let load = Load::start(addr, path, depth);
     load.wait_served("at the start");
     reloads_and_scale_downs(&mut c, &load);
     let (served, failures) = load.finish();
@@ -51,14 +63,16 @@ fn through_reloads_and_scale_downs(example_name: &str, path: &'static str) {
         served + failures.len() as u64,
         &failures[..failures.len().min(10)]
     );
-    println!("{example_name}: {served} requests served through 5 reloads and 5 scale-downs, none failed");
+    println!(
+        "{example_name}, {depth} at a time: {served} requests served through 5 reloads and 5 scale-downs, none failed"
+    );
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
 
 /// `clients` socket.io-clients on one `chat` worker (`--grace 8s`), then a reload: the worker
 /// drains, and its clients reconnect to its successor.
-fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnects {
+fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>, transport: Transport) -> Reconnects {
     let chat = example("chat");
     let mut builder = Builder::new()
         .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "8s"])
@@ -68,7 +82,7 @@ fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnec
     }
     let mut c = builder.start();
     let status = c.wait_ready(1);
-    reconnects_through_a_reload(c, &status, clients)
+    reconnects_through_a_reload(c, &status, clients, transport)
 }
 
 /// Issue 13, item 4: the Socket.IO sessions of a draining worker end spread over half the grace
@@ -78,17 +92,34 @@ fn sessions_through_a_drain(clients: usize, spread_ms: Option<&str>) -> Reconnec
 #[test]
 fn socketio_sessions_of_a_draining_worker_end_spread_over_the_grace() {
     const CLIENTS: usize = 40;
-    let at_once = sessions_through_a_drain(CLIENTS, Some("0"));
-    let spread = sessions_through_a_drain(CLIENTS, None);
-    for (name, r) in [("at once", &at_once), ("spread", &spread)] {
+    let at_once = sessions_through_a_drain(CLIENTS, Some("0"), Transport::WebSocket);
+    let spread = sessions_through_a_drain(CLIENTS, None, Transport::WebSocket);
+    assert_spread(CLIENTS, &at_once, &spread);
+}
+
+/// Issue 13, item 4: the same with long-polling clients (`transports: ["polling"]`): the SDK
+/// answers each session's pending poll with an Engine.IO `close` packet, one by one over half the
+/// grace, and socket.io-client reconnects on it.
+#[test]
+fn socketio_polling_sessions_of_a_draining_worker_end_spread_over_the_grace() {
+    const CLIENTS: usize = 40;
+    let at_once = sessions_through_a_drain(CLIENTS, Some("0"), Transport::Polling);
+    let spread = sessions_through_a_drain(CLIENTS, None, Transport::Polling);
+    assert_spread(CLIENTS, &at_once, &spread);
+}
+
+/// Every client reconnected, and with the spread over at least 2 s, at most half of them in any
+/// one second.
+fn assert_spread(clients: usize, at_once: &Reconnects, spread: &Reconnects) {
+    for (name, r) in [("at once", at_once), ("spread", spread)] {
         println!(
-            "{name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
+            "{name}: {clients} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
             r.disconnects.last().unwrap(),
             r.reasons,
             r.span_ms(),
             r.peak_per_second()
         );
-        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
+        assert_eq!(r.reconnects.len(), clients, "{name}: every client reconnected");
     }
     // The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
     assert!(
@@ -100,9 +131,9 @@ fn socketio_sessions_of_a_draining_worker_end_spread_over_the_grace() {
     // Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random
     // delay, 0.5 to 1.5 s, blurs it): at most half of them in any one second.
     assert!(
-        spread.peak_per_second() <= CLIENTS / 2,
+        spread.peak_per_second() <= clients / 2,
         "at most {} reconnections in one second, not {} (all at once: {})",
-        CLIENTS / 2,
+        clients / 2,
         spread.peak_per_second(),
         at_once.peak_per_second()
     );

@@ -34,7 +34,7 @@ fn node_pool(script: &str, n: usize, extra: &[&str], env: &[(&str, &str)]) -> (C
 /// returns the requests served and the failures.
 fn keep_alive_through_reloads(extra: &[&str], env: &[(&str, &str)]) -> (u64, Vec<String>) {
     let (mut c, addr) = node_pool("keepalive-worker.cjs", 3, extra, env);
-    let load = Load::start(addr, "/");
+    let load = Load::start(addr, "/", 1);
     load.wait_served("at the start");
     reloads_and_scale_downs(&mut c, &load);
     let (served, failures) = load.finish();
@@ -92,7 +92,7 @@ fn node_sessions_through_a_drain(clients: usize, preload: &str) -> Reconnects {
         .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
         .start();
     let status = c.wait_ready(1);
-    reconnects_through_a_reload(c, &status, clients)
+    reconnects_through_a_reload(c, &status, clients, Transport::WebSocket)
 }
 
 /// The Socket.IO sessions (WebSockets) of a draining Node worker end spread over half the grace:

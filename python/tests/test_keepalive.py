@@ -11,6 +11,7 @@ the grace, not all at once.
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -98,7 +99,93 @@ def test_kept_alive_clients_lose_no_request_through_reloads_and_a_scale_down(sta
     assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
 
 
-def _reconnects_through_a_drain(start_cluster, clients: int, env: dict) -> dict:
+class PipeliningLoad(KeepAliveLoad):
+    """Clients that write ``DEPTH`` requests ``GET /wait?ms=2`` at once on their kept-alive
+    connections, then read their ``DEPTH`` answers, again and again; a request whose answer does
+    not come is a failure, and so is one behind an answer that said ``Connection: close`` (a
+    client must not read on past it, RFC 9112, 9.6)."""
+
+    DEPTH = 4
+
+    def _client(self) -> None:
+        batch = b"GET /wait?ms=2 HTTP/1.1\r\nHost: t\r\n\r\n" * self.DEPTH
+        sock = None
+        while not self.stop.is_set():
+            if sock is None:
+                sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT)
+                reader = sock.makefile("rb")
+            outcomes = []
+            try:
+                sock.sendall(batch)
+                for k in range(self.DEPTH):
+                    response = http.client.HTTPResponse(_Replay(reader), method="GET")
+                    response.begin()
+                    response.read()
+                    outcomes.append(None if response.status == 200 else f"status {response.status}")
+                    if response.will_close:
+                        outcomes += ["unanswered after a Connection: close"] * (self.DEPTH - k - 1)
+                        sock.close()
+                        sock = None
+                        break
+            except (OSError, http.client.HTTPException) as error:
+                outcomes += [repr(error)] * (self.DEPTH - len(outcomes))
+                sock.close()
+                sock = None
+            with self.lock:
+                for outcome in outcomes:
+                    if outcome is None:
+                        self.served += 1
+                    else:
+                        self.failed.append(outcome)
+        if sock is not None:
+            sock.close()
+
+
+class _Replay:
+    """A socket stand-in for ``HTTPResponse`` that reads from one shared buffered reader, so that
+    several answers can be read in turn from one connection."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def makefile(self, *args, **kwargs):
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.reader, name)
+
+    def close(self) -> None:
+        """The answer is read; the connection goes on."""
+
+
+def _through_reloads_and_a_scale_down(cluster, load) -> None:
+    try:
+        load.wait_served("at the start")
+        for generation in (2, 3, 4):
+            done = cluster.cli("reload")
+            assert done.returncode == 0, done.stderr
+            cluster.wait_ready(2, generation=generation, timeout=2 * TIMEOUT)
+            load.wait_served(f"after the reload to generation {generation}")
+        done = cluster.cli("scale", "1")
+        assert done.returncode == 0, done.stderr
+        cluster.wait_ready(1, timeout=2 * TIMEOUT)
+        load.wait_served("after the scale-down")
+    finally:
+        load.finish()
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "asgi"])
+def test_pipelining_clients_lose_no_request_through_reloads_and_a_scale_down(start_cluster, kind):
+    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0", "--grace", "20s"],
+                            [sys.executable, PROBE, kind])
+    cluster.wait_ready(2)
+    load = PipeliningLoad(cluster.url())
+    _through_reloads_and_a_scale_down(cluster, load)
+    print(f"{kind}: {load.served} pipelined requests served, {len(load.failed)} failed")
+    assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
+
+
+def _reconnects_through_a_drain(start_cluster, clients: int, env: dict, polling: bool = False) -> dict:
     """``clients`` socket.io-clients (tests/node/drain_spread.mjs) on one chat worker (``--grace
     8s``), then a reload: when their sessions ended and when they reconnected (ms since the first
     end)."""
@@ -106,7 +193,8 @@ def _reconnects_through_a_drain(start_cluster, clients: int, env: dict) -> dict:
     status = cluster.wait_ready(1)
     assert os.path.isdir(os.path.join(NODE_DIR, "node_modules", "socket.io-client")), (
         "tests/node/node_modules is missing: run ./scripts/test, or `npm ci --prefix tests/node`")
-    node = subprocess.Popen(["node", os.path.join(NODE_DIR, "drain_spread.mjs"), cluster.url(), str(clients), "90000"],
+    node = subprocess.Popen(["node", os.path.join(NODE_DIR, "drain_spread.mjs"), cluster.url(), str(clients), "90000"]
+                            + (["polling"] if polling else []),
                             stdout=subprocess.PIPE, text=True)
     try:
         connected = json.loads(node.stdout.readline())
@@ -142,4 +230,19 @@ def test_socketio_sessions_of_a_draining_worker_end_spread_over_the_grace(start_
     assert spread["disconnects"][-1] >= 2000, spread["disconnects"]
     # Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random delay
     # blurs it): at most half of them in any one second.
+    assert _peak_per_second(spread["reconnects"]) <= clients // 2, (spread, at_once)
+
+
+def test_long_polling_sessions_of_a_draining_worker_end_spread_over_the_grace(start_cluster):
+    """The same with clients on long-polling only (``transports: ["polling"]``): each pending poll
+    is answered with an Engine.IO ``close`` packet at its session's turn."""
+    clients = 30
+    at_once = _reconnects_through_a_drain(start_cluster, clients, {"CLUSTERD_DRAIN_SPREAD_MS": "0"}, polling=True)
+    spread = _reconnects_through_a_drain(start_cluster, clients, {}, polling=True)
+    for name, r in (("at once", at_once), ("spread", spread)):
+        print(f"{name}, polling: {clients} sessions ended over {r['disconnects'][-1]} ms ({r['reasons']}), reconnected "
+              f"over {r['reconnects'][-1] - r['reconnects'][0]} ms, at most {_peak_per_second(r['reconnects'])} in one "
+              "second")
+        assert len(r["reconnects"]) == clients, f"{name}: every client reconnected"
+    assert spread["disconnects"][-1] >= 2000, spread["disconnects"]
     assert _peak_per_second(spread["reconnects"]) <= clients // 2, (spread, at_once)

@@ -3,12 +3,14 @@
 // when they were connected again. Prints {"phase":"connected","pids":[..]} once all N are
 // connected (upgraded to WebSocket), then {"phase":"done",...} once all N reconnected: the
 // disconnect and reconnect times in ms since the first disconnect, and the disconnect reasons.
-// Exits 2 if that takes longer than the timeout.
+// Exits 2 if that takes longer than the timeout. With `polling` after the timeout, the clients
+// use long-polling only (`transports: ["polling"]`) and the upgrade is not awaited.
 //
-//   node drain_spread.mjs <url> <N> <timeout ms>
+//   node drain_spread.mjs <url> <N> <timeout ms> [polling]
 import { io } from "socket.io-client";
 
 const [url, n, timeout] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])];
+const polling = process.argv[5] === "polling";
 setTimeout(() => {
   console.log(JSON.stringify({ error: `timed out after ${timeout} ms`, reconnected: reconnects.length }));
   process.exit(2);
@@ -18,11 +20,12 @@ const disconnects = [];
 const reconnects = [];
 const reasons = {};
 const sockets = [];
-for (let i = 0; i < n; i++) sockets.push(io(url, { forceNew: true }));
+const options = polling ? { forceNew: true, transports: ["polling"] } : { forceNew: true };
+for (let i = 0; i < n; i++) sockets.push(io(url, options));
 const whoami = (socket) => new Promise((resolve, reject) =>
   socket.timeout(10_000).emit("whoami", (err, me) => (err ? reject(err) : resolve(me))));
 const upgraded = (socket) => new Promise((resolve) => {
-  if (socket.io.engine.transport.name === "websocket") return resolve();
+  if (polling || socket.io.engine.transport.name === "websocket") return resolve();
   socket.io.engine.once("upgrade", () => resolve());
 });
 await Promise.all(sockets.map((s) => new Promise((resolve) => s.once("connect", resolve))));

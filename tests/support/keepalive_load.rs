@@ -76,14 +76,15 @@ pub struct Load {
 }
 
 impl Load {
-    /// `CLIENTS` clients sending `GET <path>`.
-    pub fn start(addr: SocketAddr, path: &'static str) -> Self {
+    /// `CLIENTS` clients sending `GET <path>`, `depth` at a time on each connection (1: each
+    /// request after the previous answer; more: pipelined).
+    pub fn start(addr: SocketAddr, path: &'static str, depth: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicU64::new(0));
         let clients = (0..CLIENTS)
             .map(|_| {
                 let (stop, served) = (stop.clone(), served.clone());
-                std::thread::spawn(move || client(addr, path, &stop, &served))
+                std::thread::spawn(move || client(addr, path, depth, &stop, &served))
             })
             .collect();
         Self { stop, served, clients }
@@ -105,10 +106,13 @@ impl Load {
     }
 }
 
-/// One client: `GET /` after `GET /` on its kept-alive connection; a new connection only when the
-/// server said `Connection: close` or the previous one failed. Returns its failures.
-pub fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU64) -> Vec<String> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+/// One client: `depth` requests `GET <path>` written at once on its kept-alive connection (a
+/// pipeline when `depth` > 1), then their `depth` responses, again and again; a new connection
+/// only when the server said `Connection: close` or the connection failed. A request whose
+/// response does not come is a failure, one answered after a `Connection: close` too (a client
+/// must not read on past it; RFC 9112, 9.6). Returns its failures.
+pub fn client(addr: SocketAddr, path: &str, depth: usize, stop: &AtomicBool, served: &AtomicU64) -> Vec<String> {
+    let batch = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").repeat(depth);
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut connection: Option<BufReader<TcpStream>> = None;
@@ -129,27 +133,38 @@ pub fn client(addr: SocketAddr, path: &str, stop: &AtomicBool, served: &AtomicU6
                 }
             },
         };
-        let result = reader
-            .get_mut()
-            .write_all(request.as_bytes())
-            .map_err(|e| format!("write: {e}"))
-            .and_then(|()| response(reader));
-        match result {
-            Ok((200, close)) => {
-                served.fetch_add(1, Ordering::Relaxed);
-                on_this += 1;
-                if close {
-                    connection = None;
+        if let Err(e) = reader.get_mut().write_all(batch.as_bytes()) {
+            failures.extend((0..depth).map(|_| format!("write: {e}")));
+            connection = None;
+            continue;
+        }
+        for k in 0..depth {
+            match response(reader) {
+                Ok((200, close)) => {
+                    served.fetch_add(1, Ordering::Relaxed);
+                    on_this += 1;
+                    if close {
+                        let unanswered = depth - k - 1;
+                        failures.extend((0..unanswered).map(|_| {
+                            format!("unanswered after a Connection: close (request {} on its connection)", on_this + 1)
+                        }));
+                        connection = None;
+                        break;
+                    }
                 }
-            }
-            Ok((code, _)) => {
-                failures.push(format!("status {code}"));
-                connection = None;
-            }
-            Err(e) => {
-                let at = wall_clock();
-                failures.push(format!("{e} (request {} on its connection, at {at})", on_this + 1));
-                connection = None;
+                Ok((code, _)) => {
+                    failures.extend((k..depth).map(|_| format!("status {code}")));
+                    connection = None;
+                    break;
+                }
+                Err(e) => {
+                    let at = wall_clock();
+                    failures.extend(
+                        (k..depth).map(|_| format!("{e} (request {} on its connection, at {at})", on_this + 1)),
+                    );
+                    connection = None;
+                    break;
+                }
             }
         }
     }
@@ -197,13 +212,23 @@ impl Reconnects {
     }
 }
 
+/// How the clients of `reconnects_through_a_reload` talk to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// socket.io-client's default: long-polling, then the upgrade to a WebSocket.
+    WebSocket,
+    /// `transports: ["polling"]`: long-polling only.
+    Polling,
+}
+
 /// `clients` socket.io-clients connected to the one ready worker of `c` (whose `status` is
 /// given), then a reload: the worker drains, and its clients reconnect to its successor. Stops `c`.
-pub fn reconnects_through_a_reload(mut c: Cluster, status: &Value, clients: usize) -> Reconnects {
+pub fn reconnects_through_a_reload(mut c: Cluster, status: &Value, clients: usize, transport: Transport) -> Reconnects {
     let url = format!("http://{}", listen_addr(status));
     let mut node = Command::new("node")
         .arg(node_dir().join("drain_spread.mjs"))
         .args([&url, &clients.to_string(), "90000"])
+        .args((transport == Transport::Polling).then_some("polling"))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("node");

@@ -78,12 +78,84 @@ pub(crate) struct Tracker {
     /// The stream became opaque because a request asked for another protocol (`Upgrade`, such as
     /// a WebSocket, or `CONNECT`): a long-lived stream, not a malformed one.
     upgraded: bool,
+    /// Complete request heads so far.
+    heads: u64,
+    /// The last complete head was a `HEAD` request: its response has no body.
+    head_method: bool,
+    /// The last complete head was an Engine.IO long-polling `GET` of a session (see [`Poll`]).
+    poll: Option<Poll>,
+    /// The last complete head, when its request has no body: what a draining worker gives back
+    /// of a safe request its server read and then dropped unanswered (see `PROTOCOL.md`).
+    last: Vec<u8>,
+    /// `last` is the whole last request.
+    bodiless: bool,
+}
+
+/// An Engine.IO long-polling `GET` of a session: the server answers it when it has packets for
+/// the client (or a ping), so it is usually pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Poll {
+    /// Engine.IO protocol 3 (`EIO=3`), whose payloads prefix each packet with its length.
+    pub(crate) v3: bool,
+}
+
+/// The Engine.IO long-poll a request line asks for, if it is one (`GET`, `transport=polling`,
+/// with a session id).
+pub(crate) fn long_poll(line: &[u8]) -> Option<Poll> {
+    if !line.starts_with(b"GET ") {
+        return None;
+    }
+    engineio_sid(line)?;
+    let line = std::str::from_utf8(line).ok()?;
+    let query = line.split(' ').nth(1)?.split_once('?')?.1;
+    let mut polling = false;
+    let mut v3 = false;
+    for pair in query.split('&') {
+        match pair {
+            "transport=polling" => polling = true,
+            "EIO=3" => v3 = true,
+            _ => {}
+        }
+    }
+    polling.then_some(Poll { v3 })
 }
 
 impl Tracker {
     /// A tracker for a stream whose first request has begun (clusterd read its request line).
     pub(crate) fn in_first_request() -> Self {
-        Self { state: State::Head, head: Vec::new(), keep_alive: false, upgraded: false }
+        Self {
+            state: State::Head,
+            head: Vec::new(),
+            keep_alive: false,
+            upgraded: false,
+            heads: 0,
+            head_method: false,
+            poll: None,
+            last: Vec::new(),
+            bodiless: false,
+        }
+    }
+
+    /// How many request heads were complete so far (the requests the server may have begun).
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
+    }
+
+    /// The whole last request, when it is a safe one (`GET`, `HEAD`, `OPTIONS`: a client may
+    /// retry it, RFC 9110, 9.2.2) without a body, and its head is complete.
+    pub(crate) fn last_safe_request(&self) -> Option<&[u8]> {
+        let safe = [&b"GET "[..], b"HEAD ", b"OPTIONS "].iter().any(|m| self.last.starts_with(m));
+        (self.bodiless && safe && self.state == State::Idle).then_some(&self.last[..])
+    }
+
+    /// The long-poll the last complete head asked for, if it was one.
+    pub(crate) fn poll(&self) -> Option<Poll> {
+        self.poll
+    }
+
+    /// Whether the last complete head was a `HEAD` request.
+    pub(crate) fn head_method(&self) -> bool {
+        self.head_method
     }
 
     /// Whether the last complete request head lets the connection carry another request.
@@ -140,6 +212,11 @@ impl Tracker {
                         let framing = body_of(&self.head);
                         (self.state, self.keep_alive, self.upgraded) =
                             (framing.state, framing.keep_alive, framing.upgraded);
+                        self.heads += 1;
+                        self.head_method = self.head.starts_with(b"HEAD ");
+                        self.poll = request_line(&self.head).and_then(long_poll);
+                        self.bodiless = self.state == State::Idle;
+                        std::mem::swap(&mut self.head, &mut self.last);
                         self.head.clear();
                     }
                 }
@@ -163,6 +240,216 @@ impl Tracker {
             }
         }
         bytes.len()
+    }
+}
+
+/// Where the server is in the responses it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// Between responses.
+    Idle,
+    /// Inside a response head.
+    Head,
+    Fixed {
+        left: u64,
+    },
+    Chunked(Chunk),
+    /// A body without a length: the response ends with the connection.
+    UntilClose,
+    /// Not followed any more (a switch of protocols, or bytes that are not an HTTP/1.x response).
+    Opaque,
+}
+
+/// Follows the responses a server writes on one connection, to know when the answer to a request
+/// is complete (RFC 9112, 6.3: no body after `HEAD`, `1xx`, `204` and `304`; chunked, or
+/// `Content-Length` long, or until the close). Interim `1xx` responses do not count; `101`
+/// makes the stream opaque.
+#[derive(Debug, Clone)]
+pub(crate) struct Responses {
+    state: Answer,
+    head: Vec<u8>,
+    answered: u64,
+}
+
+/// The name a draining connection gives a response's `Connection: close` header instead: as long,
+/// so the bytes are changed in place, and ignored by clients (see [`Responses::keep_open`]).
+pub(crate) const CLOSE_RENAMED: &[u8] = b"X-Draining";
+
+impl Responses {
+    pub(crate) fn new() -> Self {
+        Self { state: Answer::Idle, head: Vec::new(), answered: 0 }
+    }
+
+    /// Final responses complete so far.
+    pub(crate) fn answered(&self) -> u64 {
+        self.answered
+    }
+
+    /// The responses are followed, so the end of each is known.
+    pub(crate) fn followed(&self) -> bool {
+        !matches!(self.state, Answer::Opaque | Answer::UntilClose)
+    }
+
+    /// Between two responses (none partly written), and following them.
+    pub(crate) fn between(&self) -> bool {
+        self.state == Answer::Idle
+    }
+
+    /// Follows `bytes`, the next ones the server wrote; `to_head`: the request they answer is a
+    /// `HEAD`.
+    pub(crate) fn feed(&mut self, bytes: &[u8], to_head: bool) {
+        let mut i = 0;
+        while i < bytes.len() {
+            match &mut self.state {
+                Answer::Opaque | Answer::UntilClose => return,
+                Answer::Idle => {
+                    self.state = Answer::Head;
+                    self.head.clear();
+                }
+                Answer::Head => {
+                    let take = &bytes[i..];
+                    let end = find_head_end(&self.head, take);
+                    let used = end.unwrap_or(take.len());
+                    if self.head.len() + used > MAX_HEAD {
+                        self.state = Answer::Opaque;
+                        self.head = Vec::new();
+                        return;
+                    }
+                    self.head.extend_from_slice(&take[..used]);
+                    i += used;
+                    if end.is_some() {
+                        let (state, complete) = answer_of(&self.head, to_head);
+                        self.state = state;
+                        self.head.clear();
+                        self.answered += u64::from(complete);
+                    }
+                }
+                Answer::Fixed { left } => {
+                    let n = (*left).min((bytes.len() - i) as u64);
+                    *left -= n;
+                    i += n as usize;
+                    if *left == 0 {
+                        self.state = Answer::Idle;
+                        self.answered += 1;
+                    }
+                }
+                Answer::Chunked(chunk) => {
+                    let (used, next) = chunk_step(*chunk, &bytes[i..]);
+                    i += used;
+                    self.state = match next {
+                        Some(chunk) => Answer::Chunked(chunk),
+                        None if used == 0 => Answer::Opaque,
+                        None => {
+                            self.answered += 1;
+                            Answer::Idle
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// For a draining connection that will be given back after this response: `bytes` (the next
+    /// ones the server writes) with the response head's `Connection: close` header lines renamed
+    /// [`CLOSE_RENAMED`], and how many of them to write now (fewer when they end inside a line
+    /// that may become such a header: the server writes the rest next). `None`: write them as
+    /// they are. A client told `close` must not read on (RFC 9112, 9.6), so it would lose the
+    /// requests it pipelined behind this one; the connection goes on, through clusterd, instead.
+    pub(crate) fn keep_open(&self, bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+        if !matches!(self.state, Answer::Idle | Answer::Head) {
+            return None;
+        }
+        let head = if self.state == Answer::Idle { &[][..] } else { &self.head[..] };
+        // Where the next line starts in `bytes`: a line begun in what was written is past changing.
+        let mut at = if head.is_empty() || head.ends_with(b"\n") {
+            0
+        } else {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(end) => end + 1,
+                None => return None,
+            }
+        };
+        // The status line is no header.
+        let mut status_line = head.is_empty();
+        let mut copy: Option<Vec<u8>> = None;
+        let mut limit = bytes.len();
+        while at < bytes.len() {
+            let line = &bytes[at..];
+            let Some(end) = line.iter().position(|&b| b == b'\n') else {
+                let name = b"connection:";
+                let n = line.len().min(name.len());
+                if at > 0 && !status_line && line[..n].eq_ignore_ascii_case(&name[..n]) {
+                    limit = at;
+                }
+                break;
+            };
+            let text = &line[..end];
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            if text.is_empty() {
+                break;
+            }
+            if !status_line && says_close(text) {
+                copy.get_or_insert_with(|| bytes.to_vec())[at..at + CLOSE_RENAMED.len()].copy_from_slice(CLOSE_RENAMED);
+            }
+            status_line = false;
+            at += end + 1;
+        }
+        if copy.is_none() && limit == bytes.len() {
+            return None;
+        }
+        Some((copy.unwrap_or_else(|| bytes.to_vec()), limit))
+    }
+}
+
+/// Whether a header line is `Connection` with the `close` option.
+fn says_close(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else { return false };
+    line[..colon].eq_ignore_ascii_case(b"connection")
+        && String::from_utf8_lossy(&line[colon + 1..]).split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// The state after a complete response head, and whether that head completed a final response.
+fn answer_of(head: &[u8], to_head: bool) -> (Answer, bool) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let version = parts.next().unwrap_or_default();
+    let Some(code) = parts.next().and_then(|c| c.parse::<u16>().ok()) else { return (Answer::Opaque, false) };
+    if !(version == "HTTP/1.1" || version == "HTTP/1.0") {
+        return (Answer::Opaque, false);
+    }
+    match code {
+        101 => return (Answer::Opaque, false),
+        // Interim: the final response follows.
+        100..=199 => return (Answer::Idle, false),
+        204 | 304 => return (Answer::Idle, true),
+        _ if to_head => return (Answer::Idle, true),
+        _ => {}
+    }
+    let mut length: Option<u64> = None;
+    for header in lines {
+        let Some((name, value)) = header.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            let chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            let state = if chunked {
+                Answer::Chunked(Chunk::Size { size: 0, digits: 0, ext: false })
+            } else {
+                Answer::UntilClose
+            };
+            return (state, false);
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<u64>() {
+                Ok(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => return (Answer::Opaque, false),
+            }
+        }
+    }
+    match length {
+        Some(0) => (Answer::Idle, true),
+        Some(left) => (Answer::Fixed { left }, false),
+        None => (Answer::UntilClose, false),
     }
 }
 
@@ -459,6 +746,91 @@ mod tests {
         assert_eq!(after(b"CONNECT a:1 HTTP/1.1\r\n\r\n"), (false, true));
         assert_eq!(after(b"PRI * HTTP/2.0\r\n\r\n"), (false, false), "opaque, not upgraded");
         assert_eq!(after(b"GET / HTTP/1.1\r\n"), (false, false), "no complete head yet");
+    }
+
+    /// Feeds `stream` to a response tracker in pieces of `step`; returns the answers counted and
+    /// whether it is between responses.
+    fn answers(stream: &[u8], to_head: bool) -> Vec<(u64, bool)> {
+        [1, 2, 5, stream.len().max(1)]
+            .iter()
+            .map(|&step| {
+                let mut r = Responses::new();
+                for piece in stream.chunks(step) {
+                    r.feed(piece, to_head);
+                }
+                (r.answered(), r.between())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn responses_end_by_their_framing() {
+        let all = |stream: &[u8], to_head: bool, expected: (u64, bool)| {
+            for got in answers(stream, to_head) {
+                assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(stream));
+            }
+        };
+        all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", false, (1, true));
+        all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhell", false, (0, false));
+        all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true, (1, true));
+        all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", false, (1, true));
+        all(b"HTTP/1.1 100 Continue\r\n\r\n", false, (0, true));
+        all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nHTTP/1.1 304 Not Modified\r\n\r\n", false, (2, true));
+        all(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n\r\nbody until the close",
+            false,
+            (1, false),
+        );
+        all(b"HTTP/1.1 101 Switching Protocols\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false, (0, false));
+        all(b"SSH-2.0-x\r\n\r\n", false, (0, false));
+        let mut r = Responses::new();
+        r.feed(b"HTTP/1.1 200 OK\r\n\r\n", false);
+        assert!(!r.followed(), "delimited by the close");
+    }
+
+    #[test]
+    fn a_draining_connection_hides_a_responses_close() {
+        let r = Responses::new();
+        let hyper = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        let (bytes, limit) = r.keep_open(hyper).expect("renamed");
+        assert_eq!(limit, hyper.len());
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nX-Draining: close\r\ncontent-length: 2\r\n\r\nok"
+        );
+        assert_eq!(r.keep_open(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n"), None);
+        assert_eq!(r.keep_open(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nconnection: close\r\n"), None, "body");
+        // A line that may become the header is written with the rest of it.
+        let (_, limit) = r.keep_open(b"HTTP/1.1 200 OK\r\nConn").expect("held");
+        assert_eq!(limit, 17);
+        let mut r = Responses::new();
+        r.feed(b"HTTP/1.1 200 OK\r\n", false);
+        let (bytes, limit) = r.keep_open(b"Connection: Close\r\n\r\n").expect("renamed");
+        assert_eq!((&bytes[..limit], limit), (&b"X-Draining: Close\r\n\r\n"[..], 21));
+        r.feed(b"Connection", false);
+        assert_eq!(r.keep_open(b": close\r\n\r\n"), None, "begun: past changing");
+    }
+
+    #[test]
+    fn long_polls() {
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=4&transport=polling&t=x&sid=Ab HTTP/1.1"), Some(Poll { v3: false }));
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=3&transport=polling&sid=Ab HTTP/1.1"), Some(Poll { v3: true }));
+        assert_eq!(long_poll(b"POST /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1"), None, "a send");
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1"), None, "a handshake");
+        assert_eq!(long_poll(b"GET /socket.io/?EIO=4&transport=websocket&sid=Ab HTTP/1.1"), None);
+        let mut t = Tracker::in_first_request();
+        t.feed(b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(t.poll(), Some(Poll { v3: false }));
+    }
+
+    #[test]
+    fn request_heads_are_counted_with_their_method() {
+        let mut t = Tracker::in_first_request();
+        let two = b"GET / HTTP/1.1\r\n\r\nHEAD / HTTP/1.1\r\n\r\n";
+        let used = t.feed(two);
+        assert_eq!((t.heads(), t.head_method()), (1, false));
+        t.feed(&two[used..]);
+        assert_eq!((t.heads(), t.head_method()), (2, true));
     }
 
     #[test]

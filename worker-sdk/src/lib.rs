@@ -10,8 +10,9 @@
 //! [`Worker::draining`] resolves when clusterd wants the worker to stop, by a drain frame or by
 //! `SIGTERM` to the worker's process group. After the drain request the worker has `--grace` to
 //! finish and exit before clusterd sends `SIGKILL`. Meanwhile the SDK gives kept-alive connections
-//! back to clusterd rather than let the server close them under a client's next request, and shuts
-//! upgraded ones (WebSockets) down spread over half the grace; [`Worker::drained`] resolves once
+//! back to clusterd rather than let the server close them under a client's next request (pipelined
+//! requests included), and ends Socket.IO sessions (WebSockets, long-polls) spread over half the
+//! grace; [`Worker::drained`] resolves once
 //! every connection is closed or given back, the moment to exit.
 //!
 //! ```no_run

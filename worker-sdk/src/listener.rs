@@ -92,16 +92,26 @@ pub struct Connection {
     unread: Option<Arc<Unread>>,
     /// The worker's drain, as its connections see it (counted live in it until closed).
     drain: Arc<Drain>,
-    /// Registered with the drain once a request switched the stream to another protocol.
-    upgraded: Option<Arc<UpgradedSocket>>,
+    /// Registered with the drain once a request switched the stream to another protocol, or
+    /// once it carried an Engine.IO long-poll.
+    spread: Option<Arc<SpreadSocket>>,
     /// Queued for clusterd: the report task counts it closed once the frame is sent.
     handed: bool,
 }
 
 /// The HTTP/1.x side of a connection: its framing, the header timer, and the check of each later
 /// request's session.
+///
+/// A later request reaches the server only once the response to the one before is complete
+/// (pipelined bytes wait here, not in the server's buffer): so when a drain begins, every request
+/// the server has read is the one it is answering, which it finishes, and the requests behind it
+/// go back to clusterd with their bytes, unread by this worker's application.
 struct Http {
     tracker: crate::http1::Tracker,
+    /// The server's responses, to know when the request in flight is answered.
+    responses: crate::http1::Responses,
+    /// The server's read waiting for that answer.
+    reader: Option<std::task::Waker>,
     /// The sessions this worker holds, to tell a later request of another worker's session.
     sessions: Arc<Sessions>,
     /// A later request begins at the held-back bytes and is not checked yet.
@@ -116,6 +126,22 @@ struct Http {
 }
 
 impl Http {
+    /// A request the server has read is not answered yet (and the answers are followed).
+    fn awaiting_answer(&self) -> bool {
+        self.responses.followed() && self.responses.answered() < self.tracker.heads()
+    }
+
+    /// Follows what the server wrote; wakes a read held until this answer.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let before = self.responses.answered();
+        self.responses.feed(bytes, self.tracker.head_method());
+        if self.responses.answered() != before
+            && let Some(reader) = self.reader.take()
+        {
+            reader.wake();
+        }
+    }
+
     /// `Err(TimedOut)` once the current head took longer than the timeout; registers the
     /// timer's wakeup otherwise.
     fn poll_timeout(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -150,8 +176,9 @@ pub(crate) struct Serving {
 ///
 /// Once the drain starts, a kept-alive connection between two requests is given back to clusterd
 /// instead of closing (its client may be sending its next request at that very moment: a close
-/// would lose it), and upgraded connections (WebSockets) are shut down one by one over a spread,
-/// so that their clients do not all reconnect to the other workers in the same second.
+/// would lose it), and the Socket.IO sessions are ended one by one over a spread, so that their
+/// clients do not all reconnect to the other workers in the same second: upgraded connections
+/// (WebSockets) are shut down, pending long-polls answered with an Engine.IO `close` packet.
 #[derive(Debug, Default)]
 pub(crate) struct Drain {
     started: AtomicBool,
@@ -165,10 +192,10 @@ pub(crate) struct Drain {
 
 #[derive(Debug, Default)]
 struct Upgrades {
-    sockets: Vec<Weak<UpgradedSocket>>,
+    sockets: Vec<Weak<SpreadSocket>>,
     /// The list is compacted (ended connections dropped) when it reaches this length.
     compact_at: usize,
-    /// The spread is over: a connection upgraded from now on is shut down at once.
+    /// The spread is over: a connection registered from now on is ended at once.
     swept: bool,
 }
 
@@ -192,20 +219,20 @@ impl Drain {
         }
     }
 
-    /// The upgraded connections still open, in the order they upgraded; with `last`, the spread
-    /// ends: later upgrades are shut down at once.
-    pub(crate) fn upgraded(&self, last: bool) -> Vec<Arc<UpgradedSocket>> {
+    /// The connections whose sessions the spread ends (upgraded ones, long-polling ones) still
+    /// open, in the order they registered; with `last`, the spread ends: later ones are ended at
+    /// once.
+    pub(crate) fn sessions(&self, last: bool) -> Vec<Arc<SpreadSocket>> {
         let mut upgrades = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
         upgrades.swept |= last;
         std::mem::take(&mut upgrades.sockets).iter().filter_map(Weak::upgrade).collect()
     }
 
-    fn register(&self, fd: RawFd) -> Arc<UpgradedSocket> {
-        let socket = Arc::new(UpgradedSocket { fd: Mutex::new(Some(fd)) });
+    fn register(&self, socket: Arc<SpreadSocket>) -> Arc<SpreadSocket> {
         let mut upgrades = self.upgrades.lock().unwrap_or_else(|p| p.into_inner());
         if upgrades.swept {
             drop(upgrades);
-            socket.shut_down();
+            socket.end();
             return socket;
         }
         upgrades.sockets.push(Arc::downgrade(&socket));
@@ -217,24 +244,108 @@ impl Drain {
     }
 }
 
-/// The socket of an upgraded connection, for the drain's spread to shut down while the
-/// connection lives (the fd number is forgotten, under the lock, before the fd closes).
+/// The answer a draining worker gives a request its server read and dropped unanswered, when the
+/// request may not go to another worker (see `Connection::settle_unanswered`).
+const UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 0\r\nConnection: close\r\n\r\n";
+
+/// The answer that ends a pending Engine.IO long-poll: one `close` packet. socket.io-client
+/// reconnects on it ("transport close"), through clusterd, to a live worker; it would not on a
+/// Socket.IO disconnect ("io server disconnect").
+const CLOSE_POLL: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1";
+/// The same in Engine.IO protocol 3, whose payload prefixes each packet with its length.
+const CLOSE_POLL_V3: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\n1:1";
+
+/// The socket of a connection that carries a Socket.IO session, for the drain's spread to end
+/// while the connection lives (the fd number is forgotten, under the lock, before the fd closes
+/// or goes back to clusterd).
 #[derive(Debug)]
-pub(crate) struct UpgradedSocket {
-    fd: Mutex<Option<RawFd>>,
+pub(crate) struct SpreadSocket {
+    state: Mutex<SpreadState>,
 }
 
-impl UpgradedSocket {
-    /// Ends the stream both ways: the client sees the close now (a WebSocket client reconnects,
-    /// through clusterd, to a live worker), and the server reads its end and lets go.
-    pub(crate) fn shut_down(&self) {
-        if let Some(fd) = *self.fd.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+#[derive(Debug)]
+struct SpreadState {
+    fd: Option<RawFd>,
+    kind: SpreadKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpreadKind {
+    /// A WebSocket (or another upgraded protocol).
+    Upgraded,
+    /// Carries long-polls: `pending`, one the server has not begun to answer.
+    Polling { pending: Option<crate::http1::Poll>, ended: bool },
+}
+
+impl SpreadSocket {
+    fn new(fd: RawFd, kind: SpreadKind) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(SpreadState { fd: Some(fd), kind }) })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SpreadState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends the session on this connection. An upgraded stream is shut down both ways: the
+    /// client sees the close now (a WebSocket client reconnects, through clusterd, to a live
+    /// worker), and the server reads its end and lets go. A long-poll the server has not begun to
+    /// answer is answered with an Engine.IO `close` packet, then the stream is shut down (the
+    /// server's own answer, if it comes, fails). A connection between two polls is left alone:
+    /// its next poll goes back to clusterd and finds the session gone, on which the client
+    /// reconnects too.
+    pub(crate) fn end(&self) {
+        let mut state = self.state();
+        let Some(fd) = state.fd else { return };
+        match &mut state.kind {
+            SpreadKind::Upgraded => {}
+            SpreadKind::Polling { pending: None, .. } | SpreadKind::Polling { ended: true, .. } => return,
+            SpreadKind::Polling { pending: Some(poll), ended } => {
+                *ended = true;
+                let answer = if poll.v3 { CLOSE_POLL_V3 } else { CLOSE_POLL };
+                // The socket's buffer is empty while a poll waits for its answer: the few bytes
+                // fit. If not, the client sees the stream end, an error it reconnects on as well.
+                let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+                let _ = nix::sys::socket::send(fd, answer, flags);
+            }
         }
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
     }
 
     fn forget(&self) {
-        *self.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.state().fd = None;
+    }
+
+    /// The spread answered this connection's long-poll itself and shut it down.
+    fn ended(&self) -> bool {
+        matches!(self.state().kind, SpreadKind::Polling { ended: true, .. })
+    }
+
+    /// A long-poll reached the server on this connection.
+    fn poll_pending(&self, poll: crate::http1::Poll) {
+        if let SpreadKind::Polling { pending, .. } = &mut self.state().kind {
+            *pending = Some(poll);
+        }
+    }
+
+    /// The server writes: `Err` once the spread answered the poll itself.
+    fn server_writes(&self) -> io::Result<()> {
+        match &mut self.state().kind {
+            SpreadKind::Polling { ended: true, .. } => {
+                Err(io::Error::new(io::ErrorKind::BrokenPipe, "the drain ended this Engine.IO session"))
+            }
+            SpreadKind::Polling { pending, .. } => {
+                *pending = None;
+                Ok(())
+            }
+            SpreadKind::Upgraded => Ok(()),
+        }
+    }
+
+    fn upgrade(&self) {
+        self.state().kind = SpreadKind::Upgraded;
     }
 }
 
@@ -348,6 +459,8 @@ impl Connection {
         let http = crate::http1::starts_with_request_line(&frame.initial).then(|| {
             Box::new(Http {
                 tracker: crate::http1::Tracker::in_first_request(),
+                responses: crate::http1::Responses::new(),
+                reader: None,
                 sessions: Arc::clone(&serving.sessions),
                 decide: false,
                 handing: false,
@@ -372,34 +485,104 @@ impl Connection {
                 serving.drain.live.fetch_add(1, Ordering::SeqCst);
                 Arc::clone(&serving.drain)
             },
-            upgraded: None,
+            spread: None,
             handed: false,
         })
     }
 
+    fn raw_fd(&self) -> Option<RawFd> {
+        match &self.socket {
+            Socket::Tcp(s) => Some(s.as_raw_fd()),
+            Socket::Unix(s) => Some(s.as_raw_fd()),
+            Socket::Gone => None,
+        }
+    }
+
     /// Registers an upgraded connection with the drain, once.
     fn note_upgrade(&mut self) {
-        if self.upgraded.is_some() || !self.http.as_ref().is_some_and(|h| h.tracker.upgraded()) {
+        if !self.http.as_ref().is_some_and(|h| h.tracker.upgraded()) {
             return;
         }
-        let fd = match &self.socket {
-            Socket::Tcp(s) => s.as_raw_fd(),
-            Socket::Unix(s) => s.as_raw_fd(),
-            Socket::Gone => return,
+        match &self.spread {
+            Some(spread) => {
+                if spread.state().kind != SpreadKind::Upgraded {
+                    spread.upgrade();
+                }
+            }
+            None => {
+                let Some(fd) = self.raw_fd() else { return };
+                self.spread = Some(self.drain.register(SpreadSocket::new(fd, SpreadKind::Upgraded)));
+            }
+        }
+    }
+
+    /// After request heads went to the server: when the last was an Engine.IO long-poll, the
+    /// drain's spread may answer it.
+    fn note_heads(&mut self, before: u64) {
+        let Some(http) = &self.http else { return };
+        if http.tracker.heads() == before {
+            return;
+        }
+        let Some(poll) = http.tracker.poll() else { return };
+        let spread = match &self.spread {
+            Some(spread) => Arc::clone(spread),
+            None => {
+                let Some(fd) = self.raw_fd() else { return };
+                let socket = SpreadSocket::new(fd, SpreadKind::Polling { pending: Some(poll), ended: false });
+                self.spread = Some(Arc::clone(&socket));
+                self.drain.register(socket)
+            }
         };
-        self.upgraded = Some(self.drain.register(fd));
+        spread.poll_pending(poll);
     }
 
     /// The server ends the connection between two requests while the worker drains: give it
     /// back instead. Only a connection whose last request let it persist (HTTP/1.1 without
-    /// `Connection: close`), and whose next request the server has not begun to read: nothing of
-    /// it, or only bytes held back.
+    /// `Connection: close`), whose last response is complete and was not delimited by the close,
+    /// and whose next request the server has not begun to read: nothing of it, or only bytes held
+    /// back.
     fn give_back_on_close(&self) -> bool {
         let Some(http) = &self.http else { return false };
         self.drain.started()
             && http.tracker.keep_alive()
+            && http.responses.between()
+            && !http.awaiting_answer()
             && (http.decide
                 || (http.tracker.phase() == crate::http1::Phase::Idle && self.consumed == self.initial.len()))
+    }
+
+    /// The server ends the connection, while the worker drains, without a byte of the answer to a
+    /// request it read (a server that drops what it had not begun; hyper finishes it). A safe
+    /// request without a body (`GET`, `HEAD`, `OPTIONS`) goes back to clusterd with its bytes
+    /// (and those held back behind it), as its client would retry it; any other is answered
+    /// `503` with `Connection: close`, never dropped silently.
+    fn settle_unanswered(&mut self) {
+        let Some(http) = &mut self.http else { return };
+        if http.handing || !self.drain.started() || !http.awaiting_answer() || !http.responses.between() {
+            return;
+        }
+        if self.spread.as_ref().is_some_and(|s| s.ended()) {
+            // The spread answered the poll itself.
+            return;
+        }
+        let held = self.initial.len() - self.consumed;
+        match http.tracker.last_safe_request() {
+            Some(request) if request.len() + held <= crate::protocol::MAX_HANDBACK => {
+                let mut initial = request.to_vec();
+                initial.extend_from_slice(&self.initial[self.consumed..]);
+                (self.initial, self.consumed) = (initial, 0);
+                http.handing = true;
+            }
+            _ => {
+                // The socket's buffer has room for a few bytes while the client awaits an answer
+                // (straight to the fd: Tokio's `try_write` refuses until it saw the socket
+                // writable).
+                if let Some(fd) = self.raw_fd() {
+                    let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL;
+                    let _ = nix::sys::socket::send(fd, UNAVAILABLE, flags);
+                }
+            }
+        }
     }
 
     /// The application has started with this connection (or dropped it).
@@ -449,6 +632,9 @@ impl Connection {
     /// Gives the socket back to clusterd with the bytes held back (once; the socket is gone after).
     fn hand_back(&mut self) {
         let Some((id, report)) = self.report.take() else { return };
+        if let Some(spread) = self.spread.take() {
+            spread.forget();
+        }
         let socket = std::mem::replace(&mut self.socket, Socket::Gone);
         let fd: Option<OwnedFd> = match socket {
             Socket::Tcp(s) => s.into_std().ok().map(OwnedFd::from),
@@ -497,6 +683,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.mark_read();
+        self.settle_unanswered();
         if self.handing() {
             self.hand_back();
         }
@@ -504,8 +691,8 @@ impl Drop for Connection {
             // A full queue means clusterd is not reading; its count heals when this worker exits.
             let _ = report.try_send(Report::Closed(id));
         }
-        if let Some(upgraded) = self.upgraded.take() {
-            upgraded.forget();
+        if let Some(spread) = self.spread.take() {
+            spread.forget();
         }
         if !self.handed {
             self.drain.release();
@@ -516,6 +703,18 @@ impl Drop for Connection {
 impl AsyncRead for Connection {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let heads = this.http.as_ref().map_or(0, |h| h.tracker.heads());
+        let read = this.read_for_server(cx, buf);
+        this.note_heads(heads);
+        read
+    }
+}
+
+impl Connection {
+    /// What the server reads: the bytes the client sent, held back at the start of each later
+    /// request until it is decided (and the answer before it complete).
+    fn read_for_server(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         this.mark_read();
         this.note_upgrade();
         if buf.remaining() == 0 {
@@ -526,6 +725,13 @@ impl AsyncRead for Connection {
                 if http.handing {
                     // The end of this connection for the server; clusterd gets the socket.
                     return Poll::Ready(Ok(()));
+                }
+                if http.decide && http.awaiting_answer() {
+                    // A pipelined request waits for the answer to the one before; its head timer
+                    // starts once it goes on.
+                    http.armed = false;
+                    http.reader = Some(cx.waker().clone());
+                    return Poll::Pending;
                 }
                 if let Err(error) = http.poll_timeout(cx) {
                     return Poll::Ready(Err(error));
@@ -608,13 +814,38 @@ impl AsyncRead for Connection {
     }
 }
 
+fn write_socket(socket: &mut Socket, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    match socket {
+        Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+        Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        Socket::Gone => Poll::Ready(Err(gone())),
+    }
+}
+
+impl Connection {
+    /// A draining connection whose client may go on after this response (on another worker, once
+    /// the connection is given back): a response head's `Connection: close` is hidden from it.
+    fn keeps_open(&self) -> bool {
+        self.drain.started() && self.http.as_ref().is_some_and(|h| h.tracker.keep_alive())
+    }
+}
+
 impl AsyncWrite for Connection {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.socket {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Gone => Poll::Ready(Err(gone())),
+        let keeps_open = self.keeps_open();
+        let this = &mut *self;
+        let Some(http) = &mut this.http else { return write_socket(&mut this.socket, cx, buf) };
+        if let Some(spread) = &this.spread {
+            spread.server_writes()?;
         }
+        let renamed = if keeps_open { http.responses.keep_open(buf) } else { None };
+        let data = match &renamed {
+            Some((bytes, limit)) => &bytes[..*limit],
+            None => buf,
+        };
+        let written = std::task::ready!(write_socket(&mut this.socket, cx, data))?;
+        http.wrote(&data[..written]);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -622,6 +853,34 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.http.is_some() {
+            if self.keeps_open() {
+                // A head may need renaming: one slice at a time (a shorter write is allowed).
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                return self.poll_write(cx, first);
+            }
+            let this = &mut *self;
+            if let Some(spread) = &this.spread {
+                spread.server_writes()?;
+            }
+            let written = std::task::ready!(match &mut this.socket {
+                Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+                Socket::Gone => Poll::Ready(Err(gone())),
+            })?;
+            if let Some(http) = &mut this.http {
+                let mut left = written;
+                for b in bufs {
+                    let n = left.min(b.len());
+                    http.wrote(&b[..n]);
+                    left -= n;
+                    if left == 0 {
+                        break;
+                    }
+                }
+            }
+            return Poll::Ready(Ok(written));
+        }
         match &mut self.socket {
             Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
@@ -646,6 +905,7 @@ impl AsyncWrite for Connection {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.settle_unanswered();
         if !self.handing()
             && self.give_back_on_close()
             && let Some(http) = &mut self.http
@@ -781,9 +1041,10 @@ mod tests {
         let first = b"GET /?EIO=4&sid=mine HTTP/1.1\r\nHost: x\r\n\r\n";
         let second = b"GET /?EIO=4&transport=polling&sid=theirs HTTP/1.1\r\nHost: x\r\n\r\n";
         let (mut c, _client, mut reports) = connection(&[&first[..], second].concat(), sessions);
+        serve_first(&mut c, first).await;
         let mut served = Vec::new();
         c.read_to_end(&mut served).await.unwrap();
-        assert_eq!(served, first, "the server sees the first request, then the end");
+        assert!(served.is_empty(), "the server sees the first request, then the end");
         drop(c);
         match reports.recv().await {
             Some(Report::Handback { id, initial, .. }) => assert_eq!((id, initial.as_slice()), (7, &second[..])),
@@ -796,12 +1057,14 @@ mod tests {
     async fn a_later_request_of_a_held_session_is_served_and_the_connection_closes_normally() {
         let sessions = Arc::new(Sessions::default());
         sessions.insert("mine");
-        let both = b"GET / HTTP/1.1\r\n\r\nGET /?EIO=4&sid=mine HTTP/1.1\r\n\r\n";
-        let (mut c, client, mut reports) = connection(both, sessions);
-        drop(client);
+        let first = b"GET / HTTP/1.1\r\n\r\n";
+        let second = b"GET /?EIO=4&sid=mine HTTP/1.1\r\n\r\n";
+        let (mut c, client, mut reports) = connection(&[&first[..], second].concat(), sessions);
+        serve_first(&mut c, first).await;
+        client.shutdown(std::net::Shutdown::Write).unwrap();
         let mut served = Vec::new();
         c.read_to_end(&mut served).await.unwrap();
-        assert_eq!(served, both);
+        assert_eq!(served, second);
         drop(c);
         assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
     }
@@ -871,6 +1134,131 @@ mod tests {
             Some(Report::Handback { initial, .. }) => assert_eq!(initial, second),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Issue 13: a pipelining client's next request waits for the answer in flight; when the
+    /// drain begins meanwhile, the answer is written whole, without hyper's `Connection: close`,
+    /// and the next request goes back to clusterd with its bytes instead of to the server.
+    #[tokio::test]
+    async fn a_pipelined_request_waits_for_the_answer_in_flight_and_goes_back_when_the_drain_begins() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let first = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let second = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, mut reports) =
+            connection_draining(&[&first[..], second].concat(), Arc::default(), drain.clone());
+        let mut got = vec![0u8; first.len()];
+        c.read_exact(&mut got).await.unwrap();
+        let mut chunk = [0u8; 64];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(
+            Pin::new(&mut c).poll_read(&mut cx, &mut ReadBuf::new(&mut chunk)).is_pending(),
+            "the second request waits for the first answer"
+        );
+        drain.start();
+        let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        c.write_all(answer).await.unwrap();
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the server sees the end once it answered");
+        c.shutdown().await.unwrap();
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { initial, .. }) => assert_eq!(initial, second),
+            other => panic!("{other:?}"),
+        }
+        let mut seen = vec![0u8; answer.len()];
+        std::io::Read::read_exact(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, b"HTTP/1.1 200 OK\r\nX-Draining: close\r\ncontent-length: 2\r\n\r\nok");
+    }
+
+    /// Issue 13: the drain's spread answers a pending long-poll with an Engine.IO `close` packet
+    /// (socket.io-client reconnects on it); the server's own answer, if it comes later, fails.
+    #[tokio::test]
+    async fn the_spread_answers_a_pending_long_poll_with_a_close_packet() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, mut reports) = connection_draining(poll, Arc::default(), drain.clone());
+        let mut got = vec![0u8; poll.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        let sessions = drain.sessions(false);
+        assert_eq!(sessions.len(), 1, "the connection with a pending poll is in the spread");
+        sessions[0].end();
+        let mut seen = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, CLOSE_POLL, "one close packet, then the end");
+        let late = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await;
+        assert_eq!(late.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))), "closed, not given back");
+    }
+
+    /// A connection between two polls (its last one answered) is left to its next poll.
+    #[tokio::test]
+    async fn the_spread_leaves_an_answered_long_poll_alone() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let poll = b"GET /socket.io/?EIO=4&transport=polling&sid=Ab HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, mut client, _reports) = connection_draining(poll, Arc::default(), drain.clone());
+        let mut got = vec![0u8; poll.len()];
+        c.read_exact(&mut got).await.unwrap();
+        c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2").await.unwrap();
+        drain.start();
+        for socket in drain.sessions(true) {
+            socket.end();
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2";
+        c.write_all(answer).await.expect("the connection is still open");
+        let mut seen = vec![0u8; 2 * answer.len()];
+        std::io::Read::read_exact(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, [&answer[..], answer].concat(), "no close packet");
+    }
+
+    /// Issue 13: a server that drops a request it read, unanswered, while the worker drains: a
+    /// `GET` goes back with its bytes; a `POST` is answered `503`, never dropped silently.
+    #[tokio::test]
+    async fn a_request_the_server_drops_unanswered_at_the_drain_goes_back_or_gets_503() {
+        let get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let drain = Arc::new(Drain::default());
+        let (mut c, _client, mut reports) = connection_draining(get, Arc::default(), drain.clone());
+        let mut got = vec![0u8; get.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        drop(c);
+        match reports.recv().await {
+            Some(Report::Handback { initial, .. }) => assert_eq!(initial, get),
+            other => panic!("{other:?}"),
+        }
+
+        let post = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
+        let drain = Arc::new(Drain::default());
+        let (mut c, mut client, mut reports) = connection_draining(post, Arc::default(), drain.clone());
+        let mut got = vec![0u8; post.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
+        let mut seen = Vec::new();
+        std::io::Read::read_to_end(&mut client, &mut seen).unwrap();
+        assert_eq!(seen, UNAVAILABLE);
+    }
+
+    /// A response that ends with the connection (no length) is never followed by a handback.
+    #[tokio::test]
+    async fn a_response_delimited_by_the_close_closes() {
+        use tokio::io::AsyncWriteExt;
+        let drain = Arc::new(Drain::default());
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (mut c, _client, mut reports) = connection_draining(request, Arc::default(), drain.clone());
+        let mut got = vec![0u8; request.len()];
+        c.read_exact(&mut got).await.unwrap();
+        drain.start();
+        c.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await.unwrap();
+        c.shutdown().await.unwrap();
+        drop(c);
+        assert!(matches!(reports.recv().await, Some(Report::Closed(7))));
     }
 
     #[test]

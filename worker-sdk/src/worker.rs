@@ -37,8 +37,8 @@ const DRAIN_ACCEPT_WAIT: Duration = Duration::from_secs(2);
 /// While at capacity, how often the open fds are counted again besides when connections close
 /// (fds the application closes on its own are seen this way).
 const CAPACITY_RECHECK: Duration = Duration::from_secs(1);
-/// A draining worker shuts its upgraded connections (WebSockets) down one by one over the grace
-/// divided by this, so that their clients reconnect to the other workers gradually, and the rest
+/// A draining worker ends its Socket.IO sessions (WebSockets, pending long-polls) one by one over
+/// the grace divided by this, so that their clients reconnect to the other workers gradually, and the rest
 /// of the grace is left for the last ones to finish before `SIGKILL`.
 pub const SPREAD_SHARE_OF_GRACE: u32 = 2;
 /// The longest that spread lasts, whatever the grace.
@@ -250,13 +250,21 @@ impl Worker {
     ///   closing (a server that shuts down gracefully closes its idle connections, as axum's
     ///   `with_graceful_shutdown` does; a request that comes meanwhile goes back with its bytes),
     ///   and clusterd routes each to a live worker by its next request. A client never sees
-    ///   its connection close under a request it already sent.
+    ///   its connection close under a request it already sent. A pipelining client's next
+    ///   request reaches the server only once the answer before it is complete, so the requests
+    ///   behind the one in flight go back with their bytes; a `Connection: close` in that answer
+    ///   is renamed `X-Draining` so that the client reads on. A request the server read and drops
+    ///   unanswered goes back if it is a `GET`, `HEAD` or `OPTIONS` without a body, else gets
+    ///   `503` with `Connection: close`.
     /// - **Upgraded connections** (WebSockets, and so Socket.IO sessions over WebSocket) are shut
     ///   down one by one, evenly over the grace divided by [`SPREAD_SHARE_OF_GRACE`] (at most
     ///   [`MAX_SPREAD`]; at once when clusterd gave no grace), so that their clients do not all
     ///   reconnect to the other workers in the same second.
+    /// - **Long-polling Engine.IO sessions** end over the same spread: a poll the server has read
+    ///   and not begun to answer is answered by the SDK with an Engine.IO `close` packet (on
+    ///   which socket.io-client reconnects), and its connection shut down.
     ///
-    /// Requests in flight, long-polls included, are the server's to finish. A server that keeps
+    /// Other requests in flight are the server's to finish. A server that keeps
     /// its idle connections open after the drain keeps this pending until they close (clusterd's
     /// `SIGKILL` ends the wait at the end of the grace).
     pub async fn drained(&self) {
@@ -302,8 +310,8 @@ impl Worker {
         self.inner.header_timeout_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// Sets the time over which a drain shuts this worker's upgraded connections (WebSockets)
-    /// down, one by one and evenly (see [`Worker::drained`]); `Duration::ZERO` shuts them all
+    /// Sets the time over which a drain ends this worker's Socket.IO sessions (upgraded
+    /// connections, pending long-polls), one by one and evenly (see [`Worker::drained`]); `Duration::ZERO` shuts them all
     /// down at once, when the drain begins; `None` restores the default: the grace divided by
     /// [`SPREAD_SHARE_OF_GRACE`], at most [`MAX_SPREAD`]. A spread is never longer than the grace.
     /// `CLUSTERD_DRAIN_SPREAD_MS` in clusterd's environment sets it for every worker.
@@ -590,7 +598,7 @@ fn start_drain(inner: &Arc<Inner>) {
         inner.conns.start();
         inner.drain.cancel();
         let spread = spread_of(*lock(&inner.grace), inner.drain_spread_ms.load(Ordering::Relaxed));
-        spread_upgraded(&inner.conns, spread).await;
+        spread_sessions(&inner.conns, spread).await;
     });
 }
 
@@ -604,18 +612,18 @@ fn spread_of(grace: Option<Duration>, ms: u64) -> Duration {
     }
 }
 
-/// Shuts the upgraded connections down one by one, evenly over `spread`; then any left, and
-/// any upgraded later, at once.
-async fn spread_upgraded(conns: &crate::listener::Drain, spread: Duration) {
+/// Ends the Socket.IO sessions (upgraded connections, pending long-polls) one by one, evenly
+/// over `spread`; then any left, and any registered later, at once.
+async fn spread_sessions(conns: &crate::listener::Drain, spread: Duration) {
     let start = tokio::time::Instant::now();
-    let sockets = conns.upgraded(false);
+    let sockets = conns.sessions(false);
     let n = u32::try_from(sockets.len()).unwrap_or(u32::MAX);
     for (i, socket) in (0..n).zip(sockets) {
         tokio::time::sleep_until(start + spread * i / n).await;
-        socket.shut_down();
+        socket.end();
     }
-    for socket in conns.upgraded(true) {
-        socket.shut_down();
+    for socket in conns.sessions(true) {
+        socket.end();
     }
 }
 

@@ -39,6 +39,7 @@ from .errors import (
     AlreadyTaken, BadEnvironment, BadSessionId, ClusterdError, Disconnected, ListenFailed,
     NotUnderClusterd, ProtocolError, SessionTimeout,
 )
+from .http1 import Exchanges, close_poll_answer
 
 __all__ = [
     "Worker", "SESSION_ACK_TIMEOUT", "DRAIN_FRAME_WAIT", "DRAIN_ACCEPT_WAIT", "CONNECTION_QUEUE",
@@ -112,16 +113,20 @@ class _HandedSocket(socket.socket):
     ``recv_into``, ``send`` and ``sendmsg``), so that a draining worker can give a kept-alive
     connection back to clusterd instead of closing it (see :meth:`Worker.draining`): when the
     server closes it after answering, having read nothing since, any next request is still in the
-    kernel's buffer and reaches the worker clusterd picks; when the server read a next ``GET``,
-    ``HEAD`` or ``OPTIONS`` and closes without a byte of its answer (aiohttp's shutdown drops a
-    request it read but had not begun), its bytes go back with it.
+    kernel's buffer and reaches the worker clusterd picks; when the server read next requests, all
+    ``GET``, ``HEAD`` or ``OPTIONS``, and closes without a byte of their answers (aiohttp's
+    shutdown drops a request it read but had not begun; a pipelining client's next requests wait
+    in the server's buffer), their bytes go back with it. The requests and answers are told apart
+    by their framing (:mod:`clusterd_worker.http1`), so each complete answer retires its request.
     """
 
-    __slots__ = ("_report", "_give_back", "_on_upgrade", "_unanswered", "_fresh", "_start", "_persistent",
-                 "_answered", "_ended")
+    __slots__ = ("_report", "_give_back", "_on_upgrade", "_on_poll", "_exchanges", "_fresh", "_start",
+                 "_persistent", "_answered", "_ended")
 
     def _track(self, initial: bytes) -> None:
-        self._unanswered = bytearray(initial)  # the first request, whose start clusterd read
+        self._exchanges = Exchanges()
+        self._exchanges.read(initial)  # the first request, whose start clusterd read
+        self._note_poll()
         self._answered = False
         self._ended = False
         self._persistent = False
@@ -147,12 +152,40 @@ class _HandedSocket(socket.socket):
             return
         if self._fresh:
             self._begins(self._start + bytes(data[:_PEEK]))
-        if len(self._unanswered) <= MAX_HANDBACK:
-            self._unanswered += data  # ``data`` is what was read: ``n`` bytes
+        self._exchanges.read(bytes(data))  # ``data`` is what was read: ``n`` bytes
+        self._note_poll()
 
-    def _wrote(self, n: int) -> None:
-        if n:
-            self._unanswered = bytearray()
+    def _note_poll(self) -> None:
+        """The drain's spread may end a session whose long-poll this connection carries."""
+        on_poll = getattr(self, "_on_poll", None)
+        if on_poll is not None and self._pending_poll() is not None:
+            on_poll(self)
+
+    def _pending_poll(self) -> Optional[bytes]:
+        """The answer that ends the Engine.IO long-poll the server read and has not begun to
+        answer, if that is the one request it has read and not answered."""
+        requests = self._exchanges.requests() if self._exchanges.unanswered() else []
+        return close_poll_answer(requests[0]) if len(requests) == 1 else None
+
+    def end_poll(self) -> None:
+        """Answers the pending long-poll with an Engine.IO ``close`` packet, then shuts the
+        connection down both ways (the server's own answer, if it comes, fails). A connection
+        between two polls is left alone: its next poll goes back to clusterd and finds the session
+        gone (``400``), on which the client reconnects too."""
+        answer = self._pending_poll()
+        if answer is None or self.fileno() == -1:
+            return
+        self._ended = True  # never given back after this
+        try:
+            # The socket's buffer is empty while a poll waits: the few bytes fit.
+            socket.socket.send(self, answer, socket.MSG_DONTWAIT)
+            self.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the client left meanwhile
+
+    def _wrote(self, data: bytes) -> None:
+        if data:
+            self._exchanges.wrote(data)
             self._fresh = True
             self._start = b""
             self._answered = True
@@ -172,19 +205,28 @@ class _HandedSocket(socket.socket):
         requests, or the bytes of an unanswered retriable request; ``None`` otherwise."""
         if not self._answered or self._ended:
             return None
-        if not self._unanswered:
+        held = self._exchanges.unanswered()
+        if held is None:
+            return None
+        if not held:
             return b"" if self._persistent else None
-        held = bytes(self._unanswered)
-        return held if len(held) <= MAX_HANDBACK and held.startswith(_RETRIABLE) else None
+        retriable = all(request.startswith(_RETRIABLE) for request in self._exchanges.requests())
+        return held if len(held) <= MAX_HANDBACK and retriable else None
 
     def send(self, data: Any, *args: Any) -> int:
         n = super().send(data, *args)
-        self._wrote(n)
+        self._wrote(bytes(memoryview(data).cast("B")[:n]))
         return n
 
     def sendmsg(self, *args: Any) -> int:
         n = super().sendmsg(*args)
-        self._wrote(n)
+        written = bytearray()
+        for buffer in args[0] if args else ():
+            view = memoryview(buffer).cast("B")
+            written += view[:n - len(written)]
+            if len(written) >= n:
+                break
+        self._wrote(bytes(written))
         return n
 
     def close(self) -> None:
@@ -360,6 +402,8 @@ class Worker:
         self.serves_socketio = False
         #: Connections whose request asked for an upgrade (WebSockets), in that order.
         self._upgraded: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+        #: Connections that carried an Engine.IO long-poll: the spread ends their sessions too.
+        self._polling: "weakref.WeakSet[_HandedSocket]" = weakref.WeakSet()
         self._spread_ms = _drain_spread_ms()
         self._metrics: Optional[Callable[[], Any]] = None
         loop.add_reader(self._channel.fileno(), self._readable)
@@ -577,18 +621,23 @@ class Worker:
         down one by one, evenly over a spread of the grace (see :func:`spread_of`;
         ``CLUSTERD_DRAIN_SPREAD_MS`` sets it), so that their clients do not all reconnect to the
         other workers in the same second. Their clients see the transport close and reconnect
-        through clusterd. The serving integrations call it once the drain began, before their
+        through clusterd. Long-polling sessions end over the same spread: a pending poll is
+        answered with an Engine.IO ``close`` packet (see :meth:`_HandedSocket.end_poll`), on which
+        socket.io-client reconnects. The serving integrations call it once the drain began, before their
         server shuts down (which would end them all at once); a program with its own server calls
         it there too."""
         await self._drained.wait()
         spread = spread_of(self.grace, self._spread_ms)
         sockets = list(self._upgraded)
+        polls = [sock for sock in self._polling if sock not in self._upgraded and sock._pending_poll() is not None]
         start = self._loop.time()
-        for i, sock in enumerate(sockets):
-            delay = start + spread * i / len(sockets) - self._loop.time()
+        for i, sock in enumerate(sockets + polls):
+            delay = start + spread * i / len(sockets + polls) - self._loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if sock.fileno() != -1:
+            if i >= len(sockets):
+                sock.end_poll()
+            elif sock.fileno() != -1:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
@@ -738,6 +787,7 @@ class Worker:
         sock._report = functools.partial(self._connection_closed, frame.id)
         sock._give_back = functools.partial(self._give_back, frame.id)
         sock._on_upgrade = self._upgraded.add
+        sock._on_poll = self._polling.add
         sock._track(frame.initial)
         if self._factory is None:
             if len(self._waiting) >= CONNECTION_QUEUE:

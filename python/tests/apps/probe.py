@@ -34,6 +34,10 @@ async def handle(worker, method, path, query, body):
     """(status, text) for one request."""
     if path == "/":
         return 200, f"worker {worker.id}"
+    if path == "/wait":
+        # An answer that awaits, as a handler that queries a database does (at most 10 s).
+        await asyncio.sleep(min(float(query.get("ms", ["0"])[0]), 10_000) / 1000)
+        return 200, f"worker {worker.id}"
     if path == "/echo" and method == "POST":
         return 200, f"{len(body)} {hashlib.sha256(body).hexdigest()}"
     if path == "/session":
