@@ -230,6 +230,9 @@ pub struct Route {
 
 /// What route tasks ask the dispatcher.
 pub enum RouteMsg {
+    /// Queue this connection for a worker picked for it (and count it on that worker); what
+    /// cannot be queued at once goes on as [`deliver`] does.
+    Deliver(Handoff),
     /// Pick a worker (and count the connection on it).
     Pick { group: Option<u32>, sid: Option<String>, ip: Option<IpAddr>, reply: oneshot::Sender<Option<Route>> },
     /// The handoff to this worker failed: uncount the connection.
@@ -248,6 +251,10 @@ pub fn serve(bound: Vec<Bound>, limits: Limits, proxied: &[bool], routes: mpsc::
 
 /// The most connections one listener accepts in a row before it lets the other tasks run.
 const ACCEPT_BATCH: usize = 64;
+
+/// The most bytes read at accept, without waiting (and `--sniff-bytes` at most), as the route
+/// task's reads: a request line and its headers usually fit.
+const FIRST_READ: usize = 4096;
 
 /// A connection's local address, as the native protocol's `Connection` frame carries it.
 #[derive(Clone)]
@@ -415,6 +422,10 @@ async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, li
     use std::os::fd::AsFd;
     let mut backoff = Duration::from_millis(5);
     let counter = crate::metrics::accepted_counter(addr);
+    // The first read of every connection lands here, then only its bytes are copied out: a
+    // buffer of this size allocated per connection costs malloc more than the copy (from 1 KiB
+    // on, glibc merges its small free chunks first).
+    let mut scratch = Vec::with_capacity(FIRST_READ);
     loop {
         let mut guard = match listener.readable().await {
             Ok(guard) => guard,
@@ -436,7 +447,7 @@ async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, li
                         counter.inc();
                     }
                     backoff = Duration::from_millis(5);
-                    admit(fd, peer.as_ref(), accepted, &listening);
+                    admit(fd, peer.as_ref(), accepted, &listening, &mut scratch);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     guard.clear_ready();
@@ -478,6 +489,7 @@ fn admit(
     peer: Option<&nix::sys::socket::SockaddrStorage>,
     accepted: Option<std::time::Instant>,
     listening: &Listening,
+    scratch: &mut Vec<u8>,
 ) {
     use std::os::fd::AsFd;
     let Listening { group, limits, routes, local, unix } = listening;
@@ -503,15 +515,14 @@ fn admit(
             refusals: 0,
             accepted,
         };
-        tokio::spawn(deliver(handoff, routes.clone()));
-        return;
+        return dispatch(handoff, routes);
     }
-    let mut initial = Vec::new();
-    match crate::accept::recv_now(fd.as_fd(), &mut initial, limits.sniff_bytes.clamp(1, 4096)) {
+    scratch.clear();
+    match crate::accept::recv_now(fd.as_fd(), scratch, limits.sniff_bytes.min(FIRST_READ)) {
         Ok(0) => return, // the client left
         Ok(_) => {
-            if let Some(settled) = settle(&initial, &limits) {
-                initial.drain(..settled.skip);
+            if let Some(settled) = settle(scratch, &limits) {
+                let initial = scratch[settled.skip..].to_vec();
                 let (peer, ip, claimed) = match settled.client {
                     Some(client) => (client.clone(), client.socket_addr().map(|a| a.ip()), true),
                     None => (peer, ip, false),
@@ -520,14 +531,14 @@ fn admit(
                 let (http, sid) = (settled.http, settled.sid);
                 let handoff =
                     Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
-                tokio::spawn(deliver(handoff, routes.clone()));
-                return;
+                return dispatch(handoff, routes);
             }
         }
         Err(error) if error.kind() == io::ErrorKind::WouldBlock || error.kind() == io::ErrorKind::Interrupted => {}
         Err(_) => return, // the client left
     }
     let Ok(client) = Client::accepted(fd, unix) else { return };
+    let initial = scratch.to_vec();
     let incoming = Incoming { group, accepted, client, peer, local, ip, initial, claimed: false };
     tokio::spawn(route(incoming, limits, routes.clone()));
 }
@@ -615,7 +626,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             refusals: 0,
             accepted,
         };
-        return deliver(handoff, routes).await;
+        return dispatch(handoff, &routes);
     }
     initial.reserve(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
@@ -672,7 +683,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
     let handoff = Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
-    deliver(handoff, routes).await;
+    dispatch(handoff, &routes);
 }
 
 /// Reads the PROXY protocol header at the start of `client` within `deadline` and `limit` bytes,
@@ -736,6 +747,16 @@ pub fn reroute_handback(handoff: Handoff, limits: Limits, routes: mpsc::Sender<R
         let accepted = None;
         route(Incoming { group, accepted, client, peer, local, ip, initial, claimed }, limits, routes).await;
     });
+}
+
+/// Gives a routed connection to the dispatcher without waiting for its answer
+/// ([`RouteMsg::Deliver`]); when the dispatcher's queue is full, a task waits for room and asks.
+fn dispatch(handoff: Handoff, routes: &mpsc::Sender<RouteMsg>) {
+    use tokio::sync::mpsc::error::TrySendError;
+    // Closed: clusterd is stopping; the connection is dropped, so closed.
+    if let Err(TrySendError::Full(RouteMsg::Deliver(handoff))) = routes.try_send(RouteMsg::Deliver(handoff)) {
+        reroute(handoff, routes.clone());
+    }
 }
 
 /// Asks the dispatcher for a worker and queues the connection for it; `503` or a close when none
