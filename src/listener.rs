@@ -1,12 +1,16 @@
 //! The accept path: listening sockets, the accept loops, and one routing task per connection.
 //!
 //! ```text
-//!   accept loop ──spawn──► route task: read the request line (≤ sniff_bytes, ≤ sniff_timeout)
-//!                              │  Pick {sid, ip} ──► dispatcher (balancer) ──► worker key + handoff queue
-//!                              └──► worker task: Connection frame + fd (SCM_RIGHTS), our copy closed
+//!   accept loop: accept4, recv without waiting ──(request settled)──┐
+//!        └─(more to read)─spawn─► route task: read the request line  │
+//!                                 (≤ sniff_bytes, ≤ sniff_timeout) ──┤
+//!                      Deliver {handoff} ──► dispatcher (balancer) ◄─┘
+//!                                  └──► worker's handoff queue ──► worker task:
+//!                                       Connection frame + fd (SCM_RIGHTS), our copy closed
 //! ```
 //!
-//! The accept loop only accepts and spawns, so a slow or silent client never holds it up. Transient
+//! The accept loop never waits on a client (its one read takes what has arrived), so a slow or
+//! silent client never holds it up. Transient
 //! accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED) back off, capped at one second,
 //! and never end the loop.
 
