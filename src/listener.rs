@@ -1,12 +1,16 @@
 //! The accept path: listening sockets, the accept loops, and one routing task per connection.
 //!
 //! ```text
-//!   accept loop ──spawn──► route task: read the request line (≤ sniff_bytes, ≤ sniff_timeout)
-//!                              │  Pick {sid, ip} ──► dispatcher (balancer) ──► worker key + handoff queue
-//!                              └──► worker task: Connection frame + fd (SCM_RIGHTS), our copy closed
+//!   accept loop: accept4, recv without waiting ──(request settled)──┐
+//!        └─(more to read)─spawn─► route task: read the request line  │
+//!                                 (≤ sniff_bytes, ≤ sniff_timeout) ──┤
+//!                      Deliver {handoff} ──► dispatcher (balancer) ◄─┘
+//!                                  └──► worker's handoff queue ──► worker task:
+//!                                       Connection frame + fd (SCM_RIGHTS), our copy closed
 //! ```
 //!
-//! The accept loop only accepts and spawns, so a slow or silent client never holds it up. Transient
+//! The accept loop never waits on a client (its one read takes what has arrived), so a slow or
+//! silent client never holds it up. Transient
 //! accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED) back off, capped at one second,
 //! and never end the loop.
 
@@ -230,6 +234,9 @@ pub struct Route {
 
 /// What route tasks ask the dispatcher.
 pub enum RouteMsg {
+    /// Queue this connection for a worker picked for it (and count it on that worker); what
+    /// cannot be queued at once goes on as [`deliver`] does.
+    Deliver(Handoff),
     /// Pick a worker (and count the connection on it).
     Pick { group: Option<u32>, sid: Option<String>, ip: Option<IpAddr>, reply: oneshot::Sender<Option<Route>> },
     /// The handoff to this worker failed: uncount the connection.
@@ -246,6 +253,32 @@ pub fn serve(bound: Vec<Bound>, limits: Limits, proxied: &[bool], routes: mpsc::
     Ok(())
 }
 
+/// The most connections one listener accepts in a row before it lets the other tasks run.
+const ACCEPT_BATCH: usize = 64;
+
+/// The most bytes read at accept, without waiting (and `--sniff-bytes` at most), as the route
+/// task's reads: a request line and its headers usually fit.
+const FIRST_READ: usize = 4096;
+
+/// A connection's local address, as the native protocol's `Connection` frame carries it.
+#[derive(Clone)]
+enum Local {
+    /// The same for every connection: the listener's own (a Unix path, or an IP that is not a
+    /// wildcard), or `Unknown` when no worker reads it (Node workers ask their socket).
+    Known(Address),
+    /// A wildcard listener (`0.0.0.0`, `[::]`): asked of each connection's socket.
+    PerConnection,
+}
+
+/// What every connection of one listener shares.
+struct Listening {
+    group: Option<u32>,
+    limits: Limits,
+    routes: mpsc::Sender<RouteMsg>,
+    local: Local,
+    unix: bool,
+}
+
 /// Starts the accept loop of one listener; its connections go to the pool of `group`.
 pub fn serve_one(
     listener: Bound,
@@ -253,7 +286,7 @@ pub fn serve_one(
     limits: Limits,
     routes: mpsc::Sender<RouteMsg>,
 ) -> io::Result<()> {
-    match listener {
+    let (addr, fd, local, unix) = match listener {
         Bound::Tcp { addr, listener } => {
             listener.set_nonblocking(true)?;
             // A socket option is the application's choice: clusterd changes none unless asked
@@ -263,51 +296,46 @@ pub fn serve_one(
             if limits.tcp_nodelay {
                 let _ = nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true);
             }
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            tokio::spawn(async move {
-                accept_loop(
-                    &addr,
-                    group,
-                    || listener.accept(),
-                    |(stream, peer): (tokio::net::TcpStream, SocketAddr)| {
-                        let local = stream.local_addr().map(Address::from).unwrap_or(Address::Unknown);
-                        (Client::Tcp(stream), Address::from(peer), local, Some(peer.ip()))
-                    },
-                    limits,
-                    routes,
-                )
-                .await
-            });
+            let local = match listener.local_addr() {
+                Ok(own) if !own.ip().is_unspecified() => Local::Known(Address::from(own)),
+                _ => Local::PerConnection,
+            };
+            (addr, OwnedFd::from(listener), local, false)
         }
         Bound::Unix { addr, listener, .. } => {
             listener.set_nonblocking(true)?;
-            let listener = tokio::net::UnixListener::from_std(listener)?;
-            tokio::spawn(async move {
-                accept_loop(
-                    &addr,
-                    group,
-                    || listener.accept(),
-                    |(stream, peer): (tokio::net::UnixStream, tokio::net::unix::SocketAddr)| {
-                        let path = |a: Option<&Path>| {
-                            use std::os::unix::ffi::OsStrExt;
-                            a.map_or(Address::Unknown, |p| Address::Unix { path: p.as_os_str().as_bytes().to_vec() })
-                        };
-                        let local = stream.local_addr().ok();
-                        let local = path(local.as_ref().and_then(|a| a.as_pathname()));
-                        (Client::Unix(stream), path(peer.as_pathname()), local, None)
-                    },
-                    limits,
-                    routes,
-                )
-                .await
-            });
+            // An accepted Unix socket's own address is its listener's.
+            let own = listener.local_addr().ok();
+            let local = Local::Known(unix_address(own.as_ref().and_then(|a| a.as_pathname())));
+            (addr, OwnedFd::from(listener), local, true)
         }
-    }
+    };
+    // Node workers never see the local address: a `newconn` carries the fd alone.
+    let local = if limits.node { Local::Known(Address::Unknown) } else { local };
+    let listener = crate::accept::watch(fd)?;
+    let listening = Listening { group, limits, routes, local, unix };
+    tokio::spawn(async move { accept_loop(&addr, listener, listening).await });
     Ok(())
 }
 
-/// The socket, the peer and local addresses, and the client IP.
-type Accepted = (Client, Address, Address, Option<IpAddr>);
+fn unix_address(path: Option<&Path>) -> Address {
+    use std::os::unix::ffi::OsStrExt;
+    path.map_or(Address::Unknown, |p| Address::Unix { path: p.as_os_str().as_bytes().to_vec() })
+}
+
+/// The peer's address and IP (TCP only), from what `accept4` gave.
+fn peer_address(peer: Option<&nix::sys::socket::SockaddrStorage>) -> (Address, Option<IpAddr>) {
+    let Some(peer) = peer else { return (Address::Unknown, None) };
+    let socket = if let Some(v4) = peer.as_sockaddr_in() {
+        Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+    } else {
+        peer.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+    };
+    match socket {
+        Some(socket) => (Address::from(socket), Some(socket.ip())),
+        None => (unix_address(peer.as_unix_addr().and_then(|u| u.path())), None),
+    }
+}
 
 /// A connection as accepted, before routing.
 struct Incoming {
@@ -340,6 +368,15 @@ impl Client {
             let std = std::net::TcpStream::from(fd);
             std.set_nonblocking(true)?;
             Self::Tcp(tokio::net::TcpStream::from_std(std)?)
+        })
+    }
+
+    /// Registers a socket just accepted, already non-blocking, with the reactor.
+    fn accepted(fd: OwnedFd, unix: bool) -> io::Result<Self> {
+        Ok(if unix {
+            Self::Unix(tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?)
+        } else {
+            Self::Tcp(tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?)
         })
     }
 
@@ -385,47 +422,178 @@ impl Client {
     }
 }
 
-async fn accept_loop<S, F, Fut>(
-    addr: &str,
-    group: Option<u32>,
-    mut accept: F,
-    split: impl Fn(S) -> Accepted,
-    limits: Limits,
-    routes: mpsc::Sender<RouteMsg>,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = io::Result<S>>,
-{
+async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, listening: Listening) {
+    use std::os::fd::AsFd;
     let mut backoff = Duration::from_millis(5);
     let counter = crate::metrics::accepted_counter(addr);
+    // The first read of every connection lands here, then only its bytes are copied out: a
+    // buffer of this size allocated per connection costs malloc more than the copy (from 1 KiB
+    // on, glibc merges its small free chunks first).
+    let mut scratch = Vec::with_capacity(FIRST_READ);
     loop {
-        match accept().await {
-            Ok(stream) => {
-                let accepted = crate::metrics::accept_instant();
-                if let Some(counter) = &counter {
-                    counter.inc();
-                }
-                backoff = Duration::from_millis(5);
-                let (client, peer, local, ip) = split(stream);
-                let incoming =
-                    Incoming { group, accepted, client, peer, local, ip, initial: Vec::new(), claimed: false };
-                tokio::spawn(route(incoming, limits, routes.clone()));
-            }
-            Err(error) if is_transient(&error) => {
-                tracing::warn!(addr, %error, "accept failed; retrying in {}", crate::duration::show(backoff));
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
+        let mut guard = match listener.readable().await {
+            Ok(guard) => guard,
             Err(error) => {
-                // Not expected from a listening socket; keep serving rather than go deaf.
-                tracing::error!(addr, %error, "accept failed; retrying in 1s");
+                tracing::error!(addr, %error, "waiting for connections failed; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Accept what is waiting, a bounded batch per wakeup, so that one busy listener does not
+        // starve the routing of what it accepted, nor the other listeners.
+        let mut pause = None;
+        let mut drained = false;
+        for _ in 0..ACCEPT_BATCH {
+            match crate::accept::accept(listener.get_ref().as_fd()) {
+                Ok((fd, peer)) => {
+                    let accepted = crate::metrics::accept_instant();
+                    if let Some(counter) = &counter {
+                        counter.inc();
+                    }
+                    backoff = Duration::from_millis(5);
+                    admit(fd, peer.as_ref(), accepted, &listening, &mut scratch);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    drained = true;
+                    break;
+                }
+                Err(error) if is_transient(&error) => {
+                    tracing::warn!(addr, %error, "accept failed; retrying in {}", crate::duration::show(backoff));
+                    pause = Some(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    break;
+                }
+                Err(error) => {
+                    // Not expected from a listening socket; keep serving rather than go deaf.
+                    tracing::error!(addr, %error, "accept failed; retrying in 1s");
+                    pause = Some(Duration::from_secs(1));
+                    break;
+                }
             }
         }
-        if routes.is_closed() {
+        drop(guard);
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        } else if !drained {
+            tokio::task::yield_now().await;
+        }
+        if listening.routes.is_closed() {
             return;
         }
     }
+}
+
+/// Routes a connection just accepted. Its first bytes are read at once, without waiting (the
+/// listener's `TCP_DEFER_ACCEPT` means they are usually there): when they settle its route, it
+/// goes to the dispatcher without ever being registered with the reactor; otherwise it is
+/// registered and a route task waits for the rest, as [`route`] describes.
+fn admit(
+    fd: OwnedFd,
+    peer: Option<&nix::sys::socket::SockaddrStorage>,
+    accepted: Option<std::time::Instant>,
+    listening: &Listening,
+    scratch: &mut Vec<u8>,
+) {
+    use std::os::fd::AsFd;
+    let Listening { group, limits, routes, local, unix } = listening;
+    let (group, limits, unix) = (*group, *limits, *unix);
+    let (peer, ip) = peer_address(peer);
+    let local = match local {
+        Local::Known(address) => address.clone(),
+        Local::PerConnection => own_address(&fd),
+    };
+    if limits.node && group.is_some() {
+        // A listener a Node worker asked for: its `newconn` carries no bytes, so nothing is read.
+        let handoff = Handoff {
+            group,
+            fd,
+            peer,
+            local,
+            initial: Vec::new(),
+            sid: None,
+            ip: None,
+            http: false,
+            unix,
+            claimed: false,
+            refusals: 0,
+            accepted,
+        };
+        return dispatch(handoff, routes);
+    }
+    scratch.clear();
+    match crate::accept::recv_now(fd.as_fd(), scratch, limits.sniff_bytes.min(FIRST_READ)) {
+        Ok(0) => return, // the client left
+        Ok(_) => {
+            if let Some(settled) = settle(scratch, &limits) {
+                let initial = scratch[settled.skip..].to_vec();
+                let (peer, ip, claimed) = match settled.client {
+                    Some(client) => (client.clone(), client.socket_addr().map(|a| a.ip()), true),
+                    None => (peer, ip, false),
+                };
+                let ip = if limits.sticky == Sticky::Ip { ip } else { None };
+                let (http, sid) = (settled.http, settled.sid);
+                let handoff =
+                    Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
+                return dispatch(handoff, routes);
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock || error.kind() == io::ErrorKind::Interrupted => {}
+        Err(_) => return, // the client left
+    }
+    let Ok(client) = Client::accepted(fd, unix) else { return };
+    let initial = scratch.to_vec();
+    let incoming = Incoming { group, accepted, client, peer, local, ip, initial, claimed: false };
+    tokio::spawn(route(incoming, limits, routes.clone()));
+}
+
+/// The local address of an accepted socket (`getsockname`), for a wildcard listener.
+fn own_address(fd: &OwnedFd) -> Address {
+    use nix::sys::socket::{SockaddrStorage, getsockname};
+    match getsockname::<SockaddrStorage>(fd.as_raw_fd()) {
+        Ok(own) => peer_address(Some(&own)).0,
+        Err(_) => Address::Unknown,
+    }
+}
+
+/// How the first bytes of a connection route it, when they alone decide.
+struct Settled {
+    /// The length of the PROXY protocol header they start with (0 without `--proxy-protocol`).
+    skip: usize,
+    /// The client the PROXY header named, if it named one.
+    client: Option<Address>,
+    http: bool,
+    sid: Option<String>,
+}
+
+/// Whether `initial`, read at once at accept, settles the connection's route as [`route`] would
+/// decide it; `None` when more bytes are needed or the client is to be answered or refused: the
+/// route task then does both, from the same bytes, so that every rule lives there.
+fn settle(initial: &[u8], limits: &Limits) -> Option<Settled> {
+    let (skip, client) = if limits.proxy_protocol {
+        match crate::proxy_protocol::parse(initial, limits.sniff_bytes) {
+            crate::proxy_protocol::Parsed::Header { length, addresses } => {
+                (length, addresses.map(|(source, _)| source))
+            }
+            _ => return None,
+        }
+    } else {
+        (0, None)
+    };
+    let rest = &initial[skip..];
+    let (http, sid) = match sniff(rest, limits.sniff_bytes) {
+        Sniffed::Http { sid } => (true, sid),
+        Sniffed::NotHttp => (false, None),
+        Sniffed::Incomplete | Sniffed::TooLong => return None,
+    };
+    if http && limits.node {
+        let whole = crate::sniff::request_length(rest).is_some_and(|length| rest.len() >= length);
+        if !whole && rest.len() < WHOLE_REQUEST_MAX {
+            return None;
+        }
+    }
+    let sid = if limits.sticky == Sticky::Sid { sid } else { None };
+    Some(Settled { skip, client, http, sid })
 }
 
 fn is_transient(error: &io::Error) -> bool {
@@ -462,7 +630,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             refusals: 0,
             accepted,
         };
-        return deliver(handoff, routes).await;
+        return dispatch(handoff, &routes);
     }
     initial.reserve(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
@@ -519,7 +687,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let ip = if limits.sticky == Sticky::Ip { ip } else { None };
     let Ok(fd) = client.into_fd() else { return };
     let handoff = Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
-    deliver(handoff, routes).await;
+    dispatch(handoff, &routes);
 }
 
 /// Reads the PROXY protocol header at the start of `client` within `deadline` and `limit` bytes,
@@ -583,6 +751,16 @@ pub fn reroute_handback(handoff: Handoff, limits: Limits, routes: mpsc::Sender<R
         let accepted = None;
         route(Incoming { group, accepted, client, peer, local, ip, initial, claimed }, limits, routes).await;
     });
+}
+
+/// Gives a routed connection to the dispatcher without waiting for its answer
+/// ([`RouteMsg::Deliver`]); when the dispatcher's queue is full, a task waits for room and asks.
+fn dispatch(handoff: Handoff, routes: &mpsc::Sender<RouteMsg>) {
+    use tokio::sync::mpsc::error::TrySendError;
+    // Closed: clusterd is stopping; the connection is dropped, so closed.
+    if let Err(TrySendError::Full(RouteMsg::Deliver(handoff))) = routes.try_send(RouteMsg::Deliver(handoff)) {
+        reroute(handoff, routes.clone());
+    }
 }
 
 /// Asks the dispatcher for a worker and queues the connection for it; `503` or a close when none

@@ -4,6 +4,7 @@
 //! (fd hygiene, subreaper, control socket) while it is still single-threaded, then runs the
 //! supervisor on a Tokio runtime and maps its outcome to the documented exit status.
 
+mod accept;
 mod balancer;
 mod bridge;
 mod bus_memory;

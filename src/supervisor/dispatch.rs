@@ -437,11 +437,10 @@ impl Dispatcher {
     /// A route task asks for a worker for a new connection, or reports a failed handoff.
     pub(super) fn handle_route(&mut self, message: RouteMsg) {
         match message {
+            RouteMsg::Deliver(handoff) => self.deliver(handoff),
             RouteMsg::Pick { group, sid, ip, reply } => {
                 if let Some(sid) = &sid
-                    && self.config.protocol == crate::config::Protocol::Node
-                    && self.held.len() < MAX_HELD
-                    && !self.pools.knows_sid(group, sid)
+                    && self.holds(group, sid)
                 {
                     // A Node worker reports a session after answering its handshake, so the
                     // session's next request can arrive first: wait for the report, briefly.
@@ -454,6 +453,39 @@ impl Dispatcher {
             RouteMsg::Failed { key, group } => {
                 self.pools.connection_closed(group, key);
                 self.count_handoff(key, false);
+            }
+        }
+    }
+
+    /// Whether a request for `sid` waits for its session's report: a Node worker reports a
+    /// session after answering its handshake, so the session's next request can arrive first.
+    fn holds(&mut self, group: Option<u32>, sid: &str) -> bool {
+        self.config.protocol == crate::config::Protocol::Node
+            && self.held.len() < MAX_HELD
+            && !self.pools.knows_sid(group, sid)
+    }
+
+    /// Queues a routed connection for the worker picked for it, in this turn, when that worker's
+    /// queue has room: no answer travels back to the listener. Anything else (a request to hold,
+    /// a full queue, no worker) is left to a task that asks as a route task does
+    /// ([`crate::listener::reroute`]), so the rules about waiting stay in one place.
+    fn deliver(&mut self, handoff: crate::listener::Handoff) {
+        use tokio::sync::mpsc::error::TrySendError;
+        let (group, ip) = (handoff.group, handoff.ip);
+        let held = handoff.sid.as_deref().is_some_and(|sid| self.holds(group, sid));
+        let picked =
+            if held { None } else { self.pools.pick(group, handoff.sid.as_deref(), ip, std::time::Instant::now()) };
+        let Some(key) = picked else { return crate::listener::reroute(handoff, self.routes.clone()) };
+        let Some(process) = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key) else {
+            // The balancer knows a process the table does not: heal the balancer.
+            self.pools.remove_worker(key);
+            return crate::listener::reroute(handoff, self.routes.clone());
+        };
+        match process.handle.handoffs.try_send(handoff) {
+            Ok(()) => self.count_handoff(key, true),
+            Err(TrySendError::Full(handoff) | TrySendError::Closed(handoff)) => {
+                self.pools.connection_closed(group, key);
+                crate::listener::reroute(handoff, self.routes.clone());
             }
         }
     }

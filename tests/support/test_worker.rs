@@ -412,6 +412,7 @@ async fn handle(
                 out.extend_from_slice(&body);
                 out
             }
+            "/local" => format!("{me} local={} \n", connection.local_addr()).into_bytes(),
             _ => format!("{me} peer={} line={line}\n", connection.peer_addr()).into_bytes(),
         };
         // One write per answer: a head and a body in two writes would wait on the client's
