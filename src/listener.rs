@@ -225,6 +225,35 @@ pub struct Handoff {
     pub accepted: Option<std::time::Instant>,
 }
 
+impl Handoff {
+    /// A connection of a listener a Node worker asked for: its `newconn` carries no bytes, so
+    /// nothing of it is read.
+    fn unread(
+        group: Option<u32>,
+        fd: OwnedFd,
+        peer: Address,
+        local: Address,
+        unix: bool,
+        accepted: Option<std::time::Instant>,
+    ) -> Self {
+        let initial = Vec::new();
+        Self {
+            group,
+            fd,
+            peer,
+            local,
+            initial,
+            sid: None,
+            ip: None,
+            http: false,
+            unix,
+            claimed: false,
+            refusals: 0,
+            accepted,
+        }
+    }
+}
+
 /// Where the dispatcher sends a connection.
 pub struct Route {
     pub key: u64,
@@ -505,21 +534,7 @@ fn admit(
     };
     if limits.node && group.is_some() {
         // A listener a Node worker asked for: its `newconn` carries no bytes, so nothing is read.
-        let handoff = Handoff {
-            group,
-            fd,
-            peer,
-            local,
-            initial: Vec::new(),
-            sid: None,
-            ip: None,
-            http: false,
-            unix,
-            claimed: false,
-            refusals: 0,
-            accepted,
-        };
-        return dispatch(handoff, routes);
+        return dispatch(Handoff::unread(group, fd, peer, local, unix, accepted), routes);
     }
     scratch.clear();
     match crate::accept::recv_now(fd.as_fd(), scratch, limits.sniff_bytes.min(FIRST_READ)) {
@@ -616,21 +631,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     let unix = matches!(client, Client::Unix(_));
     if limits.node && group.is_some() {
         let Ok(fd) = client.into_fd() else { return };
-        let handoff = Handoff {
-            group,
-            fd,
-            peer,
-            local,
-            initial: Vec::new(),
-            sid: None,
-            ip: None,
-            http: false,
-            unix,
-            claimed: false,
-            refusals: 0,
-            accepted,
-        };
-        return dispatch(handoff, &routes);
+        return dispatch(Handoff::unread(group, fd, peer, local, unix, accepted), &routes);
     }
     initial.reserve(1024);
     let deadline = tokio::time::Instant::now() + limits.sniff_timeout;
