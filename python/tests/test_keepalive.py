@@ -82,20 +82,7 @@ def test_kept_alive_clients_lose_no_request_through_reloads_and_a_scale_down(sta
                             [sys.executable, PROBE, kind])
     cluster.wait_ready(2)
     load = KeepAliveLoad(cluster.url())
-    try:
-        load.wait_served("at the start")
-        for generation in (2, 3, 4):
-            done = cluster.cli("reload")
-            assert done.returncode == 0, done.stderr
-            # A Python start takes seconds on a loaded machine: a bound for two of them.
-            cluster.wait_ready(2, generation=generation, timeout=2 * TIMEOUT)
-            load.wait_served(f"after the reload to generation {generation}")
-        done = cluster.cli("scale", "1")
-        assert done.returncode == 0, done.stderr
-        cluster.wait_ready(1, timeout=2 * TIMEOUT)
-        load.wait_served("after the scale-down")
-    finally:
-        load.finish()
+    _through_reloads_and_a_scale_down(cluster, load)
     assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
 
 
@@ -164,6 +151,7 @@ def _through_reloads_and_a_scale_down(cluster, load) -> None:
         for generation in (2, 3, 4):
             done = cluster.cli("reload")
             assert done.returncode == 0, done.stderr
+            # A Python start takes seconds on a loaded machine: a bound for two of them.
             cluster.wait_ready(2, generation=generation, timeout=2 * TIMEOUT)
             load.wait_served(f"after the reload to generation {generation}")
         done = cluster.cli("scale", "1")
