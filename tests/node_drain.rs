@@ -3,7 +3,7 @@
 //!
 //! The workers are unmodified Node programs (`tests/node/workers`): clusterd's preload (see
 //! README, "Drains and kept-alive connections") gives their idle kept-alive connections back to
-//! clusterd at the drain and ends their WebSockets one by one.
+//! clusterd at the drain and ends their WebSockets and long-polling Socket.IO sessions one by one.
 
 mod support;
 
