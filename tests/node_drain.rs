@@ -184,6 +184,45 @@ fn long_polling_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
     );
 }
 
+/// WebSockets and long-polling sessions on the same draining worker end interleaved: each kind
+/// over the whole spread, not one kind first.
+#[test]
+fn websocket_and_long_polling_sessions_of_a_draining_node_worker_end_interleaved() {
+    const CLIENTS: usize = 40;
+    let r = node_sessions_through_a_drain_with(CLIENTS, "on", Transport::Mixed, &[]);
+    let polling = &r.polling_disconnects;
+    let mut websocket = r.disconnects.clone();
+    for t in polling {
+        let at = websocket.iter().position(|w| w == t).expect("a polling disconnect among all");
+        websocket.remove(at);
+    }
+    println!(
+        "mixed: {} long-polling sessions ended from {} to {} ms, {} WebSockets from {} to {} ms ({}), at most {} reconnections in one second",
+        polling.len(),
+        polling[0],
+        polling.last().unwrap(),
+        websocket.len(),
+        websocket[0],
+        websocket.last().unwrap(),
+        r.reasons,
+        r.peak_per_second()
+    );
+    assert_eq!(r.reconnects.len(), CLIENTS, "every client reconnected");
+    assert_eq!(polling.len(), CLIENTS / 2);
+    // The spread is 4 s (half of --grace 8s); each kind starts within its first second and goes
+    // on past 2 s. Generous bounds for 2 loaded cores.
+    for (kind, times) in [("long-polling", polling), ("WebSocket", &websocket)] {
+        assert!(times[0] <= 1_000, "{kind} sessions ended from the start of the spread: {times:?}");
+        assert!(*times.last().unwrap() >= 2_000, "{kind} sessions ended over the spread: {times:?}");
+    }
+    assert!(
+        r.peak_per_second() <= CLIENTS / 2,
+        "at most {} reconnections in one second: {:?}",
+        CLIENTS / 2,
+        r.reconnects
+    );
+}
+
 /// Bad input: a worker that sends NODE_CLUSTERD_HANDBACK without a handle, with a listening
 /// server, with a UDP socket, and 200 connections clusterd never handed it. Each handle is
 /// refused (NACK; clusterd keeps none of the fds), logged once; the worker goes on serving and
