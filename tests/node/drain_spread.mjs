@@ -39,8 +39,9 @@ await Promise.all(sockets.map(upgraded));
 const pids = await Promise.all(sockets.map(async (s) => (await whoami(s)).pid));
 for (const [i, socket] of sockets.entries()) {
   socket.on("disconnect", (reason) => {
-    disconnects.push(performance.now());
-    if (mixed && pollingOnly(i)) pollingDisconnects.push(performance.now());
+    const t = performance.now();
+    disconnects.push(t);
+    if (mixed && pollingOnly(i)) pollingDisconnects.push(t);
     reasons[reason] = (reasons[reason] ?? 0) + 1;
   });
   socket.io.on("reconnect", () => {
