@@ -3,7 +3,7 @@
 //!
 //! The workers are unmodified Node programs (`tests/node/workers`): clusterd's preload (see
 //! README, "Drains and kept-alive connections") gives their idle kept-alive connections back to
-//! clusterd at the drain and ends their WebSockets one by one.
+//! clusterd at the drain and ends their WebSockets and long-polling Socket.IO sessions one by one.
 
 mod support;
 
@@ -84,15 +84,28 @@ fn an_express_worker_loses_no_kept_alive_request_through_reloads_and_scale_downs
 /// `CLIENTS` socket.io-clients on one Node Socket.IO worker (sticky, cluster adapter, `--grace
 /// 8s`) through a reload, with the preload `on` or `off`.
 fn node_sessions_through_a_drain(clients: usize, preload: &str) -> Reconnects {
+    node_sessions_through_a_drain_with(clients, preload, Transport::WebSocket, &[])
+}
+
+/// The same with the clients' `transport`, and more of clusterd's environment.
+fn node_sessions_through_a_drain_with(
+    clients: usize,
+    preload: &str,
+    transport: Transport,
+    env: &[(&str, &str)],
+) -> Reconnects {
     let script = node_dir().join("workers/socketio-worker.cjs");
-    let mut c = Builder::new()
+    let mut builder = Builder::new()
         .args(&["--protocol", "node", "--workers", "1", "--listen", "127.0.0.1:0", "--grace", "8s"])
         .args(&["--node-preload", preload])
         .program(&["node", script.to_str().unwrap()])
-        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap())
-        .start();
+        .env("NODE_PATH", node_dir().join("node_modules").to_str().unwrap());
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    let mut c = builder.start();
     let status = c.wait_ready(1);
-    reconnects_through_a_reload(c, &status, clients, Transport::WebSocket)
+    reconnects_through_a_reload(c, &status, clients, transport)
 }
 
 /// The Socket.IO sessions (WebSockets) of a draining Node worker end spread over half the grace:
@@ -126,6 +139,87 @@ fn socketio_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
         CLIENTS / 2,
         spread.peak_per_second(),
         at_once.peak_per_second()
+    );
+}
+
+/// The long-polling Socket.IO sessions of a draining Node worker end spread over half the grace
+/// too: the preload closes each engine.io session in turn, its pending poll is answered with an
+/// Engine.IO `close` packet, and its client reconnects ("transport close"). Compared with the
+/// same drain with `CLUSTERD_DRAIN_SPREAD_MS=0`, where they all end at once.
+#[test]
+fn long_polling_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
+    const CLIENTS: usize = 40;
+    let at_once =
+        node_sessions_through_a_drain_with(CLIENTS, "on", Transport::Polling, &[("CLUSTERD_DRAIN_SPREAD_MS", "0")]);
+    let spread = node_sessions_through_a_drain_with(CLIENTS, "on", Transport::Polling, &[]);
+    for (name, r) in [("CLUSTERD_DRAIN_SPREAD_MS=0", &at_once), ("spread (half of --grace 8s)", &spread)] {
+        println!(
+            "long-polling, {name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
+            r.disconnects.last().unwrap(),
+            r.reasons,
+            r.span_ms(),
+            r.peak_per_second()
+        );
+        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
+    }
+    // The spread is 4 s: generous bounds for 2 loaded cores.
+    assert!(
+        *spread.disconnects.last().unwrap() >= 2_000,
+        "the sessions ended over at least half the spread: {:?}",
+        spread.disconnects
+    );
+    assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
+    assert!(
+        spread.peak_per_second() <= CLIENTS / 2,
+        "at most {} reconnections in one second, not {} (with CLUSTERD_DRAIN_SPREAD_MS=0: {})",
+        CLIENTS / 2,
+        spread.peak_per_second(),
+        at_once.peak_per_second()
+    );
+    assert!(
+        at_once.peak_per_second() > spread.peak_per_second(),
+        "at once ({}) is a storm the spread ({}) avoids",
+        at_once.peak_per_second(),
+        spread.peak_per_second()
+    );
+}
+
+/// WebSockets and long-polling sessions on the same draining worker end interleaved: each kind
+/// over the whole spread, not one kind first.
+#[test]
+fn websocket_and_long_polling_sessions_of_a_draining_node_worker_end_interleaved() {
+    const CLIENTS: usize = 40;
+    let r = node_sessions_through_a_drain_with(CLIENTS, "on", Transport::Mixed, &[]);
+    let polling = &r.polling_disconnects;
+    let mut websocket = r.disconnects.clone();
+    for t in polling {
+        let at = websocket.iter().position(|w| w == t).expect("a polling disconnect among all");
+        websocket.remove(at);
+    }
+    println!(
+        "mixed: {} long-polling sessions ended from {} to {} ms, {} WebSockets from {} to {} ms ({}), at most {} reconnections in one second",
+        polling.len(),
+        polling[0],
+        polling.last().unwrap(),
+        websocket.len(),
+        websocket[0],
+        websocket.last().unwrap(),
+        r.reasons,
+        r.peak_per_second()
+    );
+    assert_eq!(r.reconnects.len(), CLIENTS, "every client reconnected");
+    assert_eq!(polling.len(), CLIENTS / 2);
+    // The spread is 4 s (half of --grace 8s); each kind starts within its first second and goes
+    // on past 2 s. Generous bounds for 2 loaded cores.
+    for (kind, times) in [("long-polling", polling), ("WebSocket", &websocket)] {
+        assert!(times[0] <= 1_000, "{kind} sessions ended from the start of the spread: {times:?}");
+        assert!(*times.last().unwrap() >= 2_000, "{kind} sessions ended over the spread: {times:?}");
+    }
+    assert!(
+        r.peak_per_second() <= CLIENTS / 2,
+        "at most {} reconnections in one second: {:?}",
+        CLIENTS / 2,
+        r.reconnects
     );
 }
 

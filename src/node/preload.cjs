@@ -10,7 +10,8 @@
 //   next request of its client reaches another worker instead of a socket Node is closing;
 // - a socket with a request in flight goes back once its response is finished (when it stays
 //   open: not after `Connection: close`);
-// - upgraded sockets (WebSockets) are ended one by one, evenly over `spread` ms, so that their
+// - upgraded sockets (WebSockets) and long-polling Engine.IO sessions (Socket.IO's, from engine.io's
+//   `connection` event) are ended one by one, interleaved, evenly over `spread` ms, so that their
 //   clients reconnect a few at a time; then `{cmd: "NODE_CLUSTERD_DRAINED"}` tells clusterd to
 //   send the `disconnect`.
 //
@@ -150,19 +151,109 @@
     say({ cmd: "NODE_CLUSTERD_HANDBACK" }, handle, () => handle.close());
   }
 
+  // Engine.IO sessions (Socket.IO's transport), to end the long-polling ones at the drain: a
+  // long-polling session has no socket of its own to end (its polls come on any connection), and
+  // ending the connections would leave it to its ping timeout. engine.io's server emits
+  // `connection` with each session; its class is patched once, when the module is first loaded.
+  const sessions = new Set();
+  const kPatched = Symbol("clusterd.engine.io");
+  function forgetSession() {
+    sessions.delete(this);
+  }
+  // engine.io exports its `Server` (Node's http) and `uServer` (uWebSockets.js), not their
+  // common base: each gets its own wrapper.
+  function watchEngineIo(exports) {
+    if (exports == null) return;
+    for (const name of ["Server", "uServer"]) {
+      try {
+        watchServer(exports[name]);
+      } catch {
+        // Left alone.
+      }
+    }
+  }
+  function watchServer(Server) {
+    const proto = typeof Server === "function" ? Server.prototype : null;
+    if (!proto || typeof proto.emit !== "function" || Object.prototype.hasOwnProperty.call(proto, kPatched)) return;
+    proto[kPatched] = true;
+    const emitSession = proto.emit;
+    proto.emit = function (event, socket) {
+      if (event === "connection" && !draining) {
+        try {
+          if (socket && typeof socket.close === "function" && typeof socket.once === "function") {
+            sessions.add(socket);
+            socket.once("close", forgetSession);
+          }
+        } catch {
+          // Best effort: the session then ends with the process, as without the preload.
+        }
+      }
+      return emitSession.apply(this, arguments);
+    };
+  }
+  try {
+    // socket.io loads engine.io with `require("engine.io")`, whether the application requires
+    // or imports socket.io; one string comparison per module load, nothing per packet.
+    const Module = require("node:module");
+    const load = Module._load;
+    if (typeof load === "function") {
+      Module._load = function (request) {
+        const exports = load.apply(this, arguments);
+        if (request === "engine.io") {
+          try {
+            watchEngineIo(exports);
+          } catch {
+            // Left alone.
+          }
+        }
+        return exports;
+      };
+    }
+  } catch {
+    // Long-polling sessions then end with the process.
+  }
+
+  // One way to end each connection or session at its turn: an upgraded socket is destroyed (the
+  // client sees its WebSocket close); a long-polling session is closed by engine.io, which
+  // answers its pending poll (or the next one) with an Engine.IO `close` packet, so its client
+  // reconnects ("transport close") instead of waiting for a ping timeout.
+  const endSocket = (socket) => {
+    if (socket.destroyed) return false;
+    socket.destroy();
+    return true;
+  };
+  const endSession = (session) => {
+    if (session.readyState !== "open" || !sessions.has(session)) return false;
+    session.close();
+    return true;
+  };
+  // The two lists merged evenly by their place in each list, so that WebSockets and long-polling
+  // sessions both end over the whole spread.
+  function interleave(a, b) {
+    const at = (list, end) => list.map((item, i) => ({ item, end, place: (i + 0.5) / list.length }));
+    return [...at(a, endSocket), ...at(b, endSession)].sort((x, y) => x.place - y.place);
+  }
+
   function endSpread(spread, done) {
-    const queue = [...upgraded];
+    // Sessions upgraded to a WebSocket end with their socket, among `upgraded`.
+    const polling = [...sessions].filter((s) => s.transport != null && s.transport.name === "polling");
+    const queue = interleave([...upgraded], polling);
     if (queue.length === 0) return done();
     const step = spread / queue.length;
     let next = 0;
-    const endNext = () => {
+    const endOne = () => {
+      const { item, end } = queue[next++];
       try {
-        while (next < queue.length && queue[next].destroyed) next++;
-        if (next < queue.length) queue[next++].destroy();
-        while (step === 0 && next < queue.length) queue[next++].destroy();
+        return end(item);
       } catch {
-        next = queue.length;
+        // This one is left to Node (it ends with the process); the others go on.
+        return true;
       }
+    };
+    const endNext = () => {
+      // Skip those already gone, end one (all of them with no spread).
+      while (next < queue.length && !endOne());
+      while (step === 0 && next < queue.length) endOne();
       if (next >= queue.length) return done();
       setTimeout(endNext, step);
     };

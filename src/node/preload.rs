@@ -7,8 +7,9 @@
 //! and Node 19+ closes idle ones at once when its server closes, under their clients' next
 //! requests. The preload, told of the drain by clusterd before Node's `disconnect`
 //! (`NODE_CLUSTERD_DRAIN`), gives them back with `process.send(message, handle)` (see
-//! `link.rs`), and ends upgraded sockets (WebSockets) one by one over the spread. Inert until
-//! then, except for remembering the sockets of `http.Server`s.
+//! `link.rs`), and ends upgraded sockets (WebSockets) and long-polling Engine.IO sessions one by
+//! one over the spread. Inert until then, except for remembering the sockets of `http.Server`s
+//! and the sessions of engine.io's servers.
 
 use std::ffi::OsString;
 use std::io::Write;

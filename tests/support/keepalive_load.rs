@@ -197,6 +197,8 @@ pub struct Reconnects {
     pub disconnects: Vec<u64>,
     pub reconnects: Vec<u64>,
     pub reasons: Value,
+    /// With `Transport::Mixed`, the `disconnects` of the long-polling-only clients (else empty).
+    pub polling_disconnects: Vec<u64>,
 }
 
 impl Reconnects {
@@ -219,6 +221,8 @@ pub enum Transport {
     WebSocket,
     /// `transports: ["polling"]`: long-polling only.
     Polling,
+    /// Every second client long-polling only, the others upgraded to a WebSocket.
+    Mixed,
 }
 
 /// `clients` socket.io-clients connected to the one ready worker of `c` (whose `status` is
@@ -228,7 +232,11 @@ pub fn reconnects_through_a_reload(mut c: Cluster, status: &Value, clients: usiz
     let mut node = Command::new("node")
         .arg(node_dir().join("drain_spread.mjs"))
         .args([&url, &clients.to_string(), "90000"])
-        .args((transport == Transport::Polling).then_some("polling"))
+        .args(match transport {
+            Transport::WebSocket => None,
+            Transport::Polling => Some("polling"),
+            Transport::Mixed => Some("mixed"),
+        })
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("node");
@@ -248,8 +256,15 @@ pub fn reconnects_through_a_reload(mut c: Cluster, status: &Value, clients: usiz
     assert!(node.wait().unwrap().success());
     c.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
-    let times = |key: &str| -> Vec<u64> { done[key].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect() };
-    Reconnects { disconnects: times("disconnects"), reconnects: times("reconnects"), reasons: done["reasons"].clone() }
+    let times = |key: &str| -> Vec<u64> {
+        done[key].as_array().map_or_else(Vec::new, |a| a.iter().map(|t| t.as_u64().unwrap()).collect())
+    };
+    Reconnects {
+        disconnects: times("disconnects"),
+        reconnects: times("reconnects"),
+        reasons: done["reasons"].clone(),
+        polling_disconnects: times("pollingDisconnects"),
+    }
 }
 
 /// The time of day (UTC, `HH:MM:SS.mmm`), to find a failure in clusterd's log.
