@@ -8,6 +8,8 @@
 
 mod support;
 
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
 use std::path::PathBuf;
 
 use nix::sys::signal::Signal;
@@ -16,6 +18,12 @@ use support::*;
 
 /// Requests a pipelining client writes at once.
 const PIPELINE_DEPTH: usize = 4;
+/// Connections a worker gives back at once, just before it exits: more than the IPC socket's
+/// buffer holds in frames (about 120 with the default `net.core.wmem_default`), so that its
+/// last frames are still unread when the worker exits.
+const GIVEN_BACK: usize = 500;
+/// Workers in a row that do so.
+const BURST_ROUNDS: u64 = 20;
 
 fn example(name: &str) -> PathBuf {
     let path = PathBuf::from(CLUSTERD).parent().unwrap().join("examples").join(name);
@@ -37,6 +45,62 @@ fn keep_alive_load_through_reloads_and_scale_downs_loses_no_request() {
 #[test]
 fn pipelining_clients_through_reloads_and_scale_downs_lose_no_request() {
     through_reloads_and_scale_downs("hello_wait", "/?ms=2", PIPELINE_DEPTH);
+}
+
+/// Clients that send one request at a time (then wait for its answer) through the same reloads
+/// and scale-downs of `hello_wait` workers whose answers take 20 ms: most drains begin while an
+/// answer is awaited, and the worker exits right after it gave its last connections back.
+#[test]
+fn one_at_a_time_clients_of_awaiting_workers_through_reloads_and_scale_downs_lose_no_request() {
+    through_reloads_and_scale_downs("hello_wait", "/?ms=20", 1);
+}
+
+/// Connections that a draining worker gives back all at once in the last moments of its life
+/// (the test worker's `--burst-generations`: it holds each connection unanswered and, at the
+/// drain, writes all the handbacks back to back and exits at once, as an SDK worker may right
+/// after its last kept-alive connections went back) all go on to its successor: the frames still
+/// unread in the IPC channel when clusterd sees the exit are read, not dropped with their fds.
+/// The same connections go through `BURST_ROUNDS` such workers, then a serving one answers them.
+#[test]
+fn connections_given_back_just_before_a_worker_exits_are_all_served_after() {
+    let rounds = BURST_ROUNDS.to_string();
+    let mut c = Builder::new()
+        .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "20s"])
+        .worker_args(&["--serve", "--burst-generations", &rounds])
+        .start();
+    let addr = listen_addr(&c.wait_ready(1));
+    let mut connections: Vec<BufReader<TcpStream>> = (0..GIVEN_BACK)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            stream.write_all(b"GET /given-back HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            BufReader::new(stream)
+        })
+        .collect();
+    for generation in 1..=BURST_ROUNDS {
+        let held = format!("holding {GIVEN_BACK} in generation {generation}");
+        let what = format!("{held} (fewer: connections the generation before gave back were lost)");
+        c.output.wait_for(&what, |l| l.ends_with(&held));
+        cli(&c, &["reload"]);
+        let next = generation + 1;
+        c.wait_status(&format!("generation {next} alone (the one before exited)"), |s| settled(s, 1, next));
+    }
+    let failures: Vec<String> = connections
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, reader)| match response(reader) {
+            Ok((200, _)) => None,
+            other => Some(format!("connection {i}: {other:?}")),
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {GIVEN_BACK} connections given back were lost, e.g. {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }
 
 /// The same with the `chat` example (socketioxide, the SDK's `SessionLayer`), its page kept alive.

@@ -30,6 +30,13 @@ const HANDOFF_QUEUE: usize = 256;
 /// the protocol: the SDK greets within milliseconds of its start, Node within its boot.
 pub const NO_GREETING_HINT: Duration = Duration::from_secs(3);
 
+/// The longest clusterd goes on reading a worker's IPC channel after the worker exited. A
+/// draining SDK worker gives its last kept-alive connections back in frames (each with the
+/// connection's fd) and may exit the moment they are written: they wait unread in the channel, and
+/// dropping it would close the connections under requests their clients already sent. The frames
+/// are there at once; the bound only covers a channel whose other end a leftover process holds.
+pub const AFTER_EXIT_READ: Duration = Duration::from_secs(1);
+
 /// What every worker of this clusterd shares.
 pub struct Settings {
     pub program: std::ffi::OsString,
@@ -424,6 +431,7 @@ async fn run(
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
     settings.spawner.swept(pid);
+    read_after_exit(&mut link, &settings, &report, launch.slot).await;
     link.gone(&settings, launch.incarnation).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
@@ -435,6 +443,34 @@ async fn run(
     let info =
         ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
+}
+
+/// Reads what the worker said before it exited and the exit was seen first (the `select!` picks
+/// either when both are ready): connections it gave back are routed again, closes are counted;
+/// the rest no longer matters. Within [`AFTER_EXIT_READ`].
+async fn read_after_exit<F, R>(link: &mut Link, settings: &Settings, report: &R, slot: u32)
+where
+    R: Fn(EventKind) -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let deadline = Instant::now() + AFTER_EXIT_READ;
+    let mut given_back = 0usize;
+    while link.open() {
+        match tokio::time::timeout_at(deadline, link.next()).await {
+            Ok(Heard::Said(Said::Handback(handoff))) => {
+                given_back += 1;
+                let group = handoff.group;
+                crate::listener::reroute_handback(*handoff, settings.limits, settings.routes.clone());
+                report(EventKind::ConnectionsClosed(vec![group])).await;
+            }
+            Ok(Heard::Said(Said::Closed(groups))) => report(EventKind::ConnectionsClosed(groups)).await,
+            Ok(Heard::Said(_)) => {}
+            Ok(Heard::Violation(_) | Heard::End) | Err(_) => break,
+        }
+    }
+    if given_back > 0 {
+        tracing::debug!(worker = slot, given_back, "connections given back, read after the worker exited");
+    }
 }
 
 /// One worker's health checks and recycling limits (`upkeep.rs` decides, this does the I/O).

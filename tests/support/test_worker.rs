@@ -17,7 +17,7 @@
 //! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
 //! and touch that many MiB, and keep them), `--log-requests` (print each request line served),
 //! `--starts-file PATH --fail-starts-after N` (count starts of every slot in PATH; exit 4 at start
-//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--only-slot N` (the flags apply only in slot N; other slots just serve), `--metrics` (register metrics: a counter `app_hits_total` of id + 1, a gauge `process_open_fds`), `--metrics-garbage` (register a text that is not the 0.0.4 format), `--metrics-lines N` (register N series `app_line{n="i"} i`, to make a large text).
+//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--burst-generations N` (in generations 1 to N: hold every connection unanswered; at the drain give them all back at once, then exit at once), `--only-slot N` (the flags apply only in slot N; other slots just serve), `--metrics` (register metrics: a counter `app_hits_total` of id + 1, a gauge `process_open_fds`), `--metrics-garbage` (register a text that is not the 0.0.4 format), `--metrics-lines N` (register N series `app_line{n="i"} i`, to make a large text).
 
 use std::io::Write;
 use std::time::Duration;
@@ -39,6 +39,7 @@ struct Flags {
     skip_hello: bool,
     no_sdk: bool,
     fail_generation: Option<u64>,
+    burst_generations: u64,
     serve: bool,
     bus_sub: Option<String>,
     bus_tally: Option<String>,
@@ -116,6 +117,7 @@ fn parse() -> Flags {
             "--bus-ask" => flags.bus_ask = true,
             "--listen-self" => flags.listen_self = it.next().cloned(),
             "--fail-generation" => flags.fail_generation = Some(num(&mut it)),
+            "--burst-generations" => flags.burst_generations = num(&mut it),
             "--freeze" => flags.freeze = true,
             "--fill-fds" => flags.fill_fds = true,
             "--bad-handback" => flags.bad_handback = true,
@@ -207,6 +209,10 @@ async fn main() {
     }
     if flags.bad_handback {
         bad_handback().await;
+        return;
+    }
+    if let Some(g) = generation.filter(|&g| (1..=flags.burst_generations).contains(&g)) {
+        handback_burst(g).await;
         return;
     }
     let worker = match clusterd_worker::Worker::from_env() {
@@ -452,6 +458,40 @@ async fn bad_handback() {
     // Drained or cut off: wait for the end.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
     term.recv().await;
+}
+
+/// Speaks the protocol on fd 3 itself: holds every connection it gets, unanswered, and at the
+/// drain gives them all back (their requests unread) in frames written back to back, then exits
+/// at once, as a draining SDK worker does with its last kept-alive connections.
+async fn handback_burst(generation: u64) {
+    use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // The drain's SIGTERM must not end the process before the handbacks are written.
+    let _term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+    // SAFETY: fd 3 is the IPC socket clusterd gave this process, and nothing else here claims it.
+    let owned = unsafe { OwnedFd::from_raw_fd(3) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("nonblocking");
+    let socket = tokio_seqpacket::UnixSeqpacket::try_from(owned).expect("register fd 3");
+    let channel = clusterd_worker::channel::WorkerChannel::new(socket);
+    channel.send(&FromWorker::Hello { version: 1, pid: std::process::id() }).await.expect("hello");
+    channel.send(&FromWorker::Ready).await.expect("ready");
+    say("burst ready");
+    let mut held = Vec::new();
+    loop {
+        match channel.recv_with_fd().await {
+            Ok(Some((ToWorker::Connection(connection), Some(socket)))) => {
+                held.push((connection.id, connection.initial, socket));
+                say(&format!("holding {} in generation {generation}", held.len()));
+            }
+            Ok(Some((ToWorker::Drain { .. }, _))) | Ok(None) | Err(_) => break,
+            Ok(Some(_)) => {}
+        }
+    }
+    for (id, initial, socket) in held {
+        let back = FromWorker::Handback(Handback { id, initial });
+        channel.send_with_fd(&back, socket.as_fd()).await.expect("handback");
+    }
+    std::process::exit(0);
 }
 
 /// A small checksum of a payload, printed instead of megabytes.
