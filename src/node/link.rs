@@ -37,7 +37,7 @@ use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Channel, Control, Out, RELAY_QUEUE};
 use crate::listener::Handoff;
-use crate::supervisor::link::{Heard, Said, StartError};
+use crate::supervisor::link::{Handed, Heard, Said, StartError};
 use crate::supervisor::spawn::{SpawnSpec, Spawned};
 use crate::supervisor::worker::{Launch, Settings};
 
@@ -775,7 +775,11 @@ impl NodeLink {
 
     /// Hands a connection over: a sticky connection (with the request clusterd read) for the
     /// main listeners, a cluster `newconn` for a listener the worker asked for.
-    pub async fn hand_over(&mut self, mut handoff: Handoff) -> Option<Option<u32>> {
+    pub async fn hand_over(&mut self, mut handoff: Handoff) -> Handed {
+        if !self.open || self.channel.broken() {
+            // Nothing of it reached the worker: it goes on to another.
+            return Handed::Back(Box::new(handoff));
+        }
         let group = handoff.group;
         self.handed += 1;
         // The seq of a `newconn`, whose `accepted` answer may hand the connection on.
@@ -801,7 +805,7 @@ impl NodeLink {
             Ok(frame) => frame,
             Err(error) => {
                 tracing::error!(worker = self.slot, %error, "node channel: cannot encode a handle message");
-                return Some(group);
+                return Handed::Closed(group);
             }
         };
         let no_sid = handoff.sid.is_none();
@@ -823,7 +827,7 @@ impl NodeLink {
             if let Some(seq) = newconn {
                 self.refusable.remove(&seq);
             }
-            return Some(group);
+            return Handed::Closed(group);
         }
         // Written now if the socket takes it; the worker task offers no more than the queue
         // takes (`takes_connections`), but a drain hands over what was already picked.
@@ -831,12 +835,12 @@ impl NodeLink {
         if group.is_none() && no_sid {
             // A handshake (or plain HTTP): counted until the worker reports its session.
             self.handshakes.push_back(Instant::now());
-            None
+            Handed::Yes
         } else {
             // Routed by session, or a plain server connection: the worker does not report its
             // close, so it counts only while it is being handed over.
             self.pending.push_back(Said::Closed(vec![group]));
-            None
+            Handed::Yes
         }
     }
 

@@ -473,8 +473,7 @@ impl Dispatcher {
         use tokio::sync::mpsc::error::TrySendError;
         let (group, ip) = (handoff.group, handoff.ip);
         let held = handoff.sid.as_deref().is_some_and(|sid| self.holds(group, sid));
-        let picked =
-            if held { None } else { self.pools.pick(group, handoff.sid.as_deref(), ip, std::time::Instant::now()) };
+        let picked = if held { None } else { self.pick_open(group, handoff.sid.as_deref(), ip) };
         let Some(key) = picked else { return crate::listener::reroute(handoff, self.routes.clone()) };
         let Some(process) = self.slots.iter().flat_map(super::Slot::processes).find(|p| p.incarnation == key) else {
             // The balancer knows a process the table does not: heal the balancer.
@@ -487,6 +486,25 @@ impl Dispatcher {
                 self.pools.connection_closed(group, key);
                 crate::listener::reroute(handoff, self.routes.clone());
             }
+        }
+    }
+
+    /// The balancer's pick, past any worker whose task closed its queue: that worker is gone
+    /// (its exit is on its way here), and the connections it could not take are being routed
+    /// again, which must not bring them back to it.
+    fn pick_open(&mut self, group: Option<u32>, sid: Option<&str>, ip: Option<std::net::IpAddr>) -> Option<u64> {
+        loop {
+            let key = self.pools.pick(group, sid, ip, std::time::Instant::now())?;
+            let closed = self
+                .slots
+                .iter()
+                .flat_map(super::Slot::processes)
+                .find(|p| p.incarnation == key)
+                .is_some_and(|p| p.handle.handoffs.is_closed());
+            if !closed {
+                return Some(key);
+            }
+            self.pools.remove_worker(key);
         }
     }
 
@@ -521,7 +539,7 @@ impl Dispatcher {
         reply: tokio::sync::oneshot::Sender<Option<Route>>,
         may_hold: bool,
     ) {
-        let picked = self.pools.pick(group, sid.as_deref(), ip, std::time::Instant::now());
+        let picked = self.pick_open(group, sid.as_deref(), ip);
         if picked.is_none()
             && may_hold
             && group.is_some()

@@ -73,6 +73,17 @@ pub enum Heard {
     End,
 }
 
+/// What became of a connection offered to a worker.
+pub enum Handed {
+    /// The worker has it, or will have it in order.
+    Yes,
+    /// It could not be handed over and is closed: it counts as closed at once.
+    Closed(Option<u32>),
+    /// The worker's channel is broken (the worker died or is dying): the connection was not
+    /// handed over and is intact, for another worker. It counts as closed on this one.
+    Back(Box<Handoff>),
+}
+
 /// One worker's link, in either protocol.
 // Both boxed: the links differ in size, and a worker task holds one for its whole life.
 pub enum Link {
@@ -107,9 +118,8 @@ impl Link {
     }
 
     /// Sends one connection to the worker; clusterd's copy of the fd closes once it is handed over
-    /// (or could not be). Returns the group of a connection that could not be handed over (it
-    /// counts as closed at once); what closes later is heard as [`Said::Closed`].
-    pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
+    /// (or could not be). What closes later is heard as [`Said::Closed`].
+    pub async fn hand_over(&mut self, handoff: Handoff) -> Handed {
         match self {
             Link::Native(link) => link.hand_over(handoff).await,
             Link::Node(link) => link.hand_over(handoff).await,

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacket;
 
 use super::bus_reader::BusReader;
-use super::link::{Heard, Said, StartError};
+use super::link::{Handed, Heard, Said, StartError};
 use super::spawn::{SpawnSpec, Spawned};
 use super::worker::{Launch, Settings, millis};
 use crate::listener::Handoff;
@@ -239,31 +239,44 @@ impl NativeLink {
 
     /// Sends one connection (frame + fd); clusterd's copy of the fd closes either way. Returns the
     /// group of a connection that could not be sent (it counts as closed at once).
-    pub async fn hand_over(&mut self, handoff: Handoff) -> Option<Option<u32>> {
-        let id = self.next_connection;
-        self.next_connection += 1;
+    pub async fn hand_over(&mut self, mut handoff: Handoff) -> Handed {
+        use clusterd_worker::protocol::Address;
         let group = handoff.group;
+        if !self.channel_open {
+            return Handed::Back(Box::new(handoff));
+        }
+        let id = self.next_connection;
         let claimed = handoff.claimed.then(|| handoff.peer.clone());
+        // Moved into the frame, and back if it could not be sent.
         let frame = ToWorker::Connection(clusterd_worker::protocol::Connection {
             id,
-            peer: handoff.peer,
-            local: handoff.local,
-            initial: handoff.initial,
+            peer: std::mem::replace(&mut handoff.peer, Address::Unknown),
+            local: std::mem::replace(&mut handoff.local, Address::Unknown),
+            initial: std::mem::take(&mut handoff.initial),
         });
-        let sent =
-            self.channel_open && send_bounded(&self.channel, &frame, Some(std::os::fd::AsFd::as_fd(&handoff.fd))).await;
+        match send_within(&self.channel, &frame, Some(std::os::fd::AsFd::as_fd(&handoff.fd))).await {
+            Sent::Yes => {}
+            Sent::Broken => {
+                // Nothing reached the worker: the connection goes on, its request with it.
+                if let ToWorker::Connection(connection) = frame {
+                    (handoff.peer, handoff.local, handoff.initial) =
+                        (connection.peer, connection.local, connection.initial);
+                }
+                return Handed::Back(Box::new(handoff));
+            }
+            // A worker that has not read its channel for SEND_WAIT: the connection is closed.
+            Sent::TimedOut => return Handed::Closed(group),
+        }
+        self.next_connection += 1;
         // The client sees FIN when the worker closes: clusterd keeps no copy.
         drop(handoff.fd);
-        if !sent {
-            return Some(group);
-        }
         if let Some(group) = group {
             self.grouped.insert(id, group);
         }
         if let Some(peer) = claimed {
             self.claimed.insert(id, peer);
         }
-        None
+        Handed::Yes
     }
 
     /// Hands over a health-check connection as a client connection (the worker cannot tell them
@@ -407,15 +420,34 @@ pub(crate) fn handback(
     Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed, refusals: 0, accepted: None })
 }
 
+/// How a send to the worker ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// The socket failed (the worker is gone or going): nothing was sent.
+    Broken,
+    /// The worker did not take it within [`SEND_WAIT`].
+    TimedOut,
+}
+
 /// Sends a frame (and an fd) within [`SEND_WAIT`]; `false` if it could not.
 async fn send_bounded(channel: &PrimaryChannel, frame: &ToWorker, fd: Option<std::os::fd::BorrowedFd<'_>>) -> bool {
+    send_within(channel, frame, fd).await == Sent::Yes
+}
+
+/// Sends a frame (and an fd) within [`SEND_WAIT`], telling a broken channel from a slow worker.
+async fn send_within(channel: &PrimaryChannel, frame: &ToWorker, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Sent {
     let send = async {
         match fd {
             Some(fd) => channel.send_with_fd(frame, fd).await,
             None => channel.send(frame).await,
         }
     };
-    matches!(tokio::time::timeout(SEND_WAIT, send).await, Ok(Ok(())))
+    match tokio::time::timeout(SEND_WAIT, send).await {
+        Ok(Ok(())) => Sent::Yes,
+        Ok(Err(_)) => Sent::Broken,
+        Err(_) => Sent::TimedOut,
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
-use super::link::{Heard, Link, Said, StartError};
+use super::link::{Handed, Heard, Link, Said, StartError};
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use super::upkeep::{HealthTracker, Reason};
@@ -224,6 +224,10 @@ async fn run(
     let mut kill_deadline: Option<Instant> = None;
     // A Node worker closed its channel by itself: when it gets SIGTERM if it still runs.
     let mut disconnected: Option<Instant> = None;
+    // Connections its broken channel could not take (it died or is dying, and clusterd has not
+    // seen the exit yet): they wait, intact, and go to other workers once it is gone, rather
+    // than back to the dispatcher, which would pick this worker again until then.
+    let mut stranded: Vec<Handoff> = Vec::new();
     // Only a worker that must say it is ready can be stuck for want of the protocol.
     let mut greeted = false;
     let mut hinted = settings.ready_on == ReadyOn::Spawn && !settings.main_listeners;
@@ -318,8 +322,12 @@ async fn run(
                         while let Ok(handoff) = handoffs.try_recv() {
                             let accepted = handoff.accepted;
                             match link.hand_over(handoff).await {
-                                Some(group) => report(EventKind::ConnectionsClosed(vec![group])).await,
-                                None => crate::metrics::handed_off(handed_off.as_ref(), accepted),
+                                Handed::Closed(group) => report(EventKind::ConnectionsClosed(vec![group])).await,
+                                Handed::Back(handoff) => {
+                                    report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
+                                    stranded.push(*handoff);
+                                }
+                                Handed::Yes => crate::metrics::handed_off(handed_off.as_ref(), accepted),
                             }
                         }
                         if link.drain(grace).await {
@@ -338,19 +346,24 @@ async fn run(
                     kill_deadline = None;
                 }
             },
-            Some(handoff) = handoffs.recv(), if link.takes_connections() => {
+            Some(handoff) = handoffs.recv(), if link.takes_connections() && stranded.is_empty() => {
                 if killed.is_some() || disconnected.is_some() {
                     // Picked before the drain began: it goes to a worker that takes connections.
                     report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
                     crate::listener::reroute(handoff, settings.routes.clone());
                 } else {
                     let accepted = handoff.accepted;
-                    if let Some(group) = link.hand_over(handoff).await {
-                        report(EventKind::ConnectionsClosed(vec![group])).await;
-                    } else {
-                        crate::metrics::handed_off(handed_off.as_ref(), accepted);
-                        if let Some(reason) = upkeep.handed_over() {
-                            report(EventKind::Replace(reason)).await;
+                    match link.hand_over(handoff).await {
+                        Handed::Closed(group) => report(EventKind::ConnectionsClosed(vec![group])).await,
+                        Handed::Back(handoff) => {
+                            report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
+                            stranded.push(*handoff);
+                        }
+                        Handed::Yes => {
+                            crate::metrics::handed_off(handed_off.as_ref(), accepted);
+                            if let Some(reason) = upkeep.handed_over() {
+                                report(EventKind::Replace(reason)).await;
+                            }
                         }
                     }
                 }
@@ -432,6 +445,20 @@ async fn run(
     sweep_group(pid);
     settings.spawner.swept(pid);
     read_after_exit(&mut link, &settings, &report, launch.slot).await;
+    // What it was picked for and never got goes to the workers left (the dispatcher counted the
+    // queued ones on this worker until now).
+    handoffs.close();
+    let mut queued = Vec::new();
+    while let Ok(handoff) = handoffs.try_recv() {
+        queued.push(handoff.group);
+        stranded.push(handoff);
+    }
+    if !queued.is_empty() {
+        report(EventKind::ConnectionsClosed(queued)).await;
+    }
+    for handoff in stranded {
+        crate::listener::reroute(handoff, settings.routes.clone());
+    }
     link.gone(&settings, launch.incarnation).await;
     let Some(status) = status.and_then(Status::from_wait) else {
         tracing::error!(worker = launch.slot, "the reaper lost this worker's exit status");
