@@ -116,30 +116,7 @@ fn socketio_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
     const CLIENTS: usize = 40;
     let at_once = node_sessions_through_a_drain(CLIENTS, "off");
     let spread = node_sessions_through_a_drain(CLIENTS, "on");
-    for (name, r) in [("without the preload", &at_once), ("with the preload", &spread)] {
-        println!(
-            "{name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
-            r.disconnects.last().unwrap(),
-            r.reasons,
-            r.span_ms(),
-            r.peak_per_second()
-        );
-        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
-    }
-    // The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
-    assert!(
-        *spread.disconnects.last().unwrap() >= 2_000,
-        "the sessions ended over at least half the spread: {:?}",
-        spread.disconnects
-    );
-    assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
-    assert!(
-        spread.peak_per_second() <= CLIENTS / 2,
-        "at most {} reconnections in one second, not {} (without the preload: {})",
-        CLIENTS / 2,
-        spread.peak_per_second(),
-        at_once.peak_per_second()
-    );
+    assert_spread(CLIENTS, ("without the preload", &at_once), ("with the preload", &spread));
 }
 
 /// The long-polling Socket.IO sessions of a draining Node worker end spread over half the grace
@@ -152,30 +129,7 @@ fn long_polling_sessions_of_a_draining_node_worker_end_spread_over_the_grace() {
     let at_once =
         node_sessions_through_a_drain_with(CLIENTS, "on", Transport::Polling, &[("CLUSTERD_DRAIN_SPREAD_MS", "0")]);
     let spread = node_sessions_through_a_drain_with(CLIENTS, "on", Transport::Polling, &[]);
-    for (name, r) in [("CLUSTERD_DRAIN_SPREAD_MS=0", &at_once), ("spread (half of --grace 8s)", &spread)] {
-        println!(
-            "long-polling, {name}: {CLIENTS} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
-            r.disconnects.last().unwrap(),
-            r.reasons,
-            r.span_ms(),
-            r.peak_per_second()
-        );
-        assert_eq!(r.reconnects.len(), CLIENTS, "{name}: every client reconnected");
-    }
-    // The spread is 4 s: generous bounds for 2 loaded cores.
-    assert!(
-        *spread.disconnects.last().unwrap() >= 2_000,
-        "the sessions ended over at least half the spread: {:?}",
-        spread.disconnects
-    );
-    assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
-    assert!(
-        spread.peak_per_second() <= CLIENTS / 2,
-        "at most {} reconnections in one second, not {} (with CLUSTERD_DRAIN_SPREAD_MS=0: {})",
-        CLIENTS / 2,
-        spread.peak_per_second(),
-        at_once.peak_per_second()
-    );
+    assert_spread(CLIENTS, ("long-polling, CLUSTERD_DRAIN_SPREAD_MS=0", &at_once), ("long-polling, spread", &spread));
     assert!(
         at_once.peak_per_second() > spread.peak_per_second(),
         "at once ({}) is a storm the spread ({}) avoids",

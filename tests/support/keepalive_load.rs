@@ -267,6 +267,39 @@ pub fn reconnects_through_a_reload(mut c: Cluster, status: &Value, clients: usiz
     }
 }
 
+/// Every client of both runs reconnected; in the spread run (half of `--grace 8s`), the sessions
+/// ended over at least 2 s and at most half of the clients reconnected in any one second. Each
+/// run is named for the message.
+pub fn assert_spread(clients: usize, at_once: (&str, &Reconnects), spread: (&str, &Reconnects)) {
+    for (name, r) in [at_once, spread] {
+        println!(
+            "{name}: {clients} sessions ended over {} ms ({}), reconnected over {} ms, at most {} reconnections in one second",
+            r.disconnects.last().unwrap(),
+            r.reasons,
+            r.span_ms(),
+            r.peak_per_second()
+        );
+        assert_eq!(r.reconnects.len(), clients, "{name}: every client reconnected");
+    }
+    let ((at_once_name, at_once), (_, spread)) = (at_once, spread);
+    // The spread is 4 s (half of --grace 8s): generous bounds for 2 loaded cores.
+    assert!(
+        *spread.disconnects.last().unwrap() >= 2_000,
+        "the sessions ended over at least half the spread: {:?}",
+        spread.disconnects
+    );
+    assert!(spread.span_ms() >= 2_000, "reconnections over at least 2 s: {:?}", spread.reconnects);
+    // Evenly over 4 s, about a quarter of the clients a second (socket.io-client's own random
+    // delay, 0.5 to 1.5 s, blurs it): at most half of them in any one second.
+    assert!(
+        spread.peak_per_second() <= clients / 2,
+        "at most {} reconnections in one second, not {} ({at_once_name}: {})",
+        clients / 2,
+        spread.peak_per_second(),
+        at_once.peak_per_second()
+    );
+}
+
 /// The time of day (UTC, `HH:MM:SS.mmm`), to find a failure in clusterd's log.
 fn wall_clock() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
