@@ -288,6 +288,10 @@ fn start_clusterd(clusterd: &Path, node: &Path, (port, socket, log): (u16, &Path
         format!("127.0.0.1:{port}"),
         // As measured before clusterd stopped setting it unasked (issue 14).
         "--tcp-nodelay".into(),
+        // A stop ends the workers' Socket.IO sessions over half the grace (the preload's spread):
+        // 5 s keeps that within the bench's wait for the exit.
+        "--grace".into(),
+        "5s".into(),
         "--".into(),
         node.display().to_string(),
         "worker.cjs".into(),
