@@ -321,13 +321,8 @@ async fn run(
                         // it was handed before the drain frame.
                         while let Ok(handoff) = handoffs.try_recv() {
                             let accepted = handoff.accepted;
-                            match link.hand_over(handoff).await {
-                                Handed::Closed(group) => report(EventKind::ConnectionsClosed(vec![group])).await,
-                                Handed::Back(handoff) => {
-                                    report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
-                                    stranded.push(*handoff);
-                                }
-                                Handed::Yes => crate::metrics::handed_off(handed_off.as_ref(), accepted),
+                            if took(link.hand_over(handoff).await, &mut stranded, &report).await {
+                                crate::metrics::handed_off(handed_off.as_ref(), accepted);
                             }
                         }
                         if link.drain(grace).await {
@@ -353,17 +348,10 @@ async fn run(
                     crate::listener::reroute(handoff, settings.routes.clone());
                 } else {
                     let accepted = handoff.accepted;
-                    match link.hand_over(handoff).await {
-                        Handed::Closed(group) => report(EventKind::ConnectionsClosed(vec![group])).await,
-                        Handed::Back(handoff) => {
-                            report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
-                            stranded.push(*handoff);
-                        }
-                        Handed::Yes => {
-                            crate::metrics::handed_off(handed_off.as_ref(), accepted);
-                            if let Some(reason) = upkeep.handed_over() {
-                                report(EventKind::Replace(reason)).await;
-                            }
+                    if took(link.hand_over(handoff).await, &mut stranded, &report).await {
+                        crate::metrics::handed_off(handed_off.as_ref(), accepted);
+                        if let Some(reason) = upkeep.handed_over() {
+                            report(EventKind::Replace(reason)).await;
                         }
                     }
                 }
@@ -470,6 +458,26 @@ async fn run(
     let info =
         ExitInfo { status, uptime: started.elapsed(), was_ready: ready, killed_by_clusterd: killed, oom_evidence };
     report(EventKind::Exited(info)).await;
+}
+
+/// Whether the worker took a connection handed over; one it did not take counts as closed on it,
+/// and one its broken channel gave back intact waits in `stranded` for the workers left.
+async fn took<F, R>(handed: Handed, stranded: &mut Vec<Handoff>, report: &R) -> bool
+where
+    R: Fn(EventKind) -> F,
+    F: std::future::Future<Output = ()>,
+{
+    let group = match handed {
+        Handed::Yes => return true,
+        Handed::Closed(group) => group,
+        Handed::Back(handoff) => {
+            let group = handoff.group;
+            stranded.push(*handoff);
+            group
+        }
+    };
+    report(EventKind::ConnectionsClosed(vec![group])).await;
+    false
 }
 
 /// Reads what the worker said before it exited and the exit was seen first (the `select!` picks
