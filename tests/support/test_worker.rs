@@ -429,11 +429,10 @@ async fn handle(
     }
 }
 
-/// Speaks the protocol on fd 3 itself, then gives back the first connection it gets with the fd
-/// of `/dev/null` in place of the socket: clusterd must refuse it (a protocol violation).
-async fn bad_handback() {
-    use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+/// The IPC channel on fd 3, spoken by hand (no SDK): hello and ready already said.
+async fn greeted_channel() -> clusterd_worker::channel::WorkerChannel {
+    use clusterd_worker::protocol::FromWorker;
+    use std::os::fd::{FromRawFd, OwnedFd};
     // SAFETY: fd 3 is the IPC socket clusterd gave this process, and nothing else here claims it.
     let owned = unsafe { OwnedFd::from_raw_fd(3) };
     nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("nonblocking");
@@ -441,6 +440,15 @@ async fn bad_handback() {
     let channel = clusterd_worker::channel::WorkerChannel::new(socket);
     channel.send(&FromWorker::Hello { version: 1, pid: std::process::id() }).await.expect("hello");
     channel.send(&FromWorker::Ready).await.expect("ready");
+    channel
+}
+
+/// Speaks the protocol on fd 3 itself, then gives back the first connection it gets with the fd
+/// of `/dev/null` in place of the socket: clusterd must refuse it (a protocol violation).
+async fn bad_handback() {
+    use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
+    use std::os::fd::AsFd;
+    let channel = greeted_channel().await;
     say("bad-handback ready");
     loop {
         match channel.recv_with_fd().await {
@@ -465,16 +473,10 @@ async fn bad_handback() {
 /// at once, as a draining SDK worker does with its last kept-alive connections.
 async fn handback_burst(generation: u64) {
     use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsFd;
     // The drain's SIGTERM must not end the process before the handbacks are written.
     let _term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
-    // SAFETY: fd 3 is the IPC socket clusterd gave this process, and nothing else here claims it.
-    let owned = unsafe { OwnedFd::from_raw_fd(3) };
-    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).expect("nonblocking");
-    let socket = tokio_seqpacket::UnixSeqpacket::try_from(owned).expect("register fd 3");
-    let channel = clusterd_worker::channel::WorkerChannel::new(socket);
-    channel.send(&FromWorker::Hello { version: 1, pid: std::process::id() }).await.expect("hello");
-    channel.send(&FromWorker::Ready).await.expect("ready");
+    let channel = greeted_channel().await;
     say("burst ready");
     let mut held = Vec::new();
     loop {
