@@ -7,7 +7,7 @@
 //!
 //! Run it with `cargo build --release --workspace --bins --examples && cargo bench --bench node_workers`
 //! (`-- --quick`: one round of short runs, [`QUICK`], to check that everything works; its figures
-//! mean little).
+//! mean little; `-- --only handoff|polling|fanout-50|fanout-200`: that test alone).
 //! Cargo builds `clusterd` before its benches (the report warns when it is older than `src/`).
 //! It needs `node` and `npm` in `PATH` (when `benches/node/node_modules` is missing it runs
 //! `npm ci` there, from the committed lock file) and `wrk` (Debian's package): without it the
@@ -39,8 +39,8 @@
 //!    them, taking turns, emit `"chat message"` with a [`PAYLOAD`]-byte text; the worker emits it
 //!    to every client of every worker (`io.emit`), which crosses the primary once per broadcast
 //!    (the cluster adapter's relay). After [`Plan::warmup`] broadcasts: a **throughput** phase (a
-//!    set number of broadcasts, at most [`WINDOW`] in flight: a broadcast is in flight until every
-//!    client has it) gives the deliveries per second (first send → last receipt) and the p50 /
+//!    set number of broadcasts, at most [`Fanout::window`] in flight: a broadcast is in flight until
+//!    every client has it) gives the deliveries per second (first send → last receipt) and the p50 /
 //!    p99 latency of every delivery under that saturation; a **paced** phase ([`Plan::paced`]
 //!    broadcasts at [`PACED_RATE`]/s) the p50 / p99 at a load both carry without queueing. Each
 //!    text carries its phase, sequence number and send time (µs on the bench's clock, shared by
@@ -89,11 +89,25 @@ use std::time::{Duration, Instant};
 /// Workers behind each primary.
 const WORKERS: usize = 2;
 /// polling_load.mjs: concurrent loops.
-const POLL_CONCURRENCY: usize = 16;
-/// Clients that send (half of them on each worker), the text's length, broadcasts in flight.
+///
+/// The zero-cost bound assumes the load keeps the cores busy. With the 16 loops of earlier runs
+/// the machine was 181 % busy of 200 under clusterd, with 64 189 % (one run each, 199 and 229
+/// sessions/s). Spreading the loops over 2 threads of the load generator filled the cores
+/// further (196 %) but doubled its CPU per session, so fewer sessions got through: its own
+/// cost, not the primaries', would have set the rate.
+const POLL_CONCURRENCY: usize = 64;
+/// Clients that send (half of them on each worker), the text's length.
 const SENDERS: usize = 4;
 const PAYLOAD: usize = 64;
-const WINDOW: usize = 16;
+/// Deliveries in flight in a fan-out's throughput phase (see [`Fanout::window`]).
+///
+/// The zero-cost bound assumes the load keeps the cores busy. With 16 broadcasts in flight (the
+/// earlier runs) it did not: the machine was 170 % to 178 % busy of 200 for both primaries, the
+/// workers waiting on each other's round trips, so the rate measured that latency more than
+/// throughput. With 50 clients under clusterd, 16, 64 and 256 broadcasts in flight gave 173 %,
+/// 181 % and 187 % busy and 91 000, 112 000 and 140 000 deliveries/s (one run each); with 200
+/// clients, 64 gave 191 %. Hence 12 800 deliveries: 256 broadcasts to 50 clients, 64 to 200.
+const IN_FLIGHT_DELIVERIES: usize = 12_800;
 /// The paced phase's rate (the most in flight before sending waits: [`broadcast::PACED_BACKLOG`]).
 const PACED_RATE: f64 = 200.0;
 
@@ -113,11 +127,11 @@ struct Plan {
     paced: usize,
 }
 
-/// About 200 000 deliveries per fan-out run.
+/// About 400 000 deliveries per fan-out run (the window fills and drains in a few % of it).
 const FULL: Plan = Plan {
     rounds: 3,
     load_seconds: common::WRK_SECONDS,
-    fanouts: &[Fanout { clients: 50, broadcasts: 4_000 }, Fanout { clients: 200, broadcasts: 1_000 }],
+    fanouts: &[Fanout { clients: 50, broadcasts: 8_000 }, Fanout { clients: 200, broadcasts: 2_000 }],
     warmup: 300,
     paced: 500,
 };
@@ -144,14 +158,7 @@ const QUIET_SAMPLE: Duration = Duration::from_millis(500);
 const OTHER_CPU_WARNING: f64 = 0.10;
 
 fn main() {
-    let plan = match std::env::args().skip(1).find(|a| a != "--bench").as_deref() {
-        None => FULL,
-        Some("--quick") => QUICK,
-        Some(other) => {
-            eprintln!("error: unknown option {other:?} (known: --quick, a very short run to check that it works)");
-            std::process::exit(2);
-        }
-    };
+    let (plan, only) = options();
     let tools = Tools::find();
     let clusterd = common::binary(&common::target_dir(), "node_workers", "clusterd");
     common::ensure_node_modules(
@@ -159,8 +166,11 @@ fn main() {
         &["socket.io", "socket.io-client", "@socket.io/sticky", "@socket.io/cluster-adapter"],
     );
     let started = Instant::now();
-    let tests: Vec<Test> =
-        [Test::Handoff, Test::Polling].into_iter().chain(plan.fanouts.iter().map(|f| Test::Fanout(*f))).collect();
+    let tests: Vec<Test> = [Test::Handoff, Test::Polling]
+        .into_iter()
+        .chain(plan.fanouts.iter().map(|f| Test::Fanout(*f)))
+        .filter(|test| only.as_ref().is_none_or(|only| &test.name() == only))
+        .collect();
     let mut runs = Vec::new();
     for round in 1..=plan.rounds {
         for &test in &tests {
@@ -173,6 +183,34 @@ fn main() {
         }
     }
     report(&runs, &tests, (&tools, &plan), &clusterd, started.elapsed());
+}
+
+/// The plan (`--quick` or the full one), and the one test of `--only NAME`, if given.
+fn options() -> (Plan, Option<String>) {
+    const USAGE: &str =
+        "known: --quick (a very short run to check that it works), --only handoff|polling|fanout-50|fanout-200";
+    let (mut plan, mut only) = (FULL, None);
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => plan = QUICK,
+            "--only" => only = Some(args.next().unwrap_or_default()),
+            other => {
+                eprintln!("error: unknown option {other:?} ({USAGE})");
+                std::process::exit(2);
+            }
+        }
+    }
+    let names: Vec<String> = [Test::Handoff, Test::Polling]
+        .into_iter()
+        .chain(plan.fanouts.iter().map(|f| Test::Fanout(*f)))
+        .map(Test::name)
+        .collect();
+    if let Some(name) = only.as_ref().filter(|name| !names.contains(name)) {
+        eprintln!("error: --only {name:?} is no test of this plan ({USAGE}; --quick has fanout-20)");
+        std::process::exit(2);
+    }
+    (plan, only)
 }
 
 /// The external programs.
@@ -204,6 +242,14 @@ struct Fanout {
     broadcasts: usize,
 }
 
+impl Fanout {
+    /// Broadcasts in flight in the throughput phase: [`IN_FLIGHT_DELIVERIES`] whatever the
+    /// number of clients.
+    fn window(self) -> usize {
+        (IN_FLIGHT_DELIVERIES / self.clients.max(1)).max(1)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Test {
     /// A new connection per request, wrk.
@@ -215,6 +261,15 @@ enum Test {
 }
 
 impl Test {
+    /// The test's name for `--only`.
+    fn name(self) -> String {
+        match self {
+            Self::Handoff => "handoff".into(),
+            Self::Polling => "polling".into(),
+            Self::Fanout(f) => format!("fanout-{}", f.clients),
+        }
+    }
+
     fn label(self) -> String {
         match self {
             Self::Handoff => "handoff".into(),
@@ -544,8 +599,10 @@ fn external_load(tools: &Tools, server: &mut Server, seconds: u64, run: &mut Run
 fn fanout_load(server: &mut Server, fanout: Fanout, plan: &Plan, run: &mut Run) {
     run.load_command = format!(
         "(the bench's {} WebSocket clients: ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket, {SENDERS} \
-         senders, {PAYLOAD}-byte texts, {WINDOW} broadcasts in flight)",
-        fanout.clients, server.port
+         senders, {PAYLOAD}-byte texts, {} broadcasts in flight)",
+        fanout.clients,
+        server.port,
+        fanout.window()
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -620,9 +677,9 @@ async fn clients(
     senders.truncate(SENDERS);
     let shared = Rc::new(Shared::new(fanout.clients, 1, 100));
     let (burst, cpu, paced) = broadcast::run_clients(clients, Rc::clone(&shared), &senders, async |shared, senders| {
-        broadcast(shared, senders, (1, plan.warmup), Pace::Window(WINDOW), PAYLOAD).await?;
+        broadcast(shared, senders, (1, plan.warmup), Pace::Window(fanout.window()), PAYLOAD).await?;
         let before = CpuSample::take(primary, &workers);
-        let burst = broadcast(shared, senders, (2, fanout.broadcasts), Pace::Window(WINDOW), PAYLOAD).await?;
+        let burst = broadcast(shared, senders, (2, fanout.broadcasts), Pace::Window(fanout.window()), PAYLOAD).await?;
         let cpu = before.until(&CpuSample::take(primary, &workers), LoadIn::Thread);
         let paced = broadcast(shared, senders, (3, plan.paced), Pace::Rate(PACED_RATE), PAYLOAD).await?;
         Ok((burst, cpu, paced))
@@ -736,9 +793,10 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
                  polling only)"
             ),
             Test::Fanout(f) => format!(
-                "broadcast fan-out, WebSocket, {} clients ({SENDERS} senders, {PAYLOAD} B, {WINDOW} in flight), \
+                "broadcast fan-out, WebSocket, {} clients ({SENDERS} senders, {PAYLOAD} B, {} in flight), \
                  deliveries/s",
-                f.clients
+                f.clients,
+                f.window()
             ),
         };
         println!(
