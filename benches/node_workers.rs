@@ -94,7 +94,8 @@ const WORKERS: usize = 2;
 /// the machine was 181 % busy of 200 under clusterd, with 64 189 % (one run each, 199 and 229
 /// sessions/s). Spreading the loops over 2 threads of the load generator filled the cores
 /// further (196 %) but doubled its CPU per session, so fewer sessions got through: its own
-/// cost, not the primaries', would have set the rate.
+/// cost, not the primaries', would have set the rate. Two processes left the machine no busier
+/// (182 %), for 30 % more CPU per session.
 const POLL_CONCURRENCY: usize = 64;
 /// Clients that send (half of them on each worker), the text's length.
 const SENDERS: usize = 4;
@@ -125,6 +126,13 @@ struct Plan {
     warmup: usize,
     /// Broadcasts of the paced phase, at [`PACED_RATE`].
     paced: usize,
+}
+
+impl Plan {
+    /// Every test of the plan, in the order each round runs them.
+    fn tests(&self) -> Vec<Test> {
+        [Test::Handoff, Test::Polling].into_iter().chain(self.fanouts.iter().map(|f| Test::Fanout(*f))).collect()
+    }
 }
 
 /// About 400 000 deliveries per fan-out run (the window fills and drains in a few % of it).
@@ -166,11 +174,8 @@ fn main() {
         &["socket.io", "socket.io-client", "@socket.io/sticky", "@socket.io/cluster-adapter"],
     );
     let started = Instant::now();
-    let tests: Vec<Test> = [Test::Handoff, Test::Polling]
-        .into_iter()
-        .chain(plan.fanouts.iter().map(|f| Test::Fanout(*f)))
-        .filter(|test| only.as_ref().is_none_or(|only| &test.name() == only))
-        .collect();
+    let tests: Vec<Test> =
+        plan.tests().into_iter().filter(|test| only.as_ref().is_none_or(|only| &test.name() == only)).collect();
     let mut runs = Vec::new();
     for round in 1..=plan.rounds {
         for &test in &tests {
@@ -201,11 +206,7 @@ fn options() -> (Plan, Option<String>) {
             }
         }
     }
-    let names: Vec<String> = [Test::Handoff, Test::Polling]
-        .into_iter()
-        .chain(plan.fanouts.iter().map(|f| Test::Fanout(*f)))
-        .map(Test::name)
-        .collect();
+    let names: Vec<String> = plan.tests().into_iter().map(Test::name).collect();
     if let Some(name) = only.as_ref().filter(|name| !names.contains(name)) {
         eprintln!("error: --only {name:?} is no test of this plan ({USAGE}; --quick has fanout-20)");
         std::process::exit(2);
