@@ -26,6 +26,7 @@ mod socketfile;
 mod status;
 mod supervisor;
 mod values;
+mod worker_link;
 
 use std::process::ExitCode;
 

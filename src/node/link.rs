@@ -37,9 +37,7 @@ use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Channel, Control, Out, RELAY_QUEUE};
 use crate::listener::Handoff;
-use crate::supervisor::link::{Handed, Heard, Said, StartError};
-use crate::supervisor::spawn::{SpawnSpec, Spawned};
-use crate::supervisor::worker::{Launch, Settings};
+use crate::worker_link::{Asked, Handed, Heard, Launch, Said, SpawnSpec, Spawned, StartError, handback};
 
 /// The fd number of the channel in the worker (what `child_process.fork` uses too).
 const CHANNEL_FD: u32 = 3;
@@ -151,6 +149,25 @@ pub struct NodeLink {
     disconnect_timer: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
+/// What starting a Node worker's link takes, handed over by the worker task that starts it: the
+/// link reads nothing of the supervisor's own.
+pub struct Start<'a> {
+    pub program: &'a std::ffi::OsStr,
+    pub args: &'a [std::ffi::OsString],
+    /// How the channel is encoded (`--serialization`).
+    pub serialization: crate::config::Serialization,
+    /// The preload the worker gets, if any.
+    pub preload: Option<&'a super::preload::Preload>,
+    /// The relay between Node workers.
+    pub relay: Option<&'a mpsc::Sender<super::relay::Input>>,
+    /// The budget of bus frames read and not yet queued, shared by every reader and relay.
+    pub bus_memory: &'a std::sync::Arc<crate::bus_memory::BusMemory>,
+    /// Where connections the worker gives back are routed again.
+    pub routes: &'a mpsc::Sender<crate::listener::RouteMsg>,
+    /// How those connections are routed.
+    pub limits: crate::listener::Limits,
+}
+
 /// A `queryServer` being answered.
 struct Query {
     seq: Value,
@@ -161,7 +178,12 @@ struct Query {
 }
 
 impl NodeLink {
-    pub async fn start(settings: &Settings, launch: &Launch) -> Result<(Self, Spawned), StartError> {
+    /// Creates the worker's channel and starts the worker with `spawn` (the supervisor's spawner).
+    pub async fn start<F, S>(settings: Start<'_>, launch: &Launch, spawn: F) -> Result<(Self, Spawned), StartError>
+    where
+        F: FnOnce(SpawnSpec) -> S,
+        S: std::future::Future<Output = std::io::Result<Spawned>>,
+    {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| StartError::setup("cannot create the IPC socket pair", e))?;
         let stream = UnixStream::from(ours);
@@ -179,16 +201,21 @@ impl NodeLink {
             (clusterd_worker::protocol::ENV_WORKER_COUNT.to_owned(), launch.count.to_string()),
             (clusterd_worker::protocol::ENV_GENERATION.to_owned(), launch.generation.to_string()),
         ];
-        if let Some(preload) = &settings.node_preload {
+        if let Some(preload) = settings.preload {
             env.push(("NODE_OPTIONS".to_owned(), preload.node_options().to_string_lossy().into_owned()));
         }
-        let spec =
-            SpawnSpec { program: settings.program.clone(), args: settings.args.clone(), env, ipc: theirs, bus: None };
-        let spawned = settings.spawner.spawn(spec).await.map_err(|e| StartError::spawn(&settings.program, e))?;
+        let spec = SpawnSpec {
+            program: settings.program.to_owned(),
+            args: settings.args.to_vec(),
+            env,
+            ipc: theirs,
+            bus: None,
+        };
+        let spawned = spawn(spec).await.map_err(|e| StartError::spawn(settings.program, e))?;
         let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (out, relayed) = mpsc::channel(RELAY_QUEUE);
         let channel = Channel::new(std::sync::Arc::clone(&queued));
-        if let Some(relay) = &settings.node_relay {
+        if let Some(relay) = settings.relay {
             let join = super::relay::Input::Join {
                 key: launch.incarnation,
                 worker_id: launch.incarnation,
@@ -209,8 +236,8 @@ impl NodeLink {
             relay_open: true,
             batch: Vec::with_capacity(RELAY_BATCH),
             failed: Vec::new(),
-            relay: settings.node_relay.clone(),
-            memory: std::sync::Arc::clone(&settings.bus_memory),
+            relay: settings.relay.cloned(),
+            memory: std::sync::Arc::clone(settings.bus_memory),
             parked: None,
             handshakes: VecDeque::new(),
             window: Box::pin(sleep_until(Instant::now())),
@@ -468,8 +495,7 @@ impl NodeLink {
 
     /// Asks the worker for its metrics the way prom-client's `AggregatorRegistry` in a Node
     /// primary does; a worker that uses it answers with `prom-client:getMetricsRes`.
-    pub fn ask_metrics(&mut self, id: u32) -> crate::supervisor::link::Asked {
-        use crate::supervisor::link::Asked;
+    pub fn ask_metrics(&mut self, id: u32) -> Asked {
         let message = Value::object([
             ("type", Value::from(crate::metrics::prom_client::REQUEST_TYPE)),
             ("requestId", Value::from(id)),
@@ -492,7 +518,7 @@ impl NodeLink {
             }
             Some(fd) => {
                 let group = self.group_of(&fd);
-                match crate::supervisor::native::handback(fd, Vec::new(), group, None, &self.limits) {
+                match handback(fd, Vec::new(), group, None, &self.limits) {
                     Ok(handoff) => {
                         self.given_back += 1;
                         self.acknowledge(Control::Ack);

@@ -7,15 +7,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::exit::{ExitInfo, START_FAILED};
-use super::link::StartError;
 use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
-use super::worker::{self, Command, Event, EventKind, Launch};
+use super::worker::{self, Command, Event, EventKind};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
 use crate::config::ListenAddr;
 use crate::duration::show;
 use crate::listener::{Route, RouteMsg};
 use crate::signals::SignalEvent;
 use crate::status::{Phase, Status, WorkerState, WorkerStatus};
+use crate::worker_link::{Launch, StartError};
 use clusterd_worker::protocol::ListenResult;
 
 /// How long a request naming a session nobody reported waits for the report (Node workers).

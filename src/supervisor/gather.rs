@@ -16,9 +16,10 @@ use std::collections::VecDeque;
 
 use tokio::sync::mpsc;
 
-use super::link::{Asked, Link};
+use super::link::Link;
 use super::worker::{Command, Handle};
 use crate::metrics::workers::{GatherRequest, WorkerMetrics, WorkerScrape, merge};
+use crate::worker_link::Asked;
 
 /// Questions in flight per worker; past that, the oldest is given up (its scrape counts it missed).
 const MAX_ASKS_IN_FLIGHT: usize = 4;

@@ -11,18 +11,17 @@ use std::os::fd::OwnedFd;
 
 use clusterd_worker::protocol::{
     Address, ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, Hello, IPC_FD, ListenResult,
-    MAX_FRAME, MAX_HANDBACK, MetricsChunk, PROTOCOL_VERSION, ToWorker,
+    MAX_FRAME, MetricsChunk, PROTOCOL_VERSION, ToWorker,
 };
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::sync::mpsc;
 use tokio_seqpacket::UnixSeqpacket;
 
 use super::bus_reader::BusReader;
-use super::link::{Handed, Heard, Said, StartError};
-use super::spawn::{SpawnSpec, Spawned};
-use super::worker::{Launch, Settings, millis};
+use super::worker::{Settings, millis};
 use crate::listener::Handoff;
 use crate::relay::Input;
+use crate::worker_link::{Asked, Handed, Heard, Launch, Said, SpawnSpec, Spawned, StartError, handback};
 
 /// The longest a frame may wait for room in a worker's IPC socket. A worker that does not read
 /// for this long (its 200 KiB socket buffer full) loses that frame; the worker task must stay
@@ -299,8 +298,7 @@ impl NativeLink {
     }
 
     /// Asks for the worker's metrics, if it has any.
-    pub async fn ask_metrics(&mut self, id: u32) -> super::link::Asked {
-        use super::link::Asked;
+    pub async fn ask_metrics(&mut self, id: u32) -> Asked {
         if !self.metrics_offered {
             return Asked::Nothing;
         }
@@ -375,51 +373,6 @@ async fn relay_frames(
     result
 }
 
-/// A connection a worker gave back, ready to be routed again: the fd must be a connected stream
-/// socket (anything else is a protocol violation), its addresses are read from it (the peer is
-/// `claimed`, the client a PROXY header named, when there was one), and its sticky key from the
-/// request line the worker read.
-pub(crate) fn handback(
-    fd: OwnedFd,
-    initial: Vec<u8>,
-    group: Option<u32>,
-    claimed: Option<Address>,
-    limits: &crate::listener::Limits,
-) -> Result<Handoff, String> {
-    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getpeername, getsockname, getsockopt, sockopt};
-    if initial.len() > MAX_HANDBACK {
-        return Err(format!("gave back a connection with {} bytes (at most {MAX_HANDBACK})", initial.len()));
-    }
-    if getsockopt(&fd, sockopt::SockType).ok() != Some(SockType::Stream) {
-        return Err("gave back an fd that is not a stream socket".to_owned());
-    }
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let peer: SockaddrStorage = getpeername(raw).map_err(|e| format!("gave back a socket with no peer ({e})"))?;
-    let local: Option<SockaddrStorage> = getsockname(raw).ok();
-    let address = |a: &SockaddrStorage| -> Address {
-        if let Some(v4) = a.as_sockaddr_in() {
-            Address::from(std::net::SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-        } else if let Some(v6) = a.as_sockaddr_in6() {
-            Address::from(std::net::SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-        } else if let Some(path) = a.as_unix_addr().and_then(|u| u.path()) {
-            use std::os::unix::ffi::OsStrExt;
-            Address::Unix { path: path.as_os_str().as_bytes().to_vec() }
-        } else {
-            Address::Unknown
-        }
-    };
-    let unix = peer.family() == Some(AddressFamily::Unix);
-    let (peer, local) =
-        (claimed.clone().unwrap_or_else(|| address(&peer)), local.as_ref().map_or(Address::Unknown, address));
-    let sid = match crate::sniff::sniff(&initial, limits.sniff_bytes) {
-        crate::sniff::Sniffed::Http { sid } if limits.sticky == crate::config::Sticky::Sid => sid,
-        _ => None,
-    };
-    let ip = peer.socket_addr().map(|a| a.ip()).filter(|_| limits.sticky == crate::config::Sticky::Ip);
-    let claimed = claimed.is_some();
-    Ok(Handoff { group, fd, peer, local, initial, sid, ip, http: true, unix, claimed, refusals: 0, accepted: None })
-}
-
 /// How a send to the worker ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
@@ -447,37 +400,5 @@ async fn send_within(channel: &PrimaryChannel, frame: &ToWorker, fd: Option<std:
         Ok(Ok(())) => Sent::Yes,
         Ok(Err(_)) => Sent::Broken,
         Err(_) => Sent::TimedOut,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A connection whose client a PROXY header named keeps that client when its worker gives it
-    /// back: the socket itself names only the balancer (here an unnamed socket pair: no address).
-    #[test]
-    fn a_connection_given_back_keeps_the_client_its_proxy_header_named() {
-        let limits = crate::listener::Limits {
-            sniff_bytes: 8192,
-            sniff_timeout: Duration::from_secs(5),
-            sticky: crate::config::Sticky::Ip,
-            node: false,
-            tcp_nodelay: false,
-            proxy_protocol: true,
-        };
-        let pair = || {
-            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-            (OwnedFd::from(a), b)
-        };
-        let claimed = Address::V4 { ip: [192, 0, 2, 7], port: 56324 };
-        let (fd, _client) = pair();
-        let back = handback(fd, b"GET / HTTP/1.1\r\n".to_vec(), None, Some(claimed.clone()), &limits).unwrap();
-        assert_eq!(back.peer, claimed);
-        assert_eq!(back.ip, Some(std::net::Ipv4Addr::new(192, 0, 2, 7).into()), "sticky by the claimed client");
-        assert!(back.claimed, "still claimed if it is given back again");
-        let (fd, _client) = pair();
-        let back = handback(fd, b"GET / HTTP/1.1\r\n".to_vec(), None, None, &limits).unwrap();
-        assert_eq!((back.peer, back.ip, back.claimed), (Address::Unknown, None, false));
     }
 }

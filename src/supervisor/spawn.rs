@@ -32,6 +32,7 @@ use nix::unistd::Pid;
 use tokio::sync::{Notify, oneshot};
 
 use super::guard::Guard;
+use crate::worker_link::{SpawnSpec, Spawned};
 
 /// Variables that belong to clusterd alone and never reach a worker (`CLUSTERD_BRIDGE` may hold
 /// the Redis password).
@@ -50,18 +51,6 @@ type Registry = Arc<Mutex<HashMap<i32, oneshot::Sender<WaitStatus>>>>;
 
 fn lock(registry: &Registry) -> MutexGuard<'_, HashMap<i32, oneshot::Sender<WaitStatus>>> {
     registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// What to start.
-pub struct SpawnSpec {
-    pub program: OsString,
-    pub args: Vec<OsString>,
-    pub env: Vec<(String, String)>,
-    /// The worker's end of the IPC socket; it becomes fd 3 in the worker and is closed here.
-    pub ipc: OwnedFd,
-    /// The worker's end of the bus socket, if it has one; it becomes fd 4 in the worker and is
-    /// closed here.
-    pub bus: Option<OwnedFd>,
 }
 
 /// What the child passes to `execve`, built in the parent: after the fork, the child of a
@@ -150,15 +139,6 @@ impl Exec {
         }
         io::Error::from_raw_os_error(if denied { libc::EACCES } else { libc::ENOENT })
     }
-}
-
-/// A started worker process.
-pub struct Spawned {
-    pub pid: Pid,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
-    /// Resolves with the status once the reaper has reaped the process.
-    pub exit: oneshot::Receiver<WaitStatus>,
 }
 
 struct Job {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
-use super::link::{Handed, Heard, Link, Said, StartError};
+use super::link::Link;
 use super::native::NativeLink;
 use super::spawn::Spawner;
 use super::upkeep::{HealthTracker, Reason};
@@ -22,6 +22,7 @@ use crate::duration::show;
 use crate::listener::Handoff;
 use crate::logs::{LogSink, Output};
 use crate::node::link::NodeLink;
+use crate::worker_link::{Handed, Heard, Launch, Said, StartError};
 
 /// Connections queued for one worker; the route tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
@@ -72,16 +73,6 @@ pub struct Settings {
     pub recycle: crate::config::Recycle,
     /// Mixed with each worker's incarnation to draw its jittered limits.
     pub jitter_seed: u64,
-}
-
-/// One worker to start.
-pub struct Launch {
-    pub slot: u32,
-    pub incarnation: u64,
-    pub generation: u64,
-    pub count: u32,
-    /// Bus messages the relay dropped for this worker (its queue was full).
-    pub dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Orders from the dispatcher.
@@ -199,7 +190,21 @@ async fn run(
         Protocol::Native => {
             NativeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Native(Box::new(link)), s))
         }
-        Protocol::Node => NodeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Node(Box::new(link)), s)),
+        Protocol::Node => {
+            let start = crate::node::link::Start {
+                program: &settings.program,
+                args: &settings.args,
+                serialization: settings.serialization,
+                preload: settings.node_preload.as_ref(),
+                relay: settings.node_relay.as_ref(),
+                bus_memory: &settings.bus_memory,
+                routes: &settings.routes,
+                limits: settings.limits,
+            };
+            NodeLink::start(start, &launch, |spec| settings.spawner.spawn(spec))
+                .await
+                .map(|(link, s)| (Link::Node(Box::new(link)), s))
+        }
     };
     let (mut link, spawned) = match started_link {
         Ok(parts) => parts,

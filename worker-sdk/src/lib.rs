@@ -47,6 +47,7 @@ mod fd;
 mod http1;
 mod listener;
 pub mod protocol;
+mod report;
 mod worker;
 
 #[cfg(feature = "socketioxide")]

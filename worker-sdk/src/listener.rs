@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::protocol::Address;
-use crate::worker::Report;
+use crate::report::Report;
 
 /// A client's (or a listening socket's) address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -19,6 +19,7 @@ use crate::protocol::{
     ENV_GENERATION, ENV_IPC_FD, ENV_WORKER_COUNT, ENV_WORKER_ID, FromWorker, MAX_CLOSED_PER_FRAME, PROTOCOL_VERSION,
     ToWorker,
 };
+use crate::report::Report;
 
 /// Set once the IPC fd has been claimed, so that a second `from_env` cannot claim it again.
 static TAKEN: AtomicBool = AtomicBool::new(false);
@@ -513,19 +514,6 @@ async fn send_reports(
             told_full = full;
         }
     }
-}
-
-/// What synchronous code queues for clusterd.
-#[derive(Debug)]
-pub(crate) enum Report {
-    /// A connection was dropped.
-    Closed(u64),
-    /// Any other frame.
-    Frame(FromWorker),
-    /// The capacity state may have changed: tell clusterd if it did.
-    Capacity,
-    /// A connection given back to clusterd (its fd travels with the frame).
-    Handback { id: u64, fd: std::os::fd::OwnedFd, initial: Vec<u8> },
 }
 
 /// The header timeout in milliseconds: `CLUSTERD_HEADER_TIMEOUT_MS`, or the default.
