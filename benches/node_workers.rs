@@ -893,7 +893,7 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
     println!();
     println!(
         "† the machine was busy beyond the servers and the load generator in that round (more than {:.0} % of a \
-         core: another process was running).",
+         core: another process was running, or the hypervisor took the CPU; see \"stolen\" in the table of every run).",
         OTHER_CPU_WARNING * 100.0
     );
     println!();
@@ -926,17 +926,17 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
     println!();
     println!(
         "Every run (CPU over the load, % of one core: the primary; each worker; the load generator; the rest of the \
-         machine, and how busy it was just before the run):"
+         machine, of it stolen by the hypervisor, and how busy it was just before the run):"
     );
     println!();
     println!(
         "| round | test | primary | rate | latency ms (p50 / p99; paced) | errors | per worker | CPU % primary; \
-         workers; load; rest | RSS idle → after / peak, MiB |"
+         workers; load; rest (stolen) | RSS idle → after / peak, MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         println!(
-            "| {} | {} | {} | {} {} | {} | {}{}{} | {} | {:.0}; {}; {:.0}; {:.0} ({:.0} before) | {:.1} → {:.1} / {:.1} |",
+            "| {} | {} | {} | {} {} | {} | {}{}{} | {} | {:.0}; {}; {:.0}; {:.0} ({:.0} stolen; {:.0} before) | {:.1} → {:.1} / {:.1} |",
             r.round,
             r.test.label(),
             r.setup.label(),
@@ -954,6 +954,7 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
             r.cpu.workers.iter().map(|&w| format!("{:.0}", r.cpu.pct(w))).collect::<Vec<_>>().join(" + "),
             r.cpu.pct(r.cpu.load),
             r.cpu.pct(r.cpu.other),
+            r.cpu.pct(r.cpu.steal),
             r.busy_before * cores() * 100.0,
             mib(r.idle.0),
             mib(r.after.0),

@@ -13,6 +13,8 @@ pub struct Cpu {
     pub workers: Vec<f64>,
     pub load: f64,
     pub other: f64,
+    /// The part of [`Cpu::other`] the hypervisor took (`steal`): not this machine's processes.
+    pub steal: f64,
     /// Busy time of the whole machine.
     pub busy: f64,
     pub seconds: f64,
@@ -46,8 +48,9 @@ pub struct CpuSample {
     workers: Vec<u64>,
     children: Duration,
     thread: Duration,
-    /// Busy and total jiffies of the machine.
+    /// Busy and total jiffies of the machine, and the stolen ones.
     machine: (u64, u64),
+    steal: u64,
 }
 
 impl CpuSample {
@@ -59,6 +62,7 @@ impl CpuSample {
             children: super::children_cpu(),
             thread: thread_cpu(),
             machine: super::machine_jiffies(),
+            steal: super::steal_jiffies(),
         }
     }
 
@@ -77,6 +81,7 @@ impl CpuSample {
         Cpu {
             primary,
             other: (busy - primary - workers.iter().sum::<f64>() - load).max(0.0),
+            steal: ticks(later.steal, self.steal),
             workers,
             load,
             busy,

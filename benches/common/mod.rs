@@ -483,13 +483,24 @@ pub fn run_ns(pid: i32) -> Option<u64> {
 
 /// Busy and total jiffies of all CPUs, from the `cpu` line of `/proc/stat`.
 pub fn machine_jiffies() -> (u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").expect("cannot read /proc/stat");
-    let line = stat.lines().find(|l| l.starts_with("cpu ")).expect("no cpu line in /proc/stat");
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let values: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+    let values = cpu_line();
     let total: u64 = values.iter().sum();
     let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
     (total - idle, total)
+}
+
+/// Jiffies of all CPUs stolen by the hypervisor (`steal` in `/proc/stat`: time this virtual
+/// machine wanted to run and the host ran something else). Counted busy by [`machine_jiffies`].
+pub fn steal_jiffies() -> u64 {
+    cpu_line().get(7).copied().unwrap_or(0)
+}
+
+/// user nice system idle iowait irq softirq steal, of the `cpu` line of `/proc/stat` (guest time
+/// is already in user).
+fn cpu_line() -> Vec<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").expect("cannot read /proc/stat");
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).expect("no cpu line in /proc/stat");
+    line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect()
 }
 
 /// User + system time of the bench's children that have been waited for.
