@@ -531,8 +531,14 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-cli must be installed (scripts/install-redis)");
-        child.stdin.take().unwrap().write_all(payload).unwrap();
-        assert!(child.wait().unwrap().success(), "redis-cli PUBLISH {channel}");
+        // Written from a thread, so that a Redis that stops reading fails the wait below instead
+        // of blocking the test (payloads go up to tens of MiB).
+        let mut stdin = child.stdin.take().unwrap();
+        let payload = payload.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&payload));
+        let status = wait_until(&format!("redis-cli PUBLISH {channel} to finish"), || child.try_wait().unwrap());
+        assert!(status.success(), "redis-cli PUBLISH {channel}: {status}");
+        writer.join().unwrap().expect("redis-cli took the payload");
     }
 
     pub fn dir(&self) -> &Path {
