@@ -91,9 +91,9 @@ const WORKERS: usize = 2;
 /// polling_load.mjs: concurrent loops.
 ///
 /// The zero-cost bound assumes the load keeps the cores busy. With the 16 loops of earlier runs
-/// the machine was 181 % busy of 200 under clusterd, with 64 189 % (one run each, 199 and 229
-/// sessions/s). Spreading the loops over 2 threads of the load generator filled the cores
-/// further (196 %) but doubled its CPU per session, so fewer sessions got through: its own
+/// the machine was 181 % busy of 200 under clusterd, and with 64 loops 189 % (one run each, at
+/// 199 and 229 sessions/s). Spreading the loops over 2 threads of the load generator filled the cores
+/// further (196 %) but nearly doubled its CPU per session, so fewer sessions got through: its own
 /// cost, not the primaries', would have set the rate. Two processes left the machine no busier
 /// (182 %), for 30 % more CPU per session.
 const POLL_CONCURRENCY: usize = 64;
@@ -245,9 +245,9 @@ struct Fanout {
 
 impl Fanout {
     /// Broadcasts in flight in the throughput phase: [`IN_FLIGHT_DELIVERIES`] whatever the
-    /// number of clients.
+    /// number of clients (at most all of the phase's broadcasts, as in `--quick`).
     fn window(self) -> usize {
-        (IN_FLIGHT_DELIVERIES / self.clients.max(1)).max(1)
+        (IN_FLIGHT_DELIVERIES / self.clients.max(1)).clamp(1, self.broadcasts.max(1))
     }
 }
 
@@ -764,9 +764,17 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
     println!();
     println!(
         "## clusterd `--protocol node` against the Node.js primary, the same `worker.cjs`, {WORKERS} workers \
-         ({} interleaved rounds, medians; min–max over the rounds in brackets{})",
+         ({} interleaved rounds, medians; min–max over the rounds in brackets{}{})",
         plan.rounds,
-        if plan.rounds == FULL.rounds { "" } else { "; --quick: a check that it runs, not figures to keep" }
+        if plan.rounds == FULL.rounds { "" } else { "; --quick: a check that it runs, not figures to keep" },
+        if tests.len() < plan.tests().len() {
+            format!(
+                "; --only {}: the other tests did not run",
+                tests.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
+            )
+        } else {
+            String::new()
+        }
     );
     println!();
     println!(

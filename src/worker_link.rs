@@ -5,8 +5,8 @@
 //!
 //! It exists so that the supervisor (`crate::supervisor`: the worker task, the native link, the
 //! spawner) and the Node link (`crate::node::link`) both import one neutral definition, and
-//! neither imports the other's internals: no import circle. Only types and the pure logic that
-//! belongs to them live here; the machinery (the spawner thread, the worker task) stays in the
+//! neither imports the other's internals: no import circle. Only types, their own logic and the one
+//! step both links share ([`handback`], which reads the connection's addresses) live here; the machinery (the spawner thread, the worker task) stays in the
 //! supervisor, which hands a link what it needs to start.
 
 use std::ffi::OsString;
