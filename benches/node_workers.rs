@@ -558,24 +558,39 @@ fn external_load(tools: &Tools, server: &mut Server, seconds: u64, run: &mut Run
     let out_path = server.dir.path().join("load.out");
     let err_path = server.dir.path().join("load.err");
     let mut command = Command::new(program);
+    // polling_load.mjs says when its loops start and end: its output is read as it comes.
+    let streamed = run.test == Test::Polling;
     command
         .args(&args)
         .current_dir(common::node_dir())
         .stdin(Stdio::null())
-        .stdout(File::create(&out_path).expect("cannot create the load's output file"))
+        .stdout(if streamed {
+            Stdio::piped()
+        } else {
+            Stdio::from(File::create(&out_path).expect("cannot create the load's output file"))
+        })
         .stderr(File::create(&err_path).expect("cannot create the load's error file"));
     common::clean_env(&mut command, |name| name.starts_with("NODE_") || name == "DEBUG");
     common::die_with_bench(&mut command);
     let before = CpuSample::take(server.process.pid, &server.workers);
     let mut child =
         command.spawn().unwrap_or_else(|e| server.process.fail(&format!("cannot start {}: {e}", run.load_command)));
-    let status = common::wait_timeout(&mut child, Duration::from_secs(seconds) + LOAD_SLACK);
+    let deadline = Instant::now() + Duration::from_secs(seconds) + LOAD_SLACK;
+    let (output, loops) = match child.stdout.take() {
+        Some(stdout) => {
+            let (output, loops) = loops_window(stdout, (server, child.id()), deadline);
+            (Some(output), loops)
+        }
+        None => (None, None),
+    };
+    let status = common::wait_timeout(&mut child, deadline.saturating_duration_since(Instant::now()));
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    run.cpu = before.until(&CpuSample::take(server.process.pid, &server.workers), LoadIn::Children);
-    let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+    run.cpu =
+        loops.unwrap_or_else(|| before.until(&CpuSample::take(server.process.pid, &server.workers), LoadIn::Children));
+    let output = output.unwrap_or_else(|| std::fs::read_to_string(&out_path).unwrap_or_default());
     let errors = std::fs::read_to_string(&err_path).unwrap_or_default();
     match status {
         None => server.process.fail(&format!(
@@ -594,6 +609,42 @@ fn external_load(tools: &Tools, server: &mut Server, seconds: u64, run: &mut Run
     if let Err(e) = parsed {
         server.process.fail(&format!("cannot read the load's output ({e}):\n{output}{errors}"));
     }
+}
+
+/// Reads polling_load.mjs's output as it comes until it ends or `deadline`; returns all of it,
+/// and the CPU from its `loops started` line to its `loops done` line, where it printed both (the
+/// load generator counted as its own process, `pid`): the seconds its rate covers, without
+/// Node's start and exit.
+fn loops_window(
+    stdout: std::process::ChildStdout,
+    (server, pid): (&Server, u32),
+    deadline: Instant,
+) -> (String, Option<Cpu>) {
+    use std::io::BufRead;
+    let (lines, heard) = std::sync::mpsc::channel::<String>();
+    // Not joined: it ends with the child's output (past the deadline the child is killed).
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let pid = i32::try_from(pid).unwrap_or(0);
+    let (mut output, mut started, mut cpu) = (String::new(), None, None);
+    while let Ok(line) = heard.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        match line.as_str() {
+            "loops started" => started = Some(CpuSample::with_load(server.process.pid, &server.workers, pid)),
+            "loops done" => {
+                let done = CpuSample::with_load(server.process.pid, &server.workers, pid);
+                cpu = started.as_ref().map(|s| s.until(&done, LoadIn::Process));
+            }
+            _ => {}
+        }
+        output.push_str(&line);
+        output.push('\n');
+    }
+    (output, cpu)
 }
 
 /// The fan-out clients, on a current-thread runtime on this thread.

@@ -39,6 +39,8 @@ pub enum LoadIn {
     Thread,
     /// The bench's children that have been waited for (wrk and the like).
     Children,
+    /// A process still running, given to [`CpuSample::with_load`].
+    Process,
 }
 
 /// The counters a [`Cpu`] is the difference of.
@@ -48,6 +50,8 @@ pub struct CpuSample {
     workers: Vec<u64>,
     children: Duration,
     thread: Duration,
+    /// CPU ticks of the load generator's process ([`LoadIn::Process`]).
+    load_ticks: u64,
     /// Busy and total jiffies of the machine, and the stolen ones.
     machine: (u64, u64),
     steal: u64,
@@ -61,9 +65,15 @@ impl CpuSample {
             workers: workers.iter().map(|&w| super::cpu_ticks_or_0(w)).collect(),
             children: super::children_cpu(),
             thread: thread_cpu(),
+            load_ticks: 0,
             machine: super::machine_jiffies(),
             steal: super::steal_jiffies(),
         }
+    }
+
+    /// As [`CpuSample::take`], with the load generator's process `load` (for [`LoadIn::Process`]).
+    pub fn with_load(primary: i32, workers: &[i32], load: i32) -> Self {
+        Self { load_ticks: super::cpu_ticks_or_0(load), ..Self::take(primary, workers) }
     }
 
     /// From `self` to `later`; the load is counted where `load` says.
@@ -75,6 +85,7 @@ impl CpuSample {
         let load = match load {
             LoadIn::Thread => later.thread.saturating_sub(self.thread),
             LoadIn::Children => later.children.saturating_sub(self.children),
+            LoadIn::Process => Duration::from_secs_f64(ticks(later.load_ticks, self.load_ticks)),
         }
         .as_secs_f64();
         let busy = ticks(later.machine.0, self.machine.0);

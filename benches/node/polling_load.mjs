@@ -8,6 +8,10 @@
 //
 //   node polling_load.mjs <url> [concurrency=16] [seconds=5]
 //
+// Before that line it prints `loops started` when the loops begin and `loops done` when the last
+// one ends, so that a caller can measure CPU over exactly the measured seconds (not Node's start
+// and exit).
+//
 // Error kinds: `session_id_unknown` (an HTTP 400 on a polling request: Engine.IO answers
 // "Session ID unknown" when a request of a session reaches a worker that does not hold it),
 // `connect_error` (any other failure before `connect`), `disconnected` (the session dropped before
@@ -116,6 +120,8 @@ async function loop() {
   while (performance.now() < deadline) await oneSession();
 }
 
+console.log("loops started");
 await Promise.all(Array.from({ length: concurrency }, loop));
+console.log("loops done");
 clearTimeout(hardStop);
 report(0);
