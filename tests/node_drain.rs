@@ -191,6 +191,7 @@ fn bad_handbacks_are_refused_and_cost_nothing() {
     assert!(get(addr, "/").body.contains(&format!("pid {pid}")));
     let status = c.wait_status("the worker still ready", |s| worker(s, 0)["state"] == "ready");
     assert_eq!(worker_pid(&status, 0), pid, "the worker was not replaced");
+    assert_eq!(worker(&status, 0)["given_back"], 0, "a refused handback is not counted as given back");
     let refused =
         c.output.snapshot().iter().filter(|l| l.contains("a connection the worker gave back was refused")).count();
     assert_eq!(refused, 1, "said once: {}", c.stderr_dump());
