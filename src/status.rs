@@ -92,6 +92,10 @@ pub struct WorkerStatus {
     pub at_capacity: bool,
     /// Bus messages clusterd dropped for this worker because it did not read them.
     pub dropped: u64,
+    /// Connections this process gave back to clusterd to be routed again: a kept-alive connection
+    /// whose next request belongs to another worker, idle ones at a drain.
+    #[serde(default)]
+    pub given_back: u64,
     /// Milliseconds the current process has run.
     pub uptime_ms: Option<u64>,
     /// Consecutive failed starts of this slot.
@@ -171,6 +175,16 @@ impl Status {
                 let pid = w.pid.map_or("-".into(), |p| p.to_string());
                 out.push_str(&format!("~ worker {} pid {pid}: {why}\n", w.id));
             }
+        }
+        // A line, not a column: most processes give nothing back, and the table stays narrow.
+        let given_back: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|w| w.given_back > 0)
+            .map(|w| format!("worker {} pid {} {}", w.id, w.pid.map_or("-".into(), |p| p.to_string()), w.given_back))
+            .collect();
+        if !given_back.is_empty() {
+            out.push_str(&format!("connections given back: {}\n", given_back.join(", ")));
         }
         if !self.replaced.is_empty() {
             let counts: Vec<String> = self.replaced.iter().map(|(why, n)| format!("{why} {n}")).collect();

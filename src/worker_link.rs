@@ -107,6 +107,32 @@ pub struct Launch {
     pub count: u32,
     /// Bus messages the relay dropped for this worker (its queue was full).
     pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections this worker gave back to be routed again (`given_back` in `status`).
+    pub given_back: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Counts the connections one worker process gives back, where they are routed again: on the
+/// process's row of `status` (which goes with the process) and in its slot's series of
+/// `/metrics` (which stays, so a reload's handbacks can be read after the old workers exited).
+#[derive(Clone)]
+pub struct GivenBack {
+    process: Arc<std::sync::atomic::AtomicU64>,
+    slot: Option<prometheus::IntCounter>,
+}
+
+impl GivenBack {
+    /// The counters of the process `launch` starts (its slot's series only with `--metrics`).
+    pub fn new(launch: &Launch) -> Self {
+        Self { process: Arc::clone(&launch.given_back), slot: crate::metrics::given_back_counter(launch.slot) }
+    }
+
+    /// One more connection given back.
+    pub fn count(&self) {
+        self.process.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(slot) = &self.slot {
+            slot.inc();
+        }
+    }
 }
 
 /// What to start.

@@ -233,13 +233,14 @@ fn status_and_stop_subcommands_talk_to_the_control_socket() {
     assert_eq!(status["generation"], 1);
     assert!(status["listen"].as_array().unwrap().is_empty());
     for w in status["workers"].as_array().unwrap() {
-        for key in ["id", "pid", "state", "generation", "restarts", "connections", "sessions"] {
+        for key in ["id", "pid", "state", "generation", "restarts", "connections", "sessions", "given_back"] {
             assert!(w.get(key).is_some(), "worker lacks {key}: {w}");
         }
     }
     let (code, table, _) = cli(&["status"]);
     assert_eq!(code, Some(0));
     assert!(table.contains("phase ready") && table.contains("2/2 workers ready"), "{table}");
+    assert!(!table.contains("given back"), "no given-back line while no worker gave any back: {table}");
     // --control before the subcommand works too; an option of a run does not belong there.
     let out = Command::new(CLUSTERD).arg("--control").arg(&control).arg("status").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

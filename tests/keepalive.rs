@@ -26,10 +26,20 @@ struct KeepAlive {
     stream: Option<TcpStream>,
     /// Requests sent on the current connection.
     sent: usize,
+    /// The worker the current connection sits on.
+    on: Option<usize>,
+    /// Per worker: the times the connection had to leave it (its next request was for another
+    /// worker), each a connection the worker gives back.
+    given_back: [u64; 2],
 }
 
 impl KeepAlive {
-    fn send(&mut self, method: &str, target: &str, body: &str) -> Response {
+    /// Sends a request that `owner` must answer.
+    fn send(&mut self, owner: usize, method: &str, target: &str, body: &str) -> Response {
+        match self.on {
+            Some(on) if self.stream.is_some() && on != owner => self.given_back[on] += 1,
+            _ => {}
+        }
         let addr = self.addr;
         let stream = self.stream.get_or_insert_with(|| {
             let s = TcpStream::connect(addr).expect("connect");
@@ -44,6 +54,7 @@ impl KeepAlive {
         .unwrap();
         let response = read_response(stream).unwrap_or_else(|| panic!("no response to {method} {target}"));
         self.sent += 1;
+        self.on = Some(owner);
         if response.close {
             self.stream = None;
             self.sent = 0;
@@ -62,10 +73,13 @@ fn handshake(addr: SocketAddr) -> String {
 #[test]
 fn a_poll_for_another_workers_session_on_a_kept_alive_connection_reaches_that_worker() {
     let chat = chat_example();
-    let mut c =
-        Builder::new().args(&["--workers", "2", "--listen", "127.0.0.1:0"]).program(&[chat.to_str().unwrap()]).start();
+    let mut c = Builder::new()
+        .args(&["--workers", "2", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .program(&[chat.to_str().unwrap()])
+        .start();
     let status = c.wait_ready(2);
     let addr = listen_addr(&status);
+    let metrics_at = metrics_addr(&c);
 
     // A session on each worker (least-connection alternates the handshakes' connections).
     let mut by_worker: [Option<String>; 2] = [None, None];
@@ -85,16 +99,18 @@ fn a_poll_for_another_workers_session_on_a_kept_alive_connection_reaches_that_wo
     // A browser-like client: the page first (not a long-poll: the connection stays open), then
     // polls of both sessions on the same connection. Every one must reach its owner (another
     // worker answers 400 "Session ID unknown").
-    let mut client = KeepAlive { addr, stream: None, sent: 0 };
-    let page = client.send("GET", "/", "");
+    let mut client = KeepAlive { addr, stream: None, sent: 0, on: None, given_back: [0; 2] };
+    let page = client.send(0, "GET", "/", "");
     assert_eq!(page.code, 200);
     assert!(!page.close, "the page keeps its connection");
     let page_worker = usize::from(!page.body.contains("came from worker 0"));
+    // The page went where the balancer chose: that is where the connection sits.
+    client.on = Some(page_worker);
     // The other worker's session first: the connection belongs to the page's worker.
     let order = [1 - page_worker, page_worker];
     for i in order {
         let sid = &sids[i];
-        let joined = client.send("POST", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), "40");
+        let joined = client.send(i, "POST", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), "40");
         assert_eq!(
             (joined.code, joined.body.as_str()),
             (200, "ok"),
@@ -105,12 +121,14 @@ fn a_poll_for_another_workers_session_on_a_kept_alive_connection_reaches_that_wo
     for round in 0..10 {
         let sid = &sids[order[round % 2]];
         let event = format!("42[\"chat message\",\"round {round}\"]");
-        let sent = client.send("POST", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), &event);
+        let sent =
+            client.send(order[round % 2], "POST", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), &event);
         assert_eq!((sent.code, sent.body.as_str()), (200, "ok"), "round {round}");
         // The broadcast reaches the session's queue a moment later: poll until it is there.
         let mut seen = String::new();
         for _ in 0..5 {
-            let polled = client.send("GET", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), "");
+            let polled =
+                client.send(order[round % 2], "GET", &format!("/socket.io/?EIO=4&transport=polling&sid={sid}"), "");
             assert_eq!(polled.code, 200, "round {round}: {}", polled.body);
             seen.push_str(&polled.body);
             if seen.contains(&format!("round {round}")) {
@@ -119,6 +137,28 @@ fn a_poll_for_another_workers_session_on_a_kept_alive_connection_reaches_that_wo
         }
         assert!(seen.contains(&format!("round {round}")), "round {round}: {seen}");
     }
+
+    // Each move of the connection to the other worker was a connection given back, counted on
+    // the row of the worker that gave it back (before it was routed again, so before the answer
+    // came) and in its slot's series of /metrics.
+    let moves = client.given_back;
+    assert!(moves.iter().all(|&n| n > 0), "the connection moved both ways: {moves:?}");
+    let status = c.status().expect("status");
+    let m = scrape(&metrics_at);
+    for (id, &moved) in moves.iter().enumerate() {
+        assert_eq!(worker(&status, id as u64)["given_back"].as_u64(), Some(moved), "worker {id}: {status:#}");
+        let slot = id.to_string();
+        assert_eq!(
+            m.value("clusterd_worker_connections_given_back_total", &[("worker", &slot)]),
+            Some(moved as f64),
+            "worker {id}:\n{}",
+            m.text
+        );
+    }
+    let out = std::process::Command::new(CLUSTERD).arg("status").arg("--control").arg(&c.control).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line = format!("connections given back: worker 0 pid {} {}", worker_pid(&status, 0), moves[0]);
+    assert!(table.contains(&line), "`{line}` in:\n{table}");
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
 }

@@ -65,10 +65,11 @@ fn one_at_a_time_clients_of_awaiting_workers_through_reloads_and_scale_downs_los
 fn connections_given_back_just_before_a_worker_exits_are_all_served_after() {
     let rounds = BURST_ROUNDS.to_string();
     let mut c = Builder::new()
-        .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "20s"])
+        .args(&["--workers", "1", "--listen", "127.0.0.1:0", "--grace", "20s", "--metrics", "127.0.0.1:0"])
         .worker_args(&["--serve", "--burst-generations", &rounds])
         .start();
     let addr = listen_addr(&c.wait_ready(1));
+    let metrics_at = metrics_addr(&c);
     let mut connections: Vec<BufReader<TcpStream>> = (0..GIVEN_BACK)
         .map(|_| {
             let mut stream = TcpStream::connect(addr).unwrap();
@@ -83,7 +84,19 @@ fn connections_given_back_just_before_a_worker_exits_are_all_served_after() {
         c.output.wait_for(&what, |l| l.ends_with(&held));
         cli(&c, &["reload"]);
         let next = generation + 1;
-        c.wait_status(&format!("generation {next} alone (the one before exited)"), |s| settled(s, 1, next));
+        let status =
+            c.wait_status(&format!("generation {next} alone (the one before exited)"), |s| settled(s, 1, next));
+        // Every connection went back through clusterd once per generation, counted in the
+        // slot's series (the row of the process that gave them back went with it), whether
+        // clusterd read the handbacks before or after it saw the exit.
+        let m = scrape(&metrics_at);
+        assert_eq!(
+            m.value("clusterd_worker_connections_given_back_total", &[("worker", "0")]),
+            Some((GIVEN_BACK as u64 * generation) as f64),
+            "after generation {generation} exited:\n{}",
+            m.text
+        );
+        assert_eq!(worker(&status, 0)["given_back"], 0, "the new process gave nothing back yet: {status:#}");
     }
     let failures: Vec<String> = connections
         .iter_mut()

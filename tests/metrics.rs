@@ -14,10 +14,11 @@ use serde_json::Value;
 use support::*;
 
 /// The families clusterd always serves, whatever it did.
-const ALWAYS: [&str; 21] = [
+const ALWAYS: [&str; 22] = [
     "clusterd_workers",
     "clusterd_connections_accepted_total",
     "clusterd_connections_handed_off_total",
+    "clusterd_worker_connections_given_back_total",
     "clusterd_worker_connections",
     "clusterd_worker_at_capacity",
     "clusterd_worker_rss_bytes",
@@ -175,6 +176,11 @@ fn metrics_follow_handoffs_sessions_a_kill_and_a_reload_and_agree_with_status() 
     assert_eq!(m.value("clusterd_workers", &[("state", "ready")]), Some(2.0));
     // Handoffs are counted by slot, across the slot's processes.
     assert_eq!(m.sum("clusterd_connections_handed_off_total"), N as f64);
+    // Every request came on a connection of its own, closed before the reload: none was given
+    // back, and both slots have their series (tests/keepalive*.rs count real handbacks).
+    for worker in ["0", "1"] {
+        assert_eq!(m.value("clusterd_worker_connections_given_back_total", &[("worker", worker)]), Some(0.0));
+    }
     assert_agree(&m, &c.status().unwrap());
     // Without workers' metrics gathered, nothing is missed.
     assert_eq!(m.value("clusterd_worker_scrapes_missed_total", &[]), Some(0.0));
@@ -184,7 +190,12 @@ fn metrics_follow_handoffs_sessions_a_kill_and_a_reload_and_agree_with_status() 
     assert_eq!(reply["ok"], true, "{reply}");
     c.wait_status("one worker", |s| s["workers"].as_array().unwrap().len() == 1);
     let m = scrape(&metrics_at);
-    for name in ["clusterd_worker_connections", "clusterd_worker_rss_bytes", "clusterd_connections_handed_off_total"] {
+    for name in [
+        "clusterd_worker_connections",
+        "clusterd_worker_rss_bytes",
+        "clusterd_connections_handed_off_total",
+        "clusterd_worker_connections_given_back_total",
+    ] {
         assert!(
             m.samples(name).iter().all(|s| s.labels.get("worker") == Some("0")),
             "{name} of slot 0 only:\n{}",

@@ -191,6 +191,7 @@ fn bad_handbacks_are_refused_and_cost_nothing() {
     assert!(get(addr, "/").body.contains(&format!("pid {pid}")));
     let status = c.wait_status("the worker still ready", |s| worker(s, 0)["state"] == "ready");
     assert_eq!(worker_pid(&status, 0), pid, "the worker was not replaced");
+    assert_eq!(worker(&status, 0)["given_back"], 0, "a refused handback is not counted as given back");
     let refused =
         c.output.snapshot().iter().filter(|l| l.contains("a connection the worker gave back was refused")).count();
     assert_eq!(refused, 1, "said once: {}", c.stderr_dump());
@@ -263,7 +264,9 @@ fn without_the_preload_workers_run_as_before() {
 /// requests, and the next request on the same connection is answered by its successor.
 fn a_kept_alive_connection_moves_to_the_next_worker(serialization: &str) {
     use std::io::Write;
-    let (mut c, addr) = node_pool("keepalive-worker.cjs", 1, &["--serialization", serialization], &[]);
+    let (mut c, addr) =
+        node_pool("keepalive-worker.cjs", 1, &["--serialization", serialization, "--metrics", "127.0.0.1:0"], &[]);
+    let metrics_at = metrics_addr(&c);
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut ask = || {
@@ -279,6 +282,11 @@ fn a_kept_alive_connection_moves_to_the_next_worker(serialization: &str) {
     let new = worker_pid(&status, 0);
     let second = ask();
     assert!(second.body.contains(&format!("pid {new}")), "answered by the new worker {new}: {}", second.body);
+    // The one connection given back by the old worker's preload, counted in the slot's series
+    // (the old worker's row of `status` went with it); the new worker gave nothing back.
+    let m = scrape(&metrics_at);
+    assert_eq!(m.value("clusterd_worker_connections_given_back_total", &[("worker", "0")]), Some(1.0), "{}", m.text);
+    assert_eq!(worker(&c.status().unwrap(), 0)["given_back"], 0);
     assert!(c.output.snapshot().iter().all(|l| !l.contains("was refused")), "{}", c.stderr_dump());
     c.signal(Signal::SIGTERM);
     assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());

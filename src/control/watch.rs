@@ -181,6 +181,7 @@ mod tests {
             sessions: 0,
             at_capacity: false,
             dropped: 0,
+            given_back: 0,
             uptime_ms: None,
             failures: 0,
             crash_loop: false,

@@ -6,7 +6,8 @@
 //!   accept loops ─► accepted{listener} ┐
 //!   route tasks  ─► (accept instant)   │  hot counters: atomics, incremented where the event
 //!   worker tasks ─► handed_off{worker},├─ happens; read by the scrape, never locked by the
-//!                   handoff_seconds    │  hot path
+//!                   given_back{worker},│  hot path
+//!                   handoff_seconds    │
 //!   relays       ─► bus messages/drops ┘
 //!
 //!   scrape task ──Request::Status──► dispatcher (the same document as `status --json`)
@@ -55,6 +56,7 @@ pub struct Hot {
     handoff: Histogram,
     accepted: IntCounterVec,
     handed_off: IntCounterVec,
+    given_back: IntCounterVec,
     bus_messages: IntCounter,
     bus_dropped: IntCounter,
     scrapes_missed: IntCounter,
@@ -97,6 +99,14 @@ impl Hot {
             &["worker"],
         )
         .expect("a valid counter");
+        let given_back = IntCounterVec::new(
+            Opts::new(
+                "clusterd_worker_connections_given_back_total",
+                "Connections a worker slot's processes gave back to be routed again (kept-alive connections whose next request belongs to another worker, idle ones at a drain).",
+            ),
+            &["worker"],
+        )
+        .expect("a valid counter");
         let bus_messages = IntCounter::new(
             "clusterd_bus_messages_total",
             "Frames workers sent on the bus (publishes, sends, requests, answers) that the relay handled.",
@@ -112,10 +122,11 @@ impl Hot {
             "Workers whose own metrics were left out of a scrape (no answer by the deadline, or garbage).",
         )
         .expect("a valid counter");
-        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
             Box::new(handoff.clone()),
             Box::new(accepted.clone()),
             Box::new(handed_off.clone()),
+            Box::new(given_back.clone()),
             Box::new(bus_messages.clone()),
             Box::new(bus_dropped.clone()),
             Box::new(scrapes_missed.clone()),
@@ -123,7 +134,7 @@ impl Hot {
         for collector in collectors {
             registry.register(collector).expect("distinct metric names");
         }
-        Self { registry, handoff, accepted, handed_off, bus_messages, bus_dropped, scrapes_missed }
+        Self { registry, handoff, accepted, handed_off, given_back, bus_messages, bus_dropped, scrapes_missed }
     }
 }
 
@@ -135,6 +146,11 @@ pub fn accepted_counter(addr: &str) -> Option<IntCounter> {
 /// The handoff counter of worker slot `slot`, taken once by each worker task.
 pub fn handed_off_counter(slot: u32) -> Option<IntCounter> {
     hot().map(|h| h.handed_off.with_label_values(&[&slot.to_string()]))
+}
+
+/// The counter of connections worker slot `slot` gave back, taken once by each worker process.
+pub fn given_back_counter(slot: u32) -> Option<IntCounter> {
+    hot().map(|h| h.given_back.with_label_values(&[&slot.to_string()]))
 }
 
 /// The instant a connection was accepted, read only when the handoff histogram is on.
@@ -156,6 +172,7 @@ pub fn handed_off(counter: Option<&IntCounter>, accepted: Option<Instant>) {
 pub fn forget_slot(slot: u32) {
     if let Some(hot) = hot() {
         let _ = hot.handed_off.remove_label_values(&[&slot.to_string()]);
+        let _ = hot.given_back.remove_label_values(&[&slot.to_string()]);
     }
 }
 

@@ -136,6 +136,8 @@ pub struct NodeLink {
     /// Connections handed to this worker, and given back: it may give back no more than it got.
     handed: u64,
     given_back: u64,
+    /// Counts them for `status` and `/metrics`.
+    given_back_counter: crate::worker_link::GivenBack,
     /// The address clusterd bound for each listener group the worker listens on, to tell which a
     /// connection given back belongs to.
     bound: HashMap<u32, String>,
@@ -259,6 +261,7 @@ impl NodeLink {
             fds: PendingFds::default(),
             handed: 0,
             given_back: 0,
+            given_back_counter: crate::worker_link::GivenBack::new(launch),
             bound: HashMap::new(),
             refused_handback: false,
             preload: false,
@@ -521,6 +524,7 @@ impl NodeLink {
                 match handback(fd, Vec::new(), group, None, &self.limits) {
                     Ok(handoff) => {
                         self.given_back += 1;
+                        self.given_back_counter.count();
                         self.acknowledge(Control::Ack);
                         crate::listener::reroute_handback(handoff, self.limits, self.routes.clone());
                         return;

@@ -51,8 +51,15 @@ impl Dispatcher {
         let count = self.slots.iter().filter(|s| !s.removing).count() as u32;
         let slot = &mut self.slots[index];
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let launch =
-            Launch { slot: slot.id, incarnation, generation: self.generation, count, dropped: Arc::clone(&dropped) };
+        let given_back = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let launch = Launch {
+            slot: slot.id,
+            incarnation,
+            generation: self.generation,
+            count,
+            dropped: Arc::clone(&dropped),
+            given_back: Arc::clone(&given_back),
+        };
         let handle = worker::launch(Arc::clone(&self.settings), launch, self.events_tx.clone());
         Process {
             incarnation,
@@ -62,6 +69,7 @@ impl Dispatcher {
             ready: false,
             greeted: false,
             dropped,
+            given_back,
             generation: self.generation,
             draining_since: None,
             carried: 0,
@@ -666,6 +674,7 @@ impl Dispatcher {
                 sessions: p.map_or(0, |c| self.pools.sessions(c.incarnation)),
                 at_capacity: p.is_some_and(|c| self.pools.is_full(c.incarnation)),
                 dropped: p.map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed)),
+                given_back: p.map_or(0, |c| c.given_back.load(std::sync::atomic::Ordering::Relaxed)),
                 uptime_ms: p.map(|c| u64::try_from((now - c.started).as_millis()).unwrap_or(u64::MAX)),
                 failures: if stable { 0 } else { slot.streak.failed_starts },
                 crash_loop: !stable && slot.streak.failed_starts >= CRASH_LOOP_AFTER,

@@ -111,6 +111,8 @@ struct Process {
     greeted: bool,
     /// Bus messages dropped for it.
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Connections it gave back to be routed again (counted by its worker task).
+    given_back: Arc<std::sync::atomic::AtomicU64>,
     generation: u64,
     /// When it was asked to drain (or began draining on its own): it takes no new connection.
     draining_since: Option<Instant>,

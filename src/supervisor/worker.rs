@@ -22,7 +22,7 @@ use crate::duration::show;
 use crate::listener::Handoff;
 use crate::logs::{LogSink, Output};
 use crate::node::link::NodeLink;
-use crate::worker_link::{Handed, Heard, Launch, Said, StartError};
+use crate::worker_link::{GivenBack, Handed, Heard, Launch, Said, StartError};
 
 /// Connections queued for one worker; the route tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
@@ -239,6 +239,7 @@ async fn run(
     let mut upkeep = Upkeep::new(&settings, launch.incarnation, started);
     // `clusterd_connections_handed_off_total{worker}`: the slot's series, taken once.
     let handed_off = crate::metrics::handed_off_counter(launch.slot);
+    let given_back = GivenBack::new(&launch);
     let mut asks = super::gather::Asks::default();
     if ready {
         upkeep.on_ready();
@@ -273,6 +274,7 @@ async fn run(
                         Said::Handback(handoff) => {
                             // Counted closed here, and routed again as a new connection.
                             let group = handoff.group;
+                            given_back.count();
                             crate::listener::reroute_handback(*handoff, settings.limits, settings.routes.clone());
                             Some(EventKind::ConnectionsClosed(vec![group]))
                         }
@@ -437,7 +439,7 @@ async fn run(
     // reused (pids are handed out in sequence, so that takes a full wrap).
     sweep_group(pid);
     settings.spawner.swept(pid);
-    read_after_exit(&mut link, &settings, &report, launch.slot).await;
+    read_after_exit(&mut link, &settings, &report, launch.slot, &given_back).await;
     // What it was picked for and never got goes to the workers left (the dispatcher counted the
     // queued ones on this worker until now).
     handoffs.close();
@@ -488,7 +490,7 @@ where
 /// Reads what the worker said before it exited and the exit was seen first (the `select!` picks
 /// either when both are ready): connections it gave back are routed again, closes are counted;
 /// the rest no longer matters. Within [`AFTER_EXIT_READ`].
-async fn read_after_exit<F, R>(link: &mut Link, settings: &Settings, report: &R, slot: u32)
+async fn read_after_exit<F, R>(link: &mut Link, settings: &Settings, report: &R, slot: u32, counter: &GivenBack)
 where
     R: Fn(EventKind) -> F,
     F: std::future::Future<Output = ()>,
@@ -499,6 +501,7 @@ where
         match tokio::time::timeout_at(deadline, link.next()).await {
             Ok(Heard::Said(Said::Handback(handoff))) => {
                 given_back += 1;
+                counter.count();
                 let group = handoff.group;
                 crate::listener::reroute_handback(*handoff, settings.limits, settings.routes.clone());
                 report(EventKind::ConnectionsClosed(vec![group])).await;
