@@ -49,6 +49,10 @@ const SOURCE: &str = "_sio_adapter";
 const MAX_DEFERRED: usize = 1024;
 /// Messages from other hosts may fill a worker's queue up to `--bus-queue` / this much.
 const REMOTE_SHARE: usize = 2;
+/// What the relay reads of an adapter message: type, uid, nsp, requesterUid, data.workerId and
+/// data.requestId.
+const FIELDS: [&[&str]; 6] =
+    [&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"], &["data", "requestId"]];
 
 /// What the bridge to other hosts (`crate::bridge`) tells the relay. Both dialects travel: 0.3.x's
 /// messages name their adapter by `uid`, and 0.2.x's worker ids are made unique for the local
@@ -175,9 +179,7 @@ pub fn start(
 
 impl Relay {
     async fn frame(&mut self, key: u64, frame: Frame) {
-        let paths: [&[&str]; 6] =
-            [&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"], &["data", "requestId"]];
-        let Ok([kind, uid, nsp, requester, worker_id, request]) = frame.select(&paths) else { return };
+        let Ok([kind, uid, nsp, requester, worker_id, request]) = frame.select(&FIELDS) else { return };
         let kind = kind.as_ref().and_then(Value::as_i64);
         let Some(member) = self.members.get_mut(&key) else { return };
         let version = if uid.is_some() { Version::V03 } else { Version::V02 };
@@ -268,8 +270,7 @@ impl Relay {
                 let v03 = self.members.iter().filter(|(_, m)| m.version == Some(Version::V03));
                 let namespaces: BTreeSet<String> =
                     v03.flat_map(|(_, m)| m.adapters.iter().map(|(_, n)| n.clone())).collect();
-                let survivors: Vec<u64> =
-                    self.members.iter().filter(|(_, m)| m.version == Some(Version::V03)).map(|(k, _)| *k).collect();
+                let survivors = self.speaking(Version::V03);
                 for nsp in namespaces {
                     let hello = Value::object([
                         ("type", Value::from(1)),
@@ -290,17 +291,9 @@ impl Relay {
                     self.worker_exit_v02(alias).await;
                 }
                 let Some(adapters) = self.remote.remove(&host) else { return };
-                let survivors: Vec<u64> =
-                    self.members.iter().filter(|(_, m)| m.version == Some(Version::V03)).map(|(k, _)| *k).collect();
+                let survivors = self.speaking(Version::V03);
                 for (uid, nsp) in adapters {
-                    let close = Value::object([
-                        ("type", Value::from(13)),
-                        ("uid", Value::from(uid.as_str())),
-                        ("nsp", Value::from(nsp.as_str())),
-                        ("source", Value::from(SOURCE)),
-                    ]);
-                    let Ok(frame) = Frame::encode(self.mode, &close) else { continue };
-                    let bytes = Bytes::from(frame.into_raw());
+                    let Some(bytes) = self.close_notice(&uid, &nsp) else { continue };
                     for &survivor in &survivors {
                         self.deliver(survivor, bytes.clone()).await;
                     }
@@ -320,9 +313,9 @@ impl Relay {
             Ok(Some(frame)) if decoder.buffered() == 0 => frame,
             _ => return self.malformed(),
         };
-        let paths: [&[&str]; 6] =
-            [&["type"], &["uid"], &["nsp"], &["requesterUid"], &["data", "workerId"], &["data", "requestId"]];
-        let Ok([kind, uid, nsp, requester, worker_id, request]) = frame.select(&paths) else { return self.malformed() };
+        let Ok([kind, uid, nsp, requester, worker_id, request]) = frame.select(&FIELDS) else {
+            return self.malformed();
+        };
         let Some(uid) = uid.as_ref().and_then(Value::as_str) else {
             let kind = kind.as_ref().and_then(Value::as_i64);
             let nsp = nsp.as_ref().and_then(Value::as_str);
@@ -363,8 +356,7 @@ impl Relay {
         worker_id: Option<f64>,
         request: Option<&str>,
     ) {
-        let v02: Vec<u64> =
-            self.members.iter().filter(|(_, m)| m.version == Some(Version::V02)).map(|(k, _)| *k).collect();
+        let v02 = self.speaking(Version::V02);
         let bytes = match kind {
             // WORKER_INIT, WORKER_PING: the worker's id becomes its alias here.
             Some(kind @ (1 | 2)) => {
@@ -417,12 +409,8 @@ impl Relay {
 
     /// Tells the local 0.2.x workers that the worker they know as `id` exited.
     async fn worker_exit_v02(&mut self, id: u64) {
-        let exit =
-            Value::object([("source", Value::from(SOURCE)), ("type", Value::from(3)), ("data", Value::from(id))]);
-        let Ok(frame) = Frame::encode(self.mode, &exit) else { return };
-        let bytes = Bytes::from(frame.into_raw());
-        let v02: Vec<u64> =
-            self.members.iter().filter(|(_, m)| m.version == Some(Version::V02)).map(|(k, _)| *k).collect();
+        let Some(bytes) = self.exit_notice(id) else { return };
+        let v02 = self.speaking(Version::V02);
         for target in v02 {
             self.deliver(target, bytes.clone()).await;
         }
@@ -472,30 +460,38 @@ impl Relay {
         self.members.keys().copied().filter(|&k| k != key).collect()
     }
 
+    /// The workers known to speak `version`.
+    fn speaking(&self, version: Version) -> Vec<u64> {
+        self.members.iter().filter(|(_, m)| m.version == Some(version)).map(|(k, _)| *k).collect()
+    }
+
+    /// 0.3.x: the adapter `uid` of namespace `nsp` is closed (`ADAPTER_CLOSE`).
+    fn close_notice(&self, uid: &str, nsp: &str) -> Option<Bytes> {
+        let close = Value::object([
+            ("type", Value::from(13)),
+            ("uid", Value::from(uid)),
+            ("nsp", Value::from(nsp)),
+            ("source", Value::from(SOURCE)),
+        ]);
+        Frame::encode(self.mode, &close).ok().map(|frame| Bytes::from(frame.into_raw()))
+    }
+
+    /// 0.2.x: the worker the others know as `id` exited (`WORKER_EXIT`).
+    fn exit_notice(&self, id: u64) -> Option<Bytes> {
+        let exit =
+            Value::object([("source", Value::from(SOURCE)), ("type", Value::from(3)), ("data", Value::from(id))]);
+        Frame::encode(self.mode, &exit).ok().map(|frame| Bytes::from(frame.into_raw()))
+    }
+
     /// Tells the survivors that the worker's adapters are gone, in each one's dialect.
     async fn leave(&mut self, key: u64) {
         let Some(dead) = self.members.remove(&key) else { return };
         let mut notices: Vec<(Version, Bytes)> = Vec::new();
         for (uid, nsp) in &dead.adapters {
-            let close = Value::object([
-                ("type", Value::from(13)),
-                ("uid", Value::from(uid.as_str())),
-                ("nsp", Value::from(nsp.as_str())),
-                ("source", Value::from(SOURCE)),
-            ]);
-            if let Ok(frame) = Frame::encode(self.mode, &close) {
-                notices.push((Version::V03, frame.into_raw().into()));
-            }
+            notices.extend(self.close_notice(uid, nsp).map(|bytes| (Version::V03, bytes)));
         }
         if dead.version != Some(Version::V03) {
-            let exit = Value::object([
-                ("source", Value::from(SOURCE)),
-                ("type", Value::from(3)),
-                ("data", Value::from(dead.worker_id)),
-            ]);
-            if let Ok(frame) = Frame::encode(self.mode, &exit) {
-                notices.push((Version::V02, frame.into_raw().into()));
-            }
+            notices.extend(self.exit_notice(dead.worker_id).map(|bytes| (Version::V02, bytes)));
         }
         // The workers of other hosts learn it too, in the dialect the worker spoke (one that never
         // spoke is known to no other host).
