@@ -352,18 +352,22 @@ fn unix_address(path: Option<&Path>) -> Address {
     path.map_or(Address::Unknown, |p| Address::Unix { path: p.as_os_str().as_bytes().to_vec() })
 }
 
+/// A socket address as the native protocol's frames carry it.
+pub(crate) fn address_of(address: &nix::sys::socket::SockaddrStorage) -> Address {
+    if let Some(v4) = address.as_sockaddr_in() {
+        Address::from(SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+    } else if let Some(v6) = address.as_sockaddr_in6() {
+        Address::from(SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+    } else {
+        unix_address(address.as_unix_addr().and_then(|u| u.path()))
+    }
+}
+
 /// The peer's address and IP (TCP only), from what `accept4` gave.
 fn peer_address(peer: Option<&nix::sys::socket::SockaddrStorage>) -> (Address, Option<IpAddr>) {
-    let Some(peer) = peer else { return (Address::Unknown, None) };
-    let socket = if let Some(v4) = peer.as_sockaddr_in() {
-        Some(SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-    } else {
-        peer.as_sockaddr_in6().map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-    };
-    match socket {
-        Some(socket) => (Address::from(socket), Some(socket.ip())),
-        None => (unix_address(peer.as_unix_addr().and_then(|u| u.path())), None),
-    }
+    let address = peer.map_or(Address::Unknown, address_of);
+    let ip = address.socket_addr().map(|a| a.ip());
+    (address, ip)
 }
 
 /// A connection as accepted, before routing.
@@ -546,8 +550,8 @@ fn admit(
                     Some(client) => (client.clone(), client.socket_addr().map(|a| a.ip()), true),
                     None => (peer, ip, false),
                 };
-                let ip = if limits.sticky == Sticky::Ip { ip } else { None };
-                let (http, sid) = (settled.http, settled.sid);
+                let (sid, ip) = sticky_keys(limits.sticky, settled.sid, ip);
+                let http = settled.http;
                 let handoff =
                     Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
                 return dispatch(handoff, routes);
@@ -601,14 +605,21 @@ fn settle(initial: &[u8], limits: &Limits) -> Option<Settled> {
         Sniffed::NotHttp => (false, None),
         Sniffed::Incomplete | Sniffed::TooLong => return None,
     };
-    if http && limits.node {
-        let whole = crate::sniff::request_length(rest).is_some_and(|length| rest.len() >= length);
-        if !whole && rest.len() < WHOLE_REQUEST_MAX {
-            return None;
-        }
+    if http && limits.node && !enough_for_node(rest) {
+        return None;
     }
-    let sid = if limits.sticky == Sticky::Sid { sid } else { None };
     Some(Settled { skip, client, http, sid })
+}
+
+/// Whether clusterd has read what it reads of a Node worker's HTTP connection before handing it
+/// over: the whole request, or [`WHOLE_REQUEST_MAX`] bytes of it.
+fn enough_for_node(bytes: &[u8]) -> bool {
+    bytes.len() >= WHOLE_REQUEST_MAX || crate::sniff::request_length(bytes).is_some_and(|length| bytes.len() >= length)
+}
+
+/// The keys `--sticky` routes by: the Socket.IO session id, the client's IP, or neither.
+fn sticky_keys(sticky: Sticky, sid: Option<String>, ip: Option<IpAddr>) -> (Option<String>, Option<IpAddr>) {
+    (if sticky == Sticky::Sid { sid } else { None }, if sticky == Sticky::Ip { ip } else { None })
 }
 
 fn is_transient(error: &io::Error) -> bool {
@@ -673,9 +684,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     };
     if http && limits.node {
         // Best effort within the same deadline: what is not read by then flows through the fd.
-        while crate::sniff::request_length(&initial).is_none_or(|length| initial.len() < length)
-            && initial.len() < WHOLE_REQUEST_MAX
-        {
+        while !enough_for_node(&initial) {
             let want = WHOLE_REQUEST_MAX - initial.len();
             match tokio::time::timeout_at(deadline, client.read_some(&mut initial, want.min(64 * 1024))).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
@@ -684,8 +693,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
             }
         }
     }
-    let sid = if limits.sticky == Sticky::Sid { sid } else { None };
-    let ip = if limits.sticky == Sticky::Ip { ip } else { None };
+    let (sid, ip) = sticky_keys(limits.sticky, sid, ip);
     let Ok(fd) = client.into_fd() else { return };
     let handoff = Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
     dispatch(handoff, &routes);

@@ -234,18 +234,7 @@ pub(crate) fn handback(
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let peer: SockaddrStorage = getpeername(raw).map_err(|e| format!("gave back a socket with no peer ({e})"))?;
     let local: Option<SockaddrStorage> = getsockname(raw).ok();
-    let address = |a: &SockaddrStorage| -> Address {
-        if let Some(v4) = a.as_sockaddr_in() {
-            Address::from(std::net::SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
-        } else if let Some(v6) = a.as_sockaddr_in6() {
-            Address::from(std::net::SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
-        } else if let Some(path) = a.as_unix_addr().and_then(|u| u.path()) {
-            use std::os::unix::ffi::OsStrExt;
-            Address::Unix { path: path.as_os_str().as_bytes().to_vec() }
-        } else {
-            Address::Unknown
-        }
-    };
+    let address = crate::listener::address_of;
     let unix = peer.family() == Some(AddressFamily::Unix);
     let (peer, local) =
         (claimed.clone().unwrap_or_else(|| address(&peer)), local.as_ref().map_or(Address::Unknown, address));

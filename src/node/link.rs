@@ -27,6 +27,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use clusterd_worker::protocol::Address;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -519,19 +520,17 @@ impl NodeLink {
             Some(_) if self.given_back >= self.handed => {
                 format!("more than the {} connections it was handed", self.handed)
             }
-            Some(fd) => {
-                let group = self.group_of(&fd);
-                match handback(fd, Vec::new(), group, None, &self.limits) {
-                    Ok(handoff) => {
-                        self.given_back += 1;
-                        self.given_back_counter.count();
-                        self.acknowledge(Control::Ack);
-                        crate::listener::reroute_handback(handoff, self.limits, self.routes.clone());
-                        return;
-                    }
-                    Err(why) => why,
+            Some(fd) => match handback(fd, Vec::new(), None, None, &self.limits) {
+                Ok(mut handoff) => {
+                    handoff.group = self.group_of(&handoff.local);
+                    self.given_back += 1;
+                    self.given_back_counter.count();
+                    self.acknowledge(Control::Ack);
+                    crate::listener::reroute_handback(handoff, self.limits, self.routes.clone());
+                    return;
                 }
-            }
+                Err(why) => why,
+            },
         };
         if !self.refused_handback {
             self.refused_handback = true;
@@ -552,19 +551,14 @@ impl NodeLink {
 
     /// The listener group a connection given back came from, by its local address: one the worker
     /// listens on, else clusterd's own listeners (`None`).
-    fn group_of(&self, fd: &OwnedFd) -> Option<u32> {
-        use nix::sys::socket::{SockaddrStorage, getsockname};
-        let local: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(fd)).ok()?;
+    fn group_of(&self, local: &Address) -> Option<u32> {
         let matches = |bound: &str| -> bool {
             if let Some(path) = bound.strip_prefix("unix:") {
-                return local.as_unix_addr().and_then(|u| u.path()).is_some_and(|p| p == std::path::Path::new(path));
+                use std::os::unix::ffi::OsStrExt;
+                return matches!(local, Address::Unix { path: own }
+                    if std::path::Path::new(std::ffi::OsStr::from_bytes(own)) == std::path::Path::new(path));
             }
-            let Ok(bound) = bound.parse::<std::net::SocketAddr>() else { return false };
-            let local = if let Some(v4) = local.as_sockaddr_in() {
-                std::net::SocketAddr::from(std::net::SocketAddrV4::from(*v4))
-            } else if let Some(v6) = local.as_sockaddr_in6() {
-                std::net::SocketAddr::from(std::net::SocketAddrV6::from(*v6))
-            } else {
+            let (Ok(bound), Some(local)) = (bound.parse::<std::net::SocketAddr>(), local.socket_addr()) else {
                 return false;
             };
             local.port() == bound.port() && (bound.ip().is_unspecified() || bound.ip() == local.ip())
