@@ -294,11 +294,12 @@ impl Relay {
 
     /// Queues one message for every subscriber of `channel`: one head and one payload, shared.
     async fn publish(&mut self, key: u64, from: u32, channel: &str, payload: Bytes, echo: bool) {
+        let subscribed = self.subscriptions.contains_key(channel);
         let handed = match &self.bridge {
-            Some(bridge) => bridge.publish(channel, &payload, || self.subscriptions.contains_key(channel)),
+            Some(bridge) => bridge.publish(channel, &payload, || subscribed),
             None => crate::bridge::Handed::No,
         };
-        if !self.subscriptions.contains_key(channel) {
+        if !subscribed {
             return;
         }
         if handed == crate::bridge::Handed::First {
