@@ -768,6 +768,32 @@ fn broadcast_round(
     result
 }
 
+/// Publishes `messages` payloads on `channel` as fast as Redis takes them (pipelines of 8), the
+/// i-th being `cycle[i % cycle.len()]`.
+fn publish_flood(url: &str, channel: &str, messages: usize, cycle: &[&[u8]]) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut connection = client.get_connection().expect("a Redis connection");
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(8) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("PUBLISH").arg(channel).arg(cycle[i % cycle.len()]).ignore();
+        }
+        pipe.query::<()>(&mut connection).expect("PUBLISH");
+    }
+}
+
+/// A flood's memory check: clusterd's peak (`idle`, `peak`: `memory_of` before and after) grew
+/// less than `bound`.
+fn assert_flood_bounded((idle, peak): (u64, u64), bound: u64, status: &Value) {
+    assert!(
+        peak.saturating_sub(idle) < bound,
+        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
+        peak.saturating_sub(idle) >> 20,
+        idle >> 20,
+        bound >> 20
+    );
+}
+
 /// The end of a flood: a hello of a made-up host, published once the flood's last PUBLISH was
 /// answered (Redis queues a subscriber's messages in the order it ran the PUBLISHes), makes the
 /// bridge count 2 hosts once clusterd has taken the whole flood. Published again every 2 s (a
@@ -825,8 +851,6 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
 
     let url = redis.url();
     let flood = std::thread::spawn(move || {
-        let client = redis::Client::open(url).expect("redis url");
-        let mut connection = client.get_connection().expect("a Redis connection");
         let filler = "x".repeat(FRAME);
         let valid =
             format!(r#"{{"source":"_sio_adapter","type":99,"uid":"flood","nsp":"/flood","data":"{filler}"}}"#) + "\n";
@@ -834,25 +858,11 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
         let not_json = node_wire(78, 1, format!("{{{filler}\n").as_bytes());
         let mut not_wire = b"CDB1".to_vec();
         not_wire.extend(std::iter::repeat_n(0xfd, FRAME));
-        let (mut garbage, mut good) = (0, 0);
-        for chunk in 0..MESSAGES / 8 {
-            let mut pipe = redis::pipe();
-            for i in 0..8 {
-                let payload = match (chunk * 8 + i) % 4 {
-                    1 => &not_json,
-                    3 => &not_wire,
-                    _ => &valid,
-                };
-                if payload == &valid {
-                    good += 1
-                } else {
-                    garbage += 1
-                }
-                pipe.cmd("PUBLISH").arg("clusterd:node").arg(&payload[..]).ignore();
-            }
-            pipe.query::<()>(&mut connection).expect("PUBLISH");
-        }
-        (good, garbage)
+        // Half valid, half garbage of two kinds.
+        let cycle = [&valid[..], &not_json, &valid, &not_wire];
+        publish_flood(&url, "clusterd:node", MESSAGES, &cycle);
+        let good = (0..MESSAGES).filter(|i| cycle[i % cycle.len()] == &valid[..]).count();
+        (good, MESSAGES - good)
     });
     // While it floods: the live workers' clients get each other's broadcasts.
     broadcast_round(&mut clients, &mut lines, stopped);
@@ -862,13 +872,7 @@ fn a_redis_flood_toward_a_stopped_node_worker_stays_within_bounded_memory() {
     let (_, peak) = memory_of(a.pid());
     let status = a.status().unwrap();
     kill(victim, Signal::SIGCONT).unwrap();
-    assert!(
-        peak.saturating_sub(idle) < BOUND,
-        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
-        (peak - idle) >> 20,
-        idle >> 20,
-        BOUND >> 20
-    );
+    assert_flood_bounded((idle, peak), BOUND, &status);
     // Every message is accounted for: taken (received), refused (malformed) or dropped (the
     // read-ahead or the bus budget full), and some of each kind happened.
     let counted = |name: &str| bridge[name].as_u64().unwrap();
@@ -975,27 +979,13 @@ fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
     let victim = Pid::from_raw(worker_pid(&a.status().unwrap(), 0));
     let (idle, _) = memory_of(a.pid());
     kill(victim, Signal::SIGSTOP).unwrap();
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut connection = client.get_connection().expect("a Redis connection");
     let payload = vec![0xc1u8; FRAME]; // not MessagePack: socketioxide's business, not clusterd's
-    for _ in 0..MESSAGES / 8 {
-        let mut pipe = redis::pipe();
-        for _ in 0..8 {
-            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
-        }
-        pipe.query::<()>(&mut connection).expect("PUBLISH");
-    }
+    publish_flood(&redis.url(), channel, MESSAGES, &[&payload]);
     let bridge = wait_flood_taken(&redis, &mut a);
     let (_, peak) = memory_of(a.pid());
     let status = a.status().unwrap();
     kill(victim, Signal::SIGCONT).unwrap();
-    assert!(
-        peak.saturating_sub(idle) < BOUND,
-        "clusterd's peak grew {} MiB above its {} MiB before the flood (bound {} MiB)\n{status:#}",
-        (peak - idle) >> 20,
-        idle >> 20,
-        BOUND >> 20
-    );
+    assert_flood_bounded((idle, peak), BOUND, &status);
     let counted = |name: &str| bridge[name].as_u64().unwrap();
     assert!(counted("reconnects") > 0 || counted("received") + counted("dropped") >= MESSAGES as u64, "{bridge:#}");
     let dropped = worker(&status, 0)["dropped"].as_u64().unwrap() + counted("dropped");

@@ -76,16 +76,6 @@ class KeepAliveLoad:
             thread.join(TIMEOUT)
 
 
-@pytest.mark.parametrize("kind", ["aiohttp", "asgi"])
-def test_kept_alive_clients_lose_no_request_through_reloads_and_a_scale_down(start_cluster, kind):
-    cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0", "--grace", "20s"],
-                            [sys.executable, PROBE, kind])
-    cluster.wait_ready(2)
-    load = KeepAliveLoad(cluster.url())
-    _through_reloads_and_a_scale_down(cluster, load)
-    assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
-
-
 class PipeliningLoad(KeepAliveLoad):
     """Clients that write ``DEPTH`` requests ``GET /wait?ms=2`` at once on their kept-alive
     connections, then read their ``DEPTH`` answers, again and again; a request whose answer does
@@ -162,14 +152,16 @@ def _through_reloads_and_a_scale_down(cluster, load) -> None:
         load.finish()
 
 
+@pytest.mark.parametrize("load_class", [KeepAliveLoad, PipeliningLoad], ids=["kept-alive", "pipelining"])
 @pytest.mark.parametrize("kind", ["aiohttp", "asgi"])
-def test_pipelining_clients_lose_no_request_through_reloads_and_a_scale_down(start_cluster, kind):
+def test_clients_lose_no_request_through_reloads_and_a_scale_down(start_cluster, kind, load_class):
+    """Kept-alive clients, one request at a time or pipelining, through reloads and a scale-down."""
     cluster = start_cluster(["--workers", "2", "--listen", "127.0.0.1:0", "--grace", "20s"],
                             [sys.executable, PROBE, kind])
     cluster.wait_ready(2)
-    load = PipeliningLoad(cluster.url())
+    load = load_class(cluster.url())
     _through_reloads_and_a_scale_down(cluster, load)
-    print(f"{kind}: {load.served} pipelined requests served, {len(load.failed)} failed")
+    print(f"{kind}: {load.served} requests served, {len(load.failed)} failed")
     assert not load.failed, f"{len(load.failed)} failed requests of {load.served + len(load.failed)}: {load.failed[:5]}"
 
 
