@@ -169,6 +169,8 @@ pub struct Start<'a> {
     pub routes: &'a mpsc::Sender<crate::listener::RouteMsg>,
     /// How those connections are routed.
     pub limits: crate::listener::Limits,
+    /// Where those connections are counted.
+    pub given_back: crate::worker_link::GivenBack,
 }
 
 /// A `queryServer` being answered.
@@ -262,7 +264,7 @@ impl NodeLink {
             fds: PendingFds::default(),
             handed: 0,
             given_back: 0,
-            given_back_counter: crate::worker_link::GivenBack::new(launch),
+            given_back_counter: settings.given_back,
             bound: HashMap::new(),
             refused_handback: false,
             preload: false,

@@ -186,6 +186,9 @@ async fn run(
         }
     };
     let started = Instant::now();
+    // Connections the worker gives back, counted where they are routed again (here, or in the
+    // Node link for its preload's handbacks).
+    let given_back = GivenBack::new(&launch);
     let started_link = match settings.protocol {
         Protocol::Native => {
             NativeLink::start(&settings, &launch).await.map(|(link, s)| (Link::Native(Box::new(link)), s))
@@ -200,6 +203,7 @@ async fn run(
                 bus_memory: &settings.bus_memory,
                 routes: &settings.routes,
                 limits: settings.limits,
+                given_back: given_back.clone(),
             };
             NodeLink::start(start, &launch, |spec| settings.spawner.spawn(spec))
                 .await
@@ -239,7 +243,6 @@ async fn run(
     let mut upkeep = Upkeep::new(&settings, launch.incarnation, started);
     // `clusterd_connections_handed_off_total{worker}`: the slot's series, taken once.
     let handed_off = crate::metrics::handed_off_counter(launch.slot);
-    let given_back = GivenBack::new(&launch);
     let mut asks = super::gather::Asks::default();
     if ready {
         upkeep.on_ready();
