@@ -406,6 +406,12 @@ impl Task {
         super::lock(&self.shared.local).iter().map(|(c, n)| (c.clone(), *n)).collect()
     }
 
+    /// The local subscriber counts of the adapter channels whose asks wait for every server (not
+    /// the single-server ones): those `PUBSUB NUMSUB` and the shadows count.
+    fn shadowable_counts(&self) -> Vec<(String, u32)> {
+        self.local_counts().into_iter().filter(|(c, _)| channels::adapter(c) && !channels::single_server(c)).collect()
+    }
+
     /// Subscribes on Redis to the bridged channels local workers subscribe to, and only those.
     async fn sync_subscriptions(&mut self, live: &mut Live) -> redis::RedisResult<()> {
         let wanted: BTreeSet<String> = super::lock(&self.shared.local).keys().cloned().collect();
@@ -440,11 +446,7 @@ impl Task {
     /// yet). Once there are such servers, this host shadows its request channels so that they
     /// count each of its workers too, and its asks on those channels are not completed early.
     async fn count_foreign(&mut self, live: &mut Live) -> redis::RedisResult<()> {
-        let channels: Vec<(String, u32)> = self
-            .local_counts()
-            .into_iter()
-            .filter(|(c, _)| channels::adapter(c) && !channels::single_server(c))
-            .collect();
+        let channels = self.shadowable_counts();
         if channels.is_empty() {
             return Ok(());
         }
@@ -491,11 +493,7 @@ impl Task {
         if !self.shadowed {
             return Ok(());
         }
-        let counts: Vec<(String, u32)> = self
-            .local_counts()
-            .into_iter()
-            .filter(|(c, _)| channels::adapter(c) && !channels::single_server(c))
-            .collect();
+        let counts = self.shadowable_counts();
         let needed = counts.iter().map(|(_, n)| n.saturating_sub(1) as usize).max().unwrap_or(0);
         live.shadows.truncate(needed);
         let deadline = self.deadline();
