@@ -431,9 +431,9 @@ impl Run {
     /// seconds / units done). It assumes both would saturate the cores; a run that left them
     /// idle (a latency-bound load) is further below it for that reason, not for the primary.
     ///
-    /// The cores are those the hypervisor left this machine over the run: its `steal` (up to 18 %
-    /// of a core in runs of this bench when both cores are busy) was never this machine's to
-    /// give, to a zero-cost primary or any other.
+    /// The cores are those the hypervisor left this machine over the run: its `steal` (from under
+    /// 1 % to 85 % of a core in runs of this bench) was never this machine's to give, to a
+    /// zero-cost primary or any other.
     fn bound(&self) -> f64 {
         let per_unit = (self.cpu.workers.iter().sum::<f64>() + self.cpu.load) / (self.load.done as f64).max(1.0);
         if per_unit > 0.0 { self.cores_left() / per_unit } else { 0.0 }
@@ -1109,12 +1109,16 @@ fn report(runs: &[Run], tests: &[Test], (tools, plan): (&Tools, &Plan), clusterd
     let busy: Vec<String> = runs
         .iter()
         .filter(|r| r.cpu.other > OTHER_CPU_WARNING * r.cpu.seconds)
-        .map(|r| format!("round {} {} {} ({:.0} %)", r.round, r.test.label(), r.setup.label(), r.cpu.pct(r.cpu.other)))
+        .map(|r| {
+            let (other, stolen) = (r.cpu.pct(r.cpu.other), r.cpu.pct(r.cpu.steal));
+            format!("round {} {} {} ({other:.0} %, {stolen:.0} stolen)", r.round, r.test.label(), r.setup.label())
+        })
         .collect();
     if !busy.is_empty() {
         println!(
             "- **Warning**: the machine was busy beyond the servers and the load generator (more than {:.0} % of one \
-             core) in: {}. Another process was probably running; those figures are skewed.",
+             core) in: {}. Another process was running, or the hypervisor took the CPU (stolen); those figures are \
+             skewed.",
             OTHER_CPU_WARNING * 100.0,
             busy.join(", ")
         );
