@@ -205,29 +205,31 @@ impl Balancer {
         }
     }
 
-    /// The worker owns session `sid` from now on (it created it); replaces a previous owner of the same sid.
-    /// Ignored if `key` is unknown (a session of a process already gone must not resurrect it), and unless
-    /// sticky is `Sid` (nobody would read it).
-    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) {
+    /// The worker owns session `sid` from now on (it created it). Ignored if `key` is unknown (a
+    /// session of a process already gone must not resurrect it), and unless sticky is `Sid` (nobody
+    /// would read it).
+    ///
+    /// A sid another worker of this balancer owns stays that worker's: `Err` with its owner. Session
+    /// ids are random and made by the worker that serves them, so only a worker that read another's
+    /// ids (a bug, or a hostile worker) can report one, and taking it over would cost that worker's
+    /// client its session. (Workers that left the balancer have no sessions left in it.)
+    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), WorkerKey> {
         if self.sticky != Sticky::Sid {
-            return;
+            return Ok(());
         }
-        let Some(i) = self.index(key) else { return };
-        let entry = SidEntry { owner: key, last_used: now };
-        let previous = match self.sessions.get_mut(sid) {
-            Some(existing) => Some(std::mem::replace(existing, entry).owner),
-            None => {
-                self.sessions.insert(sid.into(), entry);
-                None
+        let Some(i) = self.index(key) else { return Ok(()) };
+        match self.sessions.get_mut(sid) {
+            Some(existing) if existing.owner != key => Err(existing.owner),
+            Some(existing) => {
+                existing.last_used = now;
+                Ok(())
             }
-        };
-        if previous == Some(key) {
-            return;
+            None => {
+                self.sessions.insert(sid.into(), SidEntry { owner: key, last_used: now });
+                self.workers[i].sessions += 1;
+                Ok(())
+            }
         }
-        if let Some(old) = previous {
-            self.forget_sessions(old, 1);
-        }
-        self.workers[i].sessions += 1;
     }
 
     /// The session ended; removed only if `key` is its owner (a late close from a former owner must not
@@ -569,7 +571,7 @@ mod tests {
     fn a_full_owner_still_gets_its_sticky_sid_and_an_ip_moves_off_a_full_slot() {
         let now = Instant::now();
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("s1", 10, now);
+        b.session_open("s1", 10, now).unwrap();
         b.set_full(10, true);
         assert_eq!(b.pick(Some("s1"), None, now), Some(10), "the session's state is there");
         assert_eq!(b.pick(None, None, now), Some(11));
@@ -605,7 +607,7 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(30);
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("abc", 10, now);
+        b.session_open("abc", 10, now).unwrap();
         b.set_ready(10, false);
         assert_eq!(b.pick(Some("abc"), None, later), Some(10));
         assert_eq!(b.connections(10), 1);
@@ -623,9 +625,9 @@ mod tests {
     fn a_removed_owners_sid_is_balanced_elsewhere_and_its_sessions_are_gone() {
         let now = Instant::now();
         let mut b = pool(Balance::RoundRobin, Sticky::Sid, 3);
-        b.session_open("a", 10, now);
-        b.session_open("b", 10, now);
-        b.session_open("c", 11, now);
+        b.session_open("a", 10, now).unwrap();
+        b.session_open("b", 10, now).unwrap();
+        b.session_open("c", 11, now).unwrap();
         assert_eq!((b.session_count(), b.sessions(10), b.sessions(11)), (3, 2, 1));
         b.remove_worker(10);
         assert_eq!((b.session_count(), b.sessions(10), b.sessions(11)), (1, 0, 1));
@@ -634,7 +636,7 @@ mod tests {
         assert_eq!(b.connections(10), 0);
         assert_eq!(b.pick(Some("c"), None, now), Some(11), "other owners' sessions stay");
         // A session reported by the dead process afterwards is ignored.
-        b.session_open("d", 10, now);
+        b.session_open("d", 10, now).unwrap();
         assert_eq!(b.session_count(), 1);
     }
 
@@ -643,7 +645,7 @@ mod tests {
         let now = Instant::now();
         for sticky in [Sticky::None, Sticky::Ip] {
             let mut b = pool(Balance::RoundRobin, sticky, 3);
-            b.session_open("abc", 12, now);
+            b.session_open("abc", 12, now).unwrap();
             assert_eq!(b.session_count(), 0, "{sticky:?}: not recorded");
             assert_eq!(b.sessions(12), 0);
             let picked: Vec<_> = (0..3).map(|_| b.pick(Some("abc"), None, now)).collect();
@@ -724,18 +726,21 @@ mod tests {
     }
 
     #[test]
-    fn session_open_replacing_an_owner_updates_both_counters() {
+    fn a_session_stays_with_its_owner_whoever_else_reports_it() {
         let now = Instant::now();
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("s", 10, now);
+        assert_eq!(b.session_open("s", 10, now), Ok(()));
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1));
-        b.session_open("s", 10, now);
+        assert_eq!(b.session_open("s", 10, now), Ok(()));
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1), "same owner again");
-        b.session_open("s", 11, now);
-        assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (0, 1, 1));
-        assert_eq!(b.pick(Some("s"), None, now), Some(11));
-        b.session_open("s", 99, now);
-        assert_eq!((b.sessions(11), b.session_count()), (1, 1), "unknown key ignored");
+        assert_eq!(b.session_open("s", 11, now), Err(10), "another live worker's sid is refused");
+        assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1));
+        assert_eq!(b.pick(Some("s"), None, now), Some(10));
+        assert_eq!(b.session_open("s", 99, now), Ok(()), "unknown key ignored");
+        assert_eq!((b.sessions(10), b.session_count()), (1, 1));
+        // Once its owner is gone, a sid is free again.
+        b.remove_worker(10);
+        assert_eq!(b.session_open("s", 11, now), Ok(()));
         assert_eq!(b.pick(Some("s"), None, now), Some(11));
     }
 
@@ -743,8 +748,7 @@ mod tests {
     fn session_close_by_a_non_owner_does_nothing() {
         let now = Instant::now();
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("s", 10, now);
-        b.session_open("s", 11, now);
+        assert_eq!(b.session_open("s", 11, now), Ok(()));
         b.session_close("s", 10);
         b.session_close("s", 99);
         b.session_close("nope", 11);
@@ -760,9 +764,9 @@ mod tests {
         let base = Instant::now();
         let at = |secs| base + Duration::from_secs(secs);
         let mut b = pool(Balance::RoundRobin, Sticky::Sid, 2);
-        b.session_open("old", 10, at(0));
-        b.session_open("edge", 10, at(40));
-        b.session_open("new", 11, at(90));
+        b.session_open("old", 10, at(0)).unwrap();
+        b.session_open("edge", 10, at(40)).unwrap();
+        b.session_open("new", 11, at(90)).unwrap();
         assert_eq!(b.expire(at(100)), 1, "old: 100s > 60s");
         assert_eq!((b.session_count(), b.sessions(10), b.sessions(11)), (2, 1, 1));
         assert_eq!(b.expire(at(100)), 0, "idempotent");
@@ -785,8 +789,8 @@ mod tests {
         let base = Instant::now();
         let at = |secs| base + Duration::from_secs(secs);
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("a", 11, at(0));
-        b.session_open("b", 11, at(0));
+        b.session_open("a", 11, at(0)).unwrap();
+        b.session_open("b", 11, at(0)).unwrap();
         assert_eq!(b.pick(Some("a"), None, at(50)), Some(11));
         assert_eq!(b.expire(at(100)), 1);
         assert_eq!(b.pick(Some("a"), None, at(100)), Some(11), "a kept its owner");
@@ -817,7 +821,7 @@ mod tests {
             b.set_ready(99, true);
             b.connection_closed(99);
             b.remove_worker(99);
-            b.session_open("s", 99, now);
+            b.session_open("s", 99, now).unwrap();
             b.session_close("s", 99);
             assert_eq!((b.connections(99), b.sessions(99), b.session_count()), (0, 0, 0));
             assert_eq!(b.expire(now), 0);
@@ -836,7 +840,7 @@ mod tests {
         b.add_worker(1, 0);
         assert!(!b.any_ready());
         b.set_ready(1, true);
-        b.session_open("s", 1, now);
+        b.session_open("s", 1, now).unwrap();
         b.pick(None, None, now);
         b.add_worker(1, 5);
         assert!(b.any_ready(), "readiness kept");
@@ -879,10 +883,10 @@ mod tests {
                                 }
                                 match owner {
                                     Owner::Nobody => {}
-                                    Owner::Present(slot) => b.session_open("s", key(slot), now),
+                                    Owner::Present(slot) => b.session_open("s", key(slot), now).unwrap(),
                                     Owner::Removed => {
                                         b.add_worker(99, 9);
-                                        b.session_open("s", 99, now);
+                                        b.session_open("s", 99, now).unwrap();
                                         b.remove_worker(99);
                                     }
                                 }

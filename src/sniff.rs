@@ -150,11 +150,17 @@ pub fn session_id(target: &[u8]) -> Option<String> {
         (percent_decode(key).as_deref() == Some(b"sid")).then_some(value)
     })?;
     let sid = percent_decode(value)?;
-    if !(1..=MAX_SID).contains(&sid.len()) || !sid.iter().all(|&b| b.is_ascii_alphanumeric() || b"_-".contains(&b)) {
+    if !is_session_id(&sid) {
         return None;
     }
     // Only ASCII passed the check above, so the conversion cannot fail.
     String::from_utf8(sid).ok()
+}
+
+/// Whether `sid` can be a session id: 1..=64 bytes of [A-Za-z0-9_-]. The same rule holds for the ids
+/// workers report (`SessionOpen`), so that what a worker says costs no more than what a client can.
+pub fn is_session_id(sid: &[u8]) -> bool {
+    (1..=MAX_SID).contains(&sid.len()) && sid.iter().all(|&b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
 }
 
 /// `%XX` escapes decoded (either case of hex digit); `None` if a `%` is not followed by two hex digits.

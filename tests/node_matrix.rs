@@ -246,6 +246,47 @@ fn unknown_huge_and_handle_messages_never_hurt_clusterd_or_another_worker_with_j
     misbehaving_worker("json");
 }
 
+/// Bad input: the session ids a worker reports (`sticky:connection`) cost what a client's can and
+/// no more. An id no client could send (1 MiB) is not recorded, and another worker's live session
+/// stays with it (taking it over would cost that worker's client its session); both are logged
+/// once, and the worker is acknowledged all the same.
+#[test]
+fn session_ids_a_worker_reports_are_held_to_what_a_client_could_send() {
+    let ports = [free_port().to_string(), free_port().to_string()];
+    let env = [("ROLE", "misbehave"), ("PORT_0", ports[0].as_str()), ("PORT_1", ports[1].as_str())];
+    let mut c = node(2, "matrix-worker.cjs", &[], &env);
+    c.wait_ready(2);
+    wait_said(&c, "listening", 2);
+    let on = |slot: usize| local(ports[slot].parse().unwrap());
+    let sessions = |s: &Value, slot: u64| worker(s, slot)["sessions"].as_u64().unwrap();
+    let (rss_before, _) = memory_of(c.pid());
+
+    assert_eq!(get(on(1), "/session?sid=owned-by-slot-1").body, r#"{"error":null}"#);
+    c.wait_status("slot 1's session recorded", |s| sessions(s, 1) == 1);
+    assert_eq!(get(on(0), "/session?sid=owned-by-slot-1").body, r#"{"error":null}"#);
+    c.output.wait_contains("the worker reported a session another worker owns: not recorded");
+
+    let sids = get_or(&c, on(1), "/sids");
+    let sids: Value = serde_json::from_str(&sids.body).unwrap_or_else(|_| panic!("{}", sids.body));
+    assert!(sids["errors"].as_array().unwrap().iter().all(Value::is_null), "every send completed: {sids}");
+    // Read in order on the worker's channel: once this one is recorded, the 200 were read too.
+    get(on(1), "/session?sid=after-the-big-ones");
+    let status = c.wait_status("slot 1's second valid session recorded", |s| sessions(s, 1) == 2);
+    assert_eq!(sessions(&status, 0), 0, "slot 0 took no session: {status}");
+    assert_eq!(status["sessions"], 2, "{status}");
+    for slot in [0, 1] {
+        assert_eq!(worker(&status, slot)["restarts"], 0, "reporting is no reason to replace: {status}");
+    }
+    let logged = c.output.snapshot().iter().filter(|l| l.contains("a session id no client could send")).count();
+    assert_eq!(logged, 1, "logged once per process: {}", c.stderr_dump());
+    let (rss_after, _) = memory_of(c.pid());
+    assert!(
+        rss_after < rss_before + 32 * 1024 * 1024,
+        "200 MiB of ids reported, none kept: VmRSS {rss_before} before, {rss_after} after"
+    );
+    stop(c);
+}
+
 /// Rows `worker.disconnect()` and `process.disconnect()`: the worker closes its servers (the
 /// former) and its channel; it gets no more connections, leaves, and clusterd starts a new
 /// process in its slot. Requests made after clusterd saw the servers close are all answered.

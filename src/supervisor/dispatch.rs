@@ -75,6 +75,7 @@ impl Dispatcher {
             carried: 0,
             handed_off: 0,
             replacing: None,
+            refused_a_session: false,
         }
     }
 
@@ -184,7 +185,20 @@ impl Dispatcher {
                 }
             }
             EventKind::SessionOpen { seq, sid } => {
-                self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
+                let refused = if crate::sniff::is_session_id(sid.as_bytes()) {
+                    let opened = self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
+                    opened.err().map(|_| "a session another worker owns".to_owned())
+                } else {
+                    Some(format!("a session id no client could send ({} bytes; 1 to 64 of [A-Za-z0-9_-])", sid.len()))
+                };
+                if let Some(why) = refused.filter(|_| !std::mem::replace(&mut process.refused_a_session, true)) {
+                    tracing::warn!(
+                        worker = slot.id,
+                        pid = process.pid,
+                        "the worker reported {why}: not recorded (further ones from this process are not logged)"
+                    );
+                }
+                // Acknowledged all the same: the worker waits for it, and nothing was routed by it.
                 if let Some(seq) = seq {
                     process.handle.send(Command::SessionAck { seq });
                 }

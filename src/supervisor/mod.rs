@@ -123,6 +123,8 @@ struct Process {
     handed_off: u64,
     /// Why it is being replaced while it runs (health checks, recycling), for the log and `status`.
     replacing: Option<String>,
+    /// It reported a session id that cannot be one, or another worker's: logged once.
+    refused_a_session: bool,
 }
 
 impl Process {

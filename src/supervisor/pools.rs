@@ -70,8 +70,16 @@ impl Pools {
         self.all().for_each(|b| b.remove_worker(key));
     }
 
-    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) {
-        self.all().for_each(|b| b.session_open(sid, key, now));
+    /// The worker owns session `sid` (see [`Balancer::session_open`]); `Err` with the owner when
+    /// another worker owns it, and then no balancer records it.
+    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), WorkerKey> {
+        // The main balancer knows every worker and every session: it decides for all of them.
+        self.main.session_open(sid, key, now)?;
+        for group in self.all().skip(1) {
+            // A group's balancer knows only its members, so it cannot see a conflict the main one missed.
+            let _ = group.session_open(sid, key, now);
+        }
+        Ok(())
     }
 
     pub fn session_close(&mut self, sid: &str, key: WorkerKey) {

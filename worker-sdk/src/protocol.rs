@@ -59,7 +59,8 @@ pub enum ToWorker {
     /// socket, travels with this frame (`SCM_RIGHTS`); no other frame carries one.
     Connection(Connection),
     /// Tag 3. clusterd has recorded the session of [`FromWorker::SessionOpen`] with this `seq`:
-    /// from now on it routes requests carrying that session id to this worker.
+    /// from now on it routes requests carrying that session id to this worker. (A session id that
+    /// another worker already owns stays with that worker; it is acknowledged all the same.)
     SessionAck {
         /// The `seq` of the acknowledged `SessionOpen`.
         seq: u32,

@@ -332,7 +332,8 @@ impl Worker {
     /// Reports that this worker created the session `sid` (an Engine.IO session id, 1 to 64
     /// characters of `[A-Za-z0-9_-]`), and returns once clusterd has recorded it. Send the session
     /// id to the client only after this returns: then the client's next request, whichever
-    /// connection it comes on, is routed here.
+    /// connection it comes on, is routed here. (An id another worker already owns stays with
+    /// that worker: clusterd logs it and acknowledges all the same.)
     pub async fn session_open(&self, sid: &str) -> Result<(), Error> {
         if sid.is_empty() || sid.len() > 64 || !sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {

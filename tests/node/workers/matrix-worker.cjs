@@ -13,7 +13,8 @@
 //             primary expects (unknown messages, a 16 MiB one, a net.Server, a net.Socket and a
 //             dgram socket as handles), then listens on port 0 through clusterd, which needs the
 //             channel to still work, and answers with that port. On `GET /huge` it sends one
-//             message over clusterd's 32 MiB limit.
+//             message over clusterd's 32 MiB limit. `GET /session?sid=<id>` reports a session as
+//             @socket.io/sticky's worker half does; `GET /sids` reports 200 ids of 1 MiB.
 //   maxconn   listens on PORT through clusterd; slot 0 with `server.maxConnections = 1`.
 //   disconnect listens on PORT through clusterd; `GET /worker` calls `cluster.worker.disconnect()`,
 //             `GET /process` calls `process.disconnect()`, `GET /process-and-stay` too but keeps
@@ -124,6 +125,15 @@ async function misbehave() {
       // The channel still works: a listen through clusterd needs its answer.
       const after = http.createServer(answer("after\n"));
       after.listen(0, "127.0.0.1", () => res.end(JSON.stringify({ errors, port: after.address().port })));
+    } else if (req.url.startsWith("/session?sid=")) {
+      // Says it opened a Socket.IO session with this id, as @socket.io/sticky's worker half does.
+      const error = await send({ type: "sticky:connection", data: decodeURIComponent(req.url.slice(13)) });
+      res.end(JSON.stringify({ error }));
+    } else if (req.url === "/sids") {
+      // 200 session ids of 1 MiB each: no client could send one.
+      const errors = [];
+      for (let i = 0; i < 200; i++) errors.push(await send({ type: "sticky:connection", data: String(i).padEnd(1 << 20, "s") }));
+      res.end(JSON.stringify({ errors }));
     } else if (req.url === "/huge") {
       res.end("sending\n");
       process.send({ type: "huge", data: "z".repeat(33 * 1024 * 1024) });
