@@ -35,6 +35,22 @@ use crate::config::{Balance, Sticky};
 /// Identifies one worker process (clusterd's "incarnation" number: unique per process, never reused).
 pub type WorkerKey = u64;
 
+/// The most entries of each sticky table (sessions, client IPs) of one balancer: about 100 MiB
+/// of a table at 100 bytes an entry, far above any single host's open sessions, and a bound on
+/// what workers reporting sessions, or clients from many addresses (an IPv6 /64 holds 2^64), can
+/// make clusterd keep for a session TTL. Beyond it a new entry is not recorded: that session is
+/// refused ([`Refused::Full`]), that IP is balanced without being remembered.
+pub const MAX_STICKY_ENTRIES: usize = 1 << 20;
+
+/// Why a worker's report of a session was not recorded ([`Balancer::session_open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Another worker of the balancer owns that session id.
+    OwnedBy(WorkerKey),
+    /// The table holds [`MAX_STICKY_ENTRIES`] sessions.
+    Full,
+}
+
 /// One worker process as the balancer sees it.
 #[derive(Debug, Clone)]
 struct Worker {
@@ -209,21 +225,23 @@ impl Balancer {
     /// session of a process already gone must not resurrect it), and unless sticky is `Sid` (nobody
     /// would read it).
     ///
-    /// A sid another worker of this balancer owns stays that worker's: `Err` with its owner. Session
+    /// A sid another worker of this balancer owns stays that worker's ([`Refused::OwnedBy`]). Session
     /// ids are random and made by the worker that serves them, so only a worker that read another's
     /// ids (a bug, or a hostile worker) can report one, and taking it over would cost that worker's
     /// client its session. (Workers that left the balancer have no sessions left in it.)
-    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), WorkerKey> {
+    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), Refused> {
         if self.sticky != Sticky::Sid {
             return Ok(());
         }
         let Some(i) = self.index(key) else { return Ok(()) };
+        let full = self.sessions.len() >= MAX_STICKY_ENTRIES;
         match self.sessions.get_mut(sid) {
-            Some(existing) if existing.owner != key => Err(existing.owner),
+            Some(existing) if existing.owner != key => Err(Refused::OwnedBy(existing.owner)),
             Some(existing) => {
                 existing.last_used = now;
                 Ok(())
             }
+            None if full => Err(Refused::Full),
             None => {
                 self.sessions.insert(sid.into(), SidEntry { owner: key, last_used: now });
                 self.workers[i].sessions += 1;
@@ -325,7 +343,9 @@ impl Balancer {
             }
         }
         let i = self.balance()?;
-        self.ips.insert(ip, IpEntry { slot: self.workers[i].slot, last_used: now });
+        if self.ips.len() < MAX_STICKY_ENTRIES || self.ips.contains_key(&ip) {
+            self.ips.insert(ip, IpEntry { slot: self.workers[i].slot, last_used: now });
+        }
         Some(i)
     }
 
@@ -733,7 +753,7 @@ mod tests {
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1));
         assert_eq!(b.session_open("s", 10, now), Ok(()));
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1), "same owner again");
-        assert_eq!(b.session_open("s", 11, now), Err(10), "another live worker's sid is refused");
+        assert_eq!(b.session_open("s", 11, now), Err(Refused::OwnedBy(10)), "another live worker's sid is refused");
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1));
         assert_eq!(b.pick(Some("s"), None, now), Some(10));
         assert_eq!(b.session_open("s", 99, now), Ok(()), "unknown key ignored");
@@ -742,6 +762,32 @@ mod tests {
         b.remove_worker(10);
         assert_eq!(b.session_open("s", 11, now), Ok(()));
         assert_eq!(b.pick(Some("s"), None, now), Some(11));
+    }
+
+    #[test]
+    fn the_sticky_tables_stop_growing_at_their_bound() {
+        let now = Instant::now();
+        let mut b = pool(Balance::RoundRobin, Sticky::Sid, 2);
+        for n in 0..MAX_STICKY_ENTRIES {
+            b.session_open(&n.to_string(), 10, now).unwrap();
+        }
+        assert_eq!(b.session_open("one-more", 11, now), Err(Refused::Full));
+        assert_eq!(b.session_open("0", 10, now), Ok(()), "a known session is still refreshed");
+        assert_eq!(
+            (b.session_count(), b.sessions(10), b.sessions(11)),
+            (MAX_STICKY_ENTRIES, MAX_STICKY_ENTRIES as u64, 0)
+        );
+        b.session_close("0", 10);
+        assert_eq!(b.session_open("one-more", 11, now), Ok(()), "room again");
+
+        let mut b = pool(Balance::RoundRobin, Sticky::Ip, 2);
+        for n in 0..MAX_STICKY_ENTRIES as u128 {
+            b.pick(None, Some(IpAddr::V6((0x2001_0db8_u128 << 96 | n).into())), now);
+        }
+        let unseen = Some(IpAddr::V6((0x2001_0db9_u128 << 96).into()));
+        let picks: Vec<_> = (0..4).map(|_| b.pick(None, unseen, now)).collect();
+        assert_eq!(picks, [Some(10), Some(11), Some(10), Some(11)], "a new IP is balanced, not remembered");
+        assert_eq!(b.expire(now + TTL * 2), MAX_STICKY_ENTRIES);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::exit::{ExitInfo, START_FAILED};
 use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
+use crate::balancer::{MAX_STICKY_ENTRIES, Refused};
 use crate::config::ListenAddr;
 use crate::duration::show;
 use crate::listener::{Route, RouteMsg};
@@ -187,7 +188,10 @@ impl Dispatcher {
             EventKind::SessionOpen { seq, sid } => {
                 let refused = if crate::sniff::is_session_id(sid.as_bytes()) {
                     let opened = self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
-                    opened.err().map(|_| "a session another worker owns".to_owned())
+                    opened.err().map(|refused| match refused {
+                        Refused::OwnedBy(_) => "a session another worker owns".to_owned(),
+                        Refused::Full => format!("a session beyond the {MAX_STICKY_ENTRIES} clusterd keeps"),
+                    })
                 } else {
                     Some(format!("a session id no client could send ({} bytes; 1 to 64 of [A-Za-z0-9_-])", sid.len()))
                 };

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::balancer::{Balancer, WorkerKey};
+use crate::balancer::{Balancer, Refused, WorkerKey};
 use crate::config::{Balance, ListenAddr, Sticky};
 
 /// A listener that workers asked for.
@@ -70,9 +70,9 @@ impl Pools {
         self.all().for_each(|b| b.remove_worker(key));
     }
 
-    /// The worker owns session `sid` (see [`Balancer::session_open`]); `Err` with the owner when
-    /// another worker owns it, and then no balancer records it.
-    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), WorkerKey> {
+    /// The worker owns session `sid` (see [`Balancer::session_open`]); when the main balancer refuses
+    /// it (another worker owns it, or its table is full), no balancer records it.
+    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), Refused> {
         // The main balancer knows every worker and every session: it decides for all of them.
         self.main.session_open(sid, key, now)?;
         for group in self.all().skip(1) {
