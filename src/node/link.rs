@@ -616,7 +616,9 @@ impl NodeLink {
                 "the worker sent a handle with process.send(); clusterd takes none: refused (NODE_HANDLE_NACK)"
             );
         }
-        self.send(&Value::object([("cmd", Value::from("NODE_HANDLE_NACK"))]));
+        // Through `acknowledge`, past the queue's bound: a refusal dropped on a full queue would
+        // leave Node holding every later message of this worker.
+        self.acknowledge(Control::Nack);
     }
 
     /// A `NODE_CLUSTER` message from the worker.
