@@ -287,6 +287,25 @@ fn session_ids_a_worker_reports_are_held_to_what_a_client_could_send() {
     stop(c);
 }
 
+/// Bad input: cluster adapter packets that no adapter sends (`data: null`, options that are not
+/// lists, ...), from one worker, throw in the other workers' adapters. clusterd relays adapter
+/// packets as they come (as Node's primary does), and its preload drops such a packet in the
+/// worker that gets it, with one warning, instead of letting it end that worker: the other
+/// worker's clients keep their connections and its adapter keeps working.
+#[test]
+fn malformed_adapter_packets_from_one_worker_cost_the_others_nothing() {
+    let mut c = node(2, "socketio-worker.cjs", &["--listen", "127.0.0.1:0"], &[]);
+    let addr = listen_addr(&c.wait_ready(2));
+    let result = client("bad_adapter.mjs", &[&format!("http://{addr}")]);
+    assert_eq!(result["sent"], 5, "{result}");
+    c.output.wait_contains("CLUSTERD_ADAPTER_PACKET");
+    let status = c.status().expect("clusterd runs");
+    for slot in [0, 1] {
+        assert_eq!(worker(&status, slot)["restarts"], 0, "no worker was replaced: {status}");
+    }
+    stop(c);
+}
+
 /// Rows `worker.disconnect()` and `process.disconnect()`: the worker closes its servers (the
 /// former) and its channel; it gets no more connections, leaves, and clusterd starts a new
 /// process in its slot. Requests made after clusterd saw the servers close are all answered.

@@ -1,7 +1,8 @@
 // clusterd's preload for Node.js workers (README, "Drains and kept-alive connections"; off with
 // `--node-preload off`). clusterd writes this file at start and adds `--require <it>` to the
 // workers' NODE_OPTIONS. It does nothing until clusterd drains the worker, except remember the
-// sockets of `http.Server`s. At the drain (`{cmd: "NODE_CLUSTERD_DRAIN", spread}` from clusterd,
+// sockets of `http.Server`s and keep a malformed cluster adapter packet from another worker from
+// ending this one (below, before the drain's handler). At the drain (`{cmd: "NODE_CLUSTERD_DRAIN", spread}` from clusterd,
 // before Node's own `disconnect`):
 //
 // - each idle kept-alive socket (no request begun on it, as Node's own `closeIdleConnections`
@@ -274,6 +275,35 @@
     idleOf.clear();
     const spread = Math.max(0, Number(message.spread) || 0);
     endSpread(spread, () => say({ cmd: "NODE_CLUSTERD_DRAINED" }));
+  }
+
+  // A cluster adapter packet another worker sent (clusterd relays them as they came, as Node's
+  // primary does) that this worker's adapter cannot handle (`data: null`, say) throws in the
+  // adapter's `message` listener, out of Node's channel, and would end this worker and its
+  // clients for another worker's bug. Such a packet is dropped here instead, with one warning.
+  // One property read per message; the application's own messages are left alone.
+  try {
+    const emit = process.emit;
+    let dropped = 0;
+    process.emit = function (event, message) {
+      if (event !== "message" || message == null || message.source !== "_sio_adapter") {
+        return emit.apply(this, arguments);
+      }
+      try {
+        return emit.apply(this, arguments);
+      } catch (error) {
+        if (dropped++ === 0) {
+          process.emitWarning(
+            `dropped a cluster adapter packet (type ${String(message.type)}) from another worker that this ` +
+              `worker's adapter could not handle: ${error && error.message}; later ones are dropped without a warning`,
+            { code: "CLUSTERD_ADAPTER_PACKET" },
+          );
+        }
+        return true;
+      }
+    };
+  } catch {
+    // Left alone: such a packet then ends the worker, as under Node's primary.
   }
 
   process.on("internalMessage", (message) => {

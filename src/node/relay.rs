@@ -45,7 +45,9 @@ use crate::relay::STUCK_AFTER;
 
 const SOURCE: &str = "_sio_adapter";
 /// Notices kept for a worker that has not spoken yet; beyond that its adapter's own heartbeat
-/// timeout (0.3.x) has to do.
+/// timeout (0.3.x) has to do. Also the most adapters (uid, namespace) and namespaces remembered
+/// for one worker or one other host: what a worker says costs the relay a bounded table, and an
+/// answer to an adapter beyond it is not routed (its asker times out, as with a lost answer).
 const MAX_DEFERRED: usize = 1024;
 /// Messages from other hosts may fill a worker's queue up to `--bus-queue` / this much.
 const REMOTE_SHARE: usize = 2;
@@ -191,7 +193,9 @@ impl Relay {
         let targets: Vec<u64> = match uid.as_ref().and_then(Value::as_str) {
             Some(uid) => {
                 let nsp = nsp.as_ref().and_then(Value::as_str).unwrap_or("/");
-                member.adapters.insert((uid.to_owned(), nsp.to_owned()));
+                if member.adapters.len() < MAX_DEFERRED {
+                    member.adapters.insert((uid.to_owned(), nsp.to_owned()));
+                }
                 if matches!(kind, Some(8 | 10)) {
                     // A response: to the worker that owns the requesting adapter, only.
                     let requester = requester.as_ref().and_then(Value::as_str).unwrap_or_default();

@@ -7,7 +7,8 @@
 // and the handlers below give the tests something to ask:
 //   whoami -> {worker, pid}; "echo" (payload) -> ack(payload); "broadcast" (payload) -> io.emit("broadcast", payload, worker);
 //   "fetch" -> ack(ids of io.fetchSockets()); "server ask" -> serverSideEmit with acks;
-//   "ask all" -> io.timeout().emit("question") acks; "join all" (room) -> io.socketsJoin(room).
+//   "ask all" -> io.timeout().emit("question") acks; "join all" (room) -> io.socketsJoin(room);
+//   "send bad adapter packets" -> malformed cluster adapter packets to the other workers.
 "use strict";
 const http = require("http");
 const { Server } = require("socket.io");
@@ -72,3 +73,18 @@ io.on("connection", (socket) => {
   });
 });
 io.on("server question", (from, ack) => ack({ from, answeredBy: worker }));
+// For tests/node/bad_adapter.mjs: cluster adapter packets no adapter sends (each one throws in a
+// 0.3 adapter that gets it), written to the primary as the adapter writes its own.
+const BAD_ADAPTER_PACKETS = [
+  { type: 3, data: null },
+  { type: 3, data: { opts: null, packet: { type: 2, data: ["x"], nsp: "/" } } },
+  { type: 3, data: { opts: { rooms: 5, except: [] }, packet: { type: 2, data: ["x"], nsp: "/" } } },
+  { type: 7, data: null },
+  { type: 9, data: { packet: 5 } },
+];
+io.on("connection", (socket) => {
+  socket.on("send bad adapter packets", (ack) => {
+    for (const packet of BAD_ADAPTER_PACKETS) process.send({ source: "_sio_adapter", uid: "bad", nsp: "/", ...packet });
+    ack(BAD_ADAPTER_PACKETS.length);
+  });
+});
