@@ -141,10 +141,11 @@ try {
     );
     Object.assign(result, { dead, fetch, serverAsk, reconnected });
   } else {
-    // A broadcast with a Buffer from one client reaches every client, as binary.
+    // A broadcast with a Buffer from one client reaches every client: as binary, or as what
+    // arrived instead (`value`: Node's JSON channel turns a Buffer into `{type, data}`).
     const payload = Buffer.from([1, 2, 3, 250]);
     const received = Promise.all(
-      clients.map((c) => new Promise((resolve) => c.socket.once("broadcast", (data, from) => resolve({ binary: Buffer.isBuffer(data) || data instanceof ArrayBuffer, bytes: [...new Uint8Array(Buffer.isBuffer(data) ? data : data instanceof ArrayBuffer ? data : [])], from })))),
+      clients.map((c) => new Promise((resolve) => c.socket.once("broadcast", (data, from) => resolve({ binary: Buffer.isBuffer(data) || data instanceof ArrayBuffer, bytes: [...new Uint8Array(Buffer.isBuffer(data) ? data : data instanceof ArrayBuffer ? data : [])], value: Buffer.isBuffer(data) || data instanceof ArrayBuffer ? null : data, from })))),
     );
     clients[0].socket.emit("broadcast", payload);
     result.broadcast = await received;
