@@ -81,7 +81,11 @@ fn interop(sticky: &str, adapter: &str, serialization: &str) {
         } else {
             // As Node's JSON channel does: `{type: "Buffer", data}` on the other worker.
             assert_eq!(got["binary"], false, "client {i}: {got}");
-            assert_eq!(got["value"], serde_json::json!({"type": "Buffer", "data": [1, 2, 3, 250]}), "client {i}: {got}");
+            assert_eq!(
+                got["value"],
+                serde_json::json!({"type": "Buffer", "data": [1, 2, 3, 250]}),
+                "client {i}: {got}"
+            );
         }
     }
     assert_eq!(len(&result["fetch"]["ids"]), 6, "fetchSockets sees every client: {result}");

@@ -12,8 +12,12 @@ const server = http.createServer((req, res) => res.end(`worker ${slot} pid ${pro
 server.listen(0, "127.0.0.1", () => console.log(`listening on ${server.address().port}`));
 
 const send = (message, handle) => new Promise((resolve) => process.send(message, handle, {}, () => resolve()));
+// GARBAGE_SLOT: only that slot sends the garbage (the others serve); it waits for SIGUSR2 first,
+// so that a test can open connections to the other workers before.
+const garbage = process.env.GARBAGE_SLOT === undefined || Number(process.env.GARBAGE_SLOT) === slot;
+const start = (go) => (process.env.GARBAGE_SLOT === undefined ? go() : process.once("SIGUSR2", go));
 const own = net.createServer(() => {});
-own.listen({ port: 0, host: "127.0.0.1", exclusive: true }, async () => {
+if (garbage) start(() => own.listen({ port: 0, host: "127.0.0.1", exclusive: true }, async () => {
   await send({ cmd: "NODE_CLUSTERD_HANDBACK" });
   await send({ cmd: "NODE_CLUSTERD_HANDBACK" }, own);
   const udp = dgram.createSocket("udp4");
@@ -24,4 +28,4 @@ own.listen({ port: 0, host: "127.0.0.1", exclusive: true }, async () => {
   await Promise.all(flood.map((s) => new Promise((resolve) => s.once("connect", resolve))));
   for (const socket of flood) await send({ cmd: "NODE_CLUSTERD_HANDBACK" }, socket._handle);
   console.log("garbage sent");
-});
+}));
