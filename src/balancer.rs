@@ -276,6 +276,16 @@ impl Balancer {
         self.index(key).map_or(0, |i| self.workers[i].sessions)
     }
 
+    /// Whether the process is in this pool (ready or not).
+    pub fn contains(&self, key: WorkerKey) -> bool {
+        self.index(key).is_some()
+    }
+
+    /// Whether the pool has no process at all.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
     /// All sid sessions known.
     pub fn session_count(&self) -> usize {
         self.sessions.len()

@@ -176,6 +176,14 @@ pub fn forget_slot(slot: u32) {
     }
 }
 
+/// A listener closed (the workers that asked for it closed their servers): its series goes
+/// with it, so that ports opened and closed over time do not pile up series.
+pub fn forget_listener(addr: &str) {
+    if let Some(hot) = hot() {
+        let _ = hot.accepted.remove_label_values(&[addr]);
+    }
+}
+
 /// The relay handled a frame from a worker.
 pub fn bus_message() {
     if let Some(hot) = hot() {

@@ -169,6 +169,17 @@ impl Dispatcher {
                 if let Some(addr) = self.pools.leave(group, event.incarnation) {
                     tracing::info!(worker = slot.id, pid = process.pid, %addr, "the worker closed its server");
                 }
+                // A process on its way out closes its servers too (Node's `disconnect` at a
+                // drain): that is an exit, and the listener stays for the process that takes
+                // over. Only a serving worker's close can be the last word on it.
+                if process.draining_since.is_none()
+                    && self.stop.is_none()
+                    && let Some(addr) = self.pools.close_if_unused(group)
+                {
+                    tracing::info!(%addr, "no worker listens on it any more: listener closed");
+                    // Connections held for a worker of it are closed, not held in vain.
+                    self.release_group(group);
+                }
             }
             EventKind::Listen { seq, addr, index } => {
                 // A process that listens once its drain began (a Node worker that calls
@@ -470,6 +481,7 @@ impl Dispatcher {
     fn holds(&mut self, group: Option<u32>, sid: &str) -> bool {
         self.config.protocol == crate::config::Protocol::Node
             && self.held.len() < MAX_HELD
+            && group.is_none_or(|g| self.pools.is_open(g))
             && !self.pools.knows_sid(group, sid)
     }
 
@@ -550,7 +562,7 @@ impl Dispatcher {
         let picked = self.pick_open(group, sid.as_deref(), ip);
         if picked.is_none()
             && may_hold
-            && group.is_some()
+            && group.is_some_and(|g| self.pools.is_open(g))
             && self.config.protocol == crate::config::Protocol::Node
             && self.held.len() < MAX_HELD
         {
@@ -798,12 +810,18 @@ impl Dispatcher {
             return (answer, None);
         }
         if let Some((group, bound)) = self.pools.find_group(&asked, index) {
+            if let Err(refused) = self.pools.admit(key, Some(group)) {
+                return (refuse(slot, addr, &refused), None);
+            }
             self.pools.join(group, key, slot, ready);
             return (ListenResult::Bound { addr: bound }, Some(group));
         }
         if self.listening.iter().any(|l| *l == asked.to_string()) {
             // clusterd already serves it to every worker (--listen).
             return (ListenResult::Bound { addr: asked.to_string() }, None);
+        }
+        if let Err(refused) = self.pools.admit(key, None) {
+            return (refuse(slot, addr, &refused), None);
         }
         let bound = match crate::listener::bind_all(std::slice::from_ref(&asked)) {
             Ok(mut bound) => bound.remove(0),
@@ -813,12 +831,28 @@ impl Dispatcher {
             }
         };
         let (addr, unix_path) = (bound.addr().to_owned(), bound.unix_path());
-        let group = self.pools.add_group(asked, index, addr.clone(), unix_path);
-        if let Err(error) = crate::listener::serve_one(bound, Some(group), self.limits, self.routes.clone()) {
-            return (ListenResult::Failed { reason: error.to_string() }, None);
-        }
+        let group = self.pools.next_group();
+        let accepting = match crate::listener::serve_group(bound, group, self.limits, self.routes.clone()) {
+            Ok(accepting) => accepting,
+            Err(error) => {
+                // The socket is closed with `bound`; the file it made goes too.
+                if let Some(path) = &unix_path {
+                    let _ = std::fs::remove_file(path);
+                }
+                tracing::warn!(worker = slot, %addr, %error, "cannot accept on a listener a worker asked for");
+                return (ListenResult::Failed { reason: error.to_string() }, None);
+            }
+        };
+        self.pools.add_group(asked, index, addr.clone(), unix_path, accepting);
         tracing::info!(worker = slot, %addr, "listening for the workers that ask");
         self.pools.join(group, key, slot, ready);
         (ListenResult::Bound { addr }, Some(group))
     }
+}
+
+/// A listen refused for a bound ([`super::pools::Refused`]): the worker hears why (a Node
+/// worker's `server.listen` emits `error` with EMFILE), and the operator reads it.
+fn refuse(slot: u32, addr: &str, refused: &super::pools::Refused) -> ListenResult {
+    tracing::warn!(worker = slot, addr, "refused a listen: {refused}");
+    ListenResult::Failed { reason: refused.to_string() }
 }
