@@ -200,3 +200,55 @@ fn a_forged_listen_index_and_listens_past_the_worker_bound_are_refused() {
     assert_eq!(worker(&status, 0)["restarts"], 0, "{status}");
     stop(c);
 }
+
+/// The bound on listeners in all: workers that each listen on their own address (so that no
+/// two share a listener) reach it together; the listens past it fail (EMFILE), the others and
+/// clusterd carry on, and a closed listener makes room for a new one.
+#[test]
+fn listens_past_the_bound_on_listeners_in_all_are_refused() {
+    const MAX_GROUPS: u64 = 256;
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let env: Vec<(String, String)> =
+        ports.iter().enumerate().map(|(i, p)| (format!("CONTROL_PORT_{i}"), p.to_string())).collect();
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let mut c = start(5, &env);
+    c.wait_ready(5);
+    c.wait_status("the five control servers' listeners", |s| listeners(s) == 5);
+    // Each worker on a loopback address of its own: 4 x 50, then the last one past the bound.
+    for (slot, port) in ports.iter().enumerate().take(4) {
+        let held = ask(&c, u64::from(*port), &format!("/hold?n=50&host=127.0.0.{}", slot + 2));
+        assert_eq!(held["errors"], serde_json::json!([]), "slot {slot}: {held}");
+    }
+    let last = u64::from(ports[4]);
+    let held = ask(&c, last, "/hold?n=55&host=127.0.0.6");
+    assert_eq!(held["listening"], MAX_GROUPS - 5 - 200, "{held}");
+    assert_eq!(held["errors"], serde_json::json!(["EMFILE", "EMFILE", "EMFILE", "EMFILE"]), "{held}");
+    c.output.wait_contains("refused a listen: too many listeners");
+    assert_eq!(listeners(&c.status().unwrap()) as u64, MAX_GROUPS);
+
+    // One closed makes room for one more.
+    let port = port_on(&c, "127.0.0.6");
+    assert_eq!(ask(&c, last, &format!("/close?port={port}"))["closed"], true);
+    c.wait_status("one listener closed", |s| listeners(s) as u64 == MAX_GROUPS - 1);
+    let again = ask(&c, last, "/hold?n=1&host=127.0.0.6");
+    assert_eq!(again["errors"], serde_json::json!([]), "{again}");
+    for port in &ports {
+        assert!(get(local(u64::from(*port)), "/").body.starts_with("slot "));
+    }
+    stop(c);
+}
+
+/// The port of a listener clusterd bound on `host`, from its status.
+fn port_on(c: &Cluster, host: &str) -> u64 {
+    let status = c.status().unwrap();
+    let prefix = format!("{host}:");
+    let addr = status["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|a| a.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("a listener on {host}: {status}"))
+        .to_owned();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}

@@ -7,7 +7,8 @@
 //   /listen?port=P    listens on 127.0.0.1:P (or ?path=F, a Unix socket) and keeps the server;
 //                     answers {port} or {path}, or {error: <code>}
 //   /close?port=P     closes that server (or ?path=F); answers {closed}
-//   /hold?n=N         N more servers on port 0, kept; answers {listening, errors: [<code>...]}
+//   /hold?n=N         N more servers on port 0 of 127.0.0.1 (or &host=H), kept; answers
+//                     {listening, errors: [<code>...]}
 //   /forge?n=I        sends clusterd a `queryServer` with index I, as no Node makes one (this
 //                     worker never listened I times), and answers clusterd's {errno}
 //   anything else     `slot <n> pid <pid>`
@@ -66,8 +67,9 @@ async function control(req, res) {
     }
     case "/hold": {
       const errors = [];
+      const host = url.searchParams.get("host") || "127.0.0.1";
       for (let i = 0; i < n; i++) {
-        const got = await listen(0, "127.0.0.1");
+        const got = await listen(0, host);
         if (got.error) errors.push(got.error);
         else servers.set(got.where, got.server);
       }
