@@ -28,7 +28,7 @@
 //! `status` (`0..N`, stable across restarts), so their number is bounded by the pool size; the
 //! slot's series go with the slot when the pool is scaled down. Restart reasons, reload results,
 //! replacement reasons and worker states are fixed sets; listeners are the addresses clusterd
-//! listens on. A scrape allocates in proportion to the pool and the listeners, never to traffic.
+//! listens on (a closed listener's series goes with it). A scrape allocates in proportion to the pool and the listeners, never to traffic.
 
 pub mod exposition;
 pub mod prom_client;
