@@ -15,10 +15,16 @@ use support::*;
 
 /// clusterd with `workers` listen-lifetime workers; `env` goes to the workers.
 fn start(workers: usize, env: &[(&str, String)]) -> Cluster {
+    start_with(workers, &[], env)
+}
+
+/// [`start`], with more arguments for clusterd.
+fn start_with(workers: usize, args: &[&str], env: &[(&str, String)]) -> Cluster {
     let script = node_dir().join("workers/listen-lifetime-worker.cjs");
     let workers = workers.to_string();
     let mut builder = Builder::new()
         .args(&["--protocol", "node", "--workers", &workers])
+        .args(args)
         .program(&["node", script.to_str().unwrap()]);
     for (key, value) in env {
         builder = builder.env(key, value);
@@ -71,10 +77,10 @@ fn stop(mut c: Cluster) {
 
 /// Review 16: a worker that keeps one server and opens and closes another 500 times left
 /// clusterd with a bound listener (and its fd) per cycle. Each closed server's listener goes,
-/// and the kept one still serves.
+/// with its metrics series, and the kept one still serves.
 #[test]
 fn listen_and_close_cycles_leave_no_listener_and_no_fd_behind() {
-    let mut c = start(1, &[]);
+    let mut c = start_with(1, &["--metrics", "127.0.0.1:0"], &[]);
     c.wait_ready(1);
     let control = wait_control(&c, 0, &[])["port"].as_u64().unwrap();
     c.wait_status("the control server's listener", |s| listeners(s) == 1);
@@ -89,6 +95,9 @@ fn listen_and_close_cycles_leave_no_listener_and_no_fd_behind() {
     });
     let answer = get(local(control), "/");
     assert!(answer.body.starts_with("slot 0 "), "the kept server still serves: {}", answer.body);
+    let metrics = scrape(&metrics_addr(&c));
+    let series = metrics.samples("clusterd_connections_accepted_total");
+    assert_eq!(series.len(), 1, "one listener's series, the kept one's: {} series", series.len());
     stop(c);
 }
 
