@@ -258,3 +258,100 @@ impl Pools {
         self.groups.values().filter_map(|g| g.unix_path.clone()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::listener::{Limits, RouteMsg};
+    use tokio::sync::mpsc;
+
+    fn pools() -> Pools {
+        Pools::new(Balance::LeastConnection, Sticky::None, Duration::from_secs(60))
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            sniff_bytes: 1024,
+            sniff_timeout: Duration::from_secs(1),
+            sticky: Sticky::None,
+            node: true,
+            tcp_nodelay: false,
+            proxy_protocol: false,
+        }
+    }
+
+    /// Binds `asked` and adds its group, as the dispatcher's `listen_for` does.
+    fn bind(pools: &mut Pools, asked: &str, routes: &mpsc::Sender<RouteMsg>) -> (u32, String) {
+        let asked: ListenAddr = asked.parse().expect("an address");
+        let bound = crate::listener::bind_all(std::slice::from_ref(&asked)).expect("bind").remove(0);
+        let (addr, unix_path) = (bound.addr().to_owned(), bound.unix_path());
+        let id = pools.next_group();
+        let accepting = crate::listener::serve_group(bound, id, limits(), routes.clone()).expect("serve");
+        assert_eq!(pools.add_group(asked, 0, addr.clone(), unix_path, accepting), id);
+        (id, addr)
+    }
+
+    #[tokio::test]
+    async fn the_last_member_closes_a_group_whose_id_is_never_given_again() {
+        let (routes, _heard) = mpsc::channel(16);
+        let mut pools = pools();
+        let (group, addr) = bind(&mut pools, "127.0.0.1:0", &routes);
+        pools.join(group, 1, 0, true);
+        pools.join(group, 2, 1, true);
+        pools.leave(group, 1);
+        assert_eq!(pools.close_if_unused(group), None, "worker 2 is still in it");
+        assert!(std::net::TcpStream::connect(&addr).is_ok());
+        // A worker that exits leaves no member behind either, yet only a close closes.
+        pools.remove_worker(2);
+        assert!(pools.is_open(group));
+        assert_eq!(pools.close_if_unused(group).as_deref(), Some(addr.as_str()));
+        assert!(!pools.is_open(group));
+        assert_eq!(pools.bound().count(), 0);
+        // Refused from the close on, not once the accept task has run.
+        let refused = std::net::TcpStream::connect(&addr).expect_err("the port is closed");
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        // A connection that carries the closed id finds no pool, and no other group's.
+        assert_eq!(pools.pick(Some(group), None, None, Instant::now()), None);
+        pools.connection_closed(Some(group), 1);
+        // The same address can be bound again at once; it is a new group.
+        let (again, _) = bind(&mut pools, &addr, &routes);
+        assert_ne!(again, group);
+        pools.join(again, 3, 0, true);
+        assert_eq!(pools.pick(Some(again), None, None, Instant::now()), Some(3));
+        assert_eq!(pools.pick(Some(group), None, None, Instant::now()), None);
+    }
+
+    #[tokio::test]
+    async fn a_closed_unix_group_removes_its_socket_file() {
+        let (routes, _heard) = mpsc::channel(16);
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("app.sock");
+        let mut pools = pools();
+        let (group, _) = bind(&mut pools, &format!("unix:{}", path.display()), &routes);
+        assert!(path.exists());
+        assert!(pools.close_if_unused(group).is_some());
+        assert!(!path.exists());
+        assert!(pools.unix_paths().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_worker_is_in_at_most_max_groups_per_worker() {
+        let (routes, _heard) = mpsc::channel(16);
+        let mut pools = pools();
+        let mut groups = Vec::new();
+        for _ in 0..MAX_GROUPS_PER_WORKER {
+            assert!(pools.admit(1, None).is_ok());
+            let (group, _) = bind(&mut pools, "127.0.0.1:0", &routes);
+            pools.join(group, 1, 0, true);
+            groups.push(group);
+        }
+        assert!(matches!(pools.admit(1, None), Err(Refused::TooManyForWorker)));
+        // Joining one it is in already costs nothing; another worker is not affected.
+        assert!(pools.admit(1, Some(groups[0])).is_ok());
+        assert!(pools.admit(2, Some(groups[0])).is_ok());
+        assert!(pools.admit(2, None).is_ok());
+        pools.leave(groups[0], 1);
+        assert!(pools.close_if_unused(groups[0]).is_some());
+        assert!(pools.admit(1, None).is_ok());
+    }
+}
