@@ -261,3 +261,31 @@ fn port_on(c: &Cluster, host: &str) -> u64 {
         .to_owned();
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
+
+/// The documented choice for a listener whose workers all exited and were not replaced (a
+/// scale-down to fewer workers than listened on it; their drain closes their servers): it stays
+/// bound while the pool may grow back, and a worker that comes back finds it.
+#[test]
+fn a_listener_whose_workers_were_scaled_away_stays_bound() {
+    let ctl = [free_port(), free_port()];
+    let env = [("CONTROL_PORT_0", ctl[0].to_string()), ("CONTROL_PORT_1", ctl[1].to_string())];
+    let mut c = start(2, &env);
+    c.wait_ready(2);
+    let gone = wait_control(&c, 1, &[])["pid"].as_i64().unwrap();
+    let addr = format!("127.0.0.1:{}", ctl[1]);
+    c.wait_status("both control listeners", |s| lists(s, &addr) && listeners(s) == 2);
+
+    let reply = c.request(r#"{"command":"scale","workers":1}"#).expect("scale answered");
+    assert!(reply.get("error").is_none(), "{reply}");
+    wait_gone(gone as i32, "slot 1's worker");
+    let status = c.wait_status("slot 1 removed", |s| s["workers"].as_array().is_some_and(|w| w.len() == 1));
+    assert!(lists(&status, &addr), "slot 1's listener is kept: {status}");
+
+    let reply = c.request(r#"{"command":"scale","workers":2}"#).expect("scale answered");
+    assert!(reply.get("error").is_none(), "{reply}");
+    let back = wait_control(&c, 1, &[gone]);
+    assert_eq!(back["port"], u64::from(ctl[1]), "{back}");
+    let answer = get(local(u64::from(ctl[1])), "/");
+    assert!(answer.body.starts_with(&format!("slot 1 pid {}", back["pid"])), "{}", answer.body);
+    stop(c);
+}
