@@ -117,6 +117,8 @@ pub struct NodeLink {
     /// The `queryServer`s on port 0 the worker sent: Node numbers a worker's listens on one
     /// address from 0 (`index`), so a genuine index is below this count.
     zero_listens: u32,
+    /// `queryServer`s refused for their index (for the log's pace).
+    refused_listens: u64,
     /// The key of each listener group the worker asked for (newconn messages carry it).
     keys: HashMap<u32, String>,
     /// What the worker task has yet to hear.
@@ -258,6 +260,7 @@ impl NodeLink {
             listens: HashMap::new(),
             next_listen: 1,
             zero_listens: 0,
+            refused_listens: 0,
             keys: HashMap::new(),
             pending: VecDeque::new(),
             chunk: vec![0; READ_CHUNK],
@@ -691,13 +694,17 @@ impl NodeLink {
                     Some(0)
                 };
                 let Some(index) = index else {
-                    tracing::warn!(
-                        worker = self.slot,
-                        %addr,
-                        index = ?message.get("index"),
-                        "refused a listen: its index is out of range (the worker made only {} listens on port 0)",
-                        self.zero_listens
-                    );
+                    self.refused_listens += 1;
+                    if crate::proxy_protocol::worth_logging(self.refused_listens) {
+                        tracing::warn!(
+                            worker = self.slot,
+                            %addr,
+                            index = ?message.get("index"),
+                            refused = self.refused_listens,
+                            "refused a listen: its index is out of range (the worker made only {} listens on port 0)",
+                            self.zero_listens
+                        );
+                    }
                     self.reply_query(&query, Err(-22));
                     return Ok(());
                 };
@@ -824,7 +831,10 @@ impl NodeLink {
                 self.reply_query(&query, Ok(port));
             }
             clusterd_worker::protocol::ListenResult::Failed { reason } => {
-                tracing::warn!(worker = self.slot, "a server.listen() of the worker failed: {reason}");
+                // A refusal for clusterd's bounds was logged where it was decided, at its pace.
+                if !reason.starts_with("too many listeners") {
+                    tracing::warn!(worker = self.slot, "a server.listen() of the worker failed: {reason}");
+                }
                 // UV_EADDRINUSE is what Node reports for most bind failures a worker can act on;
                 // UV_EMFILE for clusterd's bounds on listeners (`too many listeners`).
                 let errno = if reason.contains("in use") {

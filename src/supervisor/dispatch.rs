@@ -811,7 +811,7 @@ impl Dispatcher {
         }
         if let Some((group, bound)) = self.pools.find_group(&asked, index) {
             if let Err(refused) = self.pools.admit(key, Some(group)) {
-                return (refuse(slot, addr, &refused), None);
+                return (self.refuse(slot, addr, &refused), None);
             }
             self.pools.join(group, key, slot, ready);
             return (ListenResult::Bound { addr: bound }, Some(group));
@@ -821,7 +821,7 @@ impl Dispatcher {
             return (ListenResult::Bound { addr: asked.to_string() }, None);
         }
         if let Err(refused) = self.pools.admit(key, None) {
-            return (refuse(slot, addr, &refused), None);
+            return (self.refuse(slot, addr, &refused), None);
         }
         let bound = match crate::listener::bind_all(std::slice::from_ref(&asked)) {
             Ok(mut bound) => bound.remove(0),
@@ -848,11 +848,16 @@ impl Dispatcher {
         self.pools.join(group, key, slot, ready);
         (ListenResult::Bound { addr }, Some(group))
     }
-}
 
-/// A listen refused for a bound ([`super::pools::Refused`]): the worker hears why (a Node
-/// worker's `server.listen` emits `error` with EMFILE), and the operator reads it.
-fn refuse(slot: u32, addr: &str, refused: &super::pools::Refused) -> ListenResult {
-    tracing::warn!(worker = slot, addr, "refused a listen: {refused}");
-    ListenResult::Failed { reason: refused.to_string() }
+    /// A listen refused for a bound ([`super::pools::Refused`]): the worker hears why (a Node
+    /// worker's `server.listen` emits `error` with EMFILE), and the operator reads it: the
+    /// first ten, then every power of two, so that a worker that retries in a loop does not
+    /// drown the log.
+    fn refuse(&mut self, slot: u32, addr: &str, refused: &super::pools::Refused) -> ListenResult {
+        let n = self.pools.count_refused();
+        if crate::proxy_protocol::worth_logging(n) {
+            tracing::warn!(worker = slot, addr, refused = n, "refused a listen: {refused}");
+        }
+        ListenResult::Failed { reason: refused.to_string() }
+    }
 }

@@ -64,6 +64,8 @@ pub struct Pools {
     groups: BTreeMap<u32, Group>,
     /// The id of the next group: ids are never reused.
     next_group: u32,
+    /// Listens refused for a bound since clusterd started (for the log's pace).
+    refused: u64,
     method: Balance,
     sticky: Sticky,
     ttl: Duration,
@@ -73,7 +75,7 @@ impl Pools {
     pub fn new(method: Balance, sticky: Sticky, ttl: Duration) -> Self {
         let seed = u64::from(std::process::id());
         let main = Balancer::new(method, sticky, seed, ttl);
-        Self { main, groups: BTreeMap::new(), next_group: 0, method, sticky, ttl }
+        Self { main, groups: BTreeMap::new(), next_group: 0, refused: 0, method, sticky, ttl }
     }
 
     fn all(&mut self) -> impl Iterator<Item = &mut Balancer> {
@@ -184,6 +186,12 @@ impl Pools {
             }
         }
         Ok(())
+    }
+
+    /// Counts a listen refused by [`Pools::admit`]; returns the count so far.
+    pub fn count_refused(&mut self) -> u64 {
+        self.refused += 1;
+        self.refused
     }
 
     /// The id the next [`Pools::add_group`] gives, for its listener's connections to carry.
