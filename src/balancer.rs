@@ -39,12 +39,12 @@ pub type WorkerKey = u64;
 /// of a table at 100 bytes an entry, far above any single host's open sessions, and a bound on
 /// what workers reporting sessions, or clients from many addresses (an IPv6 /64 holds 2^64), can
 /// make clusterd keep for a session TTL. Beyond it a new entry is not recorded: that session is
-/// refused ([`Refused::Full`]), that IP is balanced without being remembered.
+/// refused ([`SessionRefused::Full`]), that IP is balanced without being remembered.
 pub const MAX_STICKY_ENTRIES: usize = 1 << 20;
 
 /// Why a worker's report of a session was not recorded ([`Balancer::session_open`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub enum SessionRefused {
     /// Another worker of the balancer owns that session id.
     OwnedBy(WorkerKey),
     /// The table holds [`MAX_STICKY_ENTRIES`] sessions.
@@ -225,23 +225,23 @@ impl Balancer {
     /// session of a process already gone must not resurrect it), and unless sticky is `Sid` (nobody
     /// would read it).
     ///
-    /// A sid another worker of this balancer owns stays that worker's ([`Refused::OwnedBy`]). Session
+    /// A sid another worker of this balancer owns stays that worker's ([`SessionRefused::OwnedBy`]). Session
     /// ids are random and made by the worker that serves them, so only a worker that read another's
     /// ids (a bug, or a hostile worker) can report one, and taking it over would cost that worker's
     /// client its session. (Workers that left the balancer have no sessions left in it.)
-    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), Refused> {
+    pub fn session_open(&mut self, sid: &str, key: WorkerKey, now: Instant) -> Result<(), SessionRefused> {
         if self.sticky != Sticky::Sid {
             return Ok(());
         }
         let Some(i) = self.index(key) else { return Ok(()) };
         let full = self.sessions.len() >= MAX_STICKY_ENTRIES;
         match self.sessions.get_mut(sid) {
-            Some(existing) if existing.owner != key => Err(Refused::OwnedBy(existing.owner)),
+            Some(existing) if existing.owner != key => Err(SessionRefused::OwnedBy(existing.owner)),
             Some(existing) => {
                 existing.last_used = now;
                 Ok(())
             }
-            None if full => Err(Refused::Full),
+            None if full => Err(SessionRefused::Full),
             None => {
                 self.sessions.insert(sid.into(), SidEntry { owner: key, last_used: now });
                 self.workers[i].sessions += 1;
@@ -294,6 +294,16 @@ impl Balancer {
     /// Sid sessions owned by a worker (0 if unknown).
     pub fn sessions(&self, key: WorkerKey) -> u64 {
         self.index(key).map_or(0, |i| self.workers[i].sessions)
+    }
+
+    /// Whether the process is in this pool (ready or not).
+    pub fn contains(&self, key: WorkerKey) -> bool {
+        self.index(key).is_some()
+    }
+
+    /// Whether the pool has no process at all.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
     }
 
     /// All sid sessions known.
@@ -753,7 +763,11 @@ mod tests {
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1));
         assert_eq!(b.session_open("s", 10, now), Ok(()));
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1), "same owner again");
-        assert_eq!(b.session_open("s", 11, now), Err(Refused::OwnedBy(10)), "another live worker's sid is refused");
+        assert_eq!(
+            b.session_open("s", 11, now),
+            Err(SessionRefused::OwnedBy(10)),
+            "another live worker's sid is refused"
+        );
         assert_eq!((b.sessions(10), b.sessions(11), b.session_count()), (1, 0, 1));
         assert_eq!(b.pick(Some("s"), None, now), Some(10));
         assert_eq!(b.session_open("s", 99, now), Ok(()), "unknown key ignored");
@@ -771,7 +785,7 @@ mod tests {
         for n in 0..MAX_STICKY_ENTRIES {
             b.session_open(&n.to_string(), 10, now).unwrap();
         }
-        assert_eq!(b.session_open("one-more", 11, now), Err(Refused::Full));
+        assert_eq!(b.session_open("one-more", 11, now), Err(SessionRefused::Full));
         assert_eq!(b.session_open("0", 10, now), Ok(()), "a known session is still refreshed");
         assert_eq!(
             (b.session_count(), b.sessions(10), b.sessions(11)),

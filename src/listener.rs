@@ -18,11 +18,13 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clusterd_worker::protocol::Address;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenAddr, Sticky};
 use crate::sniff::{Sniffed, response, sniff};
@@ -308,13 +310,62 @@ struct Listening {
     unix: bool,
 }
 
-/// Starts the accept loop of one listener; its connections go to the pool of `group`.
+/// Starts the accept loop of one listener; its connections go to the pool of `group`. It runs
+/// as long as clusterd does.
 pub fn serve_one(
     listener: Bound,
     group: Option<u32>,
     limits: Limits,
     routes: mpsc::Sender<RouteMsg>,
 ) -> io::Result<()> {
+    // Never cancelled: dropping the token does not cancel it.
+    start(listener, group, limits, routes, CancellationToken::new()).map(drop)
+}
+
+/// A listener that workers asked for (`Worker::listen`, Node's `server.listen`), whose accept
+/// loop stops and whose socket closes when no worker wants it any more ([`Accepting::close`]).
+pub struct Accepting {
+    socket: Arc<tokio::io::unix::AsyncFd<OwnedFd>>,
+    stop: CancellationToken,
+}
+
+impl Accepting {
+    /// Stops accepting at once: new connections are refused from this call on (the socket is
+    /// shut down here, not when the accept task next runs, so that an address closed and asked
+    /// for again can be bound again straight away), and the accept task ends and closes the fd.
+    /// Connections already accepted go on to be routed by the group id they carry.
+    pub fn close(self) {
+        self.stop.cancel();
+        // A listening TCP socket shut down for reading leaves the LISTEN state: the kernel
+        // refuses new connections (RST) and resets those not yet accepted. A Unix one refuses
+        // them too. The fd itself is closed by the accept task, which holds the other reference.
+        if let Err(error) =
+            nix::sys::socket::shutdown(self.socket.get_ref().as_raw_fd(), nix::sys::socket::Shutdown::Read)
+        {
+            tracing::debug!(%error, "shutting a listener down failed; it closes when its accept task ends");
+        }
+    }
+}
+
+/// Starts the accept loop of a listener workers asked for, for the pool of `group`.
+pub fn serve_group(
+    listener: Bound,
+    group: u32,
+    limits: Limits,
+    routes: mpsc::Sender<RouteMsg>,
+) -> io::Result<Accepting> {
+    let stop = CancellationToken::new();
+    let socket = start(listener, Some(group), limits, routes, stop.clone())?;
+    Ok(Accepting { socket, stop })
+}
+
+fn start(
+    listener: Bound,
+    group: Option<u32>,
+    limits: Limits,
+    routes: mpsc::Sender<RouteMsg>,
+    stop: CancellationToken,
+) -> io::Result<Arc<tokio::io::unix::AsyncFd<OwnedFd>>> {
     let (addr, fd, local, unix) = match listener {
         Bound::Tcp { addr, listener } => {
             listener.set_nonblocking(true)?;
@@ -341,10 +392,11 @@ pub fn serve_one(
     };
     // Node workers never see the local address: a `newconn` carries the fd alone.
     let local = if limits.node { Local::Known(Address::Unknown) } else { local };
-    let listener = crate::accept::watch(fd)?;
+    let listener = Arc::new(crate::accept::watch(fd)?);
     let listening = Listening { group, limits, routes, local, unix };
-    tokio::spawn(async move { accept_loop(&addr, listener, listening).await });
-    Ok(())
+    let socket = Arc::clone(&listener);
+    tokio::spawn(async move { accept_loop(&addr, &listener, listening, stop).await });
+    Ok(socket)
 }
 
 fn unix_address(path: Option<&Path>) -> Address {
@@ -455,7 +507,12 @@ impl Client {
     }
 }
 
-async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, listening: Listening) {
+async fn accept_loop(
+    addr: &str,
+    listener: &tokio::io::unix::AsyncFd<OwnedFd>,
+    listening: Listening,
+    stop: CancellationToken,
+) {
     use std::os::fd::AsFd;
     let mut backoff = Duration::from_millis(5);
     let counter = crate::metrics::accepted_counter(addr);
@@ -464,7 +521,14 @@ async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, li
     // on, glibc merges its small free chunks first).
     let mut scratch = Vec::with_capacity(FIRST_READ);
     loop {
-        let mut guard = match listener.readable().await {
+        // Stopped first: a socket shut down by `Accepting::close` reads as ready, and its
+        // accept fails (EINVAL), which is no reason to log or retry.
+        let ready = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            ready = listener.readable() => ready,
+        };
+        let mut guard = match ready {
             Ok(guard) => guard,
             Err(error) => {
                 tracing::error!(addr, %error, "waiting for connections failed; retrying in 1s");
@@ -497,6 +561,7 @@ async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, li
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     break;
                 }
+                Err(_) if stop.is_cancelled() => return,
                 Err(error) => {
                     // Not expected from a listening socket; keep serving rather than go deaf.
                     tracing::error!(addr, %error, "accept failed; retrying in 1s");
@@ -511,7 +576,7 @@ async fn accept_loop(addr: &str, listener: tokio::io::unix::AsyncFd<OwnedFd>, li
         } else if !drained {
             tokio::task::yield_now().await;
         }
-        if listening.routes.is_closed() {
+        if listening.routes.is_closed() || stop.is_cancelled() {
             return;
         }
     }

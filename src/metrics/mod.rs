@@ -28,7 +28,7 @@
 //! `status` (`0..N`, stable across restarts), so their number is bounded by the pool size; the
 //! slot's series go with the slot when the pool is scaled down. Restart reasons, reload results,
 //! replacement reasons and worker states are fixed sets; listeners are the addresses clusterd
-//! listens on. A scrape allocates in proportion to the pool and the listeners, never to traffic.
+//! listens on (a closed listener's series goes with it). A scrape allocates in proportion to the pool and the listeners, never to traffic.
 
 pub mod exposition;
 pub mod prom_client;
@@ -173,6 +173,14 @@ pub fn forget_slot(slot: u32) {
     if let Some(hot) = hot() {
         let _ = hot.handed_off.remove_label_values(&[&slot.to_string()]);
         let _ = hot.given_back.remove_label_values(&[&slot.to_string()]);
+    }
+}
+
+/// A listener closed (the workers that asked for it closed their servers): its series goes
+/// with it, so that ports opened and closed over time do not pile up series.
+pub fn forget_listener(addr: &str) {
+    if let Some(hot) = hot() {
+        let _ = hot.accepted.remove_label_values(&[addr]);
     }
 }
 

@@ -69,6 +69,10 @@ const PRELOAD_DRAIN_MARGIN: Duration = Duration::from_secs(5);
 /// The message of the preload that gives a connection back, and the version of the preload's
 /// messages that clusterd speaks.
 const HANDBACK: &str = "NODE_CLUSTERD_HANDBACK";
+/// The most listeners the worker closed whose address the link still remembers, to tell which
+/// listener a connection the worker gives back came from (a draining worker closes its servers
+/// first, then gives back its idle connections); past it, only those still open are kept.
+const CLOSED_KEPT: usize = 64;
 const PRELOAD_VERSION: i64 = 1;
 /// A Node worker whose preload found a Node older than it supports is logged once per clusterd.
 static OLD_NODE_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -110,6 +114,11 @@ pub struct NodeLink {
     /// and what it asked for.
     listens: HashMap<u32, Query>,
     next_listen: u32,
+    /// The `queryServer`s on port 0 the worker sent: Node numbers a worker's listens on one
+    /// address from 0 (`index`), so a genuine index is below this count.
+    zero_listens: u32,
+    /// `queryServer`s refused for their index (for the log's pace).
+    refused_listens: u64,
     /// The key of each listener group the worker asked for (newconn messages carry it).
     keys: HashMap<u32, String>,
     /// What the worker task has yet to hear.
@@ -250,6 +259,8 @@ impl NodeLink {
             seq: 0,
             listens: HashMap::new(),
             next_listen: 1,
+            zero_listens: 0,
+            refused_listens: 0,
             keys: HashMap::new(),
             pending: VecDeque::new(),
             chunk: vec![0; READ_CHUNK],
@@ -674,11 +685,34 @@ impl NodeLink {
                     (None, 6) => format!("[::]:{}", query.port),
                     (None, _) => format!("0.0.0.0:{}", query.port),
                 };
+                // The index tells a worker's n-th `listen(0)` on an address (its own port, shared
+                // with the other workers' n-th) and only port 0 reads it. One no Node can have
+                // sent (never listened that often) would bind a port per value: refused.
+                let index = message.get("index").map_or(Some(0), |i| i.as_i64().and_then(|i| u32::try_from(i).ok()));
+                let index = if query.port == 0 {
+                    self.zero_listens = self.zero_listens.saturating_add(1);
+                    index.filter(|i| *i < self.zero_listens)
+                } else {
+                    Some(0)
+                };
+                let Some(index) = index else {
+                    self.refused_listens += 1;
+                    if crate::proxy_protocol::worth_logging(self.refused_listens) {
+                        tracing::warn!(
+                            worker = self.slot,
+                            %addr,
+                            index = ?message.get("index"),
+                            refused = self.refused_listens,
+                            "refused a listen: its index is out of range (the worker made only {} listens on port 0)",
+                            self.zero_listens
+                        );
+                    }
+                    self.reply_query(&query, Err(-22));
+                    return Ok(());
+                };
                 let id = self.next_listen;
                 self.next_listen = self.next_listen.wrapping_add(1);
                 self.listens.insert(id, query);
-                let index =
-                    message.get("index").and_then(Value::as_i64).and_then(|i| u32::try_from(i).ok()).unwrap_or(0);
                 self.pending.push_back(Said::Listen { seq: id, addr, index });
             }
             Some("close") => {
@@ -788,14 +822,30 @@ impl NodeLink {
                 let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(query.port);
                 if let Some(group) = group {
                     self.keys.insert(group, query.key.clone());
+                    // A listener closed since may have had this address (a port the kernel gave
+                    // again): a connection given back on it belongs to the new one.
+                    self.bound.retain(|_, old| *old != addr);
+                    if self.bound.len() >= CLOSED_KEPT + self.keys.len() {
+                        self.bound.retain(|g, _| self.keys.contains_key(g));
+                    }
                     self.bound.insert(group, addr.clone());
                 }
                 self.reply_query(&query, Ok(port));
             }
             clusterd_worker::protocol::ListenResult::Failed { reason } => {
-                tracing::warn!(worker = self.slot, "a server.listen() of the worker failed: {reason}");
-                // UV_EADDRINUSE is what Node reports for most bind failures a worker can act on.
-                let errno = if reason.contains("in use") { -98 } else { -13 };
+                // A refusal for clusterd's bounds was logged where it was decided, at its pace.
+                if !reason.starts_with("too many listeners") {
+                    tracing::warn!(worker = self.slot, "a server.listen() of the worker failed: {reason}");
+                }
+                // UV_EADDRINUSE is what Node reports for most bind failures a worker can act on;
+                // UV_EMFILE for clusterd's bounds on listeners (`too many listeners`).
+                let errno = if reason.contains("in use") {
+                    -98
+                } else if reason.starts_with("too many listeners") {
+                    -24
+                } else {
+                    -13
+                };
                 self.reply_query(&query, Err(errno));
             }
         }

@@ -10,7 +10,7 @@ use super::exit::{ExitInfo, START_FAILED};
 use super::policy::{CRASH_LOOP_AFTER, Decision, Ending};
 use super::worker::{self, Command, Event, EventKind};
 use super::{Dispatcher, Outcome, Process, REAP_MARGIN, Request, Stop};
-use crate::balancer::{MAX_STICKY_ENTRIES, Refused};
+use crate::balancer::{MAX_STICKY_ENTRIES, SessionRefused};
 use crate::config::ListenAddr;
 use crate::duration::show;
 use crate::listener::{Route, RouteMsg};
@@ -171,6 +171,17 @@ impl Dispatcher {
                 if let Some(addr) = self.pools.leave(group, event.incarnation) {
                     tracing::info!(worker = slot.id, pid = process.pid, %addr, "the worker closed its server");
                 }
+                // A process on its way out closes its servers too (Node's `disconnect` at a
+                // drain): that is an exit, and the listener stays for the process that takes
+                // over. Only a serving worker's close can be the last word on it.
+                if process.draining_since.is_none()
+                    && self.stop.is_none()
+                    && let Some(addr) = self.pools.close_if_unused(group)
+                {
+                    tracing::info!(%addr, "no worker listens on it any more: listener closed");
+                    // Connections held for a worker of it are closed, not held in vain.
+                    self.release_group(group);
+                }
             }
             EventKind::Listen { seq, addr, index } => {
                 // A process that listens once its drain began (a Node worker that calls
@@ -189,8 +200,8 @@ impl Dispatcher {
                 let refused = if crate::sniff::is_session_id(sid.as_bytes()) {
                     let opened = self.pools.session_open(&sid, event.incarnation, std::time::Instant::now());
                     opened.err().map(|refused| match refused {
-                        Refused::OwnedBy(_) => "a session another worker owns".to_owned(),
-                        Refused::Full => format!("a session beyond the {MAX_STICKY_ENTRIES} clusterd keeps"),
+                        SessionRefused::OwnedBy(_) => "a session another worker owns".to_owned(),
+                        SessionRefused::Full => format!("a session beyond the {MAX_STICKY_ENTRIES} clusterd keeps"),
                     })
                 } else {
                     Some(format!("a session id no client could send ({} bytes; 1 to 64 of [A-Za-z0-9_-])", sid.len()))
@@ -488,6 +499,7 @@ impl Dispatcher {
     fn holds(&mut self, group: Option<u32>, sid: &str) -> bool {
         self.config.protocol == crate::config::Protocol::Node
             && self.held.len() < MAX_HELD
+            && group.is_none_or(|g| self.pools.is_open(g))
             && !self.pools.knows_sid(group, sid)
     }
 
@@ -568,7 +580,7 @@ impl Dispatcher {
         let picked = self.pick_open(group, sid.as_deref(), ip);
         if picked.is_none()
             && may_hold
-            && group.is_some()
+            && group.is_some_and(|g| self.pools.is_open(g))
             && self.config.protocol == crate::config::Protocol::Node
             && self.held.len() < MAX_HELD
         {
@@ -816,12 +828,18 @@ impl Dispatcher {
             return (answer, None);
         }
         if let Some((group, bound)) = self.pools.find_group(&asked, index) {
+            if let Err(refused) = self.pools.admit(key, Some(group)) {
+                return (self.refuse(slot, addr, &refused), None);
+            }
             self.pools.join(group, key, slot, ready);
             return (ListenResult::Bound { addr: bound }, Some(group));
         }
         if self.listening.iter().any(|l| *l == asked.to_string()) {
             // clusterd already serves it to every worker (--listen).
             return (ListenResult::Bound { addr: asked.to_string() }, None);
+        }
+        if let Err(refused) = self.pools.admit(key, None) {
+            return (self.refuse(slot, addr, &refused), None);
         }
         let bound = match crate::listener::bind_all(std::slice::from_ref(&asked)) {
             Ok(mut bound) => bound.remove(0),
@@ -831,12 +849,33 @@ impl Dispatcher {
             }
         };
         let (addr, unix_path) = (bound.addr().to_owned(), bound.unix_path());
-        let group = self.pools.add_group(asked, index, addr.clone(), unix_path);
-        if let Err(error) = crate::listener::serve_one(bound, Some(group), self.limits, self.routes.clone()) {
-            return (ListenResult::Failed { reason: error.to_string() }, None);
-        }
+        let group = self.pools.next_group();
+        let accepting = match crate::listener::serve_group(bound, group, self.limits, self.routes.clone()) {
+            Ok(accepting) => accepting,
+            Err(error) => {
+                // The socket is closed with `bound`; the file it made goes too.
+                if let Some(path) = &unix_path {
+                    let _ = std::fs::remove_file(path);
+                }
+                tracing::warn!(worker = slot, %addr, %error, "cannot accept on a listener a worker asked for");
+                return (ListenResult::Failed { reason: error.to_string() }, None);
+            }
+        };
+        self.pools.add_group(asked, index, addr.clone(), unix_path, accepting);
         tracing::info!(worker = slot, %addr, "listening for the workers that ask");
         self.pools.join(group, key, slot, ready);
         (ListenResult::Bound { addr }, Some(group))
+    }
+
+    /// A listen refused for a bound ([`super::pools::Refused`]): the worker hears why (a Node
+    /// worker's `server.listen` emits `error` with EMFILE), and the operator reads it: the
+    /// first ten, then every power of two, so that a worker that retries in a loop does not
+    /// drown the log.
+    fn refuse(&mut self, slot: u32, addr: &str, refused: &super::pools::Refused) -> ListenResult {
+        let n = self.pools.count_refused();
+        if crate::proxy_protocol::worth_logging(n) {
+            tracing::warn!(worker = slot, addr, refused = n, "refused a listen: {refused}");
+        }
+        ListenResult::Failed { reason: refused.to_string() }
     }
 }

@@ -369,6 +369,9 @@ impl Worker {
     ///
     /// A worker that restarts asks again (its program runs anew); the socket stays bound in
     /// clusterd meanwhile, so no connection is refused while no worker is ready (they get a 503).
+    /// A listen lasts as long as this process. clusterd bounds the listeners it keeps for the
+    /// workers (see its README, "Limits and guarantees"): past them, the listen fails with
+    /// [`Error::Listen`] and a reason that starts with `too many listeners`.
     pub async fn listen(&self, addr: &str) -> Result<String, Error> {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
