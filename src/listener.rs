@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenAddr, Sticky};
+use crate::read_ahead::ReadAhead;
 use crate::sniff::{Sniffed, response, sniff};
 
 /// A listening socket could not be set up: clusterd exits 1 before starting any worker.
@@ -225,6 +226,9 @@ pub struct Handoff {
     /// When clusterd accepted it, for `clusterd_handoff_seconds`: only with `--metrics`, and
     /// not for a connection a worker gave back (its accept was long before).
     pub accepted: Option<std::time::Instant>,
+    /// What of `initial` was read ahead for a Node worker, held until the worker acknowledges
+    /// the handle (`read_ahead.rs`).
+    pub read_ahead: ReadAhead,
 }
 
 impl Handoff {
@@ -252,6 +256,7 @@ impl Handoff {
             claimed: false,
             refusals: 0,
             accepted,
+            read_ahead: ReadAhead::default(),
         }
     }
 }
@@ -617,8 +622,22 @@ fn admit(
                 };
                 let (sid, ip) = sticky_keys(limits.sticky, settled.sid, ip);
                 let http = settled.http;
-                let handoff =
-                    Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
+                let read_ahead = ReadAhead::default();
+                let handoff = Handoff {
+                    group,
+                    fd,
+                    peer,
+                    local,
+                    initial,
+                    sid,
+                    ip,
+                    http,
+                    unix,
+                    claimed,
+                    refusals: 0,
+                    accepted,
+                    read_ahead,
+                };
                 return dispatch(handoff, routes);
             }
         }
@@ -747,20 +766,30 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
         Sniffed::TooLong => return client.reply(response(414, "URI Too Long", "request line too long")).await,
         Sniffed::Incomplete => unreachable!("the loop only ends on a verdict"),
     };
+    let mut read_ahead = ReadAhead::default();
     if http && limits.node {
-        // Best effort within the same deadline: what is not read by then flows through the fd.
-        while !enough_for_node(&initial) {
-            let want = WHOLE_REQUEST_MAX - initial.len();
-            match tokio::time::timeout_at(deadline, client.read_some(&mut initial, want.min(64 * 1024))).await {
+        // Best effort within the same deadline and the read-ahead budget: what is not read by
+        // then flows through the fd.
+        let mut scan = crate::sniff::RequestScan::default();
+        while initial.len() < WHOLE_REQUEST_MAX && scan.length(&initial).is_none_or(|length| initial.len() < length) {
+            let want = read_ahead.take((WHOLE_REQUEST_MAX - initial.len()).min(64 * 1024));
+            if want == 0 {
+                break; // the budget is spent: handed on with what was read
+            }
+            match tokio::time::timeout_at(deadline, client.read_some(&mut initial, want)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return,
-                Ok(Ok(_)) => {}
-                Err(_) => break,
+                Ok(Ok(n)) => read_ahead.give_back(want - n.min(want)),
+                Err(_) => {
+                    read_ahead.give_back(want);
+                    break;
+                }
             }
         }
     }
     let (sid, ip) = sticky_keys(limits.sticky, sid, ip);
     let Ok(fd) = client.into_fd() else { return };
-    let handoff = Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted };
+    let handoff =
+        Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted, read_ahead };
     dispatch(handoff, &routes);
 }
 

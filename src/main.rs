@@ -18,6 +18,7 @@ mod metrics;
 mod node;
 mod notify;
 mod proxy_protocol;
+mod read_ahead;
 mod relay;
 mod rss;
 mod signals;

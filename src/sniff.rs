@@ -216,20 +216,46 @@ pub fn response(status: u16, reason: &str, body: &str) -> Vec<u8> {
 /// `Content-Length` announces), once its headers are complete; `None` before. A chunked body is
 /// not waited for (the headers' length).
 pub fn request_length(buf: &[u8]) -> Option<usize> {
-    // One pass over the lines (this runs for every connection handed to a Node worker): the
-    // blank line that ends the head and the first valid `Content-Length` are found together.
-    let mut body = None;
-    let mut line_start = 0;
-    for (at, _) in buf.iter().enumerate().filter(|&(_, &b)| b == b'\n') {
-        if body.is_none() {
-            body = content_length(&buf[line_start..at]);
+    RequestScan::default().length(buf)
+}
+
+/// [`request_length`] of a buffer that grows as a request arrives: each call reads only what was
+/// added since the last, so a head that arrives a few bytes at a time costs one pass in all, not
+/// one per read (the buffer may reach `WHOLE_REQUEST_MAX`).
+#[derive(Debug, Default)]
+pub struct RequestScan {
+    /// Bytes already read (the buffer only grows).
+    scanned: usize,
+    line_start: usize,
+    body: Option<usize>,
+    length: Option<usize>,
+}
+
+impl RequestScan {
+    /// The request's length once its head is complete in `buf` (which holds at least what the
+    /// earlier calls saw).
+    pub fn length(&mut self, buf: &[u8]) -> Option<usize> {
+        // One pass over the lines (this runs for every connection handed to a Node worker): the
+        // blank line that ends the head and the first valid `Content-Length` are found together.
+        while self.length.is_none() && self.scanned < buf.len() {
+            let at = match buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                Some(offset) => self.scanned + offset,
+                None => {
+                    self.scanned = buf.len();
+                    break;
+                }
+            };
+            self.scanned = at + 1;
+            if self.body.is_none() {
+                self.body = content_length(&buf[self.line_start..at]);
+            }
+            self.line_start = at + 1;
+            if at >= 3 && buf[at - 3..=at] == *b"\r\n\r\n" {
+                self.length = Some(self.line_start.saturating_add(self.body.unwrap_or(0)));
+            }
         }
-        line_start = at + 1;
-        if at >= 3 && buf[at - 3..=at] == *b"\r\n\r\n" {
-            return Some(line_start.saturating_add(body.unwrap_or(0)));
-        }
+        self.length
     }
-    None
 }
 
 /// The value of a `Content-Length` header line (without its `\n`), if it is one and valid.
@@ -704,6 +730,31 @@ mod tests {
             assert_eq!(headers.iter().any(|(k, _)| *k == "Retry-After"), status == 503, "{text:?}");
             assert!(!headers.iter().any(|(k, _)| *k == "X-Injected"), "{text:?}");
             assert!(sent.ends_with('\n') && sent.matches('\n').count() == 1 && !sent.contains('\r'), "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_scanned_as_it_arrives_has_the_length_of_one_scanned_whole() {
+        let requests: [&[u8]; 4] = [
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\nX: y\r\n\r\nhello",
+            b"POST /p HTTP/1.1\r\nContent-Length: nope\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r",
+        ];
+        for request in requests {
+            for step in 1..=request.len() {
+                let mut scan = RequestScan::default();
+                let mut got = None;
+                for end in (step..request.len()).step_by(step).chain([request.len()]) {
+                    got = scan.length(&request[..end]);
+                    assert_eq!(
+                        got,
+                        request_length(&request[..end]),
+                        "{request:?} read {step} bytes at a time, at {end}"
+                    );
+                }
+                assert_eq!(got, request_length(request));
+            }
         }
     }
 

@@ -290,6 +290,49 @@ fn workers_that_listen_get_connections_through_clusterd() {
 
 /// A worker that writes garbage on its channel (a length over the limit; a line that is not
 /// JSON; values nested 300 deep, over the codecs' 256) is drained and replaced; clusterd carries on.
+/// Bad input: big requests to a Node worker that has stopped reading (its event loop blocked,
+/// here stopped with SIGSTOP) park no more in clusterd than its read-ahead budget (64 MiB, all
+/// connections together): past it, each connection is handed on with what was read and the rest
+/// of its request waits in its socket. 200 requests of 1 MB are 200 MB offered.
+#[test]
+fn big_requests_to_a_stalled_node_worker_cost_clusterd_at_most_its_read_ahead_budget() {
+    const CLIENTS: u64 = 200;
+    let (mut c, url) = start(1, "2", "0.3", "advanced");
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let worker_pid = nix::unistd::Pid::from_raw(worker_pid(&c.status().unwrap(), 0));
+    let (rss_before, _) = memory_of(c.pid());
+    nix::sys::signal::kill(worker_pid, Signal::SIGSTOP).unwrap();
+    let body = vec![b'x'; 1_000_000];
+    let head = format!("POST /big HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len());
+    let clients: Vec<std::net::TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            // What clusterd does not read waits in the sockets' buffers; a write that finds them
+            // full gives up (the test only needs the requests offered).
+            stream.set_write_timeout(Some(std::time::Duration::from_millis(100))).unwrap();
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(&body));
+            stream
+        })
+        .collect();
+    // Routed once clusterd has read what it reads of each.
+    c.wait_status("every request routed to the stalled worker", |s| {
+        worker(s, 0)["handed_off"].as_u64() >= Some(CLIENTS)
+    });
+    let (rss, peak) = memory_of(c.pid());
+    nix::sys::signal::kill(worker_pid, Signal::SIGCONT).unwrap();
+    let mib = |bytes: u64| bytes / (1024 * 1024);
+    assert!(
+        peak < rss_before + 96 * 1024 * 1024,
+        "clusterd's memory went from {} MiB to {} MiB (peak {} MiB) for {CLIENTS} MB offered: the budget is 64 MiB",
+        mib(rss_before),
+        mib(rss),
+        mib(peak)
+    );
+    drop(clients);
+    c.signal(Signal::SIGTERM);
+    assert_eq!(c.wait_exit().code(), Some(0), "{}", c.stderr_dump());
+}
+
 #[test]
 fn garbage_on_the_channel_replaces_the_worker() {
     let script = node_dir().join("workers/garbage-worker.cjs");

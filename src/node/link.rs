@@ -38,6 +38,7 @@ use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Channel, Control, Out, RELAY_QUEUE};
 use crate::listener::Handoff;
+use crate::read_ahead::ReadAhead;
 use crate::worker_link::{Asked, Handed, Heard, Launch, Said, SpawnSpec, Spawned, StartError, handback};
 
 /// The fd number of the channel in the worker (what `child_process.fork` uses too).
@@ -887,6 +888,8 @@ impl NodeLink {
             }
         };
         let no_sid = handoff.sid.is_none();
+        // The request bytes read ahead stay counted while the frame that carries them waits.
+        let held = std::mem::take(&mut handoff.read_ahead);
         // For a `newconn`, clusterd keeps its own copy of the connection until the worker says
         // whether it accepted it, to hand a refused one to another worker (as Node's primary).
         let fd = match newconn {
@@ -909,7 +912,11 @@ impl NodeLink {
         }
         // Written now if the socket takes it; the worker task offers no more than the queue
         // takes (`takes_connections`), but a drain hands over what was already picked.
-        self.channel.push(self.socket.get_ref(), Out::Handle { frame: frame.into(), fd, group }, &mut self.failed);
+        self.channel.push(
+            self.socket.get_ref(),
+            Out::Handle { frame: frame.into(), fd, group, held },
+            &mut self.failed,
+        );
         if group.is_none() && no_sid {
             // A handshake (or plain HTTP): counted until the worker reports its session.
             self.handshakes.push_back(Instant::now());
@@ -951,7 +958,7 @@ impl NodeLink {
         self.handed += 1;
         self.channel.push(
             self.socket.get_ref(),
-            Out::Handle { frame: frame.into_raw().into(), fd, group },
+            Out::Handle { frame: frame.into_raw().into(), fd, group, held: ReadAhead::default() },
             &mut self.failed,
         );
         Some(true)

@@ -36,6 +36,8 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use crate::read_ahead::ReadAhead;
+
 /// Messages queued for one worker, and relayed messages waiting to be queued
 /// ([`RELAY_QUEUE`]).
 pub const QUEUE: usize = 1024;
@@ -56,8 +58,9 @@ pub enum Out {
     Frame(Bytes),
     /// A message relayed from another worker (its bytes count in [`Channel::queued`]).
     Relayed(Bytes),
-    /// A connection: the message and the fd that goes with it, and its listener group.
-    Handle { frame: Bytes, fd: OwnedFd, group: Option<u32> },
+    /// A connection: the message and the fd that goes with it, its listener group, and what of
+    /// the message's request was read ahead (held until the worker acknowledges it).
+    Handle { frame: Bytes, fd: OwnedFd, group: Option<u32>, held: ReadAhead },
     /// The last message of the channel (the `disconnect`): a handle refused after it was written
     /// is given up rather than sent to a worker that is closing its channel.
     Last(Bytes),
@@ -75,6 +78,8 @@ struct InFlight {
     fd: OwnedFd,
     group: Option<u32>,
     sent: u8,
+    /// Given back to the read-ahead budget with the frame it is part of.
+    _held: ReadAhead,
 }
 
 /// Bytes on their way out, in order.
@@ -230,7 +235,9 @@ impl Channel {
                     self.closing = true;
                     self.wire.push_back(Piece::Bytes { bytes, relayed: 0 });
                 }
-                Out::Handle { frame, fd, group } => self.begin_handle(InFlight { frame, fd, group, sent: 0 }),
+                Out::Handle { frame, fd, group, held } => {
+                    self.begin_handle(InFlight { frame, fd, group, sent: 0, _held: held });
+                }
             }
         }
     }
@@ -488,7 +495,12 @@ mod tests {
 
     fn handle(n: u8) -> Out {
         let (fd, _) = UnixStream::pair().unwrap();
-        Out::Handle { frame: Bytes::from(vec![n; 300]), fd: fd.into(), group: Some(u32::from(n)) }
+        Out::Handle {
+            frame: Bytes::from(vec![n; 300]),
+            fd: fd.into(),
+            group: Some(u32::from(n)),
+            held: ReadAhead::default(),
+        }
     }
 
     /// Handles go out at once, up to [`MAX_IN_FLIGHT`]; the next ones wait, with everything
