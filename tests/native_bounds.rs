@@ -32,6 +32,7 @@ fn a_connection_given_back_many_times_costs_no_fds() {
     // Logged the first ten times, then at every power of two: 8192 is the last below 10 000.
     c.output.wait_contains("refused=8192");
     let after = fd_count(c.pid());
+    eprintln!("clusterd's fds: {before} before, {after} after one connection given back {TIMES} times");
     assert!(
         after <= before + 32,
         "clusterd's fds grew from {before} to {after} with one connection given back {TIMES} times:\n{}",
@@ -80,6 +81,7 @@ fn a_worker_that_floods_sessions_and_never_reads_is_killed_after_its_grace() {
             && !pid_exists(old)
     });
     let took = asked.elapsed();
+    eprintln!("the flooding worker was gone {took:?} after the reload (grace {GRACE:?})");
     assert!(
         took < GRACE + MARGIN,
         "the flooding worker was gone {took:?} after the reload, its grace being {GRACE:?}:\n{}",
