@@ -833,6 +833,48 @@ pub fn reroute(handoff: Handoff, routes: mpsc::Sender<RouteMsg>) {
 /// is closed, as a server's keep-alive timeout would close it.
 pub const IDLE_HANDBACK_WAIT: Duration = Duration::from_secs(60);
 
+/// The most given-back connections clusterd holds at once, in all, while they wait idle for
+/// their client's next request (each is an fd of clusterd's). In all rather than per worker:
+/// the fds are clusterd's, and a bound per worker would grow with `--workers`. Past it an idle
+/// connection given back is closed at once, as a server's keep-alive timeout would close it.
+pub const IDLE_HANDBACKS_MAX: usize = 4096;
+
+/// Given-back connections waiting idle now.
+static IDLE_HANDBACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Idle given-back connections closed at once for want of room, since clusterd started.
+static IDLE_HANDBACKS_CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// One place among [`IDLE_HANDBACKS_MAX`], given up when dropped (the wait ended, or its task was).
+struct IdleSlot;
+
+impl IdleSlot {
+    fn take() -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let taken = IDLE_HANDBACKS
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < IDLE_HANDBACKS_MAX).then_some(n + 1));
+        match taken {
+            Ok(_) => Some(Self),
+            Err(_) => {
+                let closed = IDLE_HANDBACKS_CLOSED.fetch_add(1, Ordering::Relaxed) + 1;
+                if crate::proxy_protocol::worth_logging(closed) {
+                    tracing::warn!(
+                        closed,
+                        "{IDLE_HANDBACKS_MAX} connections given back wait idle already: closed an idle one at once"
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        IDLE_HANDBACKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Routes a connection a worker gave back: at once by the request line the worker read; or,
 /// when the worker gave it back before a complete request line (a draining worker ends its idle
 /// kept-alive connections that way), once the client sent its next request line, as for a new
@@ -844,10 +886,19 @@ pub fn reroute_handback(handoff: Handoff, limits: Limits, routes: mpsc::Sender<R
     }
     tokio::spawn(async move {
         let Handoff { group, fd, peer, local, initial, ip, unix, claimed, .. } = handoff;
+        // At most IDLE_HANDBACKS_MAX wait at once; past it, dropped, so closed.
+        let idle = if initial.is_empty() {
+            let Some(slot) = IdleSlot::take() else { return };
+            Some(slot)
+        } else {
+            None
+        };
         let Ok(client) = Client::new(fd, unix) else { return };
-        if initial.is_empty() && tokio::time::timeout(IDLE_HANDBACK_WAIT, client.readable()).await.is_err() {
+        if idle.is_some() && tokio::time::timeout(IDLE_HANDBACK_WAIT, client.readable()).await.is_err() {
             return; // idle too long: dropped, so closed
         }
+        // No longer idle: what follows is bounded by --sniff-timeout.
+        drop(idle);
         // Its PROXY header, if any, was read at its accept.
         let limits = Limits { proxy_protocol: false, ..limits };
         // Not a new accept: the handoff histogram measures only first handoffs.

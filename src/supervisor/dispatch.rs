@@ -77,6 +77,7 @@ impl Dispatcher {
             handed_off: 0,
             replacing: None,
             refused_a_session: false,
+            capacity_changes: 0,
         }
     }
 
@@ -221,14 +222,19 @@ impl Dispatcher {
             }
             EventKind::SessionClose { sid } => self.pools.session_close(&sid, event.incarnation),
             EventKind::Capacity { full } => {
-                if full {
+                process.capacity_changes += 1;
+                let changes = process.capacity_changes;
+                if !crate::proxy_protocol::worth_logging(changes) {
+                    // A worker that toggles in a loop: the count in the next line logged says how often.
+                } else if full {
                     tracing::warn!(
                         worker = slot.id,
                         pid = process.pid,
+                        changes,
                         "worker at capacity: no new connections for it"
                     );
                 } else {
-                    tracing::info!(worker = slot.id, pid = process.pid, "worker has room again");
+                    tracing::info!(worker = slot.id, pid = process.pid, changes, "worker has room again");
                 }
                 self.pools.set_full(event.incarnation, full);
             }

@@ -96,10 +96,11 @@ impl Link {
         matches!(self, Link::Node(_))
     }
 
-    /// clusterd recorded the session the worker announced with `seq`.
-    pub async fn session_ack(&mut self, seq: u32) {
+    /// clusterd recorded the session the worker announced with `seq`: the ack is queued, never
+    /// waited for (the link sends it as the worker reads, while it listens to the worker).
+    pub fn session_ack(&mut self, seq: u32) {
         if let Link::Native(link) = self {
-            link.session_ack(seq).await;
+            link.session_ack(seq);
         }
     }
 

@@ -125,6 +125,9 @@ struct Process {
     replacing: Option<String>,
     /// It reported a session id that cannot be one, or another worker's: logged once.
     refused_a_session: bool,
+    /// Its capacity changes (full, room again), counted so that a worker toggling in a loop is
+    /// logged the first ten times and then at every power of two.
+    capacity_changes: u64,
 }
 
 impl Process {

@@ -1,8 +1,9 @@
 //! clusterd's own protocol with a worker: frames and connections on the IPC socket (fd 3), bus
 //! messages on the bus socket (fd 4), relayed by `crate::relay`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clusterd_worker::bus_protocol::{BUS_FD, ENV_BUS_FD};
@@ -33,6 +34,36 @@ const SEND_WAIT: Duration = Duration::from_secs(1);
 /// net.core.wmem_max.
 const BUS_SOCKET_BUFFER: usize = 1024 * 1024;
 
+/// The most connections one worker is known to hold (handed over, not yet given back or reported
+/// closed). Past it the oldest is forgotten: a worker that never reports its closes costs clusterd
+/// a bounded table, not one entry per connection it was ever handed. A forgotten connection can no
+/// longer be given back (refused, closed) and its close is not counted.
+pub const HELD_MAX: usize = 262_144;
+
+/// The most session acknowledgements waiting for room in one worker's IPC socket. Acks never
+/// make the worker task wait (it must stay free for drains, kills and timers): they queue here
+/// and go out as the worker reads. A worker that stops reading loses those past the bound (its
+/// `session_open` times out); one that reads gets every ack.
+pub const PENDING_ACKS_MAX: usize = 4096;
+
+/// Handbacks refused since clusterd started: a connection given back that its worker did not hold.
+static REFUSED_HANDBACKS: AtomicU64 = AtomicU64::new(0);
+
+/// Session acknowledgements dropped since clusterd started: the worker did not read its socket.
+static DROPPED_ACKS: AtomicU64 = AtomicU64::new(0);
+
+/// A connection the worker holds: what clusterd must remember until it comes back or closes.
+#[derive(Debug, Default)]
+struct Held {
+    /// The listener group, when it came through a listener a worker asked for: its close counts there.
+    group: Option<u32>,
+    /// The client a PROXY protocol header named: if the worker gives the connection back, the
+    /// socket itself would only name the balancer.
+    claimed: Option<Address>,
+    /// A health-check connection: its close counts nowhere.
+    probe: bool,
+}
+
 pub struct NativeLink {
     channel: PrimaryChannel,
     channel_open: bool,
@@ -42,16 +73,15 @@ pub struct NativeLink {
     /// Where the frames of a relay that is gone give their charge back.
     bus_memory: Arc<crate::bus_memory::BusMemory>,
     key: u64,
+    slot: u32,
     next_connection: u64,
-    /// Connections that came through a listener a worker asked for, by id: their closes count there.
-    grouped: HashMap<u64, u32>,
-    /// The client a PROXY protocol header named, by connection id, while the worker has the
-    /// connection: if it gives it back, the socket itself would only name the balancer.
-    claimed: HashMap<u64, Address>,
+    /// The connections the worker holds, by id (oldest first), at most [`HELD_MAX`]: only these
+    /// may come back or count as closed, each once.
+    held: BTreeMap<u64, Held>,
+    /// Session acknowledgements not yet sent, at most [`PENDING_ACKS_MAX`].
+    acks: VecDeque<u32>,
     /// How a connection the worker gives back is routed again.
     limits: crate::listener::Limits,
-    /// Health-check connections handed over and not yet closed, by id: their closes count nowhere.
-    probes: std::collections::HashSet<u64>,
     /// The worker said it has metrics (`MetricsAvailable`): scrapes ask it.
     metrics_offered: bool,
     /// The metrics answer being received, chunk by chunk.
@@ -127,11 +157,11 @@ impl NativeLink {
             relay: settings.relay.clone(),
             bus_memory: Arc::clone(&settings.bus_memory),
             key: launch.incarnation,
+            slot: launch.slot,
             next_connection: 1,
-            grouped: HashMap::new(),
-            claimed: HashMap::new(),
+            held: BTreeMap::new(),
+            acks: VecDeque::new(),
             limits: settings.limits,
-            probes: std::collections::HashSet::new(),
             metrics_offered: false,
             metrics: crate::metrics::workers::Assembly::default(),
         };
@@ -147,6 +177,13 @@ impl NativeLink {
         loop {
             tokio::select! {
                 frame = self.channel.recv_with_fd(), if self.channel_open => return self.frame(frame),
+                // Acks go out as the worker reads, never holding up the worker task.
+                sent = flush_acks(&self.channel, &mut self.acks), if self.channel_open && !self.acks.is_empty() => {
+                    if !sent {
+                        // The worker is gone or going: nobody waits for them any more.
+                        self.acks.clear();
+                    }
+                }
                 relayed = relay_frames(&mut self.bus, &self.relay, &self.bus_memory, self.key), if self.bus.open => {
                     if let Err(error) = relayed {
                         self.channel_open = false;
@@ -195,13 +232,10 @@ impl NativeLink {
             _ if !self.greeted => Err("a frame before Hello".to_owned()),
             FromWorker::Ready => Ok(Said::Ready),
             FromWorker::ConnectionsClosed { ids } if ids.iter().all(|&id| id < self.next_connection) => {
-                if !self.claimed.is_empty() {
-                    for id in &ids {
-                        self.claimed.remove(id);
-                    }
-                }
-                let counted = ids.iter().filter(|id| !self.probes.remove(id));
-                Ok(Said::Closed(counted.map(|id| self.grouped.remove(id)).collect()))
+                // Each held connection counts once: a repeated close (or one forgotten past
+                // HELD_MAX) counts nothing.
+                let closed = ids.iter().filter_map(|id| self.held.remove(id));
+                Ok(Said::Closed(closed.filter(|held| !held.probe).map(|held| held.group).collect()))
             }
             FromWorker::ConnectionsClosed { .. } => Err("closed a connection never handed over".to_owned()),
             FromWorker::Listen { seq, addr } => Ok(Said::Listen { seq, addr, index: 0 }),
@@ -209,8 +243,12 @@ impl NativeLink {
             FromWorker::SessionClose { sid } => Ok(Said::SessionClose { sid }),
             FromWorker::Capacity { full } => Ok(Said::Capacity { full }),
             FromWorker::Handback(back) if (1..self.next_connection).contains(&back.id) => {
-                let group = self.grouped.remove(&back.id);
-                let claimed = self.claimed.remove(&back.id);
+                let Some(Held { group, claimed, .. }) = self.held.remove(&back.id) else {
+                    // Given back or closed already: taking it again would let one connection
+                    // cost clusterd an fd (and an idle wait) per repeat. Its fd closes here.
+                    drop(fd);
+                    return Heard::Said(self.refused_handback(back.id));
+                };
                 match fd {
                     Some(fd) => {
                         handback(fd, back.initial, group, claimed, &self.limits).map(|h| Said::Handback(Box::new(h)))
@@ -234,6 +272,29 @@ impl NativeLink {
                 Heard::Violation(why)
             }
         }
+    }
+
+    /// A handback of a connection the worker does not hold: refused (its fd is already closed),
+    /// counted, and logged the first ten times and then at every power of two.
+    fn refused_handback(&self, id: u64) -> Said {
+        let refused = REFUSED_HANDBACKS.fetch_add(1, Ordering::Relaxed) + 1;
+        if crate::proxy_protocol::worth_logging(refused) {
+            tracing::warn!(
+                worker = self.slot,
+                id,
+                refused,
+                "the worker gave back a connection it does not hold (given back or closed already): closed"
+            );
+        }
+        Said::Alive
+    }
+
+    /// Remembers a connection the worker now holds, forgetting the oldest past [`HELD_MAX`].
+    fn hold(&mut self, id: u64, held: Held) {
+        if self.held.len() >= HELD_MAX {
+            self.held.pop_first();
+        }
+        self.held.insert(id, held);
     }
 
     /// Sends one connection (frame + fd); clusterd's copy of the fd closes either way. Returns the
@@ -269,12 +330,7 @@ impl NativeLink {
         self.next_connection += 1;
         // The client sees FIN when the worker closes: clusterd keeps no copy.
         drop(handoff.fd);
-        if let Some(group) = group {
-            self.grouped.insert(id, group);
-        }
-        if let Some(peer) = claimed {
-            self.claimed.insert(id, peer);
-        }
+        self.hold(id, Held { group, claimed, probe: false });
         Handed::Yes
     }
 
@@ -292,7 +348,7 @@ impl NativeLink {
         });
         let sent = self.channel_open && send_bounded(&self.channel, &frame, Some(std::os::fd::AsFd::as_fd(&fd))).await;
         if sent {
-            self.probes.insert(id);
+            self.hold(id, Held { probe: true, ..Held::default() });
         }
         sent
     }
@@ -323,10 +379,25 @@ impl NativeLink {
         true
     }
 
-    pub async fn session_ack(&mut self, seq: u32) {
-        if self.channel_open {
-            send_bounded(&self.channel, &ToWorker::SessionAck { seq }, None).await;
+    /// Queues the ack of the worker's `SessionOpen {seq}`; [`Self::next`] sends it. Never
+    /// waits: the worker task must stay free to drain and kill a worker that does not read.
+    pub fn session_ack(&mut self, seq: u32) {
+        if !self.channel_open {
+            return;
         }
+        if self.acks.len() >= PENDING_ACKS_MAX {
+            let dropped = DROPPED_ACKS.fetch_add(1, Ordering::Relaxed) + 1;
+            if crate::proxy_protocol::worth_logging(dropped) {
+                tracing::warn!(
+                    worker = self.slot,
+                    dropped,
+                    "the worker does not read its IPC socket: {PENDING_ACKS_MAX} session acks wait already; this one \
+                     is dropped (its session_open times out)"
+                );
+            }
+            return;
+        }
+        self.acks.push_back(seq);
     }
 
     pub async fn listening(&mut self, seq: u32, result: ListenResult) {
@@ -334,6 +405,19 @@ impl NativeLink {
             send_bounded(&self.channel, &ToWorker::Listening { seq, result }, None).await;
         }
     }
+}
+
+/// Sends the queued session acks as the worker's socket takes them; `false` if the socket broke.
+/// Cancel-safe: a seqpacket send either sent the whole frame or nothing, and an ack leaves the
+/// queue only once sent.
+async fn flush_acks(channel: &PrimaryChannel, acks: &mut VecDeque<u32>) -> bool {
+    while let Some(&seq) = acks.front() {
+        if channel.send(&ToWorker::SessionAck { seq }).await.is_err() {
+            return false;
+        }
+        acks.pop_front();
+    }
+    true
 }
 
 /// Reads bus frames and hands them to the relay: every whole frame buffered, as long as the

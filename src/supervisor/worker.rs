@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 
 use super::exit::{ExitInfo, KillReason, Status, oom_kill_count};
@@ -26,6 +26,10 @@ use crate::worker_link::{GivenBack, Handed, Heard, Launch, Said, StartError};
 
 /// Connections queued for one worker; the route tasks wait when it is full.
 const HANDOFF_QUEUE: usize = 256;
+
+/// Commands other than Drain and Kill (session acks, listen answers, metrics asks) queued for one
+/// worker task; past it they are dropped. Drain and Kill never queue (see [`Control`]).
+const COMMAND_QUEUE: usize = 1024;
 
 /// How long a live worker may stay silent before clusterd says that it does not seem to speak
 /// the protocol: the SDK greets within milliseconds of its start, Node within its boot.
@@ -145,36 +149,100 @@ pub enum EventKind {
 #[derive(Debug, Clone)]
 pub struct Handle {
     commands: mpsc::Sender<Command>,
+    /// Drain and Kill: state the task always sees, however full `commands` is (a worker that
+    /// floods frames keeps that queue full; its drain and kill must still reach the task).
+    control: Arc<watch::Sender<Control>>,
     /// Where route tasks put connections for this worker.
     pub handoffs: mpsc::Sender<Handoff>,
 }
 
+/// What the dispatcher asked of a worker's life, as state rather than as queued orders: a later
+/// Drain only shortens the grace, Kill stays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Control {
+    /// The shortest grace a Drain asked for.
+    drain: Option<Duration>,
+    kill: bool,
+}
+
 impl Handle {
-    /// Sends a command; a task that already ended has nothing left to act on.
+    /// Sends a command; a task that already ended has nothing left to act on. Drain and Kill are
+    /// never dropped; the others are dropped when the task's queue is full (the task is stuck on
+    /// a worker that does not read, and a lost session ack only makes its `session_open` time out).
     pub fn send(&self, command: Command) {
-        // The queue is far larger than what a healthy task has pending; a full one means the task
-        // is stuck, and a lost session ack only makes the worker's `session_open` time out.
-        let _ = self.commands.try_send(command);
+        let _ = self.try_send(command);
     }
 
-    /// Sends a command; `false` if the task is gone or its queue is full.
+    /// Sends a command; `false` if the task is gone or its queue is full (never for Drain and Kill
+    /// to a live task).
     pub fn try_send(&self, command: Command) -> bool {
-        self.commands.try_send(command).is_ok()
+        match command {
+            Command::Drain { grace } => {
+                self.control.send_modify(|c| c.drain = Some(c.drain.map_or(grace, |g| g.min(grace))));
+                !self.control.is_closed()
+            }
+            Command::Kill => {
+                self.control.send_modify(|c| c.kill = true);
+                !self.control.is_closed()
+            }
+            command => self.commands.try_send(command).is_ok(),
+        }
     }
 }
 
 /// Starts the task for one worker.
 pub fn launch(settings: Arc<Settings>, launch: Launch, events: mpsc::Sender<Event>) -> Handle {
-    let (commands, rx) = mpsc::channel(1024);
+    let (commands, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (control, control_rx) = watch::channel(Control::default());
     let (handoffs, handoff_rx) = mpsc::channel(HANDOFF_QUEUE);
-    tokio::spawn(run(settings, launch, rx, handoff_rx, events));
-    Handle { commands, handoffs }
+    let orders = Orders { commands: rx, control: control_rx, applied: Control::default(), control_open: true };
+    tokio::spawn(run(settings, launch, orders, handoff_rx, events));
+    Handle { commands, control: Arc::new(control), handoffs }
+}
+
+/// What the task receives from its [`Handle`]: Drain and Kill from the control state first, then
+/// queued commands.
+struct Orders {
+    commands: mpsc::Receiver<Command>,
+    control: watch::Receiver<Control>,
+    /// What of the control state the task acted on already.
+    applied: Control,
+    control_open: bool,
+}
+
+impl Orders {
+    /// The next order. Cancel-safe. `None` once the handle is gone (the task then kills its worker).
+    async fn next(&mut self) -> Option<Command> {
+        loop {
+            let wanted = *self.control.borrow_and_update();
+            if wanted.kill && !self.applied.kill {
+                self.applied.kill = true;
+                return Some(Command::Kill);
+            }
+            if let Some(grace) = wanted.drain
+                && self.applied.drain.is_none_or(|applied| grace < applied)
+            {
+                self.applied.drain = Some(grace);
+                return Some(Command::Drain { grace });
+            }
+            tokio::select! {
+                biased;
+                changed = self.control.changed(), if self.control_open => {
+                    if changed.is_err() {
+                        self.control_open = false;
+                        return None;
+                    }
+                }
+                command = self.commands.recv() => return command,
+            }
+        }
+    }
 }
 
 async fn run(
     settings: Arc<Settings>,
     launch: Launch,
-    mut commands: mpsc::Receiver<Command>,
+    mut orders: Orders,
     mut handoffs: mpsc::Receiver<Handoff>,
     events: mpsc::Sender<Event>,
 ) {
@@ -318,7 +386,7 @@ async fn run(
                     }
                 }
             },
-            command = commands.recv() => match command {
+            command = orders.next() => match command {
                 Some(Command::Drain { grace }) => {
                     if killed.is_none() && disconnected.is_some() {
                         // Its channel is closed: the signal is the only way left to ask.
@@ -329,9 +397,18 @@ async fn run(
                         killed = Some(KillReason::Stop);
                         // Connections queued before the drain go first: the worker takes everything
                         // it was handed before the drain frame.
+                        // Once one was not taken (a worker that does not read costs SEND_WAIT per
+                        // connection), the rest go elsewhere at once: the grace must start now.
+                        let mut taking = true;
                         while let Ok(handoff) = handoffs.try_recv() {
+                            if !taking {
+                                report(EventKind::ConnectionsClosed(vec![handoff.group])).await;
+                                crate::listener::reroute(handoff, settings.routes.clone());
+                                continue;
+                            }
                             let accepted = handoff.accepted;
-                            if took(link.hand_over(handoff).await, &mut stranded, &report).await {
+                            taking = took(link.hand_over(handoff).await, &mut stranded, &report).await;
+                            if taking {
                                 crate::metrics::handed_off(handed_off.as_ref(), accepted);
                             }
                         }
@@ -342,7 +419,7 @@ async fn run(
                     let at = Instant::now() + grace;
                     kill_deadline = Some(kill_deadline.map_or(at, |d| d.min(at)));
                 }
-                Some(Command::SessionAck { seq }) => link.session_ack(seq).await,
+                Some(Command::SessionAck { seq }) => link.session_ack(seq),
                 Some(Command::Listening { seq, result, group }) => link.listening(seq, result, group).await,
                 Some(Command::Metrics { slot, reply }) => asks.ask(&mut link, slot, reply).await,
                 Some(Command::Kill) | None => {

@@ -17,7 +17,7 @@
 //! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
 //! and touch that many MiB, and keep them), `--log-requests` (print each request line served),
 //! `--starts-file PATH --fail-starts-after N` (count starts of every slot in PATH; exit 4 at start
-//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--fail-generation G` (exit 4 at start in generation G), `--burst-generations N` (in generations 1 to N: hold every connection unanswered; at the drain give them all back at once, then exit at once), `--only-slot N` (the flags apply only in slot N; other slots just serve), `--metrics` (register metrics: a counter `app_hits_total` of id + 1, a gauge `process_open_fds`), `--metrics-garbage` (register a text that is not the 0.0.4 format), `--metrics-lines N` (register N series `app_line{n="i"} i`, to make a large text).
+//! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--handback-repeat N` (give the first connection back N times, then answer `200 ok` to every later one), `--capacity-toggles N` (say full, then room again, N times each), `--session-flood-in G N` (in generation G: announce N sessions, then never read fd 3 and ignore SIGTERM), `--fail-generation G` (exit 4 at start in generation G), `--burst-generations N` (in generations 1 to N: hold every connection unanswered; at the drain give them all back at once, then exit at once), `--only-slot N` (the flags apply only in slot N; other slots just serve), `--metrics` (register metrics: a counter `app_hits_total` of id + 1, a gauge `process_open_fds`), `--metrics-garbage` (register a text that is not the 0.0.4 format), `--metrics-lines N` (register N series `app_line{n="i"} i`, to make a large text).
 
 use std::io::Write;
 use std::time::Duration;
@@ -58,6 +58,9 @@ struct Flags {
     freeze: bool,
     fill_fds: bool,
     bad_handback: bool,
+    handback_repeat: Option<u64>,
+    capacity_toggles: Option<u64>,
+    session_flood: Option<(u64, u32)>,
     alloc: Option<usize>,
     log_requests: bool,
     starts_file: Option<String>,
@@ -121,6 +124,12 @@ fn parse() -> Flags {
             "--freeze" => flags.freeze = true,
             "--fill-fds" => flags.fill_fds = true,
             "--bad-handback" => flags.bad_handback = true,
+            "--handback-repeat" => flags.handback_repeat = Some(num(&mut it)),
+            "--capacity-toggles" => flags.capacity_toggles = Some(num(&mut it)),
+            "--session-flood-in" => {
+                let generation = num(&mut it);
+                flags.session_flood = Some((generation, num(&mut it) as u32));
+            }
             "--alloc" => flags.alloc = Some(num(&mut it) as usize),
             "--log-requests" => flags.log_requests = true,
             "--starts-file" => flags.starts_file = it.next().cloned(),
@@ -209,6 +218,18 @@ async fn main() {
     }
     if flags.bad_handback {
         bad_handback().await;
+        return;
+    }
+    if let Some(times) = flags.capacity_toggles {
+        capacity_toggles(times).await;
+        return;
+    }
+    if let Some(times) = flags.handback_repeat {
+        handback_repeat(times).await;
+        return;
+    }
+    if let Some((_, sessions)) = flags.session_flood.filter(|&(g, _)| Some(g) == generation) {
+        session_flood(sessions).await;
         return;
     }
     if let Some(g) = generation.filter(|&g| (1..=flags.burst_generations).contains(&g)) {
@@ -466,6 +487,74 @@ async fn bad_handback() {
     // Drained or cut off: wait for the end.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
     term.recv().await;
+}
+
+/// Speaks the protocol on fd 3 itself: gives the first connection it gets back `times` times
+/// (the same id and socket each time, nothing read: as if idle), then answers every later
+/// connection with `200 ok` and closes it, reporting the close.
+async fn handback_repeat(times: u64) {
+    use clusterd_worker::protocol::{FromWorker, Handback, ToWorker};
+    use std::os::fd::AsFd;
+    let channel = greeted_channel().await;
+    say("handback-repeat ready");
+    let mut first = true;
+    loop {
+        match channel.recv_with_fd().await {
+            Ok(Some((ToWorker::Connection(connection), Some(socket)))) if first => {
+                first = false;
+                for _ in 0..times {
+                    let back = FromWorker::Handback(Handback { id: connection.id, initial: Vec::new() });
+                    channel.send_with_fd(&back, socket.as_fd()).await.expect("handback");
+                }
+                drop(socket);
+                say(&format!("handback-repeat gave back id {} {times} times", connection.id));
+            }
+            Ok(Some((ToWorker::Connection(connection), Some(socket)))) => {
+                let mut stream = std::net::TcpStream::from(socket);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                drop(stream);
+                let closed = FromWorker::ConnectionsClosed { ids: vec![connection.id] };
+                channel.send(&closed).await.expect("closed");
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+    term.recv().await;
+}
+
+/// Speaks the protocol on fd 3 itself: says it is full, then has room, `times` times each.
+async fn capacity_toggles(times: u64) {
+    use clusterd_worker::protocol::FromWorker;
+    let channel = greeted_channel().await;
+    for _ in 0..times {
+        for full in [true, false] {
+            channel.send(&FromWorker::Capacity { full }).await.expect("capacity");
+        }
+    }
+    say(&format!("capacity toggled {times} times"));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+    term.recv().await;
+}
+
+/// Speaks the protocol on fd 3 itself: announces `sessions` sessions, then never reads its
+/// socket again (clusterd's acks pile up in it) and ignores SIGTERM: only SIGKILL ends it.
+async fn session_flood(sessions: u32) {
+    use clusterd_worker::protocol::FromWorker;
+    let _term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("sigterm");
+    let channel = greeted_channel().await;
+    say("session-flood ready");
+    for seq in 0..sessions {
+        let open = FromWorker::SessionOpen { seq, sid: format!("flood{seq:07}") };
+        channel.send(&open).await.expect("session open");
+        if seq + 1 == sessions / 4 {
+            // More than clusterd's socket and its command queue hold: the rest may wait.
+            say(&format!("session-flood under way {}", seq + 1));
+        }
+    }
+    say(&format!("session-flood sent {sessions}"));
+    std::future::pending::<()>().await;
 }
 
 /// Speaks the protocol on fd 3 itself: holds every connection it gets, unanswered, and at the
