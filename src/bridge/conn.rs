@@ -344,7 +344,9 @@ impl Task {
         let leave = Arc::clone(&self.leave);
         let inbox = Arc::clone(&live.inbox);
         loop {
+            // The relay's counts changed while a rebuild had to wait ([`REMOTE_PAUSE`]).
             let remote_due = self.remote_dirty.then(|| self.remote_next.unwrap_or_else(Instant::now));
+            let remote_at = remote_due.unwrap_or_else(Instant::now).into();
             let result = tokio::select! {
                 () = leave.notified() => {
                     let goodbye = Wire::Leave { host: self.me }.encode();
@@ -369,7 +371,7 @@ impl Task {
                     Err(error) => Err(error),
                 },
                 _ = heartbeat.tick() => self.periodic(&mut live).await,
-                () = tokio::time::sleep_until(remote_due.unwrap_or_else(Instant::now).into()), if remote_due.is_some() => {
+                () = tokio::time::sleep_until(remote_at), if remote_due.is_some() => {
                     self.send_remote().await;
                     Ok(())
                 }
