@@ -996,3 +996,142 @@ fn a_redis_flood_toward_a_stopped_sdk_worker_stays_within_bounded_memory() {
     let status = a.status().unwrap();
     assert!(status["workers"].as_array().unwrap().iter().all(|w| w["restarts"] == 0), "{status:#}");
 }
+
+/// A hello (`hello`) or heartbeat of a made-up host as the bridge publishes it on
+/// `{group}:hosts`: the codec's magic, then bincode (standard, varints) of `Wire::Hello` (variant
+/// 0) or `Wire::Heartbeat` (variant 1) `{ host, counts, shadowed: false }`.
+fn hosts_wire(hello: bool, host: u64, counts: &[(String, u32)]) -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, n: u64) {
+        match n {
+            0..=250 => out.push(n as u8),
+            251..=0xffff => {
+                out.push(251);
+                out.extend_from_slice(&(n as u16).to_le_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                out.push(252);
+                out.extend_from_slice(&(n as u32).to_le_bytes());
+            }
+            _ => {
+                out.push(253);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+    }
+    let mut out = b"CDB1".to_vec();
+    out.push(if hello { 0 } else { 1 });
+    varint(&mut out, host);
+    varint(&mut out, counts.len() as u64);
+    for (channel, n) in counts {
+        varint(&mut out, channel.len() as u64);
+        out.extend_from_slice(channel.as_bytes());
+        varint(&mut out, u64::from(*n));
+    }
+    out.push(0);
+    out
+}
+
+/// Review 2, finding 3: anyone who can PUBLISH can announce hosts with the most channels each and
+/// then heartbeat as fast as they like. Before the fix every heartbeat, even unchanged, rebuilt
+/// the totals over every host's counts (a second each here in a debug build: `status` stopped
+/// answering), and every forged host's counts were kept (~7 MiB each). Now: an unchanged
+/// heartbeat costs what it carries, a changed one its difference (the relay's copy is rebuilt at
+/// most about a tenth of the time), and what all hosts' counts weigh is bounded: the forged hosts
+/// beyond it are refused and counted, and the real hosts go on exchanging messages.
+#[test]
+fn forged_hosts_and_their_heartbeats_cannot_make_a_host_hang_or_grow() {
+    const FORGED: u64 = 16;
+    const CHANNELS: usize = 65_536;
+    // The stream of small heartbeats: one unchanged and one changed every PERIOD for STREAM.
+    const STREAM: Duration = Duration::from_secs(3);
+    const PERIOD: Duration = Duration::from_millis(25);
+    // Each `status` during the stream answers within this (a failure bound: before the fix it
+    // did not answer within the 20 s of the control request).
+    const STATUS_BOUND: Duration = Duration::from_secs(3);
+    // clusterd's CPU over the stream, as a share of its wall time: a regression guard, generous
+    // for a debug build on shared cores (measured 60 to 220 ms in 3 s; before the fix, 100 %).
+    const CPU_SHARE: f64 = 0.5;
+    // VmRSS above its level before the forged hosts: what the bound on counts (16 MiB of
+    // weight) lets two forged hosts hold, and the transient copies of the refused ones as they
+    // are decoded (measured +41 to +51 MiB; before the fix, ~7 MiB per forged host, all kept).
+    const RSS_BOUND: u64 = 80 * 1024 * 1024;
+    let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 0 0 0"]);
+    // Forged hosts must not time out during the test; the real ones heartbeat every 10 s.
+    let timeout = ["--bridge-host-timeout", "30s"];
+    let mut a = host(&redis.url(), 2, &timeout);
+    let mut b = host(&redis.url(), 2, &timeout);
+    wait_hosts(&mut a, 2);
+    wait_hosts(&mut b, 2);
+    let (idle, _) = memory_of(a.pid());
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut connection = client.get_connection().expect("a Redis connection");
+    let mut publish = |payload: &[u8]| {
+        redis::cmd("PUBLISH").arg("clusterd:hosts").arg(payload).query::<i64>(&mut connection).expect("PUBLISH");
+    };
+    // A message that does not parse: `malformed` counts it once clusterd took all before it.
+    let marker = b"CDB1\xff";
+    fn taken(c: &mut Cluster, n: u64) {
+        wait_bridge(c, &format!("{n} marker(s) taken"), |b| b["malformed"] == n);
+    }
+
+    // Each forged host announces the most channels a host may, under names of its own; by fours
+    // (6 MiB), each four taken before the next, so that none overflows the bridge's read-ahead.
+    let mut markers = 0;
+    for four in (0..FORGED).collect::<Vec<_>>().chunks(4) {
+        for host in four {
+            let counts: Vec<(String, u32)> =
+                (0..CHANNELS).map(|i| (format!("socket.io-request#/h{host}-{i}#"), 1)).collect();
+            publish(&hosts_wire(true, 1000 + host, &counts));
+        }
+        publish(marker);
+        markers += 1;
+        taken(&mut a, markers);
+    }
+    let counted = a.status().expect("status")["bridge"]["hosts"].as_u64().unwrap() - 2;
+
+    // The stream: a small host that never changes, and one whose count changes every time.
+    let (cpu, started) = (cpu_time(a.pid()), Instant::now());
+    let same = hosts_wire(false, 999, &[("socket.io-request#/same#".to_owned(), 1)]);
+    let mut answered = Vec::new();
+    let mut beats = 0u32;
+    while started.elapsed() < STREAM {
+        publish(&same);
+        publish(&hosts_wire(false, 998, &[("socket.io-request#/changing#".to_owned(), 1 + beats % 2)]));
+        beats += 1;
+        if beats.is_multiple_of(8) {
+            let asked = Instant::now();
+            assert!(a.status().is_some(), "status did not answer during the stream");
+            answered.push(asked.elapsed());
+        }
+        std::thread::sleep(PERIOD); // the stream's pace, not a synchronisation
+    }
+    publish(marker);
+    taken(&mut a, markers + 1);
+    let (cpu, wall) = (cpu_time(a.pid()) - cpu, started.elapsed());
+    let slowest = answered.iter().max().copied().unwrap_or_default();
+    assert!(slowest < STATUS_BOUND, "status took {slowest:?} during the stream (bound {STATUS_BOUND:?})");
+    let share = cpu.as_secs_f64() / wall.as_secs_f64();
+    assert!(share < CPU_SHARE, "clusterd used {cpu:?} of CPU in {wall:?} of {beats} x 2 heartbeats");
+    let (rss, _) = memory_of(a.pid());
+    let status = a.status().expect("status");
+    assert!(
+        rss.saturating_sub(idle) < RSS_BOUND,
+        "VmRSS grew {} MiB above its {} MiB (bound {} MiB)\n{status:#}",
+        rss.saturating_sub(idle) >> 20,
+        idle >> 20,
+        RSS_BOUND >> 20
+    );
+    let bridge = &status["bridge"];
+    // The first two fit (6 MiB of weight each), every later hello is refused and counted.
+    assert!((1..FORGED).contains(&counted), "forged hosts over the bound are refused: {bridge:#}");
+    assert_eq!(bridge["refused"], FORGED - counted, "every hello refused is counted: {bridge:#}");
+    // The real hosts still know each other and exchange messages, asks included.
+    let result = hosts_mjs(&[http(&a), http(&b)], 2, 3);
+    assert_eq!(result["counts"], serde_json::json!([4, 4]), "{result:#}");
+    eprintln!(
+        "forged hosts: {counted} of {FORGED} counted; stream: {beats} x 2 heartbeats, CPU {cpu:?} in {wall:?}, \
+         slowest status {slowest:?}, VmRSS +{} MiB; {}",
+        rss.saturating_sub(idle) >> 20,
+        status["bridge"]
+    );
+}

@@ -345,6 +345,7 @@ fn the_bridge_counters_are_served_and_a_reconnect_is_counted() {
     let m = scrape(&at);
     assert_eq!(m.value("clusterd_bridge_connected", &[]), Some(0.0), "{}", m.text);
     assert_eq!(m.value("clusterd_bridge_reconnects_total", &[]), Some(0.0));
+    assert_eq!(m.value("clusterd_bridge_refused_total", &[]), Some(0.0));
     assert_eq!(m.value("clusterd_bridge_hosts", &[]), Some(1.0));
     redis.restart();
     let m = wait_until("the bridge connected in the metrics", || {

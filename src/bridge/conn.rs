@@ -20,7 +20,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, mpsc};
 
 use super::codec::{HostId, Wire};
-use super::hosts::{Change, Hosts};
+use super::hosts::{Change, Heard, Hosts};
 use super::inbox::{Inbox, MAX_READ_AHEAD};
 use super::options::BridgeConfig;
 use super::queue::Out;
@@ -61,6 +61,13 @@ const INCOMING_WAIT: Duration = Duration::from_millis(500);
 const FRAME_SLACK: usize = 64;
 /// At most one log line about malformed messages in this long.
 const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// At most one log line about hosts refused (over [`super::hosts::MAX_REMOTE_COUNTS`]) in this long.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// After the relay's copy of the remote counts was rebuilt in a time `t`, the next rebuild waits
+/// at least `REMOTE_PAUSE × t`: with the drop of the copy it replaces (about as long), rebuilding
+/// takes at most about a tenth of clusterd's one thread, however fast other hosts' counts change.
+/// Real counts (a few thousand channels) take microseconds: no wait anyone notices.
+const REMOTE_PAUSE: u32 = 19;
 
 /// Builds the Redis client: with `--bridge-ca`, a `rediss://` client that trusts that CA (and only
 /// it); otherwise the system's roots for `rediss://`.
@@ -153,8 +160,12 @@ pub(super) struct Task {
     /// Other hosts' requests being answered here: the relay's id for it → (host, its id, until).
     inbound: HashMap<u64, (HostId, u64, Instant)>,
     next_inbound: u64,
-    /// The remote counts the relay has.
-    remote: HashMap<String, u32>,
+    /// The relay's remote counts are out of date: sent at [`Task::remote_next`].
+    remote_dirty: bool,
+    /// The earliest time the relay's remote counts may be rebuilt again ([`REMOTE_PAUSE`]).
+    remote_next: Option<Instant>,
+    refused_logged: Option<Instant>,
+    refused_unlogged: u64,
     state: State,
     /// Whether this host shadows its request channels (plain socketioxide-redis servers are
     /// around); once on, it stays on.
@@ -217,7 +228,10 @@ impl Task {
             held_answers: 0,
             inbound: HashMap::new(),
             next_inbound: 1,
-            remote: HashMap::new(),
+            remote_dirty: false,
+            remote_next: None,
+            refused_logged: None,
+            refused_unlogged: 0,
             state: State::Connecting,
             shadowed: false,
             foreign: HashMap::new(),
@@ -330,6 +344,9 @@ impl Task {
         let leave = Arc::clone(&self.leave);
         let inbox = Arc::clone(&live.inbox);
         loop {
+            // The relay's counts changed while a rebuild had to wait ([`REMOTE_PAUSE`]).
+            let remote_due = self.remote_dirty.then(|| self.remote_next.unwrap_or_else(Instant::now));
+            let remote_at = remote_due.unwrap_or_else(Instant::now).into();
             let result = tokio::select! {
                 () = leave.notified() => {
                     let goodbye = Wire::Leave { host: self.me }.encode();
@@ -354,6 +371,10 @@ impl Task {
                     Err(error) => Err(error),
                 },
                 _ = heartbeat.tick() => self.periodic(&mut live).await,
+                () = tokio::time::sleep_until(remote_at), if remote_due.is_some() => {
+                    self.send_remote().await;
+                    Ok(())
+                }
             };
             if let Err(error) = result {
                 return End::Lost(error.to_string());
@@ -477,6 +498,7 @@ impl Task {
             let most = believed.values().max().copied().unwrap_or(0) as usize;
             self.shared.stats.plain.store(most, Ordering::Relaxed);
             self.foreign = believed;
+            self.remote_dirty = true;
             if !self.foreign.is_empty() && !self.shadowed {
                 self.shadowed = true;
                 self.sync_shadows(live).await?;
@@ -714,16 +736,12 @@ impl Task {
                 self.malformed("requests", &super::codec::Malformed::Invalid("more requests waiting than the limit"));
             }
             Wire::Hello { host, counts, shadowed } if host != self.me => {
-                let counts = self.bridged_only(counts);
-                let change = self.hosts.heard(host, counts, shadowed, Instant::now());
-                self.hosts_changed(change.into_iter().collect()).await;
+                self.heard(host, counts, shadowed).await;
                 // The newcomer learns of this host at once.
                 self.heartbeat(live).await?;
             }
             Wire::Heartbeat { host, counts, shadowed } if host != self.me => {
-                let counts = self.bridged_only(counts);
-                let change = self.hosts.heard(host, counts, shadowed, Instant::now());
-                self.hosts_changed(change.into_iter().collect()).await;
+                self.heard(host, counts, shadowed).await;
             }
             Wire::Leave { host } if host != self.me => {
                 let change = self.hosts.left(host);
@@ -795,6 +813,41 @@ impl Task {
         Ok(())
     }
 
+    /// Another host's hello or heartbeat: costs what it carries, whatever the other hosts hold
+    /// (see [`Hosts`]).
+    async fn heard(&mut self, host: HostId, counts: Vec<(String, u32)>, shadowed: bool) {
+        let counts = self.bridged_only(counts);
+        match self.hosts.heard(host, counts, shadowed, Instant::now()) {
+            Heard::Joined => self.hosts_changed(vec![Change::Joined(host)]).await,
+            Heard::Changed => self.update_remote().await,
+            Heard::Same => {}
+            Heard::Refused => self.refused(host),
+        }
+    }
+
+    /// A host's counts did not fit [`super::hosts::MAX_REMOTE_COUNTS`]: counted, and logged at
+    /// most once a minute (forged hosts would otherwise fill the log).
+    fn refused(&mut self, host: HostId) {
+        self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if self.refused_logged.is_some_and(|at| now.duration_since(at) < REFUSED_LOG_EVERY) {
+            self.refused_unlogged += 1;
+            return;
+        }
+        tracing::warn!(
+            host = %format!("{host:016x}"),
+            known = self.hosts.len(),
+            held = self.hosts.weight(),
+            earlier = self.refused_unlogged,
+            "bridge: refused a host's counts: the other hosts' counts would weigh more than {} bytes \
+             (a new host is not counted, a known one keeps its counts; at most one such line a minute; \
+             `refused` in status counts them all)",
+            super::hosts::MAX_REMOTE_COUNTS
+        );
+        self.refused_logged = Some(now);
+        self.refused_unlogged = 0;
+    }
+
     /// The counts of the channels this host bridges too: another host may name more of an
     /// application's channels (`--bridge-channels`); their traffic does not cross here.
     fn bridged_only(&self, mut counts: Vec<(String, u32)>) -> Vec<(String, u32)> {
@@ -853,18 +906,28 @@ impl Task {
         self.update_remote().await;
     }
 
-    /// Tells the relay how many subscribers each channel has elsewhere: the other hosts' workers
-    /// and the plain socketioxide-redis servers.
+    /// Tells the relay how many subscribers each channel has elsewhere, if that changed: at once,
+    /// or (right after a rebuild) when [`REMOTE_PAUSE`] allows.
     async fn update_remote(&mut self) {
+        self.remote_dirty |= self.hosts.take_changed();
+        if self.remote_dirty && self.remote_next.is_none_or(|at| Instant::now() >= at) {
+            self.send_remote().await;
+        }
+    }
+
+    /// The relay's copy of the remote counts, rebuilt: the other hosts' workers and the plain
+    /// socketioxide-redis servers.
+    async fn send_remote(&mut self) {
+        let started = Instant::now();
         let mut totals = self.hosts.totals();
         for (channel, n) in &self.foreign {
             let total = totals.entry(channel.clone()).or_default();
             *total = total.saturating_add(*n);
         }
-        if totals != self.remote {
-            self.remote = totals.clone();
-            let _ = self.relay.send(Input::Bridge(BridgeInput::Remote(totals))).await;
-        }
+        let now = Instant::now();
+        self.remote_next = Some(now + (now - started) * REMOTE_PAUSE);
+        self.remote_dirty = false;
+        let _ = self.relay.send(Input::Bridge(BridgeInput::Remote(totals))).await;
     }
 
     /// The connection is gone: nobody else is reachable, so nobody else counts or is waited for.
@@ -885,6 +948,11 @@ impl Task {
         self.foreign_sample.clear();
         self.shared.stats.plain.store(0, Ordering::Relaxed);
         self.hosts_changed(changes).await;
+        // Nobody else counts now: the relay learns it at once (outside `serve`, nothing would
+        // send it later).
+        if self.remote_dirty {
+            self.send_remote().await;
+        }
         let ids: Vec<u64> = self.asks.keys().copied().collect();
         for id in ids {
             if let Some(ask) = self.asks.get_mut(&id) {

@@ -57,6 +57,8 @@ pub struct Stats {
     reconnects: AtomicU64,
     /// Plain socketioxide-redis servers counted (the most on any channel).
     plain: AtomicUsize,
+    /// Other hosts' heartbeats refused: over the bound on what their counts may weigh in all.
+    refused: AtomicU64,
 }
 
 impl Stats {
@@ -70,6 +72,7 @@ impl Stats {
             malformed: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             plain: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -117,6 +120,7 @@ impl Handle {
             malformed: s.malformed.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
             plain_servers: s.plain.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
         }
     }
 

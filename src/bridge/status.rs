@@ -36,4 +36,9 @@ pub struct BridgeStatus {
     pub reconnects: u64,
     /// Plain socketioxide-redis servers on the same Redis, counted as members.
     pub plain_servers: usize,
+    /// Other hosts' hellos and heartbeats refused: their counts would take what all other hosts'
+    /// counts may weigh over the bound (`MAX_REMOTE_COUNTS`); a new host is not counted, a known
+    /// one keeps the counts it had.
+    #[serde(default)]
+    pub refused: u64,
 }

@@ -205,6 +205,11 @@ impl Families {
             b.malformed,
         );
         counter(
+            "clusterd_bridge_refused_total",
+            "Other hosts' heartbeats refused: their counts would take what all other hosts' counts may weigh over the bound.",
+            b.refused,
+        );
+        counter(
             "clusterd_bridge_reconnects_total",
             "Times the bridge connected to Redis again after losing it.",
             b.reconnects,

@@ -311,6 +311,17 @@ pub fn proc_stat(pid: i32) -> Option<(char, i32, i32)> {
     Some((state, ppid, pgid))
 }
 
+/// The CPU time a process has used (user and system, `/proc/<pid>/stat`), in USER_HZ ticks of
+/// 10 ms (Linux reports 100 a second whatever the kernel's own tick).
+pub fn cpu_time(pid: i32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    // After the command name: state is field 3, utime and stime fields 14 and 15.
+    let rest = &text[text.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
 /// Children of `parent` (any state) and their command names.
 pub fn children_of(parent: i32) -> Vec<(i32, String)> {
     let mut out = Vec::new();
