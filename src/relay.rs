@@ -14,10 +14,11 @@
 //! for room: it stops taking frames, so the publishers' `publish` waits too (backpressure), and a
 //! live worker that reads loses nothing. A member that makes no room for [`STUCK_AFTER`] is
 //! *stuck*: from then on, messages to it are dropped and counted (`dropped` in `status`) without
-//! waiting, until its queue has drained to half. A stuck worker costs the others one pause of
-//! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget (twice its budget,
-//! counting the read chunks that the payloads it waits for were sliced from; or one frame larger
-//! than its budget, which an empty queue takes).
+//! waiting, until its queue has drained to half. The queue is full when it holds its budget's
+//! bytes or [`QUEUE`] frames (many small messages reach the second first); either counts. A
+//! stuck worker costs the others one pause of [`STUCK_AFTER`], and clusterd's memory for it
+//! stays within its budget (twice its budget, counting the read chunks that the payloads it waits
+//! for were sliced from; or one frame larger than its budget, which an empty queue takes).
 //!
 //! Memory: the frames read and not yet queued hold a share of the bus budget (`bus_memory.rs`),
 //! which this task gives back once it has queued (or dropped) them; each member's queue is bounded
@@ -553,8 +554,6 @@ impl Relay {
     }
 }
 
-/// Queues a frame for a member: waits for room while the member makes progress, drops (and
-/// counts) once it is stuck.
 /// Queues a message of another host without waiting: within half of the member's queue (bytes
 /// and frames), else it is dropped and counted. A flood from Redis (anyone who can `PUBLISH`)
 /// never makes the relay wait, and never takes the room that local messages need.
@@ -570,6 +569,8 @@ async fn enqueue_remote(member: &mut Member, bytes: Outgoing) {
     enqueue(member, bytes).await;
 }
 
+/// Queues a frame for a member: waits for room while the member makes progress, drops (and
+/// counts) once it is stuck.
 async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     let size = bytes.len();
     if member.queued.load(Ordering::Relaxed) > member.budget / 32 && !bytes.payload.is_empty() {
@@ -580,7 +581,8 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     }
     let fits = |m: &Member| m.queued.load(Ordering::Relaxed) + size <= m.budget.max(size);
     if member.stuck {
-        if member.queued.load(Ordering::Relaxed) > member.budget / 2 {
+        // Over half of either bound (bytes or frames) it has not read yet: still stuck.
+        if member.queued.load(Ordering::Relaxed) > member.budget / 2 || member.queue.capacity() < QUEUE / 2 {
             member.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::bus_dropped();
             return;
@@ -599,28 +601,43 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
             break;
         }
         if tokio::time::timeout_at(deadline(), notified).await.is_err() {
-            tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
-            member.stuck = true;
-            member.dropped.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::bus_dropped();
-            return;
+            return become_stuck(member);
         }
     }
     // Counted before the writer can see it, so that the writer never subtracts first.
     member.queued.fetch_add(size, Ordering::Relaxed);
     let sent = match member.queue.try_send(bytes) {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(bytes)) => {
-            matches!(tokio::time::timeout_at(deadline(), member.queue.send(bytes)).await, Ok(Ok(())))
+            match tokio::time::timeout_at(deadline(), member.queue.send(bytes)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(false),
+                // Many small messages fill the frame queue before the bytes budget: a member that
+                // makes no room in it is as stuck as one over its bytes, and is treated alike, so
+                // that it costs the others one pause, not one per message.
+                Err(_) => Err(true),
+            }
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
     };
-    if !sent {
-        // The writer is gone (the worker left) or the queue stayed full: count it.
+    if let Err(timed_out) = sent {
         member.queued.fetch_sub(size, Ordering::Relaxed);
+        if timed_out {
+            return become_stuck(member);
+        }
+        // The writer is gone (the worker left): count it.
         member.dropped.fetch_add(1, Ordering::Relaxed);
         crate::metrics::bus_dropped();
     }
+}
+
+/// The member made no room for [`STUCK_AFTER`]: its messages are dropped from now on, without
+/// waiting, until it has read half of what waits for it (see `enqueue`).
+fn become_stuck(member: &mut Member) {
+    tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
+    member.stuck = true;
+    member.dropped.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::bus_dropped();
 }
 
 /// Writes a member's frames, as many per syscall as are queued.
