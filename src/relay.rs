@@ -32,10 +32,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame, message_head};
+use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, MAX_SUBSCRIPTIONS, encode_frame, message_head};
 use tokio::sync::mpsc;
 
 use crate::bus_memory::{BusMemory, Charge};
+
+mod requests;
+use requests::{MAX_PENDING_REQUESTS, Pending, Requests};
 
 /// Frames that may wait for one member (a second bound, for many small messages).
 const QUEUE: usize = 16 * 1024;
@@ -45,6 +48,10 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// most one request's answers may add up to, so that its `Answers` frame stays within the frame
 /// limit. An answer beyond it counts its worker as missing.
 pub const MAX_HELD_ANSWERS: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME - 1024 * 1024;
+/// The bytes of channel names one worker process may subscribe to, all together. The count bound
+/// alone (`MAX_SUBSCRIPTIONS` names of up to `MAX_CHANNEL_NAME`) would let one worker make
+/// clusterd hold 256 MiB of names.
+pub const MAX_SUBSCRIBED_BYTES: usize = 16 * 1024 * 1024;
 /// Messages from other hosts may fill a member's queue up to its budget / this much (bytes and
 /// frames).
 const REMOTE_SHARE: usize = 2;
@@ -152,6 +159,14 @@ struct Member {
     room: Arc<tokio::sync::Notify>,
     stuck: bool,
     dropped: Arc<AtomicU64>,
+    /// The channels it subscribes to (at most [`MAX_SUBSCRIPTIONS`]) and the bytes of their
+    /// names (at most [`MAX_SUBSCRIBED_BYTES`]).
+    subscribed: usize,
+    subscribed_bytes: usize,
+    /// Whether a subscription beyond the bound was logged (once per worker process).
+    refused_logged: bool,
+    /// Whether a request beyond [`MAX_PENDING_REQUESTS`] was logged (once per worker process).
+    asks_logged: bool,
 }
 
 struct Relay {
@@ -159,11 +174,9 @@ struct Relay {
     members: BTreeMap<u64, Member>,
     subscriptions: HashMap<String, BTreeSet<u64>>,
     budget: usize,
-    requests: HashMap<u64, Pending>,
+    requests: Requests,
     next_request: u64,
     default_timeout: std::time::Duration,
-    /// The relay's own input, for deadlines.
-    input: mpsc::WeakSender<Input>,
     /// Where each message's head is encoded (kept, so that it is allocated once).
     head: Vec<u8>,
     memory: Arc<BusMemory>,
@@ -176,32 +189,19 @@ struct Relay {
     remote: HashMap<String, u32>,
 }
 
-/// A request whose answers are being gathered.
-struct Pending {
-    asker: u64,
-    asker_id: u64,
-    waiting: BTreeSet<u64>,
-    answers: Vec<(u32, Vec<u8>)>,
-    missing: Vec<u32>,
-    /// Bytes of `answers`.
-    held: usize,
-}
-
 /// Starts the relay task; `budget` is the bytes queued for one member before drops,
 /// `default_timeout` the deadline of a request that names none, and `memory` the budget the
 /// frames it is handed were charged to.
 pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<BusMemory>) -> mpsc::Sender<Input> {
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
-    let input = tx.downgrade();
     tokio::spawn(async move {
         let mut relay = Relay {
             members: BTreeMap::new(),
             subscriptions: HashMap::new(),
             budget,
-            requests: HashMap::new(),
+            requests: Requests::default(),
             next_request: 1,
             default_timeout,
-            input,
             head: Vec::new(),
             memory,
             done: Charge::default(),
@@ -209,7 +209,17 @@ pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<Bu
             bridge: None,
             remote: HashMap::new(),
         };
-        while let Some(input) = rx.recv().await {
+        loop {
+            // Input first: a deadline waits for the frames already read (answers among them).
+            let input = match relay.requests.next_deadline() {
+                Some((at, request)) => tokio::select! {
+                    biased;
+                    input = rx.recv() => input,
+                    () = tokio::time::sleep_until(at) => Some(Input::Deadline { request }),
+                },
+                None => rx.recv().await,
+            };
+            let Some(input) = input else { break };
             relay.handle(input).await;
             if relay.done.bytes() >= RELEASE_BATCH || rx.is_empty() {
                 relay.memory.release(std::mem::take(&mut relay.done));
@@ -237,7 +247,7 @@ impl Relay {
             }
             Input::Bridge(input) => self.bridge(input).await,
             Input::Deadline { request } => {
-                if let Some(mut pending) = self.requests.remove(&request) {
+                if let Some(mut pending) = self.requests.remove(request) {
                     for key in std::mem::take(&mut pending.waiting) {
                         if let Some(member) = self.members.get(&key) {
                             pending.missing.push(member.slot);
@@ -268,14 +278,7 @@ impl Relay {
 
     /// A worker that is gone answers nothing: requests that wait only for it are answered now.
     async fn forget_in_requests(&mut self, key: u64, slot: u32) {
-        let held_answers = &mut self.held_answers;
-        self.requests.retain(|_, p| {
-            let keep = p.asker != key;
-            if !keep {
-                *held_answers -= p.held;
-            }
-            keep
-        });
+        self.held_answers -= self.requests.drop_asker(key);
         let done: Vec<u64> = self
             .requests
             .iter_mut()
@@ -287,7 +290,7 @@ impl Relay {
             })
             .collect();
         for id in done {
-            if let Some(pending) = self.requests.remove(&id) {
+            if let Some(pending) = self.requests.remove(id) {
                 self.answer(pending).await;
             }
         }
@@ -333,7 +336,19 @@ impl Relay {
         let queued = Arc::new(AtomicUsize::new(0));
         let room = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(write_frames(writer, frames, Arc::clone(&queued), Arc::clone(&room)));
-        let mut member = Member { slot, queue, queued, room, stuck: false, dropped, budget: self.budget };
+        let mut member = Member {
+            slot,
+            queue,
+            queued,
+            room,
+            stuck: false,
+            dropped,
+            budget: self.budget,
+            subscribed: 0,
+            subscribed_bytes: 0,
+            refused_logged: false,
+            asks_logged: false,
+        };
         // The newcomer learns who is there; the others learn of it.
         let present: Vec<u32> = self.members.values().map(|m| m.slot).collect();
         for other in present {
@@ -380,6 +395,24 @@ impl Relay {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) {
+        // The bridge has its own bound on the requests of other hosts (`bridge::conn`).
+        if asker != BRIDGE && self.requests.asking(asker) >= MAX_PENDING_REQUESTS {
+            // Answered at once, as a request none could take: every worker it would have asked
+            // is missing.
+            let missing = waiting.iter().filter_map(|k| self.members.get(k)).map(|m| m.slot).collect();
+            if let Some(member) = self.members.get_mut(&asker)
+                && !std::mem::replace(&mut member.asks_logged, true)
+            {
+                tracing::warn!(
+                    worker = member.slot,
+                    max = MAX_PENDING_REQUESTS,
+                    "bus: the worker has too many requests pending; more are answered at once, all missing"
+                );
+            }
+            let mut pending = Pending::new(asker, asker_id, BTreeSet::new(), tokio::time::Instant::now());
+            pending.missing = missing;
+            return self.answer(pending).await;
+        }
         let request = self.next_request;
         self.next_request += 1;
         if asker != BRIDGE
@@ -389,19 +422,11 @@ impl Relay {
         {
             waiting.insert(BRIDGE);
         }
-        let pending =
-            Pending { asker, asker_id, waiting: waiting.clone(), answers: Vec::new(), missing: Vec::new(), held: 0 };
+        let pending = Pending::new(asker, asker_id, waiting.clone(), tokio::time::Instant::now() + timeout);
         if waiting.is_empty() {
             return self.answer(pending).await;
         }
         self.requests.insert(request, pending);
-        let input = self.input.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(input) = input.upgrade() {
-                let _ = input.send(Input::Deadline { request }).await;
-            }
-        });
         if let Some(bytes) = encode(&BusToWorker::Request { id: request, from, payload }) {
             let targets: Vec<u64> = waiting.into_iter().collect();
             self.send_to(&targets, bytes).await;
@@ -434,7 +459,7 @@ impl Relay {
                 self.done.absorb(charge);
             }
             BridgeInput::Answers { request, answers, missing } => {
-                let Some(pending) = self.requests.get_mut(&request) else { return };
+                let Some(pending) = self.requests.get_mut(request) else { return };
                 if pending.waiting.remove(&BRIDGE) {
                     // Held within the same bound as local answers; over it, an answer counts as
                     // missing.
@@ -452,11 +477,39 @@ impl Relay {
                     pending.missing.extend(missing);
                 }
                 if pending.waiting.is_empty()
-                    && let Some(pending) = self.requests.remove(&request)
+                    && let Some(pending) = self.requests.remove(request)
                 {
                     self.answer(pending).await;
                 }
             }
+        }
+    }
+
+    /// Subscribes the member `key` to `channel`, within [`MAX_SUBSCRIPTIONS`] and
+    /// [`MAX_SUBSCRIBED_BYTES`]: beyond, the subscription is ignored (the worker keeps the others,
+    /// and its traffic) and logged once.
+    fn subscribe(&mut self, key: u64, channel: String) {
+        let Some(member) = self.members.get_mut(&key) else { return };
+        if self.subscriptions.get(&channel).is_some_and(|keys| keys.contains(&key)) {
+            return;
+        }
+        if member.subscribed >= MAX_SUBSCRIPTIONS || member.subscribed_bytes + channel.len() > MAX_SUBSCRIBED_BYTES {
+            if !std::mem::replace(&mut member.refused_logged, true) {
+                tracing::warn!(
+                    worker = member.slot,
+                    channels = member.subscribed,
+                    bytes = member.subscribed_bytes,
+                    "bus: the worker subscribes to too many channels; its further subscriptions are ignored"
+                );
+            }
+            return;
+        }
+        let keys = self.subscriptions.entry(channel.clone()).or_default();
+        keys.insert(key);
+        member.subscribed += 1;
+        member.subscribed_bytes += channel.len();
+        if let Some(bridge) = &self.bridge {
+            bridge.subscribers(&channel, keys.len());
         }
     }
 
@@ -469,17 +522,15 @@ impl Relay {
             Incoming::Other(frame) => frame,
         };
         match frame {
-            BusFromWorker::Subscribe { channel } => {
-                let keys = self.subscriptions.entry(channel.clone()).or_default();
-                if keys.insert(key)
-                    && let Some(bridge) = &self.bridge
-                {
-                    bridge.subscribers(&channel, keys.len());
-                }
-            }
+            BusFromWorker::Subscribe { channel } => self.subscribe(key, channel),
             BusFromWorker::Unsubscribe { channel } => {
                 if let Some(keys) = self.subscriptions.get_mut(&channel) {
-                    keys.remove(&key);
+                    if keys.remove(&key)
+                        && let Some(member) = self.members.get_mut(&key)
+                    {
+                        member.subscribed -= 1;
+                        member.subscribed_bytes -= channel.len();
+                    }
                     if let Some(bridge) = &self.bridge {
                         bridge.subscribers(&channel, keys.len());
                     }
@@ -510,15 +561,11 @@ impl Relay {
                 .into_iter()
                 .filter(|&k| k != key)
                 .collect();
-                let timeout = if timeout_ms == 0 {
-                    self.default_timeout
-                } else {
-                    std::time::Duration::from_millis(u64::from(timeout_ms))
-                };
+                let timeout = requests::timeout(timeout_ms, self.default_timeout);
                 self.request(key, id, from, channel.as_deref(), waiting, payload, timeout).await;
             }
             BusFromWorker::Reply { id, payload } => {
-                let Some(pending) = self.requests.get_mut(&id) else { return };
+                let Some(pending) = self.requests.get_mut(id) else { return };
                 if pending.waiting.remove(&key) {
                     if self.held_answers + payload.len() <= MAX_HELD_ANSWERS
                         && pending.held + payload.len() <= MAX_HELD_ANSWERS
@@ -536,7 +583,7 @@ impl Relay {
                     }
                 }
                 if pending.waiting.is_empty()
-                    && let Some(pending) = self.requests.remove(&id)
+                    && let Some(pending) = self.requests.remove(id)
                 {
                     self.answer(pending).await;
                 }
