@@ -210,8 +210,12 @@ pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<Bu
             remote: HashMap::new(),
         };
         loop {
-            // Input first: a deadline waits for the frames already read (answers among them).
             let input = match relay.requests.next_deadline() {
+                // A deadline that passed goes first: under a steady stream of frames the input
+                // may never run dry, and the asker must not wait for it to.
+                Some((at, request)) if at <= tokio::time::Instant::now() => Some(Input::Deadline { request }),
+                // Else input first: a deadline waits for the frames already read (answers
+                // among them).
                 Some((at, request)) => tokio::select! {
                     biased;
                     input = rx.recv() => input,
