@@ -100,6 +100,7 @@ fn a_worker_that_stops_reading_holds_up_nobody_and_its_losses_are_counted() {
     assert_eq!(worker(&status, 1)["dropped"], 0, "the reading worker lost nothing");
 }
 
+/// Review 2, finding 1: each message past the frame queue cost the whole bus a 2 s pause.
 #[test]
 fn a_worker_that_stops_reading_small_messages_costs_one_pause_then_its_messages_are_dropped_at_once() {
     // Worker 0 subscribes and never reads; worker 1 floods it with small messages: its queue
