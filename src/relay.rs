@@ -23,6 +23,10 @@
 //! Memory: the frames read and not yet queued hold a share of the bus budget (`bus_memory.rs`),
 //! which this task gives back once it has queued (or dropped) them; each member's queue is bounded
 //! by its budget; the answers of requests being gathered are bounded by [`MAX_HELD_ANSWERS`].
+//! What one worker's frames make the relay keep is bounded too: channel names by the bus
+//! protocol's `MAX_CHANNEL_NAME` (checked as frames are read, `bus_reader.rs`), its subscriptions
+//! by `MAX_SUBSCRIPTIONS` and [`MAX_SUBSCRIBED_BYTES`], its pending requests by
+//! `MAX_PENDING_REQUESTS` (`relay/requests.rs`).
 //! Whatever else joins the relay as a member (a bridge to other hosts) follows the same rules: it
 //! charges what it reads to the bus budget before it hands it over here, and its queue is a
 //! member's queue.
