@@ -189,7 +189,9 @@ impl Bus {
         Ok(Self { inner })
     }
 
-    /// Publishes `payload` to every other worker subscribed to `channel`.
+    /// Publishes `payload` to every other worker subscribed to `channel`. Every method that
+    /// names a channel fails with [`Error::ChannelNameTooLong`], sending nothing, for a name over
+    /// [`MAX_CHANNEL_NAME`] bytes.
     pub async fn publish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
         self.queue_publish(channel, payload.into(), false).await
     }
