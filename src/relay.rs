@@ -14,14 +14,19 @@
 //! for room: it stops taking frames, so the publishers' `publish` waits too (backpressure), and a
 //! live worker that reads loses nothing. A member that makes no room for [`STUCK_AFTER`] is
 //! *stuck*: from then on, messages to it are dropped and counted (`dropped` in `status`) without
-//! waiting, until its queue has drained to half. A stuck worker costs the others one pause of
-//! [`STUCK_AFTER`], and clusterd's memory for it stays within its budget (twice its budget,
-//! counting the read chunks that the payloads it waits for were sliced from; or one frame larger
-//! than its budget, which an empty queue takes).
+//! waiting, until its queue has drained to half. The queue is full when it holds its budget's
+//! bytes or [`QUEUE`] frames (many small messages reach the second first); either counts. A
+//! stuck worker costs the others one pause of [`STUCK_AFTER`], and clusterd's memory for it
+//! stays within its budget (twice its budget, counting the read chunks that the payloads it waits
+//! for were sliced from; or one frame larger than its budget, which an empty queue takes).
 //!
 //! Memory: the frames read and not yet queued hold a share of the bus budget (`bus_memory.rs`),
 //! which this task gives back once it has queued (or dropped) them; each member's queue is bounded
 //! by its budget; the answers of requests being gathered are bounded by [`MAX_HELD_ANSWERS`].
+//! What one worker's frames make the relay keep is bounded too: channel names by the bus
+//! protocol's `MAX_CHANNEL_NAME` (checked as frames are read, `bus_reader.rs`), its subscriptions
+//! by `MAX_SUBSCRIPTIONS` and [`MAX_SUBSCRIBED_BYTES`], its pending requests by
+//! `MAX_PENDING_REQUESTS` (`relay/requests.rs`).
 //! Whatever else joins the relay as a member (a bridge to other hosts) follows the same rules: it
 //! charges what it reads to the bus budget before it hands it over here, and its queue is a
 //! member's queue.
@@ -31,10 +36,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, encode_frame, message_head};
+use clusterd_worker::bus_protocol::{BusFromWorker, BusToWorker, MAX_SUBSCRIPTIONS, encode_frame, message_head};
 use tokio::sync::mpsc;
 
 use crate::bus_memory::{BusMemory, Charge};
+
+mod requests;
+use requests::{MAX_PENDING_REQUESTS, Pending, Requests};
 
 /// Frames that may wait for one member (a second bound, for many small messages).
 const QUEUE: usize = 16 * 1024;
@@ -44,6 +52,10 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 /// most one request's answers may add up to, so that its `Answers` frame stays within the frame
 /// limit. An answer beyond it counts its worker as missing.
 pub const MAX_HELD_ANSWERS: usize = clusterd_worker::bus_protocol::MAX_BUS_FRAME - 1024 * 1024;
+/// The bytes of channel names one worker process may subscribe to, all together. The count bound
+/// alone (`MAX_SUBSCRIPTIONS` names of up to `MAX_CHANNEL_NAME`) would let one worker make
+/// clusterd hold 256 MiB of names.
+pub const MAX_SUBSCRIBED_BYTES: usize = 16 * 1024 * 1024;
 /// Messages from other hosts may fill a member's queue up to its budget / this much (bytes and
 /// frames).
 const REMOTE_SHARE: usize = 2;
@@ -151,6 +163,14 @@ struct Member {
     room: Arc<tokio::sync::Notify>,
     stuck: bool,
     dropped: Arc<AtomicU64>,
+    /// The channels it subscribes to (at most [`MAX_SUBSCRIPTIONS`]) and the bytes of their
+    /// names (at most [`MAX_SUBSCRIBED_BYTES`]).
+    subscribed: usize,
+    subscribed_bytes: usize,
+    /// Whether a subscription beyond the bound was logged (once per worker process).
+    refused_logged: bool,
+    /// Whether a request beyond [`MAX_PENDING_REQUESTS`] was logged (once per worker process).
+    asks_logged: bool,
 }
 
 struct Relay {
@@ -158,11 +178,9 @@ struct Relay {
     members: BTreeMap<u64, Member>,
     subscriptions: HashMap<String, BTreeSet<u64>>,
     budget: usize,
-    requests: HashMap<u64, Pending>,
+    requests: Requests,
     next_request: u64,
     default_timeout: std::time::Duration,
-    /// The relay's own input, for deadlines.
-    input: mpsc::WeakSender<Input>,
     /// Where each message's head is encoded (kept, so that it is allocated once).
     head: Vec<u8>,
     memory: Arc<BusMemory>,
@@ -175,32 +193,19 @@ struct Relay {
     remote: HashMap<String, u32>,
 }
 
-/// A request whose answers are being gathered.
-struct Pending {
-    asker: u64,
-    asker_id: u64,
-    waiting: BTreeSet<u64>,
-    answers: Vec<(u32, Vec<u8>)>,
-    missing: Vec<u32>,
-    /// Bytes of `answers`.
-    held: usize,
-}
-
 /// Starts the relay task; `budget` is the bytes queued for one member before drops,
 /// `default_timeout` the deadline of a request that names none, and `memory` the budget the
 /// frames it is handed were charged to.
 pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<BusMemory>) -> mpsc::Sender<Input> {
     let (tx, mut rx) = mpsc::channel::<Input>(1024);
-    let input = tx.downgrade();
     tokio::spawn(async move {
         let mut relay = Relay {
             members: BTreeMap::new(),
             subscriptions: HashMap::new(),
             budget,
-            requests: HashMap::new(),
+            requests: Requests::default(),
             next_request: 1,
             default_timeout,
-            input,
             head: Vec::new(),
             memory,
             done: Charge::default(),
@@ -208,7 +213,21 @@ pub fn start(budget: usize, default_timeout: std::time::Duration, memory: Arc<Bu
             bridge: None,
             remote: HashMap::new(),
         };
-        while let Some(input) = rx.recv().await {
+        loop {
+            let input = match relay.requests.next_deadline() {
+                // A deadline that passed goes first: under a steady stream of frames the input
+                // may never run dry, and the asker must not wait for it to.
+                Some((at, request)) if at <= tokio::time::Instant::now() => Some(Input::Deadline { request }),
+                // Else input first: a deadline waits for the frames already read (answers
+                // among them).
+                Some((at, request)) => tokio::select! {
+                    biased;
+                    input = rx.recv() => input,
+                    () = tokio::time::sleep_until(at) => Some(Input::Deadline { request }),
+                },
+                None => rx.recv().await,
+            };
+            let Some(input) = input else { break };
             relay.handle(input).await;
             if relay.done.bytes() >= RELEASE_BATCH || rx.is_empty() {
                 relay.memory.release(std::mem::take(&mut relay.done));
@@ -236,7 +255,7 @@ impl Relay {
             }
             Input::Bridge(input) => self.bridge(input).await,
             Input::Deadline { request } => {
-                if let Some(mut pending) = self.requests.remove(&request) {
+                if let Some(mut pending) = self.requests.remove(request) {
                     for key in std::mem::take(&mut pending.waiting) {
                         if let Some(member) = self.members.get(&key) {
                             pending.missing.push(member.slot);
@@ -267,14 +286,7 @@ impl Relay {
 
     /// A worker that is gone answers nothing: requests that wait only for it are answered now.
     async fn forget_in_requests(&mut self, key: u64, slot: u32) {
-        let held_answers = &mut self.held_answers;
-        self.requests.retain(|_, p| {
-            let keep = p.asker != key;
-            if !keep {
-                *held_answers -= p.held;
-            }
-            keep
-        });
+        self.held_answers -= self.requests.drop_asker(key);
         let done: Vec<u64> = self
             .requests
             .iter_mut()
@@ -286,7 +298,7 @@ impl Relay {
             })
             .collect();
         for id in done {
-            if let Some(pending) = self.requests.remove(&id) {
+            if let Some(pending) = self.requests.remove(id) {
                 self.answer(pending).await;
             }
         }
@@ -332,7 +344,19 @@ impl Relay {
         let queued = Arc::new(AtomicUsize::new(0));
         let room = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(write_frames(writer, frames, Arc::clone(&queued), Arc::clone(&room)));
-        let mut member = Member { slot, queue, queued, room, stuck: false, dropped, budget: self.budget };
+        let mut member = Member {
+            slot,
+            queue,
+            queued,
+            room,
+            stuck: false,
+            dropped,
+            budget: self.budget,
+            subscribed: 0,
+            subscribed_bytes: 0,
+            refused_logged: false,
+            asks_logged: false,
+        };
         // The newcomer learns who is there; the others learn of it.
         let present: Vec<u32> = self.members.values().map(|m| m.slot).collect();
         for other in present {
@@ -379,6 +403,24 @@ impl Relay {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) {
+        // The bridge has its own bound on the requests of other hosts (`bridge::conn`).
+        if asker != BRIDGE && self.requests.asking(asker) >= MAX_PENDING_REQUESTS {
+            // Answered at once, as a request none could take: every worker it would have asked
+            // is missing.
+            let missing = waiting.iter().filter_map(|k| self.members.get(k)).map(|m| m.slot).collect();
+            if let Some(member) = self.members.get_mut(&asker)
+                && !std::mem::replace(&mut member.asks_logged, true)
+            {
+                tracing::warn!(
+                    worker = member.slot,
+                    max = MAX_PENDING_REQUESTS,
+                    "bus: the worker has too many requests pending; more are answered at once, all missing"
+                );
+            }
+            let mut pending = Pending::new(asker, asker_id, BTreeSet::new(), tokio::time::Instant::now());
+            pending.missing = missing;
+            return self.answer(pending).await;
+        }
         let request = self.next_request;
         self.next_request += 1;
         if asker != BRIDGE
@@ -388,19 +430,11 @@ impl Relay {
         {
             waiting.insert(BRIDGE);
         }
-        let pending =
-            Pending { asker, asker_id, waiting: waiting.clone(), answers: Vec::new(), missing: Vec::new(), held: 0 };
+        let pending = Pending::new(asker, asker_id, waiting.clone(), tokio::time::Instant::now() + timeout);
         if waiting.is_empty() {
             return self.answer(pending).await;
         }
         self.requests.insert(request, pending);
-        let input = self.input.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(input) = input.upgrade() {
-                let _ = input.send(Input::Deadline { request }).await;
-            }
-        });
         if let Some(bytes) = encode(&BusToWorker::Request { id: request, from, payload }) {
             let targets: Vec<u64> = waiting.into_iter().collect();
             self.send_to(&targets, bytes).await;
@@ -433,7 +467,7 @@ impl Relay {
                 self.done.absorb(charge);
             }
             BridgeInput::Answers { request, answers, missing } => {
-                let Some(pending) = self.requests.get_mut(&request) else { return };
+                let Some(pending) = self.requests.get_mut(request) else { return };
                 if pending.waiting.remove(&BRIDGE) {
                     // Held within the same bound as local answers; over it, an answer counts as
                     // missing.
@@ -451,11 +485,39 @@ impl Relay {
                     pending.missing.extend(missing);
                 }
                 if pending.waiting.is_empty()
-                    && let Some(pending) = self.requests.remove(&request)
+                    && let Some(pending) = self.requests.remove(request)
                 {
                     self.answer(pending).await;
                 }
             }
+        }
+    }
+
+    /// Subscribes the member `key` to `channel`, within [`MAX_SUBSCRIPTIONS`] and
+    /// [`MAX_SUBSCRIBED_BYTES`]: beyond, the subscription is ignored (the worker keeps the others,
+    /// and its traffic) and logged once.
+    fn subscribe(&mut self, key: u64, channel: String) {
+        let Some(member) = self.members.get_mut(&key) else { return };
+        if self.subscriptions.get(&channel).is_some_and(|keys| keys.contains(&key)) {
+            return;
+        }
+        if member.subscribed >= MAX_SUBSCRIPTIONS || member.subscribed_bytes + channel.len() > MAX_SUBSCRIBED_BYTES {
+            if !std::mem::replace(&mut member.refused_logged, true) {
+                tracing::warn!(
+                    worker = member.slot,
+                    channels = member.subscribed,
+                    bytes = member.subscribed_bytes,
+                    "bus: the worker subscribes to too many channels; its further subscriptions are ignored"
+                );
+            }
+            return;
+        }
+        let keys = self.subscriptions.entry(channel.clone()).or_default();
+        keys.insert(key);
+        member.subscribed += 1;
+        member.subscribed_bytes += channel.len();
+        if let Some(bridge) = &self.bridge {
+            bridge.subscribers(&channel, keys.len());
         }
     }
 
@@ -468,17 +530,15 @@ impl Relay {
             Incoming::Other(frame) => frame,
         };
         match frame {
-            BusFromWorker::Subscribe { channel } => {
-                let keys = self.subscriptions.entry(channel.clone()).or_default();
-                if keys.insert(key)
-                    && let Some(bridge) = &self.bridge
-                {
-                    bridge.subscribers(&channel, keys.len());
-                }
-            }
+            BusFromWorker::Subscribe { channel } => self.subscribe(key, channel),
             BusFromWorker::Unsubscribe { channel } => {
                 if let Some(keys) = self.subscriptions.get_mut(&channel) {
-                    keys.remove(&key);
+                    if keys.remove(&key)
+                        && let Some(member) = self.members.get_mut(&key)
+                    {
+                        member.subscribed -= 1;
+                        member.subscribed_bytes -= channel.len();
+                    }
                     if let Some(bridge) = &self.bridge {
                         bridge.subscribers(&channel, keys.len());
                     }
@@ -509,15 +569,11 @@ impl Relay {
                 .into_iter()
                 .filter(|&k| k != key)
                 .collect();
-                let timeout = if timeout_ms == 0 {
-                    self.default_timeout
-                } else {
-                    std::time::Duration::from_millis(u64::from(timeout_ms))
-                };
+                let timeout = requests::timeout(timeout_ms, self.default_timeout);
                 self.request(key, id, from, channel.as_deref(), waiting, payload, timeout).await;
             }
             BusFromWorker::Reply { id, payload } => {
-                let Some(pending) = self.requests.get_mut(&id) else { return };
+                let Some(pending) = self.requests.get_mut(id) else { return };
                 if pending.waiting.remove(&key) {
                     if self.held_answers + payload.len() <= MAX_HELD_ANSWERS
                         && pending.held + payload.len() <= MAX_HELD_ANSWERS
@@ -535,7 +591,7 @@ impl Relay {
                     }
                 }
                 if pending.waiting.is_empty()
-                    && let Some(pending) = self.requests.remove(&id)
+                    && let Some(pending) = self.requests.remove(id)
                 {
                     self.answer(pending).await;
                 }
@@ -553,8 +609,6 @@ impl Relay {
     }
 }
 
-/// Queues a frame for a member: waits for room while the member makes progress, drops (and
-/// counts) once it is stuck.
 /// Queues a message of another host without waiting: within half of the member's queue (bytes
 /// and frames), else it is dropped and counted. A flood from Redis (anyone who can `PUBLISH`)
 /// never makes the relay wait, and never takes the room that local messages need.
@@ -570,6 +624,8 @@ async fn enqueue_remote(member: &mut Member, bytes: Outgoing) {
     enqueue(member, bytes).await;
 }
 
+/// Queues a frame for a member: waits for room while the member makes progress, drops (and
+/// counts) once it is stuck.
 async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     let size = bytes.len();
     if member.queued.load(Ordering::Relaxed) > member.budget / 32 && !bytes.payload.is_empty() {
@@ -580,7 +636,8 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
     }
     let fits = |m: &Member| m.queued.load(Ordering::Relaxed) + size <= m.budget.max(size);
     if member.stuck {
-        if member.queued.load(Ordering::Relaxed) > member.budget / 2 {
+        // Over half of either bound (bytes or frames) it has not read yet: still stuck.
+        if member.queued.load(Ordering::Relaxed) > member.budget / 2 || member.queue.capacity() < QUEUE / 2 {
             member.dropped.fetch_add(1, Ordering::Relaxed);
             crate::metrics::bus_dropped();
             return;
@@ -599,28 +656,43 @@ async fn enqueue(member: &mut Member, mut bytes: Outgoing) {
             break;
         }
         if tokio::time::timeout_at(deadline(), notified).await.is_err() {
-            tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
-            member.stuck = true;
-            member.dropped.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::bus_dropped();
-            return;
+            return become_stuck(member);
         }
     }
     // Counted before the writer can see it, so that the writer never subtracts first.
     member.queued.fetch_add(size, Ordering::Relaxed);
     let sent = match member.queue.try_send(bytes) {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
         Err(mpsc::error::TrySendError::Full(bytes)) => {
-            matches!(tokio::time::timeout_at(deadline(), member.queue.send(bytes)).await, Ok(Ok(())))
+            match tokio::time::timeout_at(deadline(), member.queue.send(bytes)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(false),
+                // Many small messages fill the frame queue before the bytes budget: a member that
+                // makes no room in it is as stuck as one over its bytes, and is treated alike, so
+                // that it costs the others one pause, not one per message.
+                Err(_) => Err(true),
+            }
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(false),
     };
-    if !sent {
-        // The writer is gone (the worker left) or the queue stayed full: count it.
+    if let Err(timed_out) = sent {
         member.queued.fetch_sub(size, Ordering::Relaxed);
+        if timed_out {
+            return become_stuck(member);
+        }
+        // The writer is gone (the worker left): count it.
         member.dropped.fetch_add(1, Ordering::Relaxed);
         crate::metrics::bus_dropped();
     }
+}
+
+/// The member made no room for [`STUCK_AFTER`]: its messages are dropped from now on, without
+/// waiting, until it has read half of what waits for it (see `enqueue`).
+fn become_stuck(member: &mut Member) {
+    tracing::warn!(worker = member.slot, "bus: the worker does not read; dropping its messages until it does");
+    member.stuck = true;
+    member.dropped.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::bus_dropped();
 }
 
 /// Writes a member's frames, as many per syscall as are queued.

@@ -100,6 +100,35 @@ fn a_worker_that_stops_reading_holds_up_nobody_and_its_losses_are_counted() {
     assert_eq!(worker(&status, 1)["dropped"], 0, "the reading worker lost nothing");
 }
 
+/// Review 2, finding 1: each message past the frame queue cost the whole bus a 2 s pause.
+#[test]
+fn a_worker_that_stops_reading_small_messages_costs_one_pause_then_its_messages_are_dropped_at_once() {
+    // Worker 0 subscribes and never reads; worker 1 floods it with small messages: its queue
+    // fills on the frame bound (16 384) long before the bytes budget. After one pause, the rest
+    // must be dropped at once, so that the 300 000 go out within the timeout (not 2 s each).
+    let flags = [
+        ("0", "--bus-stuck flood"),
+        ("1", "--bus-pub flood 300000 --bus-wait 1"),
+        ("2", "--bus-pub pair 200 --bus-wait 1"),
+        ("3", "--bus-sub pair"),
+    ];
+    let mut c = start("2", &flags);
+    c.output.wait_contains("[w0] bus stuck");
+    c.wait_status("drops counted for the worker that does not read", |s| worker(s, 0)["dropped"].as_u64() > Some(0));
+    // Two more workers exchange messages while the stuck one is still being flooded: the relay
+    // must still serve them (they join, subscribe, publish through it).
+    let reply = c.request(r#"{"command":"scale","workers":4}"#).expect("a reply to scale");
+    assert!(reply.get("error").is_none(), "scale refused: {reply}");
+    wait_until("worker 3 to get worker 2's 200 messages", || (received(&c, 3, 2).len() == 200).then_some(()));
+    assert_eq!(received(&c, 3, 2), (0..200).collect::<Vec<_>>());
+    c.output.wait_contains("[w1] bus published 300000");
+    let warned = c.output.snapshot().iter().filter(|l| l.contains("the worker does not read")).count();
+    assert_eq!(warned, 1, "\"does not read\" logged once: {}", c.stderr_dump());
+    let status = c.status().expect("status");
+    assert!(worker(&status, 0)["dropped"].as_u64() > Some(10_000), "the flood past the queue dropped: {status}");
+    assert_eq!(worker(&status, 3)["dropped"], 0, "the reading worker lost nothing");
+}
+
 #[test]
 fn a_burst_larger_than_the_queues_is_slowed_down_not_lost() {
     // 20 000 messages at once: more than the relay queues per worker (16 384 frames), so the

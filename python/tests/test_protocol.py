@@ -178,6 +178,13 @@ def test_a_bus_frame_over_the_limit_is_refused_before_sending():
         b.encode_frame(b.Publish("c", bytes(b.MAX_BUS_FRAME), False))
 
 
+def test_a_channel_name_over_clusterds_limit_is_refused_before_sending():
+    from clusterd_worker.bus import _check_channel
+    _check_channel("é" * (b.MAX_CHANNEL_NAME // 2))  # bytes, not characters
+    with pytest.raises(ValueError, match="at most 4096 bytes"):
+        _check_channel("é" * (b.MAX_CHANNEL_NAME // 2) + "x")
+
+
 def test_engineio_polling_requests_are_recognised():
     from clusterd_worker._engineio import is_polling
 

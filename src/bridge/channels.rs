@@ -22,9 +22,9 @@ use super::options::DEFAULT_GROUP;
 pub const MAX_PATTERNS: usize = 64;
 /// The longest pattern of `--bridge-channels`, in bytes.
 pub const MAX_PATTERN: usize = 256;
-/// The longest channel name a host may announce or ask on (the bus carries longer ones, but a
-/// channel an application names in `--bridge-channels` is a name, not a payload).
-pub const MAX_CHANNEL_NAME: usize = 4096;
+/// The longest channel name a host may announce or ask on: the bus's own bound (a worker that
+/// names a longer channel is replaced), so that every local name can cross.
+pub const MAX_CHANNEL_NAME: usize = clusterd_worker::bus_protocol::MAX_CHANNEL_NAME;
 
 /// The application's own bus channels that cross hosts (`--bridge-channels news,chat.*`): each
 /// pattern is a channel name where `*` stands for any run of characters. None by default: an

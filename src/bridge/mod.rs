@@ -152,6 +152,18 @@ pub enum Handed {
     Queued,
 }
 
+/// The most bridged channels a host announces: what the other hosts take in a heartbeat.
+pub const MAX_ANNOUNCED: usize = codec::MAX_CHANNELS;
+/// The bytes of the announced channels (see [`announced_cost`]): half of the largest message the
+/// other hosts take, the rest left for the heartbeat's other fields.
+pub const MAX_ANNOUNCED_BYTES: usize = codec::MAX_MESSAGE / 2;
+
+/// What one channel adds to a heartbeat, at most: its name, and the varints of its length and
+/// count.
+fn announced_cost(channel: &str) -> usize {
+    channel.len() + 16
+}
+
 /// The relay's side of the bridge: nothing here waits.
 #[derive(Clone)]
 pub struct Sink {
@@ -164,8 +176,13 @@ struct Shared {
     /// Whether the connection task can publish right now; when not, cross-host traffic is
     /// dropped at once (Redis pub/sub is at-most-once anyway).
     connected: AtomicBool,
-    /// Live local subscribers of each bridged channel, as the relay counts them.
+    /// Live local subscribers of each bridged channel, as the relay counts them: at most
+    /// [`MAX_ANNOUNCED`] channels, of [`MAX_ANNOUNCED_BYTES`] in all (what a heartbeat carries).
     local: Mutex<std::collections::BTreeMap<String, u32>>,
+    /// The bytes `local` stands for in a heartbeat (changed under its lock).
+    local_bytes: AtomicUsize,
+    /// Whether a channel left out of `local` was logged.
+    unannounced_logged: AtomicBool,
     /// Woken when `local` changed.
     local_changed: tokio::sync::Notify,
     /// The application's channels that cross hosts (`--bridge-channels`).
@@ -189,12 +206,31 @@ impl Sink {
             return;
         }
         let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let cost = announced_cost(channel);
         {
             let mut local = lock(&self.shared.local);
+            let bytes = &self.shared.local_bytes;
             if count == 0 {
-                local.remove(channel);
-            } else {
+                if local.remove(channel).is_some() {
+                    bytes.fetch_sub(cost, Ordering::Relaxed);
+                }
+            } else if let Some(known) = local.get_mut(channel) {
+                *known = count;
+            } else if local.len() < MAX_ANNOUNCED && bytes.load(Ordering::Relaxed) + cost <= MAX_ANNOUNCED_BYTES {
                 local.insert(channel.to_owned(), count);
+                bytes.fetch_add(cost, Ordering::Relaxed);
+            } else {
+                // A heartbeat over the other hosts' bounds would be dropped as malformed, and
+                // this host counted out: the channels beyond stay on this host instead.
+                if !self.shared.unannounced_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        channels = local.len(),
+                        max = MAX_ANNOUNCED,
+                        "bridge: more bridged channels have local subscribers than a heartbeat can announce; \
+                         the others' messages stay on this host"
+                    );
+                }
+                return;
             }
         }
         self.shared.local_changed.notify_one();
@@ -275,6 +311,8 @@ pub fn start(
         stats: Arc::clone(&stats),
         connected: AtomicBool::new(false),
         local: Mutex::default(),
+        local_bytes: AtomicUsize::new(0),
+        unannounced_logged: AtomicBool::new(false),
         local_changed: tokio::sync::Notify::new(),
         app: config.app.clone(),
     });
@@ -309,6 +347,8 @@ mod tests {
             stats: Arc::new(Stats::new()),
             connected: AtomicBool::new(connected),
             local: Mutex::default(),
+            local_bytes: AtomicUsize::new(0),
+            unannounced_logged: AtomicBool::new(false),
             local_changed: tokio::sync::Notify::new(),
             app: channels::AppChannels::default(),
         });
@@ -335,5 +375,30 @@ mod tests {
         let down = super::tests::sink(false);
         assert_eq!(down.publish(request, &payload, || false), Handed::No);
         assert_eq!(down.shared.stats.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_channels_announced_stay_within_what_a_heartbeat_may_carry() {
+        let sink = sink(true);
+        let name = |i: usize| format!("socket.io-request#/n{i}#");
+        for i in 0..MAX_ANNOUNCED + 5 {
+            sink.subscribers(&name(i), 1);
+        }
+        assert_eq!(lock(&sink.shared.local).len(), MAX_ANNOUNCED, "no more channels than a heartbeat takes");
+        assert!(!lock(&sink.shared.local).contains_key(&name(MAX_ANNOUNCED)));
+        // A channel that goes makes room for one more.
+        sink.subscribers(&name(0), 0);
+        sink.subscribers(&name(MAX_ANNOUNCED), 2);
+        assert_eq!(lock(&sink.shared.local).get(&name(MAX_ANNOUNCED)), Some(&2));
+
+        let sink = super::tests::sink(true);
+        let long = |i: usize| format!("socket.io-request#/{i}{}#", "x".repeat(channels::MAX_CHANNEL_NAME - 40));
+        for i in 0..MAX_ANNOUNCED_BYTES / channels::MAX_CHANNEL_NAME + 100 {
+            sink.subscribers(&long(i), 1);
+        }
+        let local = lock(&sink.shared.local);
+        let bytes: usize = local.keys().map(|c| announced_cost(c)).sum();
+        assert!(bytes <= MAX_ANNOUNCED_BYTES && bytes + announced_cost(&long(0)) > MAX_ANNOUNCED_BYTES, "{bytes}");
+        assert_eq!(bytes, sink.shared.local_bytes.load(Ordering::Relaxed));
     }
 }

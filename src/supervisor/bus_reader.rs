@@ -16,7 +16,9 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use clusterd_worker::bus_protocol::{MAX_BUS_FRAME, PublishRef, decode_body, parse_publish};
+use clusterd_worker::bus_protocol::{
+    BusFromWorker, MAX_BUS_FRAME, MAX_CHANNEL_NAME, PublishRef, decode_body, parse_publish,
+};
 
 use crate::bus_memory::{BusMemory, Charge, Waiting};
 use crate::relay::Incoming;
@@ -165,9 +167,19 @@ impl BusReader {
     /// One frame's body: a publish keeps (or copies, when small) its payload; others are decoded.
     fn parse(&mut self, body: Bytes) -> Result<Incoming, String> {
         let Some(publish) = parse_publish(&body) else {
-            return decode_body(&body).map(Incoming::Other).map_err(|e| e.to_string());
+            let frame = decode_body(&body).map_err(|e| e.to_string())?;
+            if let BusFromWorker::Subscribe { channel }
+            | BusFromWorker::Unsubscribe { channel }
+            | BusFromWorker::Publish { channel, .. }
+            | BusFromWorker::Request { channel: Some(channel), .. }
+            | BusFromWorker::Subscribers { channel, .. } = &frame
+            {
+                check_channel(channel)?;
+            }
+            return Ok(Incoming::Other(frame));
         };
         let PublishRef { channel, payload, echo } = publish.map_err(|e| e.to_string())?;
+        check_channel(channel)?;
         let payload =
             if payload.len() >= SHARE_FROM { body.slice_ref(payload) } else { Bytes::copy_from_slice(payload) };
         let channel = match &self.channel {
@@ -176,6 +188,15 @@ impl BusReader {
         };
         Ok(Incoming::Publish { channel, payload, echo })
     }
+}
+
+/// A channel name longer than [`MAX_CHANNEL_NAME`] breaks the protocol (the SDKs never send one):
+/// clusterd would hold it per subscription and match it against `--bridge-channels` per message.
+fn check_channel(channel: &str) -> Result<(), String> {
+    if channel.len() > MAX_CHANNEL_NAME {
+        return Err(format!("a channel name of {} bytes exceeds the limit of {MAX_CHANNEL_NAME} bytes", channel.len()));
+    }
+    Ok(())
 }
 
 impl Drop for BusReader {

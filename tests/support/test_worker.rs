@@ -14,13 +14,18 @@
 //! payloads of the comma-separated SIZES in turn until TOTAL bytes went out), `--bus-send ID` (send to a worker; prints
 //! direct messages and events), `--bus-answer` (answer requests; `--bus-answer-bytes N`: with N bytes), `--bus-ignore-requests` (take
 //! them, print, never answer), `--bus-ask` (ask the others
-//! once `--bus-wait` workers subscribe, print the answers), `--alloc MIB` (after ready, allocate
+//! once `--bus-wait` workers subscribe, print the answers), `--bus-sub-many PREFIX N`,
+//! `--bus-long-name N`, `--bus-raw-subscribe N`, `--bus-ask-many CH N TIMEOUT_MS` (the bus's
+//! bounds: see `test_worker_bus_limits.rs`), `--alloc MIB` (after ready, allocate
 //! and touch that many MiB, and keep them), `--log-requests` (print each request line served),
 //! `--starts-file PATH --fail-starts-after N` (count starts of every slot in PATH; exit 4 at start
 //! from start N + 1 on), `--listen-self ADDR` (ask clusterd to listen on ADDR for this worker), `--fill-fds` (after ready, open files until the fd limit: no passed fd can be received), `--bad-handback` (give back a connection with a fd that is not a socket), `--handback-repeat N` (give the first connection back N times, then answer `200 ok` to every later one), `--capacity-toggles N` (say full, then room again, N times each), `--session-flood-in G N` (in generation G: announce N sessions, then never read fd 3 and ignore SIGTERM), `--fail-generation G` (exit 4 at start in generation G), `--burst-generations N` (in generations 1 to N: hold every connection unanswered; at the drain give them all back at once, then exit at once), `--only-slot N` (the flags apply only in slot N; other slots just serve), `--metrics` (register metrics: a counter `app_hits_total` of id + 1, a gauge `process_open_fds`), `--metrics-garbage` (register a text that is not the 0.0.4 format), `--metrics-lines N` (register N series `app_line{n="i"} i`, to make a large text).
 
 use std::io::Write;
 use std::time::Duration;
+
+#[path = "test_worker_bus_limits.rs"]
+mod bus_limits;
 
 #[derive(Default)]
 struct Flags {
@@ -54,6 +59,7 @@ struct Flags {
     bus_answer_bytes: Option<usize>,
     bus_ignore: bool,
     bus_ask: bool,
+    bus_limits: bus_limits::LimitFlags,
     listen_self: Option<String>,
     freeze: bool,
     fill_fds: bool,
@@ -140,6 +146,7 @@ fn parse() -> Flags {
             "--only-slot" => {
                 it.next();
             }
+            other if flags.bus_limits.parse(other, &mut it) => {}
             other => panic!("unknown flag {other}"),
         }
     }
@@ -254,6 +261,7 @@ async fn main() {
         tokio::spawn(serve(worker.clone(), listener, flags.log_requests));
     }
     bus_modes(&worker, &flags).await;
+    bus_limits::run(&worker, &flags.bus_limits).await;
     if flags.metrics {
         let hits = u64::from(worker.id()) + 1;
         worker.set_metrics(move || {

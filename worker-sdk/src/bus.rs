@@ -27,7 +27,8 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::bus_protocol::{
-    BusFromWorker, BusToWorker, FrameBuffer, MAX_BUS_FRAME, decode_body, encode_frame, parse_message, publish_head,
+    BusFromWorker, BusToWorker, FrameBuffer, MAX_BUS_FRAME, MAX_CHANNEL_NAME, MAX_SUBSCRIPTIONS, decode_body,
+    encode_frame, parse_message, publish_head,
 };
 use crate::codec::CodecError;
 use crate::error::Error;
@@ -188,7 +189,9 @@ impl Bus {
         Ok(Self { inner })
     }
 
-    /// Publishes `payload` to every other worker subscribed to `channel`.
+    /// Publishes `payload` to every other worker subscribed to `channel`. Every method that
+    /// names a channel fails with [`Error::ChannelNameTooLong`], sending nothing, for a name over
+    /// [`MAX_CHANNEL_NAME`] bytes.
     pub async fn publish(&self, channel: &str, payload: impl Into<Vec<u8>>) -> Result<(), Error> {
         self.queue_publish(channel, payload.into(), false).await
     }
@@ -205,11 +208,17 @@ impl Bus {
     }
 
     /// Subscribes to `channel`; the subscription ends when the returned value is dropped.
+    /// Fails with [`Error::ChannelNameTooLong`] or [`Error::TooManySubscriptions`] past
+    /// clusterd's bounds.
     pub async fn subscribe(&self, channel: &str) -> Result<Subscription, Error> {
+        check_channel(channel)?;
         let id = self.inner.next_subscription.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(IN_QUEUE);
         let first = {
             let mut subscriptions = lock(&self.inner.subscriptions);
+            if subscriptions.len() >= MAX_SUBSCRIPTIONS && !subscriptions.contains_key(channel) {
+                return Err(Error::TooManySubscriptions { max: MAX_SUBSCRIPTIONS });
+            }
             let list = subscriptions.entry(channel.to_owned()).or_default();
             list.push((id, tx));
             list.len() == 1
@@ -222,6 +231,7 @@ impl Bus {
 
     /// The number of live workers subscribed to `channel` (clusterd knows who is alive).
     pub async fn subscribers(&self, channel: &str) -> Result<u32, Error> {
+        check_channel(channel)?;
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.counts).insert(seq, tx);
@@ -271,6 +281,9 @@ impl Bus {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<oneshot::Receiver<Answers>, Error> {
+        if let Some(channel) = &channel {
+            check_channel(channel)?;
+        }
         let id = self.inner.next_ask.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.asks).insert(id, tx);
@@ -328,6 +341,7 @@ impl Bus {
     /// Queues a publish without copying its payload: the writer sends the frame's head, the
     /// payload and the echo byte together.
     async fn queue_publish(&self, channel: &str, payload: Vec<u8>, echo: bool) -> Result<(), Error> {
+        check_channel(channel)?;
         let size = 4 + 16 + channel.len() + payload.len();
         if size > MAX_BUS_FRAME {
             return Err(crate::channel::ChannelError::from(CodecError::Oversized { size }).into());
@@ -360,6 +374,14 @@ impl Bus {
             }
         }
     }
+}
+
+/// Refuses a channel name that clusterd would take for a broken protocol.
+fn check_channel(channel: &str) -> Result<(), Error> {
+    if channel.len() > MAX_CHANNEL_NAME {
+        return Err(Error::ChannelNameTooLong { len: channel.len(), max: MAX_CHANNEL_NAME });
+    }
+    Ok(())
 }
 
 /// The messages of one channel, in the order they were published. Unsubscribes when dropped.

@@ -16,6 +16,19 @@ pub const ENV_BUS_FD: &str = "CLUSTERD_BUS_FD";
 pub const BUS_FD: i32 = 4;
 /// The largest bus frame body, in bytes (payloads of 16 MiB and their headers fit).
 pub const MAX_BUS_FRAME: usize = 32 * 1024 * 1024;
+/// The longest channel name, in bytes, in any bus frame a worker sends (subscribe, unsubscribe,
+/// publish, request, subscriber count). A channel is a name, not a payload: clusterd holds each
+/// subscribed name and matches names against `--bridge-channels`, so it refuses longer ones (the
+/// worker breaks the protocol and is replaced); the SDKs refuse them before sending.
+pub const MAX_CHANNEL_NAME: usize = 4096;
+/// The most channels one worker process may subscribe to at a time. clusterd ignores (and logs
+/// once) a subscription beyond it; the SDKs refuse it before sending.
+pub const MAX_SUBSCRIPTIONS: usize = 64 * 1024;
+/// The most requests one worker process may have pending (asked, not answered yet). clusterd
+/// answers one more at once, with no answers and every worker it would have asked missing (the
+/// answer to a request none could take); it is the frame queue clusterd keeps for one worker, so
+/// that the answers of all of them fit in it.
+pub const MAX_PENDING_REQUESTS: usize = 16 * 1024;
 
 /// Bus frames that a worker sends.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

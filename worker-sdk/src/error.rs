@@ -37,6 +37,22 @@ pub enum Error {
     /// The IPC channel failed or clusterd closed it.
     #[error(transparent)]
     Channel(#[from] ChannelError),
+    /// A bus channel name longer than [`crate::bus_protocol::MAX_CHANNEL_NAME`] bytes: nothing was
+    /// sent (clusterd would replace a worker that sends one).
+    #[error("a bus channel name is at most {max} bytes, not {len}")]
+    ChannelNameTooLong {
+        /// The name's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// This worker subscribes to [`crate::bus_protocol::MAX_SUBSCRIPTIONS`] channels already:
+    /// the subscription to one more was refused.
+    #[error("this worker subscribes to {max} bus channels already (the most there may be)")]
+    TooManySubscriptions {
+        /// The limit.
+        max: usize,
+    },
     /// clusterd is gone: the IPC channel is closed.
     #[error("clusterd closed the IPC channel")]
     Disconnected,

@@ -240,6 +240,7 @@ class Bus:
         """Publishes ``payload`` to every other worker subscribed to ``channel`` (this one too
         with ``echo``). Raises :class:`~clusterd_worker.codec.Oversized` for a frame over
         :data:`~clusterd_worker.bus_protocol.MAX_BUS_FRAME`, before anything is sent."""
+        _check_channel(channel)
         await self._queue(b.encode_frame(b.Publish(channel, bytes(payload), echo)))
 
     async def send(self, to: int, payload: bytes) -> None:
@@ -256,6 +257,7 @@ class Bus:
     def subscribe_nowait(self, channel: str) -> Subscription:
         """As :meth:`subscribe`, from synchronous code (the frame is queued at once)."""
         self._check_open()
+        _check_channel(channel)
         subscription = Subscription(self, channel)
         group = self._subscriptions.setdefault(channel, [])
         group.append(subscription)
@@ -266,6 +268,7 @@ class Bus:
     async def subscribers(self, channel: str) -> int:
         """How many live workers subscribe to ``channel`` (this one included if it does)."""
         self._check_open()
+        _check_channel(channel)
         seq = next(self._seq) & 0xFFFF_FFFF
         answer: "asyncio.Future[int]" = asyncio.get_running_loop().create_future()
         self._counts[seq] = answer
@@ -281,6 +284,8 @@ class Bus:
         their answers, gathered by clusterd: once all answered or left, or at the deadline
         (``timeout`` seconds, else clusterd's ``--requests-timeout``) with what arrived."""
         self._check_open()
+        if channel is not None:
+            _check_channel(channel)
         rid = next(self._seq)
         answer: "asyncio.Future[Answers]" = asyncio.get_running_loop().create_future()
         self._asks[rid] = answer
@@ -428,3 +433,9 @@ class Bus:
         if self._transport is not None:
             self._transport.close()
 
+
+def _check_channel(channel: str) -> None:
+    """Refuses a channel name clusterd would take for a broken protocol (and replace the worker)."""
+    length = len(channel.encode())
+    if length > b.MAX_CHANNEL_NAME:
+        raise ValueError(f"a bus channel name is at most {b.MAX_CHANNEL_NAME} bytes, not {length}")

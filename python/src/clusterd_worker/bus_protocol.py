@@ -16,7 +16,7 @@ from typing import List, Optional, Tuple, Union
 from .codec import Malformed, Oversized, Reader, Writer
 
 __all__ = [
-    "ENV_BUS_FD", "BUS_FD", "MAX_BUS_FRAME",
+    "ENV_BUS_FD", "BUS_FD", "MAX_BUS_FRAME", "MAX_CHANNEL_NAME",
     "Subscribe", "Unsubscribe", "Publish", "Send", "CountSubscribers", "Request", "Reply", "BusFromWorker",
     "Message", "Direct", "SubscriberCount", "Joined", "Left", "Undeliverable", "PeerRequest", "Answers",
     "BusToWorker", "encode_frame", "decode_from_worker", "decode_to_worker", "FrameBuffer",
@@ -28,6 +28,9 @@ ENV_BUS_FD = "CLUSTERD_BUS_FD"
 BUS_FD = 4
 #: The largest bus frame body, in bytes.
 MAX_BUS_FRAME = 32 * 1024 * 1024
+#: The longest channel name, in bytes (UTF-8), clusterd takes: a longer one breaks the protocol
+#: and gets the worker replaced, so the SDK refuses it first (``ValueError``).
+MAX_CHANNEL_NAME = 4096
 
 _LEN = struct.Struct("<I")
 
