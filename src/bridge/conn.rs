@@ -59,10 +59,9 @@ const INCOMING_WAIT: Duration = Duration::from_millis(500);
 /// Room kept for the start of a bus frame (its channel, the sender, lengths) beside a message's
 /// payload: a message from Redis that would not fit a bus frame with it is refused.
 const FRAME_SLACK: usize = 64;
-/// At most one log line about malformed messages in this long.
-const MALFORMED_LOG_EVERY: Duration = Duration::from_secs(60);
-/// At most one log line about hosts refused (over [`super::hosts::MAX_REMOTE_COUNTS`]) in this long.
-const REFUSED_LOG_EVERY: Duration = Duration::from_secs(60);
+/// At most one log line of a kind (malformed messages, refused hosts) in this long: what anyone
+/// who can `PUBLISH` sends must not fill the log.
+const LOG_EVERY: Duration = Duration::from_secs(60);
 /// After the relay's copy of the remote counts was rebuilt in a time `t`, the next rebuild waits
 /// at least `REMOTE_PAUSE × t`: with the drop of the copy it replaces (about as long), rebuilding
 /// takes at most about a tenth of clusterd's one thread, however fast other hosts' counts change.
@@ -164,8 +163,7 @@ pub(super) struct Task {
     remote_dirty: bool,
     /// The earliest time the relay's remote counts may be rebuilt again ([`REMOTE_PAUSE`]).
     remote_next: Option<Instant>,
-    refused_logged: Option<Instant>,
-    refused_unlogged: u64,
+    refused_log: PacedLog,
     state: State,
     /// Whether this host shadows its request channels (plain socketioxide-redis servers are
     /// around); once on, it stays on.
@@ -173,8 +171,7 @@ pub(super) struct Task {
     /// Plain socketioxide-redis servers per channel, as counted, and the last sample.
     foreign: HashMap<String, u32>,
     foreign_sample: HashMap<String, u32>,
-    malformed_logged: Option<Instant>,
-    malformed_unlogged: u64,
+    malformed_log: PacedLog,
     /// What comes from Redis is charged to the bus budget before a relay gets it.
     memory: Arc<BusMemory>,
     /// A message from Redis waited [`INCOMING_WAIT`] in vain (for the bus budget, for the relay,
@@ -230,14 +227,12 @@ impl Task {
             next_inbound: 1,
             remote_dirty: false,
             remote_next: None,
-            refused_logged: None,
-            refused_unlogged: 0,
+            refused_log: PacedLog::default(),
             state: State::Connecting,
             shadowed: false,
             foreign: HashMap::new(),
             foreign_sample: HashMap::new(),
-            malformed_logged: None,
-            malformed_unlogged: 0,
+            malformed_log: PacedLog::default(),
             memory,
             congested: Congested::default(),
         }
@@ -829,23 +824,17 @@ impl Task {
     /// most once a minute (forged hosts would otherwise fill the log).
     fn refused(&mut self, host: HostId) {
         self.shared.stats.refused.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        if self.refused_logged.is_some_and(|at| now.duration_since(at) < REFUSED_LOG_EVERY) {
-            self.refused_unlogged += 1;
-            return;
-        }
+        let Some(earlier) = self.refused_log.due() else { return };
         tracing::warn!(
             host = %format!("{host:016x}"),
             known = self.hosts.len(),
             held = self.hosts.weight(),
-            earlier = self.refused_unlogged,
+            earlier,
             "bridge: refused a host's counts: the other hosts' counts would weigh more than {} bytes \
              (a new host is not counted, a known one keeps its counts; at most one such line a minute; \
              `refused` in status counts them all)",
             super::hosts::MAX_REMOTE_COUNTS
         );
-        self.refused_logged = Some(now);
-        self.refused_unlogged = 0;
     }
 
     /// The counts of the channels this host bridges too: another host may name more of an
@@ -967,19 +956,34 @@ impl Task {
 
     fn malformed(&mut self, channel: &str, error: &super::codec::Malformed) {
         self.shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
-        if self.malformed_logged.is_some_and(|at| now.duration_since(at) < MALFORMED_LOG_EVERY) {
-            self.malformed_unlogged += 1;
-            return;
-        }
+        let Some(earlier) = self.malformed_log.due() else { return };
         tracing::warn!(
             channel,
             %error,
-            earlier = self.malformed_unlogged,
+            earlier,
             "bridge: dropped a malformed message (at most one such line a minute; `malformed` in status counts them all)"
         );
-        self.malformed_logged = Some(now);
-        self.malformed_unlogged = 0;
+    }
+}
+
+/// One kind of log line, at most once every [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct PacedLog {
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl PacedLog {
+    /// `Some(lines not logged since the last one)` when a line may be logged now; else counts
+    /// this one as not logged.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.logged.is_some_and(|at| now.duration_since(at) < LOG_EVERY) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
