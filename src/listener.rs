@@ -26,8 +26,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{Budget, Share};
 use crate::config::{ListenAddr, Sticky};
-use crate::read_ahead::ReadAhead;
 use crate::sniff::{Sniffed, response, sniff};
 
 /// A listening socket could not be set up: clusterd exits 1 before starting any worker.
@@ -203,6 +203,14 @@ pub struct Limits {
 /// through the socket itself.
 pub const WHOLE_REQUEST_MAX: usize = 1024 * 1024;
 
+/// The request bytes read ahead for Node workers beyond the request line (which `--sniff-bytes`
+/// bounds per connection), all connections together, held until each worker acknowledges its
+/// handle: 64 requests of [`WHOLE_REQUEST_MAX`] at once. A worker that stops reading would
+/// otherwise let clients park a megabyte each in clusterd for as long as it stalls. Once it is
+/// spent, a connection is handed on with what was read, and the rest of its request reaches the
+/// worker through the socket, as a request over [`WHOLE_REQUEST_MAX`] always did.
+pub static READ_AHEAD: Budget = Budget::new(64 * 1024 * 1024);
+
 /// A connection ready to go to a worker.
 #[derive(Debug)]
 pub struct Handoff {
@@ -227,8 +235,8 @@ pub struct Handoff {
     /// not for a connection a worker gave back (its accept was long before).
     pub accepted: Option<std::time::Instant>,
     /// What of `initial` was read ahead for a Node worker, held until the worker acknowledges
-    /// the handle (`read_ahead.rs`).
-    pub read_ahead: ReadAhead,
+    /// the handle ([`READ_AHEAD`]).
+    pub read_ahead: Share,
 }
 
 impl Handoff {
@@ -256,7 +264,7 @@ impl Handoff {
             claimed: false,
             refusals: 0,
             accepted,
-            read_ahead: ReadAhead::default(),
+            read_ahead: Share::default(),
         }
     }
 }
@@ -622,7 +630,7 @@ fn admit(
                 };
                 let (sid, ip) = sticky_keys(limits.sticky, settled.sid, ip);
                 let http = settled.http;
-                let read_ahead = ReadAhead::default();
+                let read_ahead = Share::default();
                 let handoff = Handoff {
                     group,
                     fd,
@@ -766,7 +774,7 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
         Sniffed::TooLong => return client.reply(response(414, "URI Too Long", "request line too long")).await,
         Sniffed::Incomplete => unreachable!("the loop only ends on a verdict"),
     };
-    let mut read_ahead = ReadAhead::default();
+    let mut read_ahead = READ_AHEAD.share();
     if http && limits.node {
         // Best effort within the same deadline and the read-ahead budget: what is not read by
         // then flows through the fd.
@@ -839,40 +847,27 @@ pub const IDLE_HANDBACK_WAIT: Duration = Duration::from_secs(60);
 /// connection given back is closed at once, as a server's keep-alive timeout would close it.
 pub const IDLE_HANDBACKS_MAX: usize = 4096;
 
-/// Given-back connections waiting idle now.
-static IDLE_HANDBACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The given-back connections waiting idle now, at most [`IDLE_HANDBACKS_MAX`].
+static IDLE_HANDBACKS: Budget = Budget::new(IDLE_HANDBACKS_MAX);
 
 /// Idle given-back connections closed at once for want of room, since clusterd started.
 static IDLE_HANDBACKS_CLOSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// One place among [`IDLE_HANDBACKS_MAX`], given up when dropped (the wait ended, or its task was).
-struct IdleSlot;
-
-impl IdleSlot {
-    fn take() -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        let taken = IDLE_HANDBACKS
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < IDLE_HANDBACKS_MAX).then_some(n + 1));
-        match taken {
-            Ok(_) => Some(Self),
-            Err(_) => {
-                let closed = IDLE_HANDBACKS_CLOSED.fetch_add(1, Ordering::Relaxed) + 1;
-                if crate::proxy_protocol::worth_logging(closed) {
-                    tracing::warn!(
-                        closed,
-                        "{IDLE_HANDBACKS_MAX} connections given back wait idle already: closed an idle one at once"
-                    );
-                }
-                None
-            }
-        }
+/// A place among [`IDLE_HANDBACKS_MAX`] for a given-back connection that waits idle (given up
+/// when dropped: the wait ended, or its task did); `None`, logged at a pace, when all are taken.
+fn idle_place() -> Option<Share> {
+    let mut place = IDLE_HANDBACKS.share();
+    if place.take(1) == 1 {
+        return Some(place);
     }
-}
-
-impl Drop for IdleSlot {
-    fn drop(&mut self) {
-        IDLE_HANDBACKS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    let closed = IDLE_HANDBACKS_CLOSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if crate::proxy_protocol::worth_logging(closed) {
+        tracing::warn!(
+            closed,
+            "{IDLE_HANDBACKS_MAX} connections given back wait idle already: closed an idle one at once"
+        );
     }
+    None
 }
 
 /// Routes a connection a worker gave back: at once by the request line the worker read; or,
@@ -888,8 +883,8 @@ pub fn reroute_handback(handoff: Handoff, limits: Limits, routes: mpsc::Sender<R
         let Handoff { group, fd, peer, local, initial, ip, unix, claimed, .. } = handoff;
         // At most IDLE_HANDBACKS_MAX wait at once; past it, dropped, so closed.
         let idle = if initial.is_empty() {
-            let Some(slot) = IdleSlot::take() else { return };
-            Some(slot)
+            let Some(place) = idle_place() else { return };
+            Some(place)
         } else {
             None
         };

@@ -7,6 +7,7 @@
 mod accept;
 mod balancer;
 mod bridge;
+mod budget;
 mod bus_memory;
 mod cli;
 mod config;
@@ -18,7 +19,6 @@ mod metrics;
 mod node;
 mod notify;
 mod proxy_protocol;
-mod read_ahead;
 mod relay;
 mod rss;
 mod signals;

@@ -37,8 +37,8 @@ use tokio::time::{Instant, sleep_until};
 use super::frame::{BufferTemplate, Frame, FrameDecoder, Mode};
 use super::value::Value;
 use super::writer::{Channel, Control, Out, RELAY_QUEUE};
+use crate::budget::Share;
 use crate::listener::Handoff;
-use crate::read_ahead::ReadAhead;
 use crate::worker_link::{Asked, Handed, Heard, Launch, Said, SpawnSpec, Spawned, StartError, handback};
 
 /// The fd number of the channel in the worker (what `child_process.fork` uses too).
@@ -958,7 +958,7 @@ impl NodeLink {
         self.handed += 1;
         self.channel.push(
             self.socket.get_ref(),
-            Out::Handle { frame: frame.into_raw().into(), fd, group, held: ReadAhead::default() },
+            Out::Handle { frame: frame.into_raw().into(), fd, group, held: Share::default() },
             &mut self.failed,
         );
         Some(true)

@@ -36,7 +36,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::read_ahead::ReadAhead;
+use crate::budget::Share;
 
 /// Messages queued for one worker, and relayed messages waiting to be queued
 /// ([`RELAY_QUEUE`]).
@@ -60,7 +60,7 @@ pub enum Out {
     Relayed(Bytes),
     /// A connection: the message and the fd that goes with it, its listener group, and what of
     /// the message's request was read ahead (held until the worker acknowledges it).
-    Handle { frame: Bytes, fd: OwnedFd, group: Option<u32>, held: ReadAhead },
+    Handle { frame: Bytes, fd: OwnedFd, group: Option<u32>, held: Share },
     /// The last message of the channel (the `disconnect`): a handle refused after it was written
     /// is given up rather than sent to a worker that is closing its channel.
     Last(Bytes),
@@ -79,7 +79,7 @@ struct InFlight {
     group: Option<u32>,
     sent: u8,
     /// Given back to the read-ahead budget with the frame it is part of.
-    _held: ReadAhead,
+    _held: Share,
 }
 
 /// Bytes on their way out, in order.
@@ -499,7 +499,7 @@ mod tests {
             frame: Bytes::from(vec![n; 300]),
             fd: fd.into(),
             group: Some(u32::from(n)),
-            held: ReadAhead::default(),
+            held: Share::default(),
         }
     }
 
