@@ -240,9 +240,12 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// A connection of a listener a Node worker asked for: its `newconn` carries no bytes, so
-    /// nothing of it is read.
-    fn unread(
+    /// A connection of which nothing was read (yet): routed by neither session nor IP, not HTTP
+    /// as far as clusterd knows, holding nothing of the read-ahead budget. The others are this
+    /// with what was read and learnt set (`Handoff { initial, sid, .. Handoff::unread(..) }`), and
+    /// a connection of a listener a Node worker asked for is this as it is (its `newconn` carries
+    /// no bytes).
+    pub fn unread(
         group: Option<u32>,
         fd: OwnedFd,
         peer: Address,
@@ -250,13 +253,12 @@ impl Handoff {
         unix: bool,
         accepted: Option<std::time::Instant>,
     ) -> Self {
-        let initial = Vec::new();
         Self {
             group,
             fd,
             peer,
             local,
-            initial,
+            initial: Vec::new(),
             sid: None,
             ip: None,
             http: false,
@@ -630,21 +632,13 @@ fn admit(
                 };
                 let (sid, ip) = sticky_keys(limits.sticky, settled.sid, ip);
                 let http = settled.http;
-                let read_ahead = Share::default();
                 let handoff = Handoff {
-                    group,
-                    fd,
-                    peer,
-                    local,
                     initial,
                     sid,
                     ip,
                     http,
-                    unix,
                     claimed,
-                    refusals: 0,
-                    accepted,
-                    read_ahead,
+                    ..Handoff::unread(group, fd, peer, local, unix, accepted)
                 };
                 return dispatch(handoff, routes);
             }
@@ -796,8 +790,8 @@ async fn route(accepted: Incoming, limits: Limits, routes: mpsc::Sender<RouteMsg
     }
     let (sid, ip) = sticky_keys(limits.sticky, sid, ip);
     let Ok(fd) = client.into_fd() else { return };
-    let handoff =
-        Handoff { group, fd, peer, local, initial, sid, ip, http, unix, claimed, refusals: 0, accepted, read_ahead };
+    let unread = Handoff::unread(group, fd, peer, local, unix, accepted);
+    let handoff = Handoff { initial, sid, ip, http, claimed, read_ahead, ..unread };
     dispatch(handoff, &routes);
 }
 

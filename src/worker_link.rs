@@ -245,22 +245,7 @@ pub(crate) fn handback(
     let ip = peer.socket_addr().map(|a| a.ip()).filter(|_| limits.sticky == crate::config::Sticky::Ip);
     let claimed = claimed.is_some();
     // A connection a worker gave back: its bytes were read by that worker, not ahead by clusterd.
-    let read_ahead = crate::budget::Share::default();
-    Ok(Handoff {
-        group,
-        fd,
-        peer,
-        local,
-        initial,
-        sid,
-        ip,
-        http: true,
-        unix,
-        claimed,
-        refusals: 0,
-        accepted: None,
-        read_ahead,
-    })
+    Ok(Handoff { initial, sid, ip, http: true, claimed, ..Handoff::unread(group, fd, peer, local, unix, None) })
 }
 
 #[cfg(test)]
