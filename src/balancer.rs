@@ -601,7 +601,7 @@ mod tests {
     fn a_full_owner_still_gets_its_sticky_sid_and_an_ip_moves_off_a_full_slot() {
         let now = Instant::now();
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("s1", 10, now).unwrap();
+        b.session_open("s1", 10, now).expect("a free sid of a worker in the pool");
         b.set_full(10, true);
         assert_eq!(b.pick(Some("s1"), None, now), Some(10), "the session's state is there");
         assert_eq!(b.pick(None, None, now), Some(11));
@@ -637,7 +637,7 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(30);
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("abc", 10, now).unwrap();
+        b.session_open("abc", 10, now).expect("a free sid of a worker in the pool");
         b.set_ready(10, false);
         assert_eq!(b.pick(Some("abc"), None, later), Some(10));
         assert_eq!(b.connections(10), 1);
@@ -655,9 +655,9 @@ mod tests {
     fn a_removed_owners_sid_is_balanced_elsewhere_and_its_sessions_are_gone() {
         let now = Instant::now();
         let mut b = pool(Balance::RoundRobin, Sticky::Sid, 3);
-        b.session_open("a", 10, now).unwrap();
-        b.session_open("b", 10, now).unwrap();
-        b.session_open("c", 11, now).unwrap();
+        b.session_open("a", 10, now).expect("a free sid of a worker in the pool");
+        b.session_open("b", 10, now).expect("a free sid of a worker in the pool");
+        b.session_open("c", 11, now).expect("a free sid of a worker in the pool");
         assert_eq!((b.session_count(), b.sessions(10), b.sessions(11)), (3, 2, 1));
         b.remove_worker(10);
         assert_eq!((b.session_count(), b.sessions(10), b.sessions(11)), (1, 0, 1));
@@ -666,7 +666,7 @@ mod tests {
         assert_eq!(b.connections(10), 0);
         assert_eq!(b.pick(Some("c"), None, now), Some(11), "other owners' sessions stay");
         // A session reported by the dead process afterwards is ignored.
-        b.session_open("d", 10, now).unwrap();
+        b.session_open("d", 10, now).expect("a free sid of a worker in the pool");
         assert_eq!(b.session_count(), 1);
     }
 
@@ -675,7 +675,7 @@ mod tests {
         let now = Instant::now();
         for sticky in [Sticky::None, Sticky::Ip] {
             let mut b = pool(Balance::RoundRobin, sticky, 3);
-            b.session_open("abc", 12, now).unwrap();
+            b.session_open("abc", 12, now).expect("a free sid of a worker in the pool");
             assert_eq!(b.session_count(), 0, "{sticky:?}: not recorded");
             assert_eq!(b.sessions(12), 0);
             let picked: Vec<_> = (0..3).map(|_| b.pick(Some("abc"), None, now)).collect();
@@ -783,7 +783,7 @@ mod tests {
         let now = Instant::now();
         let mut b = pool(Balance::RoundRobin, Sticky::Sid, 2);
         for n in 0..MAX_STICKY_ENTRIES {
-            b.session_open(&n.to_string(), 10, now).unwrap();
+            b.session_open(&n.to_string(), 10, now).expect("a free sid of a worker in the pool");
         }
         assert_eq!(b.session_open("one-more", 11, now), Err(SessionRefused::Full));
         assert_eq!(b.session_open("0", 10, now), Ok(()), "a known session is still refreshed");
@@ -824,9 +824,9 @@ mod tests {
         let base = Instant::now();
         let at = |secs| base + Duration::from_secs(secs);
         let mut b = pool(Balance::RoundRobin, Sticky::Sid, 2);
-        b.session_open("old", 10, at(0)).unwrap();
-        b.session_open("edge", 10, at(40)).unwrap();
-        b.session_open("new", 11, at(90)).unwrap();
+        b.session_open("old", 10, at(0)).expect("a free sid of a worker in the pool");
+        b.session_open("edge", 10, at(40)).expect("a free sid of a worker in the pool");
+        b.session_open("new", 11, at(90)).expect("a free sid of a worker in the pool");
         assert_eq!(b.expire(at(100)), 1, "old: 100s > 60s");
         assert_eq!((b.session_count(), b.sessions(10), b.sessions(11)), (2, 1, 1));
         assert_eq!(b.expire(at(100)), 0, "idempotent");
@@ -849,8 +849,8 @@ mod tests {
         let base = Instant::now();
         let at = |secs| base + Duration::from_secs(secs);
         let mut b = pool(Balance::LeastConnection, Sticky::Sid, 2);
-        b.session_open("a", 11, at(0)).unwrap();
-        b.session_open("b", 11, at(0)).unwrap();
+        b.session_open("a", 11, at(0)).expect("a free sid of a worker in the pool");
+        b.session_open("b", 11, at(0)).expect("a free sid of a worker in the pool");
         assert_eq!(b.pick(Some("a"), None, at(50)), Some(11));
         assert_eq!(b.expire(at(100)), 1);
         assert_eq!(b.pick(Some("a"), None, at(100)), Some(11), "a kept its owner");
@@ -881,7 +881,7 @@ mod tests {
             b.set_ready(99, true);
             b.connection_closed(99);
             b.remove_worker(99);
-            b.session_open("s", 99, now).unwrap();
+            b.session_open("s", 99, now).expect("a free sid of a worker in the pool");
             b.session_close("s", 99);
             assert_eq!((b.connections(99), b.sessions(99), b.session_count()), (0, 0, 0));
             assert_eq!(b.expire(now), 0);
@@ -900,7 +900,7 @@ mod tests {
         b.add_worker(1, 0);
         assert!(!b.any_ready());
         b.set_ready(1, true);
-        b.session_open("s", 1, now).unwrap();
+        b.session_open("s", 1, now).expect("a free sid of a worker in the pool");
         b.pick(None, None, now);
         b.add_worker(1, 5);
         assert!(b.any_ready(), "readiness kept");
@@ -943,10 +943,12 @@ mod tests {
                                 }
                                 match owner {
                                     Owner::Nobody => {}
-                                    Owner::Present(slot) => b.session_open("s", key(slot), now).unwrap(),
+                                    Owner::Present(slot) => {
+                                        b.session_open("s", key(slot), now).expect("a free sid of a worker in the pool")
+                                    }
                                     Owner::Removed => {
                                         b.add_worker(99, 9);
-                                        b.session_open("s", 99, now).unwrap();
+                                        b.session_open("s", 99, now).expect("a free sid of a worker in the pool");
                                         b.remove_worker(99);
                                     }
                                 }
