@@ -190,6 +190,10 @@ fn bad_handbacks_are_refused_and_cost_nothing() {
     let env = [("FLOOD", "200"), ("GARBAGE_SLOT", "0")];
     let (mut c, addr) = node_pool("handback-garbage-worker.cjs", 2, &[], &env);
     let pid = worker_pid(&c.status().unwrap(), 0);
+    // Both workers in the port's pool: a worker prints its line once clusterd answered its listen.
+    wait_until("both workers listening", || {
+        Some(()).filter(|()| c.output.snapshot().iter().filter(|l| l.contains("listening on ")).count() >= 2)
+    });
     // Least-connection: two kept-alive connections, one on each worker.
     let mut kept: Vec<(TcpStream, String)> = (0..2)
         .map(|_| {
